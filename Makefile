@@ -1,0 +1,61 @@
+# edgewatch — the user's front door. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EW := $(BIN)/edgewatch
+MPLIB := build/mplib
+BOARD ?= esp32-devkitc-dht22
+PORT ?=
+DATA ?= ../shared/data/occupancy/datatraining.txt
+MODEL ?= models/default
+ARCH ?= tcn
+EPOCHS ?= 10
+PYTEST_ARGS ?=
+APT_PKGS := mosquitto
+
+.PHONY: help setup test lint train compare convert flash deploy repl bridge collect demo bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: $(VENV)/.stamp $(MPLIB)/.stamp  ## install Debian packages, .venv and MicroPython libraries
+
+$(VENV)/.stamp: pyproject.toml
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,pipeline]'
+	touch $@
+
+# umqtt comes from its published package, never copied into the repo.
+$(MPLIB)/.stamp: tools/fetch_mplib.py $(VENV)/.stamp
+	$(BIN)/python tools/fetch_mplib.py $(MPLIB)
+	touch $@
+
+test: setup  ## run the whole test suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup  ## ruff lint
+	$(BIN)/ruff check .
+
+train: setup  ## train a model: make train DATA=... ARCH=tcn EPOCHS=10 MODEL=models/default
+	$(EW) train --data $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --out $(MODEL)
+
+compare: setup  ## train TCN, LSTM and GRU on DATA and print the table
+	$(EW) compare --data $(DATA) --epochs $(EPOCHS)
+
+convert: setup  ## int8 TFLite, firmware blob, TFLM C array, emlearn C: make convert MODEL=...
+	$(EW) convert --model $(MODEL) --out $(MODEL)
+
+bench: setup  ## regenerate docs/benchmarks.md and docs/benchmarks.json
+	$(BIN)/python -m tools.bench
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf build/firmware runs

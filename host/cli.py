@@ -1,0 +1,102 @@
+"""The `edgewatch` command: one entry point, one module per subcommand.
+
+Each subcommand lives in the module that does the work. That module defines
+``add_arguments(parser)`` and ``run(args) -> int``; the module's docstring's
+first line is the command's help. Modules are imported only when their command
+runs, so `edgewatch --help` stays fast and TensorFlow loads only for training.
+
+A user mistake (bad file, bad option value) raises :class:`UserError`; the CLI
+prints it as one line ``edgewatch <cmd>: <message>`` and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> module implementing it. A command appears only once its module exists.
+COMMANDS: dict[str, str] = {
+    "train": "training.train",
+    "compare": "training.compare",
+    "convert": "training.convert",
+    "generate": "training.generate",
+    "evaluate": "training.evaluate",
+    "detect": "training.detect",
+    "analyze": "training.analyze",
+    "classify": "training.classify",
+    "retrain": "training.retrain",
+    "bridge": "host.bridge",
+    "collect": "host.collector",
+    "export": "host.export",
+    "score": "host.scoring",
+    "sim": "host.sim",
+    "flash": "host.flash",
+    "deploy": "host.deploy",
+    "repl": "host.repl",
+    "boards": "host.boards",
+    "publish-model": "host.ota",
+}
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one line, exit status 2."""
+
+
+def _available() -> dict[str, str]:
+    out = {}
+    for name, mod in COMMANDS.items():
+        try:
+            if importlib.util.find_spec(mod) is not None:
+                out[name] = mod
+        except ModuleNotFoundError:
+            pass
+    return out
+
+
+def _summary(mod: str) -> str:
+    spec = importlib.util.find_spec(mod)
+    try:
+        with open(spec.origin, encoding="utf-8") as fh:
+            src = fh.read(4000)
+    except OSError:
+        return ""
+    for quote in ('"""', "'''"):
+        if src.lstrip().startswith(quote):
+            return src.lstrip()[3:].split("\n", 1)[0].strip().rstrip(".")
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one subcommand."""
+    available = _available()
+    parser = argparse.ArgumentParser(
+        prog="edgewatch", description="Real-time anomaly detection for IoT sensor boards."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, mod in available.items():
+        if name == chosen:
+            module = importlib.import_module(mod)
+            p = sub.add_parser(name, help=_summary(mod), description=module.__doc__)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+        else:
+            sub.add_parser(name, help=_summary(mod))
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"edgewatch {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
