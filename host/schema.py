@@ -1,0 +1,324 @@
+"""Parse and validate the MQTT messages of docs/messages.md on the host.
+
+One function per message kind returns a small typed record or raises
+:class:`SchemaError` with a one-line reason. The collector, the bridge, the
+scorer and the firmware contract test all go through here, so a message that
+passes is safe to store and to relay: finite numbers only, a device id that is
+safe in a topic, a file name and an SQL value, and nothing over 4096 bytes.
+
+    rec = parse(topic, payload)          # Telemetry | Alert | Status
+    kind, device = parse_topic(topic)    # ("telemetry", "gh-01")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+VERSION = 1
+MAX_PAYLOAD = 4096
+DEFAULT_PREFIX = "edgewatch"
+KINDS = ("telemetry", "alert", "status")
+RULES = ("band", "stuck", "range", "dropout", "read")
+STATES = ("online", "offline")
+DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# Channel names become SQL column names in the collector's table, so they are
+# held to identifier syntax here, once, rather than quoted everywhere.
+CHANNEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+MODEL_RE = re.compile(r"[0-9a-fA-F]{8}")
+# Columns the collector's telemetry table uses for itself; a channel may not take one.
+RESERVED_CHANNELS = frozenset({"device", "seq", "t", "received", "received_at", "anomaly",
+                               "faults", "model", "id", "timestamp"})
+MAX_SEQ = 2**63 - 1  # fits a signed 64-bit SQL BIGINT
+
+
+class SchemaError(ValueError):
+    """A message that does not follow docs/messages.md; ``reason`` is one line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """One sample: readings (None = failed read), prediction and band when the model ran."""
+
+    device: str
+    seq: int
+    t: float | None
+    values: dict[str, float | None]
+    pred: dict[str, float | None] | None = None
+    band: dict[str, tuple[float, float] | None] | None = None
+    anomaly: bool = False
+    faults: tuple[str, ...] = ()
+    model: str | None = None
+    kind: str = field(default="telemetry", init=False)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One rule that fired on one sample (``sample`` is that telemetry record's seq)."""
+
+    device: str
+    seq: int
+    t: float | None
+    sample: int
+    rule: str
+    channel: str | None
+    value: float | None
+    band: tuple[float, float] | None
+    pred: float | None
+    model: str | None
+    kind: str = field(default="alert", init=False)
+
+
+@dataclass(frozen=True)
+class Status:
+    """A board's retained status, or its last will (state offline, most fields None)."""
+
+    device: str
+    state: str
+    seq: int | None = None
+    t: float | None = None
+    fw: str | None = None
+    model: str | None = None
+    heap_free: int | None = None
+    outbox: int | None = None
+    dropped: int | None = None
+    uptime: float | None = None
+    error: str | None = None
+    kind: str = field(default="status", init=False)
+
+
+# ---------------------------------------------------------------- primitives
+
+def _reject_constant(name: str):
+    raise SchemaError(f"not JSON: {name} is not a number")
+
+
+def decode(payload: bytes | str) -> dict:
+    """The JSON object of a payload: size, UTF-8, strict JSON (no NaN/Infinity), an object."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if len(payload) > MAX_PAYLOAD:
+        raise SchemaError(f"oversized payload: {len(payload)} bytes > {MAX_PAYLOAD}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"not UTF-8: byte {exc.start}") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except SchemaError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise SchemaError(f"not JSON: {str(exc).splitlines()[0][:80]}") from None
+    if not isinstance(obj, dict):
+        raise SchemaError(f"not a JSON object: {type(obj).__name__}")
+    return obj
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(obj: dict, key: str, *, nullable: bool, where: str = "") -> float | None:
+    x = obj.get(key)
+    name = f"{where}{key}"
+    if x is None:
+        if nullable:
+            return None
+        raise SchemaError(f"{name}: missing or null, expected a number")
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise SchemaError(f"{name}: expected a number, got {type(x).__name__}")
+    x = float(x)
+    if not math.isfinite(x):  # 1e400 parses to inf
+        raise SchemaError(f"{name}: not finite")
+    return x
+
+
+def _int(obj: dict, key: str, *, required: bool, lo: int = 0, hi: int = MAX_SEQ) -> int | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise SchemaError(f"{key}: missing, expected an integer")
+        return None
+    x = obj[key]
+    if not _is_int(x):
+        raise SchemaError(f"{key}: expected an integer, got {type(x).__name__}")
+    if not lo <= x <= hi:
+        raise SchemaError(f"{key}: {x} out of range [{lo}, {hi}]")
+    return x
+
+
+def _str(obj: dict, key: str, *, pattern: re.Pattern | None = None, maxlen: int = 64,
+         required: bool = False) -> str | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise SchemaError(f"{key}: missing, expected a string")
+        return None
+    x = obj[key]
+    if not isinstance(x, str):
+        raise SchemaError(f"{key}: expected a string, got {type(x).__name__}")
+    if pattern is not None and not pattern.fullmatch(x):
+        raise SchemaError(f"{key}: {x[:40]!r} is not valid")
+    if len(x) > maxlen:
+        raise SchemaError(f"{key}: longer than {maxlen} characters")
+    return x
+
+
+def _pair(x, name: str) -> tuple[float, float]:
+    if not isinstance(x, list) or len(x) != 2:
+        raise SchemaError(f"{name}: expected [lo, hi]")
+    lo = _number({"lo": x[0]}, "lo", nullable=False, where=f"{name}.")
+    hi = _number({"hi": x[1]}, "hi", nullable=False, where=f"{name}.")
+    if lo > hi:
+        raise SchemaError(f"{name}: lo {lo} > hi {hi}")
+    return lo, hi
+
+
+def _channel(name, where: str) -> str:
+    if not isinstance(name, str) or not CHANNEL_RE.fullmatch(name):
+        raise SchemaError(f"{where}: channel name {str(name)[:40]!r} is not valid")
+    if name.lower() in RESERVED_CHANNELS:
+        raise SchemaError(f"{where}: channel name {name!r} is reserved")
+    return name
+
+
+def _common(obj: dict, device: str | None, *, seq_required: bool = True) -> tuple[str, int | None]:
+    v = obj.get("v")
+    if not _is_int(v) or v != VERSION:
+        raise SchemaError(f"v: unknown schema version {v!r} (expected {VERSION})")
+    dev = _str(obj, "device", pattern=DEVICE_RE, maxlen=32, required=True)
+    if device is not None and dev != device:
+        raise SchemaError(f"device: {dev!r} does not match the topic's {device!r}")
+    seq = _int(obj, "seq", required=seq_required)
+    return dev, seq
+
+
+def _time(obj: dict) -> float | None:
+    t = _number(obj, "t", nullable=True)
+    if t is not None and t < 0:
+        raise SchemaError(f"t: {t} is negative")
+    return t
+
+
+def _model(obj: dict) -> str | None:
+    return _str(obj, "model", pattern=MODEL_RE, maxlen=8)
+
+
+# ---------------------------------------------------------------- messages
+
+def parse_telemetry(payload, device: str | None = None) -> Telemetry:
+    """A telemetry message; ``device`` (from the topic) must match the payload's."""
+    obj = decode(payload) if not isinstance(payload, dict) else payload
+    dev, seq = _common(obj, device)
+    values = obj.get("values")
+    if not isinstance(values, dict) or not values:
+        raise SchemaError("values: expected a non-empty object of channel -> number or null")
+    seen = set()
+    vals: dict[str, float | None] = {}
+    for name in values:
+        _channel(name, "values")
+        if name.lower() in seen:
+            raise SchemaError(f"values: channel {name!r} given twice")
+        seen.add(name.lower())
+        vals[name] = _number(values, name, nullable=True, where="values.")
+    pred = obj.get("pred")
+    if pred is not None:
+        if not isinstance(pred, dict):
+            raise SchemaError("pred: expected an object or null")
+        pred = {_channel(k, "pred"): _number(pred, k, nullable=True, where="pred.")
+                for k in pred}
+    band = obj.get("band")
+    if band is not None:
+        if not isinstance(band, dict):
+            raise SchemaError("band: expected an object or null")
+        band = {_channel(k, "band"): (None if b is None else _pair(b, f"band.{k}"))
+                for k, b in band.items()}
+    anomaly = obj.get("anomaly", False)
+    if not isinstance(anomaly, bool):
+        raise SchemaError(f"anomaly: expected true/false, got {type(anomaly).__name__}")
+    faults = obj.get("faults", [])
+    if not isinstance(faults, list) or any(f not in RULES for f in faults):
+        raise SchemaError(f"faults: expected a list of rule names {list(RULES)}")
+    return Telemetry(dev, seq, _time(obj), vals, pred, band, anomaly, tuple(faults), _model(obj))
+
+
+def parse_alert(payload, device: str | None = None) -> Alert:
+    """An alert message; ``device`` (from the topic) must match the payload's."""
+    obj = decode(payload) if not isinstance(payload, dict) else payload
+    dev, seq = _common(obj, device)
+    rule = obj.get("rule")
+    if rule not in RULES:
+        raise SchemaError(f"rule: {str(rule)[:40]!r} is not one of {list(RULES)}")
+    channel = obj.get("channel")
+    if channel is not None:
+        _channel(channel, "channel")
+    band = obj.get("band")
+    return Alert(dev, seq, _time(obj), _int(obj, "sample", required=True), rule, channel,
+                 _number(obj, "value", nullable=True),
+                 None if band is None else _pair(band, "band"),
+                 _number(obj, "pred", nullable=True), _model(obj))
+
+
+def parse_status(payload, device: str | None = None) -> Status:
+    """A status message or last will; ``device`` (from the topic) must match the payload's."""
+    obj = decode(payload) if not isinstance(payload, dict) else payload
+    dev, seq = _common(obj, device, seq_required=False)
+    state = obj.get("state")
+    if state not in STATES:
+        raise SchemaError(f"state: {str(state)[:40]!r} is not one of {list(STATES)}")
+    uptime = _number(obj, "uptime", nullable=True)
+    if uptime is not None and uptime < 0:
+        raise SchemaError("uptime: negative")
+    return Status(dev, state, seq, _time(obj),
+                  _str(obj, "fw", maxlen=32), _model(obj),
+                  _int(obj, "heap_free", required=False, hi=2**31),
+                  _int(obj, "outbox", required=False, hi=2**31),
+                  _int(obj, "dropped", required=False, hi=2**62),
+                  uptime, _str(obj, "error", maxlen=200))
+
+
+PARSERS = {"telemetry": parse_telemetry, "alert": parse_alert, "status": parse_status}
+
+
+def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, str]:
+    """``(kind, device)`` of ``<prefix>/<device>/<kind>``; SchemaError for anything else."""
+    parts = topic.split("/")
+    pre = prefix.split("/")
+    if len(parts) != len(pre) + 2 or parts[: len(pre)] != pre:
+        raise SchemaError(f"topic {topic[:80]!r} is not {prefix}/<device>/<kind>")
+    device, kind = parts[-2], parts[-1]
+    if not DEVICE_RE.fullmatch(device):
+        raise SchemaError(f"topic: device id {device[:40]!r} is not valid")
+    if kind not in PARSERS:
+        raise SchemaError(f"topic: kind {kind[:40]!r} is not one of {list(PARSERS)}")
+    return kind, device
+
+
+def parse(topic: str, payload, prefix: str = DEFAULT_PREFIX) -> Telemetry | Alert | Status:
+    """The record of one MQTT message, checked against its topic; SchemaError if bad."""
+    kind, device = parse_topic(topic, prefix)
+    return PARSERS[kind](payload, device)
+
+
+def to_json(rec: Telemetry | Alert | Status) -> dict:
+    """The message object of a record (the inverse of parsing; None fields of status dropped)."""
+    if isinstance(rec, Telemetry):
+        return {"v": VERSION, "device": rec.device, "seq": rec.seq, "t": rec.t,
+                "values": rec.values, "pred": rec.pred,
+                "band": None if rec.band is None else
+                {k: (None if b is None else list(b)) for k, b in rec.band.items()},
+                "anomaly": rec.anomaly, "faults": list(rec.faults), "model": rec.model}
+    if isinstance(rec, Alert):
+        return {"v": VERSION, "device": rec.device, "seq": rec.seq, "t": rec.t,
+                "sample": rec.sample, "rule": rec.rule, "channel": rec.channel,
+                "value": rec.value, "band": None if rec.band is None else list(rec.band),
+                "pred": rec.pred, "model": rec.model}
+    out = {"v": VERSION, "device": rec.device, "state": rec.state}
+    for k in ("seq", "t", "fw", "model", "heap_free", "outbox", "dropped", "uptime", "error"):
+        if getattr(rec, k) is not None:
+            out[k] = getattr(rec, k)
+    return out
