@@ -43,6 +43,15 @@ DB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 DB_META = ("device", "seq", "t", "received", "received_at", "anomaly", "faults", "model", "id")
 
 
+# Physical units of the channels the boards measure (for tables and plots).
+UNITS = {"temperature": "°C", "humidity": "%RH"}
+
+
+def unit(channel: str) -> str:
+    """The physical unit of a channel name, or '' when unknown."""
+    return UNITS.get(slug(channel), "")
+
+
 def repo_root() -> Path:
     """The repository root (the folder holding pyproject.toml)."""
     return Path(__file__).resolve().parent.parent

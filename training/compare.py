@@ -1,0 +1,95 @@
+"""Train TCN, LSTM and GRU on the same data and split and print one comparison table.
+
+Each model sees the same cleaned, scaled series, the same windows and the same
+chronological 80/20 split, seed and epochs (the seed's Table 2 comparison).
+The table gives the validation RMSE per channel in physical units, the
+parameter count and the training seconds, next to the last-value baseline
+(predict the next reading = the current one) that any forecaster must beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from host.cli import UserError
+from training.data import Series, unit
+from training.train import ARCHS, add_common, load_for_training, train
+
+
+def compare(series: Series, epochs: int = 10, window: int = 10, seed: int = 42,
+            batch_size: int = 32, out_dir=None, archs=ARCHS, verbose=0) -> dict:
+    """Train every arch in ``archs`` on ``series``; return the table as a dict.
+
+    With ``out_dir`` each model directory is written to ``out_dir/<arch>``.
+    """
+    rows, baseline = {}, None
+    for arch in archs:
+        m = train(series, arch, epochs, window, Path(out_dir) / arch if out_dir else None,
+                  seed=seed, batch_size=batch_size, verbose=verbose, plots=out_dir is not None)
+        rows[arch] = {"rmse": m["rmse"], "params": m["params"],
+                      "train_seconds": m["train_seconds"]}
+        baseline = m["rmse_persistence"]
+    table = {"data": series.source, "rows": len(series), "channels": list(series.channels),
+             "units": {c: unit(c) for c in series.channels}, "epochs": epochs,
+             "window": window, "seed": seed, "batch_size": batch_size,
+             "models": rows, "baseline_last_value": {"rmse": baseline}}
+    if {"tcn", "lstm", "gru"} <= set(rows):
+        tcn, lstm, gru = rows["tcn"], rows["lstm"], rows["gru"]
+        table["goals"] = {
+            "tcn_rmse_le_lstm_and_gru": all(
+                tcn["rmse"][c] <= min(lstm["rmse"][c], gru["rmse"][c]) for c in series.channels),
+            "tcn_time_le_half_lstm": tcn["train_seconds"] <= 0.5 * lstm["train_seconds"],
+        }
+    return table
+
+
+def format_table(table: dict) -> str:
+    """The comparison as aligned text, one line per model plus the baseline."""
+    chans = table["channels"]
+    heads = ["model", *[f"RMSE {c}" + (f" ({u})" if (u := table['units'][c]) else "")
+                        for c in chans], "parameters", "train s"]
+    lines = []
+    for arch, r in table["models"].items():
+        lines.append([arch.upper(), *[f"{r['rmse'][c]:.4f}" for c in chans],
+                      str(r["params"]), f"{r['train_seconds']:.1f}"])
+    base = table["baseline_last_value"]["rmse"]
+    lines.append(["last value", *[f"{base[c]:.4f}" for c in chans], "0", "-"])
+    widths = [max(len(str(x)) for x in col) for col in zip(heads, *lines, strict=True)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    out = [f"{table['data']}: {table['rows']} rows, window {table['window']}, "
+           f"{table['epochs']} epochs, seed {table['seed']}, chronological 80/20 split",
+           fmt(heads), fmt(["-" * w for w in widths]), *map(fmt, lines)]
+    if "goals" in table:
+        g = table["goals"]
+        out.append(f"TCN RMSE <= LSTM and GRU on every channel: {'yes' if g['tcn_rmse_le_lstm_and_gru'] else 'no'}; "
+                   f"TCN training time <= half of LSTM's: {'yes' if g['tcn_time_le_half_lstm'] else 'no'}")
+    return "\n".join(out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `edgewatch compare`."""
+    add_common(p)
+    p.add_argument("--json", default=None, help="also write the table to this JSON file")
+    p.add_argument("--out", default=None, help="keep the three model folders under this folder")
+
+
+def run(args) -> int:
+    """Train the three models and print the table."""
+    series = load_for_training(args)
+    print(f"comparing {', '.join(a.upper() for a in ARCHS)} on {series.source} "
+          f"({len(series)} rows, channels {', '.join(series.channels)})", flush=True)
+    table = compare(series, args.epochs, args.window, args.seed, args.batch_size, args.out)
+    print(format_table(table))
+    if args.json:
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"{args.json}: cannot write ({exc.strerror})") from None
+    return 0
