@@ -32,6 +32,7 @@ MODEL_RE = re.compile(r"[0-9a-fA-F]{8}")
 RESERVED_CHANNELS = frozenset({"device", "seq", "t", "received", "received_at", "anomaly",
                                "faults", "model", "id", "timestamp"})
 MAX_SEQ = 2**63 - 1  # fits a signed 64-bit SQL BIGINT
+MAX_CHANNELS = 16
 
 
 class SchemaError(ValueError):
@@ -217,6 +218,8 @@ def parse_telemetry(payload, device: str | None = None) -> Telemetry:
     values = obj.get("values")
     if not isinstance(values, dict) or not values:
         raise SchemaError("values: expected a non-empty object of channel -> number or null")
+    if len(values) > MAX_CHANNELS:
+        raise SchemaError(f"values: more than {MAX_CHANNELS} channels")
     seen = set()
     vals: dict[str, float | None] = {}
     for name in values:
@@ -241,8 +244,9 @@ def parse_telemetry(payload, device: str | None = None) -> Telemetry:
     if not isinstance(anomaly, bool):
         raise SchemaError(f"anomaly: expected true/false, got {type(anomaly).__name__}")
     faults = obj.get("faults", [])
-    if not isinstance(faults, list) or any(f not in RULES for f in faults):
-        raise SchemaError(f"faults: expected a list of rule names {list(RULES)}")
+    if (not isinstance(faults, list) or any(f not in RULES for f in faults)
+            or len(set(faults)) != len(faults)):
+        raise SchemaError(f"faults: expected a list of distinct rule names {list(RULES)}")
     return Telemetry(dev, seq, _time(obj), vals, pred, band, anomaly, tuple(faults), _model(obj))
 
 
