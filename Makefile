@@ -12,9 +12,18 @@ MODEL ?= models/default
 ARCH ?= tcn
 EPOCHS ?= 10
 PYTEST_ARGS ?=
+FIRMWARE ?=
+AMPY ?=
+UMQTT_FROM ?=
+DEPLOY_ARGS ?=
+DEVICES ?= 3
+BROKER ?=
+SIM_ARGS ?=
+DEMO_FAST ?=
+DEMO_ARGS ?=
 APT_PKGS := mosquitto
 
-.PHONY: help setup test lint train compare convert flash deploy repl bridge collect demo bench clean
+.PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -53,6 +62,21 @@ compare: setup  ## train TCN, LSTM and GRU on DATA and print the table
 
 convert: setup  ## int8 TFLite, firmware blob, TFLM C array, emlearn C: make convert MODEL=...
 	$(EW) convert --model $(MODEL) --out $(MODEL)
+
+flash: setup  ## erase + write MicroPython, then deploy: make flash BOARD=... PORT=/dev/ttyUSB0 [FIRMWARE=image.bin]
+	$(EW) flash --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(FIRMWARE),--firmware "$(FIRMWARE)") $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
+
+deploy: setup  ## copy firmware (.mpy), model, config (.env secrets), umqtt; reset: make deploy PORT=... [AMPY=1]
+	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)") $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
+
+repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (Ctrl-] leaves)
+	$(EW) repl --port "$(PORT)"
+
+sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER: make sim DEVICES=3
+	$(EW) sim --devices $(DEVICES) $(if $(BROKER),--broker "$(BROKER)") $(SIM_ARGS)
+
+demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
+	$(BIN)/python -m tools.demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)
 
 bench: setup  ## regenerate docs/benchmarks.md and docs/benchmarks.json
 	$(BIN)/python -m tools.bench
