@@ -79,9 +79,18 @@ os.chdir('/')
 sys.path[:] = ['', '/.frozen', '/lib']
 try:
     import machine
-    machine.reset = _hard_reset
-    machine.soft_reset = _soft_reset
-except Exception:
+    try:
+        machine.reset = _hard_reset
+        machine.soft_reset = _soft_reset
+    except AttributeError:
+        # a built-in machine module is read-only: stand in front of it
+        class _Machine:
+            reset = staticmethod(_hard_reset)
+            soft_reset = staticmethod(_soft_reset)
+            def __getattr__(self, name):
+                return getattr(machine, name)
+        sys.modules['machine'] = _Machine()
+except ImportError:
     pass
 _g = {'__name__': '__main__'}
 def _read(n):
@@ -602,6 +611,55 @@ class VirtualBoard:
         self._reset_state(st)
         if self._run_and_report(b"S", src, raw=False):
             self._restart_input(st)
+
+
+class Terminal:
+    """Runs an interactive program (``mpremote repl``, ``make repl``) on its own pty, as a user would.
+
+    ``expect(b"text")`` waits for output and returns everything up to it; ``send(b"...")``
+    types. Used by the tests and the demo to hold REPL sessions with the real tools.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None):
+        master, slave = os.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                     cwd=cwd, start_new_session=True)
+        os.close(slave)
+        self._fd = master
+        self.buf = b""
+
+    def expect(self, pattern: bytes, timeout: float = 10.0) -> bytes:
+        """Read until `pattern` appears; return the output up to and including it."""
+        end = time.monotonic() + timeout
+        while pattern not in self.buf:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"waited {timeout}s for {pattern!r}; got {self.buf[-400:]!r}")
+            r, _, _ = select.select([self._fd], [], [], min(left, 0.1))
+            if r:
+                try:
+                    chunk = os.read(self._fd, 4096)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise EOFError(f"program ended waiting for {pattern!r}; got {self.buf[-400:]!r}")
+                self.buf += chunk
+        i = self.buf.index(pattern) + len(pattern)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def send(self, data: bytes) -> None:
+        os.write(self._fd, data)
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Wait for the program to end (killing it after `timeout`); its exit status."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            rc = self.proc.wait(5)
+        os.close(self._fd)
+        return rc
 
 
 def main(argv: list[str] | None = None) -> int:
