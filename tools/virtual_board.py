@@ -191,6 +191,7 @@ class VirtualBoard:
                                               "rom": self.rom})
         self.mode = "friendly"
         self.resets = 0  # hard resets, for tests
+        self.received = 0  # bytes received on the port: tests check a refused command sent none
 
     # ---- life cycle -------------------------------------------------------------------
     def start(self) -> VirtualBoard:
@@ -276,6 +277,7 @@ class VirtualBoard:
             except OSError:
                 time.sleep(0.05)  # EIO: nobody has the port open
                 continue
+            self.received += len(data)
             for b in data:
                 if b == CTRL_C and self._busy:
                     self._interrupt()  # Ctrl-C reaches running code at once, never queued
