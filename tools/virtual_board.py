@@ -12,7 +12,9 @@ budget. The board's flash is a host folder mounted as ``/`` inside MicroPython
 ``ampy put/ls`` land in that folder and nowhere else on the host. The stand-ins for
 ``machine``/``dht``/``network`` (tools/standins) are the board's ROM, mounted read-only
 at ``/.frozen`` (the name real boards give their frozen modules) and first on
-``sys.path`` after the current folder, like built-in modules on a board.
+``sys.path`` after the current folder, like built-in modules on a board. Host folders
+the stand-ins replay data from (``--host-dir``, e.g. the folder of ``$EDGEWATCH_SIM``)
+are mounted read-only at their own paths.
 
 Power-on and ``machine.reset()`` run ``boot.py`` then ``main.py`` like a board; a soft
 reset (Ctrl-D) restarts the interpreter and, in the friendly REPL, runs them again.
@@ -75,8 +77,14 @@ vfs.umount('/')
 vfs.mount(vfs.VfsPosix(%(flash)r), '/')
 if %(rom)r:
     vfs.mount(vfs.VfsPosix(%(rom)r), '/.frozen', readonly=True)
+for _d in %(host_dirs)r:
+    vfs.mount(vfs.VfsPosix(_d), _d, readonly=True)
 os.chdir('/')
-sys.path[:] = ['', '/.frozen', '/lib']
+# The ROM's machine stand-in shares the firmware's SHTC3 constants: import it once from a
+# read-only view of firmware/, then drop that view so only deployed files are importable.
+if %(fw)r:
+    vfs.mount(vfs.VfsPosix(%(fw)r), '/.fw', readonly=True)
+sys.path[:] = ['/.frozen', '/.fw']
 try:
     import machine
     try:
@@ -92,6 +100,12 @@ try:
         sys.modules['machine'] = _Machine()
 except ImportError:
     pass
+for _k in list(sys.modules):
+    if getattr(sys.modules[_k], '__file__', '').startswith('/.fw/'):
+        del sys.modules[_k]
+if %(fw)r:
+    vfs.umount('/.fw')
+sys.path[:] = ['', '/.frozen', '/lib']
 _g = {'__name__': '__main__'}
 def _read(n):
     data = b''
@@ -164,7 +178,7 @@ class VirtualBoard:
 
     def __init__(self, flash: str | os.PathLike, heap: str | None = None, board: str | None = None,
                  rom: str | os.PathLike | None = mpy.STANDINS, env: dict[str, str] | None = None,
-                 name: str | None = None):
+                 name: str | None = None, host_dirs: list[str | os.PathLike] | None = None):
         self.flash = Path(flash).resolve()
         self.flash.mkdir(parents=True, exist_ok=True)
         self.board = board
@@ -187,8 +201,11 @@ class VirtualBoard:
         self._threads: list[threading.Thread] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="vboard-")
         self._agent_file = Path(self._tmp.name) / "_vboard_agent.py"
+        # host folders the stand-ins read (replayed CSV, simulation JSON), read-only, same path
+        dirs = [str(Path(d).resolve()) for d in host_dirs or []]
         self._agent_file.write_text(AGENT % {"sentinel": SENTINEL, "flash": str(self.flash),
-                                              "rom": self.rom})
+                                              "rom": self.rom, "host_dirs": dirs,
+                                              "fw": str(mpy.FIRMWARE) if self.rom else ""})
         self.mode = "friendly"
         self.resets = 0  # hard resets, for tests
         self.received = 0  # bytes received on the port: tests check a refused command sent none
@@ -671,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--board", default=None, help="boards/<name>: sets the heap budget")
     ap.add_argument("--heap", default=None, help="heap size (overrides the board's), e.g. 96K")
     ap.add_argument("--port-file", default=None, help="also write the pty path to this file")
+    ap.add_argument("--host-dir", action="append", default=[], metavar="DIR",
+                    help="host folder visible read-only at the same path (data the stand-ins replay)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for the interpreter (e.g. stand-in settings)")
     args = ap.parse_args(argv)
@@ -682,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         env[key] = value
     try:
-        vb = VirtualBoard(args.flash, heap=args.heap, board=args.board, env=env).start()
+        vb = VirtualBoard(args.flash, heap=args.heap, board=args.board, env=env,
+                          host_dirs=args.host_dir).start()
     except Exception as exc:  # an unknown board, an unwritable folder: one line
         print(f"virtual_board: {exc}", file=sys.stderr)
         return 2
