@@ -34,6 +34,8 @@ def test_lineage_approval_and_deployments(tmp_path):
     assert reg.get(b.id[:6]).meta["parent"] == a.id
     assert reg.latest().id == a.id  # b is not approved yet
     assert reg.latest(approved=False).id == b.id
+    # the same bytes retrained again never become their own parent
+    assert reg.add(b"second model", parent=b.id).meta["parent"] == a.id
     reg.approve(b.id, note="better by 12 %")
     assert reg.latest().id == b.id and reg.get(b.id).meta["note"] == "better by 12 %"
     assert reg.deployed("gh-01") is None

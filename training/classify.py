@@ -203,13 +203,14 @@ def export_board_forest(model, path: Path, name: str) -> Path:
         from training.convert import export_emlearn
     except ImportError:
         export_emlearn = None
+    # int16 features as the board computes them; 8-bit leaf probabilities so the
+    # C forest averages votes the way scikit-learn does.
+    opts = {"method": "inline", "dtype": "int16_t", "leaf_bits": 8}
     if export_emlearn is not None:
-        export_emlearn(model, path, name)
-        return path
+        return Path(export_emlearn(model, path, name, **opts))
     import emlearn
 
-    # 8-bit leaf probabilities: the C forest averages them like scikit-learn does.
-    emlearn.convert(model, method="inline", dtype="int16_t", leaf_bits=8).save(file=str(path), name=name)
+    emlearn.convert(model, **opts).save(file=str(path), name=name)
     return path
 
 

@@ -97,9 +97,11 @@ class Registry:
         blob = bytes(blob)
         if not blob:
             raise UserError("registry: an empty blob cannot be registered")
+        mid = content_id(blob)
+        if parent == mid:
+            parent = None  # retrained into the same bytes: not its own parent
         if parent is not None:
             self.get(parent)  # a parent must exist: the lineage never points nowhere
-        mid = content_id(blob)
         folder = self.root / mid
         folder.mkdir(parents=True, exist_ok=True)
         old = self._read_entry(folder) if (folder / ENTRY).exists() else {}
