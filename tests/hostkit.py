@@ -83,8 +83,13 @@ def service_env(**extra) -> dict:
     return env
 
 
+def edgewatch(*args: str) -> list[str]:
+    """The command line of `edgewatch <args>` with this interpreter (as the console script runs it)."""
+    return [sys.executable, "-c", "import sys; from host.cli import main; sys.exit(main())", *args]
+
+
 def spawn(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     """Start ``edgewatch <args>`` as a real subprocess, output to ``log_path``."""
     fh = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "host.cli", *args], cwd=log_path.parent,
+    return subprocess.Popen(edgewatch(*args), cwd=log_path.parent,
                             env=env, stdout=fh, stderr=subprocess.STDOUT)
