@@ -80,7 +80,9 @@ class Result:
 
 def window_bounds(timestamps: list[datetime], windows: list[tuple[datetime, datetime]]) -> list[tuple[int, int]]:
     """Row index of each window's first and last timestamp (both must be rows of the file)."""
-    index = {t: i for i, t in enumerate(timestamps)}
+    index: dict = {}
+    for i, t in enumerate(timestamps):
+        index.setdefault(t, i)  # NAB looks rows up with list.index: the first occurrence
     out = []
     for start, end in windows:
         if start not in index or end not in index:

@@ -1,0 +1,396 @@
+"""Every detector the benchmarks compare, each with ONE fixed configuration.
+
+A detector is built fresh for each file and called as ``run(values, n_fit)``:
+it fits on ``values[:n_fit]`` (physical units, labels never seen) and returns
+one boolean verdict per row of ``values`` (causal: row t's verdict uses rows
+<= t only). The same configuration serves every file and every suite.
+
+- ``board``: the board's own detector, the int8 TCN executed by
+  ``firmware/engine.py`` inside the MicroPython unix port with the seed's
+  band rule ``|x - pred| >= k·(σ_window + ε)`` (see :mod:`training.boardrun`).
+- ``tcn``, ``lstm``, ``gru``: float Keras forecasters with the same seed rule.
+- ``iforest``: Isolation Forest (the second seed), contamination 5 %.
+- ``pca``: PCA Hotelling T² + Q (SPE), the classic process-monitoring baseline.
+- ``ms-ensemble``: the project's best detector: multiscale residual
+  scoring of rolling means (per-channel z and Mahalanobis), both normalised by
+  their own maximum on the fit rows, alert when both agree. It is arithmetic
+  on C rolling sums and a C×C matrix, so it fits the board (see ``on_board``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.data import Scaler, Series
+
+SEED = 42
+K, EPS = 3.0, 0.01   # the seed's is_anomalie rule
+_TRAINED: dict = {}
+
+
+def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
+    """Causal mean of the last ``w`` rows (fewer at the start), per column."""
+    x = np.asarray(x, dtype=np.float64)
+    c = np.cumsum(np.vstack([np.zeros((1,) + x.shape[1:]), x]), axis=0)
+    i = np.arange(len(x))
+    a = np.maximum(0, i - w + 1)
+    n = (i + 1 - a).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (c[i + 1] - c[a]) / n
+
+
+def standardise(train: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """z-scores of ``values`` with the fit rows' mean and std (constant channels stay finite)."""
+    mu = train.mean(axis=0)
+    sd = train.std(axis=0)
+    return (values - mu) / np.where(sd > 0, sd, 1.0)
+
+
+def fill_missing(values: np.ndarray) -> np.ndarray:
+    """Carry the last good reading over NaN rows (a failed read); leading NaNs take the first."""
+    v = np.array(values, dtype=np.float64, copy=True)
+    for c in range(v.shape[1]):
+        col = v[:, c]
+        bad = ~np.isfinite(col)
+        if bad.all():
+            col[:] = 0.0
+        elif bad.any():
+            idx = np.where(~bad, np.arange(len(col)), 0)
+            np.maximum.accumulate(idx, out=idx)
+            first = np.flatnonzero(~bad)[0]
+            idx[:first] = first
+            v[:, c] = col[idx]
+    return v
+
+
+class Detector:
+    """Base: a name, whether it runs on the board, and ``run(values, n_fit) -> bool[N]``."""
+
+    name = "base"
+    on_board = "no"
+    description = ""
+
+    def run(self, values: np.ndarray, n_fit: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class IsolationForestDetector(Detector):
+    """Isolation Forest on standardised rows, contamination 5 % (the second seed's setting)."""
+
+    name = "iforest"
+    on_board = "no (host analysis, as in the second seed)"
+    description = "Isolation Forest, 100 trees, contamination 5 %, standardised rows"
+
+    def __init__(self, contamination: float = 0.05, seed: int = SEED):
+        self.contamination = contamination
+        self.seed = seed
+
+    def run(self, values, n_fit):
+        from sklearn.ensemble import IsolationForest
+
+        v = fill_missing(values)
+        z = standardise(v[:n_fit], v)
+        model = IsolationForest(contamination=self.contamination, random_state=self.seed)
+        model.fit(z[:n_fit])
+        return model.predict(z) == -1
+
+
+class PcaT2QDetector(Detector):
+    """PCA on standardised rows; alert when Hotelling T² or Q (SPE) exceeds its fit-set 99th percentile."""
+
+    name = "pca-t2q"
+    on_board = "yes in principle (C×C arithmetic); not in the firmware"
+    description = "PCA (90 % variance) T² + Q, limits = 99th percentile on the fit rows"
+
+    def __init__(self, variance: float = 0.9, quantile: float = 0.99):
+        self.variance = variance
+        self.quantile = quantile
+
+    def run(self, values, n_fit):
+        from sklearn.decomposition import PCA
+
+        v = fill_missing(values)
+        z = standardise(v[:n_fit], v)
+        pca = PCA(self.variance, random_state=SEED).fit(z[:n_fit])
+        t = pca.transform(z)
+        t2 = np.sum(t ** 2 / np.maximum(pca.explained_variance_, 1e-12), axis=1)
+        q = np.sum((z - pca.inverse_transform(t)) ** 2, axis=1)
+        lim_t2 = np.quantile(t2[:n_fit], self.quantile)
+        lim_q = np.quantile(q[:n_fit], self.quantile)
+        return (t2 > lim_t2) | (q > max(lim_q, 1e-12))
+
+
+class MultiscaleEnsemble(Detector):
+    """Rolling-mean residual scoring, two views that must agree.
+
+    Per channel, the rolling mean of the z-scored signal over ``window`` rows
+    is compared with the spread of that rolling mean on the fit rows (view A:
+    worst channel; view B: Mahalanobis distance of the rolling-mean vector,
+    Ledoit-Wolf covariance). Each view is divided by its maximum over the fit
+    rows, so "1.0" means "as unusual as the most unusual fit moment". An alert
+    needs both views above ``factor``: a single drifting channel (A) or a
+    small correlated wobble (B) alone does not fire.
+    """
+
+    name = "ms-ensemble"
+    on_board = "yes: C rolling sums + a C×C matrix per sample (not in the firmware yet)"
+    description = "rolling mean (40 rows) residual z per channel AND Mahalanobis, both > 3× fit max"
+
+    def __init__(self, window: int = 40, factor: float = 3.0):
+        self.window = window
+        self.factor = factor
+
+    def scores(self, values, n_fit):
+        """The two normalised views [N, 2] (1.0 = the fit rows' maximum)."""
+        from sklearn.covariance import LedoitWolf
+
+        w = self.window
+        v = fill_missing(values)
+        m = rolling_mean(standardise(v[:n_fit], v), w)
+        ref = m[min(w, n_fit - 2):n_fit]  # skip the warm-up of the rolling mean
+        sd = ref.std(axis=0)
+        a = np.max(np.abs(m - ref.mean(axis=0)) / np.where(sd > 1e-9, sd, 1e-9), axis=1)
+        lw = LedoitWolf().fit(ref)
+        b = np.sqrt(lw.mahalanobis(m))
+        k = min(w, n_fit - 2)
+        na = a / max(np.max(a[k:n_fit]), 1e-9)
+        nb = b / max(np.max(b[k:n_fit]), 1e-9)
+        return np.stack([na, nb], axis=1)
+
+    def run(self, values, n_fit):
+        s = self.scores(values, n_fit)
+        out = np.all(s > self.factor, axis=1)
+        out[: min(self.window, len(out))] = False  # the rolling mean is still filling
+        return out
+
+
+def band_rule(windows: np.ndarray, actual: np.ndarray, pred: np.ndarray,
+              k: float = K, eps: float = EPS) -> np.ndarray:
+    """The seed's is_anomalie: per channel, outside pred ± k·(σ_window + ε) (normalised units).
+
+    Returns a boolean [M, C] (True = that channel fired). σ is the population std
+    of each channel over the input window, as numpy's ``std`` in the seed.
+    """
+    sigma = windows.std(axis=1)
+    half = k * (sigma + eps)
+    return (actual <= pred - half) | (actual >= pred + half)
+
+
+class ForecastDetector(Detector):
+    """A float Keras forecaster (tcn|lstm|gru) trained on the fit rows + the seed's band rule."""
+
+    on_board = "no (float)"
+
+    def __init__(self, arch: str = "tcn", window: int = 10, epochs: int = 20, seed: int = SEED):
+        self.arch = arch
+        self.window = window
+        self.epochs = epochs
+        self.seed = seed
+        self.name = arch
+        self.description = f"float {arch.upper()}, window {window}, {epochs} epochs, band k={K:g}, ε={EPS:g}"
+        self.trained = None
+
+    def fit(self, fit_values: np.ndarray, channels: list[str] | None = None):
+        """Train on the fit rows (80/20 chronological split inside, as `edgewatch train`).
+
+        Trained models are memoised per (arch, epochs, window, fit rows) so the
+        float TCN and the board's int8 TCN of one file share one training.
+        """
+        from training.train import train
+
+        fit_values = fill_missing(fit_values)
+        key = (self.arch, self.epochs, self.window, self.seed,
+               hashlib.sha1(np.ascontiguousarray(fit_values, np.float32).tobytes()).hexdigest())
+        if key in _TRAINED:
+            self.trained = _TRAINED[key]
+            return self.trained
+        n, c = fit_values.shape
+        names = channels or [f"ch{i}" for i in range(c)]
+        series = Series(timestamps=np.arange(n, dtype=np.float64),
+                        values=np.asarray(fit_values, np.float32), channels=names,
+                        source="fit rows", lines=np.arange(2, n + 2))
+        self.trained = train(series, arch=self.arch, epochs=self.epochs, window=self.window,
+                             seed=self.seed, plots=False)
+        if len(_TRAINED) > 8:
+            _TRAINED.clear()
+        _TRAINED[key] = self.trained
+        return self.trained
+
+    def windows(self, values: np.ndarray, scaler: Scaler) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised input windows [N-W, W, C] and the rows they predict [N-W, C]."""
+        from training.data import make_windows
+
+        return make_windows(scaler.transform(fill_missing(values)), self.window)
+
+    def verdicts(self, values: np.ndarray) -> np.ndarray:
+        """Per-row, per-channel band verdicts [N, C] with the trained float model."""
+        x, y = self.windows(values, self.trained["scaler"])
+        pred = self.trained["model"].predict(x, batch_size=1024, verbose=0)
+        out = np.zeros(values.shape, dtype=bool)
+        out[self.window:] = band_rule(x, y, pred)
+        return out
+
+    def run(self, values, n_fit):
+        self.fit(values[:n_fit])
+        return self.verdicts(values).any(axis=1)
+
+
+# Runs inside the MicroPython unix port: the firmware's own engine and detector,
+# fed one row at a time exactly as the sampling loop feeds them.
+_DRIVER = r"""
+import struct, sys
+from array import array
+import engine, detector
+cfg = %r
+m = engine.Model(open(cfg["blob"], "rb").read())
+d = detector.Detector(cfg["names"], cfg["limits"], cfg["params"], cfg["params"])
+d.set_model(m)
+f = open(cfg["data"], "rb")
+n, c = struct.unpack("<II", f.read(8))
+buf = bytearray(4 * (c + 1))
+fmt = "<%%df" %% (c + 1)
+out = sys.stdout
+for i in range(n):
+    f.readinto(buf)
+    row = struct.unpack(fmt, buf)
+    missed = int(row[c])
+    vals = None if row[0] != row[0] and all(v != v for v in row[:c]) else [
+        None if v != v else v for v in row[:c]]
+    al = d.step(vals, missed)
+    parts = []
+    for a in al:
+        parts.append("%%s:%%s:%%s" %% (a[0], a[1], a[2]))
+    band = ""
+    if d.has_band:
+        band = ",".join("%%r,%%r,%%r" %% (d.pred[j], d.lo[j], d.hi[j]) for j in range(c))
+    out.write("%%d|%%s|%%s\n" %% (i, ";".join(parts), band))
+"""
+
+
+@dataclass
+class BoardVerdict:
+    """What the firmware decided for each row: alert tuples and, when the band ran, pred/lo/hi."""
+
+    alerts: list          # per row: list of (rule, channel or None, value text)
+    pred: np.ndarray      # [N, C] physical units, NaN where the band did not run
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.ndarray | None = None,
+                 limits=None, stuck_samples: int = 10 ** 9, dropout_periods: int = 1,
+                 heap: str = "96K", timeout: float = 1800) -> BoardVerdict:
+    """Feed rows through firmware/engine.py + firmware/detector.py under MicroPython.
+
+    ``values`` [N, C] physical units (NaN = failed read), ``missed`` [N] sample
+    periods skipped before each row. ``limits`` per channel (default: none).
+    """
+    from tools import mpy
+
+    v = np.asarray(values, np.float64)
+    n, c = v.shape
+    miss = np.zeros(n) if missed is None else np.asarray(missed, np.float64)
+    lim = limits or [(-1e30, 1e30)] * c
+    with tempfile.TemporaryDirectory(prefix="ew-board-") as tmp:
+        bpath, dpath = Path(tmp) / "model.ewb", Path(tmp) / "rows.bin"
+        bpath.write_bytes(blob)
+        rows = np.concatenate([v, miss[:, None]], axis=1).astype("<f4")
+        dpath.write_bytes(struct.pack("<II", n, c) + rows.tobytes())
+        cfg = {"blob": str(bpath), "data": str(dpath), "names": list(names),
+               "limits": [list(map(float, x)) for x in lim],
+               "params": {"k": None, "eps": None, "sigma_window": None,
+                          "stuck_samples": int(stuck_samples),
+                          "dropout_periods": int(dropout_periods)}}
+        proc = mpy.run(code=_DRIVER % cfg, heap=heap, timeout=timeout)
+    alerts: list = [[] for _ in range(n)]
+    pred = np.full((n, c), np.nan)
+    lo, hi = pred.copy(), pred.copy()
+    for line in proc.stdout.splitlines():
+        i_txt, al, band = line.split("|")
+        i = int(i_txt)
+        if al:
+            for a in al.split(";"):
+                rule, ch, val = a.split(":", 2)
+                alerts[i].append((rule, None if ch == "None" else ch, val))
+        if band:
+            b = np.array([float(x) for x in band.split(",")]).reshape(c, 3)
+            pred[i], lo[i], hi[i] = b[:, 0], b[:, 1], b[:, 2]
+    return BoardVerdict(alerts, pred, lo, hi)
+
+
+def board_blob(trained: dict, names: list[str], x_fit: np.ndarray) -> bytes:
+    """int8 TFLite of a trained TCN -> the firmware blob (as `edgewatch convert` builds it)."""
+    from training import blob
+    from training.convert import to_tflite
+
+    window = int(x_fit.shape[1])
+    pick = np.linspace(0, len(x_fit) - 1, min(200, len(x_fit))).astype(int)
+    tfl = to_tflite(trained["model"], x_fit[pick])
+    sc = trained["scaler"]
+    spec = blob.from_tflite(tfl, list(names), sc.offset, sc.scale,
+                            blob.Detector(k=K, eps=EPS, sigma_window=window))
+    return blob.write(spec)
+
+
+class BoardDetector(ForecastDetector):
+    """The board's own detector: the TCN trained on the fit rows, converted to int8 and the
+    firmware blob, then run row by row by the firmware's engine and detector under MicroPython.
+
+    ``rules="band"`` keeps only the model's band rule (SKAB, NAB); ``rules="all"``
+    also keeps the firmware's device-fault rules (stuck, range, dropout, read).
+    """
+
+    on_board = "yes: this is the firmware's own code (MicroPython unix port)"
+
+    def __init__(self, window: int = 10, epochs: int = 20, seed: int = SEED, rules: str = "band",
+                 limits=None, stuck_samples: int = 120):
+        super().__init__("tcn", window, epochs, seed)
+        self.name = "board"
+        self.description = (f"int8 TCN (window {window}, {epochs} epochs) + band k={K:g}, ε={EPS:g} "
+                            "run by firmware/engine.py + detector.py under MicroPython")
+        self.rules = rules
+        self.limits = limits
+        self.stuck_samples = stuck_samples
+        self.last = None
+
+    def firmware_verdicts(self, values, n_fit, names=None, missed=None) -> BoardVerdict:
+        """Train, convert and run the firmware on every row; the full per-row verdicts."""
+        c = values.shape[1]
+        names = names or [f"ch{i}" for i in range(c)]
+        self.fit(values[:n_fit], names)
+        x_fit, _ = self.windows(values[:n_fit], self.trained["scaler"])
+        raw = board_blob(self.trained, names, x_fit)
+        everything = self.rules == "all"
+        self.last = run_firmware(raw, names, values, missed,
+                                 limits=self.limits if everything else None,
+                                 stuck_samples=self.stuck_samples if everything else 10 ** 9,
+                                 dropout_periods=1 if everything else 10 ** 9)
+        return self.last
+
+    def run(self, values, n_fit, missed=None):
+        bv = self.firmware_verdicts(values, n_fit, missed=missed)
+        return np.array([bool(a) for a in bv.alerts])
+
+
+def make(name: str, fast: bool = False) -> Detector:
+    """A fresh detector by name, with its one configuration (``fast``: fewer epochs)."""
+    epochs = 5 if fast else 20
+    if name == "iforest":
+        return IsolationForestDetector()
+    if name == "pca-t2q":
+        return PcaT2QDetector()
+    if name == "ms-ensemble":
+        return MultiscaleEnsemble()
+    if name in ("tcn", "lstm", "gru"):
+        return ForecastDetector(name, epochs=epochs)
+    if name == "board":
+        return BoardDetector(epochs=epochs)
+    raise ValueError(f"unknown detector '{name}' (choose from {', '.join(NAMES)})")
+
+
+NAMES = ("board", "tcn", "lstm", "gru", "iforest", "pca-t2q", "ms-ensemble")
