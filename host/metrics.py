@@ -51,8 +51,8 @@ def setup_logging(level: str = "info", stream=None) -> None:
 def reason_label(reason: str) -> str:
     """A bounded label for a rejection reason (Prometheus labels must not explode)."""
     r = reason.lower()
-    for key, label in (("oversized", "oversized"), ("utf-8", "encoding"), ("not json", "json"),
-                       ("nan", "nonfinite"), ("infinity", "nonfinite"), ("not finite", "nonfinite"),
+    for key, label in (("oversized", "oversized"), ("utf-8", "encoding"), ("nan ", "nonfinite"),
+                       ("infinity", "nonfinite"), ("not finite", "nonfinite"), ("json", "json"),
                        ("version", "version"), ("does not match", "device_mismatch"),
                        ("topic", "topic"), ("unknown device", "unknown_device"),
                        ("replayed", "replayed")):
