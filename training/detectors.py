@@ -169,6 +169,71 @@ class MultiscaleEnsemble(Detector):
         return out
 
 
+def longest_constant_run(values: np.ndarray) -> int:
+    """Longest run of consecutive rows whose every channel repeats the previous row."""
+    same = np.all(np.diff(values, axis=0) == 0, axis=1)
+    best = cur = 0
+    for s in same:
+        cur = cur + 1 if s else 0
+        best = max(best, cur)
+    return best
+
+
+class BestDetector(Detector):
+    """The project's best detector: four views, any of which alerts.
+
+    1. sustained shift: :class:`MultiscaleEnsemble` (rolling-mean residuals, two views agree);
+    2. spike / noise burst: one-step residual against the median of the previous
+       ``median_rows`` rows, per channel, beyond ``spike_k`` times the fit rows'
+       99th percentile of that residual;
+    3. stuck: the whole reading vector unchanged for longer than 1.5× the longest
+       such run in the fit rows (at least ``min_stuck`` rows);
+    4. device: a failed read (NaN) or missed sample periods (``missed`` > 0).
+
+    Every view is causal and O(C²) per sample at most, so the whole detector fits
+    the board; the firmware today runs only the seed's band rule and its own
+    device rules (see ``board``).
+    """
+
+    name = "best"
+    on_board = "yes in principle (rolling sums, medians of 5, a C×C matrix); not in the firmware yet"
+    description = ("ms-ensemble OR spike (|x − median of previous 5| > 3× its fit 99th pct) OR stuck "
+                   "(> 1.5× longest fit run) OR failed read / missed period")
+
+    def __init__(self, median_rows: int = 5, spike_k: float = 3.0, min_stuck: int = 5):
+        self.shift = MultiscaleEnsemble()
+        self.median_rows = median_rows
+        self.spike_k = spike_k
+        self.min_stuck = min_stuck
+        self.views = None
+
+    def run(self, values, n_fit, missed=None):
+        raw = np.asarray(values, np.float64)
+        bad = ~np.all(np.isfinite(raw), axis=1)
+        v = fill_missing(raw)
+        shift = self.shift.run(v, n_fit)
+        z = standardise(v[:n_fit], v)
+        m = self.median_rows
+        pad = np.vstack([np.repeat(z[:1], m, axis=0), z])
+        prev = np.lib.stride_tricks.sliding_window_view(pad[:-1], m, axis=0)  # [N, C, m]
+        resid = z - np.median(prev, axis=2)
+        # Unit: the fit rows' own 99th percentile of |residual| (a MAD is 0 on quantised sensors).
+        scale = np.maximum(np.quantile(np.abs(resid[m:n_fit]), 0.99, axis=0), 1e-9)
+        spike = np.any(np.abs(resid) > self.spike_k * scale, axis=1)
+        spike[:m] = False
+        limit = max(self.min_stuck, int(1.5 * longest_constant_run(v[:n_fit])) + 1)
+        same = np.concatenate([[False], np.all(np.diff(raw, axis=0) == 0, axis=1)])
+        run = np.zeros(len(v), dtype=int)
+        for i in range(1, len(v)):
+            run[i] = run[i - 1] + 1 if same[i] else 0
+        stuck = run >= limit
+        device = bad.copy()
+        if missed is not None:
+            device |= np.asarray(missed) > 0
+        self.views = {"shift": shift, "spike": spike, "stuck": stuck, "device": device}
+        return shift | spike | stuck | device
+
+
 def band_rule(windows: np.ndarray, actual: np.ndarray, pred: np.ndarray,
               k: float = K, eps: float = EPS) -> np.ndarray:
     """The seed's is_anomalie: per channel, outside pred ± k·(σ_window + ε) (normalised units).
@@ -386,6 +451,8 @@ def make(name: str, fast: bool = False) -> Detector:
         return PcaT2QDetector()
     if name == "ms-ensemble":
         return MultiscaleEnsemble()
+    if name == "best":
+        return BestDetector()
     if name in ("tcn", "lstm", "gru"):
         return ForecastDetector(name, epochs=epochs)
     if name == "board":
@@ -393,4 +460,4 @@ def make(name: str, fast: bool = False) -> Detector:
     raise ValueError(f"unknown detector '{name}' (choose from {', '.join(NAMES)})")
 
 
-NAMES = ("board", "tcn", "lstm", "gru", "iforest", "pca-t2q", "ms-ensemble")
+NAMES = ("board", "tcn", "lstm", "gru", "iforest", "pca-t2q", "ms-ensemble", "best")

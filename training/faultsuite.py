@@ -152,6 +152,8 @@ def _alerts(det, fit: np.ndarray, stream: np.ndarray, names, missed) -> np.ndarr
     if hasattr(det, "firmware_verdicts"):
         bv = det.firmware_verdicts(values, len(fit), names=names, missed=miss)
         verdict = np.array([bool(a) for a in bv.alerts])
+    elif getattr(det, "name", "") == "best":
+        verdict = np.asarray(det.run(values, len(fit), missed=miss), dtype=bool)
     else:
         verdict = np.asarray(det.run(values, len(fit)), dtype=bool)
     return verdict[len(fit):]
