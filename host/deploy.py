@@ -150,12 +150,13 @@ def build_config(board_name: str, board: dict, secrets: dict, device_id: str | N
     return cfg
 
 
-def mpy_cross(src: Path, dst: Path, arch: str | None) -> None:
+def mpy_cross(src: Path, dst: Path, arch: str | None, name: str | None = None) -> None:
     """Precompile one module; a failure names the file and mpy-cross's message."""
     argv = [bin_path("mpy-cross")]
     if arch:
         argv.append(f"-march={arch}")
-    argv += [str(src), "-o", str(dst)]
+    # tracebacks on the board name the board's file, not the host path it was built from
+    argv += ["-s", name or src.name, str(src), "-o", str(dst)]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode:
         raise UserError(f"mpy-cross {src.name}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
@@ -181,7 +182,7 @@ def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, con
         if compile_mpy and rel.name not in KEEP_SOURCE:
             dst = out / rel.with_suffix(".mpy")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            mpy_cross(src, dst, arch)
+            mpy_cross(src, dst, arch, rel.as_posix())
         else:
             dst = out / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,7 @@ def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, con
             dst = out / (rel.with_suffix(".mpy") if compile_mpy else rel)
             dst.parent.mkdir(parents=True, exist_ok=True)
             if compile_mpy:
-                mpy_cross(src, dst, arch)
+                mpy_cross(src, dst, arch, rel.as_posix())
             else:
                 shutil.copy(src, dst)
             files.append(dst.relative_to(out).as_posix())
