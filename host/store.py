@@ -93,8 +93,8 @@ class MySQL(Dialect):
         return f"INSERT INTO {table} ({c}) VALUES ({v}) ON DUPLICATE KEY UPDATE {sets}"
 
 
-def connect(url: str):
-    """(DB-API connection, Dialect) for a database URL, creating a SQLite file if needed."""
+def connect(url: str, create: bool = True):
+    """(DB-API connection, Dialect) for a database URL; ``create`` makes a missing SQLite file."""
     u = urlparse(url)
     scheme = u.scheme.split("+")[0]
     add_secret(u.password)
@@ -105,6 +105,8 @@ def connect(url: str):
                 path = path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
             if not path:
                 raise UserError(f"{url}: no database file in the URL")
+            if not create and not Path(path).is_file():
+                raise UserError(f"{path}: no such database file")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -134,11 +136,11 @@ def connect(url: str):
 class Store:
     """Batched, exactly-once writes of telemetry, alerts and device status."""
 
-    def __init__(self, url: str, table_prefix: str = ""):
+    def __init__(self, url: str, table_prefix: str = "", create: bool = True):
         if table_prefix and not table_prefix.replace("_", "").isalnum():
             raise UserError(f"table prefix {table_prefix!r}: letters, digits and _ only")
         self.url = url
-        self.conn, self.d = connect(url)
+        self.conn, self.d = connect(url, create)
         self.lock = threading.Lock()
         q = self.d.q
         self.t_tel = q(f"{table_prefix}telemetry")
@@ -146,8 +148,14 @@ class Store:
         self.t_dev = q(f"{table_prefix}devices")
         self.names = {"telemetry": f"{table_prefix}telemetry", "alerts": f"{table_prefix}alerts",
                       "devices": f"{table_prefix}devices"}
-        self._create()
-        self.channels = self._channel_columns()
+        if create:
+            self._create()
+        try:
+            self.channels = self._channel_columns()
+        except Exception:
+            self.close()
+            raise UserError(f"{safe_url(url)}: no table {self.names['telemetry']} "
+                            "(has the collector run?)") from None
 
     # ------------------------------------------------------------ schema
     def _create(self) -> None:
