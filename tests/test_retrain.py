@@ -1,0 +1,108 @@
+"""`edgewatch retrain`: recent data from a collector database, approve only a better model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from host.schema import Telemetry
+from host.store import Store
+from training import retrain
+from training.generate import generate
+from training.registry import Registry
+
+EDGEWATCH = str(Path(sys.executable).with_name("edgewatch"))
+PERIOD = 300.0  # 5-minute samples: two days are 576 rows, plenty for a tiny TCN
+
+
+def fill(url: str, devices=("gh-01", "gh-02"), days=2.0, shift=0.0, flagged=()) -> None:
+    """Store generated greenhouse telemetry as the collector would; rows in ``flagged``
+    carry the board's anomaly flag."""
+    store = Store(url)
+    for i, dev in enumerate(devices):
+        s, _ = generate(days=days, period=PERIOD, seed=i, faults="none")
+        recs = []
+        for k, (t, v) in enumerate(zip(s.timestamps, s.values, strict=True)):
+            values = {c: float(v[j]) + shift for j, c in enumerate(s.channels)}
+            recs.append((Telemetry(dev, k, float(t), values, anomaly=k in flagged), float(t)))
+        store.write(recs, [])
+    store.close()
+
+
+def test_first_model_approved_then_only_a_better_one(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    # A model trained 8 degC / 8 %RH off: deployed, it mispredicts the real room.
+    off = f"sqlite:///{tmp_path / 'off.db'}"
+    fill(off, shift=8.0)
+    first = retrain.retrain(off, reg.root, tmp_path / "work", epochs=3)
+    assert first["approved"] and first["parent"] is None and first["device"] == "gh-01"
+    reg.mark_deployed(first["entry"], "gh-01")
+
+    url = f"sqlite:///{tmp_path / 'tel.db'}"
+    flagged = set(range(100, 110))
+    fill(url, flagged=flagged)
+    second = retrain.retrain(url, reg.root, tmp_path / "work", device="gh-01", epochs=3)
+    assert second["parent"] == first["entry"]
+    cand, old = second["candidate"]["score"], second["deployed"]["score"]
+    assert second["approved"] == (cand <= 0.95 * old)
+    assert second["approved"], second["reason"]
+    e = reg.get(second["entry"])
+    span = e.meta["data"]
+    assert span["rows"] == 576 - len(flagged) and span["dropped"] == len(flagged)
+    assert span["train_rows"] + span["holdout_rows"] == span["rows"]
+    assert span["end"] - span["start"] == 575 * PERIOD
+    assert e.meta["model_id"] == second["model_id"] and len(second["model_id"]) == 8
+    assert (e.path / "model.tflite").is_file() and (e.path / "scaler.json").is_file()
+
+    # Deployed now; retrained on the same data with the same seed, the candidate is
+    # no better (Keras layer names may differ in-process, so the bytes may too).
+    reg.mark_deployed(second["entry"], "gh-01")
+    third = retrain.retrain(url, reg.root, tmp_path / "work", device="gh-01", epochs=3)
+    assert not third["approved"] and third["parent"] == second["entry"]
+    assert third["candidate"]["score"] == pytest.approx(third["deployed"]["score"], rel=1e-3)
+    assert not reg.get(third["entry"]).approved or third["entry"] == second["entry"]
+    assert reg.latest().id == second["entry"]
+    assert reg.get(second["entry"]).meta["parent"] == first["entry"]  # lineage kept
+
+
+def test_recent_days_only(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tel.db'}"
+    fill(url, devices=("gh-01",), days=3.0)
+    s, dev = retrain.pull(url, None, days=1.0)
+    assert dev == "gh-01"
+    assert s.timestamps[-1] - s.timestamps[0] <= 86400
+    assert len(s) == 289  # one day of 5-minute samples, both ends included
+    assert np.all(np.diff(s.timestamps) > 0)
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--holdout", "0.9"], "--holdout 0.9"),
+    (["--device", "nobody"], "no telemetry from device 'nobody'"),
+    (["--days", "0"], "--days 0"),
+])
+def test_bad_input_is_one_line(tmp_path, argv, expect):
+    url = f"sqlite:///{tmp_path / 'tel.db'}"
+    fill(url, devices=("gh-01",), days=0.5)
+    r = subprocess.run([EDGEWATCH, "retrain", "--data", url, "--registry", str(tmp_path / "r"),
+                        "--work", str(tmp_path / "w"), *argv], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert expect in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()  # nothing recorded
+
+
+def test_publish_without_key_fails_before_training(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tel.db'}"
+    fill(url, devices=("gh-01",), days=0.5)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("EDGEWATCH_OTA_KEY", "EDGEWATCH_MODEL_KEY")}
+    r = subprocess.run([EDGEWATCH, "retrain", "--data", url, "--publish", "--work",
+                        str(tmp_path / "w"), "--registry", str(tmp_path / "r")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "EDGEWATCH_OTA_KEY is not set" in r.stderr
+    assert not (tmp_path / "w").exists()
