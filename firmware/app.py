@@ -1,0 +1,272 @@
+"""The sampling loop: read, judge, queue on flash, send; sampling never waits for the network.
+
+Every period: read the sensor (bounded retries), let the detector judge the
+sample, append the telemetry and its alerts to the outbox, then spend what is
+left of the period on the link: (re)connect with backoff, receive model updates,
+and send the oldest queued records, each removed only after its PUBACK.
+"""
+
+import gc
+import os
+import time
+
+import detector
+import machine
+import outbox
+import schema
+import sensors
+from link import Link
+
+try:
+    import engine
+except ImportError:  # rules only until the int8 engine is on the board
+    engine = None
+
+FW_VERSION = "0.1.0"
+_SLACK_MS = 5  # stop sending this long before the next sample is due
+_EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ports with a 2000 epoch
+
+wdt = None  # the hardware watchdog once started; main.py feeds it after a crash
+
+
+def unix_time():
+    """Unix seconds when the clock is set (NTP), else None (the host stamps arrival)."""
+    t = int(time.time()) + _EPOCH
+    return t if t > 1600000000 else None
+
+
+def feed():
+    """Feed the watchdog (no-op before it is started)."""
+    if wdt is not None:
+        wdt.feed()
+
+
+class App:
+    """One board: sensor, detector, outbox and link, wired from the config."""
+
+    def __init__(self, cfg, log=print):
+        global wdt
+        self.cfg = cfg
+        self.log = log
+        board = cfg["board_info"]
+        kind = cfg["sensor"]
+        self.device = dev = cfg["device"]
+        self.names = list(sensors.NAMES)
+        if wdt is None and board.get("wdt_timeout_ms"):
+            wdt = machine.WDT(timeout=board["wdt_timeout_ms"])
+        self.reader = sensors.Reader(sensors.make_sensor(kind, board, machine), kind,
+                                     cfg["read_retries"], cfg["retry_ms"], feed=feed)
+        self.det = detector.Detector(self.names, sensors.RANGES[kind], cfg["detector"],
+                                     cfg["fallback"])
+        ob = cfg["outbox"]
+        # the host stand-in's machine.flash_open can tear a write (power-cut test)
+        opener = getattr(machine, "flash_open", open)
+        self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], opener)
+        self.model = None
+        self.model_error = None
+        self.pending_blob = None
+        self._load_model()
+        wlan = None
+        if cfg["wifi"]:
+            import network
+
+            wlan = network.WLAN(network.STA_IF)
+        p = cfg["prefix"]
+        self.t_tel = schema.topic(p, dev, "telemetry")
+        self.t_alert = schema.topic(p, dev, "alert")
+        self.t_status = schema.topic(p, dev, "status")
+        self.t_model = schema.topic(p, dev, "model")
+        self._t_model_b = self.t_model.encode()
+        link = self.link = Link(cfg, wlan, log)
+        link.will_topic = self.t_status
+        link.will = schema.will(dev)
+        link.subscriptions = [self.t_model]
+        link.on_message = self._on_message
+        link.on_connect = self.publish_status
+        self.started = time.ticks_ms()
+        self.samples = self.sent = self.alerts = 0
+        self.heap_min = gc.mem_free()
+        self.last_status = self.started
+        log("app: %s fw %s board %s sensor %s model %s outbox %d pending, next seq %d"
+            % (dev, FW_VERSION, board.get("name"), kind, self.model_id(), self.outbox.depth,
+               self.outbox.next_seq))
+
+    # -- model -----------------------------------------------------------------
+    def model_id(self):
+        return self.model.model_id if self.model is not None else None
+
+    def _load_model(self):
+        path = self.cfg["model_file"]
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            self.log("app: no %s, rules only" % path)
+            return
+        m, err = self._verify(blob)
+        if err:
+            self.model_error = err
+            self.log("app: %s refused (%s), rules only" % (path, err))
+            return
+        self.model = m
+
+    def _verify(self, blob):
+        # -> (model, None) with the detector switched to it, or (None, "model: reason")
+        if engine is None:
+            return None, "model: no engine on this board"
+        try:
+            m = engine.Model(blob, key=self.cfg["ota_key"])
+            if self.model is not None and m.model_id == self.model.model_id:
+                return self.model, None
+            self.det.set_model(m)
+        except MemoryError:
+            return None, "model: does not fit in memory"
+        except Exception as e:  # engine.BlobError, detector.ModelMismatch
+            return None, "model: %s" % (e.args[0] if e.args else type(e).__name__)
+        return m, None
+
+    def _on_message(self, topic, msg):
+        # runs inside umqtt (maybe mid-publish): only keep the blob for the loop
+        if topic == self._t_model_b:
+            self.pending_blob = msg
+
+    def apply_blob(self):
+        """Verify a received model, store it atomically, hot-swap it, publish status."""
+        blob, self.pending_blob = self.pending_blob, None
+        if not blob:
+            return  # an empty retained message clears the topic: keep what we run
+        old = self.model
+        m, err = self._verify(blob)
+        if m is old and old is not None:
+            return  # the retained copy of the model we already run
+        if not err:
+            path = self.cfg["model_file"]
+            try:
+                with open(path + ".tmp", "wb") as f:
+                    f.write(blob)
+                try:
+                    os.rename(path + ".tmp", path)
+                except OSError:  # FAT cannot rename onto an existing file
+                    os.remove(path)
+                    os.rename(path + ".tmp", path)
+            except OSError as e:
+                err = "model: cannot store (%s)" % e
+                self.det.set_model(old)
+        if err:
+            self.model_error = err
+            self.log("app: new model refused: %s; keeping %s" % (err, self.model_id()))
+        else:
+            self.model, self.model_error = m, None
+            self.log("app: model %s in use" % m.model_id)
+        self.publish_status()
+
+    # -- messages --------------------------------------------------------------
+    def publish_status(self):
+        """Publish the retained status (called on each connect and after a model change)."""
+        self.last_status = time.ticks_ms()
+        ob = self.outbox
+        msg = schema.status(self.device, ob.last_seq, unix_time(), FW_VERSION, self.model_id(),
+                            gc.mem_free(), ob.depth, ob.dropped,
+                            time.ticks_diff(time.ticks_ms(), self.started) // 1000,
+                            self.model_error)
+        self.link.publish(self.t_status, msg, retain=True)
+
+    def sample(self, missed):
+        """Read, judge and queue one sample and its alerts (before anything is sent)."""
+        values = self.reader.read()
+        alerts = self.det.step(values, missed)
+        t = unix_time()
+        mid = self.model_id()
+        faults = []
+        for a in alerts:
+            if a[0] not in faults:
+                faults.append(a[0])
+        d = self.det
+        band = d.has_band
+        ob = self.outbox
+        seq = ob.next_seq
+        ob.append(outbox.TELEMETRY, schema.telemetry(
+            self.device, seq, t, self.names, values, d.pred if band else None,
+            d.lo if band else None, d.hi if band else None, faults, mid))
+        for a in alerts:
+            ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
+            self.alerts += 1
+            self.log("alert: %s %s value=%s band=%s..%s sample=%d"
+                     % (a[0], a[1], a[2], a[3], a[4], seq))
+        self.samples += 1
+
+    def drain(self, until):
+        """Send queued records oldest first until `until` (ticks) or the link fails."""
+        ob = self.outbox
+        while ob.depth and self.link.up:
+            r = ob.peek()
+            if r is None:
+                break
+            kind, seq, payload = r
+            if not self.link.publish(self.t_tel if kind == outbox.TELEMETRY else self.t_alert,
+                                     payload):
+                break
+            ob.ack()
+            self.sent += 1
+            if time.ticks_diff(until, time.ticks_ms()) <= 0:
+                break
+
+    # -- loop ------------------------------------------------------------------
+    def run(self):
+        """Sample every period forever (or `stop_after` samples in simulation)."""
+        cfg = self.cfg
+        period = cfg["period_ms"]
+        stop_after = cfg["stop_after"]
+        status_every = cfg["status_every_ms"]
+        link = self.link
+        next_due = time.ticks_ms()
+        last = None
+        while True:
+            now = time.ticks_ms()
+            if time.ticks_diff(now, next_due) >= 0:
+                missed = 0
+                if last is not None:
+                    missed = (time.ticks_diff(now, last) + period // 2) // period - 1
+                last = now
+                self.sample(missed if missed > 0 else 0)
+                next_due = time.ticks_add(next_due, period)
+                if time.ticks_diff(now, next_due) >= 0:  # after a stall: no burst of samples
+                    next_due = time.ticks_add(now, period)
+                gc.collect()
+                free = gc.mem_free()
+                if free < self.heap_min:
+                    self.heap_min = free
+                if stop_after and self.samples >= stop_after:
+                    break
+            link.service()
+            if self.pending_blob is not None:
+                self.apply_blob()
+            self.drain(time.ticks_add(next_due, -_SLACK_MS))
+            if status_every and link.up and \
+                    time.ticks_diff(time.ticks_ms(), self.last_status) > status_every:
+                self.publish_status()
+            feed()
+            wait = time.ticks_diff(next_due, time.ticks_ms())
+            if wait > 0:
+                time.sleep_ms(wait if wait < 500 else 500)
+        self._finish()
+
+    def _finish(self):
+        # simulation end: deliver what is queued, then report
+        deadline = time.ticks_add(time.ticks_ms(), self.cfg["drain_ms"])
+        while self.outbox.depth and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+            self.link.service()
+            self.drain(deadline)
+            feed()
+            if self.outbox.depth:
+                time.sleep_ms(10)
+        self.publish_status()
+        self.log("app: done samples=%d alerts=%d sent=%d outbox=%d dropped=%d skipped=%d "
+                 "heap_min_free=%d next_seq=%d"
+                 % (self.samples, self.alerts, self.sent, self.outbox.depth, self.outbox.dropped,
+                    self.outbox.skipped, self.heap_min, self.outbox.next_seq))
+
+
+def run(cfg):
+    """Build the app from a checked config and run it."""
+    App(cfg).run()

@@ -1,0 +1,175 @@
+"""Per-sample verdicts: the seed's band rule plus device-fault rules.
+
+band     value outside pred +- k*(sigma + eps), in the model's normalised units, where
+         sigma is the population std of the channel's last `sigma_window` normalised
+         samples (the seed's is_anomalie uses numpy .std() over the input window)
+stuck    the same reading for `stuck_samples` samples in a row (re-alerted every M)
+range    outside the sensor's physical range (sensors.RANGES)
+dropout  `dropout_periods` or more sample periods missed before this sample
+read     the sensor gave no value after its bounded retries
+
+Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units.
+History is kept in physical units, so a model swapped in over the air (new scaler)
+keeps the samples already seen. Buffers are allocated once.
+"""
+
+import math
+from array import array
+
+CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
+
+
+class ModelMismatch(Exception):
+    """The model's channels or window do not fit this sensor and detector."""
+
+
+class Detector:
+    """Holds the recent history of one sensor and judges each new sample."""
+
+    def __init__(self, names, limits, params, fallback):
+        self.names = names
+        self.limits = limits
+        n = len(names)
+        self.params = params  # config detector section: explicit values win over the blob
+        self.fallback = fallback
+        self.stuck_n = params["stuck_samples"]
+        self.dropout_n = params["dropout_periods"]
+        self.hist = array("f", bytes(4 * CAPACITY * n))
+        self.count = 0  # valid samples in hist (up to CAPACITY)
+        self.pos = 0  # next write index
+        self.last = [None] * n
+        self.same = [0] * n
+        self.pred = [0.0] * n
+        self.lo = [0.0] * n
+        self.hi = [0.0] * n
+        self.has_band = False
+        self.alerts = []
+        self.model = None
+        self._order = None  # model channel j -> sensor channel index
+        self._win = None
+        self._set_params(None)
+
+    def _set_params(self, model):
+        p, f = self.params, self.fallback
+
+        def pick(name):
+            if p[name] is not None:
+                return p[name]
+            if model is not None:
+                return getattr(model, name)
+            return f[name]
+
+        self.k = float(pick("k"))
+        self.eps = float(pick("eps"))
+        self.sigma_window = int(pick("sigma_window"))
+
+    def set_model(self, model):
+        """Use `model` (engine.Model) for the band rule, or None for rules only."""
+        if model is None:
+            self.model, self._order, self._win = None, None, None
+            self._set_params(None)
+            return
+        lower = [s.lower() for s in self.names]
+        order = []
+        for name in model.names:
+            if name.lower() not in lower:
+                raise ModelMismatch("channels %s do not match sensor %s"
+                                    % (",".join(model.names), ",".join(self.names)))
+            order.append(lower.index(name.lower()))
+        if len(order) != len(self.names):
+            raise ModelMismatch("model has %d channels, sensor %d" % (len(order), len(self.names)))
+        sw = self.params["sigma_window"] or model.sigma_window
+        if model.window > CAPACITY or sw > CAPACITY:
+            raise ModelMismatch("window %d / sigma window %d over %d" % (model.window, sw, CAPACITY))
+        self._order = order
+        self._win = array("f", bytes(4 * model.window * len(order)))
+        self.model = model
+        self._set_params(model)
+
+    def _at(self, back, ch):
+        # physical value `back` samples ago (1 = newest) of sensor channel ch
+        n = len(self.names)
+        i = (self.pos - back) % CAPACITY
+        return self.hist[i * n + ch]
+
+    def _push(self, values):
+        n = len(self.names)
+        base = self.pos * n
+        for c in range(n):
+            self.hist[base + c] = values[c]
+        self.pos = (self.pos + 1) % CAPACITY
+        if self.count < CAPACITY:
+            self.count += 1
+
+    def _band(self, values):
+        m = self.model
+        order = self._order
+        w = m.window
+        need = max(w, self.sigma_window)
+        if self.count < need:
+            return
+        win = self._win
+        nc = len(order)
+        for t in range(w):
+            for j in range(nc):
+                win[t * nc + j] = (self._at(w - t, order[j]) - m.offset[j]) / m.scale[j]
+        pred = m.predict(win)
+        sw = self.sigma_window
+        for j in range(nc):
+            c = order[j]
+            off, sc = m.offset[j], m.scale[j]
+            s = s2 = 0.0
+            for back in range(1, sw + 1):
+                x = (self._at(back, c) - off) / sc
+                s += x
+                s2 += x * x
+            mean = s / sw
+            var = s2 / sw - mean * mean
+            sigma = math.sqrt(var) if var > 0 else 0.0
+            half = self.k * (sigma + self.eps)
+            p = pred[j]
+            self.pred[c] = p * sc + off
+            self.lo[c] = (p - half) * sc + off
+            self.hi[c] = (p + half) * sc + off
+            v = (values[c] - off) / sc
+            if not (p - half < v < p + half):  # the seed's strict inequalities
+                self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
+                                    self.pred[c]))
+        self.has_band = True
+
+    def step(self, values, missed=0):
+        """Judge one sample. `values` is the reading list or None (failed read);
+        `missed` the number of sample periods skipped before it. Returns the alert list
+        (reused: copy what you keep)."""
+        alerts = self.alerts
+        alerts.clear()
+        self.has_band = False
+        if missed >= self.dropout_n:
+            alerts.append(("dropout", None, missed, None, None, None))
+        if values is None:
+            alerts.append(("read", None, None, None, None, None))
+            return alerts
+        ok = True
+        for c in range(len(self.names)):
+            v = values[c]
+            if v is None:
+                alerts.append(("read", self.names[c], None, None, None, None))
+                ok = False
+                continue
+            lo, hi = self.limits[c]
+            if not (lo <= v <= hi):
+                alerts.append(("range", self.names[c], v, lo, hi, None))
+                ok = False
+            if v == self.last[c]:
+                self.same[c] += 1
+                if self.same[c] % self.stuck_n == 0:
+                    alerts.append(("stuck", self.names[c], v, None, None, None))
+            else:
+                self.last[c] = v
+                self.same[c] = 1
+        # a sample that failed or is physically impossible stays out of the model's window
+        if ok:
+            if self.model is not None:
+                self._band(values)
+            self._push(values)
+        return alerts

@@ -1,0 +1,251 @@
+"""WiFi + MQTT link that never blocks the sampling loop for long.
+
+`service()` is called every loop turn: it brings WiFi up, then MQTT (umqtt.simple,
+QoS 1, user/password, TLS with CA and optional client certificate, last will), each
+attempt followed on failure by a bounded, growing, jittered pause (umqtt.robust
+waits a fixed 2 s forever). Sockets get a short timeout so a dead peer costs
+seconds, not the watchdog. Works with umqtt.simple 1.3/1.4 (`ssl=True, ssl_params`)
+and 1.5+ (`ssl=<SSLContext>`).
+"""
+
+import random
+import sys
+import time
+
+import socket as _socket
+
+import umqtt.simple as _simple
+
+WIFI_GRACE_MS = 15000  # association + DHCP usually take 2-6 s
+
+
+class Backoff:
+    """Capped exponential backoff with 'equal jitter': delay in [d/2, d], d = min(max, min*2^n)."""
+
+    def __init__(self, min_ms, max_ms):
+        self.min_ms = min_ms
+        self.max_ms = max_ms
+        self.n = 0
+
+    def reset(self):
+        self.n = 0
+
+    def next_ms(self):
+        """The pause before the next attempt; grows until max_ms."""
+        d = self.min_ms << self.n if self.n < 24 else self.max_ms
+        if d >= self.max_ms:
+            d = self.max_ms
+        else:
+            self.n += 1
+        half = d // 2
+        return half + random.getrandbits(20) % (d - half + 1)
+
+
+class _TimeoutSockets:
+    """Stands in for the `socket` module inside umqtt so its sockets get a timeout
+    (umqtt creates the socket itself, before connect)."""
+
+    def __init__(self, timeout_s):
+        self.timeout_s = timeout_s
+
+    def socket(self, *args):
+        s = _socket.socket(*args)
+        s.settimeout(self.timeout_s)
+        return s
+
+    def getaddrinfo(self, *args):
+        return _socket.getaddrinfo(*args)
+
+
+class _SSLShim:
+    """`ussl` for umqtt.simple 1.3/1.4: wraps with our SSLContext (CA + client cert)."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def wrap_socket(self, sock, server_hostname=None, **_):
+        return self.ctx.wrap_socket(sock, server_hostname=server_hostname)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def ssl_context(ca, cert=None, key=None):
+    """Client SSLContext that requires the server's certificate to chain to `ca` (a file)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=_read(ca))
+    if cert:
+        ctx.load_cert_chain(_read(cert), _read(key))
+    return ctx
+
+
+def _ticks():
+    return time.ticks_ms()
+
+
+class Link:
+    """Connection state machine. `on_message(topic, payload)` receives subscribed messages;
+    `on_connect()` returns the status payload to publish (retained) on each connect."""
+
+    def __init__(self, cfg, wlan=None, log=print):
+        self.cfg = cfg
+        self.wlan = wlan
+        self.log = log
+        self.client = None
+        self.up = False
+        self.backoff = Backoff(cfg["backoff"]["min_ms"], cfg["backoff"]["max_ms"])
+        self.next_try = _ticks()
+        self.wifi_asked = False
+        self.wifi_deadline = 0
+        self.attempts = 0
+        self.connects = 0
+        self.timeout_s = cfg["socket_timeout_ms"] / 1000
+        self.subscriptions = []
+        self.on_message = None
+        self.on_connect = None
+        self.will_topic = None
+        self.will = None
+        self.last_io = _ticks()
+        self._ctx = None
+        if cfg["tls"]:
+            self._ctx = ssl_context(cfg["ca"], cfg["client_cert"], cfg["client_key"])
+        _simple.socket = _TimeoutSockets(self.timeout_s)
+        if self._ctx is not None:
+            sys.modules["ussl"] = _SSLShim(self._ctx)
+
+    def _schedule(self, what, err):
+        self.attempts += 1
+        delay = self.backoff.next_ms()
+        self.next_try = time.ticks_add(_ticks(), delay)
+        self.log("link: %s failed (%s), attempt %d, next in %d ms" % (what, err, self.attempts, delay))
+
+    def _wifi_ok(self):
+        w = self.wlan
+        if w is None or w.isconnected():
+            if self.wifi_asked:
+                self.wifi_asked = False
+                self.log("link: wifi up %s" % (w.ifconfig()[0],))
+                _set_clock()
+            return True
+        return False
+
+    def _new_client(self):
+        c = self.cfg
+        client = _simple.MQTTClient(
+            c["device"], c["host"], c["port"], c["user"], c["password"], c["keepalive_s"])
+        if self._ctx is not None:
+            if hasattr(client, "ssl_params"):  # umqtt.simple <= 1.4
+                client.ssl = True
+                client.ssl_params = {"server_hostname": c["host"]}
+            else:
+                client.ssl = self._ctx
+        if self.will_topic:
+            client.set_last_will(self.will_topic, self.will, retain=True, qos=1)
+        client.set_callback(self._on_msg)
+        return client
+
+    def _on_msg(self, topic, msg):
+        if self.on_message:
+            self.on_message(topic, msg)
+
+    def service(self):
+        """Advance the connection (at most one short attempt) and read incoming messages."""
+        if self.up:
+            try:
+                self._poll()
+            except Exception as e:
+                self.drop(e)
+            return
+        if time.ticks_diff(self.next_try, _ticks()) > 0:
+            return
+        if not self._wifi_ok():
+            w = self.wlan
+            if self.wifi_asked and time.ticks_diff(self.wifi_deadline, _ticks()) > 0:
+                return  # still associating: look again next turn
+            try:
+                if self.wifi_asked:
+                    self.wifi_asked = False
+                    w.disconnect()
+                    self._schedule("wifi", "no association within %d ms" % WIFI_GRACE_MS)
+                    return
+                w.active(True)
+                w.connect(self.cfg["wifi"]["ssid"], self.cfg["wifi"].get("password"))
+                self.wifi_asked = True
+                self.wifi_deadline = time.ticks_add(_ticks(), WIFI_GRACE_MS)
+            except Exception as e:
+                self._schedule("wifi connect", e)
+            return
+        self._connect()
+
+    def _connect(self):
+        client = self._new_client()
+        try:
+            client.connect()
+            client.sock.settimeout(self.timeout_s)
+            self.client = client
+            for t in self.subscriptions:
+                client.subscribe(t, qos=1)
+            self.up = True
+            self.connects += 1
+            self.last_io = _ticks()
+            self.backoff.reset()
+            self.attempts = 0
+            self.log("link: mqtt connected to %s:%d" % (self.cfg["host"], self.cfg["port"]))
+            if self.on_connect:
+                self.on_connect()
+        except Exception as e:
+            self._close(client)
+            self.client = None
+            self.up = False
+            self._schedule("mqtt connect", e)
+
+    def _poll(self):
+        c = self.client
+        c.check_msg()
+        c.sock.settimeout(self.timeout_s)  # check_msg leaves the socket blocking
+        ka = self.cfg["keepalive_s"]
+        if ka and time.ticks_diff(_ticks(), self.last_io) > ka * 500:
+            c.ping()
+            self.last_io = _ticks()
+
+    def _close(self, client):
+        try:
+            client.sock.close()
+        except Exception:
+            pass
+
+    def drop(self, err):
+        """Forget the connection after an error; reconnect with backoff."""
+        if self.client is not None:
+            self._close(self.client)
+        self.client = None
+        self.up = False
+        self._schedule("mqtt", err)
+
+    def publish(self, topic, payload, retain=False):
+        """Publish with QoS 1; True once the broker's PUBACK arrived, False on any error."""
+        if not self.up:
+            return False
+        try:
+            self.client.sock.settimeout(self.timeout_s)
+            self.client.publish(topic, payload, retain, 1)
+            self.last_io = _ticks()
+            return True
+        except Exception as e:
+            self.drop(e)
+            return False
+
+
+def _set_clock():
+    # the board's clock starts at 2000-01-01; NTP makes `t` real (unix port: no ntptime)
+    try:
+        import ntptime
+
+        ntptime.settime()
+    except Exception:
+        pass

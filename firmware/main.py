@@ -1,0 +1,75 @@
+"""Board entry point: start the app; never crash-loop.
+
+A bad or missing config is printed as one line on the REPL, the LED blinks, and
+the file is read again after a growing pause (2 s .. 60 s) - no reset, so a user
+can fix it over the REPL or `make deploy`. An unexpected error in the app is
+printed and the app restarted in-process after a growing pause, feeding the
+watchdog meanwhile; only the watchdog itself resets a board that hangs.
+"""
+
+import gc
+import sys
+import time
+
+_MAX_WAIT_MS = 60000
+
+
+def _led(config):
+    try:
+        import machine
+
+        pin = config.load_board()["pins"].get("led")
+        return None if pin is None else machine.Pin(pin, machine.Pin.OUT)
+    except Exception:
+        return None
+
+
+def _wait(ms, led=None):
+    # sleep in small steps, blinking and feeding a watchdog the app may have started
+    app = sys.modules.get("app")
+    end = time.ticks_add(time.ticks_ms(), ms)
+    on = 0
+    while time.ticks_diff(end, time.ticks_ms()) > 0:
+        if app is not None:
+            app.feed()
+        if led is not None:
+            on ^= 1
+            led.value(on)
+        time.sleep_ms(250)
+
+
+def main():
+    """Load the config (waiting until it is valid) and run the app, restarting it on errors."""
+    wait = app_wait = 2000
+    while True:
+        gc.collect()
+        try:
+            import config
+
+            try:
+                cfg = config.load()
+            except config.ConfigError as e:
+                print("edgewatch: config error: %s (retrying in %d s)" % (e, wait // 1000))
+                _wait(wait, _led(config))
+                wait = min(wait * 2, _MAX_WAIT_MS)
+                continue
+            wait = 2000
+            # the checker is not needed while running: give its ~10 KB back to the heap
+            del sys.modules["config"]
+            config = None
+            gc.collect()
+            import app
+
+            app.run(cfg)
+            return  # only a simulation (stop_after) ends
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            print("edgewatch: app stopped:")
+            sys.print_exception(e)
+            print("edgewatch: restarting the app in %d s" % (app_wait // 1000))
+            _wait(app_wait)
+            app_wait = min(app_wait * 2, _MAX_WAIT_MS)
+
+
+main()
