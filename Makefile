@@ -78,6 +78,12 @@ sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER:
 demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
 	$(BIN)/python -m tools.demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)
 
+bridge: setup  ## run the alert bridge: SMS via Twilio from .env (a dry run without TWILIO_*)
+	$(EW) bridge
+
+collect: setup  ## run the collector: make collect DB=sqlite:///edgewatch.db
+	$(EW) collect $(if $(DB),--db $(DB))
+
 bench: setup  ## regenerate docs/benchmarks.md and docs/benchmarks.json
 	$(BIN)/python -m tools.bench
 
