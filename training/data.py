@@ -20,11 +20,10 @@ import csv
 import json
 import math
 import re
-import sqlite3
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
@@ -38,9 +37,7 @@ LABEL_NAMES = ("anomaly", "changepoint", "fault", "label", "is_anomaly", "occupa
 MISSING = frozenset({"", "nan", "null", "none", "na", "n/a"})
 # Channels of the occupancy files that the board also measures.
 OCCUPANCY_CHANNELS = ["temperature", "humidity"]
-DB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
-# Columns of the collector's telemetry table that are not channels.
-DB_META = ("device", "seq", "t", "received", "received_at", "anomaly", "faults", "model", "id")
+DB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
 
 # Physical units of the channels the boards measure (for tables and plots).
@@ -311,7 +308,7 @@ def load_skab(path, channels=None, dropna=True) -> Series:
 def load_nab(path, channels=None, windows=None, dropna=True) -> Series:
     """A NAB ``timestamp,value`` file; labels ``anomaly`` from NAB's windows.json.
 
-    The published machine_temperature file repeats one hour (line 10150 goes
+    The published machine_temperature file repeats one hour (line 10151 goes
     back to 02:00); NAB scores rows in file order, so order is kept, not refused.
     """
     s = load_csv(path, channels, order="keep", dropna=dropna)
@@ -331,80 +328,34 @@ def nab_window_labels(timestamps: np.ndarray, name: str, windows_json: Path) -> 
     return out
 
 
-def connect(url: str):
-    """A DB-API connection and its parameter placeholder for a database URL.
-
-    ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or a plain path,
-    ``postgresql://user:pw@host:port/db`` (psycopg), ``mysql://user:pw@host/db`` (PyMySQL).
-    """
-    u = urlparse(url)
-    scheme = u.scheme.split("+")[0]
-    try:
-        if scheme in ("", "sqlite"):
-            path = url if not u.scheme else unquote(u.path[1:] if u.path.startswith("/") else u.path)
-            if scheme == "sqlite" and u.netloc:
-                path = unquote(u.netloc + u.path)
-            if not Path(path).exists():
-                raise UserError(f"{path}: no such database file")
-            return sqlite3.connect(f"file:{path}?mode=ro", uri=True), "?"
-        if scheme in ("postgresql", "postgres"):
-            import psycopg
-
-            return psycopg.connect(url.replace(u.scheme + "://", "postgresql://", 1)), "%s"
-        if scheme == "mysql":
-            import pymysql
-
-            return pymysql.connect(host=u.hostname or "localhost", port=u.port or 3306,
-                                   user=unquote(u.username or ""),
-                                   password=unquote(u.password or ""),
-                                   database=u.path.lstrip("/")), "%s"
-    except UserError:
-        raise
-    except Exception as exc:  # driver errors: one line, no traceback, no password
-        safe = url.replace(f":{u.password}@", ":***@") if u.password else url
-        raise UserError(f"{safe}: cannot connect: {str(exc).splitlines()[0]}") from None
-    raise UserError(f"{url}: unknown database scheme '{u.scheme}' (use sqlite, postgresql, mysql)")
-
-
-def load_db(url: str, device: str | None = None, channels=None, table: str = "telemetry",
+def load_db(url: str, device: str | None = None, channels=None, table_prefix: str = "",
             dropna=True) -> Series:
-    """One device's telemetry from the collector's database, ordered by time then seq.
+    """One device's telemetry from the collector's database (``host.store``), in time order.
 
-    The table holds ``device, seq, t`` and one column per channel; ``t`` is Unix
-    seconds. ``device`` may also come as ``?device=NAME`` in the URL; it may be
-    left out when the table holds a single device.
+    ``url`` is a collector URL (``sqlite:///edgewatch.db``, ``postgresql://...``,
+    ``mysql://...``) or a ``.db`` path; ``device`` may also come as
+    ``?device=NAME`` and may be left out when the table holds a single device.
+    The board's ``anomaly`` verdict becomes a label. Rows are numbered from 1
+    in time order, as ``edgewatch export`` would write them.
     """
+    from host.export import read
+    from host.store import Store
+
     q = parse_qs(urlparse(url).query)
     if device is None and "device" in q:
         device = q["device"][0]
     base = url.split("?", 1)[0]
-    conn, ph = connect(base)
-    source = f"{base} {table}"
+    store = Store(base, table_prefix=table_prefix, create=False)
     try:
-        cur = conn.cursor()
-        try:
-            cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
-        except Exception:
-            raise UserError(f"{source}: no table '{table}'") from None
-        cols = [d[0] for d in cur.description]
-        if device is None:
-            cur.execute(f"SELECT DISTINCT device FROM {table}")
-            devices = sorted(str(r[0]) for r in cur.fetchall())
-            if len(devices) != 1:
-                raise UserError(f"{source}: choose a device ({', '.join(devices) or 'none stored'})")
-            device = devices[0]
-        cur.execute(f"SELECT * FROM {table} WHERE device = {ph} ORDER BY t, seq", (device,))
-        data = cur.fetchall()
+        device, chans, data = read(store, device, channels)
     finally:
-        conn.close()
-    if not data:
-        raise UserError(f"{source}: no rows for device '{device}'")
-    seq_col = cols.index("seq") if "seq" in cols else None
-    defaults = None if channels else [c for c in cols if slug(c) not in DB_META]
-    rows = ((int(r[seq_col]) if seq_col is not None else i + 1, list(r))
-            for i, r in enumerate(data))
-    return _build(f"{source} device={device}", cols, rows, channels, default_channels=defaults,
-                  dropna=dropna, time_name="t", row_word="seq")
+        store.close()
+    source = f"{base} device {device}"
+    if not chans:
+        raise UserError(f"{source}: no channel columns stored")
+    rows = ((i + 1, [t, *vals, anomaly]) for i, (t, vals, anomaly) in enumerate(data))
+    return _build(source, ["t", *chans, "anomaly"], rows, None, dropna=dropna,
+                  time_name="t", row_word="row")
 
 
 def load(path_or_url, channels=None, device: str | None = None, dropna: bool = True) -> Series:
@@ -419,7 +370,7 @@ def load(path_or_url, channels=None, device: str | None = None, dropna: bool = T
     if isinstance(channels, str):
         channels = [c for c in channels.split(",") if c.strip()]
     scheme = urlparse(text).scheme.split("+")[0]
-    if scheme in DB_SCHEMES or Path(text).suffix in (".db", ".sqlite", ".sqlite3"):
+    if scheme in DB_SCHEMES or Path(text.split("?", 1)[0]).suffix in (".db", ".sqlite", ".sqlite3"):
         return load_db(text, device=device, channels=channels, dropna=dropna)
     p = Path(text)
     if p.is_file():
@@ -528,7 +479,7 @@ def require_rows(series: Series, window: int, train_fraction: float = 0.8) -> No
     """Refuse a series too short to train: both split parts need at least one window."""
     n = len(series)
     # n - window windows, split chronologically; the smaller part needs one window.
-    need = window + int(math.ceil(1 / min(train_fraction, 1 - train_fraction)))
+    need = window + int(math.ceil(1 / min(train_fraction, 1 - train_fraction) - 1e-9))
     if n < need:
         last = f"{series.where(-1)}" if n else f"{series.source}"
         raise UserError(f"{last}: only {n} usable rows (after dropping {series.dropped} with "
