@@ -106,3 +106,97 @@ def test_publish_without_key_fails_before_training(tmp_path):
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "EDGEWATCH_OTA_KEY is not set" in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------- schedulers
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _parse_edgewatch(argv: list[str]) -> None:
+    """Parse ``edgewatch <cmd> ...`` with the command's real argparse (SystemExit on a bad option)."""
+    import argparse
+    import importlib
+
+    from host.cli import COMMANDS
+
+    assert Path(argv[0]).name == "edgewatch", argv
+    mod = importlib.import_module(COMMANDS[argv[1]])
+    parser = argparse.ArgumentParser(prog=f"edgewatch {argv[1]}", exit_on_error=False)
+    mod.add_arguments(parser)
+    try:
+        parser.parse_args(argv[2:])
+    except (SystemExit, argparse.ArgumentError) as exc:
+        pytest.fail(f"edgewatch refuses {argv}: {exc}")
+
+
+def _edgewatch_argv(shell: str) -> list[str]:
+    """The edgewatch invocation inside a shell command line (after ``cd ... &&``)."""
+    import shlex
+
+    words = shlex.split(shell.split("&&")[-1].split(">>")[0])
+    return words
+
+
+def test_cron_line_runs_a_valid_retrain():
+    lines = [x for x in (DEPLOY / "cron" / "edgewatch-retrain.cron").read_text().splitlines()
+             if x.strip() and not x.startswith("#") and "=" not in x.split()[0]]
+    assert len(lines) == 1
+    fields = lines[0].split(None, 6)
+    minute, hour, dom, month, dow, user, command = fields
+    assert 0 <= int(minute) < 60 and 0 <= int(hour) < 24 and dom == "*/3" and user == "edgewatch"
+    argv = _edgewatch_argv(command)
+    assert argv[1] == "retrain" and "--publish" in argv
+    _parse_edgewatch(argv)
+
+
+def test_systemd_units_verify_and_run_a_valid_retrain(tmp_path):
+    import shutil
+
+    service = (DEPLOY / "systemd" / "edgewatch-retrain.service").read_text()
+    timer = (DEPLOY / "systemd" / "edgewatch-retrain.timer").read_text()
+    exec_start = next(x for x in service.splitlines() if x.startswith("ExecStart="))[10:]
+    _parse_edgewatch(exec_start.split())
+    assert "EnvironmentFile=" in service and "EDGEWATCH_OTA_KEY=" not in service
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    calendar = next(x for x in timer.splitlines() if x.startswith("OnCalendar="))[11:]
+    r = subprocess.run(["systemd-analyze", "calendar", calendar], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # verify wants the ExecStart binary to exist: point it at this checkout's.
+    (tmp_path / "edgewatch-retrain.service").write_text(
+        service.replace(exec_start.split()[0], EDGEWATCH))
+    (tmp_path / "edgewatch-retrain.timer").write_text(timer)
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "edgewatch-retrain.service"),
+                        str(tmp_path / "edgewatch-retrain.timer")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_airflow_dag_parses_and_calls_the_same_steps():
+    """Airflow is ~130 packages (and protobuf 7, which TensorFlow refuses), so the DAG is
+    checked without it: it parses, schedules every three days, runs analyze then
+    retrain, and each task's command parses with edgewatch's real options."""
+    import ast
+
+    src = (DEPLOY / "airflow" / "edgewatch_dag.py").read_text()
+    tree = ast.parse(src)
+    assign = next(n for n in tree.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", None) == "COMMANDS")
+    home, exe = "/opt/edgewatch", "/opt/edgewatch/.venv/bin/edgewatch"
+    commands = eval(compile(ast.Expression(assign.value), "dag", "eval"),
+                    {"HOME": home, "EDGEWATCH": exe})
+    assert set(commands) == {"analyze", "retrain"}
+    for name, shell in commands.items():
+        # What Airflow renders: its Jinja run date, the worker's environment.
+        shell = shell.replace("{{ ds }}", "2026-01-04").replace("$EDGEWATCH_DB_URL", "sqlite:///x.db")
+        argv = _edgewatch_argv(shell)
+        assert argv[1] == name
+        _parse_edgewatch(argv)
+    assert "--publish" in commands["retrain"]
+    ops = {kw.value.value: kw for n in ast.walk(tree) if isinstance(n, ast.Call)
+           and getattr(n.func, "id", "") == "BashOperator" for kw in n.keywords if kw.arg == "task_id"}
+    assert set(ops) == {"analyze", "retrain"}
+    assert "analyze >> retrain" in src
+    dag = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DAG")
+    kws = {kw.arg: ast.unparse(kw.value) for kw in dag.keywords}
+    assert kws["schedule"] == "timedelta(days=3)" and kws["catchup"] == "False"

@@ -66,6 +66,19 @@ def _expand(sources: list[str]) -> list[str]:
     return out
 
 
+def _per_device(sources: list[str], device: str | None) -> list[tuple[str, str | None]]:
+    """(source, device) pairs: a database without ``--device`` stands for all its devices."""
+    from training.retrain import db_devices, is_db
+
+    out = []
+    for s in sources:
+        if is_db(s) and device is None and "device=" not in s:
+            out += [(s, d) for d in sorted(db_devices(s))] or [(s, None)]
+        else:
+            out.append((s, device))
+    return out
+
+
 def _natural(stem: str):
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
@@ -74,13 +87,15 @@ def load_many(sources: list[str], channels=None, device: str | None = None,
               need_label: str | None = None) -> tdata.Series:
     """Load and concatenate several sources that share their channels.
 
+    A database URL without ``device`` contributes every device it holds.
+
     Files lacking ``need_label`` (SKAB's anomaly-free file) are skipped when a
     label is needed; a file whose channels differ from the first is refused.
     """
     files = _expand(sources)
     parts: list[tdata.Series] = []
-    for f in files:
-        s = tdata.load(f, channels=channels, device=device)
+    for f, dev in _per_device(files, device):
+        s = tdata.load(f, channels=channels, device=dev)
         if need_label and need_label not in s.labels:
             if len(files) == 1:
                 raise UserError(f"{f} line 1: no '{need_label}' label column")
@@ -301,7 +316,8 @@ def report(series: tdata.Series, res: dict, files: dict, params: dict) -> tuple[
         "abnormal_mean": [float(v) for v in abnormal_mean],
         "clusters": clusters, "figures": files,
     }
-    if "anomaly" in series.labels:
+    label = series.labels.get("anomaly")
+    if label is not None and label.dtype != object and (label > 0.5).any():
         summary["vs_label"] = label_scores(abnormal, series.labels["anomaly"])
 
     md = [f"# Anomaly analysis of {series.source}", "",

@@ -67,30 +67,31 @@ def add_arguments(p) -> None:
 
 # ---------------------------------------------------------------- data
 
-def _is_db(source: str) -> bool:
+def is_db(source: str) -> bool:
+    """Whether ``source`` names a database (URL or .db/.sqlite file) rather than a CSV."""
     from urllib.parse import urlparse
 
     return (urlparse(source).scheme.split("+")[0] in tdata.DB_SCHEMES
             or Path(source).suffix in (".db", ".sqlite", ".sqlite3"))
 
 
-def db_devices(url: str, table: str = "telemetry") -> dict[str, int]:
+def db_devices(url: str) -> dict[str, int]:
     """Device id -> telemetry row count in the collector's database."""
-    conn, _ = tdata.connect(url.split("?", 1)[0])
+    from host.store import Store
+
+    store = Store(url.split("?", 1)[0], create=False)
     try:
-        cur = conn.cursor()
-        try:
-            cur.execute(f"SELECT device, COUNT(*) FROM {table} GROUP BY device")
-        except Exception:
-            raise UserError(f"{url}: no table '{table}'") from None
-        return {str(d): int(n) for d, n in cur.fetchall()}
+        rows = store.query("SELECT device, COUNT(*) FROM {telemetry} GROUP BY device")
+    except Exception as exc:  # a database without the collector's tables
+        raise UserError(f"{url}: no collector telemetry table ({str(exc).splitlines()[0]})") from None
     finally:
-        conn.close()
+        store.close()
+    return {str(d): int(n) for d, n in rows}
 
 
 def pull(source: str, device: str | None, days: float, channels=None) -> tuple[tdata.Series, str | None]:
     """The recent, cleaned series of one device (or of a CSV) and the device id."""
-    if _is_db(source):
+    if is_db(source):
         counts = db_devices(source)
         if not counts:
             raise UserError(f"{source}: no telemetry stored yet")
@@ -265,7 +266,7 @@ def run(args) -> int:
         from host.settings import mqtt_settings
         from training.registry import Registry
 
-        targets = args.target or (sorted(db_devices(source)) if _is_db(source) else None)
+        targets = args.target or (sorted(db_devices(source)) if is_db(source) else None)
         if not targets:
             raise UserError("--publish from a CSV needs --target DEVICE")
         reg = Registry(args.registry)
