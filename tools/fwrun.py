@@ -39,11 +39,71 @@ def prepare(folder, device: str, board: str, broker: str, sim: dict | None = Non
     return folder
 
 
-def start(folder, board: str, heap: str | None = None, sim_file: str = "sim.json") -> subprocess.Popen:
-    """Start firmware/main.py in `folder` with the board's heap budget; stdout+stderr piped."""
+def start(folder, board: str, heap: str | None = None, sim_file: str = "sim.json",
+          log: str = "console.log") -> subprocess.Popen:
+    """Start firmware/main.py in `folder` with the board's heap budget.
+
+    The board's console (stdout+stderr) goes to `folder/log` (appended), so a long run
+    never blocks on a full pipe; read it with `console(folder)`."""
     folder = Path(folder)
-    return mpy.spawn(script=MAIN, heap=heap or heap_budget(board), cwd=folder,
-                     EDGEWATCH_SIM=str(folder / sim_file))
+    out = open(folder / log, "ab")
+    try:
+        return subprocess.Popen(mpy.command(MAIN, heap=heap or heap_budget(board)), cwd=folder,
+                                env=mpy.env(EDGEWATCH_SIM=str(folder / sim_file)),
+                                stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        out.close()
+
+
+def console(folder, log: str = "console.log") -> str:
+    """What the board printed so far."""
+    p = Path(folder) / log
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
+class Listener:
+    """A paho subscriber collecting every message under `topic` as (topic, payload, retain).
+
+    With `persistent` (needs a client_id) its session survives a broker restart with
+    persistence, so nothing published while it reconnects is lost to it."""
+
+    def __init__(self, port: int, topic: str = "edgewatch/#", client_id: str = "",
+                 persistent: bool = False):
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        ready = threading.Event()
+        # persistent: a broker restarted with persistence keeps queueing for us while we reconnect
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=not persistent)
+        self.c.reconnect_delay_set(0.2, 1)
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self.c.subscribe(topic, qos=1)
+        if not ready.wait(10):
+            raise RuntimeError(f"no SUBACK from the broker on port {port}")
+
+    def _on_message(self, client, userdata, msg):
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def json(self, kind: str) -> list[dict]:
+        """Decoded JSON messages whose topic ends with /<kind>, in arrival order."""
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t.endswith("/" + kind)]
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish with QoS 1 and wait for the PUBACK."""
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
 
 
 def run(folder, board: str, timeout: float = 120, heap: str | None = None) -> subprocess.CompletedProcess:

@@ -109,7 +109,7 @@ class Replay:
         for kind in ("fail", "crc"):
             flt = self._fault(kind)
             if flt and self.attempts <= flt["attempts"]:
-                return kind, None
+                return kind, self.values  # a corrupted frame still carries (stale) data
         if self.path:
             vals = self._next_line()
         else:
@@ -128,6 +128,7 @@ class Replay:
                 vals[c] = flt["value"] if kind == "range" else vals[c] + flt["delta"]
         self.row += 1
         self.attempts = 0
+        self.values = vals
         return "ok", vals
 
 
