@@ -18,10 +18,11 @@ import numpy as np
 
 from host.cli import UserError
 from training import detectors, faultsuite, nab, skab
+from training.detect import _firmware_module
 
 SUITES = ("skab", "nab", "faults")
 # Forecasters and the board are far slower than the rest: the fast subset keeps them small.
-FAST = {"skab_files": 3, "fault_trials": 1, "fault_rows": 1500}
+FAST = {"skab_files": 3, "fault_trials": 1, "fault_rows": 2500}
 
 
 def parse_detectors(text: str | None) -> list[str]:
@@ -129,7 +130,8 @@ def run_faults(names: list[str], fast: bool = False) -> dict:
     trials = FAST["fault_trials"] if fast else 3
     rows = FAST["fault_rows"] if fast else None
     for n in names:
-        kw = {"rules": "all", "limits": [(-40.0, 80.0), (0.0, 100.0)]} if n == "board" else {}
+        kw = {"rules": "all", "limits": list(_firmware_module("sensors").RANGES["dht22"])} \
+            if n == "board" else {}
         r = faultsuite.evaluate(_factory(n, fast, **kw), trials=trials, limit_rows=rows)
         out[n] = r
         _log(f"fault {n:12s} recall {r['recall']:.2f}  precision {r['precision']:.2f}  "
