@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import lfilter
 
 from host.cli import UserError
 from training.data import Series, parse_time
@@ -60,8 +59,21 @@ def _ar1(rng: np.random.Generator, n: int, sd: float, tau_samples: float) -> np.
     """Stationary AR(1) noise of standard deviation sd and correlation time tau."""
     phi = math.exp(-1.0 / max(tau_samples, 1e-9))
     e = rng.normal(0.0, sd * math.sqrt(1 - phi * phi), n)
-    # x[i] = phi * x[i-1] + e[i], started from the stationary distribution.
-    return lfilter([1.0], [1.0, -phi], e, zi=[phi * rng.normal(0.0, sd)])[0]
+    # x[i] = phi * x[i-1] + e[i] from a stationary start, in blocks of B samples:
+    # within a block x = T @ e + phi^(j+1) * carry with T[j, k] = phi^(j-k) (k <= j).
+    b = 256
+    j = np.arange(b)
+    lag = j[:, None] - j[None, :]
+    tri = np.where(lag >= 0, phi ** np.maximum(lag, 0), 0.0)
+    decay = phi ** (j + 1)
+    pad = -n % b
+    blocks = np.concatenate([e, np.zeros(pad)]).reshape(-1, b)
+    out = np.empty_like(blocks)
+    carry = rng.normal(0.0, sd)
+    for i, blk in enumerate(blocks):
+        out[i] = tri @ blk + decay * carry
+        carry = out[i, -1]
+    return out.reshape(-1)[:n]
 
 
 def _es(t: np.ndarray) -> np.ndarray:
