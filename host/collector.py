@@ -90,6 +90,9 @@ class Collector:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._announced: dict[str, frozenset] = {}
+        # label lookups cost a lock and a dict each: resolve them once, not per message
+        self._rx = {k: self.metrics.received.labels(k)
+                    for k in ("telemetry", "alert", "status", "other")}
         self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
         self.client.on_message = self._on_message
 
@@ -98,8 +101,7 @@ class Collector:
         now = time.time()
         try:
             kind = msg.topic.rsplit("/", 1)[-1]
-            self.metrics.received.labels(kind if kind in ("telemetry", "alert", "status")
-                                         else "other").inc()
+            self._rx.get(kind, self._rx["other"]).inc()
             rec = parse(msg.topic, msg.payload, self.mqtt.prefix)
             if self.allowed is not None and rec.device not in self.allowed:
                 raise SchemaError(f"unknown device {rec.device!r}")
@@ -202,14 +204,17 @@ class Collector:
                 backoff = min(backoff * 2, 30)
                 continue
             backoff = 0.5
+            last: dict[str, tuple] = {}
             for rec, when, mid, qos in pending:
                 self.client.ack(mid, qos)
                 if isinstance(rec, Status):
                     self.devices.status(rec, when)
                 else:
-                    self.devices.seen(rec.device, when, rec.model)
+                    last[rec.device] = (when, rec.model)
                     if isinstance(rec, Telemetry) and self.ha_discovery:
                         self._announce(rec)
+            for device, (when, model) in last.items():  # once per device per batch
+                self.devices.seen(device, when, model)
             pending = []
 
     def _announce(self, rec: Telemetry) -> None:

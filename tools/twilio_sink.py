@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ class TwilioSink:
         self.refused: list[dict] = []  # every POST answered with an error
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
+        self.conns: set = set()
 
     @property
     def url(self) -> str:
@@ -53,8 +55,19 @@ class TwilioSink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
-            # one request per connection, so stop() really cuts every client off
-            protocol_version = "HTTP/1.0"
+            protocol_version = "HTTP/1.1"  # keep-alive, as api.twilio.com does
+
+            def setup(self):
+                super().setup()
+                # headers and body go out in two writes: without this, Nagle + delayed ACK add 40 ms
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with sink.lock:
+                    sink.conns.add(self.connection)
+
+            def finish(self):
+                super().finish()
+                with sink.lock:
+                    sink.conns.discard(self.connection)
 
             def log_message(self, *args):  # quiet: tests read .requests instead
                 pass
@@ -118,6 +131,13 @@ class TwilioSink:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        with self.lock:
+            conns, self.conns = list(self.conns), set()
+        for c in conns:  # kept-alive connections too: the provider is gone
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> TwilioSink:
         return self.start()

@@ -1,0 +1,286 @@
+"""Host-service benchmark for `make bench`: collector ingest rate and bridge alert->SMS latency.
+
+    python -m tools.bench_host [--fast] [--devices 1000]
+
+Both services run as real `edgewatch` subprocesses against a private Mosquitto
+on loopback. The simulated fleet is ``devices`` real MQTT connections (one
+paho client each, its own client id and topic), driven from one thread through
+paho's external-loop API, so 1,000 boards do not need 1,000 threads.
+
+- Collector: every device publishes ``per_device`` telemetry messages (QoS 1);
+  the rate is messages stored in SQLite (read from the collector's Prometheus
+  endpoint) per second, from the first publish to the last row committed.
+- Bridge: the devices publish one alert each at a steady rate; the bridge sends
+  SMS through the real twilio client to a local Messages API (tools/twilio_sink.py);
+  latency is the time from the alert's publish to that HTTP request arriving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from tools.broker import Broker, free_port
+from tools.twilio_sink import TwilioSink
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST_PW = "bench-host-pw"
+
+
+class Fleet:
+    """``n`` device connections on one thread (paho external loop over a selector)."""
+
+    def __init__(self, port: int, n: int, prefix: str = "edgewatch"):
+        self.sel = selectors.DefaultSelector()
+        self.clients: list[mqtt.Client] = []
+        self.acked = 0
+        self.prefix = prefix
+        for i in range(n):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-dev-{i:05d}")
+            c.username_pw_set("edgewatch", HOST_PW)
+            c.max_inflight_messages_set(100)
+            c.max_queued_messages_set(0)
+            c.on_publish = self._on_publish
+            c.connect("127.0.0.1", port, keepalive=120)
+            self.sel.register(c.socket(), selectors.EVENT_READ, c)
+            self.clients.append(c)
+        self.pump(until=lambda: all(c.is_connected() for c in self.clients), timeout=30)
+
+    def _on_publish(self, *_args):
+        self.acked += 1
+
+    def pump(self, until=None, timeout: float = 0.0) -> None:
+        """Run the network loop until ``until()`` holds or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for c in self.clients:
+                if c.want_write():
+                    c.loop_write()
+            for key, _ in self.sel.select(timeout=0.005):
+                key.data.loop_read()
+            if until is not None and until():
+                return
+            if time.monotonic() >= deadline:
+                if until is not None:
+                    raise TimeoutError("fleet: condition not reached")
+                return
+
+    def publish(self, i: int, kind: str, msg: dict) -> None:
+        self.clients[i].publish(f"{self.prefix}/{msg['device']}/{kind}",
+                                json.dumps(msg, separators=(",", ":")), qos=1)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.disconnect()
+        self.pump(timeout=0.2)
+        for c in self.clients:
+            try:
+                self.sel.unregister(c.socket())
+            except Exception:
+                pass
+
+
+def _service(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c",
+                             "import sys; from host.cli import main; sys.exit(main())", *args],
+                            cwd=log.parent, env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def _env(broker: Broker, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "EDGEWATCH_", "MQTT_"))}
+    env.update(EDGEWATCH_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}", MQTT_USERNAME="edgewatch",
+               MQTT_PASSWORD=HOST_PW, PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _wait_started(log: Path, proc: subprocess.Popen, word: str) -> None:
+    deadline = time.monotonic() + 30
+    while word not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"service did not start: {log.read_text()[-1500:]}")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _publish_rounds(fleet: Fleet, rounds: range) -> int:
+    n = len(fleet.clients)
+    fleet.acked = 0
+    for k in rounds:
+        for i in range(n):
+            fleet.publish(i, "telemetry", {
+                "v": 1, "device": f"dev-{i:05d}", "seq": k, "t": 1.7e9 + k,
+                "values": {"temperature": 20 + (i + k) % 50 / 10, "humidity": 45.0},
+                "pred": None, "band": None, "anomaly": False, "faults": [], "model": None})
+        fleet.pump(timeout=0.0)
+    total = n * len(rounds)
+    fleet.pump(until=lambda: fleet.acked >= total, timeout=180)
+    return total
+
+
+def _wait_stored(port: int, total: int, timeout: float = 180) -> tuple[float, float]:
+    """(stored, Unix time when the count was reached), polling the collector's metrics."""
+    stored, deadline = 0.0, time.monotonic() + timeout
+    while stored < total and time.monotonic() < deadline:
+        time.sleep(0.02)
+        stored = _metric(port, "edgewatch_records_stored_total")
+    return stored, time.time()
+
+
+def bench_collector(folder: Path, broker: Broker, fleet: Fleet, per_device: int) -> dict:
+    """Telemetry stored per second by one `edgewatch collect` into SQLite.
+
+    Two figures: *live*, the fleet publishing while the collector stores (bounded
+    by how fast this Python fleet can publish), and *backlog*, the collector
+    draining messages the broker held for its session while it was stopped
+    (what the collector itself can store per second).
+    """
+    db = folder / "bench.db"
+    n = len(fleet.clients)
+
+    def start(tag: str):
+        port = free_port()
+        log = folder / f"collector-{tag}.log"
+        proc = _service(["collect", "--db", f"sqlite:///{db}", "--metrics-port", str(port),
+                         "--client-id", "bench-collector", "--no-discovery", "--log-level",
+                         "warning"], _env(broker), log)
+        _wait_started(log, proc, "collecting into")
+        return proc, port
+
+    proc, port = start("live")
+    try:
+        t0 = time.time()
+        total = _publish_rounds(fleet, range(per_device))
+        t_pub = time.time() - t0
+        stored_live, t_end = _wait_stored(port, total)
+    finally:
+        _stop(proc)
+    live_rate = stored_live / (t_end - t0)
+    # backlog: the broker keeps QoS 1 messages for the stopped collector's session
+    total2 = _publish_rounds(fleet, range(per_device, 2 * per_device))
+    proc, port = start("backlog")
+    try:
+        stored_backlog, t_end = _wait_stored(port, total2)
+    finally:
+        _stop(proc)
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        first = c.execute("SELECT MIN(received) FROM telemetry WHERE seq >= ?",
+                          (per_device,)).fetchone()[0]
+        rows = c.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
+    return {"collector_devices": n, "collector_messages": total + total2,
+            "collector_rows_in_db": rows,
+            "collector_live_msgs_per_s": round(live_rate, 1),
+            "collector_live_publish_msgs_per_s": round(total / t_pub, 1),
+            "collector_backlog_msgs_per_s": round(stored_backlog / (t_end - first), 1),
+            "collector_msgs_per_s": round(max(live_rate, stored_backlog / (t_end - first)), 1)}
+
+
+def bench_bridge(folder: Path, broker: Broker, fleet: Fleet, alerts: int, rate: float) -> dict:
+    """Alert publish -> SMS request latency through one `edgewatch bridge`."""
+    with TwilioSink(account_sid="AC" + "b" * 32, auth_token="bench-token") as sink:
+        log = folder / "bridge.log"
+        env = _env(broker, TWILIO_ACCOUNT_SID=sink.account_sid, TWILIO_AUTH_TOKEN=sink.auth_token,
+                   TWILIO_FROM="+15005550006", TWILIO_TO="+15551230001",
+                   TWILIO_API_BASE=sink.url, EDGEWATCH_COOLDOWN="0",
+                   EDGEWATCH_MAX_PER_MINUTE="0")
+        proc = _service(["bridge", "--outbox", str(folder / "outbox.db"), "--log-level",
+                         "warning"], env, log)
+        try:
+            _wait_started(log, proc, "bridge running")
+            sent: dict[str, float] = {}
+            n = len(fleet.clients)
+            t0 = time.perf_counter()
+            for j in range(alerts):
+                i = j % n
+                value = 30.0 + j / 100  # makes each SMS text unique, to match it back
+                msg = {"v": 1, "device": f"dev-{i:05d}", "seq": 10**6 + j, "t": None,
+                       "sample": 10**6 + j - 1, "rule": "band", "channel": "temperature",
+                       "value": value, "band": [21.1, 21.7], "pred": 21.4, "model": None}
+                due = t0 + j / rate
+                while time.perf_counter() < due:
+                    fleet.pump(timeout=0.0)
+                sent[f"dev-{i:05d}: temperature {value:.4g} "] = time.time()
+                fleet.publish(i, "alert", msg)
+                fleet.pump(timeout=0.0)
+            deadline = time.monotonic() + 120
+            while len(sink.requests) < alerts and time.monotonic() < deadline:
+                fleet.pump(timeout=0.05)
+            lat = []
+            for r in list(sink.requests):
+                key = r["Body"].split("edgewatch ", 1)[1].split("outside")[0]
+                if key in sent:
+                    lat.append((r["t"] - sent[key]) * 1000)
+            lat.sort()
+
+            def pct(p):
+                return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 1) if lat else None
+
+            return {"bridge_alerts": alerts, "bridge_sms_requests": len(sink.requests),
+                    "bridge_rate_per_s": rate, "bridge_latency_ms_p50": pct(50),
+                    "bridge_latency_ms_p99": pct(99), "bridge_latency_ms_max":
+                    round(lat[-1], 1) if lat else None}
+        finally:
+            _stop(proc)
+
+
+def bench(fast: bool = False, devices: int = 1000) -> dict:
+    """Collector ingest and bridge latency with ``devices`` simulated boards; a flat dict."""
+    per_device = 5 if fast else 20
+    alerts = 300 if fast else 1000
+    with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp:
+        folder = Path(tmp)
+        with Broker(folder / "mq", users={"edgewatch": HOST_PW}) as broker:
+            t0 = time.perf_counter()
+            fleet = Fleet(broker.port, devices)
+            connect_s = time.perf_counter() - t0
+            try:
+                out = {"devices": devices, "fleet_connect_seconds": round(connect_s, 2)}
+                out.update(bench_collector(folder, broker, fleet, per_device))
+                out.update(bench_bridge(folder, broker, fleet, alerts, rate=100.0))
+            finally:
+                fleet.close()
+    out["goal_collector_msgs_per_s"] = 5000
+    out["goal_bridge_p99_ms"] = 100
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--devices", type=int, default=1000)
+    a = p.parse_args()
+    print(json.dumps(bench(a.fast, a.devices), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
