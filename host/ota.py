@@ -2,8 +2,8 @@
 
 The blob (``model.ewb`` of a model folder, a blob file, or a registry id with
 ``--registry``) is checked with the firmware's own parser, signed with
-HMAC-SHA256 under the fleet key from the environment (``EDGEWATCH_OTA_KEY``,
-or ``.env``; never printed or logged) and published retained at QoS 1, so a
+HMAC-SHA256 under the fleet key from the environment (``EDGEWATCH_OTA_KEY`` in
+hex, the boards' ``ota_key``; or ``.env``; never printed or logged) and published retained at QoS 1, so a
 board that is offline now picks it up when it next connects. ``--device``
 targets one board, ``--fleet`` every board the collector's database knows.
 ``--wait-s`` then watches the boards' retained status until each reports the
@@ -24,9 +24,9 @@ from host.schema import DEVICE_RE
 from host.settings import add_mqtt_arguments, add_secret, env, load_env, mqtt_settings
 
 KEY_VAR = "EDGEWATCH_OTA_KEY"
-# host/settings.py already redacts this name; accepted as an alias of KEY_VAR.
-KEY_ALIAS = "EDGEWATCH_MODEL_KEY"
-MIN_KEY_LEN = 16
+# The names `edgewatch deploy` reads when it writes the key into a board's config.json.
+KEY_ALIASES = ("EDGEWATCH_MODEL_KEY", "OTA_KEY")
+MIN_KEY_HEX = 32  # 16 bytes, what the firmware's config accepts at least
 log = logging.getLogger("edgewatch.ota")
 
 
@@ -51,15 +51,24 @@ def add_arguments(p) -> None:
 # ---------------------------------------------------------------- pieces
 
 def fleet_key() -> bytes:
-    """The per-fleet signing key from the environment; registered for redaction."""
-    key = env(KEY_VAR) or env(KEY_ALIAS)
-    if not key:
+    """The per-fleet signing key from the environment; registered for redaction.
+
+    Hex digits, as the board's config.json holds it (``ota_key``, unhexlified by
+    the firmware), so host and board hash with the same bytes.
+    """
+    name = next((n for n in (KEY_VAR, *KEY_ALIASES) if env(n)), None)
+    if name is None:
         raise UserError(f"{KEY_VAR} is not set (in the environment or .env): "
                         "the fleet's model signing key is required")
-    add_secret(key)
-    if len(key) < MIN_KEY_LEN:
-        raise UserError(f"{KEY_VAR} is shorter than {MIN_KEY_LEN} characters: too weak to sign models")
-    return key.encode()
+    text = env(name).strip()
+    add_secret(text)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise UserError(f"{name}: expected hex digits (as in the boards' ota_key)") from None
+    if len(text) < MIN_KEY_HEX:
+        raise UserError(f"{name}: at least {MIN_KEY_HEX} hex digits (16 bytes) are needed")
+    return key
 
 
 def load_blob(model: str, registry: str | None = None) -> tuple[bytes, str | None]:

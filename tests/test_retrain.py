@@ -100,7 +100,7 @@ def test_publish_without_key_fails_before_training(tmp_path):
     url = f"sqlite:///{tmp_path / 'tel.db'}"
     fill(url, devices=("gh-01",), days=0.5)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("EDGEWATCH_OTA_KEY", "EDGEWATCH_MODEL_KEY")}
+           if k not in ("EDGEWATCH_OTA_KEY", "EDGEWATCH_MODEL_KEY", "OTA_KEY")}
     r = subprocess.run([EDGEWATCH, "retrain", "--data", url, "--publish", "--work",
                         str(tmp_path / "w"), "--registry", str(tmp_path / "r")],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)

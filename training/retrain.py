@@ -20,7 +20,8 @@ One run of the second seed paper's automated pipeline:
    MQTT, ``edgewatch publish-model``) to ``--target`` devices or every device
    of the database, and record the deploy.
 
-Prints one JSON summary line; exits 0 whether or not the candidate was approved.
+Prints one JSON summary line; exits 0 whether or not the candidate was approved,
+1 when a board did not confirm (or refused) the published model.
 """
 
 from __future__ import annotations
@@ -278,4 +279,5 @@ def run(args) -> int:
         summary["published"] = result
     print(json.dumps({k: summary[k] for k in ("approved", "reason", "entry", "model_id", "parent",
                                               "device") + (("published",) if "published" in summary else ())}))
-    return 0
+    # A deploy that a board did not confirm (or refused) must show in cron/systemd/Airflow.
+    return 0 if all(o in ("ok", "published") for o in summary.get("published", {}).values()) else 1
