@@ -106,6 +106,9 @@ class Outbox:
         self.lease, self.max_age = lease, max_age
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._local = threading.local()
+        # One writer at a time inside this process: SQLite's own busy handler
+        # would make a blocked thread sleep in growing steps (up to 100 ms).
+        self.wlock = threading.RLock()
         try:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
@@ -148,6 +151,10 @@ class Outbox:
         ``cooldown`` or ``ratecap`` (held back for a digest).
         """
         db, out = self.db, []
+        with self.wlock:
+            return self._add_alerts(db, out, items, notifiers)
+
+    def _add_alerts(self, db, out, items, notifiers) -> list[str]:
         db.execute("BEGIN IMMEDIATE")
         try:
             for a, received in items:
@@ -207,7 +214,10 @@ class Outbox:
     def queue_digests(self, notifiers: list[Notifier], now: float | None = None) -> int:
         """Turn ended cooldowns with held-back alerts into digest notifications; how many."""
         now = time.time() if now is None else now
-        db = self.db
+        with self.wlock:
+            return self._queue_digests(self.db, notifiers, now)
+
+    def _queue_digests(self, db, notifiers, now) -> int:
         db.execute("BEGIN IMMEDIATE")
         n = 0
         try:
@@ -239,7 +249,10 @@ class Outbox:
     def claim(self, limit: int = 20, now: float | None = None) -> list[dict]:
         """Lease up to ``limit`` due notifications for this process (others skip leased rows)."""
         now = time.time() if now is None else now
-        db = self.db
+        with self.wlock:
+            return self._claim(self.db, limit, now)
+
+    def _claim(self, db, limit, now) -> list[dict]:
         db.execute("BEGIN IMMEDIATE")
         try:
             rows = db.execute("SELECT id, notifier, recipient, subject, body, data, received, "
@@ -258,16 +271,19 @@ class Outbox:
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def sent(self, row_id: int) -> None:
-        self.db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, lease_until = 0 "
-                        "WHERE id = ?", (time.time(), row_id))
+        with self.wlock:
+            self.db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, lease_until = 0 "
+                            "WHERE id = ?", (time.time(), row_id))
 
     def retry(self, row_id: int, error: str, delay: float) -> None:
-        self.db.execute("UPDATE outbox SET attempts = attempts + 1, next_try = ?, lease_until = 0, "
-                        "last_error = ? WHERE id = ?", (time.time() + delay, error, row_id))
+        with self.wlock:
+            self.db.execute("UPDATE outbox SET attempts = attempts + 1, next_try = ?, "
+                            "lease_until = 0, last_error = ? WHERE id = ?", (time.time() + delay, error, row_id))
 
     def dead(self, row_id: int, error: str) -> None:
-        self.db.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, "
-                        "lease_until = 0, last_error = ? WHERE id = ?", (error, row_id))
+        with self.wlock:
+            self.db.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, "
+                            "lease_until = 0, last_error = ? WHERE id = ?", (error, row_id))
 
     def next_due(self) -> float | None:
         """When the earliest pending notification is due (None when there is none)."""
