@@ -30,7 +30,7 @@ DEFAULT_SIZES = {
     "gru": {"units": 22},
 }
 DEFAULT_SEED = 42
-DEFAULT_LR = 3e-3
+DEFAULT_LR = 1e-3
 
 
 def default_sizes(arch: str) -> dict:
@@ -44,7 +44,21 @@ def _check_arch(arch: str) -> None:
         raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
 
 
-def _tcn(inp, channels: int, filters: int, kernel: int, dilations) -> keras.KerasTensor:
+def _newest(inp, name: str):
+    # The newest sample of every channel with stock layers (no custom objects
+    # needed to reload the .keras file): crop to (1, C) then flatten to (C,).
+    x = layers.Cropping1D((int(inp.shape[1]) - 1, 0), name=f"{name}_crop")(inp)
+    return layers.Flatten(name=name)(x)
+
+
+def _head(x, channels: int, residual: bool):
+    # With the residual skip the head starts at zero: the untrained model is the
+    # last-value forecast, and training only adds what the window tells beyond it.
+    init = "zeros" if residual else "glorot_uniform"
+    return layers.Dense(channels, kernel_initializer=init, name="head")(x)
+
+
+def _tcn(inp, channels: int, filters: int, kernel: int, dilations, residual: bool):
     x = inp
     width = channels
     for i, d in enumerate(dilations):
@@ -54,11 +68,7 @@ def _tcn(inp, channels: int, filters: int, kernel: int, dilations) -> keras.Kera
         skip = x if width == filters else layers.Conv1D(filters, 1, name=f"block{i}_proj")(x)
         x = layers.Add(name=f"block{i}_add")([y, skip])
         width = filters
-    # Keep only the newest time step with stock layers (no custom objects needed
-    # to reload the .keras file): crop to (1, F) then flatten to (F,).
-    x = layers.Cropping1D((int(inp.shape[1]) - 1, 0), name="last_step")(x)
-    x = layers.Flatten(name="flatten")(x)
-    return layers.Dense(channels, name="head")(x)
+    return _head(_newest(x, "last_step"), channels, residual)
 
 
 def build_model(arch: str, window: int = 10, channels: int = 2, seed: int = DEFAULT_SEED,
@@ -71,19 +81,24 @@ def build_model(arch: str, window: int = 10, channels: int = 2, seed: int = DEFA
     _check_arch(arch)
     if int(window) < 1 or int(channels) < 1:
         raise ValueError(f"window and channels must be >= 1 (got {window}, {channels})")
-    unknown = set(sizes) - set(DEFAULT_SIZES[arch])
+    unknown = set(sizes) - set(DEFAULT_SIZES[arch]) - {"residual"}
     if unknown:
         raise ValueError(f"unknown size option(s) for {arch}: {', '.join(sorted(unknown))}")
     opts = {**DEFAULT_SIZES[arch], **sizes}
+    residual = bool(opts.get("residual", True))
     keras.utils.set_random_seed(int(seed))
     inp = keras.Input(shape=(int(window), int(channels)), name="window")
     if arch == "tcn":
         out = _tcn(inp, int(channels), int(opts["filters"]), int(opts["kernel"]),
-                   tuple(int(d) for d in opts["dilations"]))
+                   tuple(int(d) for d in opts["dilations"]), residual)
     else:
         rnn = layers.LSTM if arch == "lstm" else layers.GRU
         x = rnn(int(opts["units"]), name=arch)(inp)
-        out = layers.Dense(int(channels), name="head")(x)
+        out = _head(x, int(channels), residual)
+    if residual:
+        # Predict the change from the newest reading: the model starts from the
+        # last-value forecast instead of having to learn the identity.
+        out = layers.Add(name="residual")([out, _newest(inp, "newest")])
     model = keras.Model(inp, out, name=arch)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="mse")
     return model

@@ -1,0 +1,207 @@
+# Parse and check an edgewatch model blob (format: docs/model_blob.md).
+#
+# Runs unchanged on MicroPython (the board's engine loads models with it) and
+# on CPython (training/blob.py reads blobs back through this very module), so
+# the format has one reader. Everything wrong with a blob is a BlobError whose
+# message says what is wrong; nothing here trusts a length before checking it.
+import binascii
+import hashlib
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+VERSION = const(1)
+FLAG_SIGNED = const(1)
+OP_CONV = const(1)
+OP_ADD = const(2)
+OP_FC = const(3)
+OP_SLICE = const(4)
+MAGIC = b"EWMB"
+CRC_LEN = const(4)
+MAC_LEN = const(32)
+HEADER = "<4sHHI4sHHBBxx"  # magic version flags length model_id window channels n_tensors n_ops
+HEADER_LEN = const(24)
+IOQ = "<fbfb"  # input scale, input zero point, output scale, output zero point
+DETECTOR = "<ffHH"  # k, eps, sigma_window, stuck_samples
+OP_HEAD = "<BbbBB"  # opcode, activation min, activation max, input tensor, output tensor
+CONV_TAIL = "<BBBHHbb"  # kernel, dilation, pad_left, in_ch, out_ch, in_zp, out_zp
+ADD_TAIL = "<BBbbbiiibbb"  # in2, left_shift, zp1, zp2, zp_out, m1, m2, m_out, s1, s2, s_out
+SLICE_TAIL = "<HH"  # first element, element count
+
+
+class BlobError(ValueError):
+    """The model blob is malformed, corrupted, of another version or wrongly signed."""
+
+
+def hmac_sha256(key, msg):
+    """HMAC-SHA256 (RFC 2104) from hashlib.sha256, which both runtimes have."""
+    if isinstance(key, str):
+        key = key.encode()
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key + bytes(64 - len(key))
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(msg)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _same(a, b):
+    # Compare every byte so the time taken does not tell where a forged MAC differs.
+    diff = len(a) ^ len(b)
+    for x, y in zip(a, b):
+        diff |= x ^ y
+    return diff == 0
+
+
+def crc32(data):
+    return binascii.crc32(data) & 0xFFFFFFFF
+
+
+def check(blob, key=None):
+    """Check magic, version, length, CRC32 and (with `key`) the HMAC; return the body length."""
+    n = len(blob)
+    if n < HEADER_LEN + CRC_LEN:
+        raise BlobError("blob truncated: %d bytes, a header alone is %d" % (n, HEADER_LEN))
+    magic, version, flags, length = struct.unpack_from("<4sHHI", blob, 0)
+    if magic != MAGIC:
+        raise BlobError("not an edgewatch model blob (bad magic)")
+    if version != VERSION:
+        raise BlobError("blob format version %d, this engine reads version %d" % (version, VERSION))
+    if length != n:
+        raise BlobError("blob truncated or padded: header says %d bytes, got %d" % (length, n))
+    signed = flags & FLAG_SIGNED
+    body = n - CRC_LEN - (MAC_LEN if signed else 0)
+    if body < HEADER_LEN:
+        raise BlobError("blob truncated: no room for its trailer")
+    mv = memoryview(blob)
+    (crc,) = struct.unpack_from("<I", blob, body)
+    if crc != crc32(mv[:body]):
+        raise BlobError("blob corrupted: CRC32 mismatch")
+    if key is not None:
+        if not signed:
+            raise BlobError("blob is not signed but a signing key is configured")
+        if not _same(hmac_sha256(key, mv[: body + CRC_LEN]), mv[body + CRC_LEN :]):
+            raise BlobError("blob signature does not match the key")
+    return body
+
+
+class _Reader:
+    def __init__(self, blob, end):
+        self.b = blob
+        self.mv = memoryview(blob)
+        self.pos = 0
+        self.end = end
+
+    def take(self, n, what):
+        if n < 0 or self.pos + n > self.end:
+            raise BlobError("blob malformed: %s runs past the end" % what)
+        p = self.pos
+        self.pos = p + n
+        return p
+
+    def unpack(self, fmt, what):
+        return struct.unpack_from(fmt, self.b, self.take(struct.calcsize(fmt), what))
+
+    def array(self, fmt, count, what):
+        return list(self.unpack("<%d%s" % (count, fmt), what))
+
+    def view(self, n, what):
+        p = self.take(n, what)
+        return self.mv[p : p + n]
+
+
+class Blob:
+    """A checked, parsed blob: header fields, scaler, detector, tensors and ops.
+
+    ops are tuples: (OP_CONV|OP_FC, amin, amax, src, dst, kernel, dilation, pad,
+    in_ch, out_ch, in_zp, out_zp, weights, bias, mult, shift),
+    (OP_ADD, amin, amax, src, dst, src2, left_shift, zp1, zp2, zp_out, m1, m2,
+    m_out, s1, s2, s_out), (OP_SLICE, amin, amax, src, dst, first, count).
+    weights is a memoryview into the blob (int8 values stored as bytes).
+    """
+
+    def __init__(self, blob, key=None):
+        end = check(blob, key)
+        r = _Reader(blob, end)
+        h = r.unpack(HEADER, "header")
+        self.version = h[1]
+        self.flags = h[2]
+        self.model_id = binascii.hexlify(h[4]).decode()
+        self.window = h[5]
+        c = self.channels = h[6]
+        nt = h[7]
+        nops = h[8]
+        if self.window < 1 or c < 1 or nt < 2 or nops < 1:
+            raise BlobError("blob malformed: window, channels, tensors and ops must be >= 1")
+        self.in_scale, self.in_zp, self.out_scale, self.out_zp = r.unpack(IOQ, "io quantisation")
+        names = []
+        for _ in range(c):
+            (ln,) = r.unpack("<B", "channel name")
+            names.append(bytes(r.view(ln, "channel name")).decode())
+        self.names = names
+        self.offset = r.array("f", c, "scaler")
+        self.scale = r.array("f", c, "scaler")
+        self.k, self.eps, self.sigma_window, self.stuck_samples = r.unpack(DETECTOR, "detector")
+        self.tensors = [r.unpack("<HH", "tensor table") for _ in range(nt)]
+        ops = []
+        for i in range(nops):
+            head = r.unpack(OP_HEAD, "op %d" % i)
+            op, src, dst = head[0], head[3], head[4]
+            if src >= nt or dst >= nt:
+                raise BlobError("blob malformed: op %d names a tensor out of range" % i)
+            if op == OP_CONV or op == OP_FC:
+                t = r.unpack(CONV_TAIL, "op %d" % i)
+                ks, oc = t[0], t[4]
+                w = r.view(oc * ks * t[3], "op %d weights" % i)
+                rest = (w, r.array("i", oc, "op %d bias" % i), r.array("i", oc, "op %d" % i),
+                        r.array("b", oc, "op %d" % i))
+            elif op == OP_ADD:
+                t = r.unpack(ADD_TAIL, "op %d" % i)
+                if t[0] >= nt:
+                    raise BlobError("blob malformed: op %d names a tensor out of range" % i)
+                rest = ()
+            elif op == OP_SLICE:
+                t = r.unpack(SLICE_TAIL, "op %d" % i)
+                rest = ()
+            else:
+                raise BlobError("blob uses op type %d, which this engine does not know" % op)
+            ops.append(head + t + rest)
+        if r.pos != end:
+            raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
+        self.ops = ops
+        self._check_shapes()
+
+    def _check_shapes(self):
+        # The engine's inner loops index raw buffers without bounds checks, so
+        # every size they will use is checked here, once, against the tensor table.
+        t = self.tensors
+        if t[0] != (self.window, self.channels):
+            raise BlobError("blob malformed: input tensor is not window x channels")
+        for i, op in enumerate(self.ops):
+            kind, amin, amax, src, dst = op[:5]
+            (r_in, c_in), (r_out, c_out) = t[src], t[dst]
+            ok = amin <= amax
+            if kind == OP_CONV:
+                ks, dil, pad, in_ch, out_ch = op[5:10]
+                ok = ok and ks >= 1 and dil >= 1 and c_in == in_ch and c_out == out_ch
+                ok = ok and r_out == r_in + pad - dil * (ks - 1) and r_out >= 1
+            elif kind == OP_FC:
+                ok = ok and op[5] == 1 and r_in * c_in == op[8] and r_out * c_out == op[9]
+            elif kind == OP_ADD:
+                ok = ok and t[op[5]] == t[src] == t[dst] and op[6] <= 30
+            else:
+                ok = ok and op[5] + op[6] <= r_in * c_in and r_out * c_out == op[6]
+            if kind in (OP_CONV, OP_FC):
+                ok = ok and all(-31 <= s <= 30 for s in op[15]) and all(m >= 0 for m in op[14])
+            elif kind == OP_ADD:
+                ok = ok and all(-31 <= s <= 0 for s in op[13:16]) and min(op[10:13]) >= 0
+            if not ok:
+                raise BlobError("blob malformed: op %d does not fit its tensors" % i)
+        if t[self.ops[-1][4]] != (1, self.channels):
+            raise BlobError("blob malformed: the last op does not give one value per channel")
