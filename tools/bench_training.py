@@ -32,10 +32,11 @@ def bench(fast: bool = False) -> dict:
     recs = []
     for arch, r in table["models"].items():
         recs.append({"model": arch.upper(), **{f"rmse_{c}": v for c, v in r["rmse"].items()},
-                     "params": r["params"], "train_seconds": r["train_seconds"]})
+                     "params": r["params"], "train_seconds": r["train_seconds"],
+                     "train_cpu_seconds": r["train_cpu_seconds"]})
     recs.append({"model": "last value (baseline)",
                  **{f"rmse_{c}": v for c, v in table["baseline_last_value"]["rmse"].items()},
-                 "params": 0, "train_seconds": 0.0})
+                 "params": 0, "train_seconds": 0.0, "train_cpu_seconds": 0.0})
     return {
         "records": recs,
         "command": COMMAND.format(epochs=epochs),

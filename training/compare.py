@@ -29,7 +29,7 @@ def compare(series: Series, epochs: int = 10, window: int = 10, seed: int = 42,
         m = train(series, arch, epochs, window, Path(out_dir) / arch if out_dir else None,
                   seed=seed, batch_size=batch_size, verbose=verbose, plots=out_dir is not None)
         rows[arch] = {"rmse": m["rmse"], "params": m["params"],
-                      "train_seconds": m["train_seconds"]}
+                      "train_seconds": m["train_seconds"], "train_cpu_seconds": m["train_cpu_seconds"]}
         baseline = m["rmse_persistence"]
     table = {"data": series.source, "rows": len(series), "channels": list(series.channels),
              "units": {c: unit(c) for c in series.channels}, "epochs": epochs,
@@ -49,13 +49,13 @@ def format_table(table: dict) -> str:
     """The comparison as aligned text, one line per model plus the baseline."""
     chans = table["channels"]
     heads = ["model", *[f"RMSE {c}" + (f" ({u})" if (u := table['units'][c]) else "")
-                        for c in chans], "parameters", "train s"]
+                        for c in chans], "parameters", "train s", "CPU s"]
     lines = []
     for arch, r in table["models"].items():
-        lines.append([arch.upper(), *[f"{r['rmse'][c]:.4f}" for c in chans],
-                      str(r["params"]), f"{r['train_seconds']:.1f}"])
+        lines.append([arch.upper(), *[f"{r['rmse'][c]:.5f}" for c in chans],
+                      str(r["params"]), f"{r['train_seconds']:.1f}", f"{r['train_cpu_seconds']:.1f}"])
     base = table["baseline_last_value"]["rmse"]
-    lines.append(["last value", *[f"{base[c]:.4f}" for c in chans], "0", "-"])
+    lines.append(["last value", *[f"{base[c]:.5f}" for c in chans], "0", "-", "-"])
     widths = [max(len(str(x)) for x in col) for col in zip(heads, *lines, strict=True)]
 
     def fmt(cells):
