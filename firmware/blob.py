@@ -16,6 +16,7 @@ except ImportError:  # CPython
 
 VERSION = const(1)
 FLAG_SIGNED = const(1)
+FLAG_RESIDUAL = const(2)  # prediction = newest input sample + dequantised output
 OP_CONV = const(1)
 OP_ADD = const(2)
 OP_FC = const(3)
@@ -132,6 +133,7 @@ class Blob:
         h = r.unpack(HEADER, "header")
         self.version = h[1]
         self.flags = h[2]
+        self.residual = bool(h[2] & FLAG_RESIDUAL)
         self.model_id = binascii.hexlify(h[4]).decode()
         self.window = h[5]
         c = self.channels = h[6]

@@ -9,8 +9,9 @@
 # Only the time steps the output depends on are computed: with the default
 # causal TCN that is about a quarter of the convolution work.
 import array
+import sys
 
-from blob import OP_ADD, OP_CONV, OP_FC, Blob, BlobError
+from blob import OP_ADD, OP_CONV, OP_FC, BlobError
 
 try:
     import kernels as _fast  # SyntaxError on ports without the native emitter
@@ -27,6 +28,18 @@ def default_kernels():
     import kernels_plain
 
     return kernels_plain
+
+
+def _parse(raw, key):
+    # The parser is needed only while a model loads: drop its module afterwards
+    # so its bytecode (~8 KB) does not stay on the board's heap. BlobError and
+    # the op codes imported above stay valid; the next load imports it again.
+    import blob
+
+    try:
+        return blob.Blob(raw, key)
+    finally:
+        sys.modules.pop("blob", None)
 
 
 def _words(values):
@@ -68,7 +81,7 @@ class Model:
     """A loaded int8 model: predict the next sample of every channel from a window."""
 
     def __init__(self, blob, key=None, kernels=None):
-        b = Blob(blob, key)
+        b = _parse(blob, key)
         self.window = b.window
         self.channels = b.channels
         self.names = b.names
@@ -83,6 +96,7 @@ class Model:
         self.in_zp = b.in_zp
         self.out_scale = b.out_scale
         self.out_zp = b.out_zp
+        self.residual = b.residual
         self._inv_in = 1.0 / b.in_scale
         k = kernels or default_kernels()
         self.kernels = k
@@ -154,7 +168,14 @@ class Model:
         out = self.predict_q(buf)
         s = self.out_scale
         z = self.out_zp
-        return [(((b ^ 0x80) - 0x80) - z) * s for b in out]
+        pred = [(((b ^ 0x80) - 0x80) - z) * s for b in out]
+        if self.residual:
+            # The int8 net gives the change; the newest sample is added in float,
+            # so it is not coarsened to the int8 grid nor clipped to its range.
+            last = n - self.channels
+            for c in range(self.channels):
+                pred[c] += norm_window[last + c]
+        return pred
 
 
 __all__ = ["Model", "BlobError", "default_kernels"]

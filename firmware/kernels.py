@@ -69,7 +69,7 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
             if acc < 0:
                 neg = 1
                 acc = 0 - acc
-            c = 0x40000000 - neg
+            c = 0x3FFFFFFF + 1 - neg  # 2**30 - neg; 2**30 itself is no small int on 32-bit ports
             u0 = acc & 0x7FF
             u1 = (acc >> 11) & 0x7FF
             u2 = acc >> 22
@@ -138,7 +138,7 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
                 if acc < 0:
                     neg = 1
                     acc = 0 - acc
-                c = 0x40000000 - neg
+                c = 0x3FFFFFFF + 1 - neg  # 2**30 - neg; 2**30 itself is no small int on 32-bit ports
                 u0 = acc & 0x7FF
                 u1 = (acc >> 11) & 0x7FF
                 u2 = acc >> 22

@@ -14,28 +14,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-OCCUPANCY = ROOT.parent / "shared" / "data" / "occupancy"
 TINY_ROWS = 2000
 TINY_EPOCHS = 2
-
-
-def train_tiny(out: Path, rows: int = TINY_ROWS, channels=None, arch: str = "tcn",
-               sizes: dict | None = None, window: int = 10) -> Path:
-    """Train and convert a tiny model on the first `rows` occupancy rows into `out`."""
-    from training.convert import convert
-    from training.data import load
-    from training.train import train
-
-    series = load(OCCUPANCY / "datatraining.txt", channels=channels)
-    train(series.take(slice(0, rows)), arch, TINY_EPOCHS, window, out, sizes=sizes, plots=False)
-    # Representative/evaluation windows come from the same slice's file; cap the
-    # evaluation so the fixture stays quick.
-    convert(out, out, max_eval=400)
-    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Path of a converted tiny TCN model folder (see module docstring)."""
-    return train_tiny(tmp_path_factory.mktemp("tiny_model") / "tcn")
+    from training.convert import quick_model
+
+    return quick_model(tmp_path_factory.mktemp("tiny_model") / "tcn", rows=TINY_ROWS,
+                       epochs=TINY_EPOCHS)

@@ -70,6 +70,7 @@ class BlobSpec:
     out_zp: int
     tensors: list[tuple[int, int]]
     ops: list[tuple] = field(default_factory=list)
+    residual: bool = False  # prediction = newest input sample + dequantised output
 
     @property
     def channels(self) -> int:
@@ -128,8 +129,12 @@ def model_id_of(tflite: bytes) -> str:
 
 
 def from_tflite(tflite: bytes, names: list[str], offset, scale,
-                detector: Detector | None = None) -> BlobSpec:
-    """Fold an int8, batch-1 TFLite model into a BlobSpec for the board engine."""
+                detector: Detector | None = None, residual: bool = False) -> BlobSpec:
+    """Fold an int8, batch-1 TFLite model into a BlobSpec for the board engine.
+
+    `residual`: the TFLite net predicts the change from the newest sample,
+    which the engine adds back in float.
+    """
     schema, fbu = _schema()
     model = fbu.read_model_from_bytearray(bytearray(tflite))
     if len(model.subgraphs) != 1:
@@ -277,11 +282,13 @@ def from_tflite(tflite: bytes, names: list[str], offset, scale,
         raise UnsupportedModel("the graph output is not produced by its last op")
     s_out, zp_out = eqp[ops[-1][4]]
     s_in, zp_in = eqp[0]
-    det = detector or Detector(sigma_window=window)
+    d = detector or Detector(sigma_window=window)
+    # stored as float32: keep exactly what the board will read, so specs round-trip
+    det = Detector(_f32(d.k), _f32(d.eps), int(d.sigma_window), int(d.stuck_samples))
     return BlobSpec(model_id=model_id_of(tflite), window=window, names=list(names),
                     offset=[_f32(v) for v in offset], scale=[_f32(v) for v in scale],
                     detector=det, in_scale=s_in, in_zp=zp_in, out_scale=s_out, out_zp=zp_out,
-                    tensors=etensors, ops=ops)
+                    tensors=etensors, ops=ops, residual=bool(residual))
 
 
 def _strided_slice(x, begin, end, strides, opt):
@@ -325,7 +332,8 @@ def write(spec: BlobSpec) -> bytes:
         else:
             raise ValueError(f"unknown op kind {kind}")
     length = fw.HEADER_LEN + sum(len(p) for p in parts) + fw.CRC_LEN
-    parts[0] = struct.pack(fw.HEADER, fw.MAGIC, VERSION, 0, length, bytes.fromhex(spec.model_id),
+    flags = fw.FLAG_RESIDUAL if spec.residual else 0
+    parts[0] = struct.pack(fw.HEADER, fw.MAGIC, VERSION, flags, length, bytes.fromhex(spec.model_id),
                            spec.window, c, len(spec.tensors), len(spec.ops))
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
@@ -354,7 +362,7 @@ def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
     return BlobSpec(model_id=b.model_id, window=b.window, names=b.names, offset=b.offset,
                     scale=b.scale, detector=Detector(b.k, b.eps, b.sigma_window, b.stuck_samples),
                     in_scale=b.in_scale, in_zp=b.in_zp, out_scale=b.out_scale, out_zp=b.out_zp,
-                    tensors=[tuple(t) for t in b.tensors], ops=ops)
+                    tensors=[tuple(t) for t in b.tensors], ops=ops, residual=b.residual)
 
 
 def is_signed(blob: bytes) -> bool:

@@ -9,6 +9,8 @@ scaler.json) and writes next to it (or to --out):
   silently wrong outputs);
 - model.ewb: the firmware model blob (docs/model_blob.md), optionally signed;
 - model_data.cc / model_data.h: the .tflite bytes as a C array for TFLM builds;
+  (for models ending in the residual skip of training/models.py the int8 net
+  predicts the change from the newest sample; prediction = newest + output);
 - golden.npz / golden.json: int8 input/output vectors from the TFLM reference
   interpreter that the board engine must reproduce bit for bit;
 - convert.json: sizes and float vs int8 RMSE.
@@ -155,6 +157,23 @@ def windows_of(data: str, names: list[str], scaler, window: int, train_fraction:
     return x_tr, y_tr, x_va, y_va
 
 
+def split_residual(model):
+    """(net, residual): the part to quantise, and whether the newest sample is added after it.
+
+    Models from training/models.py end in an Add named "residual" of the head
+    and the newest input sample. Quantising that sum to int8 would put the
+    prediction on a grid of 1/256 of the training range and clip it to that
+    range; the board adds the newest sample back in float instead, and the
+    int8 net only predicts the (small, finely quantised) change.
+    """
+    import keras
+
+    last = model.layers[-1]
+    if last.name == "residual" and type(last).__name__ == "Add":
+        return keras.Model(model.inputs, model.get_layer("head").output, name=model.name), True
+    return model, False
+
+
 def to_tflite(model, representative: np.ndarray) -> bytes:
     """Full-integer int8 TFLite of `model` with batch size fixed to 1."""
     import keras
@@ -254,7 +273,8 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         x_ev, y_ev = x_ev[:max_eval], y_ev[:max_eval]
     # Representative windows spread over the whole training span, not just its start.
     pick = np.linspace(0, len(x_tr) - 1, min(representative, len(x_tr))).astype(int)
-    tflite = to_tflite(model, x_tr[pick])
+    net, residual = split_residual(model)
+    tflite = to_tflite(net, x_tr[pick])
     s_in, z_in, s_out, z_out = _io_quant(tflite)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -267,12 +287,14 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     y_float = model.predict(x_ev, batch_size=1024, verbose=0)
     y_q = tflm_run(tflite, quantize(x_ev, s_in, z_in))
     y_int8 = dequantize(y_q, s_out, z_out)
+    if residual:
+        y_int8 = y_int8 + x_ev[:, -1, :]  # what the board's engine adds back in float
     rmse_f, rmse_q = _rmse(y_float, y_ev), _rmse(y_int8, y_ev)
     phys_f = _rmse(scaler.inverse(y_float), scaler.inverse(y_ev))
     phys_q = _rmse(scaler.inverse(y_int8), scaler.inverse(y_ev))
 
     report = {"model": str(model_dir), "arch": config.get("arch"), "channels": names,
-              "window": window, "tflite_bytes": len(tflite), "eval_data": eval_data or f"{data} (validation split)",
+              "window": window, "residual": residual, "tflite_bytes": len(tflite), "eval_data": eval_data or f"{data} (validation split)",
               "eval_windows": len(x_ev), "input_quant": [s_in, z_in], "output_quant": [s_out, z_out],
               "rmse_float": dict(zip(names, map(float, rmse_f), strict=True)),
               "rmse_int8": dict(zip(names, map(float, rmse_q), strict=True)),
@@ -283,7 +305,7 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     # the board blob (TCN op set only)
     det = detector or blob.Detector(sigma_window=window)
     try:
-        spec = blob.from_tflite(tflite, names, scaler.offset, scaler.scale, det)
+        spec = blob.from_tflite(tflite, names, scaler.offset, scaler.scale, det, residual)
         raw = blob.write(spec)
         if key:
             raw = blob.sign(raw, key)
@@ -303,7 +325,9 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     (out / "golden.json").write_text(json.dumps({
         "model_id": report.get("model_id"), "input_scale": s_in, "input_zero_point": z_in,
         "output_scale": s_out, "output_zero_point": z_out, "window": window, "channels": names,
-        "layout": "x_q: window*channels int8, oldest first, channel-interleaved; y_q: channels int8",
+        "residual": residual,
+        "layout": "x_q: window*channels int8, oldest first, channel-interleaved; y_q: channels "
+                  "int8 (with residual, the change from the newest sample)",
         "vectors": [{"x_q": a.reshape(-1).tolist(), "y_q": b.tolist()} for a, b in zip(gx, gy, strict=True)],
     }) + "\n")
 
@@ -313,6 +337,24 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         export_emlearn(model, out / "model_emlearn.h", "edgewatch_model")
     (out / "convert.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def quick_model(out, data=None, rows: int = 2000, epochs: int = 2, channels=None,
+                window: int = 10, arch: str = "tcn", sizes: dict | None = None,
+                max_eval: int = 400) -> Path:
+    """Train a small model on the first `rows` rows of `data` and convert it into `out`.
+
+    Default-size layers (so engine speed and memory match the default model),
+    few epochs: for tests and benchmarks that need a real model fast.
+    """
+    from training.data import load, shared_data
+    from training.train import train
+
+    data = data or shared_data() / "occupancy" / "datatraining.txt"
+    series = load(data, channels=channels)
+    train(series.take(slice(0, rows)), arch, epochs, window, out, sizes=sizes, plots=False)
+    convert(out, out, max_eval=max_eval)
+    return Path(out)
 
 
 # ---------------------------------------------------------------------- CLI
