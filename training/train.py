@@ -225,8 +225,8 @@ def run(args) -> int:
     m = train(series, args.arch, args.epochs, args.window, args.out, seed=args.seed, sizes=sizes,
               batch_size=args.batch_size, verbose=1 if sys.stdout.isatty() else 2,
               plots=not args.no_plots)
-    rmse = ", ".join(f"{c} {v:.4f} {unit(c)}".rstrip() for c, v in m["rmse"].items())
-    base = ", ".join(f"{c} {v:.4f}" for c, v in m["rmse_persistence"].items())
+    rmse = ", ".join(f"{c} {v:.5f} {unit(c)}".rstrip() for c, v in m["rmse"].items())
+    base = ", ".join(f"{c} {v:.5f}" for c, v in m["rmse_persistence"].items())
     print(f"{args.arch}: validation RMSE {rmse} (last-value baseline {base}); "
           f"{m['params']} parameters; trained in {m['train_seconds']:.1f} s -> {args.out}")
     return 0
