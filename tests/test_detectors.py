@@ -94,3 +94,29 @@ def test_float_forecaster_with_the_seed_rule():
     out = det.run(f.values[:600], 400)
     assert out.shape == (600,) and not out[:10].any()
     assert det.trained["window"] == 10 and det.trained["epochs"] == 1
+
+
+def test_board_detector_is_the_firmware_and_matches_the_tflm_reference():
+    """The board's verdicts come from firmware/engine.py + detector.py under MicroPython; its
+    predictions equal the TFLite Micro reference's int8 outputs, and its band alerts equal the
+    seed's rule applied to those predictions."""
+    from training.convert import _io_quant, dequantize, quantize, tflm_run
+
+    f = skab.load_files(limit=1)[0]
+    values = f.values[:520]
+    det = detectors.BoardDetector(epochs=1)
+    det.fit(values[:400], f.channels)
+    sc = det.trained["scaler"]
+    x_fit, _ = det.windows(values[:400], sc)
+    raw, tfl = detectors.board_blob(det.model(), sc, f.channels, x_fit, with_tflite=True)
+    bv = detectors.run_firmware(raw, f.channels, values)
+    x, y = det.windows(values, sc)
+    s_in, z_in, s_out, z_out = _io_quant(tfl)
+    ref = dequantize(tflm_run(tfl, quantize(x, s_in, z_in)), s_out, z_out)
+    got = (bv.pred[10:] - sc.offset) / sc.scale
+    assert np.isfinite(got).all() and not np.isfinite(bv.pred[:10]).any()
+    np.testing.assert_allclose(got, ref, atol=1e-4)   # float32 history on the board
+    want = detectors.band_rule(x.astype(np.float64), y, ref).any(axis=1)
+    fired = np.array([any(a[0] == "band" for a in al) for al in bv.alerts[10:]])
+    assert (fired == want).mean() > 0.99   # ties at the band edge may differ in the last bit
+    assert fired.any()

@@ -65,6 +65,9 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     from training.detectors import run_firmware
 
     model_dir = Path(model_dir)
+    out = Path(out)
+    if not out.parent.exists():
+        raise UserError(f"--out: folder {out.parent} does not exist")
     bpath = model_dir / "model.ewb"
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: no such folder")
@@ -94,9 +97,6 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     verdict = run_firmware(raw, names, series.values.astype(np.float64), missed, limits=limits,
                            stuck_samples=stuck, dropout_periods=int(defaults["dropout_periods"]),
                            heap=heap)
-    out = Path(out)
-    if not out.parent.exists():
-        raise UserError(f"--out: folder {out.parent} does not exist")
     header = ["line", "t", "anomaly", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
         header += [f"{n}_pred", f"{n}_lo", f"{n}_hi"]
@@ -111,7 +111,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                 j = names.index(first[1])
                 if np.isfinite(verdict.lo[i, j]):
                     lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])
-            row = [int(series.lines[i]), _num(series.timestamps[i]), int(bool(alerts)), first[0],
+            row = [int(series.lines[i]), f"{series.timestamps[i]:.3f}", int(bool(alerts)), first[0],
                    first[1] or "", "" if first[2] in ("None", "") else first[2], lo, hi,
                    " ".join(f"{a[0]}:{a[1] or ''}" for a in alerts)]
             for j in range(len(names)):

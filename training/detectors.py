@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import Scaler, Series
+from training.data import Scaler
 
 SEED = 42
 K, EPS = 3.0, 0.01   # the seed's is_anomalie rule
-_TRAINED: dict = {}
+_TRAINED: dict = {}   # fit-rows hash -> trained weights + scaler
+_MODELS: dict = {}    # (arch, window, channels, seed) -> (compiled model, initial weights)
 
 
 def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
@@ -251,40 +252,64 @@ class ForecastDetector(Detector):
 
     on_board = "no (float)"
 
-    def __init__(self, arch: str = "tcn", window: int = 10, epochs: int = 20, seed: int = SEED):
+    def __init__(self, arch: str = "tcn", window: int = 10, epochs: int = 10, seed: int = SEED,
+                 batch_size: int = 64):
         self.arch = arch
+        self.batch_size = batch_size
         self.window = window
         self.epochs = epochs
         self.seed = seed
         self.name = arch
-        self.description = f"float {arch.upper()}, window {window}, {epochs} epochs, band k={K:g}, ε={EPS:g}"
+        self.description = (f"float {arch.upper()}, window {window}, {epochs} epochs (batch {batch_size}), "
+                            f"band k={K:g}, ε={EPS:g}")
         self.trained = None
 
     def fit(self, fit_values: np.ndarray, channels: list[str] | None = None):
-        """Train on the fit rows (80/20 chronological split inside, as `edgewatch train`).
+        """Train on every window of the fit rows; the scaler is fit on them too (as the seed does).
 
-        Trained models are memoised per (arch, epochs, window, fit rows) so the
-        float TCN and the board's int8 TCN of one file share one training.
+        One compiled Keras model per (arch, window, channels) is reused across
+        files: its seeded initial weights and a zeroed optimizer are restored
+        before each fit, which gives the same start as building it afresh
+        without paying TensorFlow's tracing again for every file (seconds each).
+        Results are memoised per fit rows so the float TCN and the board's int8
+        TCN of one file share one training.
         """
-        from training.train import train
+        import keras
+
+        from training.data import make_windows
+        from training.models import build_model
 
         fit_values = fill_missing(fit_values)
-        key = (self.arch, self.epochs, self.window, self.seed,
+        n, c = fit_values.shape
+        key = (self.arch, self.epochs, self.window, self.seed, self.batch_size,
                hashlib.sha1(np.ascontiguousarray(fit_values, np.float32).tobytes()).hexdigest())
         if key in _TRAINED:
             self.trained = _TRAINED[key]
             return self.trained
-        n, c = fit_values.shape
-        names = channels or [f"ch{i}" for i in range(c)]
-        series = Series(timestamps=np.arange(n, dtype=np.float64),
-                        values=np.asarray(fit_values, np.float32), channels=names,
-                        source="fit rows", lines=np.arange(2, n + 2))
-        self.trained = train(series, arch=self.arch, epochs=self.epochs, window=self.window,
-                             seed=self.seed, plots=False)
-        if len(_TRAINED) > 8:
+        mkey = (self.arch, self.window, c, self.seed)
+        if mkey not in _MODELS:
+            model = build_model(self.arch, self.window, c, seed=self.seed)
+            _MODELS[mkey] = (model, model.get_weights())
+        model, initial = _MODELS[mkey]
+        model.set_weights(initial)
+        for v in model.optimizer.variables:
+            v.assign(np.zeros(v.shape, v.dtype))
+        keras.utils.set_random_seed(self.seed)
+        scaler = Scaler.fit(fit_values, channels or [f"ch{i}" for i in range(c)])
+        x, y = make_windows(scaler.transform(fit_values), self.window)
+        model.fit(x, y, epochs=self.epochs, batch_size=self.batch_size, shuffle=True, verbose=0)
+        self.trained = {"arch": self.arch, "window": self.window, "epochs": self.epochs,
+                        "weights": model.get_weights(), "scaler": scaler, "model_key": mkey}
+        if len(_TRAINED) > 200:
             _TRAINED.clear()
         _TRAINED[key] = self.trained
         return self.trained
+
+    def model(self):
+        """The shared Keras model holding this detector's trained weights."""
+        model, _ = _MODELS[self.trained["model_key"]]
+        model.set_weights(self.trained["weights"])
+        return model
 
     def windows(self, values: np.ndarray, scaler: Scaler) -> tuple[np.ndarray, np.ndarray]:
         """Normalised input windows [N-W, W, C] and the rows they predict [N-W, C]."""
@@ -295,7 +320,7 @@ class ForecastDetector(Detector):
     def verdicts(self, values: np.ndarray) -> np.ndarray:
         """Per-row, per-channel band verdicts [N, C] with the trained float model."""
         x, y = self.windows(values, self.trained["scaler"])
-        pred = self.trained["model"].predict(x, batch_size=1024, verbose=0)
+        pred = self.model().predict(x, batch_size=1024, verbose=0)
         out = np.zeros(values.shape, dtype=bool)
         out[self.window:] = band_rule(x, y, pred)
         return out
@@ -313,7 +338,7 @@ from array import array
 import engine, detector
 cfg = %r
 m = engine.Model(open(cfg["blob"], "rb").read())
-d = detector.Detector(cfg["names"], cfg["limits"], cfg["params"], cfg["params"])
+d = detector.Detector(cfg["names"], cfg["limits"], cfg["params"], cfg["fallback"])
 d.set_model(m)
 f = open(cfg["data"], "rb")
 n, c = struct.unpack("<II", f.read(8))
@@ -370,7 +395,9 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
                "limits": [list(map(float, x)) for x in lim],
                "params": {"k": None, "eps": None, "sigma_window": None,
                           "stuck_samples": int(stuck_samples),
-                          "dropout_periods": int(dropout_periods)}}
+                          "dropout_periods": int(dropout_periods)},
+               # only used while no model is loaded; the blob's k, eps, sigma window win
+               "fallback": {"k": K, "eps": EPS, "sigma_window": 10}}
         proc = mpy.run(code=_DRIVER % cfg, heap=heap, timeout=timeout)
     alerts: list = [[] for _ in range(n)]
     pred = np.full((n, c), np.nan)
@@ -388,18 +415,23 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
     return BoardVerdict(alerts, pred, lo, hi)
 
 
-def board_blob(trained: dict, names: list[str], x_fit: np.ndarray) -> bytes:
-    """int8 TFLite of a trained TCN -> the firmware blob (as `edgewatch convert` builds it)."""
+def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
+               with_tflite: bool = False):
+    """int8 TFLite of a trained TCN -> the firmware blob (as `edgewatch convert` builds it).
+
+    Representative windows are spread over the fit rows. ``with_tflite`` also
+    returns the int8 flatbuffer (for the TFLite Micro reference).
+    """
     from training import blob
     from training.convert import to_tflite
 
     window = int(x_fit.shape[1])
     pick = np.linspace(0, len(x_fit) - 1, min(200, len(x_fit))).astype(int)
-    tfl = to_tflite(trained["model"], x_fit[pick])
-    sc = trained["scaler"]
-    spec = blob.from_tflite(tfl, list(names), sc.offset, sc.scale,
+    tfl = to_tflite(model, x_fit[pick])
+    spec = blob.from_tflite(tfl, list(names), scaler.offset, scaler.scale,
                             blob.Detector(k=K, eps=EPS, sigma_window=window))
-    return blob.write(spec)
+    raw = blob.write(spec)
+    return (raw, tfl) if with_tflite else raw
 
 
 class BoardDetector(ForecastDetector):
@@ -412,7 +444,7 @@ class BoardDetector(ForecastDetector):
 
     on_board = "yes: this is the firmware's own code (MicroPython unix port)"
 
-    def __init__(self, window: int = 10, epochs: int = 20, seed: int = SEED, rules: str = "band",
+    def __init__(self, window: int = 10, epochs: int = 10, seed: int = SEED, rules: str = "band",
                  limits=None, stuck_samples: int = 120):
         super().__init__("tcn", window, epochs, seed)
         self.name = "board"
@@ -429,7 +461,7 @@ class BoardDetector(ForecastDetector):
         names = names or [f"ch{i}" for i in range(c)]
         self.fit(values[:n_fit], names)
         x_fit, _ = self.windows(values[:n_fit], self.trained["scaler"])
-        raw = board_blob(self.trained, names, x_fit)
+        raw = board_blob(self.model(), self.trained["scaler"], names, x_fit)
         everything = self.rules == "all"
         self.last = run_firmware(raw, names, values, missed,
                                  limits=self.limits if everything else None,
@@ -444,7 +476,7 @@ class BoardDetector(ForecastDetector):
 
 def make(name: str, fast: bool = False) -> Detector:
     """A fresh detector by name, with its one configuration (``fast``: fewer epochs)."""
-    epochs = 5 if fast else 20
+    epochs = 2 if fast else 5
     if name == "iforest":
         return IsolationForestDetector()
     if name == "pca-t2q":
