@@ -33,10 +33,13 @@ def _run(*args):
 
 def test_train_cli_writes_every_artefact_with_true_metrics(tiny_csv, tmp_path):
     out = tmp_path / "model"
+    out.mkdir()
+    (out / "model.ewb").write_bytes(b"blob of an older model")  # must not survive retraining
     r = _run("train", "--data", tiny_csv, "--arch", "tcn", "--epochs", "2", "--window", "8",
              "--out", out, "--seed", "3")
     assert "validation RMSE temperature" in r.stdout and str(out) in r.stdout
     assert "Epoch 2/2" in r.stdout  # the per-epoch progress line
+    assert not (out / "model.ewb").exists() and "removed 1 outputs" in r.stdout
     for name in ("model.keras", "config.json", "scaler.json", "metrics.json", "loss.png",
                  "pred_temperature.png", "pred_humidity.png"):
         assert (out / name).stat().st_size > 0, name

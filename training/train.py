@@ -40,6 +40,9 @@ DEFAULT_WINDOW = 10
 DEFAULT_BATCH = 32
 TRAIN_FRACTION = 0.8
 STEPS_PER_EXECUTION = 64
+# Files `edgewatch convert` derives from a trained model (removed when retraining in place).
+DERIVED = ("model.tflite", "model.ewb", "model_data.cc", "model_data.h", "golden.npz",
+           "golden.json", "model_emlearn.h", "convert.json")
 
 
 def _deterministic(seed: int) -> None:
@@ -147,6 +150,14 @@ def _write(out: Path, model, scaler, metrics, sizes, series, plots, t_va, actual
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    # Outputs of an earlier `edgewatch convert` describe the old weights: a stale
+    # model.ewb next to a new model.keras would deploy the wrong model.
+    stale = [p for p in (*(out / n for n in DERIVED), *out.glob("pred_*.png")) if p.exists()]
+    for p in stale:
+        p.unlink()
+    if stale:
+        print(f"removed {len(stale)} outputs of the previous model from {out} "
+              "(run `edgewatch convert` again)")
     model.save(out / "model.keras")
     config = {"arch": metrics["arch"], "window": metrics["window"],
               "channels": metrics["channels"], "sizes": sizes, "epochs": metrics["epochs"],
