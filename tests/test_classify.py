@@ -41,7 +41,7 @@ def test_classify_skab_report(tmp_path):
     assert b["nodes"] <= 5 * 127  # 5 trees of depth 6
     assert b["test"]["f1"] > 0.5
     # emlearn's compiled C gives the same answers as scikit-learn.
-    assert b["c_agreement"] > 0.98
+    assert b["c_agreement"] > 0.97
     c = (out / "rf_board.h").read_text()
     assert "rf_board_predict" in c and "int16_t" in c
 

@@ -27,7 +27,7 @@ from host.cli import UserError
 from training import data as tdata
 
 # Rows plotted per scatter: enough to see the shape, small enough for a small PNG.
-PLOT_POINTS = 4000
+PLOT_POINTS = 2500
 # Box plots show this many most-different features per cluster (the paper shows two).
 BOX_FEATURES = 2
 MIN_ROWS = 20
@@ -302,12 +302,17 @@ def report(series: tdata.Series, res: dict, files: dict, params: dict) -> tuple[
     normal = ~abnormal
     normal_mean = raw[normal].mean(axis=0)
     abnormal_mean = raw[abnormal].mean(axis=0) if abnormal.any() else np.full(len(ch), np.nan)
+    label = series.labels.get("anomaly")
+    if label is None or label.dtype == object or not (label > 0.5).any():
+        label = None  # no labels, or only the boards' own all-clear verdicts
     clusters = []
     for c in range(k):
         m = cluster == c
         clusters.append({"cluster": c, "rows": int(m.sum()),
                          "mean": [float(v) for v in raw[m].mean(axis=0)],
                          "most_different": [ch[i] for i in res["different"][c]]})
+        if label is not None:
+            clusters[-1]["labelled_anomalous"] = float((label[m] > 0.5).mean())
     summary = {
         "source": series.source, "rows": len(series), "dropped": series.dropped,
         "channels": ch, **params,
@@ -316,9 +321,8 @@ def report(series: tdata.Series, res: dict, files: dict, params: dict) -> tuple[
         "abnormal_mean": [float(v) for v in abnormal_mean],
         "clusters": clusters, "figures": files,
     }
-    label = series.labels.get("anomaly")
-    if label is not None and label.dtype != object and (label > 0.5).any():
-        summary["vs_label"] = label_scores(abnormal, series.labels["anomaly"])
+    if label is not None:
+        summary["vs_label"] = label_scores(abnormal, label)
 
     md = [f"# Anomaly analysis of {series.source}", "",
           f"{len(series)} rows ({series.dropped} dropped for missing readings), "
@@ -338,8 +342,10 @@ def report(series: tdata.Series, res: dict, files: dict, params: dict) -> tuple[
                   [[c, float(a), float(b)] for c, a, b in zip(ch, normal_mean, abnormal_mean, strict=True)]), ""]
     if k:
         md += [f"## K-means over the anomalies (k={k})", "", f"![clusters]({files['clusters']})", "",
-               _table(["cluster", "rows", "most different from normal (top 3)"],
+               _table(["cluster", "rows", "most different from normal (top 3)"]
+                      + (["labelled anomalous %"] if label is not None else []),
                       [[c["cluster"], c["rows"], ", ".join(c["most_different"][:3])]
+                       + ([round(100 * c["labelled_anomalous"], 1)] if label is not None else [])
                        for c in clusters]),
                "", "## Mean feature values per cluster and normal", "",
                f"![cluster means]({files['cluster_means']})", "",
