@@ -9,9 +9,8 @@
 # Only the time steps the output depends on are computed: with the default
 # causal TCN that is about a quarter of the convolution work.
 import array
-import sys
 
-from blob import OP_ADD, OP_CONV, OP_FC, BlobError
+from blob import OP_ADD, OP_CONV, OP_FC, Blob, BlobError
 
 try:
     import kernels as _fast  # SyntaxError on ports without the native emitter
@@ -28,18 +27,6 @@ def default_kernels():
     import kernels_plain
 
     return kernels_plain
-
-
-def _parse(raw, key):
-    # The parser is needed only while a model loads: drop its module afterwards
-    # so its bytecode (~8 KB) does not stay on the board's heap. BlobError and
-    # the op codes imported above stay valid; the next load imports it again.
-    import blob
-
-    try:
-        return blob.Blob(raw, key)
-    finally:
-        sys.modules.pop("blob", None)
 
 
 def _words(values):
@@ -81,7 +68,7 @@ class Model:
     """A loaded int8 model: predict the next sample of every channel from a window."""
 
     def __init__(self, blob, key=None, kernels=None):
-        b = _parse(blob, key)
+        b = Blob(blob, key)
         self.window = b.window
         self.channels = b.channels
         self.names = b.names
