@@ -217,3 +217,25 @@ def test_bad_input_missing_file_and_database(tmp_path):
     _one_line_error(_cli("train", "--data", OCC, "--arch", "transformer"), "--arch", "transformer")
     _one_line_error(_cli("train", "--data", OCC, "--window", "0"), "--window")
     _one_line_error(_cli("train", "--data", OCC, "--size", "filters"), "--size", "KEY=VALUE")
+
+
+def test_parquet_like_edgewatch_export_writes(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t0 = 1_764_000_000_000_000
+    stamps = [t0 + i * 60_000_000 for i in (0, 1, 2, 4, 3)]  # row 5 goes back in time
+    table = pa.table({"timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+                      "temperature": [20.0, float("nan"), 20.2, 20.3, 20.4],
+                      "humidity": [50.0, 51.0, 52.0, 53.0, 54.0],
+                      "anomaly": pa.array([0, 0, 1, 0, 0], pa.int8())})
+    pq.write_table(table.slice(0, 4), tmp_path / "ok.parquet")
+    s = load(tmp_path / "ok.parquet")
+    assert s.channels == ["temperature", "humidity"] and len(s) == 3 and s.dropped == 1
+    assert s.timestamps[0] == 1_764_000_000.0 and list(s.labels["anomaly"]) == [0, 1, 0]
+    pq.write_table(table, tmp_path / "back.parquet")
+    _one_line_error(_cli("train", "--data", tmp_path / "back.parquet"), "back.parquet", "row 5",
+                    "backwards")
+    (tmp_path / "junk.parquet").write_text("timestamp,temperature\n")
+    _one_line_error(_cli("train", "--data", tmp_path / "junk.parquet"), "junk.parquet",
+                    "not a readable Parquet file")

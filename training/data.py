@@ -358,11 +358,28 @@ def load_db(url: str, device: str | None = None, channels=None, table_prefix: st
                   time_name="t", row_word="row")
 
 
+def load_parquet(path, channels=None, dropna=True) -> Series:
+    """A Parquet file (as ``edgewatch export`` writes): a timestamp column plus channels."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such file")
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except Exception as exc:  # pyarrow's errors are long; one line is enough
+        raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    cols = [table.column(n).to_pylist() for n in table.column_names]
+    rows = ((i + 1, list(r)) for i, r in enumerate(zip(*cols, strict=True)))
+    return _build(str(path), list(table.column_names), rows, channels, dropna=dropna,
+                  row_word="row")
+
+
 def load(path_or_url, channels=None, device: str | None = None, dropna: bool = True) -> Series:
     """Load any supported source, choosing the reader from the URL or the file's header.
 
     Database URLs (sqlite://, postgresql://, mysql://) and ``.db``/``.sqlite``
-    files go to :func:`load_db`; a ``;``-separated file with SKAB's columns to
+    files go to :func:`load_db`, ``.parquet`` to :func:`load_parquet`; a ``;``-separated file with SKAB's columns to
     :func:`load_skab`; ``timestamp,value`` to :func:`load_nab`; the occupancy
     header to :func:`load_occupancy`; anything else to :func:`load_csv`.
     """
@@ -373,6 +390,8 @@ def load(path_or_url, channels=None, device: str | None = None, dropna: bool = T
     if scheme in DB_SCHEMES or Path(text.split("?", 1)[0]).suffix in (".db", ".sqlite", ".sqlite3"):
         return load_db(text, device=device, channels=channels, dropna=dropna)
     p = Path(text)
+    if p.suffix.lower() == ".parquet":
+        return load_parquet(p, channels, dropna=dropna)
     if p.is_file():
         with open(p, encoding="utf-8-sig", errors="replace") as fh:
             head = [slug(h) for h in re.split(r"[;,\t]", fh.readline())]
