@@ -23,6 +23,8 @@ def plot_loss(history: dict, path, title: str) -> Path:
         ax.plot(epochs, history["val_loss"], marker="o", label="validation loss")
     ax.set(xlabel="epoch", ylabel="MSE (normalised units)", title=title)
     ax.set_yscale("log")
+    if len(epochs) <= 20:
+        ax.set_xticks(epochs)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
