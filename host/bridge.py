@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from host.cli import UserError
+from host.collector import parse_devices
 from host.metrics import Devices, Metrics, setup_logging
 from host.notifiers import Message, Notifier, PermanentError, TransientError, from_env
 from host.schema import Alert, SchemaError, Status, parse, to_json
@@ -300,8 +301,10 @@ class Outbox:
     def prune(self, keep_days: float = 7.0) -> None:
         """Forget seen alerts and finished notifications older than ``keep_days``."""
         cut = time.time() - keep_days * 86400
-        self.db.execute("DELETE FROM seen WHERE received < ?", (cut,))
-        self.db.execute("DELETE FROM outbox WHERE state != 'pending' AND created < ?", (cut,))
+        with self.wlock:
+            self.db.execute("DELETE FROM seen WHERE received < ?", (cut,))
+            self.db.execute("DELETE FROM outbox WHERE state != 'pending' AND created < ?", (cut,))
+            self.db.execute("DELETE FROM cooldown WHERE until < ? AND suppressed = 0", (cut,))
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> float:
@@ -317,11 +320,12 @@ class Bridge:
     def __init__(self, outbox: Outbox, notifiers: list[Notifier], mqtt: MqttSettings, *,
                  group: str | None = None, client_id: str | None = None,
                  retry_base: float = 1.0, retry_cap: float = 300.0, workers: int = 4,
-                 metrics: Metrics | None = None):
+                 devices: frozenset[str] | None = None, metrics: Metrics | None = None):
         if not notifiers:
             raise UserError("no notifiers: give --notify sms,console,webhook,email")
         self.outbox, self.notifiers, self.mqtt, self.group = outbox, notifiers, mqtt, group
         self.by_name = {n.name: n for n in notifiers}
+        self.allowed = devices
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self.metrics = metrics or Metrics("bridge")
         self.devices = Devices(self.metrics)
@@ -341,6 +345,8 @@ class Bridge:
         try:
             rec = parse(msg.topic, msg.payload, self.mqtt.prefix)
             self.metrics.received.labels(rec.kind).inc()
+            if self.allowed is not None and rec.device not in self.allowed:
+                raise SchemaError(f"unknown device {rec.device!r}")
             if isinstance(rec, Status):
                 self.devices.status(rec, now)
                 client.ack(msg.mid, msg.qos)
@@ -433,12 +439,15 @@ class Bridge:
                  extra={"notifier": n.name, "outbox_id": row["id"]})
 
     def _sender_loop(self) -> None:
-        last_digest = 0.0
+        last_digest = last_prune = 0.0
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_digest >= 1.0:
                     last_digest = time.monotonic()
                     self.outbox.queue_digests(self.notifiers)
+                if time.monotonic() - last_prune >= 3600:
+                    last_prune = time.monotonic()
+                    self.outbox.prune()
                 rows = self.outbox.claim(limit=self.workers * 8)
                 if rows:
                     self._send_rows(rows)
@@ -516,6 +525,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--group", help="shared-subscription group: bridges with the same group "
                         "split the alerts (env EDGEWATCH_GROUP)")
     parser.add_argument("--client-id", help="MQTT client id (persistent session)")
+    parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
+                        "env EDGEWATCH_DEVICES); alerts of others are counted and dropped")
     parser.add_argument("--metrics-port", type=int,
                         help="serve Prometheus metrics on this port (env EDGEWATCH_METRICS_PORT)")
     parser.add_argument("--metrics-addr", default="127.0.0.1")
@@ -553,7 +564,8 @@ def run(args) -> int:
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
     bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
                     client_id=args.client_id, retry_base=args.retry_base,
-                    retry_cap=args.retry_cap, metrics=metrics)
+                    retry_cap=args.retry_cap, metrics=metrics,
+                    devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -223,3 +223,29 @@ def test_backoff_grows_and_is_capped():
     d = [backoff(i, 1.0, 60.0) for i in range(1, 10)]
     assert 0.8 <= d[0] <= 1.2 and 3.2 <= d[2] <= 4.8 and all(x <= 72 for x in d)
     assert d[-1] >= 48
+
+
+def test_two_bridges_on_one_outbox_file_send_each_alert_once(tmp_path, broker, sink):
+    # no group: both bridges get every alert; the shared outbox keeps each once,
+    # and the row lease lets only one of them send it
+    kw = {"tls": False, "devices": frozenset({"gh-01"})}
+    b1 = _bridge(tmp_path, broker, [_sms(sink, TO[:1])], name="shared", client_id="s-1", **kw)
+    b2 = _bridge(tmp_path, broker, [_sms(sink, TO[:1])], name="shared", client_id="s-2", **kw)
+    dev = Board(broker, "edgewatch", HOST_PW)
+    try:
+        for seq in range(30):
+            dev.publish("alert", alert("gh-01", seq, value=50 + seq), device="gh-01")
+        dev.publish("alert", alert("gh-02", 1), device="gh-02")  # not on the device list
+        wait_until(lambda: len(sink.requests) >= 30, what="30 SMS")
+        time.sleep(1.0)
+        assert len(sink.bodies()) == 30 == len(set(sink.bodies()))
+        assert not any("gh-02" in body for body in sink.bodies())
+        replays = sum(b.metrics.value("edgewatch_messages_rejected_total", reason="replayed")
+                      for b in (b1, b2))
+        assert replays == 30  # each alert arrived twice, was kept once
+        assert all(b.metrics.value("edgewatch_messages_rejected_total", reason="unknown_device")
+                   == 1 for b in (b1, b2))
+    finally:
+        dev.close()
+        b1.stop()
+        b2.stop()
