@@ -165,12 +165,12 @@ def bench_collector(folder: Path, broker: Broker, fleet: Fleet, per_device: int)
     db = folder / "bench.db"
     n = len(fleet.clients)
 
-    def start(tag: str):
+    def start(tag: str, client_id: str = "bench-collector", group: str | None = None):
         port = free_port()
         log = folder / f"collector-{tag}.log"
         proc = _service(["collect", "--db", f"sqlite:///{db}", "--metrics-port", str(port),
-                         "--client-id", "bench-collector", "--no-discovery", "--log-level",
-                         "warning"], _env(broker), log)
+                         "--client-id", client_id, "--no-discovery", "--log-level", "warning",
+                         *(["--group", group] if group else [])], _env(broker), log)
         _wait_started(log, proc, "collecting into")
         return proc, port
 
@@ -192,16 +192,37 @@ def bench_collector(folder: Path, broker: Broker, fleet: Fleet, per_device: int)
         _stop(proc)
     import sqlite3
 
+    def first_arrival(seq_from: int) -> float:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT MIN(received) FROM telemetry WHERE seq >= ?",
+                             (seq_from,)).fetchone()[0]
+
+    backlog_rate = stored_backlog / (t_end - first_arrival(per_device))
+    # scale-out: two collectors in one shared-subscription group drain the next backlog
+    procs = [start(f"group{k}", f"bench-group-{k}", "bench") for k in (1, 2)]
+    for p, _ in procs:
+        _stop(p)
+    total3 = _publish_rounds(fleet, range(2 * per_device, 3 * per_device))
+    procs = [start(f"group{k}b", f"bench-group-{k}", "bench") for k in (1, 2)]
+    try:
+        deadline, stored3 = time.monotonic() + 180, 0.0
+        while stored3 < total3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            stored3 = sum(_metric(port, "edgewatch_records_stored_total") for _, port in procs)
+        t_end3 = time.time()
+    finally:
+        for p, _ in procs:
+            _stop(p)
+    group_rate = stored3 / (t_end3 - first_arrival(2 * per_device))
     with sqlite3.connect(db) as c:
-        first = c.execute("SELECT MIN(received) FROM telemetry WHERE seq >= ?",
-                          (per_device,)).fetchone()[0]
         rows = c.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
-    return {"collector_devices": n, "collector_messages": total + total2,
+    return {"collector_devices": n, "collector_messages": total + total2 + total3,
             "collector_rows_in_db": rows,
             "collector_live_msgs_per_s": round(live_rate, 1),
             "collector_live_publish_msgs_per_s": round(total / t_pub, 1),
-            "collector_backlog_msgs_per_s": round(stored_backlog / (t_end - first), 1),
-            "collector_msgs_per_s": round(max(live_rate, stored_backlog / (t_end - first)), 1)}
+            "collector_backlog_msgs_per_s": round(backlog_rate, 1),
+            "collector_group2_backlog_msgs_per_s": round(group_rate, 1),
+            "collector_msgs_per_s": round(max(live_rate, backlog_rate), 1)}
 
 
 def bench_bridge(folder: Path, broker: Broker, fleet: Fleet, alerts: int, rate: float) -> dict:
