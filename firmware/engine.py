@@ -141,12 +141,12 @@ class Model:
             v = norm_window[i] * inv
             if v != v:
                 raise ValueError("predict: NaN at position %d" % i)
-            if v > 1000.0:  # far outside int8 anyway; keeps int() from overflowing
+            if v > 1000.0:  # far outside int8 anyway; keeps round() from overflowing
                 v = 1000.0
             elif v < -1000.0:
                 v = -1000.0
-            # round half away from zero, as training/convert.py quantises
-            q = (int(v + 0.5) if v >= 0 else -int(0.5 - v)) + zp
+            # round() rounds half to even, as training/convert.py quantises
+            q = round(v) + zp
             if q < -128:
                 q = -128
             elif q > 127:

@@ -45,11 +45,11 @@ TFLM_ARENA = 64 * 1024
 def quantize(norm, scale: float, zero_point: int) -> np.ndarray:
     """Normalised floats -> int8 with the model's input scale and zero point.
 
-    round half away from zero, then clamp: the rule firmware/engine.py uses too.
+    x * (1/scale), rounded half to even, plus the zero point, clamped: the rule
+    firmware/engine.py's predict() uses too (MicroPython's round() is half-even).
     """
-    v = np.asarray(norm, np.float64) / float(scale)
-    q = np.sign(v) * np.floor(np.abs(v) + 0.5) + int(zero_point)
-    return np.clip(q, -128, 127).astype(np.int8)
+    v = np.asarray(norm, np.float64) * (1.0 / float(scale))
+    return np.clip(np.rint(v) + int(zero_point), -128, 127).astype(np.int8)
 
 
 def dequantize(q, scale: float, zero_point: int) -> np.ndarray:
