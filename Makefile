@@ -67,7 +67,7 @@ flash: setup  ## erase + write MicroPython, then deploy: make flash BOARD=... PO
 	$(EW) flash --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(FIRMWARE),--firmware "$(FIRMWARE)") $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
 
 deploy: setup  ## copy firmware (.mpy), model, config (.env secrets), umqtt; reset: make deploy PORT=... [AMPY=1]
-	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)") $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
+	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
 
 repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (Ctrl-] leaves)
 	$(EW) repl --port "$(PORT)"

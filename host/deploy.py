@@ -304,12 +304,8 @@ class Ampy:
     def copy(self, folder: Path, files: list[str], stale: list[str]) -> None:
         if stale:
             self._script(remove_snippet(stale))
-        for d in sorted({str(Path(f).parent) for f in files if "/" in f}):
-            parts = Path(d).parts
-            for i in range(1, len(parts) + 1):
-                self._run(["mkdir", "--exists-okay", "/".join(parts[:i])])
-        for f in files:
-            self._run(["put", str(folder / f), f])
+        # one connection for the whole staged tree (ampy creates the folders as it goes)
+        self._run(["put", str(folder), "/"], timeout=900)
 
     def mip_umqtt(self) -> None:
         raise UserError("ampy cannot install packages: pass --umqtt-from build/mplib "
@@ -365,6 +361,12 @@ def deploy(port: str, board_name: str, model: str | None, device_id: str | None 
     config = build_config(board_name, board, secrets, device_id, extra)
     if not FIRMWARE.is_dir() or not any(FIRMWARE.glob("*.py")):
         raise UserError(f"{FIRMWARE}: no firmware files")
+    if umqtt_from and not (Path(umqtt_from) / "umqtt" / "simple.py").is_file():
+        raise UserError(f"--umqtt-from {umqtt_from}: no umqtt/simple.py there "
+                        "(make build/mplib/.stamp fetches it)")
+    if ampy and not umqtt_from:
+        raise UserError("ampy cannot install packages: pass --umqtt-from build/mplib "
+                        "(make build/mplib/.stamp fetches umqtt)")
     tool = Ampy(port) if ampy else Mpremote(port)
     mpy = tool.mpy_info()
     arch_i, version = mpy >> 10, mpy & 0xFF

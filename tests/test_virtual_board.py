@@ -174,6 +174,7 @@ def test_friendly_repl_session_with_mpremote(board):
     t = Terminal([MPREMOTE, "connect", board.port, "repl"])
     try:
         t.expect(b"to exit this shell\r\n")
+        t.wait_raw()
         t.send(b"\r")
         t.expect(b">>> ")
         t.send(b"21 * 2\r")

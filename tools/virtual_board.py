@@ -121,6 +121,8 @@ def _read(n):
             return data
     return data
 def _run(kind, data):
+    if kind == b'!':  # Ctrl-C came while the interpreter was starting: it hits this code first
+        raise KeyboardInterrupt
     if kind == b'F':
         try:
             src = open(data.decode()).read()
@@ -131,10 +133,15 @@ def _run(kind, data):
         code = compile(data, '<stdin>', 'single' if kind == b'S' else 'exec')
     del data
     exec(code, _g)
+_ctl(b'R')
 while True:
     head = _read(None)
     kind = head[:1]
-    data = _read(int(head[1:]))
+    intr = head[1:2] == b'!'
+    data = _read(int(head[2:] if intr else head[1:]))
+    if intr:
+        kind = b'!'
+        data = None
     err = b''
     done = b'D'
     try:
@@ -195,6 +202,8 @@ class VirtualBoard:
         self._inbox: queue.Queue[int] = queue.Queue()
         self._done: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
         self._busy = False
+        self._ready = threading.Event()  # the interpreter has started and takes commands
+        self._pending_int = False
         self._write_lock = threading.Lock()
         self._last_out = 0
         self._stop = threading.Event()
@@ -308,6 +317,8 @@ class VirtualBoard:
         env.pop("MICROPYPATH", None)
         env.update(self.env)
         self._done = queue.Queue()
+        self._ready = threading.Event()
+        self._pending_int = False
         argv = mpy.command(script=self._agent_file, heap=self.heap)
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, env=env, cwd=str(self.flash),
@@ -329,7 +340,11 @@ class VirtualBoard:
 
     def _interrupt(self) -> None:
         proc = self._proc
-        if proc and proc.poll() is None:
+        if not self._ready.is_set():
+            # the interpreter is still starting (a SIGINT now would kill its host process):
+            # the code it runs first gets the KeyboardInterrupt instead
+            self._pending_int = True
+        elif proc and proc.poll() is None:
             os.kill(proc.pid, signal.SIGINT)
 
     def _read_agent(self, proc: subprocess.Popen, done: queue.Queue) -> None:
@@ -367,7 +382,10 @@ class VirtualBoard:
                     break
                 payload = buf[nl + 1:nl + 1 + size]
                 buf = buf[nl + 1 + size:]
-                done.put((kind, payload))
+                if kind == b"R":
+                    self._ready.set()
+                else:
+                    done.put((kind, payload))
 
     def _exec(self, kind: bytes, data: bytes) -> tuple[bytes, bytes]:
         """Run code in the interpreter and wait: ("D", err) done, "Q" soft reset, "H" hard reset, "X" died."""
@@ -377,8 +395,15 @@ class VirtualBoard:
             proc = self._proc
         self._busy = True
         try:
+            while not self._ready.wait(0.1):
+                if proc.poll() is not None or self._stop.is_set():
+                    break
+            flag = b""
+            if self._pending_int:
+                self._pending_int = False
+                flag = b"!"
             try:
-                proc.stdin.write(kind + str(len(data)).encode() + b"\n" + data)
+                proc.stdin.write(kind + flag + str(len(data)).encode() + b"\n" + data)
                 proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 pass
@@ -669,6 +694,16 @@ class Terminal:
 
     def send(self, data: bytes) -> None:
         os.write(self._fd, data)
+
+    def wait_raw(self, timeout: float = 10.0) -> None:
+        """Wait until the program has put its terminal in raw mode (keys now reach it as typed)."""
+        import termios
+
+        end = time.monotonic() + timeout
+        while termios.tcgetattr(self._fd)[3] & termios.ICANON:
+            if time.monotonic() > end:
+                raise TimeoutError("the program did not switch its terminal to raw mode")
+            time.sleep(0.02)
 
     def close(self, timeout: float = 5.0) -> int:
         """Wait for the program to end (killing it after `timeout`); its exit status."""
