@@ -90,10 +90,31 @@ def test_one_configuration_for_every_file():
 
 def test_float_forecaster_with_the_seed_rule():
     f = skab.load_files(limit=1)[0]
-    det = detectors.ForecastDetector("gru", window=10, epochs=1)
+    det = detectors.ForecastDetector("gru", window=10, epochs=2)
     out = det.run(f.values[:600], 400)
     assert out.shape == (600,) and not out[:10].any()
-    assert det.trained["window"] == 10 and det.trained["epochs"] == 1
+    assert det.trained["window"] == 10 and det.trained["epochs"] == 2
+    # It learned something: its forecast is not the last value (where an untrained one starts).
+    x, _ = det.windows(f.values[:600], det.trained["scaler"])
+    pred = det.model().predict(x, verbose=0)
+    assert np.abs(pred - x[:, -1, :]).mean() > 1e-3
+
+
+def test_reused_model_trains_like_a_fresh_one():
+    """The shared compiled model is reset to its seeded start: file order does not matter."""
+    a, b = skab.load_files(limit=2)
+    detectors._MODELS.clear()
+    detectors._TRAINED.clear()
+    first = detectors.ForecastDetector("tcn", epochs=1)
+    first.fit(a.values[:400])
+    again = detectors.ForecastDetector("tcn", epochs=1)
+    again.fit(b.values[:400])
+    detectors._MODELS.clear()
+    detectors._TRAINED.clear()
+    fresh = detectors.ForecastDetector("tcn", epochs=1)
+    fresh.fit(b.values[:400])
+    for w1, w2 in zip(again.trained["weights"], fresh.trained["weights"], strict=True):
+        np.testing.assert_allclose(w1, w2, atol=1e-5)
 
 
 def test_board_detector_is_the_firmware_and_matches_the_tflm_reference():

@@ -293,7 +293,8 @@ class ForecastDetector(Detector):
         model, initial = _MODELS[mkey]
         model.set_weights(initial)
         for v in model.optimizer.variables:
-            v.assign(np.zeros(v.shape, v.dtype))
+            if "learning_rate" not in v.path:  # iteration count and Adam moments start at 0
+                v.assign(np.zeros(v.shape, v.dtype))
         keras.utils.set_random_seed(self.seed)
         scaler = Scaler.fit(fit_values, channels or [f"ch{i}" for i in range(c)])
         x, y = make_windows(scaler.transform(fit_values), self.window)
@@ -463,10 +464,19 @@ class BoardDetector(ForecastDetector):
         x_fit, _ = self.windows(values[:n_fit], self.trained["scaler"])
         raw = board_blob(self.model(), self.trained["scaler"], names, x_fit)
         everything = self.rules == "all"
-        self.last = run_firmware(raw, names, values, missed,
-                                 limits=self.limits if everything else None,
-                                 stuck_samples=self.stuck_samples if everything else 10 ** 9,
-                                 dropout_periods=1 if everything else 10 ** 9)
+        # The board boots with the model just before the first judged row: feeding it
+        # the whole fit span would only cost time (its history holds 64 samples).
+        start = max(0, n_fit - 64)
+        miss = None if missed is None else np.asarray(missed)[start:]
+        bv = run_firmware(raw, names, values[start:], miss,
+                          limits=self.limits if everything else None,
+                          stuck_samples=self.stuck_samples if everything else 10 ** 9,
+                          dropout_periods=1 if everything else 10 ** 9)
+        c = values.shape[1]
+        pad = np.full((start, c), np.nan)
+        self.last = BoardVerdict([[] for _ in range(start)] + bv.alerts,
+                                 np.vstack([pad, bv.pred]), np.vstack([pad, bv.lo]),
+                                 np.vstack([pad, bv.hi]))
         return self.last
 
     def run(self, values, n_fit, missed=None):
