@@ -86,6 +86,8 @@ class HostModel:
         self.sigma_window = spec.detector.sigma_window
         self.model_id = spec.model_id
         self.quant = (spec.in_scale, spec.in_zp, spec.out_scale, spec.out_zp)
+        # the int8 net may predict the change from the newest sample (docs/model_blob.md)
+        self.residual = bool(getattr(spec, "residual", False))
         self.lock = threading.Lock()
 
     def predict(self, norm_window) -> list[float]:
@@ -100,7 +102,11 @@ class HostModel:
             self.interp.set_input(x.reshape(1, self.window, self.channels), 0)
             self.interp.invoke()
             y = np.array(self.interp.get_output(0), np.int8).reshape(-1)
-        return [float(v) for v in dequantize(y, s_out, z_out)]
+        pred = [float(v) for v in dequantize(y, s_out, z_out)]
+        if self.residual:  # added in float, as the board's engine does
+            last = len(norm_window) - self.channels
+            pred = [p + float(norm_window[last + c]) for c, p in enumerate(pred)]
+        return pred
 
 
 class Scorer:
