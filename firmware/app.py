@@ -10,17 +10,18 @@ import gc
 import os
 import time
 
+try:
+    # imported first, while the heap is still in one piece (rules only without it)
+    import engine
+except ImportError:
+    engine = None
+
 import detector
 import machine
 import outbox
 import schema
 import sensors
 from link import Link
-
-try:
-    import engine
-except ImportError:  # rules only until the int8 engine is on the board
-    engine = None
 
 FW_VERSION = "0.1.0"
 _SLACK_MS = 5  # stop sending this long before the next sample is due
@@ -85,6 +86,7 @@ class App:
         link.on_connect = self.publish_status
         self.started = time.ticks_ms()
         self.samples = self.sent = self.alerts = 0
+        gc.collect()
         self.heap_min = gc.mem_free()
         self.last_status = self.started
         log("app: %s fw %s board %s sensor %s model %s outbox %d pending, next seq %d"

@@ -47,10 +47,12 @@ class _TimeoutSockets:
 
     def __init__(self, timeout_s):
         self.timeout_s = timeout_s
+        self.last = None  # the TCP socket under umqtt's (maybe TLS) socket
 
     def socket(self, *args):
         s = _socket.socket(*args)
         s.settimeout(self.timeout_s)
+        self.last = s
         return s
 
     def getaddrinfo(self, *args):
@@ -67,20 +69,29 @@ class _SSLShim:
         return self.ctx.wrap_socket(sock, server_hostname=server_hostname)
 
 
-def _read(path):
+def _read_der(path):
+    # PEM or DER file -> DER bytes: not every port's mbedtls is built with PEM parsing
     with open(path, "rb") as f:
-        return f.read()
+        data = f.read()
+    if not data.startswith(b"-----BEGIN"):
+        return data
+    from binascii import a2b_base64
+
+    body = data.split(b"-----", 3)[2] if data.count(b"-----") >= 4 else b""
+    body = body.split(b"-----END")[0]
+    return a2b_base64(body.replace(b"\r", b"").replace(b"\n", b""))
 
 
 def ssl_context(ca, cert=None, key=None):
-    """Client SSLContext that requires the server's certificate to chain to `ca` (a file)."""
+    """Client SSLContext that requires the server's certificate to chain to `ca`
+    (PEM or DER files; the client certificate and key are optional)."""
     import ssl
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=_read(ca))
+    ctx.load_verify_locations(cadata=_read_der(ca))
     if cert:
-        ctx.load_cert_chain(_read(cert), _read(key))
+        ctx.load_cert_chain(_read_der(cert), _read_der(key))
     return ctx
 
 
@@ -114,7 +125,7 @@ class Link:
         self._ctx = None
         if cfg["tls"]:
             self._ctx = ssl_context(cfg["ca"], cfg["client_cert"], cfg["client_key"])
-        _simple.socket = _TimeoutSockets(self.timeout_s)
+        _simple.socket = self._sockets = _TimeoutSockets(self.timeout_s)
         if self._ctx is not None:
             sys.modules["ussl"] = _SSLShim(self._ctx)
 
@@ -186,7 +197,7 @@ class Link:
         client = self._new_client()
         try:
             client.connect()
-            client.sock.settimeout(self.timeout_s)
+            self._arm()
             self.client = client
             for t in self.subscriptions:
                 client.subscribe(t, qos=1)
@@ -207,11 +218,16 @@ class Link:
     def _poll(self):
         c = self.client
         c.check_msg()
-        c.sock.settimeout(self.timeout_s)  # check_msg leaves the socket blocking
+        self._arm()  # check_msg leaves the socket blocking
         ka = self.cfg["keepalive_s"]
         if ka and time.ticks_diff(_ticks(), self.last_io) > ka * 500:
             c.ping()
             self.last_io = _ticks()
+
+    def _arm(self):
+        # (re)apply the timeout on the TCP socket: a TLS socket has no settimeout, and
+        # umqtt's setblocking(True) clears it on some ports
+        self._sockets.last.settimeout(self.timeout_s)
 
     def _close(self, client):
         try:
@@ -232,7 +248,7 @@ class Link:
         if not self.up:
             return False
         try:
-            self.client.sock.settimeout(self.timeout_s)
+            self._arm()
             self.client.publish(topic, payload, retain, 1)
             self.last_io = _ticks()
             return True

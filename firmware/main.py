@@ -44,6 +44,9 @@ def main():
     while True:
         gc.collect()
         try:
+            # the app (and the engine) first, while the heap is in one piece; the config
+            # checker after, and it is dropped once the config is good
+            import app
             import config
 
             try:
@@ -58,8 +61,6 @@ def main():
             del sys.modules["config"]
             config = None
             gc.collect()
-            import app
-
             app.run(cfg)
             return  # only a simulation (stop_after) ends
         except KeyboardInterrupt:

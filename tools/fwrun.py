@@ -1,6 +1,7 @@
 """Run the real firmware (firmware/main.py) as a simulated board under the MicroPython unix port.
 
-A folder plays the board's flash: config.json, board.json (resolved by
+The firmware runs as a board runs it: main.py as source, every other module
+precompiled by mpy-cross (`build_mpy`). A folder plays the board's flash: config.json, board.json (resolved by
 host/boards.py, as `make deploy` writes it), optionally model.ewb and the
 simulation description sim.json read by the stand-ins in tools/standins/
 (replayed CSV, injected faults). The process runs with the board's heap budget.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +24,53 @@ from host.boards import heap_budget, load_board
 from tools import mpy
 
 MAIN = mpy.FIRMWARE / "main.py"
+BUILD = mpy.ROOT / "build" / "firmware-mpy"
+# mpy-cross -march for this host, so viper kernels load as native code like on the board
+_MARCH = {"x86_64": "x64", "AMD64": "x64", "i686": "x86", "armv7l": "armv7m"}
+
+
+def _mpy_cross() -> str:
+    here = Path(mpy.micropython_binary()).parent / "mpy-cross"
+    return str(here) if here.exists() else (shutil.which("mpy-cross") or "mpy-cross")
+
+
+def build_mpy(dest: Path = BUILD) -> list[Path]:
+    """Precompile the firmware (all but main.py), the stand-ins and umqtt with mpy-cross.
+
+    This is what `make deploy` puts on a board (and what `mpremote mip` installs for
+    umqtt): bytecode that loads without the compiler's parse-tree peak, which at a
+    96 KB heap decides whether the app and the engine fit. Rebuilt when a source is
+    newer. Returns the folders for MICROPYPATH, before the source folders."""
+    march = _MARCH.get(platform.machine())
+    out = []
+    for src_dir, name, skip in ((mpy.STANDINS, "standins", set()),
+                                (mpy.FIRMWARE, "firmware", {"main.py"}),
+                                (mpy.MPLIB, "mplib", set())):
+        target = dest / name
+        out.append(target)
+        for src in sorted(src_dir.rglob("*.py")):
+            if src.name in skip or src.name == "__init__.py":
+                continue
+            obj = target / src.relative_to(src_dir).with_suffix(".mpy")
+            if obj.exists() and obj.stat().st_mtime >= src.stat().st_mtime:
+                continue
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            if src.parent != src_dir:  # a package (umqtt): its __init__ as source
+                (obj.parent / "__init__.py").touch()
+            tmp = obj.with_suffix(f".{os.getpid()}.tmp")
+            argv = [_mpy_cross(), "-o", str(tmp), str(src)]
+            if march:
+                argv.insert(1, f"-march={march}")
+            subprocess.run(argv, check=True, capture_output=True)
+            os.replace(tmp, obj)  # atomic: parallel test runs may build at once
+    # main.py runs as source, as on a board, from beside the compiled modules: a script's
+    # own folder comes first on sys.path, and firmware/ would shadow them with sources
+    main = dest / "firmware" / "main.py"
+    if not main.exists() or main.read_bytes() != MAIN.read_bytes():
+        tmp = main.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(MAIN.read_bytes())
+        os.replace(tmp, main)
+    return out
 
 
 def prepare(folder, device: str, board: str, broker: str, sim: dict | None = None,
@@ -48,8 +97,9 @@ def start(folder, board: str, heap: str | None = None, sim_file: str = "sim.json
     folder = Path(folder)
     out = open(folder / log, "ab")
     try:
-        return subprocess.Popen(mpy.command(MAIN, heap=heap or heap_budget(board)), cwd=folder,
-                                env=mpy.env(EDGEWATCH_SIM=str(folder / sim_file)),
+        paths = build_mpy()
+        return subprocess.Popen(mpy.command(paths[1] / "main.py", heap=heap or heap_budget(board)),
+                                cwd=folder, env=mpy.env(paths, EDGEWATCH_SIM=str(folder / sim_file)),
                                 stdout=out, stderr=subprocess.STDOUT)
     finally:
         out.close()
@@ -68,7 +118,7 @@ class Listener:
     persistence, so nothing published while it reconnects is lost to it."""
 
     def __init__(self, port: int, topic: str = "edgewatch/#", client_id: str = "",
-                 persistent: bool = False):
+                 persistent: bool = False, user: tuple[str, str] | None = None):
         import threading
 
         import paho.mqtt.client as mqtt
@@ -80,6 +130,8 @@ class Listener:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                              clean_session=not persistent)
         self.c.reconnect_delay_set(0.2, 1)
+        if user:
+            self.c.username_pw_set(*user)
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda *a: ready.set()
         self.c.connect("127.0.0.1", port)
@@ -109,5 +161,7 @@ class Listener:
 def run(folder, board: str, timeout: float = 120, heap: str | None = None) -> subprocess.CompletedProcess:
     """Run the firmware to completion (config `stop_after`); return the CompletedProcess."""
     folder = Path(folder)
-    return mpy.run(script=MAIN, heap=heap or heap_budget(board), cwd=folder, timeout=timeout,
-                   check=False, EDGEWATCH_SIM=str(folder / "sim.json"))
+    paths = build_mpy()
+    return mpy.run(script=paths[1] / "main.py", heap=heap or heap_budget(board), cwd=folder,
+                   timeout=timeout, extra_path=paths, check=False,
+                   EDGEWATCH_SIM=str(folder / "sim.json"))

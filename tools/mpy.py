@@ -36,8 +36,11 @@ def micropython_binary() -> str:
 
 
 def mp_path(extra: list[str | os.PathLike] | None = None) -> str:
-    """MICROPYPATH value: stand-ins first so `import machine` finds the host stand-in."""
-    parts = [str(p) for p in (extra or [])] + [str(STANDINS), str(FIRMWARE), str(MPLIB)]
+    """MICROPYPATH value: stand-ins first so `import machine` finds the host stand-in.
+
+    `.frozen` (the port's frozen modules, e.g. `ssl`) is on a board's sys.path too; setting
+    MICROPYPATH would drop it, so it is kept, last."""
+    parts = [str(p) for p in (extra or [])] + [str(STANDINS), str(FIRMWARE), str(MPLIB), ".frozen"]
     return os.pathsep.join(parts)
 
 

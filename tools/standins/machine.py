@@ -11,7 +11,6 @@ import errno
 import sys
 import time
 
-import shtc3  # the firmware's command codes and CRC-8: the emulator speaks the same protocol
 import simboard
 
 IN = 1
@@ -47,6 +46,9 @@ class Pin:
 
 class _SHTC3Device:
     def __init__(self):
+        global shtc3
+        import shtc3  # the firmware's command codes and CRC-8: the emulator speaks its protocol
+
         self.asleep = True
         self.out = None
         simboard.replay()  # open and position the CSV now, not inside the first reading
@@ -95,7 +97,7 @@ class _SHTC3Device:
 
 class I2C:
     def __init__(self, id=0, scl=None, sda=None, freq=400000, timeout=50000):
-        self.devices = {shtc3.ADDRESS: _SHTC3Device()}
+        self.devices = {0x70: _SHTC3Device()}  # SHTC3's fixed address
 
     def _dev(self, addr):
         if addr not in self.devices:
