@@ -100,8 +100,9 @@ def fleet(tmp_path_factory):
     with Broker(tmp / "broker") as broker:
         url = f"mqtt://127.0.0.1:{broker.port}"
         obs = Observer(broker.port)
+        col_log = open(tmp / "collector.log", "w")  # closed in the finally below
         collector = subprocess.Popen([EW, "collect", "--mqtt", url, "--db", db, "--no-discovery"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     stdout=col_log, stderr=subprocess.STDOUT)
         boards = Fleet(tmp / "fleet", len(DEVICES), url, None, faults=[], clean=len(DEVICES),
                        period=PERIOD, samples=0, extra={"ota_key": KEY})
         boards.start()
@@ -111,9 +112,10 @@ def fleet(tmp_path_factory):
                 counts = _rows(db) if (tmp / "telemetry.db").exists() else {}
                 if all(counts.get(d, 0) >= ROWS for d in DEVICES):
                     break
-                assert time.monotonic() < deadline, f"database not filled: {counts}"
-                assert all(d.running for d in boards.devices), "\n".join(
-                    "\n".join(d.log[-5:]) for d in boards.devices)
+                if time.monotonic() > deadline or not all(d.running for d in boards.devices):
+                    logs = "\n".join(f"[{d.device}] " + "\n".join(d.log[-8:]) for d in boards.devices)
+                    pytest.fail(f"database not filled ({counts}); boards:\n{logs}\ncollector:\n"
+                                + (tmp / "collector.log").read_text()[-2000:])
                 time.sleep(0.5)
             yield {"tmp": tmp, "db": db, "url": url, "obs": obs, "boards": boards,
                    "registry": tmp / "registry"}
@@ -121,6 +123,7 @@ def fleet(tmp_path_factory):
             boards.stop()
             collector.terminate()
             collector.wait(10)
+            col_log.close()
             obs.close()
 
 
