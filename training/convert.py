@@ -201,6 +201,32 @@ def to_tflite(model, representative: np.ndarray) -> bytes:
             raise UserError(f"int8 conversion failed: {str(exc).splitlines()[-1]}") from None
 
 
+def to_tflite_isolated(model, representative: np.ndarray, arch) -> bytes:
+    """to_tflite in a child process: TF 2.21's int8 converter segfaults on recurrent graphs,
+    and a crash must end as one clear line, not take the command down."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model.save(tmp / "net.keras")
+        np.save(tmp / "rep.npy", np.asarray(representative, np.float32))
+        code = ("import sys, numpy as np, keras\n"
+                "from training.convert import to_tflite\n"
+                "d = sys.argv[1]\n"
+                "m = keras.models.load_model(d + '/net.keras', compile=False)\n"
+                "open(d + '/model.tflite', 'wb').write(to_tflite(m, np.load(d + '/rep.npy')))\n")
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp)], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+        if proc.returncode != 0 or not (tmp / "model.tflite").is_file():
+            how = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else "failed"
+            last = (proc.stderr.strip().splitlines() or [""])[-1]
+            raise UserError(f"TensorFlow's int8 converter {how} on this {arch} model"
+                            f"{': ' + last if proc.returncode > 0 and last else ''}; "
+                            "the board engine runs the TCN (train with --arch tcn)")
+        return (tmp / "model.tflite").read_bytes()
+
+
 class _quiet:
     def __enter__(self):
         sys.stdout.flush()
@@ -274,7 +300,10 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     # Representative windows spread over the whole training span, not just its start.
     pick = np.linspace(0, len(x_tr) - 1, min(representative, len(x_tr))).astype(int)
     net, residual = split_residual(model)
-    tflite = to_tflite(net, x_tr[pick])
+    if config.get("arch") == "tcn":
+        tflite = to_tflite(net, x_tr[pick])
+    else:
+        tflite = to_tflite_isolated(net, x_tr[pick], config.get("arch"))
     s_in, z_in, s_out, z_out = _io_quant(tflite)
 
     out.mkdir(parents=True, exist_ok=True)

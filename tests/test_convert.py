@@ -1,0 +1,141 @@
+"""`edgewatch convert`: int8 batch-1 TFLite, blob, TFLM C array, golden vectors, emlearn, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from host.cli import UserError
+from training import blob
+from training.convert import c_array, export_emlearn, quantize, tflm_run
+
+EDGEWATCH = str(Path(sys.executable).with_name("edgewatch"))
+ALLOWED_OPS = {"PAD", "RESHAPE", "EXPAND_DIMS", "SQUEEZE", "CONV_2D", "ADD", "STRIDED_SLICE",
+               "FULLY_CONNECTED"}
+
+
+def _ops_and_io(tflite: bytes):
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+
+    m = fbu.read_model_from_bytearray(bytearray(tflite))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    g = m.subgraphs[0]
+    ops = [names[max(m.operatorCodes[o.opcodeIndex].builtinCode,
+                     m.operatorCodes[o.opcodeIndex].deprecatedBuiltinCode)] for o in g.operators]
+    t_in, t_out = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
+    return ops, t_in, t_out, schema
+
+
+def test_converted_folder(tiny_model_dir):
+    d = tiny_model_dir
+    for name in ("model.tflite", "model.ewb", "model_data.cc", "model_data.h", "golden.npz",
+                 "golden.json", "convert.json"):
+        assert (d / name).is_file(), name
+    tflite = (d / "model.tflite").read_bytes()
+    ops, t_in, t_out, schema = _ops_and_io(tflite)
+    # batch fixed to 1, full-integer in and out
+    assert list(t_in.shape) == [1, 10, 2] and list(t_out.shape) == [1, 2]
+    assert t_in.type == t_out.type == schema.TensorType.INT8
+    # the small op set the board engine implements; no SPACE_TO_BATCH_ND around dilated convs
+    assert set(ops) <= ALLOWED_OPS, set(ops) - ALLOWED_OPS
+    assert ops.count("CONV_2D") == 4
+    rep = json.loads((d / "convert.json").read_text())
+    assert rep["blob_bytes"] == (d / "model.ewb").stat().st_size <= 16 * 1024
+    assert rep["residual"] is True
+    assert rep["model_id"] == blob.model_id_of(tflite)
+    assert set(rep["rmse_ratio"]) == {"temperature", "humidity"}
+
+
+def test_golden_npz_is_tflm_output(tiny_model_dir):
+    g = np.load(tiny_model_dir / "golden.npz")
+    assert len(g["x_q"]) == 32
+    s_in, z_in = g["input_quant"]
+    # inputs quantised with the model's own input scale and zero point
+    assert np.array_equal(quantize(g["x_float"], s_in, int(z_in)), g["x_q"])
+    assert np.array_equal(tflm_run((tiny_model_dir / "model.tflite").read_bytes(), g["x_q"]), g["y_q"])
+
+
+def test_c_array_holds_the_tflite_bytes(tiny_model_dir):
+    tflite = (tiny_model_dir / "model.tflite").read_bytes()
+    src = (tiny_model_dir / "model_data.cc").read_text()
+    hdr = (tiny_model_dir / "model_data.h").read_text()
+    body = src[src.index("{") + 1: src.index("}")]
+    data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body))
+    assert data == tflite
+    assert f"g_edgewatch_model_len = {len(tflite)};" in src and "alignas(16)" in src
+    assert "extern const unsigned char g_edgewatch_model[];" in hdr
+    assert c_array(b"\x01\xff", "x")[0].count("0x") == 2
+
+
+def test_quantize_rounds_half_even_and_clamps():
+    q = quantize([0.5, 1.5, 2.5, -0.5, 1000.0, -1000.0], 1.0, 0)
+    assert q.tolist() == [0, 2, 2, 0, 127, -128]
+    assert quantize([0.0], 0.5, -74).tolist() == [-74]
+
+
+def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
+    env = dict(os.environ, EW_TEST_SIGN_KEY="k3y-for-tests")
+    out = tmp_path / "signed"
+    proc = subprocess.run([EDGEWATCH, "convert", "--model", str(tiny_model_dir),
+                           "--out", str(out), "--sign-key-env", "EW_TEST_SIGN_KEY", "--stuck", "12"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"blob model\.ewb: \d+ B \(model id [0-9a-f]{8}, signed\)", proc.stdout)
+    assert re.search(r"temperature: float [\d.]+ +int8 [\d.]+", proc.stdout)
+    raw = (out / "model.ewb").read_bytes()
+    spec = blob.read(raw, b"k3y-for-tests")
+    assert spec.detector.stuck_samples == 12 and spec.detector.sigma_window == 10
+    with pytest.raises(blob.BlobError):
+        blob.read(raw, b"wrong")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--model", "/nonexistent/model"], "missing"),
+    (["--model", "{model}", "--sign-key-env", "EW_UNSET_VAR_FOR_TEST"], "EW_UNSET_VAR_FOR_TEST"),
+    (["--model", "{model}", "--k", "0"], "--k"),
+    (["--model", "{model}", "--data", "/nonexistent.csv"], "/nonexistent.csv"),
+])
+def test_cli_user_errors_are_one_line(tiny_model_dir, tmp_path, args, words):
+    args = [a.replace("{model}", str(tiny_model_dir)) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "EW_UNSET_VAR_FOR_TEST"}
+    proc = subprocess.run([EDGEWATCH, "convert", "--out", str(tmp_path / "o"),
+                           *args], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
+    err = [line for line in proc.stderr.splitlines() if line.startswith("edgewatch convert:")]
+    assert len(err) == 1 and words in err[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_damaged_model_file_is_a_user_error(tiny_model_dir, tmp_path):
+    from training.convert import convert
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("config.json", "scaler.json"):
+        (bad / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (bad / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="model.keras: cannot load"):
+        convert(bad)
+
+
+def test_export_emlearn_forest_and_refusal(tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+
+    from training.models import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    rf = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(x, x[:, 0] > 0)
+    path = export_emlearn(rf, tmp_path / "rf.h", "rf_test")
+    text = path.read_text()
+    assert "rf_test" in text and "float" in text
+    with pytest.raises(UserError, match="Conv1D"):
+        export_emlearn(build_model("tcn"), tmp_path / "tcn.h", "tcn")
