@@ -158,8 +158,12 @@ class Collector:
             return
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if not self._db_alive():
-            raise ConnectionError(first)
+        try:
+            self.store.query("SELECT 1")
+        except Exception:
+            # the connection is gone: open a new one; the writer loop retries the batch
+            self._reconnect()
+            raise ConnectionError(first) from None
         if len(items) == 1:
             rec = items[0][0]
             self.metrics.reject(log, f"{self.mqtt.prefix}/{rec.device}/{rec.kind}",
@@ -168,17 +172,14 @@ class Collector:
         for it in items:
             self._write_or_split([it])
 
-    def _db_alive(self) -> bool:
+    def _reconnect(self) -> None:
+        old = self.store
+        old.close()
         try:
-            self.store.query("SELECT 1")
-            return True
-        except Exception:
-            try:  # one reconnect attempt; the next batch tries again
-                self.store.close()
-                self.store = Store(self.store.url, self.store.names["telemetry"][: -len("telemetry")])
-                return True
-            except Exception:
-                return False
+            self.store = Store(old.url, old.names["telemetry"][: -len("telemetry")])
+        except Exception as exc:
+            raise ConnectionError(str(exc)) from None
+        log.info("reconnected to %s", safe_url(old.url))
 
     def _writer_loop(self) -> None:
         backoff = 0.5

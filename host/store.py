@@ -149,7 +149,13 @@ class Store:
         self.names = {"telemetry": f"{table_prefix}telemetry", "alerts": f"{table_prefix}alerts",
                       "devices": f"{table_prefix}devices"}
         if create:
-            self._create()
+            try:
+                self._create()
+            except Exception as exc:  # no rights, a clashing table: one line, no traceback
+                self.close()
+                raise UserError(f"{safe_url(url)}: cannot create the tables: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                                ) from None
         try:
             self.channels = self._channel_columns()
         except Exception:

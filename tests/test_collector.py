@@ -202,3 +202,33 @@ def test_device_list_and_bad_urls_are_user_errors(tmp_path):
         Store("oracle://x/y")
     with pytest.raises(UserError, match=r"postgresql://u:\*\*\*@127.0.0.1:1/db: cannot open"):
         Store("postgresql://u:hunter22@127.0.0.1:1/db")
+
+
+def test_database_connection_lost_mid_run_loses_nothing(tmp_path, broker):
+    if not _reachable(5432):
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432 on this machine")
+    store = _open(PG)
+    col = Collector(store, _mqtt(broker, tls=False), ha_discovery=False, flush_ms=10).start()
+    host = Board(broker, "edgewatch", HOST_PW)
+    try:
+        for seq in range(50):
+            host.publish("telemetry", telemetry("pg-1", seq), device="pg-1")
+        wait_until(lambda: col.metrics.value("edgewatch_records_stored_total",
+                                             kind="telemetry") == 50, what="first 50")
+        # the server drops the collector's connection (a database restart, a failover)
+        pid = col.store.conn.info.backend_pid
+        admin = Store(PG, store.names["telemetry"][: -len("telemetry")])
+        admin.query("SELECT pg_terminate_backend({ph})", (pid,))
+        for seq in range(50, 100):
+            host.publish("telemetry", telemetry("pg-1", seq), device="pg-1")
+        wait_until(lambda: col.metrics.value("edgewatch_records_stored_total",
+                                             kind="telemetry") == 100, timeout=20,
+                   what="the rest after reconnecting")
+        assert admin.count() == 100
+        assert col.store.conn.info.backend_pid != pid
+        admin.close()
+    finally:
+        host.close()
+        col.stop()
+        col.store.drop()
+        col.store.close()
