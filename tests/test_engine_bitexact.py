@@ -277,3 +277,15 @@ def test_firmware_compiles_for_the_esp32_emitter(tmp_path):
         subprocess.run([str(exe), "-march=xtensawin", "-o", str(tmp_path / f"{name}.mpy"),
                         str(mpy.FIRMWARE / f"{name}.py")], check=True, capture_output=True)
         assert (tmp_path / f"{name}.mpy").stat().st_size > 0
+
+
+def test_bench_engine_tool():
+    """tools/bench_engine.py (used by `make bench`) measures on the real unix port."""
+    from tools.bench_engine import bench
+
+    r = bench(fast=True)
+    assert r["blob_bytes"] <= 16 * 1024
+    assert r["heap_growth_during_inference_bytes"] == 0
+    assert 0 < r["us_per_inference_viper"] < r["us_per_inference_plain"]
+    assert r["us_per_inference_viper"] < 5000  # goal 1000; slack for a loaded CI machine
+    assert 0 < r["heap_engine_model_mpy_bytes"] <= r["heap_engine_model_bytes"] <= 24 * 1024
