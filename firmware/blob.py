@@ -65,7 +65,7 @@ def crc32(data):
 
 
 def check(blob, key=None):
-    """Check magic, version, length, CRC32 and (with `key`) the HMAC; return the body length."""
+    """Check magic, version, length, CRC32 and (with a non-empty `key`) the HMAC; return the body length."""
     n = len(blob)
     if n < HEADER_LEN + CRC_LEN:
         raise BlobError("blob truncated: %d bytes, a header alone is %d" % (n, HEADER_LEN))
@@ -84,7 +84,7 @@ def check(blob, key=None):
     (crc,) = struct.unpack_from("<I", blob, body)
     if crc != crc32(mv[:body]):
         raise BlobError("blob corrupted: CRC32 mismatch")
-    if key is not None:
+    if key:  # None or empty: no key configured (sign() refuses empty keys)
         if not signed:
             raise BlobError("blob is not signed but a signing key is configured")
         if not _same(hmac_sha256(key, mv[: body + CRC_LEN]), mv[body + CRC_LEN :]):
