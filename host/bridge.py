@@ -378,7 +378,7 @@ class Bridge:
                     outcomes = self.outbox.add_alerts([(a, w) for a, w, _, _ in items],
                                                       self.notifiers)
                     break
-                except sqlite3.Error as exc:
+                except Exception as exc:  # the outbox is the alert's safety: never give up on it
                     log.error("outbox %s: %s; retrying", self.outbox.path, exc)
                     if self._stop.wait(1.0):
                         return  # not acked: the broker delivers them again
@@ -457,7 +457,7 @@ class Bridge:
                 wait = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
                 self.wake.wait(wait)
                 self.wake.clear()
-            except sqlite3.Error as exc:
+            except Exception as exc:  # keep sending whatever one row or the file did
                 log.error("outbox %s: %s", self.outbox.path, exc)
                 self._stop.wait(1.0)
 

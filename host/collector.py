@@ -205,18 +205,24 @@ class Collector:
                 backoff = min(backoff * 2, 30)
                 continue
             backoff = 0.5
-            last: dict[str, tuple] = {}
-            for rec, when, mid, qos in pending:
-                self.client.ack(mid, qos)
-                if isinstance(rec, Status):
-                    self.devices.status(rec, when)
-                else:
-                    last[rec.device] = (when, rec.model)
-                    if isinstance(rec, Telemetry) and self.ha_discovery:
-                        self._announce(rec)
-            for device, (when, model) in last.items():  # once per device per batch
-                self.devices.seen(device, when, model)
+            try:
+                self._after_commit(pending)
+            except Exception:  # status/discovery bookkeeping must not stop the writer
+                log.exception("after storing a batch")
             pending = []
+
+    def _after_commit(self, pending) -> None:
+        last: dict[str, tuple] = {}
+        for rec, when, mid, qos in pending:
+            self.client.ack(mid, qos)
+            if isinstance(rec, Status):
+                self.devices.status(rec, when)
+            else:
+                last[rec.device] = (when, rec.model)
+                if isinstance(rec, Telemetry) and self.ha_discovery:
+                    self._announce(rec)
+        for device, (when, model) in last.items():  # once per device per batch
+            self.devices.seen(device, when, model)
 
     def _announce(self, rec: Telemetry) -> None:
         chans = frozenset(rec.values)
