@@ -9,8 +9,9 @@
 # Only the time steps the output depends on are computed: with the default
 # causal TCN that is about a quarter of the convolution work.
 import array
+import sys
 
-from blob import OP_ADD, OP_CONV, OP_FC, Blob, BlobError
+from blob import OP_ADD, OP_CONV, OP_FC, BlobError
 
 try:
     import kernels as _fast  # SyntaxError on ports without the native emitter
@@ -27,6 +28,20 @@ def default_kernels():
     import kernels_plain
 
     return kernels_plain
+
+
+def _parse(raw, key):
+    import blob
+
+    blob.BlobError = BlobError  # a re-imported parser raises the class callers catch
+    try:
+        return blob.Blob(raw, key)
+    finally:
+        # On the board the parser is precompiled (.mpy, host/deploy.py): loading it
+        # again for the next model compiles nothing, so free its ~8 KB until then.
+        # From source (the host tests) it stays: recompiling needs a ~40 KB peak.
+        if getattr(blob, "__file__", "").endswith(".mpy"):
+            sys.modules.pop("blob", None)
 
 
 def _words(values):
@@ -68,7 +83,7 @@ class Model:
     """A loaded int8 model: predict the next sample of every channel from a window."""
 
     def __init__(self, blob, key=None, kernels=None):
-        b = Blob(blob, key)
+        b = _parse(blob, key)
         self.window = b.window
         self.channels = b.channels
         self.names = b.names

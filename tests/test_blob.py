@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,8 +127,18 @@ for name in NAMES:
 """
 
 
-def test_tampered_blobs_refused_on_the_board(model, tmp_path):
+@pytest.mark.parametrize("compiled", [False, True], ids=["source", "mpy"])
+def test_tampered_blobs_refused_on_the_board(model, tmp_path, compiled):
+    """From source and precompiled as deployed (.mpy: the parser is freed and re-imported per load)."""
     raw = model[0]
+    extra = []
+    if compiled:
+        exe = Path(mpy.micropython_binary()).with_name("mpy-cross")
+        (tmp_path / "mpy").mkdir()
+        for name in ("engine", "blob", "kernels"):
+            subprocess.run([str(exe), "-march=x64", "-o", str(tmp_path / "mpy" / f"{name}.mpy"),
+                            str(mpy.FIRMWARE / f"{name}.py")], check=True, capture_output=True)
+        extra = [tmp_path / "mpy"]
     cases = tamper_cases(raw)
     cases["good"] = (raw, None, "ACCEPTED")
     cases["good_signed"] = (blob.sign(raw, KEY), KEY, "ACCEPTED")
@@ -134,7 +146,11 @@ def test_tampered_blobs_refused_on_the_board(model, tmp_path):
         (tmp_path / f"{name}.bin").write_bytes(data)
         (tmp_path / f"{name}.key").write_bytes(key or b"")
     code = f"NAMES = {sorted(cases)!r}\nDIR = {str(tmp_path)!r}\n" + MP_CHECK
-    out = mpy.run(code=code, heap="80K").stdout.splitlines()
+    if compiled:
+        code += "import sys\nprint('parser', 'blob' in sys.modules)\n"
+    out = mpy.run(code=code, heap="80K", extra_path=extra).stdout.splitlines()
+    if compiled:
+        assert out.pop() == "parser False"  # freed after each load
     got = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out}
     assert set(got) == set(cases)
     for name, (_, _, words) in cases.items():
