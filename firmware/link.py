@@ -14,8 +14,12 @@ import time
 
 import socket as _socket
 
+from micropython import const
+
 import umqtt.simple as _simple
 
+_IPPROTO_TCP = const(6)  # the same numbers in Linux and lwIP
+_TCP_NODELAY = const(1)
 WIFI_GRACE_MS = 15000  # association + DHCP usually take 2-6 s
 
 
@@ -52,6 +56,12 @@ class _TimeoutSockets:
     def socket(self, *args):
         s = _socket.socket(*args)
         s.settimeout(self.timeout_s)
+        try:
+            # umqtt writes a PUBLISH in 4 small pieces; with Nagle each QoS 1 round trip
+            # waits for the peer's delayed ACK (~40 ms): draining a backlog would crawl
+            s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
         self.last = s
         return s
 
