@@ -33,7 +33,7 @@ def sim(faults=FAULTS, start=2000, **more):
 def test_config(**over):
     """Config of a fast simulated board (40 ms period), detector thresholds of the tests."""
     cfg = {"period_ms": 40, "retry_ms": 0, "stop_after": SAMPLES, "drain_ms": 20000,
-           "detector": {"stuck_samples": 40, "dropout_periods": 4},
+           "detector": {"stuck_samples": 40, "dropout_periods": 8},
            "backoff": {"min_ms": 200, "max_ms": 2000}, "outbox": {"slots": 1500}}
     cfg.update(over)
     return cfg
