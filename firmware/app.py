@@ -36,6 +36,16 @@ def unix_time():
     return t if t > 1600000000 else None
 
 
+def _allocated():
+    # bytes allocated since start, where the port counts them (unix: mem_total), else 0
+    try:
+        import micropython
+
+        return micropython.mem_total()
+    except (ImportError, AttributeError):
+        return 0
+
+
 def feed():
     """Feed the watchdog (no-op before it is started)."""
     if wdt is not None:
@@ -88,6 +98,7 @@ class App:
         self.samples = self.sent = self.alerts = 0
         gc.collect()
         self.heap_min = gc.mem_free()
+        self._alloc0 = _allocated()
         self.last_status = self.started
         log("app: %s fw %s board %s sensor %s model %s outbox %d pending, next seq %d"
             % (dev, FW_VERSION, board.get("name"), kind, self.model_id(), self.outbox.depth,
@@ -263,10 +274,11 @@ class App:
             if self.outbox.depth:
                 time.sleep_ms(10)
         self.publish_status()
+        per = (_allocated() - self._alloc0) // self.samples if self.samples else 0
         self.log("app: done samples=%d alerts=%d sent=%d outbox=%d dropped=%d skipped=%d "
-                 "heap_min_free=%d next_seq=%d"
+                 "heap_min_free=%d alloc_per_sample=%d next_seq=%d"
                  % (self.samples, self.alerts, self.sent, self.outbox.depth, self.outbox.dropped,
-                    self.outbox.skipped, self.heap_min, self.outbox.next_seq))
+                    self.outbox.skipped, self.heap_min, per, self.outbox.next_seq))
 
 
 def run(cfg):

@@ -187,6 +187,9 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     if wifi is not None:
         if not isinstance(wifi, dict) or not isinstance(wifi.get("ssid"), str) or not wifi["ssid"]:
             raise ConfigError("%s: wifi: expected {\"ssid\": ..., \"password\": ...}" % path)
+        # association + DHCP usually take 2-6 s; past this the link retries with backoff
+        wifi.setdefault("timeout_ms", 15000)
+        _num(path, "wifi.timeout_ms", wifi["timeout_ms"], 100, 120000, integer=True)
     key = cfg["ota_key"]
     if key is not None:
         try:

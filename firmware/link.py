@@ -20,7 +20,6 @@ import umqtt.simple as _simple
 
 _IPPROTO_TCP = const(6)  # the same numbers in Linux and lwIP
 _TCP_NODELAY = const(1)
-WIFI_GRACE_MS = 15000  # association + DHCP usually take 2-6 s
 
 
 class Backoff:
@@ -192,12 +191,12 @@ class Link:
                 if self.wifi_asked:
                     self.wifi_asked = False
                     w.disconnect()
-                    self._schedule("wifi", "no association within %d ms" % WIFI_GRACE_MS)
+                    self._schedule("wifi", "no association in time")
                     return
                 w.active(True)
                 w.connect(self.cfg["wifi"]["ssid"], self.cfg["wifi"].get("password"))
                 self.wifi_asked = True
-                self.wifi_deadline = time.ticks_add(_ticks(), WIFI_GRACE_MS)
+                self.wifi_deadline = time.ticks_add(_ticks(), self.cfg["wifi"]["timeout_ms"])
             except Exception as e:
                 self._schedule("wifi connect", e)
             return

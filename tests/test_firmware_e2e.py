@@ -153,6 +153,23 @@ def test_wrong_password_keeps_sampling_and_backs_off(tmp_path):
     assert delays[-1] > delays[0]
 
 
+def test_wifi_association_failures_back_off_then_connect(tmp_path):
+    with Broker(tmp_path / "broker") as broker:
+        listener = fwrun.Listener(broker.port)
+        flash = fwrun.prepare(tmp_path / "b", "wifi-1", BOARD, f"mqtt://127.0.0.1:{broker.port}",
+                              sim=sim([], wifi={"fail_connects": 3, "connect_ms": 100}),
+                              **test_config(stop_after=150, wifi={"ssid": "gh", "password": "pw",
+                                                                  "timeout_ms": 300}))
+        proc = fwrun.run(flash, BOARD, timeout=60)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        time.sleep(0.3)
+        listener.close()
+    tel, alerts, _ = collected(listener, "wifi-1")
+    assert len(tel) == 150 and not alerts  # sampling went on while WiFi was down
+    assert proc.stdout.count("link: wifi failed (no association in time)") == 3
+    assert "network: connect #4 to 'gh'" in proc.stdout and "link: wifi up" in proc.stdout
+
+
 @pytest.fixture
 def model_dir(request):
     """The engine helper's tiny trained+converted model, when the engine and fixture exist."""
