@@ -42,6 +42,10 @@ def build_mpy(dest: Path = BUILD) -> list[Path]:
     96 KB heap decides whether the app and the engine fit. Rebuilt when a source is
     newer. Returns the folders for MICROPYPATH, before the source folders."""
     march = _MARCH.get(platform.machine())
+    if not (mpy.MPLIB / "umqtt" / "simple.py").exists():  # `make setup` normally did this
+        from tools.fetch_mplib import fetch
+
+        fetch(str(mpy.MPLIB))
     out = []
     for src_dir, name, skip in ((mpy.STANDINS, "standins", set()),
                                 (mpy.FIRMWARE, "firmware", {"main.py"}),
