@@ -33,6 +33,7 @@ SEED = 42
 K, EPS = 3.0, 0.01   # the seed's is_anomalie rule
 _TRAINED: dict = {}   # fit-rows hash -> trained weights + scaler
 _MODELS: dict = {}    # (arch, window, channels, seed) -> (compiled model, initial weights)
+HEADROOM = 1.0        # int8 calibration margin of the board blob, fraction of [0, 1] per side
 
 
 def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
@@ -428,7 +429,12 @@ def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
 
     window = int(x_fit.shape[1])
     pick = np.linspace(0, len(x_fit) - 1, min(200, len(x_fit))).astype(int)
-    tfl = to_tflite(model, x_fit[pick])
+    rep = x_fit[pick]
+    if HEADROOM:
+        # Calibrate the int8 input/output ranges beyond the fit rows' [0, 1]: readings
+        # outside it would otherwise clip, and a clipped forecast is a false alarm.
+        rep = np.concatenate([rep, (rep - 0.5) * (1 + 2 * HEADROOM) + 0.5])
+    tfl = to_tflite(model, rep)
     spec = blob.from_tflite(tfl, list(names), scaler.offset, scaler.scale,
                             blob.Detector(k=K, eps=EPS, sigma_window=window))
     raw = blob.write(spec)
@@ -449,8 +455,9 @@ class BoardDetector(ForecastDetector):
                  limits=None, stuck_samples: int = 120):
         super().__init__("tcn", window, epochs, seed)
         self.name = "board"
-        self.description = (f"int8 TCN (window {window}, {epochs} epochs) + band k={K:g}, ε={EPS:g} "
-                            "run by firmware/engine.py + detector.py under MicroPython")
+        self.description = (f"int8 TCN (window {window}, {epochs} epochs; int8 ranges calibrated on the "
+                            f"fit rows ± {HEADROOM:.0%} headroom) + band k={K:g}, ε={EPS:g}, run by "
+                            "firmware/engine.py + detector.py under MicroPython")
         self.rules = rules
         self.limits = limits
         self.stuck_samples = stuck_samples
