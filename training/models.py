@@ -58,15 +58,21 @@ def _head(x, channels: int, residual: bool):
     return layers.Dense(channels, kernel_initializer=init, name="head")(x)
 
 
-def _tcn(inp, channels: int, filters: int, kernel: int, dilations, residual: bool):
+def _tcn(inp, channels: int, filters: int, kernel: int, dilations, residual: bool,
+         project: bool = True):
     x = inp
     width = channels
     for i, d in enumerate(dilations):
         y = layers.Conv1D(filters, kernel, dilation_rate=int(d), padding="causal",
                           activation="relu", name=f"block{i}_conv")(x)
-        # A 1x1 projection only where the channel counts differ (the first block).
-        skip = x if width == filters else layers.Conv1D(filters, 1, name=f"block{i}_proj")(x)
-        x = layers.Add(name=f"block{i}_add")([y, skip])
+        if width == filters:
+            x = layers.Add(name=f"block{i}_add")([y, x])
+        elif project:
+            # A 1x1 projection where the channel counts differ (the first block).
+            skip = layers.Conv1D(filters, 1, name=f"block{i}_proj")(x)
+            x = layers.Add(name=f"block{i}_add")([y, skip])
+        else:
+            x = y
         width = filters
     return _head(_newest(x, "last_step"), channels, residual)
 
@@ -76,12 +82,15 @@ def build_model(arch: str, window: int = 10, channels: int = 2, seed: int = DEFA
     """A compiled forecaster `arch` (tcn|lstm|gru): (window, channels) -> (channels,).
 
     `sizes` override the defaults of :data:`DEFAULT_SIZES` (tcn: filters, kernel,
-    dilations; lstm/gru: units). Seeded: same arguments, same initial weights.
+    dilations, project=False drops the first block's 1x1 projection skip;
+    lstm/gru: units; all: residual=False predicts the sample itself instead of
+    its change from the newest one). Seeded: same arguments, same initial weights.
     """
     _check_arch(arch)
     if int(window) < 1 or int(channels) < 1:
         raise ValueError(f"window and channels must be >= 1 (got {window}, {channels})")
-    unknown = set(sizes) - set(DEFAULT_SIZES[arch]) - {"residual"}
+    extra = {"residual", "project"} if arch == "tcn" else {"residual"}
+    unknown = set(sizes) - set(DEFAULT_SIZES[arch]) - extra
     if unknown:
         raise ValueError(f"unknown size option(s) for {arch}: {', '.join(sorted(unknown))}")
     opts = {**DEFAULT_SIZES[arch], **sizes}
@@ -90,7 +99,7 @@ def build_model(arch: str, window: int = 10, channels: int = 2, seed: int = DEFA
     inp = keras.Input(shape=(int(window), int(channels)), name="window")
     if arch == "tcn":
         out = _tcn(inp, int(channels), int(opts["filters"]), int(opts["kernel"]),
-                   tuple(int(d) for d in opts["dilations"]), residual)
+                   tuple(int(d) for d in opts["dilations"]), residual, bool(opts.get("project", True)))
     else:
         rnn = layers.LSTM if arch == "lstm" else layers.GRU
         x = rnn(int(opts["units"]), name=arch)(inp)
