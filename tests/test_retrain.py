@@ -20,15 +20,19 @@ EDGEWATCH = str(Path(sys.executable).with_name("edgewatch"))
 PERIOD = 300.0  # 5-minute samples: two days are 576 rows, plenty for a tiny TCN
 
 
-def fill(url: str, devices=("gh-01", "gh-02"), days=2.0, shift=0.0, flagged=()) -> None:
+def fill(url: str, devices=("gh-01", "gh-02"), days=2.0, iid=False, flagged=()) -> None:
     """Store generated greenhouse telemetry as the collector would; rows in ``flagged``
-    carry the board's anomaly flag."""
+    carry the board's anomaly flag. ``iid``: independent random readings instead."""
     store = Store(url)
     for i, dev in enumerate(devices):
         s, _ = generate(days=days, period=PERIOD, seed=i, faults="none")
+        vals = s.values
+        if iid:
+            rng = np.random.default_rng(5 + i)
+            vals = np.column_stack([rng.uniform(0, 40, len(vals)), rng.uniform(20, 90, len(vals))])
         recs = []
-        for k, (t, v) in enumerate(zip(s.timestamps, s.values, strict=True)):
-            values = {c: float(v[j]) + shift for j, c in enumerate(s.channels)}
+        for k, (t, v) in enumerate(zip(s.timestamps, vals, strict=True)):
+            values = {c: float(v[j]) for j, c in enumerate(s.channels)}
             recs.append((Telemetry(dev, k, float(t), values, anomaly=k in flagged), float(t)))
         store.write(recs, [])
     store.close()
@@ -36,9 +40,10 @@ def fill(url: str, devices=("gh-01", "gh-02"), days=2.0, shift=0.0, flagged=()) 
 
 def test_first_model_approved_then_only_a_better_one(tmp_path):
     reg = Registry(tmp_path / "reg")
-    # A model trained 8 degC / 8 %RH off: deployed, it mispredicts the real room.
+    # A model trained on independent random readings learns to pull every prediction
+    # towards their mean: deployed, it mispredicts the real room badly.
     off = f"sqlite:///{tmp_path / 'off.db'}"
-    fill(off, shift=8.0)
+    fill(off, iid=True)
     first = retrain.retrain(off, reg.root, tmp_path / "work", epochs=3)
     assert first["approved"] and first["parent"] is None and first["device"] == "gh-01"
     reg.mark_deployed(first["entry"], "gh-01")

@@ -128,7 +128,8 @@ def write_csv(series: tdata.Series, path: Path) -> Path:
 # ---------------------------------------------------------------- evaluation
 
 def predict_int8(model_dir: Path, values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Physical-unit predictions of a converted model on ``values`` [N, C] through TFLM.
+    """Physical-unit predictions of a converted model on ``values`` [N, C] through TFLM,
+    as the board computes them (plus the newest sample for residual models).
 
     Returns ``(pred [N - window, C], window)``: prediction ``i`` is for sample ``window + i``.
     """
@@ -141,6 +142,9 @@ def predict_int8(model_dir: Path, values: np.ndarray) -> tuple[np.ndarray, int]:
     x, _ = tdata.make_windows(scaler.transform(values), window)
     s_in, z_in, s_out, z_out = _io_quant(tflite)
     y = dequantize(tflm_run(tflite, quantize(x, s_in, z_in)), s_out, z_out)
+    conv = model_dir / "convert.json"
+    if conv.is_file() and json.loads(conv.read_text()).get("residual"):
+        y = y + x[:, -1, :]  # the int8 net predicts the change; the engine adds the newest sample
     return scaler.inverse(y), window
 
 
