@@ -171,9 +171,11 @@ def mpy_cross_version() -> int:
         return src.with_suffix(".mpy").read_bytes()[1]
 
 
-def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, config: dict,
-          board: dict, umqtt_from: str | None, ca_file: str | None = None) -> list[str]:
-    """Write every file the board gets under `out`; returns their board-relative paths."""
+def stage_code(out: Path, arch: str | None, compile_mpy: bool, umqtt_from: str | None) -> list[str]:
+    """The firmware (precompiled unless `compile_mpy` is false) and umqtt under `out`.
+
+    Also what `edgewatch sim` runs, so simulated boards execute the very files a board gets.
+    """
     files = []
     for src in sorted(FIRMWARE.rglob("*.py")):
         rel = src.relative_to(FIRMWARE)
@@ -188,19 +190,6 @@ def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, con
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
         files.append(dst.relative_to(out).as_posix())
-    if blob:
-        shutil.copy(blob, out / MODEL_NAME)
-        files.append(MODEL_NAME)
-    cfg = out / CONFIG_NAME
-    fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(config, fh, separators=(",", ":"))
-    files.append(CONFIG_NAME)
-    (out / BOARD_FILE).write_text(json.dumps({"name": config["board"], **board}, separators=(",", ":")))
-    files.append(BOARD_FILE)
-    if ca_file:
-        shutil.copy(ca_file, out / CA_NAME)
-        files.append(CA_NAME)
     if umqtt_from:
         src_dir = Path(umqtt_from) / "umqtt"
         if not (src_dir / "simple.py").is_file():
@@ -218,6 +207,32 @@ def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, con
                 shutil.copy(src, dst)
             files.append(dst.relative_to(out).as_posix())
     return files
+
+
+def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, config: dict,
+          board: dict, umqtt_from: str | None, ca_file: str | None = None) -> list[str]:
+    """Write every file the board gets under `out`; returns their board-relative paths."""
+    files = stage_code(out, arch, compile_mpy, umqtt_from)
+    if blob:
+        shutil.copy(blob, out / MODEL_NAME)
+        files.append(MODEL_NAME)
+    cfg = out / CONFIG_NAME
+    fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(config, fh, separators=(",", ":"))
+    files.append(CONFIG_NAME)
+    (out / BOARD_FILE).write_text(json.dumps({"name": config["board"], **board}, separators=(",", ":")))
+    files.append(BOARD_FILE)
+    if ca_file:
+        shutil.copy(ca_file, out / CA_NAME)
+        files.append(CA_NAME)
+    return files
+
+
+def arch_of(mpy_info: int) -> tuple[str, int]:
+    """(mpy-cross -march name, .mpy version) from a board's sys.implementation._mpy."""
+    i = mpy_info >> 10
+    return (MPY_ARCHS[i] if 0 <= i < len(MPY_ARCHS) else ""), mpy_info & 0xFF
 
 
 def remove_snippet(paths: list[str]) -> str:
@@ -368,9 +383,7 @@ def deploy(port: str, board_name: str, model: str | None, device_id: str | None 
         raise UserError("ampy cannot install packages: pass --umqtt-from build/mplib "
                         "(make build/mplib/.stamp fetches umqtt)")
     tool = Ampy(port) if ampy else Mpremote(port)
-    mpy = tool.mpy_info()
-    arch_i, version = mpy >> 10, mpy & 0xFF
-    arch = MPY_ARCHS[arch_i] if 0 <= arch_i < len(MPY_ARCHS) else ""
+    arch, version = arch_of(tool.mpy_info())
     compile_mpy = not source
     if compile_mpy and version != mpy_cross_version():
         say(f"deploy: the board's .mpy version {version} differs from mpy-cross's; copying sources")

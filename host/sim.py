@@ -192,14 +192,29 @@ class Fleet:
         (d.folder / "sim.json").write_text(json.dumps(sim))
         return sim
 
-    def start(self) -> Fleet:
-        """Start every board's firmware process."""
+    def build(self) -> Path:
+        """The board's files as deploy makes them: .mpy for the unix port's arch, main.py as source."""
+        from host.deploy import arch_of, stage_code
+
         if not (mpy.MPLIB / "umqtt" / "simple.py").is_file():
             raise UserError(f"{mpy.MPLIB}: umqtt missing: run `make setup`")
+        info = int(mpy.run(code="import sys; print(sys.implementation._mpy)").stdout.split()[-1])
+        code = self.out / "_firmware"
+        if code.exists():
+            shutil.rmtree(code)
+        code.mkdir(parents=True)
+        stage_code(code, arch_of(info)[0], True, str(mpy.MPLIB))
+        return code
+
+    def start(self) -> Fleet:
+        """Start every board's firmware process (precompiled, as deployed to a board)."""
+        code = self.build()
         heap = str(int(self.board["heap_budget"]))
         for i, d in enumerate(self.devices):
             self._prepare(i, d)
-            d.proc = mpy.spawn(script=mpy.FIRMWARE / "main.py", heap=heap, cwd=d.folder,
+            # the precompiled firmware and /lib come first, as on a board's flash
+            d.proc = mpy.spawn(script=code / "main.py", heap=heap, cwd=d.folder,
+                               extra_path=[code, code / "lib"],
                                EDGEWATCH_SIM=str(d.folder / "sim.json"))
             threading.Thread(target=self._pump, args=(d,), daemon=True).start()
         return self

@@ -242,14 +242,16 @@ def plot(db_url: str, listener: Listener, devices: list, path: Path) -> None:
 
 
 def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
-             broker: str = "auto", period: float | None = None) -> int:
+             broker: str = "auto", period: float | None = None,
+             faults: list[str] | None = None) -> int:
     """Run the demo; 0 when every faulty board alerted, the clean one did not, and SMS were printed."""
     from host.sim import Fleet, rows_needed
     from host.store import Store
 
     t0 = time.monotonic()
     period = period or (0.25 if fast else 0.5)
-    samples = rows_needed(FAULTS)
+    faults = faults or FAULTS
+    samples = rows_needed(faults)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -282,12 +284,12 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
         listener = Listener(b.port)
         time.sleep(1.0)  # the services subscribe before the boards publish
         say(f"[3/6] collector -> {out / 'demo.db'}; bridge: SMS dry run (no Twilio account)")
-        fleet = Fleet(out / "boards", devices, b.url, str(model), faults=FAULTS, period=period,
+        fleet = Fleet(out / "boards", devices, b.url, str(model), faults=faults, period=period,
                       samples=samples, clean=1, prefix="gh", extra={"retry_ms": 20})
         clean = [d.device for d in fleet.devices if not d.faults]
         faulty = [d.device for d in fleet.devices if d.faults]
         say(f"[4/6] {devices} boards, {samples} samples every {period} s: {', '.join(clean)} clean; "
-            f"{', '.join(faulty)} with faults {', '.join(FAULTS)}")
+            f"{', '.join(faulty)} with faults {', '.join(faults)}")
         fleet.start()
         if not fleet.wait(timeout=samples * period * 4 + 120):
             say("demo: the boards did not finish in time")
@@ -346,11 +348,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=3, help="simulated boards (default 3, one clean)")
     ap.add_argument("--broker", default="auto", choices=["auto", "mosquitto", "amqtt"])
     ap.add_argument("--period", type=float, default=None, help="seconds between samples")
+    ap.add_argument("--faults", default=",".join(FAULTS),
+                    help=f"faults of the faulty boards (default {','.join(FAULTS)})")
     args = ap.parse_args(argv)
     if args.devices < 2:
         print("demo: --devices must be at least 2 (one clean board, one with faults)", file=sys.stderr)
         return 2
-    return run_demo(Path(args.out), args.model, args.devices, args.fast, args.broker, args.period)
+    from host.cli import UserError
+    from host.sim import parse_faults
+
+    try:
+        faults = parse_faults(args.faults)
+    except UserError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    if not faults:
+        print("demo: --faults: give at least one fault (the demo shows alerts)", file=sys.stderr)
+        return 2
+    return run_demo(Path(args.out), args.model, args.devices, args.fast, args.broker, args.period,
+                    faults)
 
 
 if __name__ == "__main__":
