@@ -188,7 +188,7 @@ class Outbox:
         row = db.execute("SELECT until, suppressed FROM cooldown WHERE device = ? AND rule = ?",
                          (a.device, a.rule)).fetchone()
         last = alert_text(a).split(": ", 1)[1]
-        if row and row[0] > now:
+        if row and row[0] > now and self.cooldown > 0:
             db.execute("UPDATE cooldown SET suppressed = suppressed + 1, last = ?, "
                        "since = COALESCE(since, ?) WHERE device = ? AND rule = ?",
                        (last, now, a.device, a.rule))

@@ -62,8 +62,8 @@ def test_alert_over_tls_and_acl_reaches_each_phone_once(tmp_path, broker, sink, 
     b = _bridge(tmp_path, broker, [_sms(sink)])
     dev = Board(broker, "gh-01", "pw1", tls=True)
     try:
-        dev.publish("alert", alert("gh-01", 7))
-        dev.publish("alert", alert("gh-01", 7))  # replayed by the board's outbox
+        dev.publish("alert", alert("gh-01", 7, t=1732372000))
+        dev.publish("alert", alert("gh-01", 7, t=1732372000))  # replayed by the board's outbox
         # the ACL keeps gh-01 out of gh-02's topics: this never reaches the bridge
         dev.publish("alert", alert("gh-02", 8), device="gh-02")
         wait_until(lambda: len(sink.requests) >= 2, what="two SMS")
@@ -73,12 +73,14 @@ def test_alert_over_tls_and_acl_reaches_each_phone_once(tmp_path, broker, sink, 
         assert {r["From"] for r in sink.requests} == {FROM}
         assert all(r["auth_ok"] for r in sink.requests)
         body = sink.requests[0]["Body"]
-        assert body == alert_text(parse("edgewatch/gh-01/alert", json.dumps(alert("gh-01", 7))))
+        assert body == alert_text(parse("edgewatch/gh-01/alert",
+                                        json.dumps(alert("gh-01", 7, t=1732372000))))
+        assert body.endswith("at 14:26:40 UTC")
         assert "gh-01" in body and "35.2" in body and "21.1..21.7" in body and "(band)" in body
         assert len(sink.requests) == 2
-        assert b.outbox.counts() == {"sent": 2}
-        lat = b.metrics.value("edgewatch_alert_to_send_seconds_count")
-        assert lat == 2
+        wait_until(lambda: b.outbox.counts() == {"sent": 2}, what="both rows marked sent")
+        wait_until(lambda: b.metrics.value("edgewatch_alert_to_send_seconds_count") == 2,
+                   what="latency observed for both")
         assert sink.auth_token not in logs.getvalue()
     finally:
         dev.close()
@@ -236,7 +238,13 @@ def test_two_bridges_on_one_outbox_file_send_each_alert_once(tmp_path, broker, s
         for seq in range(30):
             dev.publish("alert", alert("gh-01", seq, value=50 + seq), device="gh-01")
         dev.publish("alert", alert("gh-02", 1), device="gh-02")  # not on the device list
-        wait_until(lambda: len(sink.requests) >= 30, what="30 SMS")
+        try:
+            wait_until(lambda: len(sink.requests) >= 30, what="30 SMS")
+        except AssertionError:
+            rows = b1.outbox.db.execute("SELECT state, lease_until - ?, attempts, last_error, "
+                                        "next_try - ? FROM outbox", (time.time(), time.time())).fetchall()
+            seen = b1.outbox.db.execute("SELECT outcome, COUNT(*) FROM seen GROUP BY outcome").fetchall()
+            raise AssertionError(f"{len(sink.requests)} sent; {rows}; {seen}") from None
         time.sleep(1.0)
         assert len(sink.bodies()) == 30 == len(set(sink.bodies()))
         assert not any("gh-02" in body for body in sink.bodies())

@@ -153,7 +153,7 @@ def test_bridge_routes_one_alert_to_webhook_and_email(tmp_path, hook, smtp):
             wait_until(lambda: len(hook.got) == 1 and len(smtp.messages) == 2, what="deliveries")
             assert hook.got[0][0]["kind"] == "alert" and hook.got[0][0]["seq"] == 3
             assert sorted(m[1][0] for m in smtp.messages) == ["a@example.org", "b@example.org"]
-            assert b.outbox.counts() == {"sent": 3}
+            wait_until(lambda: b.outbox.counts() == {"sent": 3}, what="rows marked sent")
         finally:
             dev.close()
             b.stop()
