@@ -102,3 +102,14 @@ def test_sim_command_line_errors_are_one_line(tmp_path):
                            text=True, timeout=120, cwd=ROOT)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+def test_sim_command_runs_a_clean_board_to_the_end(tmp_path):
+    with Broker(tmp_path / "broker") as b:
+        r = subprocess.run([EW, "sim", "--devices", "1", "--samples", "20", "--period", "0.2",
+                            "--model", "none", "--quiet", "--out", str(tmp_path / "o"),
+                            "--broker", f"mqtt://127.0.0.1:{b.port}"],
+                           capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sim: sim-01: faults none (clean); 0 alerts; done samples=20" in r.stdout
+    assert "outbox=0" in r.stdout  # everything sampled was delivered before it stopped
