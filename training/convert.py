@@ -291,6 +291,9 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     data = data or config.get("data")
     if not data:
         raise UserError(f"{model_dir / 'config.json'}: no 'data' entry; give --data")
+    root = Path(__file__).resolve().parent.parent
+    if not Path(data).exists() and (root / data).exists():
+        data = str(root / data)  # config.json keeps the path as given at train time, from the repo
     x_tr, _, x_va, y_va = windows_of(data, names, scaler, window, config.get("train_fraction", 0.8))
     if eval_data:
         _, _, x_ev, y_ev = windows_of(eval_data, names, scaler, window, 0.0)
