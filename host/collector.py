@@ -85,7 +85,9 @@ class Collector:
         self.ha_discovery, self.max_channels = ha_discovery, max_channels
         self.metrics = metrics or Metrics("collector")
         self.devices = Devices(self.metrics)
-        self.client_id = client_id or f"edgewatch-collector-{group or socket.gethostname()}"[:64]
+        # stable across restarts (the broker keeps the session), unique per host and group
+        self.client_id = (client_id or
+                          f"edgewatch-collector-{socket.gethostname()}-{group or 'solo'}")[:64]
         self.q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
