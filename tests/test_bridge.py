@@ -257,3 +257,28 @@ def test_two_bridges_on_one_outbox_file_send_each_alert_once(tmp_path, broker, s
         dev.close()
         b1.stop()
         b2.stop()
+
+
+def test_leases_of_dead_processes_are_released_at_start(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    box = Outbox(tmp_path / "o.db")
+    box._queue(box.db, "gh-01:1", "text", {}, time.time(), [Console(stream=io.StringIO())])
+    box._queue(box.db, "gh-01:2", "text", {}, time.time(), [Console(stream=io.StringIO())])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        host = socket.gethostname()
+        box.db.execute("UPDATE outbox SET lease_until = ?, owner = ? WHERE key LIKE '%:1'",
+                       (time.time() + 600, f"{host}:{dead.pid}"))
+        box.db.execute("UPDATE outbox SET lease_until = ?, owner = ? WHERE key LIKE '%:2'",
+                       (time.time() + 600, f"{host}:{live.pid}"))
+        again = Outbox(tmp_path / "o.db")  # a bridge restarting after a crash
+        claimed = again.claim()
+        assert [r["id"] for r in claimed] == [1]  # the dead process's row, not the live one's
+    finally:
+        live.kill()
+        live.wait()
