@@ -124,7 +124,8 @@ class Blob:
     in_ch, out_ch, in_zp, out_zp, weights, bias, mult, shift),
     (OP_ADD, amin, amax, src, dst, src2, left_shift, zp1, zp2, zp_out, m1, m2,
     m_out, s1, s2, s_out), (OP_SLICE, amin, amax, src, dst, first, count).
-    weights is a memoryview into the blob (int8 values stored as bytes).
+    weights, bias (int32), mult (int32) and shift (int8) are memoryviews into
+    the blob (little-endian).
     """
 
     def __init__(self, blob, key=None):
@@ -161,8 +162,9 @@ class Blob:
                 t = r.unpack(CONV_TAIL, "op %d" % i)
                 ks, oc = t[0], t[4]
                 w = r.view(oc * ks * t[3], "op %d weights" % i)
-                rest = (w, r.array("i", oc, "op %d bias" % i), r.array("i", oc, "op %d" % i),
-                        r.array("b", oc, "op %d" % i))
+                # views into the blob, not lists: a load must fit a busy board's heap
+                rest = (w, r.view(4 * oc, "op %d bias" % i), r.view(4 * oc, "op %d" % i),
+                        r.view(oc, "op %d" % i))
             elif op == OP_ADD:
                 t = r.unpack(ADD_TAIL, "op %d" % i)
                 if t[0] >= nt:
@@ -200,7 +202,9 @@ class Blob:
             else:
                 ok = ok and op[5] + op[6] <= r_in * c_in and r_out * c_out == op[6]
             if kind in (OP_CONV, OP_FC):
-                ok = ok and all(-31 <= s <= 30 for s in op[15]) and all(m >= 0 for m in op[14])
+                n = op[9]
+                ok = ok and all(-31 <= s <= 30 for s in struct.unpack("<%db" % n, op[15]))
+                ok = ok and all(m >= 0 for m in struct.unpack("<%di" % n, op[14]))
             elif kind == OP_ADD:
                 ok = ok and all(-31 <= s <= 0 for s in op[13:16]) and min(op[10:13]) >= 0
             if not ok:

@@ -9,6 +9,7 @@
 # Only the time steps the output depends on are computed: with the default
 # causal TCN that is about a quarter of the convolution work.
 import array
+import struct
 import sys
 
 from blob import OP_ADD, OP_CONV, OP_FC, BlobError
@@ -44,8 +45,61 @@ def _parse(raw, key):
             sys.modules.pop("blob", None)
 
 
-def _words(values):
-    return array.array("I", [v & _WORD for v in values])
+def _block(head, rows, chan=None):
+    # A kernel's parameter block (array of 32-bit two's-complement words),
+    # filled in place: no intermediate lists on a heap that may be nearly full.
+    n = len(head) + len(rows) + (3 * len(chan[0]) // 4 if chan else 0)
+    p = array.array("I", range(n))
+    i = 0
+    for v in head:
+        p[i] = v & _WORD
+        i += 1
+    for v in rows:
+        p[i] = v
+        i += 1
+    if chan:
+        bias, mult, shift = chan
+        for c in range(len(shift)):
+            # (not blob.word: holding a function of the parser would keep it in memory)
+            p[i] = struct.unpack_from("<i", bias, 4 * c)[0] & _WORD
+            p[i + 1] = struct.unpack_from("<i", mult, 4 * c)[0]
+            p[i + 2] = ((shift[c] ^ 0x80) - 0x80) & _WORD
+            i += 3
+    return p
+
+
+def _arena(b):
+    # One buffer for all activations; a tensor reuses the bytes of tensors whose
+    # last reader has run (first fit over [producer, last reader] intervals).
+    ops = b.ops
+    life = [[-1, -1] for _ in b.tensors]
+    for j in range(len(ops)):
+        op = ops[j]
+        life[op[4]][0] = j
+        for t in (op[3], op[5]) if op[0] == OP_ADD else (op[3],):
+            life[t][1] = j
+    life[0][0] = -1
+    life[ops[-1][4]][1] = len(ops)
+    place = []
+    top = 0
+    for t in range(len(b.tensors)):
+        size = b.tensors[t][0] * b.tensors[t][1]
+        s0, e0 = life[t]
+        off = 0
+        moved = True
+        while moved:
+            moved = False
+            for u in range(t):
+                s1, e1 = life[u]
+                o1 = place[u]
+                size1 = b.tensors[u][0] * b.tensors[u][1]
+                if s0 <= e1 and s1 <= e0 and off < o1 + size1 and o1 < off + size:
+                    off = o1 + size1
+                    moved = True
+        place.append(off)
+        top = max(top, off + size)
+    mv = memoryview(bytearray(top))
+    return [mv[place[t]:place[t] + b.tensors[t][0] * b.tensors[t][1]] for t in range(len(place))]
 
 
 def _needed_rows(b):
@@ -103,7 +157,7 @@ class Model:
         k = kernels or default_kernels()
         self.kernels = k
         self._copy = k.copy
-        bufs = [bytearray(r * c) for r, c in b.tensors]
+        bufs = _arena(b)
         need = _needed_rows(b)
         plan = []
         for op in b.ops:
@@ -112,15 +166,12 @@ class Model:
             if not rows:
                 continue  # nothing downstream reads this op
             if kind == OP_CONV or kind == OP_FC:
-                chan = []
-                for i in range(op[9]):
-                    chan += (op[13][i], op[14][i], op[15][i])
-                p = _words([len(rows), 0, op[8], op[9], op[5], op[6], op[7], -op[10], op[11],
-                            amin, amax] + rows + chan)
+                p = _block((len(rows), 0, op[8], op[9], op[5], op[6], op[7], -op[10], op[11],
+                            amin, amax), rows, op[13:16])
                 plan.append((k.conv, p, bufs[src], bufs[dst], op[12]))
             elif kind == OP_ADD:
-                p = _words([len(rows), b.tensors[dst][1], -op[7], -op[8], op[9], op[6],
-                            op[10], op[13], op[11], op[14], op[12], op[15], amin, amax] + rows)
+                p = _block((len(rows), b.tensors[dst][1], -op[7], -op[8], op[9], op[6],
+                            op[10], op[13], op[11], op[14], op[12], op[15], amin, amax), rows)
                 plan.append((k.add, p, bufs[src], bufs[op[5]], bufs[dst]))
             else:
                 plan.append((k.copy, bufs[src], bufs[dst], op[5], op[6]))
@@ -132,7 +183,7 @@ class Model:
     def predict_q(self, xq):
         """int8 window (window*channels bytes, oldest first, channel-interleaved) -> int8 output.
 
-        Returns the model's own output buffer (bytearray of `channels` int8
+        Returns a view of the model's own output buffer (`channels` int8
         values as bytes), overwritten by the next call.
         """
         if len(xq) != self._n_in:

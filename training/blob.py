@@ -357,7 +357,9 @@ def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
     ops = []
     for op in b.ops:
         if op[0] in (OP_CONV, OP_FC):
-            op = op[:12] + (bytes(op[12]),) + tuple(list(x) for x in op[13:16])
+            n = op[9]
+            op = op[:12] + (bytes(op[12]), list(struct.unpack(f"<{n}i", op[13])),
+                            list(struct.unpack(f"<{n}i", op[14])), list(struct.unpack(f"<{n}b", op[15])))
         ops.append(tuple(op))
     return BlobSpec(model_id=b.model_id, window=b.window, names=b.names, offset=b.offset,
                     scale=b.scale, detector=Detector(b.k, b.eps, b.sigma_window, b.stuck_samples),
