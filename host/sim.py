@@ -127,7 +127,7 @@ class Fleet:
             raise UserError(f"--samples {samples}: expected >= 0")
         from host.boards import load_board
 
-        self.out = Path(out)
+        self.out = Path(out).resolve()  # each board runs in its own folder: no relative paths
         self.board_name = board
         self.board = load_board(board)
         self.broker = broker

@@ -319,12 +319,18 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
             desc = ", ".join(f"{k} x{v}" for k, v in sorted(rules.items())) or "no alerts"
             kind = "clean data" if not d.faults else "faults " + ",".join(f["kind"] for f in d.faults)
             say(f"   {d.device}: {n_tel[d.device]} samples, {desc} ({kind})")
+            refused = next((ln for ln in d.log if "model.ewb refused" in ln), None)
+            if refused:  # said plainly: the band rule did not run on this board
+                say(f"   {d.device}: {refused.split('app: ', 1)[-1]}")
             ok &= (not per_dev[d.device]) if not d.faults else bool(per_dev[d.device])
         listener.stop()
         png = out / "demo.png"
-        plot(db_url, listener, fleet.devices, png)
+        if sum(n_tel.values()):
+            plot(db_url, listener, fleet.devices, png)
+            say(f"[6/6] plot of readings, predictions, bands and alerts: {png}")
+        else:
+            say(f"[6/6] no plot: nothing was stored (see {out / 'boards'}/*/console.log)")
         listener = None
-        say(f"[6/6] plot of readings, predictions, bands and alerts: {png}")
         if not ok:
             say("demo: FAILED: a faulty board raised no alert, the clean board did, or no SMS")
         return 0 if ok else 1
