@@ -175,9 +175,12 @@ class Publisher:
             while True:
                 for d in devices:
                     st = self.status.get(d) or {}
-                    if st.get("model") == model_id and not st.get("error"):
+                    fresh = st != since.get(d)
+                    # Running it is what counts: a board sent the model it already runs
+                    # may not publish again, and its old status may carry an old refusal.
+                    if st.get("model") == model_id and (not st.get("error") or not fresh):
                         out[d] = "ok"
-                    elif st.get("error") and st != since.get(d):
+                    elif st.get("error") and fresh:
                         out[d] = str(st["error"])
                 left = deadline - time.monotonic()
                 if len(out) == len(devices) or left <= 0:

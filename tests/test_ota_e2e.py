@@ -233,6 +233,16 @@ def test_publish_model_cli(fleet, deployed):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+    # A new model for the whole fleet the collector knows (the same weights under a new
+    # id, signed): both boards take it, sim-01 although it refused four blobs before.
+    spec = tblob.read(Registry(reg).get(entry).blob())
+    spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
+    newer = fleet["tmp"] / "newer.ewb"
+    newer.write_bytes(tblob.write(spec))
+    r = ew("--model", str(newer), "--fleet", "--db", fleet["db"], "--wait-s", "30",
+           EDGEWATCH_OTA_KEY=KEY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(r.stdout.split()[::4]) == ["sim-01:", "sim-02:"] and r.stdout.count(" ok") == 2
     # a blob that is not a model is refused before anything is published
     junk = fleet["tmp"] / "junk.ewb"
     junk.write_bytes(b"EWB" + bytes(100))
@@ -240,3 +250,15 @@ def test_publish_model_cli(fleet, deployed):
     assert r.returncode == 2 and "model blob refused" in r.stderr, r.stderr
     assert tblob.read(fleet["obs"].retained["sim-02"], bytes.fromhex(KEY)).model_id == \
         deployed["model_id"]
+
+
+def test_clearing_the_retained_model_leaves_the_board_running_it(fleet, deployed):
+    obs, mid = fleet["obs"], deployed["model_id"]
+    r = subprocess.run([EW, "publish-model", "--broker", fleet["url"], "--clear", "--device", "sim-02"],
+                       capture_output=True, text=True, timeout=60, cwd=fleet["tmp"], env=_env())
+    assert r.returncode == 0 and "cleared" in r.stdout, r.stderr
+    obs.wait(lambda: obs.retained.get("sim-02") == b"", 10, "the retained model cleared")
+    n = len(obs.telemetry["sim-02"])
+    obs.wait(lambda: any(t.model == mid and t.pred for t in obs.telemetry["sim-02"][n + 3:]), 30,
+             "sim-02 still predicting")
+    assert all(not s.error for s in obs.status["sim-02"])
