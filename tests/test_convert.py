@@ -139,3 +139,17 @@ def test_export_emlearn_forest_and_refusal(tmp_path):
     assert "rf_test" in text and "float" in text
     with pytest.raises(UserError, match="Conv1D"):
         export_emlearn(build_model("tcn"), tmp_path / "tcn.h", "tcn")
+
+
+@pytest.mark.slow
+def test_recurrent_model_is_refused_in_one_line(tmp_path):
+    """TF's int8 converter segfaults on LSTM graphs: convert must end in a UserError, not a crash."""
+    from training.convert import convert
+    from training.data import load, shared_data
+    from training.train import train
+
+    series = load(shared_data() / "occupancy" / "datatraining.txt").take(slice(0, 600))
+    train(series, "lstm", 1, 10, tmp_path / "lstm", plots=False)
+    with pytest.raises(UserError, match="int8 converter .* lstm model"):
+        convert(tmp_path / "lstm", max_eval=20)
+    assert not (tmp_path / "lstm" / "model.ewb").exists()
