@@ -111,6 +111,7 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     if res.get("fast"):
         L += ["**Fast subset** (`--fast`): a few SKAB files, fewer epochs, one short fault trial. "
               "Not the real figures.", ""]
+    L += goals(res, seconds)
     dets = res.get("detectors", {})
     if dets:
         L += ["## Detectors", "", "| detector | configuration | runs on the board |", "|---|---|---|"]
@@ -181,6 +182,35 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     if img:
         L += ["## Plots", ""] + [f"![{p}](img/{p})" for p in img] + [""]
     return "\n".join(L)
+
+
+def goals(res: dict, seconds: float) -> list[str]:
+    """The issue's goals, each with the measured figure and whether it is met (computed, not typed)."""
+    rows = []
+
+    def row(goal, got, ok):
+        rows.append(f"| {goal} | {got} | {'met' if ok else '**not met**'} |")
+
+    sk = res.get("skab", {})
+    if "best" in sk:
+        b = sk["best"]
+        row("best detector on SKAB: F1 ≥ 0.80, FAR ≤ 13.5 %, MAR ≤ 28 % (Conv-AE 0.78 / 13.55 / 28.02)",
+            f"{b['f1']:.3f} / {b['far']:.2f} / {b['mar']:.2f}",
+            b["f1"] >= 0.80 and b["far"] <= 13.5 and b["mar"] <= 28)
+    if "board" in sk:
+        row("board's own detector on SKAB: F1 ≥ 0.75", f"{sk['board']['f1']:.3f} "
+            f"(FAR {sk['board']['far']:.2f} %, MAR {sk['board']['mar']:.2f} %)", sk["board"]["f1"] >= 0.75)
+    for name in ("best", "board"):
+        fr = res.get("faults", {}).get(name)
+        if fr:
+            row(f"fault suite ({name}): recall ≥ 0.95 with ≤ 1 false alarm per clean day",
+                f"{fr['recall']:.2f}, {fr['false_alarms_per_day']:.2f} / day",
+                fr["recall"] >= 0.95 and fr["false_alarms_per_day"] <= 1)
+    if not res.get("fast"):
+        row("`make bench` ≤ 20 min on this machine", f"{seconds / 60:.1f} min", seconds <= 1200)
+    if not rows:
+        return []
+    return ["## Goals (issue 6)", "", "| goal | measured | |", "|---|---|---|"] + rows + [""]
 
 
 def _speed_table(result) -> list[str]:

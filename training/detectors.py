@@ -199,7 +199,7 @@ class BestDetector(Detector):
 
     name = "best"
     on_board = "yes in principle (rolling sums, medians of 5, a C×C matrix); not in the firmware yet"
-    description = ("ms-ensemble OR spike (|x − median of previous 5| > 3× its fit 99th pct) OR stuck "
+    description = ("ms-ensemble OR spike (x − median of previous 5 beyond 3× its fit 99th pct) OR stuck "
                    "(> 1.5× longest fit run) OR failed read / missed period")
 
     def __init__(self, median_rows: int = 5, spike_k: float = 3.0, min_stuck: int = 5):
