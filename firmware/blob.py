@@ -23,6 +23,7 @@ OP_FC = const(3)
 OP_SLICE = const(4)
 MAGIC = b"EWMB"
 CRC_LEN = const(4)
+MAX_ACTIVATIONS = const(32768)  # more can never fit a board's heap
 MAC_LEN = const(32)
 HEADER = "<4sHHI4sHHBBxx"  # magic version flags length model_id window channels n_tensors n_ops
 HEADER_LEN = const(24)
@@ -146,7 +147,10 @@ class Blob:
         names = []
         for _ in range(c):
             (ln,) = r.unpack("<B", "channel name")
-            names.append(bytes(r.view(ln, "channel name")).decode())
+            try:
+                names.append(bytes(r.view(ln, "channel name")).decode())
+            except UnicodeError:
+                raise BlobError("blob malformed: channel name is not UTF-8")
         self.names = names
         self.offset = r.array("f", c, "scaler")
         self.scale = r.array("f", c, "scaler")
@@ -185,6 +189,11 @@ class Blob:
         # The engine's inner loops index raw buffers without bounds checks, so
         # every size they will use is checked here, once, against the tensor table.
         t = self.tensors
+        size = 0
+        for r, c in t:
+            size += r * c
+        if size > MAX_ACTIVATIONS:
+            raise BlobError("blob malformed: %d bytes of activations, at most %d" % (size, MAX_ACTIVATIONS))
         if t[0] != (self.window, self.channels):
             raise BlobError("blob malformed: input tensor is not window x channels")
         for i, op in enumerate(self.ops):

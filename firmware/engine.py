@@ -165,6 +165,8 @@ class Model:
             rows = sorted(need[dst] or ())
             if not rows:
                 continue  # nothing downstream reads this op
+            if kind == OP_FC:
+                rows = [0]  # one row of in_ch = all input elements, whatever the shapes
             if kind == OP_CONV or kind == OP_FC:
                 p = _block((len(rows), 0, op[8], op[9], op[5], op[6], op[7], -op[10], op[11],
                             amin, amax), rows, op[13:16])
