@@ -27,6 +27,13 @@ def test_rolling_mean_is_causal():
     np.testing.assert_array_equal(detectors.rolling_mean(y, 3)[:7], m[:7])
 
 
+def test_hold_keeps_an_alert_up_after_its_last_trigger():
+    a = np.zeros(12, bool)
+    a[[2, 3, 9]] = True
+    np.testing.assert_array_equal(np.flatnonzero(detectors.hold_alerts(a, 2)), [2, 3, 4, 5, 9, 10, 11])
+    np.testing.assert_array_equal(detectors.hold_alerts(a, 0), a)
+
+
 def test_fill_missing_carries_the_last_reading():
     v = np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, np.nan], [5.0, 6.0]])
     np.testing.assert_array_equal(detectors.fill_missing(v),

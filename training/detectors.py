@@ -171,6 +171,16 @@ class MultiscaleEnsemble(Detector):
         return out
 
 
+def hold_alerts(alert: np.ndarray, hold: int) -> np.ndarray:
+    """Keep each alert raised for ``hold`` more rows after its last trigger (causal)."""
+    out = np.asarray(alert, dtype=bool).copy()
+    if hold <= 0 or not out.any():
+        return out
+    idx = np.where(out, np.arange(len(out)), -(10 ** 9))
+    last = np.maximum.accumulate(idx)
+    return (np.arange(len(out)) - last) <= hold
+
+
 def longest_constant_run(values: np.ndarray) -> int:
     """Longest run of consecutive rows whose every channel repeats the previous row."""
     same = np.all(np.diff(values, axis=0) == 0, axis=1)
@@ -192,6 +202,9 @@ class BestDetector(Detector):
        such run in the fit rows (at least ``min_stuck`` rows);
     4. device: a failed read (NaN) or missed sample periods (``missed`` > 0).
 
+    An alert is held for ``hold`` rows after its last trigger, so one event
+    does not flicker on and off.
+
     Every view is causal and O(C²) per sample at most, so the whole detector fits
     the board; the firmware today runs only the seed's band rule and its own
     device rules (see ``board``).
@@ -200,10 +213,12 @@ class BestDetector(Detector):
     name = "best"
     on_board = "yes in principle (rolling sums, medians of 5, a C×C matrix); not in the firmware yet"
     description = ("ms-ensemble OR spike (x − median of previous 5 beyond 3× its fit 99th pct) OR stuck "
-                   "(> 1.5× longest fit run) OR failed read / missed period")
+                   "(> 1.5× longest fit run) OR failed read / missed period; alerts held 5 rows")
 
-    def __init__(self, median_rows: int = 5, spike_k: float = 3.0, min_stuck: int = 5):
+    def __init__(self, median_rows: int = 5, spike_k: float = 3.0, min_stuck: int = 5,
+                 hold: int = 5):
         self.shift = MultiscaleEnsemble()
+        self.hold = hold
         self.median_rows = median_rows
         self.spike_k = spike_k
         self.min_stuck = min_stuck
@@ -233,7 +248,7 @@ class BestDetector(Detector):
         if missed is not None:
             device |= np.asarray(missed) > 0
         self.views = {"shift": shift, "spike": spike, "stuck": stuck, "device": device}
-        return shift | spike | stuck | device
+        return hold_alerts(shift | spike | stuck | device, self.hold)
 
 
 def band_rule(windows: np.ndarray, actual: np.ndarray, pred: np.ndarray,
