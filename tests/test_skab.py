@@ -58,3 +58,24 @@ def test_wrong_length_verdicts_are_refused():
 
     with pytest.raises(ValueError, match="expected"):
         skab.evaluate(Short, skab.load_files(limit=1))
+
+
+def test_evaluate_cli_refuses_unknown_names_in_one_line(capsys):
+    from host.cli import main
+
+    assert main(["evaluate", "--suite", "kdd99"]) == 2
+    assert main(["evaluate", "--detectors", "best,oracle"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--suite: unknown 'kdd99'" in err[0] and "unknown 'oracle'" in err[1]
+
+
+def test_evaluate_cli_fast_writes_json(tmp_path, capsys):
+    from host.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--suite", "skab", "--detectors", "best", "--fast", "--out", str(out)]) == 0
+    import json
+
+    r = json.loads(out.read_text())["skab"]["best"]
+    assert r["files"] == 3 and 0 <= r["f1"] <= 1 and "kept" not in r
+    assert "skab  best" in capsys.readouterr().out
