@@ -81,7 +81,7 @@ def records(res: dict, speed: dict) -> list[dict]:
                     "metrics": {"f1": f1, "far": far, "mar": mar}})
     for det, r in res.get("nab", {}).items():
         out.append({"suite": "nab", "detector": det, "source": "measured",
-                    "metrics": {p: r[p] for p in r if p not in ("per_file", "seconds")},
+                    "metrics": {p: r[p] for p in r if p not in ("per_file", "seconds", "kept")},
                     "seconds": r["seconds"]})
     for det, r in res.get("nab_anchors", {}).items():
         out.append({"suite": "nab", "detector": det,
@@ -278,6 +278,37 @@ def plots(res: dict, img_dir: Path) -> list[str]:
         axes[-1].set_xlabel(f"SKAB {fname}: row (s); black line = end of the fit rows")
         fig.tight_layout()
         out = f"skab_{fname.replace('/', '_')}.png"
+        fig.savefig(img_dir / out, dpi=80)
+        plt.close(fig)
+        names.append(out)
+    if res.get("nab"):
+        names += nab_plots(res, img_dir, plt)
+    return names
+
+
+def nab_plots(res: dict, img_dir: Path, plt) -> list[str]:
+    """Each NAB file with its labelled windows and every detector's alert episodes."""
+    from training import nab
+
+    names = []
+    for fname in nab.FILES:
+        kept = {d: r["kept"][fname] for d, r in res["nab"].items() if fname in r.get("kept", {})}
+        ts, vals = nab.load_file(fname)
+        sw = nab.sweep(ts, nab.load_windows(fname))
+        fig, axes = plt.subplots(1 + len(kept), 1, figsize=(11, 1.0 * len(kept) + 2.5), sharex=True)
+        axes[0].plot(vals, lw=0.5, color="k")
+        axes[0].fill_between(range(len(vals)), vals.min(), vals.max(), where=sw.window_id >= 0,
+                             color="tab:red", alpha=0.25, label="labelled window")
+        axes[0].axvline(int(np.ceil(nab.probation_length(len(ts)))), color="tab:gray", lw=0.8)
+        axes[0].set_ylabel("value")
+        axes[0].legend(loc="upper left", fontsize=7)
+        for ax, (d, p) in zip(axes[1:], kept.items(), strict=True):
+            ax.fill_between(range(len(p)), p, step="mid", color="tab:blue")
+            ax.set_ylabel(d, rotation=0, ha="right")
+            ax.set_yticks([])
+        axes[-1].set_xlabel(f"NAB {fname}: row; grey line = end of the probationary (fit) rows")
+        fig.tight_layout()
+        out = f"nab_{fname}.png"
         fig.savefig(img_dir / out, dpi=80)
         plt.close(fig)
         names.append(out)

@@ -107,7 +107,7 @@ def run_nab(names: list[str], fast: bool = False) -> dict:
     data = {name: nab.load_file(name) for name in nab.FILES}
     for n in names:
         t0 = time.perf_counter()
-        per_file = {}
+        per_file, kept = {}, {}
         for name, (ts, vals) in data.items():
             n_fit = int(math.ceil(nab.probation_length(len(ts))))
             det = detectors.make(n, fast=fast)
@@ -115,8 +115,9 @@ def run_nab(names: list[str], fast: bool = False) -> dict:
             # An operator is alarmed once per alert episode: only onsets count as detections.
             onsets = verdict & ~np.concatenate([[False], verdict[:-1]])
             per_file[name] = nab.evaluate_detections(name, onsets)
+            kept[name] = verdict
         out[n] = {"per_file": per_file, **_nab_total(per_file),
-                  "seconds": time.perf_counter() - t0}
+                  "seconds": time.perf_counter() - t0, "kept": kept}
         _log(f"nab   {n:12s} standard {out[n]['standard']['normalised']:6.1f}  "
              f"low_FP {out[n]['reward_low_FP_rate']['normalised']:6.1f}  "
              f"low_FN {out[n]['reward_low_FN_rate']['normalised']:6.1f}  "
@@ -177,8 +178,9 @@ def run(args) -> int:
     suites = parse_suites(args.suite)
     names = parse_detectors(args.detectors)
     res = evaluate(suites, names, fast=args.fast)
-    for r in res.get("skab", {}).values():
-        r.pop("kept", None)
+    for suite in ("skab", "nab"):
+        for r in res.get(suite, {}).values():
+            r.pop("kept", None)
     text = json.dumps(res, indent=1, default=float)
     if args.out:
         out = Path(args.out)
