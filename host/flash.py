@@ -97,6 +97,22 @@ def esptool_commands(chip: str, port: str, offset: int, image: str | os.PathLike
             base + ["write-flash", hex(offset), str(image)]]
 
 
+def wait_for_micropython(port: str, timeout: float = 30.0) -> None:
+    """After a flash the first boot formats the filesystem: wait until the REPL answers."""
+    deadline = time.monotonic() + timeout
+    time.sleep(2)
+    while True:
+        try:
+            _deploy.Mpremote(port).mpy_info()
+            return
+        except UserError:
+            if time.monotonic() > deadline:
+                raise UserError(f"MicroPython on {port} did not answer within {timeout:.0f} s "
+                                "after flashing: press the board's EN/RST button and run "
+                                "`make deploy`") from None
+            time.sleep(2)
+
+
 def add_arguments(p) -> None:
     """Options of `edgewatch flash` (plus every option of `edgewatch deploy`)."""
     _deploy.add_arguments(p)
@@ -128,7 +144,7 @@ def run(args) -> int:
                             "or check the port (see README, Troubleshooting)")
     if args.dry_run or args.no_deploy:
         return 0
-    time.sleep(3)  # first boot: MicroPython creates its filesystem before the REPL answers
+    wait_for_micropython(port)
     _deploy.deploy(port, args.board, None if args.no_model else args.model, args.device_id,
                    args.env_file, args.umqtt_from, args.ampy, args.source, not args.no_reset,
                    _deploy._extra(args.set))

@@ -154,3 +154,12 @@ def test_make_flash_dry_run_prints_the_esptool_commands(tmp_path):
         r = subprocess.run(["make", "-s", "flash", "PORT=", f"FIRMWARE={img}"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and "no serial port given" in r.stderr
+
+
+def test_wait_for_micropython_answers_on_a_booted_board_and_fails_in_one_line(tmp_path):
+    from host.flash import wait_for_micropython
+
+    with VirtualBoard(tmp_path / "flash") as vb:
+        wait_for_micropython(vb.port, timeout=20)  # the REPL answers: returns
+    with pytest.raises(UserError, match="did not answer within 3 s"):
+        wait_for_micropython(str(tmp_path / "no-port"), timeout=3)
