@@ -102,12 +102,15 @@ def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
     (["--model", "{model}", "--sign-key-env", "EW_UNSET_VAR_FOR_TEST"], "EW_UNSET_VAR_FOR_TEST"),
     (["--model", "{model}", "--k", "0"], "--k"),
     (["--model", "{model}", "--data", "/nonexistent.csv"], "/nonexistent.csv"),
+    (["--model", "{model}", "--out", "{model}/config.json"], "not a folder"),
 ])
 def test_cli_user_errors_are_one_line(tiny_model_dir, tmp_path, args, words):
     args = [a.replace("{model}", str(tiny_model_dir)) for a in args]
     env = {k: v for k, v in os.environ.items() if k != "EW_UNSET_VAR_FOR_TEST"}
-    proc = subprocess.run([EDGEWATCH, "convert", "--out", str(tmp_path / "o"),
-                           *args], capture_output=True, text=True, env=env, timeout=300)
+    if "--out" not in args:
+        args = ["--out", str(tmp_path / "o"), *args]
+    proc = subprocess.run([EDGEWATCH, "convert", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
     err = [line for line in proc.stderr.splitlines() if line.startswith("edgewatch convert:")]
     assert len(err) == 1 and words in err[0], proc.stderr[-2000:]

@@ -286,6 +286,8 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
 
     model_dir = Path(model_dir)
     out = Path(out_dir) if out_dir else model_dir
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     model, config, scaler = load_model_dir(model_dir)
     names, window = list(config["channels"]), int(config["window"])
     data = data or config.get("data")
@@ -310,8 +312,11 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         tflite = to_tflite_isolated(net, x_tr[pick], config.get("arch"))
     s_in, z_in, s_out, z_out = _io_quant(tflite)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.tflite").write_bytes(tflite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.tflite").write_bytes(tflite)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     note = ("Output = change from the newest input sample: prediction = newest + output "
             "(normalised units)." if residual else "")
     src, hdr = c_array(tflite, "g_edgewatch_model", note)
