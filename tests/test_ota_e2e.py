@@ -194,7 +194,7 @@ def test_board_refuses_a_bad_model_and_keeps_its_own(fleet, deployed, how):
     before = len(obs.status[dev])
     t_before = len(obs.telemetry[dev])
     obs.publish(dev, bad)
-    obs.wait(lambda: any(s.error for s in obs.status[dev][before:]), 30, f"{dev} refusing ({how})")
+    obs.wait(lambda: any(s.error for s in obs.status[dev][before:]), 20, f"{dev} refusing ({how})")
     refusal = next(s for s in obs.status[dev][before:] if s.error)
     assert refusal.error.startswith("model:") and refusal.model == mid, refusal
     # the old model stays in use and on flash
@@ -239,7 +239,7 @@ def test_publish_model_cli(fleet, deployed):
     spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
     newer = fleet["tmp"] / "newer.ewb"
     newer.write_bytes(tblob.write(spec))
-    r = ew("--model", str(newer), "--fleet", "--db", fleet["db"], "--wait-s", "30",
+    r = ew("--model", str(newer), "--fleet", "--db", fleet["db"], "--wait-s", "20",
            EDGEWATCH_OTA_KEY=KEY)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(r.stdout.split()[::4]) == ["sim-01:", "sim-02:"] and r.stdout.count(" ok") == 2
