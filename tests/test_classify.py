@@ -58,3 +58,29 @@ def test_unknown_model_is_refused(tmp_path):
     r = subprocess.run([EDGEWATCH, "classify", "--models", "svm",
                         "--out", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "--models svm" in r.stderr
+
+
+def test_many_channels(tmp_path):
+    """21 features as on the paper's Sense HAT: the report, the C forest and its quantiser."""
+    import csv
+
+    import numpy as np
+
+    from training.analyze import load_many
+    from training.classify import run_classify
+
+    rng = np.random.default_rng(3)
+    n, c = 1200, 21
+    x = rng.normal(0, 1, (n, c))
+    y = (x[:, 4] + x[:, 17] > 1.2).astype(int)  # two of 21 features decide
+    src = tmp_path / "hat.csv"
+    with open(src, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp"] + [f"s{i}" for i in range(c)] + ["anomaly"])
+        for i in range(n):
+            w.writerow([1700000000 + i] + [f"{v:.4f}" for v in x[i]] + [y[i]])
+    s = run_classify(load_many([str(src)]), "anomaly", tmp_path / "out", models=("xgb",),
+                     smote="no", budget_s=2, max_trials=3, board_trees=5, board_depth=6)
+    assert len(s["channels"]) == 21 and s["runs"][0]["test"]["f1"] > 0.8
+    assert len(json.loads((tmp_path / "out" / "rf_board.json").read_text())["low"]) == 21
+    assert "features_length" in (tmp_path / "out" / "rf_board.h").read_text()

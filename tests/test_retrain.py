@@ -75,6 +75,26 @@ def test_first_model_approved_then_only_a_better_one(tmp_path):
     assert reg.get(second["entry"]).meta["parent"] == first["entry"]  # lineage kept
 
 
+def test_any_channel_count_from_a_csv(tmp_path):
+    """Three channels from a CSV: the blob carries all three, the CSV's labelled rows are dropped."""
+    import csv
+
+    from training import blob as tblob
+
+    s, _ = generate(days=1.5, period=PERIOD, seed=3, faults="none")
+    src = tmp_path / "three.csv"
+    with open(src, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "temperature", "humidity", "pressure", "anomaly"])
+        for k, (t, v) in enumerate(zip(s.timestamps, s.values, strict=True)):
+            w.writerow([t, v[0], v[1], 1013 + np.sin(k / 20), int(k in (50, 51))])
+    out = retrain.retrain(str(src), tmp_path / "reg", tmp_path / "work", epochs=1)
+    assert out["approved"] and out["device"] is None
+    assert out["data"]["rows"] == len(s) - 2
+    spec = tblob.read(Registry(tmp_path / "reg").get(out["entry"]).blob())
+    assert spec.names == ["temperature", "humidity", "pressure"]
+
+
 def test_recent_days_only(tmp_path):
     url = f"sqlite:///{tmp_path / 'tel.db'}"
     fill(url, devices=("gh-01",), days=3.0)
