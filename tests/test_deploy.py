@@ -5,15 +5,13 @@ deployed firmware then publishes to a real Mosquitto that checks the board's own
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
-from host.schema import Status, Telemetry, parse
+from host.schema import Status, Telemetry
 from tools.broker import DEVICE_ACL, Broker
+from tools.mqtt_watch import Watch
 from tools.virtual_board import Terminal, VirtualBoard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,41 +34,6 @@ def write_env(path: Path, port: int, device: str) -> Path:
     return path
 
 
-class Watcher:
-    """The host's view: subscribes as user edgewatch and parses with the host's parser."""
-
-    def __init__(self, port: int, device: str):
-        self.records, self.bad = [], []
-        ready = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.c.username_pw_set("edgewatch", HOST_PW)
-        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"edgewatch/{device}/#", 1)
-        self.c.on_subscribe = lambda *a: ready.set()
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        assert ready.wait(5)
-
-    def _on(self, c, u, m):
-        try:
-            self.records.append(parse(m.topic, m.payload))
-        except Exception as exc:
-            self.bad.append((m.topic, exc))
-
-    def wait_for(self, kind, n=1, timeout=40.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            got = [r for r in self.records if isinstance(r, kind)]
-            if len(got) >= n:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"{n} {kind.__name__} not received in {timeout}s: {self.records[-3:]}")
-
-    def close(self):
-        self.c.loop_stop()
-        self.c.disconnect()
-
-
 @pytest.fixture
 def broker(tmp_path):
     users = {"edgewatch": HOST_PW, "vb-01": BOARD_PW, "vb-02": BOARD_PW}
@@ -83,7 +46,7 @@ def test_make_deploy_repl_and_the_firmware_publishes(tmp_path, tiny_model_dir, b
     with VirtualBoard(tmp_path / "flash", board="esp32-devkitc-dht22") as vb:
         flash = vb.flash
         (flash / "app.py").write_text("raise SystemExit  # an old source twin: must go\n")
-        watch = Watcher(broker.port, "vb-01")
+        watch = Watch(broker.port, "edgewatch/vb-01/#", "edgewatch", HOST_PW)
         r = make("deploy", f"PORT={vb.port}", "UMQTT_FROM=build/mplib", f"MODEL={tiny_model_dir}",
                  f"DEPLOY_ARGS=--env-file {env_file} --device-id vb-01 --set period_ms=500")
         out = r.stdout + r.stderr
@@ -150,7 +113,7 @@ def test_make_deploy_repl_and_the_firmware_publishes(tmp_path, tiny_model_dir, b
 def test_ampy_deploy_runs_the_same_firmware(tmp_path, tiny_model_dir, broker):
     env_file = write_env(tmp_path / ".env", broker.port, "vb-02")
     with VirtualBoard(tmp_path / "flash", board="esp32-devkitc-dht22") as vb:
-        watch = Watcher(broker.port, "vb-02")
+        watch = Watch(broker.port, "edgewatch/vb-02/#", "edgewatch", HOST_PW)
         r = make("deploy", f"PORT={vb.port}", "AMPY=1", f"MODEL={tiny_model_dir}",
                  f"DEPLOY_ARGS=--env-file {env_file} --device-id vb-02 --set period_ms=500")
         assert r.returncode == 0, r.stdout + r.stderr

@@ -11,39 +11,13 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
-from host.schema import Alert, Telemetry, parse
+from host.schema import Alert, Telemetry
 from host.sim import Fleet, plan_faults, rows_needed
 from tools.broker import Broker
+from tools.mqtt_watch import Watch
 
 ROOT = Path(__file__).resolve().parent.parent
 EW = str(Path(sys.executable).parent / "edgewatch")
-
-
-class Recorder:
-    """Subscribes to everything and parses each message with the host's parser."""
-
-    def __init__(self, port):
-        self.records, self.bad = [], []
-        self.ready = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe("edgewatch/#", qos=1)
-        self.c.on_subscribe = lambda *a: self.ready.set()
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        assert self.ready.wait(5)
-
-    def _on(self, c, u, m):
-        try:
-            self.records.append(parse(m.topic, m.payload))
-        except Exception as exc:  # a message the host would refuse is a firmware defect
-            self.bad.append((m.topic, m.payload[:200], exc))
-
-    def close(self):
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 def test_fault_plan_is_sequential_and_sized():
@@ -58,7 +32,7 @@ def test_fleet_publishes_every_sample_once_and_alerts_only_on_faults(tmp_path):
     kinds = ["stuck", "range", "fail"]  # rule faults; the model's band rule is the demo's
     samples = rows_needed(kinds)
     with Broker(tmp_path / "broker") as b:
-        rec = Recorder(b.port)
+        rec = Watch(b.port)
         fleet = Fleet(tmp_path / "fleet", 2, f"mqtt://127.0.0.1:{b.port}", None,
                       faults=kinds, period=0.25, samples=samples, clean=1,
                       extra={"retry_ms": 20})  # quick retries: a failed read costs 60 ms

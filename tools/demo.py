@@ -155,32 +155,22 @@ class Listener:
     """Keeps the predictions and bands of the boards' telemetry for the plot."""
 
     def __init__(self, port: int):
-        import paho.mqtt.client as mqtt
+        from tools.mqtt_watch import Watch
 
-        from host.schema import Telemetry, parse
+        self.watch = Watch(port, "edgewatch/+/telemetry")
 
-        self.pred: dict[str, dict[int, dict]] = defaultdict(dict)
-        self.ready = threading.Event()
+    @property
+    def pred(self) -> dict[str, dict[int, dict]]:
+        from host.schema import Telemetry
 
-        def on_message(c, u, m):
-            try:
-                rec = parse(m.topic, m.payload)
-            except Exception:
-                return
-            if isinstance(rec, Telemetry) and rec.pred:
-                self.pred[rec.device][rec.seq] = {"pred": rec.pred, "band": rec.band}
-
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe("edgewatch/+/telemetry", 1)
-        self.c.on_subscribe = lambda *a: self.ready.set()
-        self.c.on_message = on_message
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        self.ready.wait(10)
+        out: dict[str, dict[int, dict]] = defaultdict(dict)
+        for rec in self.watch.of(Telemetry):
+            if rec.pred:
+                out[rec.device][rec.seq] = {"pred": rec.pred, "band": rec.band}
+        return out
 
     def stop(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
+        self.watch.close()
 
 
 def plot(db_url: str, listener: Listener, devices: list, path: Path) -> None:
@@ -249,6 +239,7 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
     from host.store import Store
 
     t0 = time.monotonic()
+    out = out.resolve()  # the services run from the repository root
     period = period or (0.25 if fast else 0.5)
     faults = faults or FAULTS
     samples = rows_needed(faults)
@@ -312,6 +303,11 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
         say(f"[5/6] stored {sum(n_tel.values())} samples and "
             f"{sum(len(v) for v in per_dev.values())} alerts; {len(sms)} SMS would be sent")
         ok = bool(sms)
+        for s in services:
+            if s.proc.poll() is not None:  # a service that died early is a failed demo
+                ok = False
+                say(f"demo: the {s.name} stopped early ({s.proc.returncode}): "
+                    f"{s.lines[-1] if s.lines else 'no output'}")
         for d in fleet.devices:
             rules = defaultdict(int)
             for rule, ch, _ in per_dev[d.device]:
