@@ -34,6 +34,7 @@ WRONG_KEY = "00" * 32
 DEVICES = ("sim-01", "sim-02")
 ROWS = 260  # per board before retraining: enough for a window-10 TCN and its holdout
 PERIOD = 0.05
+pytestmark = pytest.mark.slow  # trains a model and runs two boards
 
 
 class Observer:

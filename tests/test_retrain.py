@@ -38,6 +38,7 @@ def fill(url: str, devices=("gh-01", "gh-02"), days=2.0, iid=False, flagged=()) 
     store.close()
 
 
+@pytest.mark.slow
 def test_first_model_approved_then_only_a_better_one(tmp_path):
     reg = Registry(tmp_path / "reg")
     # A model trained on independent random readings learns to pull every prediction
@@ -75,6 +76,7 @@ def test_first_model_approved_then_only_a_better_one(tmp_path):
     assert reg.get(second["entry"]).meta["parent"] == first["entry"]  # lineage kept
 
 
+@pytest.mark.slow
 def test_any_channel_count_from_a_csv(tmp_path):
     """Three channels from a CSV: the blob carries all three, the CSV's labelled rows are dropped."""
     import csv
