@@ -64,7 +64,7 @@ convert: setup  ## int8 TFLite, firmware blob, TFLM C array, emlearn C: make con
 	$(EW) convert --model $(MODEL) --out $(MODEL)
 
 flash: setup  ## erase + write MicroPython, then deploy: make flash BOARD=... PORT=/dev/ttyUSB0 [FIRMWARE=image.bin]
-	$(EW) flash --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(FIRMWARE),--firmware "$(FIRMWARE)") $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
+	$(EW) flash --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(FIRMWARE),--firmware "$(FIRMWARE)") $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
 
 deploy: setup  ## copy firmware (.mpy), model, config (.env secrets), umqtt; reset: make deploy PORT=... [AMPY=1]
 	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)

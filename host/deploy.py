@@ -279,7 +279,11 @@ class Mpremote:
         self._run(args[:-1])
 
     def mip_umqtt(self) -> None:
-        self._run(["mip", "install", "umqtt.simple"])
+        try:
+            self._run(["mip", "install", "umqtt.simple"])
+        except UserError as exc:
+            raise UserError(f"{exc} (no internet? copy it instead: UMQTT_FROM=build/mplib, "
+                            "or --umqtt-from build/mplib)") from None
 
     def reset(self) -> None:
         self._run(["reset"], 30)
