@@ -186,6 +186,11 @@ def test_friendly_repl_session_with_mpremote(board):
         t.send(b"\r")
         out = t.expect(b">>> ")
         assert re.search(rb"row 0\r\nrow 1\r\nrow 2\r\n", out)
+        t.send(b"\x05")  # paste mode: lines as typed, run on Ctrl-D
+        t.expect(b"paste mode; Ctrl-C to cancel, Ctrl-D to finish\r\n=== ")
+        t.send(b"def f(n):\r    return n * 3\rprint(f(14))\r")
+        t.send(b"\x04")
+        assert b"42\r\n" in t.expect(b">>> ")
         t.send(b"undefined_name\r")
         assert b"NameError" in t.expect(b">>> ")
         t.send(b"import time\r")
