@@ -9,6 +9,17 @@ and send the oldest queued records, each removed only after its PUBACK.
 import gc
 import os
 import time
+from binascii import crc32
+
+# A contiguous hole for what the link receives: a model blob arrives as one bytes
+# object of its full size, and after the imports the heap has no such hole left. Taken
+# while the heap is still in one piece, freed while the link runs, taken again after
+# (where the old blob was, once a new model replaced it). Not on small heaps (< ~88 KB):
+# there the config checker needs it, and a model update may be refused for memory.
+RESERVE = 4096
+gc.collect()
+_hole = gc.mem_free() > 20 * RESERVE
+_reserve = bytearray(RESERVE) if _hole else None
 
 try:
     # imported first, while the heap is still in one piece (rules only without it)
@@ -16,12 +27,12 @@ try:
 except ImportError:
     engine = None
 
-import detector
-import machine
-import outbox
-import schema
-import sensors
-from link import Link
+import detector  # noqa: E402 (after the reserve, on purpose)
+import machine  # noqa: E402 (after the reserve, on purpose)
+import outbox  # noqa: E402 (after the reserve, on purpose)
+import schema  # noqa: E402 (after the reserve, on purpose)
+import sensors  # noqa: E402 (after the reserve, on purpose)
+from link import Link  # noqa: E402 (after the reserve, on purpose)
 
 FW_VERSION = "0.1.0"
 _SLACK_MS = 5  # stop sending this long before the next sample is due
@@ -34,6 +45,20 @@ def unix_time():
     """Unix seconds when the clock is set (NTP), else None (the host stamps arrival)."""
     t = int(time.time()) + _EPOCH
     return t if t > 1600000000 else None
+
+
+def _free_reserve():
+    global _reserve
+    _reserve = None
+
+
+def _take_reserve():
+    global _reserve
+    if _hole and _reserve is None:
+        try:
+            _reserve = bytearray(RESERVE)
+        except MemoryError:
+            pass  # taken by a new model: try again next turn
 
 
 def _allocated():
@@ -63,20 +88,21 @@ class App:
         kind = cfg["sensor"]
         self.device = dev = cfg["device"]
         self.names = list(sensors.NAMES)
+        self.det = detector.Detector(self.names, sensors.RANGES[kind], cfg["detector"],
+                                     cfg["fallback"])
+        self.model = None
+        self.model_error = None
+        self.pending_blob = None
+        self.blob_crc = None
+        self._load_model()
         if wdt is None and board.get("wdt_timeout_ms"):
             wdt = machine.WDT(timeout=board["wdt_timeout_ms"])
         self.reader = sensors.Reader(sensors.make_sensor(kind, board, machine), kind,
                                      cfg["read_retries"], cfg["retry_ms"], feed=feed)
-        self.det = detector.Detector(self.names, sensors.RANGES[kind], cfg["detector"],
-                                     cfg["fallback"])
         ob = cfg["outbox"]
         # the host stand-in's machine.flash_open can tear a write (power-cut test)
         opener = getattr(machine, "flash_open", open)
         self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], opener)
-        self.model = None
-        self.model_error = None
-        self.pending_blob = None
-        self._load_model()
         wlan = None
         if cfg["wifi"]:
             import network
@@ -122,6 +148,7 @@ class App:
             self.log("app: %s refused (%s), rules only" % (path, err))
             return
         self.model = m
+        self.blob_crc = crc32(blob)
 
     def _verify(self, blob):
         # -> (model, None) with the detector switched to it, or (None, "model: reason")
@@ -148,6 +175,9 @@ class App:
         blob, self.pending_blob = self.pending_blob, None
         if not blob:
             return  # an empty retained message clears the topic: keep what we run
+        crc = crc32(blob)
+        if crc == self.blob_crc:
+            return  # the retained copy of the model we run: no need to parse it again
         old = self.model
         m, err = self._verify(blob)
         if m is old and old is not None:
@@ -169,7 +199,7 @@ class App:
             self.model_error = err
             self.log("app: new model refused: %s; keeping %s" % (err, self.model_id()))
         else:
-            self.model, self.model_error = m, None
+            self.model, self.model_error, self.blob_crc = m, None, crc
             self.log("app: model %s in use" % m.model_id)
         self.publish_status()
 
@@ -178,10 +208,12 @@ class App:
         """Publish the retained status (called on each connect and after a model change)."""
         self.last_status = time.ticks_ms()
         ob = self.outbox
+        err = self.model_error
+        if self.link.oom_model and not err:
+            err = "model: no memory to receive it, updates off until reboot"
         msg = schema.status(self.device, ob.last_seq, unix_time(), FW_VERSION, self.model_id(),
                             gc.mem_free(), ob.depth, ob.dropped,
-                            time.ticks_diff(time.ticks_ms(), self.started) // 1000,
-                            self.model_error)
+                            time.ticks_diff(time.ticks_ms(), self.started) // 1000, err)
         self.link.publish(self.t_status, msg, retain=True)
 
     def sample(self, missed):
@@ -251,10 +283,7 @@ class App:
                     self.heap_min = free
                 if stop_after and self.samples >= stop_after:
                     break
-            link.service()
-            if self.pending_blob is not None:
-                self.apply_blob()
-            self.drain(time.ticks_add(next_due, -_SLACK_MS))
+            self._with_hole(next_due)
             if status_every and link.up and \
                     time.ticks_diff(time.ticks_ms(), self.last_status) > status_every:
                 self.publish_status()
@@ -263,6 +292,15 @@ class App:
             if wait > 0:
                 time.sleep_ms(wait if wait < 500 else 500)
         self._finish()
+
+    def _with_hole(self, next_due):
+        # link work (receive, model swap, send) with the reserve freed for it
+        _free_reserve()
+        self.link.service()
+        if self.pending_blob is not None:
+            self.apply_blob()
+        self.drain(time.ticks_add(next_due, -_SLACK_MS))
+        _take_reserve()
 
     def _finish(self):
         # simulation end: deliver what is queued, then report

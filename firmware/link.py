@@ -126,6 +126,8 @@ class Link:
         self.connects = 0
         self.timeout_s = cfg["socket_timeout_ms"] / 1000
         self.subscriptions = []
+        self.oom_model = False  # a retained blob too big for the heap: stop subscribing to it
+        self._ooms = 0
         self.on_message = None
         self.on_connect = None
         self.will_topic = None
@@ -246,6 +248,13 @@ class Link:
 
     def drop(self, err):
         """Forget the connection after an error; reconnect with backoff."""
+        if isinstance(err, MemoryError) and self.subscriptions:
+            # a retained message we cannot hold would be redelivered on every reconnect
+            self._ooms += 1
+            if self._ooms >= 2:
+                self.log("link: no memory for %s: not subscribing any more" % self.subscriptions)
+                self.subscriptions = []
+                self.oom_model = True
         if self.client is not None:
             self._close(self.client)
         self.client = None

@@ -1,0 +1,33 @@
+"""A flash file that loses power in the middle of a record write (machine.flash_open uses it
+when simboard's "torn_write" is set): the N-th record write stops after `bytes` bytes,
+then the process waits to be killed (-9) by the test."""
+
+import sys
+import time
+
+
+class TornFile:
+    """An outbox file whose N-th record write stops after `bytes` bytes: a power cut."""
+
+    def __init__(self, f, record, nbytes):
+        self.f = f
+        self.record = record
+        self.nbytes = nbytes
+        self.records = 0
+
+    def write(self, b):
+        if len(b) >= 12:
+            self.records += 1
+            if self.records == self.record:
+                self.f.write(bytes(b[:self.nbytes]))
+                self.f.flush()
+                print("simboard: power cut in record write %d after %d of %d bytes"
+                      % (self.records, self.nbytes, len(b)))
+                deadline = time.ticks_add(time.ticks_ms(), 60000)
+                while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+                    time.sleep_ms(50)  # the test kills us here
+                sys.exit(4)
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
