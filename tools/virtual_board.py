@@ -73,8 +73,19 @@ def _soft_reset(*a):
     _ctl(b'Q')
     while True:
         time.sleep(1)
+class _Flash(vfs.VfsPosix):
+    # a board's filesystems list (name, type, inode, size); VfsPosix leaves size out
+    def ilistdir(self, path):
+        for e in super().ilistdir(path):
+            size = 0
+            if e[1] == 0x8000:
+                try:
+                    size = self.stat(path.rstrip('/') + '/' + e[0])[6]
+                except OSError:
+                    pass
+            yield (e[0], e[1], e[2], size)
 vfs.umount('/')
-vfs.mount(vfs.VfsPosix(%(flash)r), '/')
+vfs.mount(_Flash(%(flash)r), '/')
 if %(rom)r:
     vfs.mount(vfs.VfsPosix(%(rom)r), '/.frozen', readonly=True)
 for _d in %(host_dirs)r:
