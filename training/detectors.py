@@ -508,7 +508,7 @@ class BoardDetector(ForecastDetector):
 
 def make(name: str, fast: bool = False) -> Detector:
     """A fresh detector by name, with its one configuration (``fast``: fewer epochs)."""
-    epochs = 2 if fast else 5
+    epochs = 2 if fast else 10  # 10 = `edgewatch train`'s default
     if name == "iforest":
         return IsolationForestDetector()
     if name == "pca-t2q":
