@@ -73,19 +73,8 @@ def _soft_reset(*a):
     _ctl(b'Q')
     while True:
         time.sleep(1)
-class _Flash(vfs.VfsPosix):
-    # a board's filesystems list (name, type, inode, size); VfsPosix leaves size out
-    def ilistdir(self, path):
-        for e in super().ilistdir(path):
-            size = 0
-            if e[1] == 0x8000:
-                try:
-                    size = self.stat(path.rstrip('/') + '/' + e[0])[6]
-                except OSError:
-                    pass
-            yield (e[0], e[1], e[2], size)
 vfs.umount('/')
-vfs.mount(_Flash(%(flash)r), '/')
+vfs.mount(vfs.VfsPosix(%(flash)r), '/')
 if %(rom)r:
     vfs.mount(vfs.VfsPosix(%(rom)r), '/.frozen', readonly=True)
 for _d in %(host_dirs)r:
@@ -416,8 +405,8 @@ class VirtualBoard:
             try:
                 proc.stdin.write(kind + flag + str(len(data)).encode() + b"\n" + data)
                 proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the interpreter died or the board is powering off: reported below
             while True:
                 try:
                     return self._done.get(timeout=0.2)
