@@ -66,12 +66,17 @@ class Observer:
                     self.telemetry[rec.device].append(rec)
             self.cond.notify_all()
 
-    def wait(self, predicate, timeout: float, what: str):
+    def wait(self, predicate, timeout: float, what: str, boards: Fleet | None = None):
         end = time.monotonic() + timeout
         with self.cond:
             while not predicate():
                 left = end - time.monotonic()
-                assert left > 0, f"timed out waiting for {what}"
+                if left <= 0:
+                    # what the boards said is the first thing to read when this fails
+                    said = "" if boards is None else "\n".join(
+                        f"[{d.device}] {line}" for d in boards.devices
+                        for line in [x for x in d.log if not x.startswith("alert:")][-6:])
+                    pytest.fail(f"timed out waiting for {what}\n{said}")
                 self.cond.wait(left)
 
     def publish(self, device: str, payload: bytes) -> None:
@@ -195,7 +200,8 @@ def test_board_refuses_a_bad_model_and_keeps_its_own(fleet, deployed, how):
     before = len(obs.status[dev])
     t_before = len(obs.telemetry[dev])
     obs.publish(dev, bad)
-    obs.wait(lambda: any(s.error for s in obs.status[dev][before:]), 20, f"{dev} refusing ({how})")
+    obs.wait(lambda: any(s.error for s in obs.status[dev][before:]), 20, f"{dev} refusing ({how})",
+             fleet["boards"])
     refusal = next(s for s in obs.status[dev][before:] if s.error)
     assert refusal.error.startswith("model:") and refusal.model == mid, refusal
     # the old model stays in use and on flash
