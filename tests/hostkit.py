@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST_PW = "host-secret-pw"
 
 
-def wait_until(cond, timeout: float = 10.0, step: float = 0.05, what: str = "condition"):
+def wait_until(cond, timeout: float = 30.0, step: float = 0.05, what: str = "condition"):
     """Poll ``cond()`` until truthy; its value, or AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
