@@ -202,6 +202,35 @@ def to_tflite(model, representative: np.ndarray) -> bytes:
             raise UserError(f"int8 conversion failed: {str(exc).splitlines()[-1]}") from None
 
 
+def quantise(model, representative: np.ndarray, arch: str = "tcn") -> tuple[bytes, bool]:
+    """(int8 TFLite, residual): the model as the board runs it, calibrated on `representative`.
+
+    The residual skip is split off first (`split_residual`), so the int8 net
+    only predicts the change from the newest sample. Non-TCN graphs convert in
+    a child process (`to_tflite_isolated`).
+    """
+    net, residual = split_residual(model)
+    if arch == "tcn":
+        return to_tflite(net, representative), residual
+    return to_tflite_isolated(net, representative, arch), residual
+
+
+def board_blob(tflite: bytes, names: list[str], scaler, detector, residual: bool,
+               key: bytes | None = None):
+    """(blob bytes, spec): the firmware blob of a `quantise`d model, signed when `key` is given.
+
+    Raises blob.UnsupportedModel for op sets the board engine lacks.
+    """
+    from training import blob
+
+    spec = blob.from_tflite(tflite, list(names), scaler.offset, scaler.scale, detector, residual)
+    raw = blob.write(spec)
+    if key:
+        raw = blob.sign(raw, key)
+    blob.read(raw, key)  # the firmware's own parser must accept what we wrote
+    return raw, spec
+
+
 def to_tflite_isolated(model, representative: np.ndarray, arch) -> bytes:
     """to_tflite in a child process: TF 2.21's int8 converter segfaults on recurrent graphs,
     and a crash must end as one clear line, not take the command down."""
@@ -305,11 +334,7 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         x_ev, y_ev = x_ev[:max_eval], y_ev[:max_eval]
     # Representative windows spread over the whole training span, not just its start.
     pick = np.linspace(0, len(x_tr) - 1, min(representative, len(x_tr))).astype(int)
-    net, residual = split_residual(model)
-    if config.get("arch") == "tcn":
-        tflite = to_tflite(net, x_tr[pick])
-    else:
-        tflite = to_tflite_isolated(net, x_tr[pick], config.get("arch"))
+    tflite, residual = quantise(model, x_tr[pick], config.get("arch"))
     s_in, z_in, s_out, z_out = _io_quant(tflite)
 
     try:
@@ -345,11 +370,7 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     # the board blob (TCN op set only)
     det = detector or blob.Detector(sigma_window=window)
     try:
-        spec = blob.from_tflite(tflite, names, scaler.offset, scaler.scale, det, residual)
-        raw = blob.write(spec)
-        if key:
-            raw = blob.sign(raw, key)
-        blob.read(raw, key)  # the firmware's own parser must accept what we wrote
+        raw, spec = board_blob(tflite, names, scaler, det, residual, key)
         (out / "model.ewb").write_bytes(raw)
         report.update(blob_bytes=len(raw), model_id=spec.model_id, signed=bool(key))
     except blob.UnsupportedModel as exc:

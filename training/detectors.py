@@ -434,25 +434,26 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
 
 def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
                with_tflite: bool = False):
-    """int8 TFLite of a trained TCN -> the firmware blob (as `edgewatch convert` builds it).
+    """The firmware blob of a trained TCN, built by `edgewatch convert`'s own functions.
 
-    Representative windows are spread over the fit rows. ``with_tflite`` also
+    ``training.convert.quantise`` splits off the residual skip (the board adds the
+    newest reading back in float) and quantises the rest to int8;
+    ``training.convert.board_blob`` writes the blob. Representative windows are
+    spread over the fit rows (plus HEADROOM, see there). ``with_tflite`` also
     returns the int8 flatbuffer (for the TFLite Micro reference).
     """
-    from training import blob
-    from training.convert import to_tflite
+    from training import blob, convert
 
     window = int(x_fit.shape[1])
-    pick = np.linspace(0, len(x_fit) - 1, min(200, len(x_fit))).astype(int)
+    pick = np.linspace(0, len(x_fit) - 1, min(convert.REPRESENTATIVE, len(x_fit))).astype(int)
     rep = x_fit[pick]
     if HEADROOM:
-        # Calibrate the int8 input/output ranges beyond the fit rows' [0, 1]: readings
-        # outside it would otherwise clip, and a clipped forecast is a false alarm.
+        # Calibrate the int8 input range beyond the fit rows' [0, 1]: readings outside
+        # it would otherwise clip before the net sees them.
         rep = np.concatenate([rep, (rep - 0.5) * (1 + 2 * HEADROOM) + 0.5])
-    tfl = to_tflite(model, rep)
-    spec = blob.from_tflite(tfl, list(names), scaler.offset, scaler.scale,
-                            blob.Detector(k=K, eps=EPS, sigma_window=window))
-    raw = blob.write(spec)
+    tfl, residual = convert.quantise(model, rep, "tcn")
+    raw, _ = convert.board_blob(tfl, names, scaler, blob.Detector(k=K, eps=EPS, sigma_window=window),
+                                residual)
     return (raw, tfl) if with_tflite else raw
 
 
