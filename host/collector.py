@@ -95,29 +95,41 @@ class Collector:
         # label lookups cost a lock and a dict each: resolve them once, not per message
         self._rx = {k: self.metrics.received.labels(k)
                     for k in ("telemetry", "alert", "status", "other")}
+        # Messages received per kind, counted with a plain int on the paho thread
+        # (the only writer) and added to the Prometheus counter by the writer
+        # thread once per batch: a Counter.inc takes a lock on every message.
+        self._nrx = dict.fromkeys(self._rx, 0)
+        self._nrx_flushed = dict.fromkeys(self._rx, 0)
+        # channel-name sets already known to fit the table (the same few every message)
+        self._fits: set[tuple] = set()
         self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
         self.client.on_message = self._on_message
 
     # ------------------------------------------------------------ intake (paho thread)
     def _on_message(self, client, _userdata, msg) -> None:
         now = time.time()
+        topic = msg.topic  # a property that decodes the bytes on every access
         try:
-            kind = msg.topic.rsplit("/", 1)[-1]
-            self._rx.get(kind, self._rx["other"]).inc()
-            rec = parse(msg.topic, msg.payload, self.mqtt.prefix)
+            kind = topic[topic.rfind("/") + 1:]
+            self._nrx[kind if kind in self._nrx else "other"] += 1
+            rec = parse(topic, msg.payload, self.mqtt.prefix)
             if self.allowed is not None and rec.device not in self.allowed:
                 raise SchemaError(f"unknown device {rec.device!r}")
-            if isinstance(rec, Telemetry):
-                new = {c.lower() for c in rec.values} - self.store.channels
-                if new and len(self.store.channels | new) > self.max_channels:
-                    raise SchemaError(f"values: channel {sorted(new)[0]!r} would exceed "
-                                      f"{self.max_channels} channel columns")
+            if type(rec) is Telemetry:
+                keys = tuple(rec.values)
+                if keys not in self._fits:
+                    new = {c.lower() for c in rec.values} - self.store.channels
+                    if new and len(self.store.channels | new) > self.max_channels:
+                        raise SchemaError(f"values: channel {sorted(new)[0]!r} would exceed "
+                                          f"{self.max_channels} channel columns")
+                    if not new and len(self._fits) < 4096:  # columns only ever get added
+                        self._fits.add(keys)
             self.q.put((rec, now, msg.mid, msg.qos))
         except SchemaError as exc:
-            self.metrics.reject(log, msg.topic, exc.reason)
+            self.metrics.reject(log, topic, exc.reason)
             client.ack(msg.mid, msg.qos)
         except Exception:  # never let one message take the service down
-            log.exception("unexpected error on %s", msg.topic[:120])
+            log.exception("unexpected error on %s", topic[:120])
             self.metrics.rejected.labels("error").inc()
             client.ack(msg.mid, msg.qos)
 
@@ -183,10 +195,17 @@ class Collector:
             raise ConnectionError(str(exc)) from None
         log.info("reconnected to %s", safe_url(old.url))
 
+    def _flush_received(self) -> None:
+        for kind, n in list(self._nrx.items()):
+            if n > self._nrx_flushed[kind]:
+                self._rx[kind].inc(n - self._nrx_flushed[kind])
+                self._nrx_flushed[kind] = n
+
     def _writer_loop(self) -> None:
         backoff = 0.5
         pending: list = []
         while True:
+            self._flush_received()
             if not pending:
                 if self._stop.is_set() and self.q.empty():
                     return
@@ -252,6 +271,7 @@ class Collector:
         self._stop.set()
         if self._writer:
             self._writer.join(timeout + 1)
+        self._flush_received()
         self.client.disconnect()
         self.client.loop_stop()
 

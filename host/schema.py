@@ -101,8 +101,18 @@ def _reject_constant(name: str):
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-# Channel names already checked: the same few names arrive in every message.
+# Memos of checks already passed: the same few channel names, channel sets,
+# device ids and topics arrive in every message, so each is checked in full
+# once and then recognised by a set/dict lookup (the collector's hot path).
+# Only successes are remembered, and each memo is bounded, so a flood of
+# distinct bad or random names cannot grow memory; past the bound the full
+# checks simply run every time.
+_MEMO_MAX = 4096
 _GOOD_CHANNELS: set[str] = set()
+_GOOD_KEYSETS: set[tuple] = set()  # channel-name tuples: valid, distinct ignoring case
+_GOOD_DEVICES: set[str] = set()
+_TOPICS: dict[tuple[str, str], tuple[str, str]] = {}
+_isfinite = math.isfinite
 
 
 def decode(payload: bytes | str) -> dict:
@@ -196,14 +206,23 @@ def _common(obj: dict, device: str | None, *, seq_required: bool = True) -> tupl
     v = obj.get("v")
     if not _is_int(v) or v != VERSION:
         raise SchemaError(f"v: unknown schema version {v!r} (expected {VERSION})")
-    dev = _str(obj, "device", pattern=DEVICE_RE, maxlen=32, required=True)
+    dev = obj.get("device")
+    if type(dev) is not str or dev not in _GOOD_DEVICES:  # else: checked in full before
+        dev = _str(obj, "device", pattern=DEVICE_RE, maxlen=32, required=True)
+        if len(_GOOD_DEVICES) < _MEMO_MAX:
+            _GOOD_DEVICES.add(dev)
     if device is not None and dev != device:
         raise SchemaError(f"device: {dev!r} does not match the topic's {device!r}")
-    seq = _int(obj, "seq", required=seq_required)
+    seq = obj.get("seq")
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:  # the common case skips _int
+        seq = _int(obj, "seq", required=seq_required)
     return dev, seq
 
 
 def _time(obj: dict) -> float | None:
+    t = obj.get("t")
+    if t is None or (type(t) is float and _isfinite(t) and t >= 0):  # the common case
+        return t
     t = _number(obj, "t", nullable=True)
     if t is not None and t < 0:
         raise SchemaError(f"t: {t} is negative")
@@ -211,6 +230,8 @@ def _time(obj: dict) -> float | None:
 
 
 def _model(obj: dict) -> str | None:
+    if obj.get("model") is None:
+        return None
     return _str(obj, "model", pattern=MODEL_RE, maxlen=8)
 
 
@@ -225,19 +246,23 @@ def parse_telemetry(payload, device: str | None = None) -> Telemetry:
         raise SchemaError("values: expected a non-empty object of channel -> number or null")
     if len(values) > MAX_CHANNELS:
         raise SchemaError(f"values: more than {MAX_CHANNELS} channels")
+    keys = tuple(values)
+    known = keys in _GOOD_KEYSETS  # names valid and distinct: only the numbers to check
     vals: dict[str, float | None] = {}
     for name, x in values.items():
-        if name not in _GOOD_CHANNELS:
+        if not known and name not in _GOOD_CHANNELS:
             _channel(name, "values")
-            if len(_GOOD_CHANNELS) < 4096:
+            if len(_GOOD_CHANNELS) < _MEMO_MAX:
                 _GOOD_CHANNELS.add(name)
-        tx = type(x)
-        if tx is float and math.isfinite(x):  # the common case, without the general checks
+        if type(x) is float and _isfinite(x):  # the common case, without the general checks
             vals[name] = x
         else:
             vals[name] = _number(values, name, nullable=True, where="values.")
-    if len(values) > 1 and len({n.lower() for n in values}) != len(values):
-        raise SchemaError("values: a channel is given twice (names differ only in case)")
+    if not known:
+        if len(values) > 1 and len({n.lower() for n in values}) != len(values):
+            raise SchemaError("values: a channel is given twice (names differ only in case)")
+        if len(_GOOD_KEYSETS) < _MEMO_MAX:
+            _GOOD_KEYSETS.add(keys)
     pred = obj.get("pred")
     if pred is not None:
         if not isinstance(pred, dict):
@@ -254,10 +279,28 @@ def parse_telemetry(payload, device: str | None = None) -> Telemetry:
     if not isinstance(anomaly, bool):
         raise SchemaError(f"anomaly: expected true/false, got {type(anomaly).__name__}")
     faults = obj.get("faults", [])
-    if (not isinstance(faults, list) or any(f not in RULES for f in faults)
+    if type(faults) is list and not faults:  # the common case: no faults
+        faults = ()
+    elif (not isinstance(faults, list) or any(f not in RULES for f in faults)
             or len(set(faults)) != len(faults)):
         raise SchemaError(f"faults: expected a list of distinct rule names {list(RULES)}")
-    return Telemetry(dev, seq, _time(obj), vals, pred, band, anomaly, tuple(faults), _model(obj))
+    return _telemetry(dev, seq, _time(obj), vals, pred, band, anomaly, tuple(faults), _model(obj))
+
+
+_new = object.__new__
+
+
+def _telemetry(device, seq, t, values, pred, band, anomaly, faults, model) -> Telemetry:
+    """``Telemetry(...)`` of checked fields, built without the frozen-dataclass ``__init__``.
+
+    A frozen dataclass sets each field through ``object.__setattr__``, which is a
+    third of the cost of parsing a telemetry message; filling the instance
+    ``__dict__`` in one call gives the same record (equal, same fields, still frozen).
+    """
+    rec = _new(Telemetry)
+    rec.__dict__.update(device=device, seq=seq, t=t, values=values, pred=pred, band=band,
+                        anomaly=anomaly, faults=faults, model=model)
+    return rec
 
 
 def parse_alert(payload, device: str | None = None) -> Alert:
@@ -300,6 +343,16 @@ PARSERS = {"telemetry": parse_telemetry, "alert": parse_alert, "status": parse_s
 
 def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, str]:
     """``(kind, device)`` of ``<prefix>/<device>/<kind>``; SchemaError for anything else."""
+    hit = _TOPICS.get((topic, prefix))
+    if hit is not None:  # this topic was checked in full before (each device reuses its own)
+        return hit
+    kind, device = _parse_topic(topic, prefix)
+    if len(_TOPICS) < 16 * _MEMO_MAX:
+        _TOPICS[(topic, prefix)] = (kind, device)
+    return kind, device
+
+
+def _parse_topic(topic: str, prefix: str) -> tuple[str, str]:
     parts = topic.split("/")
     pre = prefix.split("/")
     if len(parts) != len(pre) + 2 or parts[: len(pre)] != pre:

@@ -118,3 +118,62 @@ def test_bad_status(change, reason):
 def test_bad_topics(topic):
     with pytest.raises(SchemaError):
         parse(topic, _b(ALERT))
+
+
+def test_fast_paths_after_a_good_message_still_reject_the_same_bad_input():
+    """The memos (topic, device, channel set) skip only checks already passed, never others."""
+    good = dict(TELEMETRY, pred=None, band=None, model=None, t=1732372000.5)
+    topic = "edgewatch/gh-01/telemetry"
+    for _ in range(2):  # the second time every memo is warm
+        t = parse(topic, _b(good))
+        assert t == schema.Telemetry("gh-01", 1042, 1732372000.5,
+                                     {"temperature": 21.5, "humidity": 48.2})
+        assert vars(t) == vars(schema.Telemetry("gh-01", 1042, 1732372000.5,
+                                                {"temperature": 21.5, "humidity": 48.2}))
+        with pytest.raises(AttributeError):  # still frozen
+            t.seq = 1
+    bad = {
+        "values.humidity: expected a number, got str": {"values": {"temperature": 21.5,
+                                                                   "humidity": "48"}},
+        "values.temperature: expected a number, got bool": {"values": {"temperature": True,
+                                                                       "humidity": 1.0}},
+        "seq: -1 out of range": {"seq": -1},
+        "seq: expected an integer, got bool": {"seq": True},
+        "seq: expected an integer, got float": {"seq": 1042.0},
+        f"seq: {2**63} out of range": {"seq": 2**63},
+        "t: -1.0 is negative": {"t": -1.0},
+        "t: expected a number, got str": {"t": "now"},
+        "device: 'gh-02' does not match": {"device": "gh-02"},
+        "device: expected a string, got list": {"device": ["gh-01"]},
+        "model: '3f2a9c1' is not valid": {"model": "3f2a9c1"},
+        "faults: expected a list": {"faults": ["band", "band"]},
+        "faults: expected a list of distinct": {"faults": "band"},
+    }
+    for reason, change in bad.items():
+        with pytest.raises(SchemaError) as e:
+            parse(topic, _b(dict(good, **change)))
+        assert e.value.reason.startswith(reason), (change, e.value.reason)
+    for payload in (b'{"v":1,"device":"gh-01","seq":1,"values":{"temperature":NaN,"humidity":1.0}}',
+                    b'{"v":1,"device":"gh-01","seq":1,"values":{"temperature":1e400,"humidity":1.0}}'):
+        with pytest.raises(SchemaError, match="temperature|NaN"):
+            parse(topic, payload)
+    # an int reading still becomes a float, as in the full check
+    assert parse(topic, _b(dict(good, values={"temperature": 21, "humidity": 48.2}))
+                 ).values["temperature"] == 21.0
+    assert type(parse(topic, _b(dict(good, t=5))).t) is float
+    # a known topic under another prefix is checked against that prefix
+    with pytest.raises(SchemaError, match="topic"):
+        parse(topic, _b(good), prefix="site")
+
+
+def test_memos_stay_bounded_under_a_flood_of_distinct_names():
+    for i in range(schema._MEMO_MAX + 50):
+        parse(f"edgewatch/d{i}/telemetry", _b(dict(TELEMETRY, device=f"d{i}",
+                                                     values={f"c{i}": 1.0})))
+    assert len(schema._GOOD_DEVICES) <= schema._MEMO_MAX
+    assert len(schema._GOOD_KEYSETS) <= schema._MEMO_MAX
+    assert len(schema._GOOD_CHANNELS) <= schema._MEMO_MAX
+    assert len(schema._TOPICS) <= 16 * schema._MEMO_MAX
+    # past the bound the full checks still run and still refuse
+    with pytest.raises(SchemaError, match="channel name"):
+        parse("edgewatch/zz/telemetry", _b(dict(TELEMETRY, device="zz", values={"9x": 1.0})))

@@ -105,7 +105,11 @@ def _env(broker: Broker, **extra) -> dict:
 
 
 def _metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    # ``name[]`` asks prometheus_client for this one family: a full scrape renders
+    # a last-seen gauge per device (1,000 here) inside the collector, and polling
+    # that every 20 ms cost the measured collector about a third of its rate.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?name[]={name}",
+                                  timeout=5).read().decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name):
