@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from host import discovery
@@ -73,6 +73,47 @@ def subscriptions(prefix: str, group: str | None, kinds=("telemetry", "alert")) 
     return subs + [(f"{prefix}/+/status", 1)]
 
 
+class _Handoff:
+    """The paho thread -> writer thread queue: a deque, with an Event only for an idle writer.
+
+    ``queue.Queue`` takes a lock and notifies a condition on every put, which
+    costs the paho thread (the collector's bottleneck) as much as a schema
+    check. ``deque.append``/``popleft`` are atomic; the event is set only when
+    it is not already, i.e. when the writer may be asleep waiting for work.
+    """
+
+    def __init__(self):
+        self._d: deque = deque()
+        self._ready = threading.Event()
+
+    def put(self, item) -> None:
+        self._d.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def empty(self) -> bool:
+        return not self._d
+
+    def qsize(self) -> int:
+        return len(self._d)
+
+    def take(self, batch: int, flush_s: float, idle_s: float = 0.2) -> list:
+        """Up to ``batch`` items: wait ``idle_s`` for the first, then ``flush_s`` to fill."""
+        d = self._d
+        if not d:
+            self._ready.clear()  # cleared before looking again, so a put now is not missed
+            if not d and not self._ready.wait(idle_s):
+                return []
+        deadline = time.monotonic() + flush_s
+        while len(d) < batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.002))  # a 2 ms poll: no per-message wake-ups
+        pop = d.popleft
+        return [pop() for _ in range(min(batch, len(d)))]
+
+
 class Collector:
     """MQTT -> Store. ``start()`` connects and returns; ``stop()`` flushes and disconnects."""
 
@@ -88,7 +129,7 @@ class Collector:
         # stable across restarts (the broker keeps the session), unique per host and group
         self.client_id = (client_id or
                           f"edgewatch-collector-{socket.gethostname()}-{group or 'solo'}")[:64]
-        self.q: queue.Queue = queue.Queue()
+        self.q = _Handoff()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._announced: dict[str, frozenset] = {}
@@ -135,19 +176,7 @@ class Collector:
 
     # ------------------------------------------------------------ writer thread
     def _take(self) -> list:
-        items = []
-        try:
-            items.append(self.q.get(timeout=0.2))
-        except queue.Empty:
-            return items
-        deadline = time.monotonic() + self.flush_s
-        while len(items) < self.batch:
-            try:
-                left = deadline - time.monotonic()
-                items.append(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
-            except queue.Empty:
-                break
-        return items
+        return self.q.take(self.batch, self.flush_s)
 
     def _write(self, items) -> None:
         tel = [(r, w) for r, w, _, _ in items if isinstance(r, Telemetry)]

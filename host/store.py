@@ -232,11 +232,18 @@ class Store:
         chans = sorted({c.lower() for rec, _ in items for c in rec.values})
         cols = list(TELEMETRY_META) + chans
         rows = []
+        lower: dict[tuple, bool] = {}  # channel-name tuple -> already lower case (the usual)
         for rec, when in items:
-            vals = {k.lower(): v for k, v in rec.values.items()}
+            vals = rec.values
+            keys = tuple(vals)
+            ok = lower.get(keys)
+            if ok is None:
+                ok = lower[keys] = all(k == k.lower() for k in keys)
+            if not ok:
+                vals = {k.lower(): v for k, v in vals.items()}
             rows.append((rec.device, rec.seq, rec.t if rec.t is not None else when, when,
                          int(rec.anomaly), ",".join(rec.faults), rec.model,
-                         *[vals.get(c) for c in chans]))
+                         *map(vals.get, chans)))
         cur = self.conn.cursor()
         cur.executemany(self.d.insert_new(self.t_tel, cols), rows)
         return max(cur.rowcount, 0)
