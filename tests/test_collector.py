@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import threading
+import time
 import uuid
 
 import pytest
 
-from host.collector import Collector, parse_devices
+from host.collector import Collector, _Handoff, parse_devices
 from host.settings import MqttSettings
 from host.store import Store
 from tests.hostkit import HOST_PW, Board, alert, service_env, spawn, telemetry, wait_until
@@ -232,3 +234,27 @@ def test_database_connection_lost_mid_run_loses_nothing(tmp_path, broker):
         col.stop()
         col.store.drop()
         col.store.close()
+
+
+def test_handoff_between_threads_loses_nothing_and_keeps_order():
+    """The paho->writer deque: a fast producer and a batching consumer, real threads."""
+    q, n, got = _Handoff(), 50_000, []
+
+    def produce():
+        for i in range(n):
+            q.put(i)
+            if i % 5000 == 0:
+                time.sleep(0.01)  # pauses make the consumer go idle and wait on the event
+
+    t = threading.Thread(target=produce)
+    t.start()
+    deadline = time.monotonic() + 30
+    while len(got) < n and time.monotonic() < deadline:
+        batch = q.take(batch=1000, flush_s=0.005, idle_s=0.2)
+        assert len(batch) <= 1000
+        got.extend(batch)
+    t.join()
+    assert got == list(range(n)) and q.empty() and q.qsize() == 0
+    t0 = time.monotonic()
+    assert q.take(batch=10, flush_s=0.0, idle_s=0.1) == []  # nothing: waits idle_s, then []
+    assert 0.05 < time.monotonic() - t0 < 2
