@@ -50,15 +50,17 @@ def add_arguments(p) -> None:
 
 # ---------------------------------------------------------------- pieces
 
-def fleet_key() -> bytes:
-    """The per-fleet signing key from the environment; registered for redaction.
+def fleet_key(var: str | None = None) -> bytes:
+    """The per-fleet signing key from the environment (``var``, else the usual names).
 
+    Registered for redaction.
     Hex digits, as the board's config.json holds it (``ota_key``, unhexlified by
     the firmware), so host and board hash with the same bytes.
     """
-    name = next((n for n in (KEY_VAR, *KEY_ALIASES) if env(n)), None)
+    names = (var,) if var else (KEY_VAR, *KEY_ALIASES)
+    name = next((n for n in names if env(n)), None)
     if name is None:
-        raise UserError(f"{KEY_VAR} is not set (in the environment or .env): "
+        raise UserError(f"{names[0]} is not set (in the environment or .env): "
                         "the fleet's model signing key is required")
     text = env(name).strip()
     add_secret(text)

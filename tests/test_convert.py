@@ -82,7 +82,8 @@ def test_quantize_rounds_half_even_and_clamps():
 
 
 def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
-    env = dict(os.environ, EW_TEST_SIGN_KEY="k3y-for-tests")
+    key_hex = "00112233445566778899aabbccddeeff"  # hex, as the boards' ota_key holds it
+    env = dict(os.environ, EW_TEST_SIGN_KEY=key_hex)
     out = tmp_path / "signed"
     proc = subprocess.run([EDGEWATCH, "convert", "--model", str(tiny_model_dir),
                            "--out", str(out), "--sign-key-env", "EW_TEST_SIGN_KEY", "--stuck", "12"],
@@ -91,7 +92,7 @@ def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
     assert re.search(r"blob model\.ewb: \d+ B \(model id [0-9a-f]{8}, signed\)", proc.stdout)
     assert re.search(r"temperature: float [\d.]+ +int8 [\d.]+", proc.stdout)
     raw = (out / "model.ewb").read_bytes()
-    spec = blob.read(raw, b"k3y-for-tests")
+    spec = blob.read(raw, bytes.fromhex(key_hex))
     assert spec.detector.stuck_samples == 12 and spec.detector.sigma_window == 10
     with pytest.raises(blob.BlobError):
         blob.read(raw, b"wrong")
@@ -100,6 +101,7 @@ def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("args,words", [
     (["--model", "/nonexistent/model"], "missing"),
     (["--model", "{model}", "--sign-key-env", "EW_UNSET_VAR_FOR_TEST"], "EW_UNSET_VAR_FOR_TEST"),
+    (["--model", "{model}", "--sign-key-env", "PATH"], "expected hex digits"),
     (["--model", "{model}", "--k", "0"], "--k"),
     (["--model", "{model}", "--data", "/nonexistent.csv"], "/nonexistent.csv"),
     (["--model", "{model}", "--out", "{model}/config.json"], "not a folder"),

@@ -446,9 +446,9 @@ def run(args) -> int:
         raise UserError("--k must be > 0, --eps >= 0, --stuck and --sigma-window >= 2")
     key = None
     if args.sign_key_env:
-        key = os.environ.get(args.sign_key_env, "").encode()
-        if not key:
-            raise UserError(f"--sign-key-env: environment variable {args.sign_key_env} is empty or unset")
+        from host.ota import fleet_key  # hex digits, decoded exactly as the boards and publish-model do
+
+        key = fleet_key(args.sign_key_env)
     config_path = Path(args.model) / "config.json"
     window = None
     if config_path.is_file():
