@@ -446,7 +446,8 @@ def run(args) -> int:
         raise UserError("--k must be > 0, --eps >= 0, --stuck and --sigma-window >= 2")
     key = None
     if args.sign_key_env:
-        from host.ota import fleet_key  # hex digits, decoded exactly as the boards and publish-model do
+        # hex digits, decoded exactly as the boards and publish-model do
+        from host.ota import fleet_key
 
         key = fleet_key(args.sign_key_env)
     config_path = Path(args.model) / "config.json"
