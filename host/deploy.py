@@ -47,7 +47,7 @@ SECRET_KEYS = {
     "broker": ("MQTT_URL", "EDGEWATCH_MQTT_URL"),
     "user": ("MQTT_USER",),
     "password": ("MQTT_PASSWORD",),
-    "ota_key": ("OTA_KEY", "EDGEWATCH_MODEL_KEY"),
+    "ota_key": ("OTA_KEY", "EDGEWATCH_OTA_KEY", "EDGEWATCH_MODEL_KEY"),
     "ca": ("MQTT_CA_FILE",),
 }
 BOARD_FILE = "board.json"

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 from host.cli import UserError
 
 SECRET_VARS = ("TWILIO_AUTH_TOKEN", "TWILIO_API_SECRET", "MQTT_PASSWORD", "SMTP_PASSWORD",
-               "EDGEWATCH_WEBHOOK_TOKEN", "EDGEWATCH_MODEL_KEY")
+               "EDGEWATCH_WEBHOOK_TOKEN", "EDGEWATCH_MODEL_KEY", "EDGEWATCH_OTA_KEY", "OTA_KEY")
 URL_VARS = ("EDGEWATCH_MQTT_URL", "EDGEWATCH_DB_URL", "EDGEWATCH_WEBHOOK_URL")
 _extra_secrets: set[str] = set()
 _lock = threading.Lock()
