@@ -471,9 +471,11 @@ class BoardDetector(ForecastDetector):
                  limits=None, stuck_samples: int = 120):
         super().__init__("tcn", window, epochs, seed)
         self.name = "board"
-        self.description = (f"int8 TCN (window {window}, {epochs} epochs; int8 ranges calibrated on the "
-                            f"fit rows ± {HEADROOM:.0%} headroom) + band k={K:g}, ε={EPS:g}, run by "
-                            "firmware/engine.py + detector.py under MicroPython")
+        self.description = (f"int8 TCN (window {window}, {epochs} epochs; converted as `edgewatch convert` "
+                            "does: the int8 net predicts the change, the board adds the newest reading "
+                            f"in float; int8 ranges calibrated on the fit rows ± {HEADROOM:.0%} headroom) "
+                            f"+ band k={K:g}, ε={EPS:g}, run by firmware/engine.py + detector.py under "
+                            "MicroPython")
         self.rules = rules
         self.limits = limits
         self.stuck_samples = stuck_samples
