@@ -109,6 +109,12 @@ def connect(url: str, create: bool = True):
                 raise UserError(f"{path}: no such database file")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            # WAL with synchronous=NORMAL: a commit is in the WAL file (the OS has it)
+            # when commit() returns, but is fsynced only at checkpoints. The collector
+            # acks a message after its batch commits, so that is durable against the
+            # process being killed (kill -9, a crash), not against power loss or an OS
+            # crash, which may lose the last acked batches; use PostgreSQL/MariaDB (or
+            # synchronous=FULL) where that matters.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn, Dialect()
