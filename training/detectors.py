@@ -33,7 +33,11 @@ SEED = 42
 K, EPS = 3.0, 0.01   # the seed's is_anomalie rule
 _TRAINED: dict = {}   # fit-rows hash -> trained weights + scaler
 _MODELS: dict = {}    # (arch, window, channels, seed) -> (compiled model, initial weights)
-HEADROOM = 1.0        # int8 calibration margin of the board blob, fraction of [0, 1] per side
+# int8 calibration margin of the board blob, fraction of [0, 1] per side. Measured with the
+# residual split (board, 2026-11-23): headroom 0 / 1 / 2 / 3 -> SKAB F1 0.373 / 0.500 / 0.569 /
+# 0.594, fault suite false alarms per clean day 2.36 / 1.77 / 2.65 / 2.36 (recall 0.97 each):
+# 1 is the one better than none on both suites.
+HEADROOM = 1.0
 
 
 def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
