@@ -11,28 +11,19 @@ import os
 import time
 from binascii import crc32
 
-# A contiguous hole for what the link receives: a model blob arrives as one bytes
-# object of its full size, and after the imports the heap has no such hole left. Taken
-# while the heap is still in one piece, freed while the link runs, taken again after
-# (where the old blob was, once a new model replaced it). Not on small heaps (< ~88 KB):
-# there the config checker needs it, and a model update may be refused for memory.
-RESERVE = 4096
 gc.collect()
-_hole = gc.mem_free() > 20 * RESERVE
-_reserve = bytearray(RESERVE) if _hole else None
-
 try:
     # imported first, while the heap is still in one piece (rules only without it)
     import engine
 except ImportError:
     engine = None
 
-import detector  # noqa: E402 (after the reserve, on purpose)
-import machine  # noqa: E402 (after the reserve, on purpose)
-import outbox  # noqa: E402 (after the reserve, on purpose)
-import schema  # noqa: E402 (after the reserve, on purpose)
-import sensors  # noqa: E402 (after the reserve, on purpose)
-from link import Link  # noqa: E402 (after the reserve, on purpose)
+import detector  # noqa: E402 (after the engine, on purpose)
+import machine  # noqa: E402
+import outbox  # noqa: E402
+import schema  # noqa: E402
+import sensors  # noqa: E402
+from link import Link  # noqa: E402
 
 FW_VERSION = "0.1.0"
 _SLACK_MS = 5  # stop sending this long before the next sample is due
@@ -47,18 +38,24 @@ def unix_time():
     return t if t > 1600000000 else None
 
 
-def _free_reserve():
-    global _reserve
-    _reserve = None
+# The largest model blob received over the air; a bigger one is drained unstored and
+# refused (a 96 KB board runs blobs of a few KB: window-10 TCN about 2.6 KB).
+MAX_BLOB = 16384
 
 
-def _take_reserve():
-    global _reserve
-    if _hole and _reserve is None:
-        try:
-            _reserve = bytearray(RESERVE)
-        except MemoryError:
-            pass  # taken by a new model: try again next turn
+def _read_blob(path):
+    # the whole file in one bytearray of its exact size (read() grows and copies)
+    buf = bytearray(os.stat(path)[6])
+    with open(path, "rb") as f:
+        f.readinto(buf)
+    return buf
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _allocated():
@@ -92,7 +89,7 @@ class App:
                                      cfg["fallback"])
         self.model = None
         self.model_error = None
-        self.pending_blob = None
+        self.pending = None  # (size, crc32, error) of a model received into model.new
         self.blob_crc = None
         self._load_model()
         if wdt is None and board.get("wdt_timeout_ms"):
@@ -113,12 +110,15 @@ class App:
         self.t_alert = schema.topic(p, dev, "alert")
         self.t_status = schema.topic(p, dev, "status")
         self.t_model = schema.topic(p, dev, "model")
-        self._t_model_b = self.t_model.encode()
         link = self.link = Link(cfg, wlan, log)
         link.will_topic = self.t_status
         link.will = schema.will(dev)
         link.subscriptions = [self.t_model]
-        link.on_message = self._on_message
+        link.file_topic = self.t_model.encode()
+        mf = cfg["model_file"]
+        self.new_file = link.file_path = mf[:mf.rfind(".")] + ".new" if "." in mf else mf + ".new"
+        link.file_max = MAX_BLOB
+        link.on_file = self._on_model_file
         link.on_connect = self.publish_status
         self.started = time.ticks_ms()
         self.samples = self.sent = self.alerts = 0
@@ -137,8 +137,7 @@ class App:
     def _load_model(self):
         path = self.cfg["model_file"]
         try:
-            with open(path, "rb") as f:
-                blob = f.read()
+            blob = _read_blob(path)
         except OSError:
             self.log("app: no %s, rules only" % path)
             return
@@ -167,36 +166,54 @@ class App:
             return None, "model: %s" % (e.args[0] if e.args else type(e).__name__)
         return m, None
 
-    def _on_message(self, topic, msg):
-        # runs inside umqtt (maybe mid-publish): only keep the blob for the loop
-        if topic == self._t_model_b:
-            self.pending_blob = msg
+    def _on_model_file(self, size, crc, err):
+        # runs inside umqtt (maybe mid-publish): the payload is in self.new_file; the
+        # loop verifies it
+        self.pending = (size, crc, err)
 
     def apply_blob(self):
-        """Verify a received model, store it atomically, hot-swap it, publish status."""
-        blob, self.pending_blob = self.pending_blob, None
-        if not blob:
-            return  # an empty retained message clears the topic: keep what we run
-        crc = crc32(blob)
-        if crc == self.blob_crc:
-            return  # the retained copy of the model we run: no need to parse it again
-        old = self.model
-        m, err = self._verify(blob, self.cfg["ota_key"])
-        if m is old and old is not None:
-            return  # the retained copy of the model we already run
+        """Verify the received model from its file, store it atomically, hot-swap it,
+        publish status. The running model is freed first, so the heap holds one model at
+        a time; a refused blob brings the previous one back from flash."""
+        size, crc, err = self.pending
+        self.pending = None
+        new = self.new_file
+        if not size or crc == self.blob_crc:
+            # an empty retained message clears the topic, or it is the retained copy of
+            # the model we run: keep what we run, without parsing it again
+            _remove(new)
+            return
         if not err:
-            path = self.cfg["model_file"]
+            old_id = self.model_id()
+            self.det.set_model(None)
+            self.model = None
+            gc.collect()
             try:
-                with open(path + ".tmp", "wb") as f:
-                    f.write(blob)
-                try:
-                    os.rename(path + ".tmp", path)
-                except OSError:  # FAT cannot rename onto an existing file
-                    os.remove(path)
-                    os.rename(path + ".tmp", path)
+                blob = _read_blob(new)
+                m, err = self._verify(blob, self.cfg["ota_key"])
+            except MemoryError:
+                m, err = None, "model: does not fit in memory"
             except OSError as e:
-                err = "model: cannot store (%s)" % e
-                self.det.set_model(old)
+                m, err = None, "model: cannot read %s (%s)" % (new, e)
+            blob = None
+            if not err:
+                path = self.cfg["model_file"]
+                try:
+                    try:
+                        os.rename(new, path)
+                    except OSError:  # FAT cannot rename onto an existing file
+                        _remove(path)
+                        os.rename(new, path)
+                except OSError as e:
+                    err = "model: cannot store (%s)" % e
+                    m = None
+            if err:
+                m = None
+                self.det.set_model(None)
+                gc.collect()
+                if old_id is not None:
+                    self._load_model()  # the previous model, from flash
+        _remove(new)
         if err:
             self.model_error = err
             self.log("app: new model refused: %s; keeping %s" % (err, self.model_id()))
@@ -211,8 +228,6 @@ class App:
         self.last_status = time.ticks_ms()
         ob = self.outbox
         err = self.model_error
-        if self.link.oom_model and not err:
-            err = "model: no memory to receive it, updates off until reboot"
         msg = schema.status(self.device, ob.last_seq, unix_time(), FW_VERSION, self.model_id(),
                             gc.mem_free(), ob.depth, ob.dropped,
                             time.ticks_diff(time.ticks_ms(), self.started) // 1000, err)
@@ -285,7 +300,7 @@ class App:
                     self.heap_min = free
                 if stop_after and self.samples >= stop_after:
                     break
-            self._with_hole(next_due)
+            self._service_link(next_due)
             if status_every and link.up and \
                     time.ticks_diff(time.ticks_ms(), self.last_status) > status_every:
                 self.publish_status()
@@ -295,14 +310,12 @@ class App:
                 time.sleep_ms(wait if wait < 500 else 500)
         self._finish()
 
-    def _with_hole(self, next_due):
-        # link work (receive, model swap, send) with the reserve freed for it
-        _free_reserve()
+    def _service_link(self, next_due):
+        # link work: receive, model swap, send
         self.link.service()
-        if self.pending_blob is not None:
+        if self.pending is not None:
             self.apply_blob()
         self.drain(time.ticks_add(next_due, -_SLACK_MS))
-        _take_reserve()
 
     def _finish(self):
         # simulation end: deliver what is queued, then report

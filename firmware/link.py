@@ -6,11 +6,18 @@ attempt followed on failure by a bounded, growing, jittered pause (umqtt.robust
 waits a fixed 2 s forever). Sockets get a short timeout so a dead peer costs
 seconds, not the watchdog. Works with umqtt.simple 1.3/1.4 (`ssl=True, ssl_params`)
 and 1.5+ (`ssl=<SSLContext>`).
+
+A message on `file_topic` (the model) is not held in RAM: `_FileClient.wait_msg`
+streams its payload through one small buffer into `file_path` and reports
+`on_file(size, crc, err)`; a blob as one object of its full size does not fit next
+to a running model at a 96 KB heap.
 """
 
+import os
 import random
 import sys
 import time
+from binascii import crc32
 
 import socket as _socket
 
@@ -108,6 +115,83 @@ def _ticks():
     return time.ticks_ms()
 
 
+class _FileClient(_simple.MQTTClient):
+    """umqtt's client with PUBLISH on `file_topic` received into a file, chunk by chunk.
+
+    Uses only what umqtt.simple 1.3 to 1.6 share (`sock`, `_recv_len`, `cb`); every
+    other packet is left to umqtt exactly as its own `wait_msg` does (PINGRESP eaten,
+    any other opcode returned to `publish`/`subscribe`, which read the rest).
+    """
+
+    file_topic = None  # bytes
+    file_path = None
+    file_max = 0
+    buf = None  # bytearray shared by every client of a Link: allocated once
+    on_file = None  # (size, crc32, err or None)
+    arm = None  # re-applies the socket timeout that setblocking(True) clears
+
+    def wait_msg(self):
+        sock = self.sock
+        res = sock.read(1)
+        sock.setblocking(True)
+        if self.arm:
+            self.arm()
+        if res is None:
+            return None
+        if res == b"":
+            raise OSError(-1)
+        op = res[0]
+        if op == 0xD0:  # PINGRESP
+            sock.read(1)
+            return None
+        if op & 0xF0 != 0x30:
+            return op
+        sz = self._recv_len()
+        n = sock.read(2)
+        n = n[0] << 8 | n[1]
+        topic = sock.read(n)
+        sz -= n + 2
+        pid = 0
+        if op & 6:
+            pid = sock.read(2)
+            pid = pid[0] << 8 | pid[1]
+            sz -= 2
+        if topic == self.file_topic:
+            self._to_file(sz)
+        else:
+            self.cb(topic, sock.read(sz))
+        if op & 6 == 2:  # QoS 1: acknowledged once the payload is safely in the file
+            sock.write(b"\x40\x02" + bytes((pid >> 8, pid & 0xFF)))
+        return op
+
+    def _to_file(self, sz):
+        # payload -> file_path through self.buf; over file_max: drained, nothing stored
+        sock, buf = self.sock, self.buf
+        mv = memoryview(buf)
+        keep = sz <= self.file_max
+        f = open(self.file_path, "wb") if keep and sz else None
+        crc = 0
+        left = sz
+        try:
+            while left:
+                n = sock.readinto(buf, left if left < len(buf) else len(buf))
+                if not n:
+                    raise OSError(-1)  # peer closed (a timeout raises by itself)
+                if f:
+                    f.write(mv[:n])
+                    crc = crc32(mv[:n], crc)
+                left -= n
+        except BaseException:
+            if f:
+                f.close()
+                os.remove(self.file_path)
+            raise
+        if f:
+            f.close()
+        err = None if keep else "model: blob of %d bytes, at most %d fit" % (sz, self.file_max)
+        self.on_file(sz, crc, err)
+
+
 class Link:
     """Connection state machine. `on_message(topic, payload)` receives subscribed messages;
     `on_connect()` returns the status payload to publish (retained) on each connect."""
@@ -126,9 +210,12 @@ class Link:
         self.connects = 0
         self.timeout_s = cfg["socket_timeout_ms"] / 1000
         self.subscriptions = []
-        self.oom_model = False  # a retained blob too big for the heap: stop subscribing to it
-        self._ooms = 0
         self.on_message = None
+        self.file_topic = None  # the subscription received into a file (the model)
+        self.file_path = None
+        self.file_max = 0
+        self.on_file = None
+        self._buf = bytearray(256)  # the file topic's receive buffer, for the board's life
         self.on_connect = None
         self.will_topic = None
         self.will = None
@@ -158,8 +245,11 @@ class Link:
 
     def _new_client(self):
         c = self.cfg
-        client = _simple.MQTTClient(
+        client = _FileClient(
             c["device"], c["host"], c["port"], c["user"], c["password"], c["keepalive_s"])
+        client.file_topic, client.file_path = self.file_topic, self.file_path
+        client.file_max, client.on_file = self.file_max, self.on_file
+        client.buf, client.arm = self._buf, self._arm
         if self._ctx is not None:
             if hasattr(client, "ssl_params"):  # umqtt.simple <= 1.4
                 client.ssl = True
@@ -248,13 +338,6 @@ class Link:
 
     def drop(self, err):
         """Forget the connection after an error; reconnect with backoff."""
-        if isinstance(err, MemoryError) and self.subscriptions:
-            # a retained message we cannot hold would be redelivered on every reconnect
-            self._ooms += 1
-            if self._ooms >= 2:
-                self.log("link: no memory for %s: not subscribing any more" % self.subscriptions)
-                self.subscriptions = []
-                self.oom_model = True
         if self.client is not None:
             self._close(self.client)
         self.client = None

@@ -78,3 +78,56 @@ def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
         listener.close()
     assert f"model {model_id} outbox" in proc.stdout
     assert all(st["model"] == model_id and "error" not in st for st in _status(listener)[k:]), [(s.get("model"), s.get("error")) for s in _status(listener)[k:]]
+
+
+def test_board_shipped_with_a_model_takes_updates_and_refuses_oversized(tmp_path, blob):
+    """A board that boots with a model on flash receives the next one into a file (no
+    whole-payload object at the 96 KB budget), swaps it, then refuses a bad one and an
+    oversized one while the model it runs stays in use and on flash."""
+    from training.blob import read, sign, write
+
+    key = bytes.fromhex(KEY_HEX)
+    old_id = read(blob).model_id
+    spec = read(blob)
+    spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
+    newer = sign(write(spec), key)
+    shipped = tmp_path / "shipped.ewb"
+    shipped.write_bytes(blob)
+    topic = "edgewatch/ota-2/model"
+    with Broker(tmp_path / "broker") as broker:
+        listener = fwrun.Listener(broker.port)
+        flash = fwrun.prepare(tmp_path / "b", "ota-2", BOARD, f"mqtt://127.0.0.1:{broker.port}",
+                              sim=sim([]), model=shipped,
+                              **test_config(stop_after=100000, ota_key=KEY_HEX))
+        proc = fwrun.start(flash, BOARD)
+        try:
+            wait_until(lambda: _status(listener), 20, what="first status")
+            assert _status(listener)[0]["model"] == old_id
+            for n in range(2):  # the first update and the next one, both with a model running
+                want = spec.model_id if n == 0 else old_id
+                payload = newer if n == 0 else sign(blob, key)
+                listener.publish(topic, payload, retain=True)
+                wait_until(lambda w=want: _status(listener)[-1]["model"] == w, 20,
+                           what=f"model {want} in status")
+                assert "error" not in _status(listener)[-1]
+                assert (flash / "model.ewb").read_bytes() == payload
+            tampered = bytearray(newer)
+            tampered[len(tampered) // 2] ^= 0x01
+            for bad, reason in ((bytes(tampered), "model: blob"), (bytes(20000), "model: blob of 20000")):
+                k = len(_status(listener))
+                listener.publish(topic, bad, retain=True)
+                wait_until(lambda k=k: len(_status(listener)) > k, 20, what="status after a bad blob")
+                st = _status(listener)[-1]
+                assert st["error"].startswith(reason) and st["model"] == old_id, st
+                assert read(((flash / "model.ewb").read_bytes()), key).model_id == old_id
+                assert not (flash / "model.new").exists()
+            n = len(listener.json("telemetry"))
+            wait_until(lambda: any(m["band"] for m in listener.json("telemetry")[n:]), 20,
+                       what="telemetry with a band from the kept model")
+            assert all(m["model"] == old_id for m in listener.json("telemetry")[n:])
+        finally:
+            proc.kill()
+            proc.wait(10)
+            listener.close()
+        console = fwrun.console(flash)
+        assert "Traceback" not in console and "MemoryError" not in console, console[-2000:]
