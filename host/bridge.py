@@ -27,7 +27,6 @@ import logging
 import os
 import queue
 import random
-import signal
 import socket
 import sqlite3
 import threading
@@ -39,7 +38,15 @@ from host.collector import parse_devices
 from host.metrics import Devices, Metrics, setup_logging
 from host.notifiers import Message, Notifier, PermanentError, TransientError, from_env
 from host.schema import Alert, SchemaError, Status, parse, to_json
-from host.settings import MqttSettings, add_mqtt_arguments, connect, env, mqtt_client, mqtt_settings
+from host.settings import (
+    MqttSettings,
+    add_mqtt_arguments,
+    connect,
+    env,
+    mqtt_client,
+    mqtt_settings,
+    serve_until_signal,
+)
 
 log = logging.getLogger("edgewatch.bridge")
 
@@ -566,11 +573,5 @@ def run(args) -> int:
                     client_id=args.client_id, retry_base=args.retry_base,
                     retry_cap=args.retry_cap, metrics=metrics,
                     devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    bridge.start()
-    print(f"bridge running, outbox {outbox.path} (pid {os.getpid()})", flush=True)
-    stop.wait()
-    bridge.stop()
+    serve_until_signal(bridge, f"bridge running, outbox {outbox.path} (pid {os.getpid()})")
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -39,6 +38,7 @@ from host.settings import (
     mqtt_client,
     mqtt_settings,
     safe_url,
+    serve_until_signal,
 )
 from host.store import Store
 
@@ -343,12 +343,6 @@ def run(args) -> int:
     col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
                     ha_discovery=not args.no_discovery, metrics=metrics)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    col.start()
-    print(f"collecting into {safe_url(url)} (pid {os.getpid()})", flush=True)
-    stop.wait()
-    col.stop()
+    serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
     store.close()
     return 0

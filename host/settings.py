@@ -218,3 +218,17 @@ def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
     if outcome["rc"].is_failure:
         client.loop_stop()
         raise UserError(f"{s.url}: the MQTT broker refused the connection: {outcome['rc']}")
+
+
+def serve_until_signal(service, banner: str) -> None:
+    """Start ``service``, print ``banner``, run until SIGTERM/SIGINT, then stop it."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    print(banner, flush=True)
+    stop.wait()
+    service.stop()

@@ -49,15 +49,17 @@ class Dialect:
     def q(self, ident: str) -> str:
         return f'"{ident}"'
 
+    def columns(self, cols) -> tuple[str, str]:
+        """The quoted column list and the matching placeholders of an INSERT."""
+        return ", ".join(self.q(x) for x in cols), ", ".join([self.ph] * len(cols))
+
     def insert_new(self, table: str, cols) -> str:
-        c = ", ".join(self.q(x) for x in cols)
-        v = ", ".join([self.ph] * len(cols))
+        c, v = self.columns(cols)
         return f"INSERT INTO {table} ({c}) VALUES ({v}) ON CONFLICT DO NOTHING"
 
     def upsert(self, table: str, cols, key: str, merge: dict[str, str]) -> str:
         """Insert or update ``cols``; ``merge`` maps a column to an expression of old/new."""
-        c = ", ".join(self.q(x) for x in cols)
-        v = ", ".join([self.ph] * len(cols))
+        c, v = self.columns(cols)
         sets = ", ".join(f"{self.q(k)} = {e.format(old=f'{table}.{self.q(k)}', new=f'excluded.{self.q(k)}')}"
                          for k, e in merge.items())
         return f"INSERT INTO {table} ({c}) VALUES ({v}) ON CONFLICT ({self.q(key)}) DO UPDATE SET {sets}"
@@ -81,13 +83,11 @@ class MySQL(Dialect):
         return f"`{ident}`"
 
     def insert_new(self, table: str, cols) -> str:
-        c = ", ".join(self.q(x) for x in cols)
-        v = ", ".join([self.ph] * len(cols))
+        c, v = self.columns(cols)
         return f"INSERT IGNORE INTO {table} ({c}) VALUES ({v})"
 
     def upsert(self, table: str, cols, key: str, merge: dict[str, str]) -> str:
-        c = ", ".join(self.q(x) for x in cols)
-        v = ", ".join([self.ph] * len(cols))
+        c, v = self.columns(cols)
         sets = ", ".join(f"{self.q(k)} = {e.format(old=self.q(k), new=f'VALUES({self.q(k)})')}"
                          for k, e in merge.items())
         return f"INSERT INTO {table} ({c}) VALUES ({v}) ON DUPLICATE KEY UPDATE {sets}"
