@@ -59,7 +59,9 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
             m = int(p[chan + 3 * oc + 1])
             v = int(p[chan + 3 * oc + 2])
             s = v - ((((v >> 31) & 1) << 16) << 16)
-            # MultiplyByQuantizedMultiplier(acc, m, s)
+            # MultiplyByQuantizedMultiplier(acc, m, s), inlined here and in the ADD kernel on
+            # purpose: a viper-to-viper call goes through the generic call path and would
+            # cost more than the whole requantisation, once per output value.
             rs = 0
             if s > 0:
                 acc = acc << s
