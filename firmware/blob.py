@@ -17,6 +17,8 @@ except ImportError:  # CPython
 VERSION = const(1)
 FLAG_SIGNED = const(1)
 FLAG_RESIDUAL = const(2)  # prediction = newest input sample + dequantised output
+FLAG_SHIFT = const(4)  # a sustained-shift calibration follows the ops
+FLAGS_KNOWN = const(7)
 OP_CONV = const(1)
 OP_ADD = const(2)
 OP_FC = const(3)
@@ -135,6 +137,8 @@ class Blob:
         h = r.unpack(HEADER, "header")
         self.version = h[1]
         self.flags = h[2]
+        if h[2] & ~FLAGS_KNOWN:
+            raise BlobError("blob uses flags 0x%x, which this engine does not know" % h[2])
         self.residual = bool(h[2] & FLAG_RESIDUAL)
         self.model_id = binascii.hexlify(h[4]).decode()
         self.window = h[5]
@@ -180,6 +184,9 @@ class Blob:
             else:
                 raise BlobError("blob uses op type %d, which this engine does not know" % op)
             ops.append(head + t + rest)
+        # the sustained-shift calibration stays raw bytes here: firmware/shift.py parses
+        # and checks it when a detector takes the model (boards without it never pay)
+        self.shift = r.view(6 + 4 * (2 * c + c * c), "shift") if h[2] & FLAG_SHIFT else None
         if r.pos != end:
             raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
         self.ops = ops

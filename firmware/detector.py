@@ -7,6 +7,10 @@ stuck    the same reading for `stuck_samples` samples in a row (re-alerted every
 range    outside the sensor's physical range (sensors.RANGES)
 dropout  `dropout_periods` or more sample periods missed before this sample
 read     the sensor gave no value after its bounded retries
+shift    a sustained shift (when the blob carries a shift calibration): the rolling mean
+         of the last W samples, per channel u = (mean - center) / spread, fires when
+         both max|u| > f and u'Mu > f*f (M: the fit rows' inverse covariance, scaled) --
+         the host's ms-ensemble view, calibrated by training/shiftcal.py
 
 Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units.
 History is kept in physical units, so a model swapped in over the air (new scaler)
@@ -26,7 +30,7 @@ class ModelMismatch(Exception):
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
 
-    def __init__(self, names, limits, params, fallback):
+    def __init__(self, names, limits, params, fallback, shiftmod=None):
         self.names = names
         self.limits = limits
         n = len(names)
@@ -47,6 +51,10 @@ class Detector:
         self.model = None
         self._order = None  # model channel j -> sensor channel index
         self._win = None
+        self.shift = None  # (window, factor, center, spread, matrix) in model channel order
+        # firmware/shift.py, imported only for a model that carries the rule (CPython passes it)
+        self._shiftmod = shiftmod
+        self._judge = None
         self._set_params(None)
 
     def _set_params(self, model):
@@ -66,7 +74,7 @@ class Detector:
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only."""
         if model is None:
-            self.model, self._order, self._win = None, None, None
+            self.model, self._order, self._win, self.shift = None, None, None, None
             self._set_params(None)
             return
         lower = [s.lower() for s in self.names]
@@ -81,6 +89,27 @@ class Detector:
         sw = self.params["sigma_window"] or model.sigma_window
         if model.window > CAPACITY or sw > CAPACITY:
             raise ModelMismatch("window %d / sigma window %d over %d" % (model.window, sw, CAPACITY))
+        f = self.params.get("shift_factor")
+        sh = model.shift
+        if sh is not None and f != 0:
+            sm = self._shiftmod
+            if sm is None:
+                import gc
+
+                gc.collect()  # the blob parser was just freed: make room for the module
+                import shift as sm  # boards whose models lack the rule never load it
+            try:
+                sh = sm.parse(sh, len(order))
+            except ValueError as e:
+                raise ModelMismatch(str(e))
+            if sh[0] > CAPACITY:
+                raise ModelMismatch("shift window %d over %d" % (sh[0], CAPACITY))
+            self._judge = sm.judge
+            self._u = array("f", bytes(4 * len(order)))
+            self.shift_factor = sh[1] if f is None else f
+        else:
+            sh = None
+        self.shift = sh
         self._order = order
         self._win = array("f", bytes(4 * model.window * len(order)))
         self.model = model
@@ -172,4 +201,6 @@ class Detector:
             if self.model is not None:
                 self._band(values)
             self._push(values)
+            if self.shift is not None:
+                self._judge(self)
         return alerts

@@ -153,6 +153,7 @@ class Model:
         self.out_scale = b.out_scale
         self.out_zp = b.out_zp
         self.residual = b.residual
+        self.shift = b.shift  # raw sustained-shift section (firmware/shift.py), or None
         self._inv_in = 1.0 / b.in_scale
         k = kernels or default_kernels()
         self.kernels = k

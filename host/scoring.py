@@ -8,9 +8,11 @@ interpreter (bit-exact with the board's int8 engine), quantised with the
 parameters of its ``model.ewb``; the rule is the firmware's own
 ``firmware/detector.py`` (loaded here in CPython), with k, ε and the σ window
 from the blob. A value outside prediction ± k·(σ_window + ε) gives a ``band``
-alert in the board's format on ``<prefix>/<device>/alert``.
+alert in the board's format on ``<prefix>/<device>/alert``; when the blob
+carries a shift calibration, a sustained move of the rolling mean gives a
+``shift`` alert, as on the board.
 
-Only ``band`` alerts are published: a board without a model still runs its
+Only the model's rules (``band``, ``shift``) are published: a board without a model still runs its
 fault rules (stuck, range, dropout, read) and sends those itself. Telemetry that
 carries a ``model`` id is skipped (that board scores itself) unless ``--all``.
 
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST_SEQ_BASE = 2**62
 # The largest sample seq whose alert seqs still fit the contract's 63-bit range.
 MAX_SAMPLE = (2**63 - 1 - HOST_SEQ_BASE) // 16
+MODEL_RULES = ("band", "shift")  # the rules that need the model; the board runs the rest itself
 
 
 def alert_seq(sample: int, index: int) -> int:
@@ -88,6 +91,8 @@ class HostModel:
         self.quant = (spec.in_scale, spec.in_zp, spec.out_scale, spec.out_zp)
         # the int8 net may predict the change from the newest sample (docs/model_blob.md)
         self.residual = bool(getattr(spec, "residual", False))
+        # the sustained-shift section as the engine hands it over (raw; the detector parses it)
+        self.shift = blob.fw.Blob((d / "model.ewb").read_bytes()).shift
         self.lock = threading.Lock()
 
     def predict(self, norm_window) -> list[float]:
@@ -114,6 +119,7 @@ class Scorer:
 
     def __init__(self, model: HostModel, sensor: str = "dht22"):
         self.detector_mod = _firmware("detector")
+        self.shift_mod = _firmware("shift")  # the board imports it by name; here it is passed in
         sensors = _firmware("sensors")
         if sensor not in sensors.RANGES:
             raise UserError(f"--sensor {sensor!r}: use one of {', '.join(sorted(sensors.RANGES))}")
@@ -130,7 +136,8 @@ class Scorer:
         if d is None:
             m = self.model
             d = self.detector_mod.Detector(self.sensor_names, self.limits, self.params,
-                                           {"k": m.k, "eps": m.eps, "sigma_window": m.sigma_window})
+                                           {"k": m.k, "eps": m.eps, "sigma_window": m.sigma_window},
+                                           self.shift_mod)
             try:
                 d.set_model(m)
             except self.detector_mod.ModelMismatch as exc:
@@ -139,7 +146,7 @@ class Scorer:
         return d
 
     def step(self, rec: Telemetry) -> list[dict]:
-        """The band alerts (message dicts) for one telemetry record, in arrival order per device.
+        """The model's alerts (band, shift; message dicts) for one telemetry record, in arrival order per device.
 
         A record at or below the device's last scored seq (a replay, or late) is
         skipped: the rule depends on the history, which has moved on.
@@ -153,10 +160,10 @@ class Scorer:
             values = None
         out = []
         for rule, channel, value, lo, hi, pred in self._detector(rec.device).step(values):
-            if rule != "band":
+            if rule not in MODEL_RULES:
                 continue
             msg = {"v": 1, "device": rec.device, "seq": alert_seq(rec.seq, len(out)), "t": rec.t,
-                   "sample": rec.seq, "rule": "band", "channel": channel, "value": value,
+                   "sample": rec.seq, "rule": rule, "channel": channel, "value": value,
                    "band": [lo, hi], "pred": pred, "model": self.model.model_id}
             parse_alert(msg, rec.device)  # what we publish passes our own parser
             out.append(msg)

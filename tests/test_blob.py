@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tools import mpy
-from training import blob
+from training import blob, shiftcal
 from training.data import Scaler
 
 KEY = b"ota-test-key-not-a-secret"
@@ -54,12 +54,41 @@ def test_round_trip_write_read_write(model):
     assert kinds.count(blob.OP_CONV) == 4 and blob.OP_FC in kinds and blob.OP_ADD in kinds
 
 
+def _fit_rows(n=300, seed=3):
+    rng = np.random.default_rng(seed)
+    return np.array([21.0, 45.0]) + np.cumsum(rng.normal(0, 0.02, (n, 2)), axis=0)
+
+
+def test_shift_calibration_round_trips_and_bad_ones_are_refused(model):
+    raw, tflite, cfg, scaler = model
+    cal = shiftcal.calibrate(_fit_rows())
+    spec = blob.from_tflite(tflite, cfg["channels"], scaler.offset, scaler.scale, residual=True)
+    plain = blob.write(spec)
+    spec.shift = cal
+    written = blob.write(spec)
+    assert len(written) == len(plain) + 6 + 4 * (2 + 2 + 4)  # window, factor, C+C+C*C floats
+    back = blob.read(written)
+    assert (back.shift.window, back.shift.factor) == (40, 3.0)
+    for name in ("center", "spread", "matrix"):
+        np.testing.assert_allclose(getattr(back.shift, name), getattr(cal, name), rtol=1e-6)
+    assert blob.write(back) == written
+    assert blob.read(plain).shift is None
+    for bad, words in ((dict(spread=np.array([1.0, 0.0])), "value 3 is 0.0"),
+                       (dict(factor=-1.0), "factor"),
+                       (dict(matrix=np.full((2, 2), np.nan)), "value 4 is nan"),
+                       (dict(center=np.array([np.inf, 1.0])), "value 0 is inf")):
+        spec.shift = shiftcal.ShiftCal(**{**cal.__dict__, **bad})
+        with pytest.raises(blob.BlobError, match=words):
+            blob.read(blob.write(spec))
+
+
 def test_convert_wrote_a_blob_the_reader_accepts(model):
     raw, tflite, cfg, _ = model
     spec = blob.read(raw)
     assert spec.model_id == blob.model_id_of(tflite)
     assert len(raw) <= 16 * 1024
     assert not blob.is_signed(raw)
+    assert spec.shift is not None and spec.shift.window == shiftcal.WINDOW  # convert calibrates it
 
 
 def test_sign_and_verify(model):
@@ -83,6 +112,8 @@ def tamper_cases(raw: bytes) -> dict[str, tuple[bytes, bytes | None, str]]:
     flipped[len(raw) // 2] ^= 0x10
     version = bytearray(body)
     struct.pack_into("<H", version, 4, 2)
+    flags = bytearray(body)
+    flags[6] |= 0x10  # a flag bit no reader knows: refused, never guessed at
     magic = bytearray(body)
     magic[0:4] = b"XXXX"
     bad_tensor = bytearray(body)
@@ -99,6 +130,7 @@ def tamper_cases(raw: bytes) -> dict[str, tuple[bytes, bytes | None, str]]:
         "truncated": (raw[:-7], None, "truncated"),
         "tiny": (raw[:10], None, "truncated"),
         "version": (_recrc(version), None, "version 2"),
+        "flags": (_recrc(flags), None, "does not know"),
         "magic": (_recrc(magic), None, "bad magic"),
         "tensor": (_recrc(bad_tensor), None, "out of range"),
         "wrong_key": (signed, b"another key", "signature does not match"),
@@ -160,9 +192,12 @@ def test_tampered_blobs_refused_on_the_board(model, tmp_path, compiled):
 
 
 FUZZ = """
-import engine
+import engine, gc
 ok = bad = 0
+m = None
 for i in range(COUNT):
+    m = None  # as the app does: the running model is freed before another is parsed
+    gc.collect()
     data = open(DIR + '/f%d.bin' % i, 'rb').read()
     try:
         m = engine.Model(data)

@@ -131,13 +131,17 @@ def test_board_detector_is_the_firmware_and_matches_the_tflm_reference():
     from training.convert import _io_quant, dequantize, quantize, tflm_run
 
     f = skab.load_files(limit=1)[0]
-    values = f.values[:520]
+    values = f.values  # ~1,150 rows: the anomaly gives the shift rule something to find
     det = detectors.BoardDetector(epochs=1)
     det.fit(values[:400], f.channels)
     sc = det.trained["scaler"]
     x_fit, _ = det.windows(values[:400], sc)
-    raw, tfl = detectors.board_blob(det.model(), sc, f.channels, x_fit, with_tflite=True)
+    raw, tfl = detectors.board_blob(det.model(), sc, f.channels, x_fit, with_tflite=True,
+                                    fit_rows=values[:400])
     bv = detectors.run_firmware(raw, f.channels, values)
+    # the shift rule on the board is the host's ms-ensemble test, row for row
+    shift = np.array([any(a[0] == "shift" for a in al) for al in bv.alerts])
+    np.testing.assert_array_equal(shift, detectors.MultiscaleEnsemble().run(values, 400))
     x, y = det.windows(values, sc)
     s_in, z_in, s_out, z_out = _io_quant(tfl)
     # The int8 net predicts the change from the newest reading; the board adds that back in float.
@@ -147,5 +151,6 @@ def test_board_detector_is_the_firmware_and_matches_the_tflm_reference():
     np.testing.assert_allclose(got, ref, atol=1e-4)   # float32 history on the board
     want = detectors.band_rule(x.astype(np.float64), y, ref).any(axis=1)
     fired = np.array([any(a[0] == "band" for a in al) for al in bv.alerts[10:]])
+    assert shift.any() and (shift[10:] != fired).any()  # both rules had something to say
     assert (fired == want).mean() > 0.99   # ties at the band edge may differ in the last bit
     assert fired.any()

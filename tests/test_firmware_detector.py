@@ -2,6 +2,7 @@
 
 import csv
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ class M:
     sigma_window = 6
     offset = [16.0, 19.0]
     scale = [23.0, 4.5]
+    shift = None
     def predict(self, w):
         n = 2
         return [w[(self.window - 1) * n + j] for j in range(n)]
@@ -115,3 +117,53 @@ print(d.model.model_id)
 """
     out = mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split()
     assert out == ["5.0", "0.01", "4", "refused", "abcdef01"]
+
+
+def test_shift_rule_is_the_hosts_ms_ensemble_test(tmp_path):
+    """The board's shift rule (rolling means, the blob's calibration) gives the host's verdicts
+    row for row, names the channel that moved, and is off with shift_factor=0."""
+    from training import shiftcal
+
+    rows = list(csv.reader(open(OCCUPANCY)))[1:1 + 1100]
+    x = np.array([[float(r[2]), float(r[3])] for r in rows], dtype=np.float32)  # temp, hum
+    x[700:900, 0] += 5.0  # a heater left on: a sustained step, no spike at any single row
+    x = x.astype(np.float64)
+    cal = shiftcal.calibrate(x[:400])
+    want = shiftcal.score(cal, x)
+    assert want[700:900].any() and not want[:700].any()  # the test itself can fail
+    # blob channel order (humidity, temperature) differs from the sensor's
+    perm = [1, 0]
+    flat = [*cal.center[perm], *cal.spread[perm], *cal.matrix[np.ix_(perm, perm)].reshape(-1)]
+    shift = struct.pack("<Hf", cal.window, cal.factor) + struct.pack(f"<{len(flat)}f", *flat)
+    bad = bytearray(shift)
+    struct.pack_into("<f", bad, 6 + 4 * 2, -1.0)  # a negative spread
+    (tmp_path / "x.txt").write_text("".join(f"{t!r} {h!r}\n" for t, h in x.tolist()))
+    code = MODEL.replace("    shift = None\n", f"    shift = {shift!r}\n") + """
+import detector, sensors, json
+class Bad(M):
+    shift = BAD
+try:
+    detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], PARAMS, FALLBACK).set_model(Bad())
+except detector.ModelMismatch as e:
+    print('refused', 0, json.dumps(str(e)))
+for tag, params in (('on', PARAMS), ('off', OFF)):
+    d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], params, FALLBACK)
+    d.set_model(M())
+    for i, line in enumerate(open('x.txt')):
+        for a in d.step([float(v) for v in line.split()]):
+            if a[0] == 'shift':
+                print(tag, i, json.dumps(list(a)))
+"""
+    code = (f"PARAMS = {json.dumps(PARAMS)}\nOFF = {json.dumps(dict(PARAMS, shift_factor=0))}\n"
+            f"FALLBACK = {json.dumps(FALLBACK)}\n").replace("null", "None") + f"BAD = {bytes(bad)!r}\n" + code
+    lines = [line.split(" ", 2) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
+    assert lines[0] == ["refused", "0", json.dumps("shift calibration: value 2 is -1.0")]
+    on = {int(i): json.loads(a) for tag, i, a in lines[1:] if tag == "on"}
+    assert len(on) == len(lines) - 1  # one shift alert per row at most, and none when off
+    got = np.zeros(len(x), dtype=bool)
+    got[list(on)] = True
+    np.testing.assert_array_equal(got, want)
+    rule, channel, value, lo, hi, pred = on[min(on)]
+    assert (rule, channel) == ("shift", "temperature")
+    assert value > hi and lo < pred < hi  # the rolling mean left the limits around its usual level
+    assert abs(pred - cal.center[0]) < 1e-3

@@ -57,8 +57,8 @@ d.set_model(m)
 for i, row in enumerate(json.load(open('x.json'))):
     vals = None if row[0] is None and row[1] is None else row
     for a in d.step(vals):
-        if a[0] == 'band':
-            print(json.dumps([i, a[1], a[2], a[3], a[4], a[5]]))
+        if a[0] in ('band', 'shift'):
+            print(json.dumps([i, a[0], a[1], a[2], a[3], a[4], a[5]]))
 """
     out = mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()
     return [json.loads(line) for line in out]
@@ -69,11 +69,11 @@ def test_host_scoring_equals_the_board(tiny_model_dir, tmp_path):
     host = _host_alerts(tiny_model_dir, x)
     board = _board_alerts(tiny_model_dir, x, tmp_path)
     assert board, "the injected spikes must give the board some band alerts"
-    assert [(a["sample"], a["channel"]) for a in host] == [(b[0], b[1]) for b in board]
+    assert [(a["sample"], a["rule"], a["channel"]) for a in host] == [tuple(b[:3]) for b in board]
     for a, b in zip(host, board, strict=True):
-        assert a["value"] == pytest.approx(b[2], abs=1e-4)
-        assert a["band"] == pytest.approx(b[3:5], abs=1e-3)
-        assert a["pred"] == pytest.approx(b[5], abs=1e-3)
+        assert a["value"] == pytest.approx(b[3], abs=1e-4)
+        assert a["band"] == pytest.approx(b[4:6], abs=1e-3)
+        assert a["pred"] == pytest.approx(b[6], abs=1e-3)
     assert {60, 200} <= {a["sample"] for a in host if a["channel"] == "temperature"}
     assert 170 in {a["sample"] for a in host if a["channel"] == "humidity"}
     model_id = HostModel(tiny_model_dir).model_id

@@ -24,17 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
+from training.shiftcal import ShiftCal
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _firmware_blob():
-    spec = importlib.util.spec_from_file_location("_edgewatch_fw_blob", ROOT / "firmware" / "blob.py")
+def _firmware(name: str):
+    spec = importlib.util.spec_from_file_location(f"_edgewatch_fw_{name}", ROOT / "firmware" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-fw = _firmware_blob()
+fw = _firmware("blob")
+fw_shift = _firmware("shift")  # the board's own parser of the shift section
 BlobError = fw.BlobError
 VERSION = fw.VERSION
 OP_CONV, OP_ADD, OP_FC, OP_SLICE = fw.OP_CONV, fw.OP_ADD, fw.OP_FC, fw.OP_SLICE
@@ -71,6 +74,7 @@ class BlobSpec:
     tensors: list[tuple[int, int]]
     ops: list[tuple] = field(default_factory=list)
     residual: bool = False  # prediction = newest input sample + dequantised output
+    shift: ShiftCal | None = None  # sustained-shift calibration (flag SHIFT), physical units
 
     @property
     def channels(self) -> int:
@@ -331,8 +335,15 @@ def write(spec: BlobSpec) -> bytes:
             parts.append(struct.pack(fw.SLICE_TAIL, *op[5:7]))
         else:
             raise ValueError(f"unknown op kind {kind}")
-    length = fw.HEADER_LEN + sum(len(p) for p in parts) + fw.CRC_LEN
     flags = fw.FLAG_RESIDUAL if spec.residual else 0
+    if spec.shift is not None:
+        sh = spec.shift
+        flat = [*np.ravel(sh.center), *np.ravel(sh.spread), *np.ravel(sh.matrix)]
+        if len(flat) != 2 * c + c * c:
+            raise ValueError(f"shift calibration has {len(flat)} values, {c} channels need {2 * c + c * c}")
+        parts.append(struct.pack("<Hf", sh.window, sh.factor) + struct.pack(f"<{len(flat)}f", *flat))
+        flags |= fw.FLAG_SHIFT
+    length = fw.HEADER_LEN + sum(len(p) for p in parts) + fw.CRC_LEN
     parts[0] = struct.pack(fw.HEADER, fw.MAGIC, VERSION, flags, length, bytes.fromhex(spec.model_id),
                            spec.window, c, len(spec.tensors), len(spec.ops))
     body = b"".join(parts)
@@ -364,7 +375,17 @@ def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
     return BlobSpec(model_id=b.model_id, window=b.window, names=b.names, offset=b.offset,
                     scale=b.scale, detector=Detector(b.k, b.eps, b.sigma_window, b.stuck_samples),
                     in_scale=b.in_scale, in_zp=b.in_zp, out_scale=b.out_scale, out_zp=b.out_zp,
-                    tensors=[tuple(t) for t in b.tensors], ops=ops, residual=b.residual)
+                    tensors=[tuple(t) for t in b.tensors], ops=ops, residual=b.residual,
+                    shift=None if b.shift is None else _shift_cal(b.shift, b.channels))
+
+
+def _shift_cal(raw, c: int) -> ShiftCal:
+    try:
+        w, f, center, spread, matrix = fw_shift.parse(raw, c)
+    except ValueError as exc:
+        raise BlobError(f"blob malformed: {exc}") from None
+    return ShiftCal(w, f, np.array(center, np.float64), np.array(spread, np.float64),
+                    np.array(matrix, np.float64).reshape(c, c))
 
 
 def is_signed(blob: bytes) -> bool:

@@ -105,9 +105,11 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
         w = csv.writer(fh)
         w.writerow(header)
         for i, alerts in enumerate(verdict.alerts):
-            first = alerts[0] if alerts else ("", None, "")
+            first = alerts[0] if alerts else ("", None, "", None, None)
             lo = hi = ""
-            if first[1] in names:
+            if first[3] is not None:  # the limits the rule itself used (band, shift, range)
+                lo, hi = _num(first[3]), _num(first[4])
+            elif first[1] in names:
                 j = names.index(first[1])
                 if np.isfinite(verdict.lo[i, j]):
                     lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])

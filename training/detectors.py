@@ -7,14 +7,16 @@ one boolean verdict per row of ``values`` (causal: row t's verdict uses rows
 
 - ``board``: the board's own detector, the int8 TCN executed by
   ``firmware/engine.py`` inside the MicroPython unix port with the seed's
-  band rule ``|x - pred| >= k·(σ_window + ε)`` (see :mod:`training.boardrun`).
+  band rule ``|x - pred| >= k·(σ_window + ε)`` (k calibrated on the fit rows
+  as ``edgewatch convert`` does) and the firmware's ``shift`` rule, which is
+  ``ms-ensemble``'s test with its calibration carried in the model blob.
 - ``tcn``, ``lstm``, ``gru``: float Keras forecasters with the same seed rule.
 - ``iforest``: Isolation Forest (the second seed), contamination 5 %.
 - ``pca``: PCA Hotelling T² + Q (SPE), the classic process-monitoring baseline.
 - ``ms-ensemble``: the project's best detector: multiscale residual
   scoring of rolling means (per-channel z and Mahalanobis), both normalised by
   their own maximum on the fit rows, alert when both agree. It is arithmetic
-  on C rolling sums and a C×C matrix, so it fits the board (see ``on_board``).
+  on C rolling sums and a C×C matrix: the firmware runs it as its ``shift`` rule.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training import shiftcal
 from training.data import Scaler
+from training.shiftcal import rolling_mean  # noqa: F401  (tests and callers use it from here)
 
 SEED = 42
 K, EPS = 3.0, 0.01   # the seed's is_anomalie rule
@@ -38,16 +42,6 @@ _MODELS: dict = {}    # (arch, window, channels, seed) -> (compiled model, initi
 # 0.594, fault suite false alarms per clean day 2.36 / 1.77 / 2.65 / 2.36 (recall 0.97 each):
 # 1 is the one better than none on both suites.
 HEADROOM = 1.0
-
-
-def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
-    """Causal mean of the last ``w`` rows (fewer at the start), per column."""
-    x = np.asarray(x, dtype=np.float64)
-    c = np.cumsum(np.vstack([np.zeros((1,) + x.shape[1:]), x]), axis=0)
-    i = np.arange(len(x))
-    a = np.maximum(0, i - w + 1)
-    n = (i + 1 - a).reshape((-1,) + (1,) * (x.ndim - 1))
-    return (c[i + 1] - c[a]) / n
 
 
 def standardise(train: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -144,35 +138,25 @@ class MultiscaleEnsemble(Detector):
     """
 
     name = "ms-ensemble"
-    on_board = "yes: C rolling sums + a C×C matrix per sample (not in the firmware yet)"
+    on_board = "yes: the firmware's `shift` rule runs this test (calibration in the model blob)"
     description = "rolling mean (40 rows) residual z per channel AND Mahalanobis, both > 3× fit max"
 
     def __init__(self, window: int = 40, factor: float = 3.0):
         self.window = window
         self.factor = factor
 
+    def calibration(self, fit_values) -> shiftcal.ShiftCal:
+        """The calibrated test (what the board's blob carries) from the fit rows."""
+        return shiftcal.calibrate(fill_missing(fit_values), self.window, self.factor)
+
     def scores(self, values, n_fit):
         """The two normalised views [N, 2] (1.0 = the fit rows' maximum)."""
-        from sklearn.covariance import LedoitWolf
-
-        w = self.window
         v = fill_missing(values)
-        m = rolling_mean(standardise(v[:n_fit], v), w)
-        ref = m[min(w, n_fit - 2):n_fit]  # skip the warm-up of the rolling mean
-        sd = ref.std(axis=0)
-        a = np.max(np.abs(m - ref.mean(axis=0)) / np.where(sd > 1e-9, sd, 1e-9), axis=1)
-        lw = LedoitWolf().fit(ref)
-        b = np.sqrt(lw.mahalanobis(m))
-        k = min(w, n_fit - 2)
-        na = a / max(np.max(a[k:n_fit]), 1e-9)
-        nb = b / max(np.max(b[k:n_fit]), 1e-9)
-        return np.stack([na, nb], axis=1)
+        return shiftcal.views(self.calibration(v[:n_fit]), v)
 
     def run(self, values, n_fit):
-        s = self.scores(values, n_fit)
-        out = np.all(s > self.factor, axis=1)
-        out[: min(self.window, len(out))] = False  # the rolling mean is still filling
-        return out
+        v = fill_missing(values)
+        return shiftcal.score(self.calibration(v[:n_fit]), v)
 
 
 def hold_alerts(alert: np.ndarray, hold: int) -> np.ndarray:
@@ -210,12 +194,12 @@ class BestDetector(Detector):
     does not flicker on and off.
 
     Every view is causal and O(C²) per sample at most, so the whole detector fits
-    the board; the firmware today runs only the seed's band rule and its own
-    device rules (see ``board``).
+    the board; the firmware runs view 1 (its ``shift`` rule) and its own device
+    rules, not yet the spike and whole-vector stuck views (see ``board``).
     """
 
     name = "best"
-    on_board = "yes in principle (rolling sums, medians of 5, a C×C matrix); not in the firmware yet"
+    on_board = "partly: the firmware runs the shift view; spike and stuck views not yet"
     description = ("ms-ensemble OR spike (x − median of previous 5 beyond 3× its fit 99th pct) OR stuck "
                    "(> 1.5× longest fit run) OR failed read / missed period; alerts held 5 rows")
 
@@ -375,7 +359,7 @@ for i in range(n):
     al = d.step(vals, missed)
     parts = []
     for a in al:
-        parts.append("%%s:%%s:%%s" %% (a[0], a[1], a[2]))
+        parts.append("%%s:%%s:%%s:%%s:%%s" %% (a[0], a[1], a[2], a[3], a[4]))
     band = ""
     if d.has_band:
         band = ",".join("%%r,%%r,%%r" %% (d.pred[j], d.lo[j], d.hi[j]) for j in range(c))
@@ -387,7 +371,7 @@ for i in range(n):
 class BoardVerdict:
     """What the firmware decided for each row: alert tuples and, when the band ran, pred/lo/hi."""
 
-    alerts: list          # per row: list of (rule, channel or None, value text)
+    alerts: list          # per row: list of (rule, channel or None, value text, lo, hi)
     pred: np.ndarray      # [N, C] physical units, NaN where the band did not run
     lo: np.ndarray
     hi: np.ndarray
@@ -428,8 +412,10 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
         i = int(i_txt)
         if al:
             for a in al.split(";"):
-                rule, ch, val = a.split(":", 2)
-                alerts[i].append((rule, None if ch == "None" else ch, val))
+                rule, ch, val, lo_txt, hi_txt = a.split(":")
+                alerts[i].append((rule, None if ch == "None" else ch, val,
+                                  None if lo_txt == "None" else float(lo_txt),
+                                  None if hi_txt == "None" else float(hi_txt)))
         if band:
             b = np.array([float(x) for x in band.split(",")]).reshape(c, 3)
             pred[i], lo[i], hi[i] = b[:, 0], b[:, 1], b[:, 2]
@@ -437,14 +423,17 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
 
 
 def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
-               with_tflite: bool = False):
+               with_tflite: bool = False, fit_rows: np.ndarray | None = None,
+               y_fit: np.ndarray | None = None):
     """The firmware blob of a trained TCN, built by `edgewatch convert`'s own functions.
 
     ``training.convert.quantise`` splits off the residual skip (the board adds the
     newest reading back in float) and quantises the rest to int8;
     ``training.convert.board_blob`` writes the blob. Representative windows are
     spread over the fit rows (plus HEADROOM, see there). ``with_tflite`` also
-    returns the int8 flatbuffer (for the TFLite Micro reference).
+    returns the int8 flatbuffer (for the TFLite Micro reference). With ``fit_rows``
+    (physical) the blob carries the sustained-shift calibration, and with ``y_fit``
+    (the rows the fit windows predict) k is calibrated on them, as convert does.
     """
     from training import blob, convert
 
@@ -456,8 +445,10 @@ def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
         # it would otherwise clip before the net sees them.
         rep = np.concatenate([rep, (rep - 0.5) * (1 + 2 * HEADROOM) + 0.5])
     tfl, residual = convert.quantise(model, rep, "tcn")
-    raw, _ = convert.board_blob(tfl, names, scaler, blob.Detector(k=K, eps=EPS, sigma_window=window),
-                                residual)
+    shift = None if fit_rows is None else convert.shift_calibration(fill_missing(fit_rows), names)[0]
+    k = K if y_fit is None else convert.calibrate_k(tfl, residual, x_fit, y_fit, K, EPS, window)
+    raw, _ = convert.board_blob(tfl, names, scaler, blob.Detector(k=k, eps=EPS, sigma_window=window),
+                                residual, shift=shift)
     return (raw, tfl) if with_tflite else raw
 
 
@@ -478,8 +469,9 @@ class BoardDetector(ForecastDetector):
         self.description = (f"int8 TCN (window {window}, {epochs} epochs; converted as `edgewatch convert` "
                             "does: the int8 net predicts the change, the board adds the newest reading "
                             f"in float; int8 ranges calibrated on the fit rows ± {HEADROOM:.0%} headroom) "
-                            f"+ band k={K:g}, ε={EPS:g}, run by firmware/engine.py + detector.py under "
-                            "MicroPython")
+                            f"+ band ε={EPS:g}, k = {K:g} raised to the fit windows' largest band ratio "
+                            "+ the shift rule (ms-ensemble's test, calibrated on the fit rows, in the "
+                            "blob), run by firmware/engine.py + detector.py + shift.py under MicroPython")
         self.rules = rules
         self.limits = limits
         self.stuck_samples = stuck_samples
@@ -490,8 +482,9 @@ class BoardDetector(ForecastDetector):
         c = values.shape[1]
         names = names or [f"ch{i}" for i in range(c)]
         self.fit(values[:n_fit], names)
-        x_fit, _ = self.windows(values[:n_fit], self.trained["scaler"])
-        raw = board_blob(self.model(), self.trained["scaler"], names, x_fit)
+        x_fit, y_fit = self.windows(values[:n_fit], self.trained["scaler"])
+        raw = board_blob(self.model(), self.trained["scaler"], names, x_fit,
+                         fit_rows=values[:n_fit], y_fit=y_fit)
         everything = self.rules == "all"
         # The board boots with the model just before the first judged row: feeding it
         # the whole fit span would only cost time (its history holds 64 samples).
