@@ -86,14 +86,17 @@ def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
     env = dict(os.environ, EW_TEST_SIGN_KEY=key_hex)
     out = tmp_path / "signed"
     proc = subprocess.run([EDGEWATCH, "convert", "--model", str(tiny_model_dir),
-                           "--out", str(out), "--sign-key-env", "EW_TEST_SIGN_KEY", "--stuck", "12"],
+                           "--out", str(out), "--sign-key-env", "EW_TEST_SIGN_KEY", "--stuck", "12",
+                           "--k", "2.5", "--fixed-k"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "detector: band k = 2.5 (fixed); shift rule: window 40 rows, factor 3" in proc.stdout
     assert re.search(r"blob model\.ewb: \d+ B \(model id [0-9a-f]{8}, signed\)", proc.stdout)
     assert re.search(r"temperature: float [\d.]+ +int8 [\d.]+", proc.stdout)
     raw = (out / "model.ewb").read_bytes()
     spec = blob.read(raw, bytes.fromhex(key_hex))
     assert spec.detector.stuck_samples == 12 and spec.detector.sigma_window == 10
+    assert spec.detector.k == 2.5
     with pytest.raises(blob.BlobError):
         blob.read(raw, b"wrong")
 
@@ -158,3 +161,24 @@ def test_recurrent_model_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="int8 converter .* lstm model"):
         convert(tmp_path / "lstm", max_eval=20)
     assert not (tmp_path / "lstm" / "model.ewb").exists()
+
+
+def test_k_is_raised_to_the_worst_training_window(tiny_model_dir):
+    """convert's k: the least k that keeps the band rule quiet on every training window
+    (as the board's int8 model predicts them), never below the floor given."""
+    from training.convert import calibrate_k, int8_predictions, windows_of
+    from training.data import Scaler
+    from training.detectors import band_rule
+
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    scaler = Scaler.load(tiny_model_dir / "scaler.json")
+    x, y, _, _ = windows_of(cfg["data"], cfg["channels"], scaler, cfg["window"],
+                            cfg.get("train_fraction", 0.8))
+    tfl = (tiny_model_dir / "model.tflite").read_bytes()
+    spec = blob.read((tiny_model_dir / "model.ewb").read_bytes())
+    k = calibrate_k(tfl, spec.residual, x, y, 0.5, 0.01, cfg["window"])
+    pred = int8_predictions(tfl, spec.residual, x)
+    assert not band_rule(x, y, pred, k=k).any()
+    assert band_rule(x, y, pred, k=k * 0.999).any()  # no wider than it has to be
+    assert calibrate_k(tfl, spec.residual, x, y, 50.0, 0.01, cfg["window"]) == 50.0
+    assert spec.detector.k == np.float32(max(3.0, k))  # what convert wrote (floor 3)

@@ -143,8 +143,13 @@ def load_model_dir(model_dir: Path):
     return model, config, scaler
 
 
-def windows_of(data: str, names: list[str], scaler, window: int, train_fraction: float = 0.8):
-    """Normalised windows of `data` split chronologically: (X_train, y_train, X_val, y_val)."""
+def windows_of(data: str, names: list[str], scaler, window: int, train_fraction: float = 0.8,
+               fit_rows: bool = False):
+    """Normalised windows of `data` split chronologically: (X_train, y_train, X_val, y_val).
+
+    ``fit_rows`` appends the physical rows the training windows span (for the
+    board's sustained-shift calibration).
+    """
     from training.data import chrono_split, load, make_windows
 
     series = load(data, channels=names)
@@ -155,7 +160,48 @@ def windows_of(data: str, names: list[str], scaler, window: int, train_fraction:
     except ValueError as exc:
         raise UserError(f"{data}: {exc}") from None
     x_tr, x_va, y_tr, y_va = chrono_split(x, y, train_fraction=train_fraction)
+    if fit_rows:
+        return x_tr, y_tr, x_va, y_va, series.values[:len(x_tr) + window]
     return x_tr, y_tr, x_va, y_va
+
+
+def int8_predictions(tflite: bytes, residual: bool, x: np.ndarray) -> np.ndarray:
+    """What the board predicts for normalised windows ``x`` (TFLite Micro = the board's engine)."""
+    s_in, z_in, s_out, z_out = _io_quant(tflite)
+    pred = dequantize(tflm_run(tflite, quantize(x, s_in, z_in)), s_out, z_out)
+    return pred + x[:, -1, :] if residual else pred
+
+
+def calibrate_k(tflite: bytes, residual: bool, x: np.ndarray, y: np.ndarray, k_min: float,
+                eps: float, sigma_window: int) -> float:
+    """The band's k for this model: the seed's k, raised to the largest band-rule ratio
+    |actual − pred| / (σ + ε) the int8 model shows on the training windows.
+
+    The seed fixes k = 3 for one greenhouse; on another site or sensor the same
+    model can be further off on perfectly normal data, and every such sample would
+    be an alert. Raising k to the worst normal moment seen in training keeps the
+    rule quiet on what training called normal and leaves it as sharp as the seed's
+    wherever the model is that good (k never drops below ``k_min``).
+    """
+    if not len(x):
+        return float(k_min)
+    pred = int8_predictions(tflite, residual, x)
+    sigma = x[:, -int(sigma_window):, :].std(axis=1) if sigma_window <= x.shape[1] else None
+    if sigma is None:  # σ window longer than the model's: not known from windows alone
+        return float(k_min)
+    ratio = np.abs(y - pred) / (sigma + eps)
+    return float(max(k_min, np.max(ratio) * (1 + 1e-6)))
+
+
+def shift_calibration(fit_rows: np.ndarray, names: list[str]):
+    """The board's sustained-shift test calibrated on `fit_rows` (physical), or None with a
+    note when there are too few rows for its rolling mean."""
+    from training import shiftcal
+
+    try:
+        return shiftcal.calibrate(fit_rows), None
+    except ValueError as exc:
+        return None, f"shift rule left out: {exc}"
 
 
 def split_residual(model):
@@ -216,14 +262,17 @@ def quantise(model, representative: np.ndarray, arch: str = "tcn") -> tuple[byte
 
 
 def board_blob(tflite: bytes, names: list[str], scaler, detector, residual: bool,
-               key: bytes | None = None):
+               key: bytes | None = None, shift=None):
     """(blob bytes, spec): the firmware blob of a `quantise`d model, signed when `key` is given.
+
+    `shift` (a training.shiftcal.ShiftCal) adds the board's sustained-shift rule.
 
     Raises blob.UnsupportedModel for op sets the board engine lacks.
     """
     from training import blob
 
     spec = blob.from_tflite(tflite, list(names), scaler.offset, scaler.scale, detector, residual)
+    spec.shift = shift
     raw = blob.write(spec)
     if key:
         raw = blob.sign(raw, key)
@@ -304,12 +353,15 @@ def _rmse(a, b) -> np.ndarray:
 
 def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | None = None,
             detector=None, key: bytes | None = None, golden: int = GOLDEN_COUNT,
-            representative: int = REPRESENTATIVE, max_eval: int | None = None) -> dict:
+            representative: int = REPRESENTATIVE, max_eval: int | None = None,
+            fixed_k: bool = False) -> dict:
     """Convert the model in `model_dir`; write the artefacts to `out_dir`; return the report dict.
 
     `data` gives representative windows (default: config.json's data, training
     split); `eval_data` the windows for float vs int8 RMSE (default: the
-    validation split of `data`). `key` signs the blob for OTA.
+    validation split of `data`). `key` signs the blob for OTA. The detector's k
+    is a floor that `calibrate_k` raises on the training windows unless `fixed_k`;
+    the blob also carries the sustained-shift calibration of the training rows.
     """
     from training import blob
 
@@ -325,7 +377,9 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     root = Path(__file__).resolve().parent.parent
     if not Path(data).exists() and (root / data).exists():
         data = str(root / data)  # config.json keeps the path as given at train time, from the repo
-    x_tr, _, x_va, y_va = windows_of(data, names, scaler, window, config.get("train_fraction", 0.8))
+    x_tr, y_tr, x_va, y_va, rows = windows_of(data, names, scaler, window,
+                                           config.get("train_fraction", 0.8), fit_rows=True)
+    shift, shift_note = shift_calibration(rows, names)
     if eval_data:
         _, _, x_ev, y_ev = windows_of(eval_data, names, scaler, window, 0.0)
     else:
@@ -369,10 +423,15 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
 
     # the board blob (TCN op set only)
     det = detector or blob.Detector(sigma_window=window)
+    if not fixed_k:
+        det = blob.Detector(calibrate_k(tflite, residual, x_tr, y_tr, det.k, det.eps, det.sigma_window),
+                            det.eps, det.sigma_window, det.stuck_samples)
+    report["k"] = det.k
     try:
-        raw, spec = board_blob(tflite, names, scaler, det, residual, key)
+        raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift)
         (out / "model.ewb").write_bytes(raw)
-        report.update(blob_bytes=len(raw), model_id=spec.model_id, signed=bool(key))
+        report.update(blob_bytes=len(raw), model_id=spec.model_id, signed=bool(key),
+                      shift=shift_note or f"shift rule: window {shift.window} rows, factor {shift.factor:g}")
     except blob.UnsupportedModel as exc:
         (out / "model.ewb").unlink(missing_ok=True)
         report.update(blob_bytes=None, blob_skipped=str(exc))
@@ -428,7 +487,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="representative data (default: the training data named in config.json)")
     p.add_argument("--eval-data", default=None,
                    help="data for float vs int8 RMSE, whole file (default: validation split of --data)")
-    p.add_argument("--k", type=float, default=3.0, help="detector: band width in sigmas (default 3)")
+    p.add_argument("--k", type=float, default=3.0,
+                   help="detector: band width in sigmas (default 3); the least k: convert raises it "
+                        "to the largest |actual - pred| / (sigma + eps) of the training windows")
+    p.add_argument("--fixed-k", action="store_true",
+                   help="use --k as it is, without raising it on the training windows")
     p.add_argument("--eps", type=float, default=0.01, help="detector: epsilon added to sigma (default 0.01)")
     p.add_argument("--sigma-window", type=int, default=None,
                    help="detector: samples in the sigma window (default: the model window)")
@@ -458,7 +521,8 @@ def run(args) -> int:
         except (ValueError, KeyError, TypeError):
             window = None
     det = Detector(args.k, args.eps, args.sigma_window or window or 10, args.stuck)
-    rep = convert(args.model, args.out, data=args.data, eval_data=args.eval_data, detector=det, key=key)
+    rep = convert(args.model, args.out, data=args.data, eval_data=args.eval_data, detector=det, key=key,
+                  fixed_k=args.fixed_k)
     out = args.out or args.model
     print(f"converted {rep['arch']} -> {out}: model.tflite {rep['tflite_bytes']} B, model_data.cc/.h")
     if rep.get("blob_bytes"):
@@ -466,6 +530,8 @@ def run(args) -> int:
               f"{', signed' if rep['signed'] else ''})")
     else:
         print(f"blob skipped: {rep['blob_skipped']}")
+    if rep.get("blob_bytes"):
+        print(f"detector: band k = {rep['k']:.3g}{' (fixed)' if args.fixed_k else ''}; {rep['shift']}")
     print(f"emlearn: {rep['emlearn']}")
     print(f"RMSE on {rep['eval_windows']} windows of {rep['eval_data']}:")
     for c in rep["channels"]:
