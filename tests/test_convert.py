@@ -164,7 +164,7 @@ def test_recurrent_model_is_refused_in_one_line(tmp_path):
 
 
 def test_k_is_raised_to_the_worst_training_window(tiny_model_dir):
-    """convert's k: the least k that keeps the band rule quiet on every training window
+    """convert's k: 1.5 × the least k that keeps the band rule quiet on every training window
     (as the board's int8 model predicts them), never below the floor given."""
     from training.convert import calibrate_k, int8_predictions, windows_of
     from training.data import Scaler
@@ -176,9 +176,10 @@ def test_k_is_raised_to_the_worst_training_window(tiny_model_dir):
                             cfg.get("train_fraction", 0.8))
     tfl = (tiny_model_dir / "model.tflite").read_bytes()
     spec = blob.read((tiny_model_dir / "model.ewb").read_bytes())
-    k = calibrate_k(tfl, spec.residual, x, y, 0.5, 0.01, cfg["window"])
+    k = calibrate_k(tfl, spec.residual, x, y, 0.5, 0.01, cfg["window"], margin=1.0)
     pred = int8_predictions(tfl, spec.residual, x)
     assert not band_rule(x, y, pred, k=k).any()
     assert band_rule(x, y, pred, k=k * 0.999).any()  # no wider than it has to be
+    assert calibrate_k(tfl, spec.residual, x, y, 0.5, 0.01, cfg["window"]) == pytest.approx(1.5 * k)
     assert calibrate_k(tfl, spec.residual, x, y, 50.0, 0.01, cfg["window"]) == 50.0
-    assert spec.detector.k == np.float32(max(3.0, k))  # what convert wrote (floor 3)
+    assert spec.detector.k == np.float32(max(3.0, 1.5 * k))  # what convert wrote (floor 3)
