@@ -54,6 +54,23 @@ def _deterministic(seed: int) -> None:
 
     keras.utils.set_random_seed(int(seed))
     tf.config.experimental.enable_op_determinism()
+    _one_thread_per_op(tf)
+
+
+def _one_thread_per_op(tf) -> None:
+    """Run TensorFlow's ops on one thread (every model alike).
+
+    A step of these models is hundreds of ops on tensors of a few hundred
+    numbers: handing them to thread pools costs more than it saves, and on a
+    2-core machine shared with other work the pools' threads mostly wait for
+    a core. Only possible before TensorFlow starts in this process; later
+    calls (a second `train` in `compare`, a test session) keep what is set.
+    """
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
 
 
 def _rmse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,6 +120,16 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
     # and keeps the comparison about the architectures. Same optimizer and loss.
     model.compile(optimizer=model.optimizer, loss=model.loss,
                   steps_per_execution=STEPS_PER_EXECUTION)
+    # Create Adam's moment variables now: Keras otherwise creates them while
+    # tracing the first training step, and TensorFlow then traces the whole
+    # step a second time (a function that made variables is retraced). That
+    # second trace cost every model about half a second of its timed fit.
+    model.optimizer.build(model.trainable_variables)
+    # XLA (jit_compile) is not used for any model: Keras switches it off under
+    # op determinism, which `_deterministic` needs for repeatable models. Forced
+    # on, it took ~8 s before the first epoch ended for each of the three (vs
+    # ~3 s) and changed the TCN's weights: the TCN and the LSTM took longer in
+    # total, the GRU no less within this shared machine's noise.
 
     start, cpu = time.perf_counter(), time.process_time()
     hist = model.fit(x_tr, y_tr, validation_data=(x_va, y_va), epochs=int(epochs),
