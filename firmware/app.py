@@ -156,6 +156,7 @@ class App:
         if engine is None:
             return None, "model: no engine on this board"
         try:
+            gc.collect()  # the blob was just read: the parser gets the heap in as few holes as possible
             m = engine.Model(blob, key=key)
             if self.model is not None and m.model_id == self.model.model_id:
                 return self.model, None

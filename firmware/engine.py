@@ -31,6 +31,18 @@ def default_kernels():
     return kernels_plain
 
 
+def _free_parser():
+    # On the board the parser is precompiled (.mpy, host/deploy.py): loading it
+    # again for the next model compiles nothing, so free its ~9 KB until then.
+    # From source (the host tests) it stays: recompiling needs a ~40 KB peak.
+    b = sys.modules.get("blob")
+    if b is not None and getattr(b, "__file__", "").endswith(".mpy"):
+        sys.modules.pop("blob", None)
+
+
+_free_parser()  # a board may run for weeks before its first model arrives
+
+
 def _parse(raw, key):
     import blob
 
@@ -38,11 +50,7 @@ def _parse(raw, key):
     try:
         return blob.Blob(raw, key)
     finally:
-        # On the board the parser is precompiled (.mpy, host/deploy.py): loading it
-        # again for the next model compiles nothing, so free its ~8 KB until then.
-        # From source (the host tests) it stays: recompiling needs a ~40 KB peak.
-        if getattr(blob, "__file__", "").endswith(".mpy"):
-            sys.modules.pop("blob", None)
+        _free_parser()
 
 
 def _block(head, rows, chan=None):
@@ -154,6 +162,7 @@ class Model:
         self.out_zp = b.out_zp
         self.residual = b.residual
         self.shift = b.shift  # raw sustained-shift section (firmware/shift.py), or None
+        self.still = b.still  # whole reading unchanged this many samples: stuck (0: no such rule)
         self._inv_in = 1.0 / b.in_scale
         k = kernels or default_kernels()
         self.kernels = k
