@@ -18,7 +18,8 @@ VERSION = const(1)
 FLAG_SIGNED = const(1)
 FLAG_RESIDUAL = const(2)  # prediction = newest input sample + dequantised output
 FLAG_SHIFT = const(4)  # a sustained-shift calibration follows the ops
-FLAGS_KNOWN = const(7)
+FLAG_STILL = const(8)  # a u16 follows: whole reading unchanged this many samples = stuck
+FLAGS_KNOWN = const(15)
 OP_CONV = const(1)
 OP_ADD = const(2)
 OP_FC = const(3)
@@ -187,6 +188,7 @@ class Blob:
         # the sustained-shift calibration stays raw bytes here: firmware/shift.py parses
         # and checks it when a detector takes the model (boards without it never pay)
         self.shift = r.view(6 + 4 * (2 * c + c * c), "shift") if h[2] & FLAG_SHIFT else None
+        self.still = r.unpack("<H", "still")[0] if h[2] & FLAG_STILL else 0
         if r.pos != end:
             raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
         self.ops = ops

@@ -33,6 +33,7 @@ DEFAULTS = {
         "stuck_samples": 120,
         "dropout_periods": 1,
         "shift_factor": None,  # None: from the model blob; 0: the shift rule off
+        "still_samples": None,  # whole reading repeated: None from the model blob; 0 off
     },
     "outbox": {"file": "outbox.bin", "slots": 200, "slot_size": 512},
     "backoff": {"min_ms": 1000, "max_ms": 60000},
@@ -209,6 +210,7 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     _num(path, "detector.stuck_samples", d["stuck_samples"], 2, 100000, integer=True)
     _num(path, "detector.dropout_periods", d["dropout_periods"], 1, 100000, integer=True)
     _num(path, "detector.shift_factor", d["shift_factor"], 0, 1000, none_ok=True)
+    _num(path, "detector.still_samples", d["still_samples"], 0, 100000, integer=True, none_ok=True)
     o = cfg["outbox"]
     _str(path, "outbox.file", o["file"], none_ok=False)
     _num(path, "outbox.slots", o["slots"], 8, 100000, integer=True)

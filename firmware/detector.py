@@ -3,7 +3,9 @@
 band     value outside pred +- k*(sigma + eps), in the model's normalised units, where
          sigma is the population std of the channel's last `sigma_window` normalised
          samples (the seed's is_anomalie uses numpy .std() over the input window)
-stuck    the same reading for `stuck_samples` samples in a row (re-alerted every M)
+stuck    the same reading for `stuck_samples` samples in a row (re-alerted every M); and,
+         channel None, the whole reading repeated `still_samples` times in a row (from
+         the blob, calibrated on the training rows; value = the repeats so far)
 range    outside the sensor's physical range (sensors.RANGES)
 dropout  `dropout_periods` or more sample periods missed before this sample
 read     the sensor gave no value after its bounded retries
@@ -38,6 +40,7 @@ class Detector:
         self.fallback = fallback
         self.stuck_n = params["stuck_samples"]
         self.dropout_n = params["dropout_periods"]
+        self.still_n = params.get("still_samples") or 0  # until a model says otherwise
         self.hist = array("f", bytes(4 * CAPACITY * n))
         self.count = 0  # valid samples in hist (up to CAPACITY)
         self.pos = 0  # next write index
@@ -76,6 +79,7 @@ class Detector:
         if model is None:
             self.model, self._order, self._win, self.shift = None, None, None, None
             self._set_params(None)
+            self.still_n = self.params.get("still_samples") or 0
             return
         lower = [s.lower() for s in self.names]
         order = []
@@ -110,6 +114,8 @@ class Detector:
         else:
             sh = None
         self.shift = sh
+        st = self.params.get("still_samples")
+        self.still_n = model.still if st is None else st
         self._order = order
         self._win = array("f", bytes(4 * model.window * len(order)))
         self.model = model
@@ -196,6 +202,11 @@ class Detector:
             else:
                 self.last[c] = v
                 self.same[c] = 1
+        n = self.still_n
+        if n and ok:  # the whole reading unchanged: the repeats of the sample before
+            run = min(self.same) - 1
+            if run >= n and (run - n) % n == 0:
+                alerts.append(("stuck", None, run, None, None, None))
         # a sample that failed or is physically impossible stays out of the model's window
         if ok:
             if self.model is not None:

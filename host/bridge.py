@@ -83,6 +83,8 @@ def alert_text(a: Alert) -> str:
         detail = f"{what} mean {_num(a.value)} shifted outside {_num(a.band[0])}..{_num(a.band[1])}"
     elif a.rule == "range":
         detail = f"{what} {_num(a.value)} out of sensor range"
+    elif a.rule == "stuck" and a.channel is None:
+        detail = f"readings unchanged for {_num(a.value)} samples"
     elif a.rule == "stuck":
         detail = f"{what} stuck at {_num(a.value)}"
     elif a.rule == "dropout":

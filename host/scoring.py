@@ -93,6 +93,7 @@ class HostModel:
         self.residual = bool(getattr(spec, "residual", False))
         # the sustained-shift section as the engine hands it over (raw; the detector parses it)
         self.shift = blob.fw.Blob((d / "model.ewb").read_bytes()).shift
+        self.still = spec.still
         self.lock = threading.Lock()
 
     def predict(self, norm_window) -> list[float]:
@@ -129,7 +130,7 @@ class Scorer:
         self.last_seq: dict[str, int] = {}
         # only the band rule is the host's job; fault rules stay quiet here
         self.params = {"k": None, "eps": None, "sigma_window": None, "stuck_samples": 10**9,
-                       "dropout_periods": 10**9}
+                       "dropout_periods": 10**9, "still_samples": 0}
 
     def _detector(self, device: str):
         d = self.dets.get(device)

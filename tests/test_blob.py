@@ -73,6 +73,8 @@ def test_shift_calibration_round_trips_and_bad_ones_are_refused(model):
         np.testing.assert_allclose(getattr(back.shift, name), getattr(cal, name), rtol=1e-6)
     assert blob.write(back) == written
     assert blob.read(plain).shift is None
+    spec.still = 32
+    assert blob.read(blob.write(spec)).still == 32 and blob.read(written).still == 0
     for bad, words in ((dict(spread=np.array([1.0, 0.0])), "value 3 is 0.0"),
                        (dict(factor=-1.0), "factor"),
                        (dict(matrix=np.full((2, 2), np.nan)), "value 4 is nan"),
@@ -89,6 +91,7 @@ def test_convert_wrote_a_blob_the_reader_accepts(model):
     assert len(raw) <= 16 * 1024
     assert not blob.is_signed(raw)
     assert spec.shift is not None and spec.shift.window == shiftcal.WINDOW  # convert calibrates it
+    assert spec.still >= 5  # and the whole-reading stuck limit
 
 
 def test_sign_and_verify(model):

@@ -27,6 +27,7 @@ class M:
     offset = [16.0, 19.0]
     scale = [23.0, 4.5]
     shift = None
+    still = 0
     def predict(self, w):
         n = 2
         return [w[(self.window - 1) * n + j] for j in range(n)]
@@ -167,3 +168,23 @@ for tag, params in (('on', PARAMS), ('off', OFF)):
     assert (rule, channel) == ("shift", "temperature")
     assert value > hi and lo < pred < hi  # the rolling mean left the limits around its usual level
     assert abs(pred - cal.center[0]) < 1e-3
+
+
+def test_whole_reading_stuck_rule_from_the_blob(tmp_path):
+    """A model with still = 4: the fifth identical reading in a row (4 repeats) is a stuck
+    alert for the device, again every 4 repeats; one channel changing resets it; the
+    per-channel rule keeps its own limit; still_samples = 0 turns it off."""
+    code = MODEL.replace("    still = 0\n", "    still = 4\n") + f"""
+import detector, sensors, json
+ROWS = [[20.0, 50.0]] * 9 + [[20.0, 50.5]] + [[20.0, 50.5]] * 5
+for st in (None, 0):
+    params = dict({PARAMS!r}, still_samples=st)
+    d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], params, {FALLBACK!r})
+    d.set_model(M())
+    print(json.dumps([[list(a) for a in d.step(r) if a[0] == 'stuck'] for r in ROWS]))
+""".replace("null", "None")
+    on, off = (json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines())
+    fired = {i: a for i, a in enumerate(on) if a}
+    assert fired == {4: [["stuck", None, 4, None, None, None]], 8: [["stuck", None, 8, None, None, None]],
+                     13: [["stuck", None, 4, None, None, None]]}
+    assert not any(off)

@@ -75,6 +75,7 @@ class BlobSpec:
     ops: list[tuple] = field(default_factory=list)
     residual: bool = False  # prediction = newest input sample + dequantised output
     shift: ShiftCal | None = None  # sustained-shift calibration (flag SHIFT), physical units
+    still: int = 0  # whole reading repeated this many times = stuck (flag STILL); 0: no rule
 
     @property
     def channels(self) -> int:
@@ -343,6 +344,9 @@ def write(spec: BlobSpec) -> bytes:
             raise ValueError(f"shift calibration has {len(flat)} values, {c} channels need {2 * c + c * c}")
         parts.append(struct.pack("<Hf", sh.window, sh.factor) + struct.pack(f"<{len(flat)}f", *flat))
         flags |= fw.FLAG_SHIFT
+    if spec.still:
+        parts.append(struct.pack("<H", spec.still))
+        flags |= fw.FLAG_STILL
     length = fw.HEADER_LEN + sum(len(p) for p in parts) + fw.CRC_LEN
     parts[0] = struct.pack(fw.HEADER, fw.MAGIC, VERSION, flags, length, bytes.fromhex(spec.model_id),
                            spec.window, c, len(spec.tensors), len(spec.ops))
@@ -376,7 +380,8 @@ def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
                     scale=b.scale, detector=Detector(b.k, b.eps, b.sigma_window, b.stuck_samples),
                     in_scale=b.in_scale, in_zp=b.in_zp, out_scale=b.out_scale, out_zp=b.out_zp,
                     tensors=[tuple(t) for t in b.tensors], ops=ops, residual=b.residual,
-                    shift=None if b.shift is None else _shift_cal(b.shift, b.channels))
+                    shift=None if b.shift is None else _shift_cal(b.shift, b.channels),
+                    still=b.still)
 
 
 def _shift_cal(raw, c: int) -> ShiftCal:

@@ -267,10 +267,11 @@ def quantise(model, representative: np.ndarray, arch: str = "tcn") -> tuple[byte
 
 
 def board_blob(tflite: bytes, names: list[str], scaler, detector, residual: bool,
-               key: bytes | None = None, shift=None):
+               key: bytes | None = None, shift=None, still: int = 0):
     """(blob bytes, spec): the firmware blob of a `quantise`d model, signed when `key` is given.
 
-    `shift` (a training.shiftcal.ShiftCal) adds the board's sustained-shift rule.
+    `shift` (a training.shiftcal.ShiftCal) adds the board's sustained-shift rule, `still`
+    its whole-reading stuck rule (repeats that make a stuck reading; 0: none).
 
     Raises blob.UnsupportedModel for op sets the board engine lacks.
     """
@@ -278,6 +279,7 @@ def board_blob(tflite: bytes, names: list[str], scaler, detector, residual: bool
 
     spec = blob.from_tflite(tflite, list(names), scaler.offset, scaler.scale, detector, residual)
     spec.shift = shift
+    spec.still = int(still)
     raw = blob.write(spec)
     if key:
         raw = blob.sign(raw, key)
@@ -385,6 +387,9 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     x_tr, y_tr, x_va, y_va, rows = windows_of(data, names, scaler, window,
                                            config.get("train_fraction", 0.8), fit_rows=True)
     shift, shift_note = shift_calibration(rows, names)
+    from training.detectors import stuck_limit
+
+    still = stuck_limit(rows)
     if eval_data:
         _, _, x_ev, y_ev = windows_of(eval_data, names, scaler, window, 0.0)
     else:
@@ -433,10 +438,11 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
                             det.eps, det.sigma_window, det.stuck_samples)
     report["k"] = det.k
     try:
-        raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift)
+        raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift, still)
         (out / "model.ewb").write_bytes(raw)
         report.update(blob_bytes=len(raw), model_id=spec.model_id, signed=bool(key),
-                      shift=shift_note or f"shift rule: window {shift.window} rows, factor {shift.factor:g}")
+                      shift=shift_note or f"shift rule: window {shift.window} rows, factor {shift.factor:g}",
+                      still=still)
     except blob.UnsupportedModel as exc:
         (out / "model.ewb").unlink(missing_ok=True)
         report.update(blob_bytes=None, blob_skipped=str(exc))
@@ -536,7 +542,8 @@ def run(args) -> int:
     else:
         print(f"blob skipped: {rep['blob_skipped']}")
     if rep.get("blob_bytes"):
-        print(f"detector: band k = {rep['k']:.3g}{' (fixed)' if args.fixed_k else ''}; {rep['shift']}")
+        print(f"detector: band k = {rep['k']:.3g}{' (fixed)' if args.fixed_k else ''}; {rep['shift']}; "
+              f"stuck after {rep['still']} repeats of the whole reading")
     print(f"emlearn: {rep['emlearn']}")
     print(f"RMSE on {rep['eval_windows']} windows of {rep['eval_data']}:")
     for c in rep["channels"]:

@@ -179,6 +179,12 @@ def longest_constant_run(values: np.ndarray) -> int:
     return best
 
 
+def stuck_limit(fit_values: np.ndarray, min_stuck: int = 5) -> int:
+    """Repeats of the whole reading that make it stuck: 1.5x the longest such run in the fit
+    rows, at least ``min_stuck`` (the best detector's view 3; the board's blob carries it)."""
+    return max(min_stuck, int(1.5 * longest_constant_run(np.asarray(fit_values))) + 1)
+
+
 class BestDetector(Detector):
     """The project's best detector: four views, any of which alerts.
 
@@ -194,12 +200,12 @@ class BestDetector(Detector):
     does not flicker on and off.
 
     Every view is causal and O(C²) per sample at most, so the whole detector fits
-    the board; the firmware runs view 1 (its ``shift`` rule) and its own device
-    rules, not yet the spike and whole-vector stuck views (see ``board``).
+    the board; the firmware runs views 1 (its ``shift`` rule), 3 (``stuck`` with
+    the blob's whole-reading limit) and 4, not yet the spike view (see ``board``).
     """
 
     name = "best"
-    on_board = "partly: the firmware runs the shift view; spike and stuck views not yet"
+    on_board = "partly: the firmware runs the shift, stuck and device views; the spike view not yet"
     description = ("ms-ensemble OR spike (x − median of previous 5 beyond 3× its fit 99th pct) OR stuck "
                    "(> 1.5× longest fit run) OR failed read / missed period; alerts held 5 rows")
 
@@ -226,7 +232,7 @@ class BestDetector(Detector):
         scale = np.maximum(np.quantile(np.abs(resid[m:n_fit]), 0.99, axis=0), 1e-9)
         spike = np.any(np.abs(resid) > self.spike_k * scale, axis=1)
         spike[:m] = False
-        limit = max(self.min_stuck, int(1.5 * longest_constant_run(v[:n_fit])) + 1)
+        limit = stuck_limit(v[:n_fit], self.min_stuck)
         same = np.concatenate([[False], np.all(np.diff(raw, axis=0) == 0, axis=1)])
         run = np.zeros(len(v), dtype=int)
         for i in range(1, len(v)):
@@ -379,11 +385,12 @@ class BoardVerdict:
 
 def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.ndarray | None = None,
                  limits=None, stuck_samples: int = 10 ** 9, dropout_periods: int = 1,
-                 heap: str = "96K", timeout: float = 1800) -> BoardVerdict:
+                 heap: str = "96K", timeout: float = 1800, still: bool = True) -> BoardVerdict:
     """Feed rows through firmware/engine.py + firmware/detector.py under MicroPython.
 
     ``values`` [N, C] physical units (NaN = failed read), ``missed`` [N] sample
-    periods skipped before each row. ``limits`` per channel (default: none).
+    periods skipped before each row. ``limits`` per channel (default: none). ``still``
+    keeps the blob's whole-reading stuck rule (False: off, as for the model rules alone).
     """
     from tools import mpy
 
@@ -400,7 +407,9 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
                "limits": [list(map(float, x)) for x in lim],
                "params": {"k": None, "eps": None, "sigma_window": None,
                           "stuck_samples": int(stuck_samples),
-                          "dropout_periods": int(dropout_periods)},
+                          "dropout_periods": int(dropout_periods),
+                          # whole reading repeated: the blob's limit, or off
+                          "still_samples": None if still else 0},
                # only used while no model is loaded; the blob's k, eps, sigma window win
                "fallback": {"k": K, "eps": EPS, "sigma_window": 10}}
         proc = mpy.run(code=_DRIVER % cfg, heap=heap, timeout=timeout)
@@ -447,8 +456,9 @@ def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
     tfl, residual = convert.quantise(model, rep, "tcn")
     shift = None if fit_rows is None else convert.shift_calibration(fill_missing(fit_rows), names)[0]
     k = K if y_fit is None else convert.calibrate_k(tfl, residual, x_fit, y_fit, K, EPS, window)
+    still = 0 if fit_rows is None else stuck_limit(fill_missing(fit_rows))
     raw, _ = convert.board_blob(tfl, names, scaler, blob.Detector(k=k, eps=EPS, sigma_window=window),
-                                residual, shift=shift)
+                                residual, shift=shift, still=still)
     return (raw, tfl) if with_tflite else raw
 
 
@@ -471,7 +481,9 @@ class BoardDetector(ForecastDetector):
                             f"in float; int8 ranges calibrated on the fit rows ± {HEADROOM:.0%} headroom) "
                             f"+ band ε={EPS:g}, k = {K:g} raised to the fit windows' largest band ratio "
                             "+ the shift rule (ms-ensemble's test, calibrated on the fit rows, in the "
-                            "blob), run by firmware/engine.py + detector.py + shift.py under MicroPython")
+                            "blob); on the fault suite also the device rules, whole-reading stuck "
+                            "limit from the blob (best's view 3); run by firmware/engine.py + "
+                            "detector.py + shift.py under MicroPython")
         self.rules = rules
         self.limits = limits
         self.stuck_samples = stuck_samples
@@ -493,7 +505,7 @@ class BoardDetector(ForecastDetector):
         bv = run_firmware(raw, names, values[start:], miss,
                           limits=self.limits if everything else None,
                           stuck_samples=self.stuck_samples if everything else 10 ** 9,
-                          dropout_periods=1 if everything else 10 ** 9)
+                          dropout_periods=1 if everything else 10 ** 9, still=everything)
         c = values.shape[1]
         pad = np.full((start, c), np.nan)
         self.last = BoardVerdict([[] for _ in range(start)] + bv.alerts,
