@@ -40,7 +40,6 @@ class Detector:
         self.fallback = fallback
         self.stuck_n = params["stuck_samples"]
         self.dropout_n = params["dropout_periods"]
-        self.still_n = params.get("still_samples") or 0  # until a model says otherwise
         self.hist = array("f", bytes(4 * CAPACITY * n))
         self.count = 0  # valid samples in hist (up to CAPACITY)
         self.pos = 0  # next write index
@@ -73,13 +72,14 @@ class Detector:
         self.k = float(pick("k"))
         self.eps = float(pick("eps"))
         self.sigma_window = int(pick("sigma_window"))
+        st = p.get("still_samples")  # None: the model's (0 without one); 0: off
+        self.still_n = (model.still if model is not None else 0) if st is None else st
 
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only."""
         if model is None:
             self.model, self._order, self._win, self.shift = None, None, None, None
             self._set_params(None)
-            self.still_n = self.params.get("still_samples") or 0
             return
         lower = [s.lower() for s in self.names]
         order = []
@@ -114,8 +114,6 @@ class Detector:
         else:
             sh = None
         self.shift = sh
-        st = self.params.get("still_samples")
-        self.still_n = model.still if st is None else st
         self._order = order
         self._win = array("f", bytes(4 * model.window * len(order)))
         self.model = model

@@ -92,7 +92,7 @@ class HostModel:
         # the int8 net may predict the change from the newest sample (docs/model_blob.md)
         self.residual = bool(getattr(spec, "residual", False))
         # the sustained-shift section as the engine hands it over (raw; the detector parses it)
-        self.shift = blob.fw.Blob((d / "model.ewb").read_bytes()).shift
+        self.shift = None if spec.shift is None else blob.shift_section(spec.shift, self.channels)
         self.still = spec.still
         self.lock = threading.Lock()
 

@@ -31,6 +31,13 @@ def _status(listener):
     return [m for m in listener.json("status") if m.get("state") == "online"]
 
 
+def _runs(listener, model_id, what):
+    """From now on the board's telemetry has a band, and every record names `model_id`."""
+    n = len(listener.json("telemetry"))
+    wait_until(lambda: any(m["band"] for m in listener.json("telemetry")[n:]), 20, what=what)
+    assert all(m["model"] == model_id for m in listener.json("telemetry")[n:])
+
+
 def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
     from training.blob import read, sign
 
@@ -59,10 +66,7 @@ def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
             wait_until(lambda: _status(listener)[-1]["model"] == model_id, 20, what="model in status")
             assert "error" not in _status(listener)[-1]
             assert (flash / "model.ewb").read_bytes() == signed and not (flash / "model.ewb.tmp").exists()
-            n = len(listener.json("telemetry"))
-            wait_until(lambda: any(m["band"] for m in listener.json("telemetry")[n:]), 20,
-                       what="telemetry with a band from the new model")
-            assert all(m["model"] == model_id for m in listener.json("telemetry")[n:])
+            _runs(listener, model_id, "telemetry with a band from the new model")
         finally:
             proc.kill()
             proc.wait(10)
@@ -121,10 +125,7 @@ def test_board_shipped_with_a_model_takes_updates_and_refuses_oversized(tmp_path
                 assert st["error"].startswith(reason) and st["model"] == old_id, st
                 assert read(((flash / "model.ewb").read_bytes()), key).model_id == old_id
                 assert not (flash / "model.new").exists()
-            n = len(listener.json("telemetry"))
-            wait_until(lambda: any(m["band"] for m in listener.json("telemetry")[n:]), 20,
-                       what="telemetry with a band from the kept model")
-            assert all(m["model"] == old_id for m in listener.json("telemetry")[n:])
+            _runs(listener, old_id, "telemetry with a band from the kept model")
         finally:
             proc.kill()
             proc.wait(10)

@@ -269,18 +269,12 @@ def plots(res: dict, img_dir: Path) -> list[str]:
         axes[0].axvline(400, color="k", lw=0.8)
         axes[1].fill_between(range(len(f.anomaly)), f.anomaly, step="mid", color="tab:red")
         axes[1].set_ylabel("label")
-        for ax, (d, p) in zip(axes[2:], kept.items(), strict=True):
-            ax.fill_between(range(len(p)), p, step="mid", color="tab:blue")
-            ax.set_ylabel(d, rotation=0, ha="right")
+        _strips(axes[2:], kept)
+        for ax in axes[2:]:
             ax.axvline(400, color="k", lw=0.8)
-        for ax in axes[1:]:
-            ax.set_yticks([])
+        axes[1].set_yticks([])
         axes[-1].set_xlabel(f"SKAB {fname}: row (s); black line = end of the fit rows")
-        fig.tight_layout()
-        out = f"skab_{fname.replace('/', '_')}.png"
-        fig.savefig(img_dir / out, dpi=80)
-        plt.close(fig)
-        names.append(out)
+        names.append(_save(fig, plt, img_dir, f"skab_{fname.replace('/', '_')}.png"))
     if res.get("nab"):
         names += nab_plots(res, img_dir, plt)
     return names
@@ -302,17 +296,25 @@ def nab_plots(res: dict, img_dir: Path, plt) -> list[str]:
         axes[0].axvline(int(np.ceil(nab.probation_length(len(ts)))), color="tab:gray", lw=0.8)
         axes[0].set_ylabel("value")
         axes[0].legend(loc="upper left", fontsize=7)
-        for ax, (d, p) in zip(axes[1:], kept.items(), strict=True):
-            ax.fill_between(range(len(p)), p, step="mid", color="tab:blue")
-            ax.set_ylabel(d, rotation=0, ha="right")
-            ax.set_yticks([])
+        _strips(axes[1:], kept)
         axes[-1].set_xlabel(f"NAB {fname}: row; grey line = end of the probationary (fit) rows")
-        fig.tight_layout()
-        out = f"nab_{fname}.png"
-        fig.savefig(img_dir / out, dpi=80)
-        plt.close(fig)
-        names.append(out)
+        names.append(_save(fig, plt, img_dir, f"nab_{fname}.png"))
     return names
+
+
+def _strips(axes, kept: dict) -> None:
+    """One strip per detector: its verdicts over the rows, named on the left."""
+    for ax, (d, p) in zip(axes, kept.items(), strict=True):
+        ax.fill_between(range(len(p)), p, step="mid", color="tab:blue")
+        ax.set_ylabel(d, rotation=0, ha="right")
+        ax.set_yticks([])
+
+
+def _save(fig, plt, img_dir: Path, out: str) -> str:
+    fig.tight_layout()
+    fig.savefig(img_dir / out, dpi=80)
+    plt.close(fig)
+    return out
 
 
 def main(argv=None) -> int:

@@ -338,11 +338,7 @@ def write(spec: BlobSpec) -> bytes:
             raise ValueError(f"unknown op kind {kind}")
     flags = fw.FLAG_RESIDUAL if spec.residual else 0
     if spec.shift is not None:
-        sh = spec.shift
-        flat = [*np.ravel(sh.center), *np.ravel(sh.spread), *np.ravel(sh.matrix)]
-        if len(flat) != 2 * c + c * c:
-            raise ValueError(f"shift calibration has {len(flat)} values, {c} channels need {2 * c + c * c}")
-        parts.append(struct.pack("<Hf", sh.window, sh.factor) + struct.pack(f"<{len(flat)}f", *flat))
+        parts.append(shift_section(spec.shift, c))
         flags |= fw.FLAG_SHIFT
     if spec.still:
         parts.append(struct.pack("<H", spec.still))
@@ -352,6 +348,15 @@ def write(spec: BlobSpec) -> bytes:
                            spec.window, c, len(spec.tensors), len(spec.ops))
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def shift_section(sh: ShiftCal, channels: int) -> bytes:
+    """The blob's shift section (docs/model_blob.md), as firmware/shift.py parses it."""
+    flat = [*np.ravel(sh.center), *np.ravel(sh.spread), *np.ravel(sh.matrix)]
+    c = channels
+    if len(flat) != 2 * c + c * c:
+        raise ValueError(f"shift calibration has {len(flat)} values, {c} channels need {2 * c + c * c}")
+    return struct.pack("<Hf", sh.window, sh.factor) + struct.pack(f"<{len(flat)}f", *flat)
 
 
 def sign(blob: bytes, key: bytes | str) -> bytes:

@@ -198,7 +198,7 @@ def calibrate_k(tflite: bytes, residual: bool, x: np.ndarray, y: np.ndarray, k_m
     return float(max(k_min, np.max(ratio) * (1 + 1e-6) * margin))
 
 
-def shift_calibration(fit_rows: np.ndarray, names: list[str]):
+def shift_calibration(fit_rows: np.ndarray):
     """The board's sustained-shift test calibrated on `fit_rows` (physical), or None with a
     note when there are too few rows for its rolling mean."""
     from training import shiftcal
@@ -207,6 +207,26 @@ def shift_calibration(fit_rows: np.ndarray, names: list[str]):
         return shiftcal.calibrate(fit_rows), None
     except ValueError as exc:
         return None, f"shift rule left out: {exc}"
+
+
+def calibrate_detector(tflite: bytes, residual: bool, detector, x_fit=None, y_fit=None,
+                       fit_rows=None, fixed_k: bool = False):
+    """What the board's blob learns from the training data, for `convert` and the board
+    benchmark alike: (detector with its calibrated k, shift calibration or None, a note when
+    the shift rule is left out, whole-reading stuck limit). Windows `x_fit`/`y_fit` calibrate
+    k (unless `fixed_k`); physical `fit_rows` the shift and stuck rules."""
+    from training import blob
+    from training.detectors import stuck_limit
+
+    shift, note, still = None, None, 0
+    if fit_rows is not None:
+        shift, note = shift_calibration(fit_rows)
+        still = stuck_limit(fit_rows)
+    if y_fit is not None and not fixed_k:
+        d = detector
+        detector = blob.Detector(calibrate_k(tflite, residual, x_fit, y_fit, d.k, d.eps, d.sigma_window),
+                                 d.eps, d.sigma_window, d.stuck_samples)
+    return detector, shift, note, still
 
 
 def split_residual(model):
@@ -386,10 +406,6 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         data = str(root / data)  # config.json keeps the path as given at train time, from the repo
     x_tr, y_tr, x_va, y_va, rows = windows_of(data, names, scaler, window,
                                            config.get("train_fraction", 0.8), fit_rows=True)
-    shift, shift_note = shift_calibration(rows, names)
-    from training.detectors import stuck_limit
-
-    still = stuck_limit(rows)
     if eval_data:
         _, _, x_ev, y_ev = windows_of(eval_data, names, scaler, window, 0.0)
     else:
@@ -432,10 +448,8 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
               "rmse_ratio": dict(zip(names, map(float, rmse_q / np.maximum(rmse_f, 1e-12)), strict=True))}
 
     # the board blob (TCN op set only)
-    det = detector or blob.Detector(sigma_window=window)
-    if not fixed_k:
-        det = blob.Detector(calibrate_k(tflite, residual, x_tr, y_tr, det.k, det.eps, det.sigma_window),
-                            det.eps, det.sigma_window, det.stuck_samples)
+    det, shift, shift_note, still = calibrate_detector(
+        tflite, residual, detector or blob.Detector(sigma_window=window), x_tr, y_tr, rows, fixed_k)
     report["k"] = det.k
     try:
         raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift, still)

@@ -454,11 +454,10 @@ def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
         # it would otherwise clip before the net sees them.
         rep = np.concatenate([rep, (rep - 0.5) * (1 + 2 * HEADROOM) + 0.5])
     tfl, residual = convert.quantise(model, rep, "tcn")
-    shift = None if fit_rows is None else convert.shift_calibration(fill_missing(fit_rows), names)[0]
-    k = K if y_fit is None else convert.calibrate_k(tfl, residual, x_fit, y_fit, K, EPS, window)
-    still = 0 if fit_rows is None else stuck_limit(fill_missing(fit_rows))
-    raw, _ = convert.board_blob(tfl, names, scaler, blob.Detector(k=k, eps=EPS, sigma_window=window),
-                                residual, shift=shift, still=still)
+    det, shift, _, still = convert.calibrate_detector(
+        tfl, residual, blob.Detector(k=K, eps=EPS, sigma_window=window), x_fit, y_fit,
+        None if fit_rows is None else fill_missing(fit_rows))
+    raw, _ = convert.board_blob(tfl, names, scaler, det, residual, shift=shift, still=still)
     return (raw, tfl) if with_tflite else raw
 
 
