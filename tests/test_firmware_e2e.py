@@ -52,7 +52,7 @@ def summary(console: str) -> dict:
 def collected(listener, device):
     """Every message of `device`, each checked by the host's parser: (telemetry, alerts, status)."""
     tel, alerts, status = [], [], []
-    for topic, payload, _ in list(listener.messages):
+    for topic, payload, _, _ in list(listener.messages):
         if f"/{device}/" not in topic:
             continue
         rec = parse(topic, payload)  # raises on anything outside docs/messages.md

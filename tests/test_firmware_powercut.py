@@ -45,7 +45,7 @@ def test_kill_during_append_then_restart(tmp_path):
     assert "power cut in record write 60 after 30 of" in first
     # the restarted board found the torn slot, skipped it and reused its seq
     assert f"next seq {TORN - 1}" in proc.stdout and s["skipped"] == 1
-    records = [(t, p) for t, p, _ in listener.messages if not t.endswith("/status")]
+    records = [(t, p) for t, p, _, _ in listener.messages if not t.endswith("/status")]
     for topic, payload in records:
         parse(topic, payload)  # every message sent is whole and valid
     seqs = [json.loads(p)["seq"] for _, p in records]

@@ -116,7 +116,7 @@ def console(folder, log: str = "console.log") -> str:
 
 
 class Listener:
-    """A paho subscriber collecting every message under `topic` as (topic, payload, retain).
+    """A paho subscriber collecting every message under `topic` as (topic, payload, retain, dup).
 
     With `persistent` (needs a client_id) its session survives a broker restart with
     persistence, so nothing published while it reconnects is lost to it."""
@@ -127,7 +127,7 @@ class Listener:
 
         import paho.mqtt.client as mqtt
 
-        self.messages: list[tuple[str, bytes, bool]] = []
+        self.messages: list[tuple[str, bytes, bool, bool]] = []
         self._lock = threading.Lock()
         ready = threading.Event()
         # persistent: a broker restarted with persistence keeps queueing for us while we reconnect
@@ -146,12 +146,17 @@ class Listener:
 
     def _on_message(self, client, userdata, msg):
         with self._lock:
-            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain), bool(msg.dup)))
 
-    def json(self, kind: str) -> list[dict]:
-        """Decoded JSON messages whose topic ends with /<kind>, in arrival order."""
+    def json(self, kind: str, redelivered: bool = True) -> list[dict]:
+        """Decoded JSON messages whose topic ends with /<kind>, in arrival order.
+
+        ``redelivered=False`` leaves out the broker's own resends to us (DUP flag: after a
+        broker restart it resends what we may not have acknowledged), so what is left is
+        every copy the publisher sent."""
         with self._lock:
-            return [json.loads(p) for t, p, _ in self.messages if t.endswith("/" + kind)]
+            return [json.loads(p) for t, p, _, dup in self.messages
+                    if t.endswith("/" + kind) and (redelivered or not dup)]
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish with QoS 1 and wait for the PUBACK."""
