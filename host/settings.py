@@ -189,15 +189,30 @@ def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
     UserError with one line when the broker cannot be reached or refuses us
     (bad password, not authorised): a service should not start half-connected.
     """
-    ready, outcome = threading.Event(), {}
+    ready, outcome, pending = threading.Event(), {}, {}
 
     def on_connect(c, _userdata, _flags, reason_code, _props=None):
         outcome["rc"] = reason_code
-        if not reason_code.is_failure:
-            for topic, qos in subscriptions:
-                c.subscribe(topic, qos)
-            logging.getLogger("edgewatch.mqtt").info(
-                "connected to %s", s.url, extra={"subscriptions": ",".join(t for t, _ in subscriptions)})
+        if reason_code.is_failure or not subscriptions:
+            ready.set()
+            return
+        # ready only once the broker has acknowledged the subscriptions: a message
+        # published after connect() returns must reach us, not race our SUBSCRIBE
+        _rc, mid = c.subscribe(list(subscriptions))
+        pending[mid] = True
+        logging.getLogger("edgewatch.mqtt").info(
+            "connected to %s", s.url, extra={"subscriptions": ",".join(t for t, _ in subscriptions)})
+
+    def on_subscribe(_c, _userdata, mid, reason_codes, _props=None):
+        if pending.pop(mid, None) is None:
+            return
+        # Mosquitto grants every filter and applies its ACL on delivery; brokers
+        # that refuse a filter (0x80) get it named in the log.
+        refused = [t for (t, _), rc in zip(subscriptions, reason_codes, strict=False)
+                   if rc.is_failure]
+        if refused:
+            logging.getLogger("edgewatch.mqtt").error(
+                "%s: the broker refused the subscription to %s", s.url, ", ".join(refused))
         ready.set()
 
     def on_disconnect(_c, _userdata, _flags, reason_code, _props=None):
@@ -206,6 +221,7 @@ def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
                                                         s.url, reason_code)
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_disconnect = on_disconnect
     try:
         client.connect(s.host, s.port, keepalive=30)

@@ -94,3 +94,37 @@ def test_systemd_units_run_real_commands_with_valid_options():
         assert svc["Restart"] == "on-failure" and svc["RestartPreventExitStatus"] == "2"
         text = f.read_text()
         assert "TOKEN=" not in text and "PASSWORD=" not in text  # secrets stay in the env file
+
+
+def test_a_service_hears_what_is_published_the_moment_it_has_connected(tmp_path):
+    """connect() returns once the broker has acknowledged the subscriptions, so a QoS 1 message
+    published right after it reaches the service (it used to return at CONNACK, and an alert
+    published at once could beat the SUBSCRIBE and be dropped)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from host.settings import MqttSettings, connect, mqtt_client
+    from tools.broker import Broker
+
+    with Broker(tmp_path / "mq") as b:
+        s = MqttSettings(port=b.port)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", b.port)
+        pub.loop_start()
+        missed = []
+        try:
+            for i in range(40):
+                got = threading.Event()
+                c = mqtt_client(s, f"svc-{i}")
+                c.on_message = lambda *_a, got=got: got.set()
+                connect(c, s, [(f"edgewatch/+/alert{i}", 1)])
+                pub.publish(f"edgewatch/gh-01/alert{i}", b"x", qos=1).wait_for_publish(5)
+                if not got.wait(5):
+                    missed.append(i)
+                c.disconnect()
+                c.loop_stop()
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        assert missed == []
