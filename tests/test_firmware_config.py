@@ -2,7 +2,6 @@
 runs the firmware within its heap budget."""
 
 import json
-import time
 
 import pytest
 
@@ -71,7 +70,7 @@ def test_invalid_config_waits_and_recovers_without_crash_loop(tmp_path):
         cfg["broker"] = f"mqtt://127.0.0.1:{broker.port}"
         (flash / "config.json").write_text(json.dumps(cfg))
         assert proc.wait(30) == 0, fwrun.console(flash)[-2000:]
-        time.sleep(0.3)
+        listener.settle()
         listener.close()
     tel, _, _ = collected(listener, "cfg-1")
     assert len(tel) == 5
@@ -87,7 +86,7 @@ def test_every_board_runs_within_its_heap_budget(tmp_path, board):
                               sim=sim(faults), **test_config(stop_after=40))
         proc = fwrun.run(flash, board, timeout=60)
         assert proc.returncode == 0, proc.stdout[-3000:]
-        time.sleep(0.3)
+        listener.settle()
         listener.close()
     s = summary(proc.stdout)
     tel, alerts, _ = collected(listener, "hb-1")

@@ -70,7 +70,7 @@ def test_faults_give_alerts_clean_data_none_and_seq_is_contiguous(tmp_path):
         took = time.monotonic() - t0
         assert proc.returncode == 0, proc.stdout[-3000:]
         s = summary(proc.stdout)
-        time.sleep(0.5)
+        listener.settle()
         listener.close()
     tel, alerts, status = collected(listener, "e2e-1")
     n = s["next_seq"]
@@ -127,7 +127,7 @@ def test_tls_with_client_certificate_and_password(tmp_path):
                                     wifi={"ssid": "greenhouse", "password": "x"}))
         proc = fwrun.run(flash, BOARD, timeout=60)
         assert proc.returncode == 0, proc.stdout[-3000:]
-        time.sleep(0.3)
+        listener.settle()
         listener.close()
     tel, alerts, status = collected(listener, dev)
     assert len(tel) == 15
@@ -162,7 +162,7 @@ def test_wifi_association_failures_back_off_then_connect(tmp_path):
                                                                   "timeout_ms": 300}))
         proc = fwrun.run(flash, BOARD, timeout=60)
         assert proc.returncode == 0, proc.stdout[-3000:]
-        time.sleep(0.3)
+        listener.settle()
         listener.close()
     tel, alerts, _ = collected(listener, "wifi-1")
     assert len(tel) == 150 and not alerts  # sampling went on while WiFi was down
@@ -191,7 +191,7 @@ def test_with_model_blob_band_alerts_on_spikes(tmp_path, model_dir):
                               **test_config(stop_after=300))
         proc = fwrun.run(flash, BOARD, timeout=120)
         assert proc.returncode == 0, proc.stdout[-3000:]
-        time.sleep(0.5)
+        listener.settle()
         listener.close()
     tel, alerts, status = collected(listener, "e2e-m")
     assert sorted(r.seq for r in tel + alerts) == list(range(summary(proc.stdout)["next_seq"]))

@@ -3,7 +3,6 @@ are refused with status `error` and nothing stored; a signed one is verified, st
 hot-swapped and reported in status; the stored model survives a reboot."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -78,7 +77,7 @@ def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
         k = len(_status(listener))
         proc = fwrun.run(flash, BOARD, timeout=60)
         assert proc.returncode == 0, proc.stdout[-2000:]
-        time.sleep(0.3)
+        listener.settle()
         listener.close()
     assert f"model {model_id} outbox" in proc.stdout
     assert all(st["model"] == model_id and "error" not in st for st in _status(listener)[k:]), [(s.get("model"), s.get("error")) for s in _status(listener)[k:]]

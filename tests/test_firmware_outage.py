@@ -35,7 +35,7 @@ def test_30s_broker_outage_loses_no_sample(tmp_path):
         n = s["next_seq"]
         wait_until(lambda: len({m["seq"] for k in ("telemetry", "alert") for m in listener.json(k)}) >= n,
                    30, what=f"all {n} records at the collector")
-        time.sleep(0.5)
+        listener.settle()
         listener.close()
     finally:
         broker.stop()

@@ -40,7 +40,7 @@ def test_kill_during_append_then_restart(tmp_path):
         proc = fwrun.run(flash, BOARD, timeout=60)
         assert proc.returncode == 0, proc.stdout[-3000:]
         s = summary(proc.stdout)
-        time.sleep(0.5)
+        listener.settle()
         listener.close()
     assert "power cut in record write 60 after 30 of" in first
     # the restarted board found the torn slot, skipped it and reused its seq

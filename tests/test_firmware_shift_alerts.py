@@ -2,7 +2,6 @@
 board flags every shifted sample in its telemetry but sends the shift alert only when the
 shift starts and again every shift window while it lasts."""
 
-import time
 
 import numpy as np
 
@@ -29,7 +28,7 @@ def test_a_lasting_shift_alerts_at_its_start_and_every_window(tmp_path, tiny_mod
                               sim=sim([]), model=model, **test_config(stop_after=SAMPLES))
         proc = fwrun.run(flash, BOARD, timeout=120)
         assert proc.returncode == 0, proc.stdout[-3000:]
-        time.sleep(0.3)
+        listener.settle()
         listener.close()
     tel, alerts, _ = collected(listener, "sh-1")
     assert len(tel) == SAMPLES

@@ -129,6 +129,7 @@ class Listener:
 
         self.messages: list[tuple[str, bytes, bool, bool]] = []
         self._lock = threading.Lock()
+        self._last = 0.0
         ready = threading.Event()
         # persistent: a broker restarted with persistence keeps queueing for us while we reconnect
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -145,8 +146,26 @@ class Listener:
             raise RuntimeError(f"no SUBACK from the broker on port {port}")
 
     def _on_message(self, client, userdata, msg):
+        import time
+
         with self._lock:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain), bool(msg.dup)))
+            self._last = time.monotonic()
+
+    def settle(self, quiet: float = 0.5, timeout: float = 15.0) -> None:
+        """Wait until nothing has arrived for ``quiet`` seconds (at most ``timeout``).
+
+        After the board's process has ended, what it published is at the broker but may
+        still be on its way to us; on a loaded machine a fixed sleep can cut that off."""
+        import time
+
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            with self._lock:
+                last = max(self._last, start)
+            if time.monotonic() - last >= quiet:
+                return
+            time.sleep(0.05)
 
     def json(self, kind: str, redelivered: bool = True) -> list[dict]:
         """Decoded JSON messages whose topic ends with /<kind>, in arrival order.
