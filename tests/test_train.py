@@ -85,7 +85,7 @@ def test_same_seed_same_weights_other_seed_differs():
 
 def test_compare_cli_prints_one_table_and_writes_json(tiny_csv, tmp_path):
     js = tmp_path / "table.json"
-    r = _run("compare", "--data", tiny_csv, "--epochs", "1", "--json", js)
+    r = _run("compare", "--data", tiny_csv, "--epochs", "1", "--json", js, "--repeat", "2")
     lines = r.stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("model"))
     assert "RMSE temperature (°C)" in lines[head] and "RMSE humidity (%RH)" in lines[head]
@@ -97,4 +97,8 @@ def test_compare_cli_prints_one_table_and_writes_json(tiny_csv, tmp_path):
         t = table["models"][arch]
         assert float(row[1]) == pytest.approx(t["rmse"]["temperature"], abs=6e-6)
         assert int(row[3]) == t["params"] and t["train_seconds"] > 0
+        # two runs per model, taking turns; the table gives their median (= mean of two)
+        assert len(t["train_seconds_runs"]) == 2 and len(t["train_cpu_seconds_runs"]) == 2
+        assert t["train_seconds"] == pytest.approx(sum(t["train_seconds_runs"]) / 2, abs=1e-3)
+    assert table["repeat"] == 2 and "median of 2 runs" in r.stdout
     assert set(table["goals"]) == {"tcn_rmse_le_lstm_and_gru", "tcn_time_le_half_lstm"}

@@ -3,7 +3,9 @@
     python -m tools.bench_training [--fast]
 
 Runs ``edgewatch compare --data ../shared/data/occupancy/datatraining.txt``
-itself (10 epochs, window 10, seed 42, chronological 80/20 split) in a fresh
+itself (10 epochs, window 10, seed 42, chronological 80/20 split; each model
+three times in turns, the median reported: one timing on this shared virtual
+machine can be 30 % off the next) in a fresh
 process: `make bench` has used TensorFlow before it gets here (the detector
 suites train TCNs), and a process whose TensorFlow already runs can no longer
 be given the settings `training.train` makes for every model (one thread per
@@ -24,14 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
-COMMAND = "edgewatch compare --data ../shared/data/occupancy/datatraining.txt --epochs {epochs}"
+REPEAT = 3
+COMMAND = ("edgewatch compare --data ../shared/data/occupancy/datatraining.txt --epochs {epochs} "
+           "--repeat {repeat}")
 
 
 def bench(fast: bool = False) -> dict:
     """The comparison table as ``{"records": [...], ...}`` (fast: 2 epochs, not the real figures)."""
     from training.data import repo_root, shared_data
 
-    epochs = 2 if fast else 10
+    epochs, repeat = (2, 1) if fast else (10, REPEAT)
     data = shared_data() / "occupancy" / "datatraining.txt"
     edgewatch = Path(sys.executable).with_name("edgewatch")
     load_avg = os.getloadavg()[0]
@@ -40,7 +44,8 @@ def bench(fast: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         js = Path(tmp) / "compare.json"
         proc = subprocess.run([str(edgewatch), "compare", "--data", str(data), "--epochs", str(epochs),
-                               "--json", str(js)], capture_output=True, text=True, cwd=repo_root())
+                               "--repeat", str(repeat), "--json", str(js)],
+                              capture_output=True, text=True, cwd=repo_root())
         if proc.returncode != 0:
             raise RuntimeError(f"edgewatch compare failed: {proc.stderr.strip()[-500:]}")
         table = json.loads(js.read_text())
@@ -50,13 +55,15 @@ def bench(fast: bool = False) -> dict:
     for arch, r in table["models"].items():
         recs.append({"model": arch.upper(), **{f"rmse_{c}": v for c, v in r["rmse"].items()},
                      "params": r["params"], "train_seconds": r["train_seconds"],
-                     "train_cpu_seconds": r["train_cpu_seconds"]})
+                     "train_cpu_seconds": r["train_cpu_seconds"],
+                     "train_seconds_runs": r.get("train_seconds_runs", [r["train_seconds"]])})
     recs.append({"model": "last value (baseline)",
                  **{f"rmse_{c}": v for c, v in table["baseline_last_value"]["rmse"].items()},
                  "params": 0, "train_seconds": 0.0, "train_cpu_seconds": 0.0})
     return {
         "records": recs,
-        "command": COMMAND.format(epochs=epochs),
+        "command": COMMAND.format(epochs=epochs, repeat=repeat),
+        "repeat": repeat,
         "epochs": epochs,
         "tcn_default_train_seconds": table["models"]["tcn"]["train_seconds"],
         "goals": table["goals"],

@@ -9,6 +9,13 @@ parameter count and the training seconds, next to the last-value baseline
 Each model trains in a fresh process of its own: the first fit in a process
 also pays TensorFlow's one-off start-up (about 0.7 s measured), which would
 otherwise land in whichever model happened to come first (the TCN).
+
+On a shared or virtual machine one timing can be 30 % off the next. With
+``--repeat N`` every model is trained N times, the models taking turns
+(TCN, LSTM, GRU, TCN, ...) so that a slow spell of the machine falls on all of
+them, and the table gives the median; every run's seconds are kept in the JSON.
+Training is deterministic, so the repeats must give the same RMSE: a repeat
+that does not is an error, not a figure.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -25,23 +33,38 @@ from training.train import ARCHS, add_common, load_for_training, train
 
 
 def compare(series: Series, epochs: int = 10, window: int = 10, seed: int = 42,
-            batch_size: int = 32, out_dir=None, archs=ARCHS, verbose=0) -> dict:
+            batch_size: int = 32, out_dir=None, archs=ARCHS, verbose=0, repeat: int = 1) -> dict:
     """Train every arch in ``archs`` on ``series``; return the table as a dict.
 
-    With ``out_dir`` each model directory is written to ``out_dir/<arch>``.
+    With ``out_dir`` each model directory is written to ``out_dir/<arch>`` (by the
+    first run). ``repeat`` > 1 trains each model that many times, in turns, and
+    reports the median seconds (``train_seconds_runs`` has them all).
     """
-    rows, baseline = {}, None
+    if int(repeat) < 1:
+        raise UserError(f"--repeat must be >= 1 (got {repeat})")
+    rows, baseline, runs = {}, None, {arch: [] for arch in archs}
+    for r in range(int(repeat)):
+        for arch in archs:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                m = pool.submit(_train_alone, series, arch, epochs, window,
+                                Path(out_dir) / arch if out_dir and r == 0 else None, seed,
+                                batch_size, verbose).result()
+            runs[arch].append((m["train_seconds"], m["train_cpu_seconds"]))
+            if r == 0:
+                rows[arch] = {"rmse": m["rmse"], "params": m["params"]}
+                baseline = m["rmse_persistence"]
+            elif m["rmse"] != rows[arch]["rmse"]:
+                raise RuntimeError(f"{arch}: run {r + 1} gave RMSE {m['rmse']}, run 1 "
+                                   f"{rows[arch]['rmse']}: training is not deterministic")
     for arch in archs:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            m = pool.submit(_train_alone, series, arch, epochs, window,
-                            Path(out_dir) / arch if out_dir else None, seed, batch_size,
-                            verbose).result()
-        rows[arch] = {"rmse": m["rmse"], "params": m["params"],
-                      "train_seconds": m["train_seconds"], "train_cpu_seconds": m["train_cpu_seconds"]}
-        baseline = m["rmse_persistence"]
+        rows[arch]["train_seconds"] = round(statistics.median(w for w, _ in runs[arch]), 3)
+        rows[arch]["train_cpu_seconds"] = round(statistics.median(c for _, c in runs[arch]), 3)
+        if int(repeat) > 1:
+            rows[arch]["train_seconds_runs"] = [w for w, _ in runs[arch]]
+            rows[arch]["train_cpu_seconds_runs"] = [c for _, c in runs[arch]]
     table = {"data": series.source, "rows": len(series), "channels": list(series.channels),
              "units": {c: unit(c) for c in series.channels}, "epochs": epochs,
-             "window": window, "seed": seed, "batch_size": batch_size,
+             "window": window, "seed": seed, "batch_size": batch_size, "repeat": int(repeat),
              "models": rows, "baseline_last_value": {"rmse": baseline}}
     if {"tcn", "lstm", "gru"} <= set(rows):
         tcn, lstm, gru = rows["tcn"], rows["lstm"], rows["gru"]
@@ -78,8 +101,10 @@ def format_table(table: dict) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
+    rep = table.get("repeat", 1)
     out = [f"{table['data']}: {table['rows']} rows, window {table['window']}, "
-           f"{table['epochs']} epochs, seed {table['seed']}, chronological 80/20 split",
+           f"{table['epochs']} epochs, seed {table['seed']}, chronological 80/20 split"
+           + (f"; seconds are the median of {rep} runs per model" if rep > 1 else ""),
            fmt(heads), fmt(["-" * w for w in widths]), *map(fmt, lines)]
     if "goals" in table:
         g = table["goals"]
@@ -93,6 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--json", default=None, help="also write the table to this JSON file")
     p.add_argument("--out", default=None, help="keep the three model folders under this folder")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="train each model N times, in turns, and report the median seconds "
+                        "(steadier figures on a busy or virtual machine; default 1)")
 
 
 def run(args) -> int:
@@ -100,7 +128,8 @@ def run(args) -> int:
     series = load_for_training(args)
     print(f"comparing {', '.join(a.upper() for a in ARCHS)} on {series.source} "
           f"({len(series)} rows, channels {', '.join(series.channels)})", flush=True)
-    table = compare(series, args.epochs, args.window, args.seed, args.batch_size, args.out)
+    table = compare(series, args.epochs, args.window, args.seed, args.batch_size, args.out,
+                    repeat=args.repeat)
     print(format_table(table))
     if args.json:
         try:
