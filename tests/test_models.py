@@ -70,3 +70,37 @@ def test_causal_newest_output_ignores_nothing_and_future():
 def test_bad_arguments(kwargs, words):
     with pytest.raises(ValueError, match=words):
         build_model(**kwargs)
+
+
+@pytest.mark.parametrize("window,channels,sizes", [
+    (10, 2, {}),                                          # the default model
+    (8, 1, {"kernel": 2, "dilations": [1, 2, 4, 8]}),     # receptive field beyond the window
+    (12, 3, {"dilations": [1, 3, 9]}),
+    (10, 2, {"filters": 8, "project": False}),
+    (10, 2, {"residual": False}),
+    (5, 2, {"dilations": [1]}),
+])
+def test_training_twin_is_the_same_function(window, channels, sizes):
+    """The TCN trains as its twin (only the positions the forecast needs); the twin must compute
+    exactly the model's function, with its weights, for any window, channels and nesting dilations."""
+    from training.models import copy_weights, tcn_training_twin
+
+    m = build_model("tcn", window, channels, **sizes)
+    rng = np.random.default_rng(0)
+    m.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()])
+    twin = tcn_training_twin(m)
+    assert twin is not None and twin.count_params() == m.count_params()
+    x = rng.uniform(0, 1, (256, window, channels)).astype(np.float32)
+    np.testing.assert_allclose(twin.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    # and back: what the twin learns is what the saved model holds
+    twin.set_weights([w + 0.01 for w in twin.get_weights()])
+    copy_weights(twin, m)
+    np.testing.assert_allclose(twin.predict(x, verbose=0), m.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_no_twin_when_the_dilations_do_not_nest():
+    from training.models import tcn_training_twin
+
+    assert tcn_training_twin(build_model("tcn", dilations=[1, 2, 3])) is None
+    assert tcn_training_twin(build_model("tcn", dilations=[2, 4])) is None
+    assert tcn_training_twin(build_model("lstm")) is None
