@@ -238,6 +238,8 @@ def _speed_table(result) -> list[str]:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (dict, list)):
