@@ -155,7 +155,8 @@ def tcn_training_twin(model: keras.Model) -> keras.Model | None:
                           activation=conv.activation, name=conv.name)(y)
         skip = _shift(x, -first, f"block{i}_skip")
         if width == conv.filters:
-            skip = layers.MaxPooling1D(1, strides=step, name=f"block{i}_pick")(skip)
+            if step > 1:  # every step-th position (a strided slice)
+                skip = layers.MaxPooling1D(1, strides=step, name=f"block{i}_pick")(skip)
             y = layers.Add(name=f"block{i}_add")([y, skip])
         elif f"block{i}_proj" in names:
             skip = layers.Conv1D(conv.filters, 1, strides=step, name=f"block{i}_proj")(skip)
