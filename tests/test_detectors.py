@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training import detectors, skab
+from training import detectors, shiftcal, skab
 from training.data import load_skab, shared_data
 
 
@@ -20,11 +20,11 @@ def free():
 
 def test_rolling_mean_is_causal():
     x = np.arange(10, dtype=float)[:, None]
-    m = detectors.rolling_mean(x, 3)
+    m = shiftcal.rolling_mean(x, 3)
     assert m[0, 0] == 0 and m[1, 0] == 0.5 and m[5, 0] == 4.0
     y = x.copy()
     y[7:] = 100.0  # the future must not change the past
-    np.testing.assert_array_equal(detectors.rolling_mean(y, 3)[:7], m[:7])
+    np.testing.assert_array_equal(shiftcal.rolling_mean(y, 3)[:7], m[:7])
 
 
 def test_hold_keeps_an_alert_up_after_its_last_trigger():

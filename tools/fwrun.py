@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from host.boards import heap_budget, load_board
@@ -146,8 +147,6 @@ class Listener:
             raise RuntimeError(f"no SUBACK from the broker on port {port}")
 
     def _on_message(self, client, userdata, msg):
-        import time
-
         with self._lock:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain), bool(msg.dup)))
             self._last = time.monotonic()
@@ -157,8 +156,6 @@ class Listener:
 
         After the board's process has ended, what it published is at the broker but may
         still be on its way to us; on a loaded machine a fixed sleep can cut that off."""
-        import time
-
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             with self._lock:

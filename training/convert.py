@@ -198,29 +198,21 @@ def calibrate_k(tflite: bytes, residual: bool, x: np.ndarray, y: np.ndarray, k_m
     return float(max(k_min, np.max(ratio) * (1 + 1e-6) * margin))
 
 
-def shift_calibration(fit_rows: np.ndarray):
-    """The board's sustained-shift test calibrated on `fit_rows` (physical), or None with a
-    note when there are too few rows for its rolling mean."""
-    from training import shiftcal
-
-    try:
-        return shiftcal.calibrate(fit_rows), None
-    except ValueError as exc:
-        return None, f"shift rule left out: {exc}"
-
-
 def calibrate_detector(tflite: bytes, residual: bool, detector, x_fit=None, y_fit=None,
                        fit_rows=None, fixed_k: bool = False):
     """What the board's blob learns from the training data, for `convert` and the board
     benchmark alike: (detector with its calibrated k, shift calibration or None, a note when
     the shift rule is left out, whole-reading stuck limit). Windows `x_fit`/`y_fit` calibrate
     k (unless `fixed_k`); physical `fit_rows` the shift and stuck rules."""
-    from training import blob
+    from training import blob, shiftcal
     from training.detectors import stuck_limit
 
     shift, note, still = None, None, 0
     if fit_rows is not None:
-        shift, note = shift_calibration(fit_rows)
+        try:
+            shift = shiftcal.calibrate(fit_rows)
+        except ValueError as exc:  # too few rows for the rolling mean
+            note = f"shift rule left out: {exc}"
         still = stuck_limit(fit_rows)
     if y_fit is not None and not fixed_k:
         d = detector

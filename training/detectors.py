@@ -31,7 +31,6 @@ import numpy as np
 
 from training import shiftcal
 from training.data import Scaler
-from training.shiftcal import rolling_mean  # noqa: F401  (tests and callers use it from here)
 
 SEED = 42
 K, EPS = 3.0, 0.01   # the seed's is_anomalie rule
@@ -148,11 +147,6 @@ class MultiscaleEnsemble(Detector):
     def calibration(self, fit_values) -> shiftcal.ShiftCal:
         """The calibrated test (what the board's blob carries) from the fit rows."""
         return shiftcal.calibrate(fill_missing(fit_values), self.window, self.factor)
-
-    def scores(self, values, n_fit):
-        """The two normalised views [N, 2] (1.0 = the fit rows' maximum)."""
-        v = fill_missing(values)
-        return shiftcal.views(self.calibration(v[:n_fit]), v)
 
     def run(self, values, n_fit):
         v = fill_missing(values)

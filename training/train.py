@@ -126,8 +126,8 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
     # The TCN trains as its twin: the same function and weights, computed only
     # where the forecast reads it (models.tcn_training_twin); the weights go
     # back into `model`, which is what is saved, converted and run on the board.
-    fit_model = models.tcn_training_twin(model) if arch == "tcn" else None
-    fit_model = fit_model or model
+    twin = models.tcn_training_twin(model)  # None for the LSTM and GRU
+    fit_model = model if twin is None else twin
     fit_model.compile(optimizer=fit_model.optimizer, loss=fit_model.loss,
                       steps_per_execution=STEPS_PER_EXECUTION)
     # Create Adam's moment variables now: Keras otherwise creates them while
