@@ -39,10 +39,6 @@ DEFAULT_EPOCHS = 10
 DEFAULT_WINDOW = 10
 DEFAULT_BATCH = 32
 TRAIN_FRACTION = 0.8
-STEPS_PER_EXECUTION = 64
-# The validation loss of each epoch is measured in batches this large (every
-# model alike): it changes no weight, and 2 calls cost less than 51 of 32.
-VALIDATION_BATCH = 1024
 # Files `edgewatch convert` derives from a trained model (removed when retraining in place).
 DERIVED = ("model.tflite", "model.ewb", "model_data.cc", "model_data.h", "golden.npz",
            "golden.json", "model_emlearn.h", "convert.json")
@@ -110,7 +106,7 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
         raise UserError(f"--epochs and --window must be >= 1 (got {epochs}, {window})")
     scaler, (x_tr, y_tr), (x_va, y_va), t_va = prepare(series, int(window), train_fraction)
     _deterministic(seed)
-    from training import models
+    from training import loop, models
 
     try:
         model = models.build_model(arch, int(window), len(series.channels), seed=int(seed),
@@ -118,9 +114,6 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
     except ValueError as exc:
         raise UserError(f"--size: {exc}") from None
     used_sizes = {**models.default_sizes(arch), **(sizes or {})}
-    # These models are so small that Keras' per-step Python overhead costs more
-    # than the maths; running 64 steps per call roughly halves the training time
-    # and keeps the comparison about the architectures. Same optimizer and loss.
     # Timed: everything from the built model to its trained weights.
     start, cpu = time.perf_counter(), time.process_time()
     # The TCN trains as its twin: the same function and weights, computed only
@@ -128,21 +121,17 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
     # back into `model`, which is what is saved, converted and run on the board.
     twin = models.tcn_training_twin(model)  # None for the LSTM and GRU
     fit_model = model if twin is None else twin
-    fit_model.compile(optimizer=fit_model.optimizer, loss=fit_model.loss,
-                      steps_per_execution=STEPS_PER_EXECUTION)
-    # Create Adam's moment variables now: Keras otherwise creates them while
-    # tracing the first training step, and TensorFlow then traces the whole
-    # step a second time (a function that made variables is retraced). That
-    # second trace cost every model about half a second of its timed fit.
+    # Create Adam's moment variables before the training step is traced: a
+    # traced function that creates variables is traced a second time.
     fit_model.optimizer.build(fit_model.trainable_variables)
+    # Keras' fit, batch for batch, without its per-step overhead (training.loop).
     # XLA (jit_compile) is not used for any model: Keras switches it off under
     # op determinism, which `_deterministic` needs for repeatable models. Forced
     # on, it took ~8 s before the first epoch ended for each of the three (vs
     # ~3 s) and changed the TCN's weights: the TCN and the LSTM took longer in
     # total, the GRU no less within this shared machine's noise.
-    hist = fit_model.fit(x_tr, y_tr, validation_data=(x_va, y_va), epochs=int(epochs),
-                         batch_size=int(batch_size), shuffle=True, verbose=verbose,
-                         validation_batch_size=max(int(batch_size), VALIDATION_BATCH))
+    history = loop.fit(fit_model, x_tr, y_tr, (x_va, y_va), int(epochs), int(batch_size),
+                       verbose=verbose)
     if fit_model is not model:
         models.copy_weights(fit_model, model)
     seconds = time.perf_counter() - start
@@ -174,7 +163,7 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
         "dropped_rows": int(series.dropped),
         "train_windows": len(x_tr),
         "val_windows": len(x_va),
-        "history": {k: [float(v) for v in vals] for k, vals in hist.history.items()},
+        "history": history,
     }
     if out_dir is not None:
         _write(Path(out_dir), model, scaler, metrics, used_sizes, series, plots,
