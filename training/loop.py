@@ -4,13 +4,16 @@
 shuffle=True, validation_data=...)`` does: the same batches in the same order,
 the same loss (``model.compute_loss``) and the same optimizer step, so it
 gives the same weights (``tests/test_loop.py`` checks it against ``fit``). What
-it leaves out is what costs these models most of their time: ``fit`` hands
+it leaves out is a large part of these models' time: ``fit`` hands
 every batch through a tf.data pipeline (a parallel map gathering it on another
 thread) and per-batch bookkeeping. Here the whole training set is one tensor,
 and a single traced call runs ``steps_per_call`` steps in a ``tf.while_loop``,
-each gathering its batch by index in the graph. On the occupancy data this
-halves the time of a step of the TCN and cuts the LSTM's by a fifth
-(docs/benchmarks.md has the figures).
+each gathering its batch by index in the graph, and a plain Adam updates all
+weights as one vector (``_FlatAdam``). Measured on the occupancy data (10
+epochs, median of 3 runs each, in turns, on this project's 2-core test
+machine), against ``fit`` with 64 steps per execution: TCN 2.90 -> 1.54 s,
+LSTM 4.95 -> 3.76 s, GRU 5.91 -> 4.78 s, every RMSE the same to the last digit.
+The TCN gains most because its step has the least maths under the overhead.
 
 The batch order is Keras's own: the array adapter of ``fit`` draws one
 ``tf.random.shuffle`` of the sample indices per epoch from a dataset built once;
