@@ -40,3 +40,29 @@ def test_bench_writes_markdown_json_and_plots(tmp_path, monkeypatch):
     assert any(r["suite"] == "speed" and r["detector"] == "bench_ok" for r in doc["records"])
     pngs = sorted(p.name for p in (out / "img").glob("*.png"))
     assert pngs and all(f"img/{p}" in md for p in pngs)
+
+
+def _training_result(tcn_seconds=1.6, tcn_humidity=0.0723):
+    rec = [{"model": m, "rmse_temperature": t, "rmse_humidity": h, "params": 1800,
+            "train_seconds": s}
+           for m, t, h, s in (("TCN", 0.0332, tcn_humidity, tcn_seconds), ("LSTM", 0.0333, 0.0724, 3.9),
+                              ("GRU", 0.0334, 0.0725, 5.0))]
+    rec.append({"model": "last value (baseline)", "rmse_temperature": 0.04, "rmse_humidity": 0.08})
+    return {"records": rec, "command": "edgewatch compare ...", "convert_command": "edgewatch convert ...",
+            "repeat": 3, "epochs": 10, "int8_rmse_ratio": {"temperature": 1.003, "humidity": 1.0},
+            "blob_bytes": 2611}
+
+
+def test_training_goals_are_computed_from_the_figures():
+    mach = {"nproc": 2, "cpu": "x", "system": "Linux", "python": "3.11", "date": "today"}
+    md = bench.markdown({}, {"bench_training": {"result": _training_result(), "seconds": 9}}, mach,
+                        "make bench", 60)
+    goals = md[md.index("## Goals (issue 2)"):].split("\n\n")[2].splitlines()[2:]
+    assert len(goals) == 5 and all(g.endswith("| met |") for g in goals), goals
+    assert "1.60 s vs 3.90 s (0.41 ×)" in md and "2,611 B" in md and "× 1.003" in md
+    assert "`edgewatch compare ...`, then `edgewatch convert ...`" in md
+
+    slow = "\n".join(bench.training_goals(_training_result(tcn_seconds=2.0, tcn_humidity=0.0726)))
+    assert "TCN training time ≤ ½ of the LSTM's | 2.00 s vs 3.90 s (0.51 ×) | **not met** |" in slow
+    assert "on every channel | temperature: TCN 0.03320" in slow and slow.count("**not met**") == 2
+    assert bench.training_goals(None) == [] and bench.training_goals({"records": []}) == []

@@ -111,6 +111,7 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     if res.get("fast"):
         L += ["**Fast subset** (`--fast`): a few SKAB files, fewer epochs, one short fault trial. "
               "Not the real figures.", ""]
+    L += training_goals((speed or {}).get("bench_training", {}).get("result"))
     L += goals(res, seconds)
     dets = res.get("detectors", {})
     if dets:
@@ -188,12 +189,50 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     return "\n".join(L)
 
 
+def _goal_row(goal: str, got: str, ok: bool) -> str:
+    return f"| {goal} | {got} | {'met' if ok else '**not met**'} |"
+
+
+def training_goals(t) -> list[str]:
+    """Issue 2's goals from `tools/bench_training.py`'s result (computed, not typed)."""
+    models = {r["model"]: r for r in (t or {}).get("records", []) if isinstance(r, dict)}
+    if not {"TCN", "LSTM", "GRU"} <= set(models):
+        return []
+    tcn, lstm, gru = models["TCN"], models["LSTM"], models["GRU"]
+    chans = [k[len("rmse_"):] for k in tcn if k.startswith("rmse_")]
+    rows = [_goal_row(
+        "TCN RMSE no worse than LSTM's and GRU's on every channel",
+        "; ".join(f"{c}: TCN {tcn['rmse_' + c]:.5f}, LSTM {lstm['rmse_' + c]:.5f}, "
+                  f"GRU {gru['rmse_' + c]:.5f}" for c in chans),
+        all(tcn["rmse_" + c] <= min(lstm["rmse_" + c], gru["rmse_" + c]) for c in chans))]
+    ts, ls = tcn["train_seconds"], lstm["train_seconds"]
+    rows.append(_goal_row("TCN training time ≤ ½ of the LSTM's",
+                          f"{ts:.2f} s vs {ls:.2f} s ({ts / ls:.2f} ×)", ts <= 0.5 * ls))
+    if "int8_rmse_ratio" in t:
+        ratio = t["int8_rmse_ratio"]
+        rows.append(_goal_row("int8 RMSE ≤ 1.05 × float RMSE (occupancy validation split)",
+                              ", ".join(f"{c} × {v:.3f}" for c, v in ratio.items()),
+                              all(v <= 1.05 for v in ratio.values())))
+    if "blob_bytes" in t:
+        rows.append(_goal_row("default blob ≤ 16 KB", f"{t['blob_bytes']:,} B",
+                              t["blob_bytes"] <= 16 * 1024))
+    if t.get("epochs") == 10:
+        rows.append(_goal_row("default TCN, 10 epochs on datatraining.txt, ≤ 60 s", f"{ts:.2f} s",
+                              ts <= 60))
+    runs = t.get("repeat", 1)
+    note = (f"Commands: `{t.get('command')}`, then `{t.get('convert_command')}`. "
+            f"Training seconds are the median of {runs} runs per model, the models taking turns "
+            "(`tools/bench_training.py`).")
+    return (["## Goals (issue 2)", "", note, "", "| goal | measured | |", "|---|---|---|"]
+            + rows + [""])
+
+
 def goals(res: dict, seconds: float) -> list[str]:
     """The issue's goals, each with the measured figure and whether it is met (computed, not typed)."""
     rows = []
 
     def row(goal, got, ok):
-        rows.append(f"| {goal} | {got} | {'met' if ok else '**not met**'} |")
+        rows.append(_goal_row(goal, got, ok))
 
     sk = res.get("skab", {})
     if "best" in sk:

@@ -11,7 +11,8 @@ suites train TCNs), and a process whose TensorFlow already runs can no longer
 be given the settings `training.train` makes for every model (one thread per
 op), so an in-process run would time something other than the command. The
 TCN row is the default ``edgewatch train`` model, so its training seconds are
-the "default TCN, 10 epochs" figure. The load average at the start is
+the "default TCN, 10 epochs" figure, and ``edgewatch convert`` on it gives the
+int8 vs float RMSE and the blob size. The load average at the start is
 recorded because the machine's other work slows every figure down alike.
 """
 
@@ -28,7 +29,8 @@ from pathlib import Path
 
 REPEAT = 3
 COMMAND = ("edgewatch compare --data ../shared/data/occupancy/datatraining.txt --epochs {epochs} "
-           "--repeat {repeat}")
+           "--repeat {repeat} --out DIR")
+CONVERT = "edgewatch convert --model DIR/tcn --out DIR/tcn"
 
 
 def bench(fast: bool = False) -> dict:
@@ -42,13 +44,21 @@ def bench(fast: bool = False) -> dict:
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        js = Path(tmp) / "compare.json"
+        js, models = Path(tmp) / "compare.json", Path(tmp) / "models"
         proc = subprocess.run([str(edgewatch), "compare", "--data", str(data), "--epochs", str(epochs),
-                               "--repeat", str(repeat), "--json", str(js)],
+                               "--repeat", str(repeat), "--json", str(js), "--out", str(models)],
                               capture_output=True, text=True, cwd=repo_root())
         if proc.returncode != 0:
             raise RuntimeError(f"edgewatch compare failed: {proc.stderr.strip()[-500:]}")
         table = json.loads(js.read_text())
+        # The compared TCN is the default `edgewatch train` model: convert it for
+        # the int8 vs float RMSE and the size of the board's blob.
+        tcn = models / "tcn"
+        proc = subprocess.run([str(edgewatch), "convert", "--model", str(tcn), "--out", str(tcn)],
+                              capture_output=True, text=True, cwd=repo_root())
+        if proc.returncode != 0:
+            raise RuntimeError(f"edgewatch convert failed: {proc.stderr.strip()[-500:]}")
+        conv = json.loads((tcn / "convert.json").read_text())
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     recs = []
@@ -63,6 +73,9 @@ def bench(fast: bool = False) -> dict:
     return {
         "records": recs,
         "command": COMMAND.format(epochs=epochs, repeat=repeat),
+        "convert_command": CONVERT,
+        "int8_rmse_ratio": conv["rmse_ratio"],
+        "blob_bytes": conv["blob_bytes"],
         "repeat": repeat,
         "epochs": epochs,
         "tcn_default_train_seconds": table["models"]["tcn"]["train_seconds"],
