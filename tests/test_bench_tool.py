@@ -50,7 +50,11 @@ def _training_result(tcn_seconds=1.6, tcn_humidity=0.0723):
     rec.append({"model": "last value (baseline)", "rmse_temperature": 0.04, "rmse_humidity": 0.08})
     return {"records": rec, "command": "edgewatch compare ...", "convert_command": "edgewatch convert ...",
             "repeat": 3, "epochs": 10, "int8_rmse_ratio": {"temperature": 1.003, "humidity": 1.0},
-            "blob_bytes": 2611}
+            "blob_bytes": 2611,
+            "seeds": {"seeds": [42, 43], "models": {
+                m: {"rmse_mean": {"temperature": t, "humidity": 0.073}, "rmse_sd": {"temperature": 0.0004,
+                    "humidity": 0.001}, "lowest": {"temperature": w, "humidity": 1}}
+                for m, t, w in (("tcn", 0.0331, 2), ("lstm", 0.0335, 0), ("gru", 0.0336, 0))}}}
 
 
 def test_training_goals_are_computed_from_the_figures():
@@ -61,6 +65,7 @@ def test_training_goals_are_computed_from_the_figures():
     assert len(goals) == 5 and all(g.endswith("| met |") for g in goals), goals
     assert "1.60 s vs 3.90 s (0.41 ×)" in md and "2,611 B" in md and "× 1.003" in md
     assert "`edgewatch compare ...`, then `edgewatch convert ...`" in md
+    assert "Over seeds 42–43" in md and "| TCN | 0.03310 ± 0.00040 | 0.07300 ± 0.00100 | 2 of 2 | 1 of 2 |" in md
 
     slow = "\n".join(bench.training_goals(_training_result(tcn_seconds=2.0, tcn_humidity=0.0726)))
     assert "TCN training time ≤ ½ of the LSTM's | 2.00 s vs 3.90 s (0.51 ×) | **not met** |" in slow

@@ -217,6 +217,7 @@ def test_bad_input_missing_file_and_database(tmp_path):
     _one_line_error(_cli("train", "--data", OCC, "--arch", "transformer"), "--arch", "transformer")
     _one_line_error(_cli("train", "--data", OCC, "--window", "0"), "--window")
     _one_line_error(_cli("compare", "--data", OCC, "--repeat", "0"), "--repeat")
+    _one_line_error(_cli("compare", "--data", OCC, "--seeds", "0"), "--seeds")
     _one_line_error(_cli("train", "--data", OCC, "--size", "filters"), "--size", "KEY=VALUE")
 
 

@@ -85,7 +85,8 @@ def test_same_seed_same_weights_other_seed_differs():
 
 def test_compare_cli_prints_one_table_and_writes_json(tiny_csv, tmp_path):
     js = tmp_path / "table.json"
-    r = _run("compare", "--data", tiny_csv, "--epochs", "1", "--json", js, "--repeat", "2")
+    r = _run("compare", "--data", tiny_csv, "--epochs", "1", "--json", js, "--repeat", "2",
+             "--seeds", "2")
     lines = r.stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("model"))
     assert "RMSE temperature (°C)" in lines[head] and "RMSE humidity (%RH)" in lines[head]
@@ -102,3 +103,17 @@ def test_compare_cli_prints_one_table_and_writes_json(tiny_csv, tmp_path):
         assert t["train_seconds"] == pytest.approx(sum(t["train_seconds_runs"]) / 2, abs=1e-3)
     assert table["repeat"] == 2 and "median of 2 runs" in r.stdout
     assert set(table["goals"]) == {"tcn_rmse_le_lstm_and_gru", "tcn_time_le_half_lstm"}
+    # --seeds 2: the main table is seed 42's; a second table gives mean ± sd over 42 and 43
+    seeds = table["seeds"]
+    assert seeds["seeds"] == [42, 43] and "RMSE over 2 seeds (42-43)" in r.stdout
+    for arch in ("tcn", "lstm", "gru"):
+        s = seeds["models"][arch]
+        runs = s["rmse_runs"]["humidity"]
+        assert runs[0] == table["models"][arch]["rmse"]["humidity"] and runs[1] != runs[0]
+        assert s["rmse_mean"]["humidity"] == pytest.approx(np.mean(runs))
+        assert s["rmse_sd"]["humidity"] == pytest.approx(np.std(runs, ddof=1))
+        below = lines[next(i for i, x in enumerate(lines) if x.startswith("RMSE over")):]
+        line = next(x for x in below if x.startswith(arch.upper() + " "))
+        assert f"{s['rmse_mean']['humidity']:.5f} ± {s['rmse_sd']['humidity']:.5f}" in line
+    for c in ("temperature", "humidity"):  # each seed has a lowest model (ties count for both)
+        assert sum(seeds["models"][a]["lowest"][c] for a in ("tcn", "lstm", "gru")) >= 2

@@ -224,7 +224,24 @@ def training_goals(t) -> list[str]:
             f"Training seconds are the median of {runs} runs per model, the models taking turns "
             "(`tools/bench_training.py`).")
     return (["## Goals (issue 2)", "", note, "", "| goal | measured | |", "|---|---|---|"]
-            + rows + [""])
+            + rows + [""] + _seed_spread(t.get("seeds")))
+
+
+def _seed_spread(sd) -> list[str]:
+    """The compare's RMSE over several seeds, under the one-seed goals."""
+    if not sd:
+        return []
+    n, first, models = len(sd["seeds"]), sd["seeds"][0], sd["models"]
+    chans = list(next(iter(models.values()))["rmse_mean"])
+    out = [f"The goals above are one seed's ({first}). Over seeds {first}–{sd['seeds'][-1]}, "
+           "the same data and split, each model's RMSE and on how many seeds it was the lowest:", "",
+           "| model | " + " | ".join(f"{c} mean ± sd" for c in chans) + " | "
+           + " | ".join(f"lowest {c}" for c in chans) + " |", "|---" * (1 + 2 * len(chans)) + "|"]
+    for arch, r in models.items():
+        out.append(f"| {arch.upper()} | " + " | ".join(f"{r['rmse_mean'][c]:.5f} ± {r['rmse_sd'][c]:.5f}"
+                                                       for c in chans)
+                   + " | " + " | ".join(f"{r['lowest'][c]} of {n}" for c in chans) + " |")
+    return out + [""]
 
 
 def goals(res: dict, seconds: float) -> list[str]:
