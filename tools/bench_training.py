@@ -34,32 +34,34 @@ COMMAND = ("edgewatch compare --data ../shared/data/occupancy/datatraining.txt -
 CONVERT = "edgewatch convert --model DIR/tcn --out DIR/tcn"
 
 
+def _edgewatch(*args) -> None:
+    """Run an `edgewatch` command from the repo root; its stderr's end is the error if it fails."""
+    from training.data import repo_root
+
+    proc = subprocess.run([str(Path(sys.executable).with_name("edgewatch")), *map(str, args)],
+                          capture_output=True, text=True, cwd=repo_root())
+    if proc.returncode != 0:
+        raise RuntimeError(f"edgewatch {args[0]} failed: {proc.stderr.strip()[-500:]}")
+
+
 def bench(fast: bool = False) -> dict:
     """The comparison table as ``{"records": [...], ...}`` (fast: 2 epochs, not the real figures)."""
-    from training.data import repo_root, shared_data
+    from training.data import shared_data
 
     epochs, repeat, seeds = (2, 1, 1) if fast else (10, REPEAT, SEEDS)
     data = shared_data() / "occupancy" / "datatraining.txt"
-    edgewatch = Path(sys.executable).with_name("edgewatch")
     load_avg = os.getloadavg()[0]
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         js, models = Path(tmp) / "compare.json", Path(tmp) / "models"
-        proc = subprocess.run([str(edgewatch), "compare", "--data", str(data), "--epochs", str(epochs),
-                               "--repeat", str(repeat), "--seeds", str(seeds), "--json", str(js),
-                               "--out", str(models)],
-                              capture_output=True, text=True, cwd=repo_root())
-        if proc.returncode != 0:
-            raise RuntimeError(f"edgewatch compare failed: {proc.stderr.strip()[-500:]}")
+        _edgewatch("compare", "--data", data, "--epochs", epochs, "--repeat", repeat,
+                   "--seeds", seeds, "--json", js, "--out", models)
         table = json.loads(js.read_text())
         # The compared TCN is the default `edgewatch train` model: convert it for
         # the int8 vs float RMSE and the size of the board's blob.
         tcn = models / "tcn"
-        proc = subprocess.run([str(edgewatch), "convert", "--model", str(tcn), "--out", str(tcn)],
-                              capture_output=True, text=True, cwd=repo_root())
-        if proc.returncode != 0:
-            raise RuntimeError(f"edgewatch convert failed: {proc.stderr.strip()[-500:]}")
+        _edgewatch("convert", "--model", tcn, "--out", tcn)
         conv = json.loads((tcn / "convert.json").read_text())
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)

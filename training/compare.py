@@ -56,10 +56,9 @@ def compare(series: Series, epochs: int = 10, window: int = 10, seed: int = 42,
     rows, baseline, runs = {}, None, {arch: [] for arch in archs}
     for r in range(int(repeat)):
         for arch in archs:
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                m = pool.submit(_train_alone, series, arch, epochs, window,
-                                Path(out_dir) / arch if out_dir and r == 0 else None, seed,
-                                batch_size, verbose).result()
+            m = _train_alone(series, arch, epochs, window,
+                             Path(out_dir) / arch if out_dir and r == 0 else None, seed,
+                             batch_size, verbose)
             runs[arch].append((m["train_seconds"], m["train_cpu_seconds"]))
             if r == 0:
                 rows[arch] = {"rmse": m["rmse"], "params": m["params"]}
@@ -76,10 +75,8 @@ def compare(series: Series, epochs: int = 10, window: int = 10, seed: int = 42,
     by_seed = {arch: [rows[arch]["rmse"]] for arch in archs}
     for s in range(int(seed) + 1, int(seed) + int(seeds)):
         for arch in archs:
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                m = pool.submit(_train_alone, series, arch, epochs, window, None, s,
-                                batch_size, verbose).result()
-            by_seed[arch].append(m["rmse"])
+            by_seed[arch].append(_train_alone(series, arch, epochs, window, None, s,
+                                              batch_size, verbose)["rmse"])
     table = {"data": series.source, "rows": len(series), "channels": list(series.channels),
              "units": {c: unit(c) for c in series.channels}, "epochs": epochs,
              "window": window, "seed": seed, "batch_size": batch_size, "repeat": int(repeat),
@@ -113,7 +110,15 @@ def _over_seeds(by_seed: dict, channels: list, first: int) -> dict:
 
 def _train_alone(series: Series, arch: str, epochs: int, window: int, out, seed: int,
                  batch_size: int, verbose) -> dict:
-    """`train` in this (fresh) process; its metrics without the Keras model and scaler."""
+    """`train` in a fresh process of its own; its metrics without the Keras model and scaler."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_train_here, series, arch, epochs, window, out, seed, batch_size,
+                           verbose).result()
+
+
+def _train_here(series: Series, arch: str, epochs: int, window: int, out, seed: int,
+                batch_size: int, verbose) -> dict:
+    """`train` in this process (the spawned one); its metrics without the Keras model and scaler."""
     m = train(series, arch, epochs, window, out, seed=seed, batch_size=batch_size,
               verbose=verbose, plots=out is not None)
     return {k: v for k, v in m.items() if k not in ("model", "scaler")}

@@ -35,7 +35,6 @@ def fit(model, x, y, validation_data, epochs: int, batch_size: int, verbose=0,
     """Train the compiled ``model`` on ``(x, y)``; return the history ``{"loss", "val_loss"}``.
 
     ``verbose``: 0 silent, 1 a progress bar, 2 one line per epoch (as ``fit``).
-    The optimizer's variables must already exist (``model.optimizer.build``).
     """
     import keras
     import tensorflow as tf
@@ -44,6 +43,10 @@ def fit(model, x, y, validation_data, epochs: int, batch_size: int, verbose=0,
     steps = -(-n // batch)
     x_t, y_t = tf.constant(x, tf.float32), tf.constant(y, tf.float32)
     weights, opt = model.trainable_variables, model.optimizer
+    if not opt.built:
+        # Before the step is traced: a traced function that creates variables
+        # (Adam's moments) is traced a second time.
+        opt.build(weights)
     flat = _FlatAdam.of(opt, weights)
     update = flat.apply if flat else (lambda grads: opt.apply(grads, weights))
 
@@ -85,7 +88,7 @@ def fit(model, x, y, validation_data, epochs: int, batch_size: int, verbose=0,
             stop = min(first + int(steps_per_call), steps)
             total += float(run(order, tf.constant(first), tf.constant(stop)))
             if stop < steps:
-                bar.update(stop, [("loss", total / min(stop * batch, n))])
+                bar.update(stop, [("loss", total / (stop * batch))])
         val = 0.0
         for i in range(0, len(x_val), VALIDATION_BATCH):
             xb, yb = x_val[i:i + VALIDATION_BATCH], y_val[i:i + VALIDATION_BATCH]

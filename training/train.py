@@ -121,9 +121,6 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
     # back into `model`, which is what is saved, converted and run on the board.
     twin = models.tcn_training_twin(model)  # None for the LSTM and GRU
     fit_model = model if twin is None else twin
-    # Create Adam's moment variables before the training step is traced: a
-    # traced function that creates variables is traced a second time.
-    fit_model.optimizer.build(fit_model.trainable_variables)
     # Keras' fit, batch for batch, without its per-step overhead (training.loop).
     # XLA (jit_compile) is not used for any model: Keras switches it off under
     # op determinism, which `_deterministic` needs for repeatable models. Forced
