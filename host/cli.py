@@ -37,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "repl": "host.repl",
     "boards": "host.boards",
     "publish-model": "host.ota",
+    "dashboard": "host.dashboard",
+    "logs": "host.logs",
 }
 
 
