@@ -21,9 +21,12 @@ BROKER ?=
 SIM_ARGS ?=
 DEMO_FAST ?=
 DEMO_ARGS ?=
-APT_PKGS := mosquitto
+DB ?= sqlite:///edgewatch.db
+DASH_ARGS ?=
+# chromium + chromium-driver: Debian's browser and its matching driver for the dashboard's browser test
+APT_PKGS := mosquitto chromium chromium-driver
 
-.PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean
+.PHONY: help setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -83,6 +86,9 @@ bridge: setup  ## run the alert bridge: SMS via Twilio from .env (a dry run with
 
 collect: setup  ## run the collector: make collect DB=sqlite:///edgewatch.db
 	$(EW) collect $(if $(DB),--db $(DB))
+
+dashboard: setup  ## web dashboard on http://127.0.0.1:8080: make dashboard [DB=sqlite:///runs/demo/demo.db]
+	$(EW) dashboard --db "$(DB)" $(DASH_ARGS)
 
 bench: setup  ## regenerate docs/benchmarks.md and docs/benchmarks.json
 	$(BIN)/python -m tools.bench

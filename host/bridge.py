@@ -114,9 +114,12 @@ def outcome_row(key: str, data: dict, notifier: str | None, recipient: str | Non
     shows who was notified without publishing phone numbers or addresses).
     """
     seq = data.get("seq") if data.get("kind", "alert") == "alert" else None
+    masked = f"…{recipient[-4:]}" if recipient else None
+    if error and recipient:
+        error = error.replace(recipient, masked)  # a provider's error may quote the number
     return {"nkey": hashlib.sha1(key.encode()).hexdigest(), "device": data.get("device"),
             "alert_seq": seq, "kind": data.get("kind", "alert"), "notifier": notifier,
-            "recipient": f"…{recipient[-4:]}" if recipient else None, "state": state,
+            "recipient": masked, "state": state,
             "ref": ref, "error": (error or None) and error[:200], "attempts": attempts,
             "updated": when}
 

@@ -461,6 +461,7 @@ def run(args) -> int:
     except OSError as exc:
         hub.stop()
         raise UserError(f"{host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    sock.listen(128)  # connections wait in the backlog until uvicorn runs
     bound = sock.getsockname()[1]
     app = create_app(data, hub, token)
     shown = f"[{host}]" if ":" in host else host
