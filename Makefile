@@ -72,6 +72,13 @@ flash: setup  ## erase + write MicroPython, then deploy: make flash BOARD=... PO
 deploy: setup  ## copy firmware (.mpy), model, config (.env secrets), umqtt; reset: make deploy PORT=... [AMPY=1]
 	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
 
+run: setup  ## deploy, reset and follow the board's console: make run PORT=/dev/ttyUSB0 (Ctrl-] leaves)
+	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
+	$(EW) repl --port "$(PORT)"
+
+logs: setup  ## follow boards over MQTT, one line per reading/alert/status: make logs [ID="gh-01 gh-02"]
+	$(EW) logs $(ID) $(if $(BROKER),--mqtt "$(BROKER)")
+
 repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (Ctrl-] leaves)
 	$(EW) repl --port "$(PORT)"
 
