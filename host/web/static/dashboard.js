@@ -112,6 +112,7 @@ function fleetPage() {
     }
     render();
     document.body.dataset.loaded = "1";
+    document.body.dataset.loadedAt = performance.now();
     liveStream("", (m) => {
       let d = devices.get(m.device);
       const isNew = !d;
@@ -193,6 +194,7 @@ function devicePage() {
         });
       }
     }
+    if (!document.body.dataset.loaded) document.body.dataset.loadedAt = performance.now();
     document.body.dataset.loaded = "1";
   }
 
