@@ -355,6 +355,8 @@ def create_app(data: Data, hub: Hub, token: str | None = None):
         return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
 
     async def events(request):
+        if hub.client is None:  # started with --no-live: 204 tells EventSource to stop
+            return Response(status_code=204)
         item = hub.add(request.query_params.get("device"))
         q = item[1]
 

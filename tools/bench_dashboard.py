@@ -38,20 +38,26 @@ URLS = {"sqlite": None, "postgresql": "postgresql://postgres@127.0.0.1:5432/test
 CHANNELS = ("temperature", "humidity")
 
 
+SPIKE_EVERY, SPIKE_AT = 397, 200
+
+
+def _sample(d: int, i: int, t: float) -> tuple:
+    """Device d's i-th reading at time t: (temperature, humidity, predictions, anomaly)."""
+    day = math.sin(2 * math.pi * (t / 86400.0) + d * 0.37)
+    pt, ph = 21 + 4 * day, 55 - 10 * day
+    temp = pt + 0.3 * math.sin(i * 0.7)
+    hum = ph + 0.8 * math.sin(i * 0.3)
+    spike = i % SPIKE_EVERY == SPIKE_AT
+    return temp + 9 * spike, hum, pt, ph, spike
+
+
 def _rows(devices: int, per_device: int, t_end: float):
     """Synthetic greenhouse readings with a prediction and band, one per minute per device."""
     for d in range(devices):
         dev = f"gh-{d:04d}"
-        phase = d * 0.37
         for i in range(per_device):
             t = t_end - (per_device - i) * 60.0
-            day = math.sin(2 * math.pi * (t / 86400.0) + phase)
-            temp = 21 + 4 * day + 0.3 * math.sin(i * 0.7)
-            hum = 55 - 10 * day + 0.8 * math.sin(i * 0.3)
-            spike = i % 397 == 200
-            if spike:
-                temp += 9
-            pt, ph = 21 + 4 * day, 55 - 10 * day
+            temp, hum, pt, ph, spike = _sample(d, i, t)
             yield (dev, i, t, t, int(spike), "band" if spike else "", "3f2a9c1e", temp, hum,
                    pt, pt - 1.2, pt + 1.2, ph, ph - 3.0, ph + 3.0)
 
@@ -93,18 +99,21 @@ def load(store, devices: int, rows: int) -> tuple[float, str]:
     tel, stats, alerts = [], [], []
     for d in range(devices):
         dev = f"gh-{d:04d}"
-        r = next(_rows(1, 1, now))
-        msg = dict(first, device=dev, seq=per + 20, t=now, values={"temperature": r[7],
-                   "humidity": r[8]})
+        temp, hum, pt, ph, _ = _sample(d, per, now)
+        msg = dict(first, device=dev, seq=per, t=now, values={"temperature": temp,
+                   "humidity": hum}, pred={"temperature": pt, "humidity": ph},
+                   band={"temperature": [pt - 1.2, pt + 1.2], "humidity": [ph - 3, ph + 3]})
         tel.append((parse(f"edgewatch/{dev}/telemetry", json.dumps(msg)), now))
-        st = {"v": 1, "device": dev, "seq": per + 20, "t": None, "state": "online" if d % 17
+        st = {"v": 1, "device": dev, "seq": per, "t": None, "state": "online" if d % 17
               else "offline", "fw": "0.1.0", "model": "3f2a9c1e", "heap_free": 21000 + d,
               "outbox": d % 5, "dropped": d % 3, "uptime": 3600}
         stats.append((parse(f"edgewatch/{dev}/status", json.dumps(st)), now))
-        for k in range(3):
-            a = {"v": 1, "device": dev, "seq": 10**6 + k, "t": now - 60 * (200 + 397 * k),
-                 "sample": 200 + 397 * k, "rule": "band", "channel": "temperature",
-                 "value": 30.0, "band": [20.0, 22.0], "pred": 21.0, "model": "3f2a9c1e"}
+        for i in range(SPIKE_AT, per, SPIKE_EVERY):  # the alert of each spike
+            t = now - (per - i) * 60.0
+            temp, _, pt, _, _ = _sample(d, i, t)
+            a = {"v": 1, "device": dev, "seq": 10**6 + i, "t": t, "sample": i, "rule": "band",
+                 "channel": "temperature", "value": temp, "band": [pt - 1.2, pt + 1.2],
+                 "pred": pt, "model": "3f2a9c1e"}
             alerts.append((parse(f"edgewatch/{dev}/alert", json.dumps(a)), now))
     store.write(tel, alerts, stats)
     if store.d.name == "postgresql":
