@@ -163,7 +163,13 @@ function devicePage() {
       { x: alerts.map((a) => utc(a[0])), y: alerts.map((a) => a[4]),
         text: alerts.map((a) => a[2]), name: "alerts", mode: "markers",
         marker: { color: "#e63946", size: 9, symbol: "x" }, meta: "alerts" },
-    ];
+    ].concat(s.n.some((n) => n > 1) ? [
+      // downsampled: each bucket's min..max, so a spike inside a bucket still shows
+      { x, y: ch.min, mode: "lines", line: { width: 0 }, hoverinfo: "skip", showlegend: false,
+        meta: "min" },
+      { x, y: ch.max, name: "min–max", mode: "lines", line: { width: 0 }, fill: "tonexty",
+        fillcolor: "rgba(29,53,87,0.25)", meta: "max" },
+    ] : []);
   }
 
   function draw(s) {
