@@ -21,6 +21,8 @@ function ago(t) {
 // chart times are UTC wall-clock strings, so the axis reads the same in every time zone
 function utc(t) { return new Date(t * 1000).toISOString().slice(0, 23).replace("T", " "); }
 function fromUtc(s) { return Date.parse(String(s).replace(" ", "T") + (String(s).length > 10 ? "Z" : "T00:00:00Z")) / 1000; }
+// plotly reads a subset of HTML in titles and names: give it the text with < > & escaped
+function plotText(x) { return String(x).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
 function deviceHref(d) { return "/device/" + encodeURIComponent(d); }
 
 function liveStream(query, onMessage) {
@@ -159,9 +161,9 @@ function devicePage() {
         fillcolor: "rgba(42,157,143,0.25)", meta: "hi" },
       { x, y: ch.pred, name: "prediction", mode: "lines", line: { dash: "dot", color: "#2a9d8f" },
         meta: "pred" },
-      { x, y: ch.avg, name: c, mode: "lines", line: { color: "#1d3557" }, meta: "value" },
+      { x, y: ch.avg, name: plotText(c), mode: "lines", line: { color: "#1d3557" }, meta: "value" },
       { x: alerts.map((a) => utc(a[0])), y: alerts.map((a) => a[4]),
-        text: alerts.map((a) => a[2]), name: "alerts", mode: "markers",
+        text: alerts.map((a) => plotText(a[2])), name: "alerts", mode: "markers",
         marker: { color: "#e63946", size: 9, symbol: "x" }, meta: "alerts" },
     ].concat(s.n.some((n) => n > 1) ? [
       // downsampled: each bucket's min..max, so a spike inside a bucket still shows
@@ -183,7 +185,7 @@ function devicePage() {
         div.dataset.channel = c;
       }
       const layout = {
-        title: { text: c }, margin: { t: 36, r: 20, b: 40, l: 50 }, uirevision: c,
+        title: { text: plotText(c) }, margin: { t: 36, r: 20, b: 40, l: 50 }, uirevision: c,
         xaxis: { type: "date", range: [utc(s.range[0]), utc(s.range[1])] },
       };
       Plotly.react(div, traces(s, c), layout, { displaylogo: false, responsive: true });
