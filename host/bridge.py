@@ -644,7 +644,12 @@ def run(args) -> int:
         bound = metrics.serve(port, args.metrics_addr)
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
     url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
-    results = None if url.lower() == "none" else Store(url, args.table_prefix)
+    results = None
+    if url.lower() != "none":
+        try:
+            results = Store(url, args.table_prefix)
+        except UserError as exc:  # alerts go out without the database; the outcomes do not
+            log.error("notification outcomes will not be recorded: %s", exc)
     bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
                     client_id=args.client_id, retry_base=args.retry_base,
                     retry_cap=args.retry_cap, metrics=metrics,
