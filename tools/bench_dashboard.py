@@ -64,7 +64,7 @@ def _rows(devices: int, per_device: int, t_end: float):
 
 def load(store, devices: int, rows: int) -> tuple[float, str]:
     """Fill the store; (seconds, one device id)."""
-    from host.schema import parse
+    from edgewatch.core.schema import parse
 
     t0 = time.perf_counter()
     now = time.time()
@@ -149,8 +149,8 @@ def _pair(sql, url: str, repeat: int) -> tuple[float, float, float]:
 
 def measure(url: str, kind: str, devices: int, rows: int, repeat: int, shots: Path | None,
             tmp: Path) -> dict:
-    from host.dashboard import Data
-    from host.store import Store
+    from edgewatch.core.store import Store
+    from edgewatch.services.dashboard import Data
 
     store = Store(url, PREFIX)
     store.drop()
@@ -162,7 +162,7 @@ def measure(url: str, kind: str, devices: int, rows: int, repeat: int, shots: Pa
         n = store.count()
         data = Data(store)
         log = tmp / f"dash-{kind}.log"
-        proc = subprocess.Popen([sys.executable, "-c", "from host.cli import main; main()",
+        proc = subprocess.Popen([sys.executable, "-c", "from edgewatch.cli import main; main()",
                                  "dashboard", "--db", url, "--table-prefix", PREFIX,
                                  "--port", "0", "--no-live"], cwd=ROOT,
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT)
