@@ -12,8 +12,11 @@ prints it as one line ``edgewatch <cmd>: <message>`` and exits 2, never a traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.abc
 import importlib.util
+import os
 import sys
 
 # name -> module implementing it. A command appears only once its module exists.
@@ -68,24 +71,115 @@ def _summary(mod: str) -> str:
     return ""
 
 
+EXAMPLES = """\
+examples:
+  edgewatch train --data ../shared/data/occupancy/datatraining.txt --out models/default
+  edgewatch convert --model models/default --out models/default
+  edgewatch sim --devices 3 --broker mqtt://127.0.0.1:1883
+  edgewatch collect --broker mqtt://127.0.0.1:1883 --db sqlite:///edgewatch.db
+  edgewatch detect --model models/default --data readings.csv --out verdicts.csv
+  edgewatch COMMAND --help     options and examples of one command"""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("edgewatch")
+    except Exception:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def split_doc(doc: str | None) -> tuple[str, str | None]:
+    """A module docstring as (description, epilog): its indented ``edgewatch ...`` lines are the examples."""
+    lines = (doc or "").strip("\n").splitlines()
+    examples = [ln.strip() for ln in lines if ln.startswith("    edgewatch ")]
+    prose = [ln for ln in lines if not ln.startswith("    edgewatch ")]
+    text = "\n".join(prose)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    return text.strip(), epilog
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow with the process's stderr closed, once.
+
+    TensorFlow's C++ start-up (absl's "before InitializeLog", oneDNN,
+    cpu_feature_guard) writes to file descriptor 2 before any Python setting
+    can stop it; ``-v`` keeps these lines.
+    """
+
+    names = ("tensorflow",)
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.names:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        inner = spec.loader.exec_module
+
+        def exec_module(module):
+            with _stderr_closed():
+                inner(module)
+            with contextlib.suppress(Exception):
+                import absl.logging
+
+                absl.logging.set_verbosity(absl.logging.ERROR)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+@contextlib.contextmanager
+def _stderr_closed():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def quiet_tensorflow() -> None:
+    """No TensorFlow start-up or C++ log lines in this process (nor in processes it starts)."""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ["EDGEWATCH_QUIET_TF"] = "1"  # processes we spawn call quiet_tensorflow() too
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand."""
     available = _available()
     parser = argparse.ArgumentParser(
-        prog="edgewatch", description="Real-time anomaly detection for IoT sensor boards."
+        prog="edgewatch", description="Real-time anomaly detection for IoT sensor boards.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"edgewatch {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="keep the libraries' own log lines (TensorFlow start-up, absl)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, mod in available.items():
         if name == chosen:
             module = importlib.import_module(mod)
-            p = sub.add_parser(name, help=_summary(mod), description=module.__doc__)
+            description, epilog = split_doc(module.__doc__)
+            p = sub.add_parser(name, help=_summary(mod), description=description, epilog=epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
         else:
             sub.add_parser(name, help=_summary(mod))
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_tensorflow()
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2

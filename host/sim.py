@@ -269,7 +269,8 @@ class Fleet:
 def add_arguments(p) -> None:
     """Options of `edgewatch sim`."""
     p.add_argument("--devices", type=int, default=3, help="number of boards (default 3)")
-    p.add_argument("--broker", default=os.environ.get("EDGEWATCH_MQTT_URL") or "mqtt://127.0.0.1:1883",
+    p.add_argument("--broker", "--mqtt", dest="broker",
+                   default=os.environ.get("EDGEWATCH_MQTT_URL") or "mqtt://127.0.0.1:1883",
                    help="broker URL the boards connect to (env EDGEWATCH_MQTT_URL)")
     p.add_argument("--data", default="generated",
                    help="CSV to replay (e.g. ../shared/data/occupancy/datatraining.txt) or 'generated'")

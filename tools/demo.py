@@ -267,9 +267,9 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
                 sms.append(line)
                 say("   SMS " + line.split("DRY-RUN SMS ", 1)[1])
 
-        services.append(Service("collector", ["collect", "--mqtt", b.url, "--db", db_url,
+        services.append(Service("collector", ["collect", "--broker", b.url, "--db", db_url,
                                               "--log-level", "warning"], env))
-        services.append(Service("bridge", ["bridge", "--mqtt", b.url, "--notify", "sms",
+        services.append(Service("bridge", ["bridge", "--broker", b.url, "--notify", "sms",
                                            "--outbox", str(out / "bridge-outbox.db"),
                                            "--log-level", "warning"], env, echo=on_bridge))
         listener = Listener(b.port)
