@@ -282,3 +282,15 @@ def test_leases_of_dead_processes_are_released_at_start(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_alert_text_rounds_to_the_sensor_resolution():
+    from host.schema import Alert
+
+    a = Alert("gh-01", 7, 0.0, 6, "shift", "humidity", 68.72134523, (-6.135234523, 53.7623452),
+              None, "m1")
+    assert "humidity mean 68.7 shifted outside -6.1..53.8" in alert_text(a)
+    a = Alert("gh-01", 7, 0.0, 6, "band", "temperature", 23.0, (-0.04, 22.96), 21.3, "m1")
+    assert "temperature 23.0 outside 0.0..23.0" in alert_text(a)
+    a = Alert("gh-01", 7, 0.0, 6, "stuck", None, 40, None, None, "m1")
+    assert "readings unchanged for 40 samples" in alert_text(a) and "None" not in alert_text(a)
