@@ -133,6 +133,7 @@ class Collector:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._announced: dict[str, frozenset] = {}
+        self._fw: dict[str, str] = {}  # device -> firmware version from its status
         # label lookups cost a lock and a dict each: resolve them once, not per message
         self._rx = {k: self.metrics.received.labels(k)
                     for k in ("telemetry", "alert", "status", "other")}
@@ -267,6 +268,11 @@ class Collector:
             self.client.ack(mid, qos)
             if isinstance(rec, Status):
                 self.devices.status(rec, when)
+                if rec.fw and self.ha_discovery and self._fw.get(rec.device) != rec.fw:
+                    self._fw[rec.device] = rec.fw
+                    chans = self._announced.pop(rec.device, None)
+                    if chans is not None:  # announced before the status: again, with sw_version
+                        self._announce_channels(rec.device, chans)
             else:
                 last[rec.device] = (when, rec.model)
                 if isinstance(rec, Telemetry) and self.ha_discovery:
@@ -278,9 +284,12 @@ class Collector:
         chans = frozenset(rec.values)
         if self._announced.get(rec.device) == chans:
             return
-        self._announced[rec.device] = chans
-        discovery.publish(self.client, rec.device, sorted(chans), self.mqtt.prefix,
-                          model=rec.model)
+        self._announce_channels(rec.device, chans)
+
+    def _announce_channels(self, device: str, chans: frozenset) -> None:
+        self._announced[device] = chans
+        discovery.publish(self.client, device, sorted(chans), self.mqtt.prefix,
+                          fw=self._fw.get(device))
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Collector:
