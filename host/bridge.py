@@ -462,7 +462,8 @@ class Bridge:
                         extra={"notifier": n.name, "outbox_id": row["id"], "attempt": attempt})
             return
         self.outbox.sent(row["id"])
-        self.metrics.notifications.labels(n.name, "sent").inc()
+        self.metrics.notifications.labels(n.name, "dry_run" if getattr(n, "dry_run", False)
+                                          else "sent").inc()
         self.metrics.latency.observe(max(0.0, time.time() - row["received"]))
         log.info("sent %s: %s", where, row["body"],
                  extra={"notifier": n.name, "outbox_id": row["id"]})

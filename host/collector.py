@@ -134,6 +134,8 @@ class Collector:
         self._writer: threading.Thread | None = None
         self._announced: dict[str, frozenset] = {}
         self._fw: dict[str, str] = {}  # device -> firmware version from its status
+        self._alert_seq: dict[str, int] = {}  # device -> seq of the last alert counted
+        self._reading_seq: dict[str, int] = {}  # device -> seq of the reading in the gauges
         # label lookups cost a lock and a dict each: resolve them once, not per message
         self._rx = {k: self.metrics.received.labels(k)
                     for k in ("telemetry", "alert", "status", "other")}
@@ -185,6 +187,7 @@ class Collector:
         stats = [(r, w) for r, w, _, _ in items if isinstance(r, Status)]
         t0 = time.perf_counter()
         n_t, n_a = self.store.write(tel, alerts, stats)
+        self._count_alerts(alerts, all_new=n_a == len(alerts))
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self.metrics.stored.labels("telemetry").inc(n_t)
         self.metrics.stored.labels("alert").inc(n_a)
@@ -194,6 +197,14 @@ class Collector:
                 self.metrics.rejected.labels("replayed").inc(n_all - n_new)
                 log.info("%d replayed %s messages already stored, skipped", n_all - n_new, kind,
                          extra={"reason": "replayed", "count": n_all - n_new})
+
+    def _count_alerts(self, alerts, all_new: bool) -> None:
+        """edgewatch_alerts_total{device,rule}: each stored alert once (a replay is not counted)."""
+        for a, _ in alerts:
+            last = self._alert_seq.get(a.device, -1)
+            if all_new or a.seq > last:
+                self.metrics.alerts.labels(a.device, a.rule).inc()
+            self._alert_seq[a.device] = a.seq if all_new else max(last, a.seq)
 
     def _write_or_split(self, items) -> None:
         """Write a batch; if the database refuses it while reachable, find and drop the bad rows."""
@@ -264,8 +275,12 @@ class Collector:
 
     def _after_commit(self, pending) -> None:
         last: dict[str, tuple] = {}
+        readings: dict[str, Telemetry] = {}
         for rec, when, mid, qos in pending:
             self.client.ack(mid, qos)
+            if type(rec) is Telemetry and rec.seq > self._reading_seq.get(rec.device, -1):
+                readings[rec.device] = rec  # a replayed (older) sample does not move the gauge
+                self._reading_seq[rec.device] = rec.seq
             if isinstance(rec, Status):
                 self.devices.status(rec, when)
                 if rec.fw and self.ha_discovery and self._fw.get(rec.device) != rec.fw:
@@ -279,6 +294,10 @@ class Collector:
                     self._announce(rec)
         for device, (when, model) in last.items():  # once per device per batch
             self.devices.seen(device, when, model)
+        for device, rec in readings.items():  # the newest reading of each channel
+            for channel, value in rec.values.items():
+                if value is not None:
+                    self.metrics.reading.labels(device, channel).set(value)
 
     def _announce(self, rec: Telemetry) -> None:
         chans = frozenset(rec.values)

@@ -108,6 +108,7 @@ class DryRunSMS(Notifier):
     """What SMS would be sent, printed to stdout (no Twilio credentials configured)."""
 
     name = "sms"
+    dry_run = True  # counted as outcome "dry_run", never "sent"
 
     def __init__(self, to: list[str] | None = None, stream=None):
         self.recipients = list(to) or ["(no TWILIO_TO)"]
