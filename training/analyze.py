@@ -35,9 +35,11 @@ MIN_ROWS = 20
 
 def add_arguments(p) -> None:
     """Options of ``edgewatch analyze``."""
-    p.add_argument("--data", nargs="+", required=True, metavar="SRC",
+    p.add_argument("--data", nargs="+", metavar="SRC",
                    help="CSV file(s), folder(s) of CSV files, or a database URL "
-                        "(sqlite:///telemetry.db, postgresql://...)")
+                        "(sqlite:///telemetry.db, postgresql://...; default env EDGEWATCH_DB_URL)")
+    p.add_argument("--env-file", help="read settings (EDGEWATCH_DB_URL) from this file "
+                                      "(default ./.env)")
     p.add_argument("--device", help="device id when reading the collector's database")
     p.add_argument("--channels", help="comma-separated channels (default: every numeric column)")
     p.add_argument("--contamination", type=float, default=0.05,
@@ -381,7 +383,13 @@ def run_analysis(series: tdata.Series, out: Path, contamination: float = 0.05,
 
 def run(args) -> int:
     """``edgewatch analyze``: load, analyse, write the report."""
-    series = load_many(args.data, channels=args.channels, device=args.device)
+    from host.settings import env, load_env
+
+    load_env(getattr(args, "env_file", None))
+    data = args.data or ([env("EDGEWATCH_DB_URL")] if env("EDGEWATCH_DB_URL") else None)
+    if not data:
+        raise UserError("--data is required (or EDGEWATCH_DB_URL): CSV files, folders or a database")
+    series = load_many(data, channels=args.channels, device=args.device)
     if args.max_rows and args.max_rows < len(series):
         if args.max_rows < MIN_ROWS:
             raise UserError(f"--max-rows {args.max_rows}: need at least {MIN_ROWS}")
