@@ -50,6 +50,7 @@ class Device:
 
 
 STUCK_ROWS = 45  # longer than the sim's stuck_samples (30), so a stuck sensor alerts
+PROGRESS_S = 5.0  # seconds between progress lines of a --quiet run
 GAP_ROWS = 15  # quiet rows after each fault, so each alert is attributable
 
 
@@ -253,6 +254,15 @@ class Fleet:
                 d.proc.kill()
                 d.proc.wait(5)
 
+    def progress(self, elapsed: float) -> str:
+        """One line for a quiet run: time so far (of the expected), alerts per board."""
+        expected = self.samples * self.period_ms / 1000 if self.samples else 0
+        when = f"{elapsed:.0f} s" + (f" of ~{expected:.0f} s" if expected else "")
+        alerts = ", ".join(f"{d.device} {sum(ln.startswith('alert:') for ln in d.log)}"
+                           for d in self.devices)
+        running = sum(d.running for d in self.devices)
+        return f"{when}; {running}/{len(self.devices)} boards running; alerts: {alerts}"
+
     def summary(self) -> list[str]:
         """One line per board: faults planned, alerts raised, what the firmware reported at the end."""
         out = []
@@ -300,8 +310,12 @@ def run(args) -> int:
     print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, flash in {args.out}",
           flush=True)
     fleet.start()
+    t0 = time.monotonic()
     try:
-        fleet.wait()
+        # --quiet hides the boards' consoles: a line every PROGRESS_S shows the run is alive
+        while not fleet.wait(timeout=PROGRESS_S):
+            if args.quiet:
+                print("sim: " + fleet.progress(time.monotonic() - t0), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

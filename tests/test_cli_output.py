@@ -88,3 +88,15 @@ def test_broker_option_everywhere_with_mqtt_alias():
         mod.add_arguments(sub)
         opts = {s for a in sub._actions for s in a.option_strings}
         assert {"--broker", "--mqtt"} <= opts, name
+
+
+def test_evaluate_says_what_it_is_running_before_each_long_step(monkeypatch, capsys):
+    from training import evaluate
+
+    def slow_result(*_a, **_k):
+        assert "running on 2 files" in capsys.readouterr().out  # printed before the work
+        return {k: 0 for k in ("f1", "far", "mar", "tp", "fp", "fn", "tn", "files", "seconds",
+                               "whole_file", "per_file", "kept")}
+
+    monkeypatch.setattr(evaluate.skab, "evaluate", slow_result)
+    evaluate.run_skab(["iforest"], files=["a", "b"])
