@@ -112,11 +112,61 @@ def csv_columns(path: Path) -> dict:
     return cols
 
 
+def training_data(blob: Path | None) -> str | None:
+    """The CSV the model next to ``blob`` was trained on (its config.json), if it is a file here."""
+    if blob is None:
+        return None
+    try:
+        src = json.loads((blob.parent / "config.json").read_text()).get("data")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(src, str):
+        return None
+    for cand in (Path(src), mpy.ROOT / src):
+        if cand.is_file():
+            try:
+                csv_columns(cand)
+            except UserError:
+                return None
+            return str(cand)
+    return None
+
+
+def range_warning(blob: Path | None, data: Path, margin: float = 0.5) -> str | None:
+    """One line when ``data``'s readings lie outside the range the model was trained on.
+
+    The training range is the model's scaler (``scaler.json``: offset .. offset + scale per
+    channel, the training split only); ``margin`` is the share of that span tolerated on
+    either side (the rest of a training file, or a warmer week, is not a mismatch).
+    """
+    if blob is None or not (blob.parent / "scaler.json").is_file():
+        return None
+    from training.data import Scaler, load
+
+    try:
+        scaler = Scaler.load(blob.parent / "scaler.json")
+        series = load(str(data), channels=scaler.channels)
+    except Exception:  # not comparable (other channels): the firmware will say so
+        return None
+    out = []
+    for j, ch in enumerate(scaler.channels):
+        lo, hi = float(scaler.offset[j]), float(scaler.offset[j] + scaler.scale[j])
+        slack = margin * (hi - lo)
+        dlo, dhi = float(series.values[:, j].min()), float(series.values[:, j].max())
+        if dlo < lo - slack or dhi > hi + slack:
+            out.append(f"{ch} {dlo:.1f}..{dhi:.1f} (trained on {lo:.1f}..{hi:.1f})")
+    if not out:
+        return None
+    return (f"sim: warning: {data.name} lies outside the model's training range: {'; '.join(out)}; "
+            f"expect band/shift alerts on clean boards (replay its training data with "
+            f"--data auto, or retrain on this data)")
+
+
 class Fleet:
     """Start, watch and stop N simulated boards."""
 
     def __init__(self, out: str | os.PathLike, devices: int, broker: str, model: str | None,
-                 board: str = "esp32-devkitc-dht22", data: str = "generated",
+                 board: str = "esp32-devkitc-dht22", data: str = "auto",
                  faults: list[str] | None = None, period: float = 1.0, samples: int = 0,
                  clean: int = 1, prefix: str = "sim", credentials: dict | None = None,
                  echo: bool = False, extra: dict | None = None, stuck: int = 30):
@@ -140,6 +190,7 @@ class Fleet:
         self.extra = extra or {}
         self.stuck = stuck
         self.data = self._data(data)
+        self.range_warning = range_warning(self.model, self.data)
         kinds = faults if faults is not None else parse_faults(DEFAULT_FAULTS)
         self.devices: list[Device] = []
         for i in range(devices):
@@ -160,6 +211,8 @@ class Fleet:
         return blob
 
     def _data(self, data: str) -> Path:
+        if data == "auto":  # the data the model was trained on, when it is a file here
+            data = training_data(self.model) or "generated"
         if data == "generated":
             path = self.out / "greenhouse.csv"
             if not path.is_file():
@@ -282,8 +335,10 @@ def add_arguments(p) -> None:
     p.add_argument("--broker", "--mqtt", dest="broker",
                    default=os.environ.get("EDGEWATCH_MQTT_URL") or "mqtt://127.0.0.1:1883",
                    help="broker URL the boards connect to (env EDGEWATCH_MQTT_URL)")
-    p.add_argument("--data", default="generated",
-                   help="CSV to replay (e.g. ../shared/data/occupancy/datatraining.txt) or 'generated'")
+    p.add_argument("--data", default="auto",
+                   help="CSV to replay (e.g. ../shared/data/occupancy/datatraining.txt), 'generated', "
+                        "or 'auto' (default): the model's training data when it is a file here, "
+                        "else generated")
     p.add_argument("--faults", default=DEFAULT_FAULTS,
                    help=f"faults per faulty board: {','.join(FAULT_KINDS)}, all or none "
                         f"(default {DEFAULT_FAULTS})")
@@ -307,8 +362,10 @@ def run(args) -> int:
                   None if args.model == "none" else args.model, args.board, args.data,
                   parse_faults(args.faults), args.period, args.samples, args.clean,
                   args.prefix, echo=not args.quiet, stuck=args.stuck)
-    print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, flash in {args.out}",
-          flush=True)
+    print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, replaying "
+          f"{fleet.data.name}, flash in {args.out}", flush=True)
+    if fleet.range_warning:
+        print(fleet.range_warning, file=sys.stderr, flush=True)
     fleet.start()
     t0 = time.monotonic()
     try:

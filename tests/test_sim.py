@@ -5,6 +5,7 @@ none missing or doubled; the clean board raises no alert and the faulty board ra
 alerts of the faults planned for it (rules only here: the model path is covered by the demo).
 """
 
+import json
 import subprocess
 import sys
 import threading
@@ -96,6 +97,8 @@ def test_quiet_run_shows_progress(monkeypatch, capsys):
     from host import sim
 
     class FakeFleet:
+        data, range_warning = Path("greenhouse.csv"), None
+
         def __init__(self, *a, **kw):
             self.calls = 0
 
@@ -133,3 +136,24 @@ def test_progress_line_counts_alerts_per_board(tmp_path):
 
     fleet.devices = [D("sim-01", ["app: start"]), D("sim-02", ["alert: stuck x", "alert: range y"])]
     assert fleet.progress(4.2) == "4 s of ~10 s; 2/2 boards running; alerts: sim-01 0, sim-02 2"
+
+
+def test_default_data_is_the_models_training_data_and_a_mismatch_warns(tmp_path):
+    """`make train` (occupancy, humidity 17-39 %) then `make sim`: the boards replay what the
+    model knows; generated greenhouse data (55-68 %) gets a one-line warning."""
+    from training.data import Scaler, load
+
+    occ = Path(__file__).resolve().parents[2] / "shared" / "data" / "occupancy" / "datatraining.txt"
+    model = tmp_path / "model"
+    model.mkdir()
+    series = load(str(occ), channels=["temperature", "humidity"])
+    Scaler.fit(series.values[: int(0.8 * len(series))], ["temperature", "humidity"]).save(
+        model / "scaler.json")
+    (model / "config.json").write_text(json.dumps({"data": str(occ)}))
+    (model / "model.ewb").write_bytes(b"blob")
+    fleet = Fleet(tmp_path / "fleet", 1, "mqtt://127.0.0.1:1", str(model))
+    assert fleet.data == occ.resolve() and fleet.range_warning is None
+    fleet = Fleet(tmp_path / "fleet", 1, "mqtt://127.0.0.1:1", str(model), data="generated")
+    w = fleet.range_warning
+    assert w and "\n" not in w and w.startswith("sim: warning: greenhouse.csv")
+    assert "humidity" in w and "trained on" in w

@@ -6,7 +6,8 @@
    installed, an embedded Python broker (amqtt);
 3. the collector (SQLite) and the alert bridge (SMS in dry-run mode: no Twilio account needed);
 4. a few simulated boards (``edgewatch sim``'s Fleet): the real firmware in the MicroPython unix
-   port replaying generated readings, one board clean, the others with injected sensor faults;
+   port replaying the data the model was trained on (the generated greenhouse readings, or
+   ``make train``'s occupancy data), one board clean, the others with injected sensor faults;
 5. the SMS texts the bridge would send, a per-board summary from the collector's database, and
    a PNG of readings, the boards' predictions and bands, and alerts;
 6. everything stopped cleanly. Exit status 0 only if every faulty board alerted and the clean
@@ -277,6 +278,8 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
         say(f"[3/6] collector -> {out / 'demo.db'}; bridge: SMS dry run (no Twilio account)")
         fleet = Fleet(out / "boards", devices, b.url, str(model), faults=faults, period=period,
                       samples=samples, clean=1, prefix="gh", extra={"retry_ms": 20})
+        if fleet.range_warning:
+            say(fleet.range_warning)
         clean = [d.device for d in fleet.devices if not d.faults]
         faulty = [d.device for d in fleet.devices if d.faults]
         say(f"[4/6] {devices} boards, {samples} samples every {period} s: {', '.join(clean)} clean; "
