@@ -72,3 +72,16 @@ def test_helpers():
     assert robust_ylim([20.0] * 98 + [21.0, 120.0])[1] < 30
     assert merge_events([(1, "stuck"), (2, "stuck"), (2.5, "band"), (9, "stuck")], 2) == [
         (1, "stuck", 2), (2.5, "band", 1), (9, "stuck", 1)]
+
+
+def test_bench_strips_are_titled_and_an_empty_one_says_so():
+    from tools.bench import _strips
+
+    fig, axes = plt.subplots(2, 1)
+    _strips(axes, {"board": np.r_[np.zeros(10), np.ones(5), np.zeros(5), np.ones(2)],
+                   "iforest": np.zeros(22)})
+    assert axes[0].get_title(loc="left") == "board: 2 alert episodes"
+    assert axes[1].get_title(loc="left") == "iforest: 0 alert episodes"
+    assert [t.get_text() for t in axes[1].texts] == ["iforest raised no alert on this file"]
+    assert not axes[0].texts
+    plt.close(fig)
