@@ -18,6 +18,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import warnings
 
 # name -> module implementing it. A command appears only once its module exists.
 COMMANDS: dict[str, str] = {
@@ -150,6 +151,8 @@ def quiet_tensorflow() -> None:
     """No TensorFlow start-up or C++ log lines in this process (nor in processes it starts)."""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ["EDGEWATCH_QUIET_TF"] = "1"  # processes we spawn call quiet_tensorflow() too
+    # their Python warnings too ("tf.lite.Interpreter is deprecated", quantization statistics)
+    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf_keras|absl)(\.|$)")
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
 

@@ -41,10 +41,12 @@ def test_help_lays_out_examples_in_an_epilog(capsys):
 
 
 _TF = """
-import sys
+import sys, warnings
 from host.cli import main
 main(sys.argv[1:] + ['boards'])
 import tensorflow
+warnings.warn_explicit("tf.lite.Interpreter is deprecated", UserWarning, "interpreter.py", 457,
+                       module="tensorflow.lite.python.interpreter")
 """
 
 
@@ -54,7 +56,7 @@ def test_tensorflow_start_up_lines_only_with_verbose(flags, noisy):
                        cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "absl" in ln or "oneDNN" in ln
-             or "cpu_feature_guard" in ln]
+             or "cpu_feature_guard" in ln or "deprecated" in ln]
     assert bool(lines) == noisy, r.stderr
 
 

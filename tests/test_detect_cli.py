@@ -50,6 +50,7 @@ def test_one_verdict_per_row_with_rule_channel_value_band(tmp_path, model_dir, c
     spike = rows[150]
     assert spike["anomaly"] == "1" and spike["rule"] == "band" and spike["channel"] == "temperature"
     assert not (float(spike["lo"]) < float(spike["value"]) < float(spike["hi"]))
+    assert all(len(r["value"]) <= 8 for r in rows)  # 6 significant digits, no float32 noise
     assert rows[170]["rule"] == "read" and rows[170]["channel"] == "humidity"
     assert rows[200]["rule"] == "dropout"
     quiet = [r for r in rows[20:140] if r["anomaly"] == "0"]

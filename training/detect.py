@@ -117,7 +117,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                 if np.isfinite(verdict.lo[i, j]):
                     lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])
             row = [int(series.lines[i]), stamps[i], int(bool(alerts)), first[0],
-                   first[1] or "", "" if first[2] in ("None", "") else first[2], lo, hi,
+                   first[1] or "", _value(first[2]), lo, hi,
                    " ".join(f"{a[0]}:{a[1] or ''}" for a in alerts)]
             for j in range(len(names)):
                 v = series.values[i, j]
@@ -135,6 +135,16 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
 
 def _num(x) -> str:
     return f"{float(x):.6g}"
+
+
+def _value(v) -> str:
+    """An alert's value as the firmware reported it, without float32 noise (27.924999237 -> 27.925)."""
+    if v in (None, "None", ""):
+        return ""
+    try:
+        return _num(float(v))
+    except (TypeError, ValueError):
+        return str(v)
 
 
 def _stamps(series) -> list[str]:
