@@ -268,8 +268,9 @@ class App:
             ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
             self.alerts += 1
             r = self.rnd
-            self.log("alert: %s %s value=%s%s sample=%d" % (a[0], a[1], r(a[2]), "" if a[3] is None
-                     else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
+            self.log("alert: %s %s%s%s sample=%d" % (
+                a[0], a[1] or "device", "" if a[2] is None else " value=%s" % r(a[2]),
+                "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
 
     def drain(self, until):
