@@ -119,6 +119,7 @@ def load_many(sources: list[str], channels=None, device: str | None = None,
         values=np.concatenate([p.values for p in parts]),
         lines=np.concatenate([p.lines for p in parts]),
         labels=labels,
+        stamps=None,  # the files' own time texts are not carried across a concatenation
         dropped=sum(p.dropped for p in parts),
         source=f"{first.source} (+{len(parts) - 1} more)",
     )
@@ -268,11 +269,25 @@ def figures(out: Path, channels: list[str], res: dict, seed: int) -> dict[str, s
     fig, axs = plt.subplots(k, top, figsize=(3 * top + 0.5, 2.4 * k), squeeze=False)
     raw = res["raw"]
     for c in range(k):
-        for j, ch in enumerate(res["different"][c][:top]):
+        n = int((cluster == c).sum())
+        for j in range(top):
             ax = axs[c][j]
+            if j >= len(res["different"][c]) or n == 0:
+                ax.set_title(f"cluster {c} ({n} rows)", fontsize=9)
+                ax.text(0.5, 0.5, "no rows in this cluster" if n == 0 else "no further feature",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8, color="gray")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            ch = res["different"][c][j]
             ax.boxplot([raw[cluster == c, ch], raw[normal, ch]], showfliers=False)
+            # each cluster's own rows as points: a small cluster is visible, not a flat box
+            pts = raw[cluster == c, ch]
+            ax.scatter(np.full(min(len(pts), 200), 1.0), pts[:200], s=6, alpha=0.5,
+                       color=colors(c % 10), zorder=3)
             ax.set_xticks([1, 2], [f"cluster {c}", "normal"], fontsize=8)
-            ax.set_title(channels[ch], fontsize=9)
+            # the panel names its cluster and size: panels of two clusters never look alike
+            ax.set_title(f"cluster {c} ({n} rows): {channels[ch]}", fontsize=9)
             ax.tick_params(axis="y", labelsize=7)
     fig.suptitle("Most different features per cluster vs normal", fontsize=10)
     files["boxplots"] = _save(fig, out / "boxplots.png", plt)

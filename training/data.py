@@ -101,7 +101,8 @@ class Series:
             values=self.values[index],
             lines=self.lines[index],
             labels={k: v[index] for k, v in self.labels.items()},
-            stamps=None if self.stamps is None else self.stamps[index],
+            stamps=self.stamps[index] if self.stamps is not None
+            and len(self.stamps) == len(self.values) else None,
         )
 
     def select(self, channels: list[str] | None) -> Series:
