@@ -39,7 +39,8 @@ def test_panel_has_time_axis_robust_limits_and_separate_labels():
     x0, x1 = ax.get_xlim()
     first, last = mdates.num2date(x0).timestamp(), mdates.num2date(x1).timestamp()
     assert first <= times[0] + 60 and last >= times[-1] - 60 and last - first < 2 * 300 * 60
-    assert isinstance(ax.xaxis.get_major_formatter(), mdates.DateFormatter)
+    assert isinstance(ax.xaxis.get_major_formatter(), mdates.ConciseDateFormatter)
+    assert all(":" in t.get_text() for t in ax.get_xticklabels() if t.get_text())
     assert ax.get_xlabel() == "time (UTC)"
     # one 120 %RH spike does not flatten the panel: the normal readings fill most of it
     lo, hi = ax.get_ylim()

@@ -174,6 +174,23 @@ class Listener:
         self.watch.close()
 
 
+def sample_times(rows) -> dict:
+    """seq -> Unix time of each (device, seq, t, ...) row.
+
+    The board stamps whole seconds, and the demo samples several times a second: the
+    times are the line through (seq, t) that fits best, exact for a steady sampling
+    period, so samples of one second do not pile up on one x.
+    """
+    import numpy as np
+
+    seqs = np.asarray([r[1] for r in rows], dtype=float)
+    ts = np.asarray([r[2] for r in rows], dtype=float)
+    if len(rows) < 2 or np.ptp(seqs) == 0 or np.ptp(ts) == 0:
+        return {r[1]: r[2] for r in rows}
+    slope, icpt = np.polyfit(seqs, ts, 1)
+    return {int(q): float(icpt + slope * q) for q in seqs}
+
+
 def plot(db_url: str, listener: Listener, devices: list, path: Path) -> None:
     """Readings (from the collector's DB), predictions and bands (from the boards), alerts,
     over time (UTC); labels never overlap and a single spike cannot flatten a panel."""
@@ -198,7 +215,7 @@ def plot(db_url: str, listener: Listener, devices: list, path: Path) -> None:
     pending = []
     for r, d in enumerate(devices):
         rows = [t for t in tel if t[0] == d.device]
-        when = {t[1]: t[2] for t in rows}  # seq -> time
+        when = sample_times(rows)  # seq -> time
         planned = ", ".join(f["kind"] for f in d.faults) or "none (clean)"
         p = listener.pred.get(d.device, {})
         for c, ch in enumerate(chans):
@@ -210,7 +227,7 @@ def plot(db_url: str, listener: Listener, devices: list, path: Path) -> None:
                     if a[0] == d.device and a[3] in (ch, None) and a[1] in when]
             ok = [t for t in rows if t[3 + c] is not None]
             ax = axes[r][c]
-            events = reading_panel(ax, [t[2] for t in ok], [t[3 + c] for t in ok],
+            events = reading_panel(ax, [when[t[1]] for t in ok], [t[3 + c] for t in ok],
                                    f"{d.device} {ch} — faults: {planned}", units[ch], pred, band,
                                    hits, empty_note=f"no {ch} readings stored for {d.device}")
             pending.append((ax, events))

@@ -160,7 +160,9 @@ def reading_panel(ax, times, values, title: str, ylabel: str, pred=None, band=No
             y = min(max(v, lim[0]), lim[1]) if lim else v
             ax.scatter(dt([t]), [y], color="red", marker="x", s=50, zorder=5)
         events.append((float(mdates.date2num(dt([t])[0])), rule))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # seconds when it matters
     ax.set_xlabel("time (UTC)")
     return events
 
@@ -170,4 +172,4 @@ def label_alerts(ax, events) -> list:
     if not events:
         return []
     x0, x1 = ax.get_xlim()
-    return place_labels(ax, events, within=0.03 * (x1 - x0))
+    return place_labels(ax, events, within=0.08 * (x1 - x0))
