@@ -12,40 +12,38 @@ prints it as one line ``edgewatch <cmd>: <message>`` and exits 2, never a traceb
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import importlib.abc
 import importlib.util
-import os
 import sys
-import warnings
+
+from edgewatch.core.errors import UserError  # the one-line error (raised below the command layer)
+from edgewatch.core.quiet import quiet_tensorflow
 
 # name -> module implementing it. A command appears only once its module exists.
 COMMANDS: dict[str, str] = {
-    "train": "training.train",
-    "compare": "training.compare",
-    "convert": "training.convert",
-    "generate": "training.generate",
-    "evaluate": "training.evaluate",
-    "detect": "training.detect",
-    "analyze": "training.analyze",
-    "classify": "training.classify",
-    "retrain": "training.retrain",
-    "bridge": "host.bridge",
-    "collect": "host.collector",
-    "export": "host.export",
-    "score": "host.scoring",
-    "sim": "host.sim",
-    "flash": "host.flash",
-    "deploy": "host.deploy",
-    "repl": "host.repl",
-    "boards": "host.boards",
-    "publish-model": "host.ota",
+    "train": "edgewatch.training.forecast.train",
+    "compare": "edgewatch.training.forecast.compare",
+    "convert": "edgewatch.training.export.convert",
+    "generate": "edgewatch.training.forecast.generate",
+    "evaluate": "edgewatch.training.evaluation.evaluate",
+    "detect": "edgewatch.training.evaluation.replay",
+    "analyze": "edgewatch.training.analysis.analyze",
+    "classify": "edgewatch.training.analysis.classify",
+    "retrain": "edgewatch.services.retrain",
+    "bridge": "edgewatch.services.bridge",
+    "collect": "edgewatch.services.collector",
+    "export": "edgewatch.services.export",
+    "score": "edgewatch.services.scoring",
+    "sim": "edgewatch.board.sim",
+    "flash": "edgewatch.board.flash",
+    "deploy": "edgewatch.board.deploy",
+    "repl": "edgewatch.board.repl",
+    "boards": "edgewatch.board.catalog",
+    "publish-model": "edgewatch.services.ota",
+    "demo": "edgewatch.demo",
 }
 
 
-class UserError(Exception):
-    """A mistake in the user's input: printed as one line, exit status 2."""
 
 
 def _available() -> dict[str, str]:
@@ -101,60 +99,6 @@ def split_doc(doc: str | None) -> tuple[str, str | None]:
         text = text.replace("\n\n\n", "\n\n")
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
     return text.strip(), epilog
-
-
-class _QuietImport(importlib.abc.MetaPathFinder):
-    """Imports TensorFlow with the process's stderr closed, once.
-
-    TensorFlow's C++ start-up (absl's "before InitializeLog", oneDNN,
-    cpu_feature_guard) writes to file descriptor 2 before any Python setting
-    can stop it; ``-v`` keeps these lines.
-    """
-
-    names = ("tensorflow",)
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in self.names:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        inner = spec.loader.exec_module
-
-        def exec_module(module):
-            with _stderr_closed():
-                inner(module)
-            with contextlib.suppress(Exception):
-                import absl.logging
-
-                absl.logging.set_verbosity(absl.logging.ERROR)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-@contextlib.contextmanager
-def _stderr_closed():
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def quiet_tensorflow() -> None:
-    """No TensorFlow start-up or C++ log lines in this process (nor in processes it starts)."""
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    os.environ["EDGEWATCH_QUIET_TF"] = "1"  # processes we spawn call quiet_tensorflow() too
-    # their Python warnings too ("tf.lite.Interpreter is deprecated", quantization statistics)
-    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|tf_keras|absl)(\.|$)")
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietImport())
 
 
 def main(argv: list[str] | None = None) -> int:
