@@ -236,6 +236,12 @@ class App:
                             time.ticks_diff(time.ticks_ms(), self.started) // 1000, err)
         self.link.publish(self.t_status, msg, retain=True)
 
+    def rnd(self, x):
+        """A reading as the sensor resolves it (a count or None as it is)."""
+        if isinstance(x, float):
+            return "%.*f" % (sensors.DECIMALS[self.reader.kind], x)
+        return x
+
     def sample(self, missed):
         """Read, judge and queue one sample and its alerts (before anything is sent)."""
         values = self.reader.read()
@@ -264,8 +270,10 @@ class App:
                 continue
             ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
             self.alerts += 1
-            self.log("alert: %s %s value=%s band=%s..%s sample=%d"
-                     % (a[0], a[1], a[2], a[3], a[4], seq))
+            r = self.rnd
+            self.log("alert: %s %s%s%s sample=%d" % (
+                a[0], a[1] or "device", "" if a[2] is None else " value=%s" % r(a[2]),
+                "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
 
     def _echo(self, seq, t, values, band, faults):

@@ -16,6 +16,9 @@ RANGES = {
     "shtc3": ((-40.0, 125.0), (0.0, 100.0)),
 }
 
+# decimals of a reading (datasheet resolution): what log lines print
+DECIMALS = {"dht22": 1, "dht11": 0, "shtc3": 2}
+
 # minimum time between two reads of the part (datasheets): the default retry pause
 MIN_INTERVAL_MS = {"dht22": 2000, "dht11": 1000, "shtc3": 1}
 

@@ -17,6 +17,7 @@ import importlib.util
 import sys
 
 from edgewatch.core.errors import UserError  # the one-line error (raised below the command layer)
+from edgewatch.core.quiet import quiet_tensorflow
 
 # name -> module implementing it. A command appears only once its module exists.
 COMMANDS: dict[str, str] = {
@@ -71,24 +72,63 @@ def _summary(mod: str) -> str:
     return ""
 
 
+EXAMPLES = """\
+examples:
+  edgewatch train --data ../shared/data/occupancy/datatraining.txt --out models/default
+  edgewatch convert --model models/default --out models/default
+  edgewatch sim --devices 3 --broker mqtt://127.0.0.1:1883
+  edgewatch collect --broker mqtt://127.0.0.1:1883 --db sqlite:///edgewatch.db
+  edgewatch detect --model models/default --data readings.csv --out verdicts.csv
+  edgewatch COMMAND --help     options and examples of one command"""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("edgewatch")
+    except Exception:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def split_doc(doc: str | None) -> tuple[str, str | None]:
+    """A module docstring as (description, epilog): its indented ``edgewatch ...`` lines are the examples."""
+    lines = (doc or "").strip("\n").splitlines()
+    examples = [ln.strip() for ln in lines if ln.startswith("    edgewatch ")]
+    prose = [ln for ln in lines if not ln.startswith("    edgewatch ")]
+    text = "\n".join(prose)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    return text.strip(), epilog
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand."""
     available = _available()
     parser = argparse.ArgumentParser(
-        prog="edgewatch", description="Real-time anomaly detection for IoT sensor boards."
+        prog="edgewatch", description="Real-time anomaly detection for IoT sensor boards.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"edgewatch {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="keep the libraries' own log lines (TensorFlow start-up, absl)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, mod in available.items():
         if name == chosen:
             module = importlib.import_module(mod)
-            p = sub.add_parser(name, help=_summary(mod), description=module.__doc__)
+            description, epilog = split_doc(module.__doc__)
+            p = sub.add_parser(name, help=_summary(mod), description=description, epilog=epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
         else:
             sub.add_parser(name, help=_summary(mod))
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_tensorflow()
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2

@@ -6,7 +6,8 @@
    installed, an embedded Python broker (amqtt);
 3. the collector (SQLite) and the alert bridge (SMS in dry-run mode: no Twilio account needed);
 4. a few simulated boards (``edgewatch sim``'s Fleet): the real firmware in the MicroPython unix
-   port replaying generated readings, one board clean, the others with injected sensor faults;
+   port replaying the data the model was trained on (the generated greenhouse readings, or
+   ``make train``'s occupancy data), one board clean, the others with injected sensor faults;
 5. the SMS texts the bridge would send, a per-board summary from the collector's database, and
    a PNG of readings, the boards' predictions and bands, and alerts;
 6. everything stopped cleanly. Exit status 0 only if every faulty board alerted and the clean
@@ -175,58 +176,68 @@ class Listener:
         self.watch.close()
 
 
+def sample_times(rows) -> dict:
+    """seq -> Unix time of each (device, seq, t, ...) row.
+
+    The board stamps whole seconds, and the demo samples several times a second: the
+    times are the line through (seq, t) that fits best, exact for a steady sampling
+    period, so samples of one second do not pile up on one x.
+    """
+    import numpy as np
+
+    seqs = np.asarray([r[1] for r in rows], dtype=float)
+    ts = np.asarray([r[2] for r in rows], dtype=float)
+    if len(rows) < 2 or np.ptp(seqs) == 0 or np.ptp(ts) == 0:
+        return {r[1]: r[2] for r in rows}
+    slope, icpt = np.polyfit(seqs, ts, 1)
+    return {int(q): float(icpt + slope * q) for q in seqs}
+
+
 def plot(db_url: str, listener: Listener, devices: list, path: Path) -> None:
-    """Readings (from the collector's DB), predictions and bands (from the boards), alerts."""
+    """Readings (from the collector's DB), predictions and bands (from the boards), alerts,
+    over time (UTC); labels never overlap and a single spike cannot flatten a panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from edgewatch.core.store import Store
+    from edgewatch.training.forecast.plots import label_alerts, reading_panel
 
     store = Store(db_url, create=False)
     try:
-        tel = store.query("SELECT device, seq, temperature, humidity FROM telemetry "
-                          "ORDER BY device, seq")
+        tel = store.query("SELECT device, seq, COALESCE(t, received), temperature, humidity "
+                          "FROM telemetry ORDER BY device, seq")
         alerts = store.query("SELECT device, sample, rule, channel, value FROM alerts")
     finally:
         store.close()
     chans = ["temperature", "humidity"]
     units = {"temperature": "°C", "humidity": "%RH"}
     fig, axes = plt.subplots(len(devices), 2, figsize=(14, 3.2 * len(devices)), squeeze=False)
+    pending = []
     for r, d in enumerate(devices):
         rows = [t for t in tel if t[0] == d.device]
+        when = sample_times(rows)  # seq -> time
         planned = ", ".join(f["kind"] for f in d.faults) or "none (clean)"
+        p = listener.pred.get(d.device, {})
         for c, ch in enumerate(chans):
+            pred = {when[s]: p[s]["pred"][ch] for s in p if s in when and p[s]["pred"]
+                    and p[s]["pred"].get(ch) is not None}
+            band = {when[s]: p[s]["band"][ch] for s in p if s in when and p[s]["band"]
+                    and p[s]["band"].get(ch)}
+            hits = [(when[a[1]], a[2], a[4] if a[3] == ch else None) for a in alerts
+                    if a[0] == d.device and a[3] in (ch, None) and a[1] in when]
+            ok = [t for t in rows if t[3 + c] is not None]
             ax = axes[r][c]
-            xs = [t[1] for t in rows]
-            ax.plot(xs, [t[2 + c] for t in rows], lw=1.2, color="black", label="reading")
-            p = listener.pred.get(d.device, {})
-            px = sorted(s for s in p if p[s]["pred"] and p[s]["pred"].get(ch) is not None)
-            if px:
-                ax.plot(px, [p[s]["pred"][ch] for s in px], lw=1, color="tab:blue", label="prediction")
-                bx = [s for s in px if p[s]["band"] and p[s]["band"].get(ch)]
-                ax.fill_between(bx, [p[s]["band"][ch][0] for s in bx],
-                                [p[s]["band"][ch][1] for s in bx], color="tab:blue", alpha=0.2,
-                                label="band pred ± k(σ+ε)")
-            hits = [a for a in alerts if a[0] == d.device and a[3] in (ch, None)]
-            seq_val = {t[1]: t[2 + c] for t in rows}
-            for a in hits:
-                y = a[4] if a[3] == ch and a[4] is not None else seq_val.get(a[1])
-                if a[3] is None:  # a whole-device alert (read failure, dropout): a red line
-                    ax.axvline(a[1], color="red", ls="--", lw=0.8)
-                    ax.annotate(a[2], (a[1], 1), xycoords=("data", "axes fraction"),
-                                xytext=(3, -12), textcoords="offset points", fontsize=7, color="red")
-                elif y is not None:
-                    ax.scatter([a[1]], [y], color="red", marker="x", s=60, zorder=5)
-                    ax.annotate(a[2], (a[1], y), textcoords="offset points", xytext=(3, 6),
-                                fontsize=7, color="red")
-            ax.set_title(f"{d.device} {ch} — faults: {planned}", fontsize=9)
-            ax.set_xlabel("sample (seq)")
-            ax.set_ylabel(units[ch])
-            if r == 0:
-                ax.legend(fontsize=7, loc="upper left")
+            events = reading_panel(ax, [when[t[1]] for t in ok], [t[3 + c] for t in ok],
+                                   f"{d.device} {ch} — faults: {planned}", units[ch], pred, band,
+                                   hits, empty_note=f"no {ch} readings stored for {d.device}")
+            pending.append((ax, events))
+            if r == 0 and ok:
+                ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("edgewatch demo: readings, on-board predictions and bands, alerts (red)")
     fig.tight_layout()
+    for ax, events in pending:  # after the layout: label positions are final
+        label_alerts(ax, events)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -268,9 +279,9 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
                 sms.append(line)
                 say("   SMS " + line.split("DRY-RUN SMS ", 1)[1])
 
-        services.append(Service("collector", ["collect", "--mqtt", b.url, "--db", db_url,
+        services.append(Service("collector", ["collect", "--broker", b.url, "--db", db_url,
                                               "--log-level", "warning"], env))
-        services.append(Service("bridge", ["bridge", "--mqtt", b.url, "--notify", "sms",
+        services.append(Service("bridge", ["bridge", "--broker", b.url, "--notify", "sms",
                                            "--outbox", str(out / "bridge-outbox.db"),
                                            "--db", db_url,
                                            "--log-level", "warning"], env, echo=on_bridge))
@@ -279,6 +290,8 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
         say(f"[3/6] collector -> {out / 'demo.db'}; bridge: SMS dry run (no Twilio account)")
         fleet = Fleet(out / "boards", devices, b.url, str(model), faults=faults, period=period,
                       samples=samples, clean=1, prefix="gh", extra={"retry_ms": 20})
+        if fleet.range_warning:
+            say(fleet.range_warning)
         clean = [d.device for d in fleet.devices if not d.faults]
         faulty = [d.device for d in fleet.devices if d.faults]
         say(f"[4/6] {devices} boards, {samples} samples every {period} s: {', '.join(clean)} clean; "

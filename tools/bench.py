@@ -346,6 +346,10 @@ def plots(res: dict, img_dir: Path) -> list[str]:
         axes[0].plot(z, lw=0.5)
         axes[0].set_ylabel("z (fit rows)")
         axes[0].axvline(400, color="k", lw=0.8)
+        axes[0].set_title(f"SKAB {fname}: the {len(f.channels)} channels, standardised on the "
+                          "fit rows", fontsize=8, loc="left")
+        axes[0].legend(f.channels, fontsize=6, ncol=min(4, len(f.channels)), loc="upper right")
+        axes[1].set_title("labelled anomaly", fontsize=8, loc="left")
         axes[1].fill_between(range(len(f.anomaly)), f.anomaly, step="mid", color="tab:red")
         axes[1].set_ylabel("label")
         _strips(axes[2:], kept)
@@ -374,6 +378,7 @@ def nab_plots(res: dict, img_dir: Path, plt) -> list[str]:
                              color="tab:red", alpha=0.25, label="labelled window")
         axes[0].axvline(int(np.ceil(nab.probation_length(len(ts)))), color="tab:gray", lw=0.8)
         axes[0].set_ylabel("value")
+        axes[0].set_title(f"NAB {fname}: readings and labelled windows", fontsize=8, loc="left")
         axes[0].legend(loc="upper left", fontsize=7)
         _strips(axes[1:], kept)
         axes[-1].set_xlabel(f"NAB {fname}: row; grey line = end of the probationary (fit) rows")
@@ -382,11 +387,17 @@ def nab_plots(res: dict, img_dir: Path, plt) -> list[str]:
 
 
 def _strips(axes, kept: dict) -> None:
-    """One strip per detector: its verdicts over the rows, named on the left."""
+    """One strip per detector: its verdicts over the rows, titled; an empty one says so."""
     for ax, (d, p) in zip(axes, kept.items(), strict=True):
+        p = np.asarray(p, dtype=float)
         ax.fill_between(range(len(p)), p, step="mid", color="tab:blue")
         ax.set_ylabel(d, rotation=0, ha="right")
         ax.set_yticks([])
+        ax.set_title(f"{d}: {int((np.diff(np.r_[0, p]) > 0).sum())} alert episodes", fontsize=7,
+                     loc="left", pad=2)
+        if not p.any():
+            ax.text(0.5, 0.5, f"{d} raised no alert on this file", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=7, color="gray")
 
 
 def _save(fig, plt, img_dir: Path, out: str) -> str:

@@ -7,9 +7,12 @@ deploying it over the air. Each task calls the ``edgewatch`` command, so the
 DAG holds no pipeline logic of its own and runs on any Airflow worker that has
 edgewatch installed.
 
-Copy this file into Airflow's ``dags/`` folder. Settings come from the worker's
-environment or ``$EDGEWATCH_HOME/.env``: EDGEWATCH_DB_URL, EDGEWATCH_MQTT_URL,
-MQTT_USERNAME, MQTT_PASSWORD, EDGEWATCH_OTA_KEY (never put secrets here).
+Copy this file into Airflow's ``dags/`` folder. As the systemd units and the cron
+job: code in ``/opt/edgewatch``, state (registry, runs) in ``/var/lib/edgewatch``,
+settings read by edgewatch itself from ``/etc/edgewatch/edgewatch.env``
+(EDGEWATCH_DB_URL, EDGEWATCH_MQTT_URL, MQTT_USERNAME, MQTT_PASSWORD,
+EDGEWATCH_OTA_KEY; never put secrets here). Airflow's ``timedelta(days=3)`` is an
+exact three days; ``--every 3`` keeps a manual or retried run from retraining twice.
 Works with Airflow 3 (``airflow.sdk``) and Airflow 2.7+.
 """
 
@@ -27,14 +30,16 @@ except ImportError:  # Airflow 2
 
 HOME = os.environ.get("EDGEWATCH_HOME", "/opt/edgewatch")
 EDGEWATCH = os.environ.get("EDGEWATCH_BIN", f"{HOME}/.venv/bin/edgewatch")
+STATE = os.environ.get("EDGEWATCH_STATE", "/var/lib/edgewatch")
+ENV_FILE = os.environ.get("EDGEWATCH_ENV_FILE", "/etc/edgewatch/edgewatch.env")
 
 # One shell command per task; `{{ ds }}` is Airflow's run date, so each run's
 # report lands in its own folder.
 COMMANDS = {
-    "analyze": (f'cd "{HOME}" && "{EDGEWATCH}" analyze --data "$EDGEWATCH_DB_URL" '
+    "analyze": (f'cd "{STATE}" && "{EDGEWATCH}" analyze --env-file "{ENV_FILE}" '
                 "--contamination 0.05 --clusters 4 --out runs/analyze/{{ ds }}"),
-    "retrain": (f'cd "{HOME}" && "{EDGEWATCH}" retrain --registry models/registry '
-                "--work runs/retrain --publish --wait-s 120"),
+    "retrain": (f'cd "{STATE}" && "{EDGEWATCH}" retrain --env-file "{ENV_FILE}" '
+                "--registry models/registry --work runs/retrain --every 3 --publish --wait-s 120"),
 }
 
 with DAG(

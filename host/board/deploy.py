@@ -249,23 +249,28 @@ class Mpremote:
     def __init__(self, port: str):
         self.port = port
 
-    def _run(self, args: list[str], timeout: float = 300) -> str:
+    def _run(self, args: list[str], timeout: float = 300, on_line=None) -> str:
+        """mpremote with ``args``; ``on_line`` sees each stdout line as it comes (progress)."""
         argv = [bin_path("mpremote"), "connect", self.port, *args]
         try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            if on_line is None:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+                code, out, err = r.returncode, r.stdout, r.stderr
+            else:
+                code, out, err = _streamed(argv, timeout, on_line)
         except subprocess.TimeoutExpired:
             raise UserError(f"mpremote on {self.port}: no answer within {timeout:.0f} s "
                             "(is MicroPython running? try `make repl`)") from None
-        if r.returncode:
-            msg = (r.stderr.strip() or r.stdout.strip() or "failed").splitlines()[-1]
+        if code:
+            msg = (err.strip() or out.strip() or "failed").splitlines()[-1]
             raise UserError(f"mpremote on {self.port}: {msg}")
-        return r.stdout
+        return out
 
     def mpy_info(self) -> int:
         out = self._run(["exec", "import sys; print(getattr(sys.implementation, '_mpy', 0))"], 30)
         return int(out.strip().splitlines()[-1])
 
-    def copy(self, folder: Path, files: list[str], stale: list[str]) -> None:
+    def copy(self, folder: Path, files: list[str], stale: list[str], say=None) -> None:
         args: list[str] = []
         if stale:
             args += ["exec", remove_snippet(stale), "+"]
@@ -277,7 +282,17 @@ class Mpremote:
                 args += ["exec", f"import os\ntry:\n os.mkdir({sub!r})\nexcept OSError:\n pass", "+"]
         for f in files:
             args += ["fs", "cp", str(folder / f), ":" + f, "+"]
-        self._run(args[:-1])
+        done = []
+
+        def progress(line: str) -> None:
+            # mpremote announces each copy as "cp <src> :<dst>" before it writes it
+            if say and line.startswith("cp ") and " :" in line:
+                name = line.rsplit(" :", 1)[1].strip()
+                done.append(name)
+                size = (folder / name).stat().st_size if (folder / name).is_file() else 0
+                say(f"deploy: [{len(done)}/{len(files)}] {name} ({size / 1024:.1f} kB)")
+
+        self._run(args[:-1], on_line=progress if say else None)
 
     def mip_umqtt(self) -> None:
         try:
@@ -321,9 +336,12 @@ class Ampy:
         out = self._script("import sys\nprint(getattr(sys.implementation, '_mpy', 0))\n")
         return int(out.strip().splitlines()[-1])
 
-    def copy(self, folder: Path, files: list[str], stale: list[str]) -> None:
+    def copy(self, folder: Path, files: list[str], stale: list[str], say=None) -> None:
         if stale:
             self._script(remove_snippet(stale))
+        if say:
+            say(f"deploy: copying {len(files)} files in one ampy connection "
+                "(ampy reports no progress; a serial link takes a minute or two)")
         # one connection for the whole staged tree (ampy creates the folders as it goes)
         self._run(["put", str(folder), "/"], timeout=900)
 
@@ -333,6 +351,33 @@ class Ampy:
 
     def reset(self) -> None:
         self._run(["reset", "--hard"], 30)
+
+
+def _streamed(argv: list[str], timeout: float, on_line) -> tuple[int, str, str]:
+    """Run ``argv``, calling ``on_line`` with each stdout line as it is printed."""
+    import threading
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # mpremote is Python: lines, not blocks
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            on_line(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        expired = not timer.is_alive()
+        timer.cancel()
+    reader.join(5)
+    if expired and proc.returncode not in (0, None):
+        raise subprocess.TimeoutExpired(argv, timeout)
+    return proc.returncode, "".join(out), "".join(err)
 
 
 def add_arguments(p) -> None:
@@ -402,7 +447,7 @@ def deploy(port: str, board_name: str, model: str | None, device_id: str | None 
         say(f"deploy: {len(files)} files, {size} bytes to {port} with {tool.name}"
             f" ({'mpy-cross -march=' + (arch or 'none') if compile_mpy else 'sources'};"
             f" device {config['device']}, board {board_name})")
-        tool.copy(out, files, stale)
+        tool.copy(out, files, stale, say=say)
     if not umqtt_from:
         say("deploy: installing umqtt.simple with mpremote mip")
         tool.mip_umqtt()

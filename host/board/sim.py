@@ -50,6 +50,7 @@ class Device:
 
 
 STUCK_ROWS = 45  # longer than the sim's stuck_samples (30), so a stuck sensor alerts
+PROGRESS_S = 5.0  # seconds between progress lines of a --quiet run
 GAP_ROWS = 15  # quiet rows after each fault, so each alert is attributable
 
 
@@ -111,11 +112,61 @@ def csv_columns(path: Path) -> dict:
     return cols
 
 
+def training_data(blob: Path | None) -> str | None:
+    """The CSV the model next to ``blob`` was trained on (its config.json), if it is a file here."""
+    if blob is None:
+        return None
+    try:
+        src = json.loads((blob.parent / "config.json").read_text()).get("data")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(src, str):
+        return None
+    for cand in (Path(src), mpy.ROOT / src):
+        if cand.is_file():
+            try:
+                csv_columns(cand)
+            except UserError:
+                return None
+            return str(cand)
+    return None
+
+
+def range_warning(blob: Path | None, data: Path, margin: float = 0.5) -> str | None:
+    """One line when ``data``'s readings lie outside the range the model was trained on.
+
+    The training range is the model's scaler (``scaler.json``: offset .. offset + scale per
+    channel, the training split only); ``margin`` is the share of that span tolerated on
+    either side (the rest of a training file, or a warmer week, is not a mismatch).
+    """
+    if blob is None or not (blob.parent / "scaler.json").is_file():
+        return None
+    from edgewatch.training.forecast.data import Scaler, load
+
+    try:
+        scaler = Scaler.load(blob.parent / "scaler.json")
+        series = load(str(data), channels=scaler.channels)
+    except Exception:  # not comparable (other channels): the firmware will say so
+        return None
+    out = []
+    for j, ch in enumerate(scaler.channels):
+        lo, hi = float(scaler.offset[j]), float(scaler.offset[j] + scaler.scale[j])
+        slack = margin * (hi - lo)
+        dlo, dhi = float(series.values[:, j].min()), float(series.values[:, j].max())
+        if dlo < lo - slack or dhi > hi + slack:
+            out.append(f"{ch} {dlo:.1f}..{dhi:.1f} (trained on {lo:.1f}..{hi:.1f})")
+    if not out:
+        return None
+    return (f"sim: warning: {data.name} lies outside the model's training range: {'; '.join(out)}; "
+            f"expect band/shift alerts on clean boards (replay its training data with "
+            f"--data auto, or retrain on this data)")
+
+
 class Fleet:
     """Start, watch and stop N simulated boards."""
 
     def __init__(self, out: str | os.PathLike, devices: int, broker: str, model: str | None,
-                 board: str = "esp32-devkitc-dht22", data: str = "generated",
+                 board: str = "esp32-devkitc-dht22", data: str = "auto",
                  faults: list[str] | None = None, period: float = 1.0, samples: int = 0,
                  clean: int = 1, prefix: str = "sim", credentials: dict | None = None,
                  echo: bool = False, extra: dict | None = None, stuck: int = 30):
@@ -139,6 +190,7 @@ class Fleet:
         self.extra = extra or {}
         self.stuck = stuck
         self.data = self._data(data)
+        self.range_warning = range_warning(self.model, self.data)
         kinds = faults if faults is not None else parse_faults(DEFAULT_FAULTS)
         self.devices: list[Device] = []
         for i in range(devices):
@@ -159,6 +211,8 @@ class Fleet:
         return blob
 
     def _data(self, data: str) -> Path:
+        if data == "auto":  # the data the model was trained on, when it is a file here
+            data = training_data(self.model) or "generated"
         if data == "generated":
             path = self.out / "greenhouse.csv"
             if not path.is_file():
@@ -255,6 +309,15 @@ class Fleet:
                 d.proc.kill()
                 d.proc.wait(5)
 
+    def progress(self, elapsed: float) -> str:
+        """One line for a quiet run: time so far (of the expected), alerts per board."""
+        expected = self.samples * self.period_ms / 1000 if self.samples else 0
+        when = f"{elapsed:.0f} s" + (f" of ~{expected:.0f} s" if expected else "")
+        alerts = ", ".join(f"{d.device} {sum(ln.startswith('alert:') for ln in d.log)}"
+                           for d in self.devices)
+        running = sum(d.running for d in self.devices)
+        return f"{when}; {running}/{len(self.devices)} boards running; alerts: {alerts}"
+
     def summary(self) -> list[str]:
         """One line per board: faults planned, alerts raised, what the firmware reported at the end."""
         out = []
@@ -271,10 +334,13 @@ class Fleet:
 def add_arguments(p) -> None:
     """Options of `edgewatch sim`."""
     p.add_argument("--devices", type=int, default=3, help="number of boards (default 3)")
-    p.add_argument("--broker", default=os.environ.get("EDGEWATCH_MQTT_URL") or "mqtt://127.0.0.1:1883",
+    p.add_argument("--broker", "--mqtt", dest="broker",
+                   default=os.environ.get("EDGEWATCH_MQTT_URL") or "mqtt://127.0.0.1:1883",
                    help="broker URL the boards connect to (env EDGEWATCH_MQTT_URL)")
-    p.add_argument("--data", default="generated",
-                   help="CSV to replay (e.g. ../shared/data/occupancy/datatraining.txt) or 'generated'")
+    p.add_argument("--data", default="auto",
+                   help="CSV to replay (e.g. ../shared/data/occupancy/datatraining.txt), 'generated', "
+                        "or 'auto' (default): the model's training data when it is a file here, "
+                        "else generated")
     p.add_argument("--faults", default=DEFAULT_FAULTS,
                    help=f"faults per faulty board: {','.join(FAULT_KINDS)}, all or none "
                         f"(default {DEFAULT_FAULTS})")
@@ -298,11 +364,17 @@ def run(args) -> int:
                   None if args.model == "none" else args.model, args.board, args.data,
                   parse_faults(args.faults), args.period, args.samples, args.clean,
                   args.prefix, echo=not args.quiet, stuck=args.stuck)
-    print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, flash in {args.out}",
-          flush=True)
+    print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, replaying "
+          f"{fleet.data.name}, flash in {args.out}", flush=True)
+    if fleet.range_warning:
+        print(fleet.range_warning, file=sys.stderr, flush=True)
     fleet.start()
+    t0 = time.monotonic()
     try:
-        fleet.wait()
+        # --quiet hides the boards' consoles: a line every PROGRESS_S shows the run is alive
+        while not fleet.wait(timeout=PROGRESS_S):
+            if args.quiet:
+                print("sim: " + fleet.progress(time.monotonic() - t0), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -43,9 +43,27 @@ def load_env(env_file: str | os.PathLike | None = None) -> Path | None:
     if env_file and not path.is_file():
         raise UserError(f"{path}: no such env file")
     if path.is_file():
+        _check_env_file(path)
         load_dotenv(path, override=False)
         return path
     return None
+
+
+def _check_env_file(path: Path) -> None:
+    """UserError naming the file and line of the first line that is not ``NAME=value``."""
+    from dotenv.parser import parse_stream
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            bad = next((b for b in parse_stream(fh) if b.error), None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None
+    if bad is not None:
+        # the line may hold a secret: name only what stands before '=' when it is a name
+        name = bad.original.string.split("=", 1)[0].strip().removeprefix("export ").strip()
+        where = f" ({name}=...)" if "=" in bad.original.string and name.isidentifier() else ""
+        raise UserError(f"{path}:{bad.original.line}: not NAME=value{where}; "
+                        "quote values with spaces, close every quote")
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -125,7 +143,7 @@ class MqttSettings:
 def add_mqtt_arguments(parser) -> None:
     """The broker options every service shares (defaults from the environment)."""
     g = parser.add_argument_group("MQTT broker")
-    g.add_argument("--mqtt", metavar="URL",
+    g.add_argument("--broker", "--mqtt", dest="mqtt", metavar="URL",
                    help="mqtt://host:port or mqtts://host:port (env EDGEWATCH_MQTT_URL; "
                         "default mqtt://127.0.0.1:1883)")
     g.add_argument("--username", help="MQTT user (env MQTT_USERNAME); password from env MQTT_PASSWORD")

@@ -18,7 +18,7 @@ Tables (names optionally prefixed, so tests and several sites can share one data
   and the latest sample (``latest_t``, ``latest``: JSON of seq, values, pred,
   band, anomaly, faults), so the fleet view is one small table read.
 - ``notifications``: the bridges' outcome of each alert and notification
-  (queued, sent, dry-run, retry, dead, cooldown, ratecap; provider reference).
+  (queued, sent, dry_run, retry, dead, cooldown, ratecap; provider reference).
 
 Existing databases migrate in place: missing tables, columns and the index are
 added when a :class:`Store` opens them for writing (``create=True``).

@@ -68,8 +68,22 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_try);
 
 # ---------------------------------------------------------------- texts
 
-def _num(x) -> str:
-    return "?" if x is None else f"{x:.4g}"
+# decimals a reading of a channel is shown with: the resolution the supported sensors
+# report (DHT22 0.1 °C / 0.1 %RH; the SHTC3's 0.01 is below its ±0.2 °C, ±2 %RH accuracy)
+DECIMALS = {"temperature": 1, "humidity": 1}
+
+
+def _num(x, channel: str | None = None) -> str:
+    """A number as a person reads it: to the sensor's resolution, else 4 significant digits."""
+    if x is None:
+        return "?"
+    if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and channel is None):
+        return str(int(x))
+    places = DECIMALS.get((channel or "").lower())
+    if places is None:
+        return f"{x:.4g}"
+    text = f"{x:.{places}f}"
+    return text.lstrip("-") if float(text) == 0 else text  # never "-0.0"
 
 
 def _when(t: float | None) -> str:
@@ -79,16 +93,20 @@ def _when(t: float | None) -> str:
 def alert_text(a: Alert) -> str:
     """The SMS text of one alert (short: one SMS segment for usual ids)."""
     what = a.channel or "device"
+
+    def num(x):
+        return _num(x, a.channel)
+
     if a.rule == "band" and a.band:
-        detail = f"{what} {_num(a.value)} outside {_num(a.band[0])}..{_num(a.band[1])}"
+        detail = f"{what} {num(a.value)} outside {num(a.band[0])}..{num(a.band[1])}"
     elif a.rule == "shift" and a.band:
-        detail = f"{what} mean {_num(a.value)} shifted outside {_num(a.band[0])}..{_num(a.band[1])}"
+        detail = f"{what} mean {num(a.value)} shifted outside {num(a.band[0])}..{num(a.band[1])}"
     elif a.rule == "range":
-        detail = f"{what} {_num(a.value)} out of sensor range"
+        detail = f"{what} {num(a.value)} out of sensor range"
     elif a.rule == "stuck" and a.channel is None:
         detail = f"readings unchanged for {_num(a.value)} samples"
     elif a.rule == "stuck":
-        detail = f"{what} stuck at {_num(a.value)}"
+        detail = f"{what} stuck at {num(a.value)}"
     elif a.rule == "dropout":
         detail = "missed samples"
     else:
@@ -507,9 +525,9 @@ class Bridge:
                         extra={"notifier": n.name, "outbox_id": row["id"], "attempt": attempt})
             return
         self.outbox.sent(row["id"])
-        self._record_row(row, "dry-run" if n.dry_run else "sent",
+        self._record_row(row, "dry_run" if n.dry_run else "sent",
                          ref=ref if isinstance(ref, str) else None, attempts=row["attempts"] + 1)
-        self.metrics.notifications.labels(n.name, "sent").inc()
+        self.metrics.notifications.labels(n.name, "dry_run" if n.dry_run else "sent").inc()
         self.metrics.latency.observe(max(0.0, time.time() - row["received"]))
         log.info("sent %s: %s", where, row["body"],
                  extra={"notifier": n.name, "outbox_id": row["id"]})

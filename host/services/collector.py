@@ -133,6 +133,9 @@ class Collector:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._announced: dict[str, frozenset] = {}
+        self._fw: dict[str, str] = {}  # device -> firmware version from its status
+        self._alert_seq: dict[str, int] = {}  # device -> seq of the last alert counted
+        self._reading_seq: dict[str, int] = {}  # device -> seq of the reading in the gauges
         # label lookups cost a lock and a dict each: resolve them once, not per message
         self._rx = {k: self.metrics.received.labels(k)
                     for k in ("telemetry", "alert", "status", "other")}
@@ -184,6 +187,7 @@ class Collector:
         stats = [(r, w) for r, w, _, _ in items if isinstance(r, Status)]
         t0 = time.perf_counter()
         n_t, n_a = self.store.write(tel, alerts, stats)
+        self._count_alerts(alerts, all_new=n_a == len(alerts))
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self.metrics.stored.labels("telemetry").inc(n_t)
         self.metrics.stored.labels("alert").inc(n_a)
@@ -193,6 +197,14 @@ class Collector:
                 self.metrics.rejected.labels("replayed").inc(n_all - n_new)
                 log.info("%d replayed %s messages already stored, skipped", n_all - n_new, kind,
                          extra={"reason": "replayed", "count": n_all - n_new})
+
+    def _count_alerts(self, alerts, all_new: bool) -> None:
+        """edgewatch_alerts_total{device,rule}: each stored alert once (a replay is not counted)."""
+        for a, _ in alerts:
+            last = self._alert_seq.get(a.device, -1)
+            if all_new or a.seq > last:
+                self.metrics.alerts.labels(a.device, a.rule).inc()
+            self._alert_seq[a.device] = a.seq if all_new else max(last, a.seq)
 
     def _write_or_split(self, items) -> None:
         """Write a batch; if the database refuses it while reachable, find and drop the bad rows."""
@@ -263,24 +275,40 @@ class Collector:
 
     def _after_commit(self, pending) -> None:
         last: dict[str, tuple] = {}
+        readings: dict[str, Telemetry] = {}
         for rec, when, mid, qos in pending:
             self.client.ack(mid, qos)
+            if type(rec) is Telemetry and rec.seq > self._reading_seq.get(rec.device, -1):
+                readings[rec.device] = rec  # a replayed (older) sample does not move the gauge
+                self._reading_seq[rec.device] = rec.seq
             if isinstance(rec, Status):
                 self.devices.status(rec, when)
+                if rec.fw and self.ha_discovery and self._fw.get(rec.device) != rec.fw:
+                    self._fw[rec.device] = rec.fw
+                    chans = self._announced.pop(rec.device, None)
+                    if chans is not None:  # announced before the status: again, with sw_version
+                        self._announce_channels(rec.device, chans)
             else:
                 last[rec.device] = (when, rec.model)
                 if isinstance(rec, Telemetry) and self.ha_discovery:
                     self._announce(rec)
         for device, (when, model) in last.items():  # once per device per batch
             self.devices.seen(device, when, model)
+        for device, rec in readings.items():  # the newest reading of each channel
+            for channel, value in rec.values.items():
+                if value is not None:
+                    self.metrics.reading.labels(device, channel).set(value)
 
     def _announce(self, rec: Telemetry) -> None:
         chans = frozenset(rec.values)
         if self._announced.get(rec.device) == chans:
             return
-        self._announced[rec.device] = chans
-        discovery.publish(self.client, rec.device, sorted(chans), self.mqtt.prefix,
-                          model=rec.model)
+        self._announce_channels(rec.device, chans)
+
+    def _announce_channels(self, device: str, chans: frozenset) -> None:
+        self._announced[device] = chans
+        discovery.publish(self.client, device, sorted(chans), self.mqtt.prefix,
+                          fw=self._fw.get(device))
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Collector:

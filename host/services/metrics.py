@@ -61,7 +61,12 @@ def reason_label(reason: str) -> str:
 
 
 class Metrics:
-    """The counters and gauges of one service, in its own registry."""
+    """The counters and gauges of one service, in its own registry.
+
+    Only the series the service fills are registered: the collector's
+    (storage, readings, alerts) and the bridge's (notifications) are never
+    exported by the other as a row of zeros. Both track the boards' status.
+    """
 
     def __init__(self, service: str):
         self.service = service
@@ -71,27 +76,33 @@ class Metrics:
         self.rejected = Counter("edgewatch_messages_rejected",
                                 "messages refused (never stored, never relayed)",
                                 ["reason"], registry=r)
-        self.stored = Counter("edgewatch_records_stored", "records written exactly once",
-                              ["kind"], registry=r)
-        self.duplicates = Counter("edgewatch_records_duplicate",
-                                  "replayed (device, seq) already stored", ["kind"], registry=r)
-        self.batch_seconds = Histogram("edgewatch_write_batch_seconds",
-                                       "time to write one batch", registry=r)
-        self.notifications = Counter("edgewatch_notifications",
-                                     "notification attempts by outcome",
-                                     ["notifier", "outcome"], registry=r)
-        self.suppressed = Counter("edgewatch_alerts_suppressed",
-                                  "alerts held back by cooldown or the rate cap (sent in a digest)",
-                                  ["why"], registry=r)
-        self.outbox_depth = Gauge("edgewatch_outbox_pending", "notifications waiting to be sent",
-                                  registry=r)
-        self.latency = Histogram("edgewatch_alert_to_send_seconds",
-                                 "alert received -> notifier request done",
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10, 60),
-                                 registry=r)
+        if service == "collector":
+            self.stored = Counter("edgewatch_records_stored", "records written exactly once",
+                                  ["kind"], registry=r)
+            self.duplicates = Counter("edgewatch_records_duplicate",
+                                      "replayed (device, seq) already stored", ["kind"], registry=r)
+            self.batch_seconds = Histogram("edgewatch_write_batch_seconds",
+                                           "time to write one batch", registry=r)
+            self.reading = Gauge("edgewatch_reading", "the last stored reading of a channel",
+                                 ["device", "channel"], registry=r)
+            self.alerts = Counter("edgewatch_alerts", "alerts stored, by device and rule",
+                                  ["device", "rule"], registry=r)
+        if service == "bridge":
+            self.notifications = Counter("edgewatch_notifications",
+                                         "notification attempts by outcome (sent, dry_run, retry, "
+                                         "dead)", ["notifier", "outcome"], registry=r)
+            self.suppressed = Counter("edgewatch_alerts_suppressed",
+                                      "alerts held back by cooldown or the rate cap (sent in a "
+                                      "digest)", ["why"], registry=r)
+            self.outbox_depth = Gauge("edgewatch_outbox_pending",
+                                      "notifications waiting to be sent", registry=r)
+            self.latency = Histogram("edgewatch_alert_to_send_seconds",
+                                     "alert received -> notifier request done",
+                                     buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10, 60),
+                                     registry=r)
         self.online = Gauge("edgewatch_device_online", "1 online, 0 offline (last will)",
                             ["device"], registry=r)
-        self.last_seen = Gauge("edgewatch_device_last_seen_seconds",
+        self.last_seen = Gauge("edgewatch_device_last_seen_timestamp_seconds",
                                "Unix time of the device's last message", ["device"], registry=r)
         self.device_outbox = Gauge("edgewatch_device_outbox",
                                    "records queued on the board (from its status)",

@@ -61,7 +61,7 @@ class Notifier:
 
     name = "base"
     recipients: list[str | None] = [None]
-    dry_run = False  # True when nothing really leaves (recorded as "dry-run", not "sent")
+    dry_run = False  # True when nothing really leaves (recorded as "dry_run", not "sent")
 
     def send(self, recipient: str | None, msg: Message) -> str | None:  # pragma: no cover
         """Deliver ``msg``; the provider's reference (message id) when it gives one."""
@@ -111,7 +111,7 @@ class DryRunSMS(Notifier):
     """What SMS would be sent, printed to stdout (no Twilio credentials configured)."""
 
     name = "sms"
-    dry_run = True
+    dry_run = True  # counted as outcome "dry_run", never "sent"
 
     def __init__(self, to: list[str] | None = None, stream=None):
         self.recipients = list(to) or ["(no TWILIO_TO)"]

@@ -60,10 +60,40 @@ def add_arguments(p) -> None:
     p.add_argument("--publish", action="store_true", help="deploy an approved model over the air")
     p.add_argument("--target", action="append", metavar="ID",
                    help="device to deploy to (repeatable; default every device in the database)")
-    p.add_argument("--broker", dest="mqtt", metavar="URL", help="same as --mqtt")
     p.add_argument("--wait-s", type=float, default=0.0,
                    help="with --publish: wait for the boards to report the new model")
+    p.add_argument("--every", type=float, default=0.0, metavar="DAYS",
+                   help="do nothing unless the last completed run is DAYS old (less half a day "
+                        "of slack): a daily timer or cron line then retrains every DAYS days, "
+                        "month ends included (default 0: always run)")
     add_mqtt_arguments(p)
+
+
+LAST_RUN = "last_run.json"
+
+
+def due(registry, every_days: float, now: float | None = None) -> tuple[bool, str]:
+    """Whether a run is due under ``--every``: (due, why) from ``<registry>/last_run.json``."""
+    if every_days <= 0:
+        return True, "every run"
+    path = Path(registry) / LAST_RUN
+    try:
+        last = float(json.loads(path.read_text())["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True, "no completed run recorded"
+    age = ((time.time() if now is None else now) - last) / 86400.0
+    # half a day of slack: a timer's randomized delay must not push a run to the next day
+    if age >= every_days - 0.5:
+        return True, f"last run {age:.1f} days ago"
+    return False, f"last run {age:.1f} days ago; runs every {every_days:g} days"
+
+
+def record_run(registry, now: float | None = None) -> None:
+    from edgewatch.services.registry import write_atomic
+
+    Path(registry).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(registry) / LAST_RUN,
+                 json.dumps({"at": time.time() if now is None else now}) + "\n")
 
 
 # ---------------------------------------------------------------- data
@@ -238,6 +268,12 @@ def run(args) -> int:
         raise UserError("--data is required (or EDGEWATCH_DB_URL): the collector database or a CSV")
     if args.epochs < 1 or args.window < 1:
         raise UserError("--epochs and --window must be >= 1")
+    if args.every < 0:
+        raise UserError(f"--every {args.every:g}: must be >= 0 days")
+    go, why = due(args.registry, args.every)
+    if not go:
+        print(json.dumps({"skipped": True, "reason": why}))
+        return 0
     key = None
     if args.publish:
         from edgewatch.services.ota import fleet_key
@@ -245,6 +281,7 @@ def run(args) -> int:
         key = fleet_key()  # fail before training, not after
     summary = retrain(source, args.registry, args.work, args.device, args.days, args.holdout,
                       args.margin, args.arch, args.window, args.epochs, args.seed)
+    record_run(args.registry)
     if args.publish and summary["approved"]:
         from edgewatch.core.settings import mqtt_settings
         from edgewatch.services.ota import publish_model

@@ -3,6 +3,7 @@ deployed firmware then publishes to a real Mosquitto that checks the board's own
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,10 @@ def test_make_deploy_repl_and_the_firmware_publishes(tmp_path, tiny_model_dir, b
         assert r.returncode == 0, out
         for secret in (WIFI_PW, BOARD_PW, OTA_KEY):
             assert secret not in out  # never printed
+        # one progress line per file, as each is copied (a serial link takes a while)
+        copied = re.findall(r"deploy: \[(\d+)/(\d+)\] (\S+) \(", out)
+        assert copied and [int(i) for i, _, _ in copied] == list(range(1, len(copied) + 1))
+        assert int(copied[-1][1]) == len(copied) and "main.py" in {n for _, _, n in copied}
         # what the board holds: main.py as source, the rest precompiled for its arch
         assert (flash / "main.py").read_text() == (ROOT / "firmware" / "main.py").read_text()
         assert not (flash / "app.py").exists()

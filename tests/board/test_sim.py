@@ -5,6 +5,7 @@ none missing or doubled; the clean board raises no alert and the faulty board ra
 alerts of the faults planned for it (rules only here: the model path is covered by the demo).
 """
 
+import json
 import subprocess
 import sys
 import threading
@@ -87,3 +88,72 @@ def test_sim_command_runs_a_clean_board_to_the_end(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sim: sim-01: faults none (clean); 0 alerts; done samples=20" in r.stdout
     assert "outbox=0" in r.stdout  # everything sampled was delivered before it stopped
+
+
+def test_quiet_run_shows_progress(monkeypatch, capsys):
+    """`sim --quiet` is not silent for the whole run: a line every PROGRESS_S."""
+    import argparse
+
+    from edgewatch.board import sim
+
+    class FakeFleet:
+        data, range_warning = Path("greenhouse.csv"), None
+
+        def __init__(self, *a, **kw):
+            self.calls = 0
+
+        def start(self):
+            return self
+
+        def wait(self, timeout=None):
+            self.calls += 1
+            return self.calls > 3  # three progress periods, then done
+
+        def stop(self):
+            pass
+
+        def progress(self, elapsed):
+            return f"{elapsed:.0f} s of ~37 s; 3/3 boards running; alerts: sim-01 0"
+
+        def summary(self):
+            return ["sim-01: faults none (clean); 0 alerts; done"]
+
+    monkeypatch.setattr(sim, "Fleet", FakeFleet)
+    p = argparse.ArgumentParser()
+    sim.add_arguments(p)
+    assert sim.run(p.parse_args(["--quiet"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("boards running" in ln for ln in lines) == 3, lines
+
+
+def test_progress_line_counts_alerts_per_board(tmp_path):
+    fleet = Fleet.__new__(Fleet)
+    fleet.samples, fleet.period_ms = 40, 250
+
+    class D:
+        def __init__(self, name, log):
+            self.device, self.log, self.running = name, log, True
+
+    fleet.devices = [D("sim-01", ["app: start"]), D("sim-02", ["alert: stuck x", "alert: range y"])]
+    assert fleet.progress(4.2) == "4 s of ~10 s; 2/2 boards running; alerts: sim-01 0, sim-02 2"
+
+
+def test_default_data_is_the_models_training_data_and_a_mismatch_warns(tmp_path):
+    """`make train` (occupancy, humidity 17-39 %) then `make sim`: the boards replay what the
+    model knows; generated greenhouse data (55-68 %) gets a one-line warning."""
+    from edgewatch.training.forecast.data import Scaler, load, shared_data
+
+    occ = shared_data() / "occupancy" / "datatraining.txt"
+    model = tmp_path / "model"
+    model.mkdir()
+    series = load(str(occ), channels=["temperature", "humidity"])
+    Scaler.fit(series.values[: int(0.8 * len(series))], ["temperature", "humidity"]).save(
+        model / "scaler.json")
+    (model / "config.json").write_text(json.dumps({"data": str(occ)}))
+    (model / "model.ewb").write_bytes(b"blob")
+    fleet = Fleet(tmp_path / "fleet", 1, "mqtt://127.0.0.1:1", str(model))
+    assert fleet.data == occ.resolve() and fleet.range_warning is None
+    fleet = Fleet(tmp_path / "fleet", 1, "mqtt://127.0.0.1:1", str(model), data="generated")
+    w = fleet.range_warning
+    assert w and "\n" not in w and w.startswith("sim: warning: greenhouse.csv")
+    assert "humidity" in w and "trained on" in w

@@ -89,7 +89,7 @@ def test_systemd_units_run_real_commands_with_valid_options():
         p = argparse.ArgumentParser()
         module.add_arguments(p)
         p.parse_args(argv[2:])  # SystemExit if the unit used an option that does not exist
-        assert svc["EnvironmentFile"].startswith("/etc/edgewatch/")
+        assert argv[argv.index("--env-file") + 1].startswith("/etc/edgewatch/")
         if svc.get("Type") != "oneshot":  # the long-running services restart, a bad option does not loop
             assert svc["Restart"] == "on-failure" and svc["RestartPreventExitStatus"] == "2"
         text = f.read_text()

@@ -102,6 +102,12 @@ def test_faults_give_alerts_clean_data_none_and_seq_is_contiguous(tmp_path):
     flagged = {i for rule in by_rule.values() for i, _ in rule}
     assert not flagged & (set(range(0, 100)) | set(range(345, SAMPLES)))
     assert all(r.pred is None and r.band is None and r.model is None for r in tel)  # rules only
+    # the console's alert lines are for people: the DHT22's 0.1 resolution, no None band
+    lines = re.findall(r"alert: .*", proc.stdout)
+    assert lines and not [ln for ln in lines if "None" in ln], lines
+    assert "alert: read device sample=100" in lines
+    assert re.search(r"alert: stuck temperature value=-?\d+\.\d sample=\d+$", "\n".join(lines),
+                     re.M), lines
     online = [st for st in status if st.state == "online"]
     assert online and online[0].fw == "0.1.0" and online[0].heap_free > 0
     assert online[-1].outbox == 0 and online[-1].seq == n - 1
@@ -206,3 +212,8 @@ def test_with_model_blob_band_alerts_on_spikes(tmp_path, model_dir):
     for a in alerts:
         if a.rule == "band":
             assert a.band[0] < a.band[1] and not a.band[0] < a.value < a.band[1]
+    # console: value and band to the sensor's resolution, not 15 decimals
+    band_lines = re.findall(r"alert: band .*", proc.stdout)
+    assert band_lines and all(re.fullmatch(r"alert: band \w+ value=-?\d+\.\d "
+                                           r"band=-?\d+\.\d\.\.-?\d+\.\d sample=\d+", ln.strip())
+                              for ln in band_lines), band_lines

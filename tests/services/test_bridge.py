@@ -282,3 +282,37 @@ def test_leases_of_dead_processes_are_released_at_start(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_alert_text_rounds_to_the_sensor_resolution():
+    from edgewatch.core.schema import Alert
+
+    a = Alert("gh-01", 7, 0.0, 6, "shift", "humidity", 68.72134523, (-6.135234523, 53.7623452),
+              None, "m1")
+    assert "humidity mean 68.7 shifted outside -6.1..53.8" in alert_text(a)
+    a = Alert("gh-01", 7, 0.0, 6, "band", "temperature", 23.0, (-0.04, 22.96), 21.3, "m1")
+    assert "temperature 23.0 outside 0.0..23.0" in alert_text(a)
+    a = Alert("gh-01", 7, 0.0, 6, "stuck", None, 40, None, None, "m1")
+    assert "readings unchanged for 40 samples" in alert_text(a) and "None" not in alert_text(a)
+
+
+def test_dry_run_sms_counted_as_dry_run_and_only_bridge_series(tmp_path, broker):
+    from edgewatch.services.notifiers import DryRunSMS
+    from prometheus_client import generate_latest
+
+    out = io.StringIO()
+    b = _bridge(tmp_path, broker, [DryRunSMS(["+15551230001"], stream=out)], tls=False)
+    dev = Board(broker, "gh-01", "pw1")
+    try:
+        dev.publish("alert", alert("gh-01", 3))
+        wait_until(lambda: "DRY-RUN SMS" in out.getvalue(), what="dry-run SMS printed")
+        wait_until(lambda: b.metrics.value("edgewatch_notifications_total", notifier="sms",
+                                           outcome="dry_run") == 1, what="dry run counted")
+        assert b.metrics.value("edgewatch_notifications_total", notifier="sms", outcome="sent") == 0
+        text = generate_latest(b.metrics.registry).decode()
+        for collector_only in ("edgewatch_records_stored", "edgewatch_write_batch_seconds",
+                               "edgewatch_reading", "edgewatch_records_duplicate"):
+            assert collector_only not in text
+    finally:
+        dev.close()
+        b.stop()

@@ -70,7 +70,7 @@ def test_restart_during_sms_outage_delivers_every_alert_exactly_once(tmp_path, b
         bodies = sink.bodies()
         assert len(bodies) == 25 == len(set(bodies))
         for i in range(25):
-            assert sum(f"dev-{i % 5}: temperature {40 + i} " in b for b in bodies) == 1
+            assert sum(f"dev-{i % 5}: temperature {40 + i:.1f} " in b for b in bodies) == 1
         assert all(r["auth_ok"] and r["To"] == "+15551230001" for r in sink.requests)
         p2.send_signal(signal.SIGTERM)
         assert p2.wait(20) == 0

@@ -107,6 +107,18 @@ def test_every_sample_stored_exactly_once_bad_input_never(store, broker):
         m = col.metrics
         assert m.value("edgewatch_records_duplicate_total", kind="telemetry") == 10
         assert m.value("edgewatch_records_duplicate_total", kind="alert") == 1
+        # the collector's own series: readings, alerts by device and rule (a replay counted once)
+        assert m.value("edgewatch_reading", device="gh-01", channel="temperature") == \
+            pytest.approx(24.9)
+        assert m.value("edgewatch_reading", device="gh-02", channel="humidity") == 1.0
+        assert m.value("edgewatch_alerts_total", device="gh-01", rule="band") == 1
+        from prometheus_client import generate_latest
+
+        text = generate_latest(m.registry).decode()
+        assert "edgewatch_device_last_seen_timestamp_seconds{" in text
+        for bridge_only in ("edgewatch_notifications", "edgewatch_outbox_pending",
+                            "edgewatch_alert_to_send_seconds", "edgewatch_alerts_suppressed"):
+            assert bridge_only not in text
         rej = {r: m.value("edgewatch_messages_rejected_total", reason=r)
                for r in ("json", "encoding", "oversized", "nonfinite", "invalid", "version",
                          "device_mismatch", "unknown_device")}

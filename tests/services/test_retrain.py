@@ -170,7 +170,8 @@ def test_cron_line_runs_a_valid_retrain():
     assert len(lines) == 1
     fields = lines[0].split(None, 6)
     minute, hour, dom, month, dow, user, command = fields
-    assert 0 <= int(minute) < 60 and 0 <= int(hour) < 24 and dom == "*/3" and user == "edgewatch"
+    # daily; `retrain --every 3` keeps the three-day rhythm (tests/test_units.py)
+    assert 0 <= int(minute) < 60 and 0 <= int(hour) < 24 and dom == "*" and user == "edgewatch"
     argv = _edgewatch_argv(command)
     assert argv[1] == "retrain" and "--publish" in argv
     _parse_edgewatch(argv)
@@ -183,7 +184,7 @@ def test_systemd_units_verify_and_run_a_valid_retrain(tmp_path):
     timer = (DEPLOY / "systemd" / "edgewatch-retrain.timer").read_text()
     exec_start = next(x for x in service.splitlines() if x.startswith("ExecStart="))[10:]
     _parse_edgewatch(exec_start.split())
-    assert "EnvironmentFile=" in service and "EDGEWATCH_OTA_KEY=" not in service
+    assert "--env-file /etc/edgewatch/" in exec_start and "EDGEWATCH_OTA_KEY=" not in service
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed")
     calendar = next(x for x in timer.splitlines() if x.startswith("OnCalendar="))[11:]
@@ -210,7 +211,8 @@ def test_airflow_dag_parses_and_calls_the_same_steps():
                   and getattr(n.targets[0], "id", None) == "COMMANDS")
     home, exe = "/opt/edgewatch", "/opt/edgewatch/.venv/bin/edgewatch"
     commands = eval(compile(ast.Expression(assign.value), "dag", "eval"),
-                    {"HOME": home, "EDGEWATCH": exe})
+                    {"HOME": home, "EDGEWATCH": exe, "STATE": "/var/lib/edgewatch",
+                     "ENV_FILE": "/etc/edgewatch/edgewatch.env"})
     assert set(commands) == {"analyze", "retrain"}
     for name, shell in commands.items():
         # What Airflow renders: its Jinja run date, the worker's environment.

@@ -151,7 +151,7 @@ def test_bridge_records_dry_run_and_cooldown(tmp_path, broker):  # noqa: F811
         dev.publish("alert", alert("gh-01", 1))
         dev.publish("alert", alert("gh-01", 2))
         wait_until(lambda: results.query("SELECT alert_seq, state FROM {notifications} "
-                                         "ORDER BY alert_seq") == [(1, "dry-run"), (2, "cooldown")],
+                                         "ORDER BY alert_seq") == [(1, "dry_run"), (2, "cooldown")],
                    what="dry run and cooldown recorded")
     finally:
         dev.close()

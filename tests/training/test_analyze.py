@@ -91,3 +91,21 @@ def test_missing_source_is_one_line(tmp_path):
                         str(tmp_path / "nope.csv")], capture_output=True, text=True)
     assert r.returncode == 2 and "nope.csv: no such file" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_every_boxplot_panel_is_titled_with_its_cluster(tmp_path, monkeypatch):
+    src = tmp_path / "hat.csv"
+    _synthetic(src, channels=21)
+    titles = {}
+    save = analyze._save
+
+    def keep_titles(fig, path, plt):
+        titles[path.name] = [ax.get_title() for ax in fig.axes]
+        return save(fig, path, plt)
+
+    monkeypatch.setattr(analyze, "_save", keep_titles)
+    analyze.run_analysis(analyze.load_many([str(src)]), tmp_path / "r", contamination=0.05,
+                         clusters=3)
+    box = titles["boxplots.png"]
+    assert all(box) and len(set(box)) == len(box), box
+    assert all(t.startswith("cluster ") and " rows)" in t for t in box), box

@@ -49,6 +49,7 @@ def test_one_verdict_per_row_with_rule_channel_value_band(tmp_path, model_dir, c
     spike = rows[150]
     assert spike["anomaly"] == "1" and spike["rule"] == "band" and spike["channel"] == "temperature"
     assert not (float(spike["lo"]) < float(spike["value"]) < float(spike["hi"]))
+    assert all(len(r["value"]) <= 8 for r in rows)  # 6 significant digits, no float32 noise
     assert rows[170]["rule"] == "read" and rows[170]["channel"] == "humidity"
     assert rows[200]["rule"] == "dropout"
     quiet = [r for r in rows[20:140] if r["anomaly"] == "0"]
@@ -56,7 +57,41 @@ def test_one_verdict_per_row_with_rule_channel_value_band(tmp_path, model_dir, c
     for r in quiet:
         assert float(r["temperature_lo"]) < float(r["temperature_pred"]) < float(r["temperature_hi"])
     assert rows[0]["temperature_pred"] == ""  # the window is still filling
-    assert float(rows[1]["t"]) - float(rows[0]["t"]) == pytest.approx(59.0)
+    # the input's own timestamps, and every row's readings (not only on alert rows)
+    assert [r["t"] for r in rows[:2]] == [c[1].strip('"') for c in cells[:2]]
+    assert rows[0]["t"].startswith("2015-02-02 14:19")
+    for r, c in zip(rows, cells, strict=True):
+        assert r["temperature"] == ("" if c[2] == "" else f"{float(c[2]):.6g}")
+        assert r["humidity"] == ("" if c[3] == "" else f"{float(c[3]):.6g}")
+
+
+def test_database_source_with_device(tmp_path, model_dir, capsys):
+    import json
+
+    from edgewatch.core.schema import parse
+    from edgewatch.core.store import Store
+    from hostkit import telemetry
+
+    url = f"sqlite:///{tmp_path}/ew.db"
+    store = Store(url)
+    occ = (OCC / "datatest.txt").read_text().splitlines()[1:60]
+    recs = []
+    for dev in ("gh-01", "gh-02"):
+        for seq, line in enumerate(occ):
+            c = line.split(",")
+            msg = telemetry(dev, seq, t=1732372000 + 60 * seq, temperature=float(c[2]),
+                            humidity=float(c[3]))
+            recs.append((parse(f"edgewatch/{dev}/telemetry", json.dumps(msg)), 1.8e9))
+    store.write(recs, [])
+    store.close()
+    out = tmp_path / "v.csv"
+    assert main(["detect", "--model", str(model_dir), "--data", url, "--device", "gh-02",
+                 "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(occ) and rows[0]["t"] == "2024-11-23T14:26:40Z"
+    capsys.readouterr()
+    assert main(["detect", "--model", str(model_dir), "--data", url, "--out", str(out)]) == 2
+    assert "--device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case,needle", [

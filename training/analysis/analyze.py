@@ -34,9 +34,11 @@ MIN_ROWS = 20
 
 def add_arguments(p) -> None:
     """Options of ``edgewatch analyze``."""
-    p.add_argument("--data", nargs="+", required=True, metavar="SRC",
+    p.add_argument("--data", nargs="+", metavar="SRC",
                    help="CSV file(s), folder(s) of CSV files, or a database URL "
-                        "(sqlite:///telemetry.db, postgresql://...)")
+                        "(sqlite:///telemetry.db, postgresql://...; default env EDGEWATCH_DB_URL)")
+    p.add_argument("--env-file", help="read settings (EDGEWATCH_DB_URL) from this file "
+                                      "(default ./.env)")
     p.add_argument("--device", help="device id when reading the collector's database")
     p.add_argument("--channels", help="comma-separated channels (default: every numeric column)")
     p.add_argument("--contamination", type=float, default=0.05,
@@ -116,6 +118,7 @@ def load_many(sources: list[str], channels=None, device: str | None = None,
         values=np.concatenate([p.values for p in parts]),
         lines=np.concatenate([p.lines for p in parts]),
         labels=labels,
+        stamps=None,  # the files' own time texts are not carried across a concatenation
         dropped=sum(p.dropped for p in parts),
         source=f"{first.source} (+{len(parts) - 1} more)",
     )
@@ -265,11 +268,25 @@ def figures(out: Path, channels: list[str], res: dict, seed: int) -> dict[str, s
     fig, axs = plt.subplots(k, top, figsize=(3 * top + 0.5, 2.4 * k), squeeze=False)
     raw = res["raw"]
     for c in range(k):
-        for j, ch in enumerate(res["different"][c][:top]):
+        n = int((cluster == c).sum())
+        for j in range(top):
             ax = axs[c][j]
+            if j >= len(res["different"][c]) or n == 0:
+                ax.set_title(f"cluster {c} ({n} rows)", fontsize=9)
+                ax.text(0.5, 0.5, "no rows in this cluster" if n == 0 else "no further feature",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8, color="gray")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            ch = res["different"][c][j]
             ax.boxplot([raw[cluster == c, ch], raw[normal, ch]], showfliers=False)
+            # each cluster's own rows as points: a small cluster is visible, not a flat box
+            pts = raw[cluster == c, ch]
+            ax.scatter(np.full(min(len(pts), 200), 1.0), pts[:200], s=6, alpha=0.5,
+                       color=colors(c % 10), zorder=3)
             ax.set_xticks([1, 2], [f"cluster {c}", "normal"], fontsize=8)
-            ax.set_title(channels[ch], fontsize=9)
+            # the panel names its cluster and size: panels of two clusters never look alike
+            ax.set_title(f"cluster {c} ({n} rows): {channels[ch]}", fontsize=9)
             ax.tick_params(axis="y", labelsize=7)
     fig.suptitle("Most different features per cluster vs normal", fontsize=10)
     files["boxplots"] = _save(fig, out / "boxplots.png", plt)
@@ -380,7 +397,13 @@ def run_analysis(series: tdata.Series, out: Path, contamination: float = 0.05,
 
 def run(args) -> int:
     """``edgewatch analyze``: load, analyse, write the report."""
-    series = load_many(args.data, channels=args.channels, device=args.device)
+    from edgewatch.core.settings import env, load_env
+
+    load_env(getattr(args, "env_file", None))
+    data = args.data or ([env("EDGEWATCH_DB_URL")] if env("EDGEWATCH_DB_URL") else None)
+    if not data:
+        raise UserError("--data is required (or EDGEWATCH_DB_URL): CSV files, folders or a database")
+    series = load_many(data, channels=args.channels, device=args.device)
     if args.max_rows and args.max_rows < len(series):
         if args.max_rows < MIN_ROWS:
             raise UserError(f"--max-rows {args.max_rows}: need at least {MIN_ROWS}")

@@ -60,6 +60,7 @@ def run_skab(names: list[str], fast: bool = False, files=None, keep: tuple[str, 
     files = files or skab.load_files(limit=FAST["skab_files"] if fast else None)
     out = {}
     for n in names:
+        _log(f"skab  {n:12s} running on {len(files)} files ...")
         r = skab.evaluate(_factory(n, fast), files, keep=keep)
         out[n] = {k: r[k] for k in ("f1", "far", "mar", "tp", "fp", "fn", "tn", "files", "seconds",
                                     "whole_file", "per_file", "kept")}
@@ -105,6 +106,7 @@ def run_nab(names: list[str], fast: bool = False) -> dict:
     out = {}
     data = {name: nab.load_file(name) for name in nab.FILES}
     for n in names:
+        _log(f"nab   {n:12s} running on {len(data)} files ...")
         t0 = time.perf_counter()
         per_file, kept = {}, {}
         for name, (ts, vals) in data.items():
@@ -132,6 +134,7 @@ def run_faults(names: list[str], fast: bool = False) -> dict:
     for n in names:
         kw = {"rules": "all", "limits": list(firmware.load("sensors").RANGES["dht22"])} \
             if n == "board" else {}
+        _log(f"fault {n:12s} running {trials} trials per fault kind ...")
         r = faultsuite.evaluate(_factory(n, fast, **kw), trials=trials, limit_rows=rows)
         out[n] = r
         _log(f"fault {n:12s} recall {r['recall']:.2f}  precision {r['precision']:.2f}  "

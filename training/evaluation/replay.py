@@ -1,6 +1,7 @@
 """Backtest the board's detector on any CSV: one verdict per row, offline.
 
     edgewatch detect --model DIR --data CSV --out FILE
+    edgewatch detect --model DIR --data sqlite:///edgewatch.db --device gh-01 --out FILE
 
 The rows go one by one through the firmware's own engine and detector
 (firmware/engine.py + firmware/detector.py) inside the MicroPython unix port,
@@ -10,9 +11,10 @@ cell) is a ``read`` alert; a gap in the timestamps longer than the median
 sample period is a ``dropout``.
 
 The output CSV has one line per input row: ``line, t, anomaly, rule, channel,
-value, lo, hi, alerts`` (the first alert of the row; ``alerts`` lists all as
-``rule:channel``), then ``<channel>_pred, <channel>_lo, <channel>_hi`` for every
-channel whenever the band rule ran.
+value, lo, hi, alerts`` (``t`` as the input wrote it; the first alert of the row;
+``alerts`` lists all as ``rule:channel``), then for every channel its reading
+``<channel>`` and, whenever the band rule ran, ``<channel>_pred, <channel>_lo,
+<channel>_hi``. A database source (``sqlite:///edgewatch.db``) takes ``--device``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def missed_periods(timestamps: np.ndarray) -> np.ndarray:
 
 
 def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int | None = None,
-           heap: str = "96K") -> dict:
+           heap: str = "96K", device: str | None = None) -> dict:
     """Score ``data`` with the board detector of ``model_dir``; write ``out``; return a summary."""
     from edgewatch.training.evaluation.detectors import run_firmware
     from edgewatch.training.export import blob as blobmod
@@ -68,7 +70,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     except blobmod.BlobError as exc:
         raise UserError(f"{bpath}: not a valid model blob ({exc})") from None
     names = list(spec.names)
-    series = load(data, channels=names, dropna=False)
+    series = load(data, channels=names, device=device, dropna=False)
     if len(series) <= spec.window:
         raise UserError(f"{data}: {len(series)} rows; the model needs more than its window of {spec.window}")
     limits = None
@@ -88,7 +90,8 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                            heap=heap)
     header = ["line", "t", "anomaly", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
-        header += [f"{n}_pred", f"{n}_lo", f"{n}_hi"]
+        header += [n, f"{n}_pred", f"{n}_lo", f"{n}_hi"]
+    stamps = _stamps(series)
     counts: dict[str, int] = {}
     with open(out, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -102,10 +105,12 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                 j = names.index(first[1])
                 if np.isfinite(verdict.lo[i, j]):
                     lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])
-            row = [int(series.lines[i]), f"{series.timestamps[i]:.3f}", int(bool(alerts)), first[0],
-                   first[1] or "", "" if first[2] in ("None", "") else first[2], lo, hi,
+            row = [int(series.lines[i]), stamps[i], int(bool(alerts)), first[0],
+                   first[1] or "", _value(first[2]), lo, hi,
                    " ".join(f"{a[0]}:{a[1] or ''}" for a in alerts)]
             for j in range(len(names)):
+                v = series.values[i, j]
+                row.append(_num(v) if np.isfinite(v) else "")  # every row's reading
                 if np.isfinite(verdict.pred[i, j]):
                     row += [_num(verdict.pred[i, j]), _num(verdict.lo[i, j]), _num(verdict.hi[i, j])]
                 else:
@@ -121,10 +126,31 @@ def _num(x) -> str:
     return f"{float(x):.6g}"
 
 
+def _value(v) -> str:
+    """An alert's value as the firmware reported it, without float32 noise (27.924999237 -> 27.925)."""
+    if v in (None, "None", ""):
+        return ""
+    try:
+        return _num(float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _stamps(series) -> list[str]:
+    """Each row's time as the input wrote it; from a database (Unix seconds), ISO 8601 UTC."""
+    if series.stamps is not None and series.row_word != "row":
+        return [str(x) for x in series.stamps]
+    from datetime import datetime, timezone
+
+    return [datetime.fromtimestamp(float(t), timezone.utc).isoformat(timespec="seconds")
+            .replace("+00:00", "Z") for t in series.timestamps]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `edgewatch detect`."""
     p.add_argument("--model", required=True, help="model folder holding model.ewb (edgewatch convert)")
     p.add_argument("--data", required=True, help="CSV (timestamp + the model's channels) or DB URL")
+    p.add_argument("--device", help="device id when --data is a database holding several")
     p.add_argument("--out", required=True, help="verdict CSV to write, one line per input row")
     p.add_argument("--sensor", help="apply the range rule of dht22, dht11 or shtc3")
     p.add_argument("--stuck-samples", type=int, default=None,
@@ -133,7 +159,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Score the file and print a one-line summary."""
-    s = detect(args.model, args.data, args.out, sensor=args.sensor, stuck_samples=args.stuck_samples)
+    s = detect(args.model, args.data, args.out, sensor=args.sensor, stuck_samples=args.stuck_samples,
+               device=args.device)
     rules = ", ".join(f"{k} {v}" for k, v in sorted(s["alerts"].items())) or "none"
     print(f"{s['rows']} rows, {s['anomalous_rows']} anomalous (alerts: {rules}); "
           f"model {s['model_id']}; wrote {s['out']}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -119,6 +120,10 @@ def _train_alone(series: Series, arch: str, epochs: int, window: int, out, seed:
 def _train_here(series: Series, arch: str, epochs: int, window: int, out, seed: int,
                 batch_size: int, verbose) -> dict:
     """`train` in this process (the spawned one); its metrics without the Keras model and scaler."""
+    if os.environ.get("EDGEWATCH_QUIET_TF") == "1":
+        from edgewatch.core.quiet import quiet_tensorflow
+
+        quiet_tensorflow()
     m = train(series, arch, epochs, window, out, seed=seed, batch_size=batch_size,
               verbose=verbose, plots=out is not None)
     return {k: v for k, v in m.items() if k not in ("model", "scaler")}

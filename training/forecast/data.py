@@ -84,6 +84,7 @@ class Series:
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     dropped: int = 0
     row_word: str = "line"
+    stamps: np.ndarray | None = None  # each sample's timestamp as its source wrote it (text)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -100,6 +101,8 @@ class Series:
             values=self.values[index],
             lines=self.lines[index],
             labels={k: v[index] for k, v in self.labels.items()},
+            stamps=self.stamps[index] if self.stamps is not None
+            and len(self.stamps) == len(self.values) else None,
         )
 
     def select(self, channels: list[str] | None) -> Series:
@@ -201,7 +204,7 @@ def _build(
             raise UserError(f"{source} line 1: no channel columns besides the timestamp")
     label_cols = [i for i, n in enumerate(names) if n in label_names and i not in chan_cols]
 
-    ts, vals, lines = [], [], []
+    ts, vals, lines, stamps = [], [], [], []
     labels: dict[int, list] = {i: [] for i in label_cols}
     width = len(header)
     for line, cells in rows:
@@ -213,6 +216,7 @@ def _build(
             raise UserError(f"{source} {row_word} {line}: {len(cells)} fields, the header has {width}")
         where = f"{source} {row_word} {line}"
         ts.append(_time(cells[tcol], where, header[tcol]))
+        stamps.append(str(cells[tcol]).strip())
         vals.append([_number(cells[i], where, header[i]) for i in chan_cols])
         lines.append(line)
         for i in label_cols:
@@ -234,6 +238,7 @@ def _build(
         lines=np.asarray(lines, dtype=np.int64),
         labels={names[i]: _label_array(v) for i, v in labels.items()},
         row_word=row_word,
+        stamps=np.asarray(stamps, dtype=object),
     )
     return clean(series) if dropna else series
 
