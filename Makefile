@@ -21,7 +21,7 @@ BROKER ?=
 SIM_ARGS ?=
 DEMO_FAST ?=
 DEMO_ARGS ?=
-APT_PKGS := mosquitto
+APT_PKGS := mosquitto gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
 
 .PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean
 
