@@ -55,6 +55,7 @@ CLOCK_HZ = 160_000_000  # the ESP32-C3's CPU clock: implied time at one instruct
 FLASH_ADDR = 0x80610000  # the port's ROMFS region (4 MiB of QEMU RAM, outside heap and stack)
 FLASH_BLOCK = 4096  # the ESP32's flash sector
 FLASH_BLOCKS = 256  # 1 MiB of littlefs
+SENSOR_ADDR = FLASH_ADDR + FLASH_BLOCK * FLASH_BLOCKS  # replayed sensor data (APP_SETUP)
 QEMU_CPU = "rv32,zba=off,zbb=off,zbc=off,zbs=off,f=off,d=off"
 APT_PKGS = ("gcc-riscv64-unknown-elf", "picolibc-riscv64-unknown-elf", "qemu-system-misc")
 
@@ -96,8 +97,90 @@ def mount(fresh=True):
     os.chdir("/")
 '''
 
+# The QEMU board has no network: modules the firmware imports (link.py, umqtt) but the
+# per-sample path never calls, as files on the flash
+STANDINS = {"socket.py": "# the QEMU board has no network (host/rv32.py)\n",
+            "usocket.py": "from socket import *  # noqa\n"}
+
+# The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
+APP_MODULES = ["blob", "kernels", "engine", "detector", "shift", "outbox", "schema", "sensors",
+               "config", "link", "app"]
+
+# The firmware's per-sample path on a board without pins or network: the real app.App,
+# whose sample() (read, detector step with inference and every rule, telemetry and alert
+# messages, outbox records on the flash) runs unchanged; only __init__'s hardware wiring
+# is replaced: the sensor replays float32 (temperature, humidity) pairs from samples.bin
+# (kept in RAM: a read costs what a driver returning two floats costs), the link is absent.
+APP_SETUP = f"SENSOR_ADDR = {SENSOR_ADDR:#x}\n" + """
+import gc
+import sys
+gc.collect()
+import app  # first, as main.py does: the app and the engine while the heap is in one piece
+import config
+DET = dict(config.DEFAULTS['detector'])
+FALLBACK = dict(config.FALLBACK)
+del sys.modules['config']  # main.py drops the checker once the config is read
+config = None
+import detector, outbox, sensors
+from array import array
+
+
+class Replay:
+    # the sensor: replays samples.bin from RAM outside the heap (SENSOR_ADDR), as a driver
+    # hands back two floats; the file is copied there once, in small pieces
+    def __init__(self, path):
+        import os
+        import uctypes
+        n = os.stat(path)[6] // 4
+        raw = uctypes.bytearray_at(SENSOR_ADDR, 4 * n)
+        buf = bytearray(256)
+        mv = memoryview(buf)
+        with open(path, 'rb') as f:
+            at = 0
+            while at < 4 * n:
+                k = f.readinto(buf)
+                raw[at:at + k] = mv[:k]
+                at += k
+        self.d = uctypes.struct(SENSOR_ADDR, {'v': (uctypes.ARRAY | 0, uctypes.FLOAT32 | n)}).v
+        self.n = n
+        self.i = 0
+
+    def measure(self, out):
+        i = self.i
+        out[0] = self.d[i]
+        out[1] = self.d[i + 1]
+        i += 2
+        self.i = i if i < self.n else 0
+
+
+def make_app(slots=8, slot_size=512, model='model.ewb', log=None):
+    gc.collect()
+    a = object.__new__(app.App)
+    a.reader = sensors.Reader(Replay('samples.bin'), 'dht22', 0, 0)
+    a.cfg = {'model_file': model, 'ota_key': None}
+    a.log = log or (lambda s: None)
+    a.device = 'rv32'
+    a.names = list(sensors.NAMES)
+    a.det = detector.Detector(a.names, sensors.RANGES['dht22'], DET, FALLBACK)
+    a.model = a.model_error = a.blob_crc = a.pending = None
+    a._load_model()
+    a.outbox = outbox.Outbox('outbox.bin', slots, slot_size)
+    a.shift_run = a.samples = a.alerts = 0
+    gc.collect()
+    return a
+"""
+
 # Source patches of the extracted tree (test runtime only): (file, old, new)
 PATCHES = (
+    # time.time() and time.gmtime(), as the C3's build has them (the firmware's clock); this
+    # board has no clock: it reads 0 ("not set", the firmware then leaves stamping to the host)
+    ("ports/qemu/mpconfigport.h", '#define MICROPY_PY_MACHINE_INCLUDEFILE "ports/qemu/modmachine.c"',
+     '#define MICROPY_PY_MACHINE_INCLUDEFILE "ports/qemu/modmachine.c"\n'
+     "#define MICROPY_PY_TIME_GMTIME_LOCALTIME_MKTIME (1)\n"
+     "#define MICROPY_PY_TIME_TIME_TIME_NS (1)\n"
+     '#define MICROPY_PY_TIME_INCLUDEFILE "ports/qemu/modtime_rv32.c"'),
+    ("ports/qemu/Makefile", "\tshared/runtime/sys_stdio_mphal.c \\\n",
+     "\tshared/runtime/sys_stdio_mphal.c \\\n\tshared/timeutils/timeutils.c \\\n"),
     ("ports/qemu/mpconfigport.h", "#define MICROPY_EMIT_RV32_ZBA       (1)",
      "#define MICROPY_EMIT_RV32_ZBA       (0)"),
     ("ports/qemu/mpconfigport.h", "#define MICROPY_EMIT_RV32_ZCMP      (1)",
@@ -108,6 +191,17 @@ PATCHES = (
      # littlefs stamps files with the time: this board has no clock, so a fixed 0
      "uint64_t mp_hal_time_ns(void) {\n    return 0;\n}"),
 )
+
+
+# New files of the extracted tree (test runtime only)
+NEW_FILES = {
+    "ports/qemu/modtime_rv32.c": (
+        "// time for the QEMU board (host/rv32.py): no clock, it reads 0\n"
+        '#include "shared/timeutils/timeutils.h"\n'
+        "static void mp_time_localtime_get(timeutils_struct_time_t *tm) {\n"
+        "    timeutils_seconds_since_epoch_to_struct_time(0, tm);\n}\n"
+        "static mp_obj_t mp_time_time_get(void) {\n    return mp_obj_new_int(0);\n}\n"),
+}
 
 
 class BuildError(RuntimeError):
@@ -149,7 +243,7 @@ def _key(tar: Path, heap: int) -> str:
     with open(tar, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    h.update(json.dumps([heap, PATCHES, FLASH_MODULE, QEMU_CPU]).encode())
+    h.update(json.dumps([heap, PATCHES, NEW_FILES, FLASH_MODULE, QEMU_CPU]).encode())
     return h.hexdigest()[:16]
 
 
@@ -205,6 +299,8 @@ def build(force: bool = False) -> Runtime:
                 if old not in text:
                     raise BuildError(f"{rel}: the source changed, cannot apply {new!r}")
                 p.write_text(text.replace(old, new))
+            for rel, text in NEW_FILES.items():
+                (src / rel).write_text(text)
             frozen = BUILD / "frozen"
             frozen.mkdir(exist_ok=True)
             (frozen / "ewflash.py").write_text(FLASH_MODULE)
@@ -310,6 +406,28 @@ class Board:
                 continue
             mpy = self.runtime.compile(FIRMWARE / f"{name}.py", BUILD / "mpy" / f"{name}.mpy")
             self.put(mpy.read_bytes(), f"{dest}{name}.mpy")
+
+    def put_app(self, model: bytes | None, samples: bytes) -> None:
+        """Deploy the per-sample path: APP_MODULES as .mpy, umqtt, stand-ins, model, samples."""
+        for name, text in STANDINS.items():
+            self.put(text.encode(), name)
+        self.run("import os\ntry:\n    os.mkdir('umqtt')\nexcept OSError:\n    pass")
+        umqtt = ROOT / "build" / "mplib" / "umqtt" / "simple.py"
+        if not umqtt.exists():
+            raise BoardError(f"{umqtt} missing: `make setup` fetches umqtt")
+        self.put(self.runtime.compile(umqtt, BUILD / "mpy" / "umqtt" / "simple.mpy").read_bytes(),
+                 "umqtt/simple.mpy")
+        self.put_firmware(APP_MODULES)
+        # the harness as .mpy too: code compiled on the board would fragment the heap first
+        src = BUILD / "mpy" / "rv32app.py"
+        if not src.exists() or src.read_text() != APP_SETUP:
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.write_text(APP_SETUP)
+        self.put(self.runtime.compile(src, BUILD / "mpy" / "rv32app.mpy").read_bytes(),
+                 "rv32app.mpy")
+        if model is not None:
+            self.put(model, "model.ewb")
+        self.put(samples, "samples.bin")
 
     def instructions(self, code: str, setup: str = "", repeat: int = 1) -> int:
         """Guest instructions of `code` (its own overhead subtracted), per run, over `repeat` runs."""
