@@ -9,7 +9,9 @@ bare-metal QEMU port, board VIRT_RV32, configured like the C3:
   C3 lacks (MicroPython's esp32 port turns them off for it too);
 - littlefs (MICROPY_VFS_LFS2=1) on a RAM block device as the board's flash,
   mounted at / by the frozen module `ewflash` (below): the firmware opens its
-  files as on a board, and no host code (mpremote mount) runs on the target;
+  files as on a board, and no host code (mpremote mount) runs on the target.
+  The block device is C (`ramflash`, with esp32.Partition's interface), so the
+  flash costs what littlefs costs behind the C3's own C flash driver;
 - `time.ticks_cpu()` returns the RISC-V `instret` counter. Under
   `qemu -icount shift=0` QEMU derives it from its instruction counter, so it is
   the exact number of guest instructions executed: deterministic, the same on
@@ -60,36 +62,14 @@ QEMU_CPU = "rv32,zba=off,zbb=off,zbc=off,zbs=off,f=off,d=off"
 APT_PKGS = ("gcc-riscv64-unknown-elf", "picolibc-riscv64-unknown-elf", "qemu-system-misc")
 
 # Frozen into the image (lives in ROM, not on the heap): the flash of the board.
-FLASH_MODULE = f'''\
-# littlefs on a RAM block device: the QEMU board's flash (host/rv32.py)
-import uctypes
+FLASH_MODULE = '''\
+# littlefs on the RAM block device (ramflash, C): the QEMU board's flash (host/rv32.py)
 import vfs
 
 
-class RAMBlockDev:
-    def __init__(self, addr, size, count):
-        self.bs = size
-        self.n = count
-        self.mv = memoryview(uctypes.bytearray_at(addr, size * count))
-
-    def readblocks(self, n, buf, off=0):
-        a = n * self.bs + off
-        buf[:] = self.mv[a:a + len(buf)]
-
-    def writeblocks(self, n, buf, off=0):
-        a = n * self.bs + off
-        self.mv[a:a + len(buf)] = buf
-
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return self.bs
-        return 0
-
-
 def mount(fresh=True):
-    bd = RAMBlockDev({FLASH_ADDR:#x}, {FLASH_BLOCK}, {FLASH_BLOCKS})
+    import ramflash
+    bd = ramflash.RAMFlash()
     if fresh:
         vfs.VfsLfs2.mkfs(bd)
     vfs.mount(vfs.VfsLfs2(bd), "/")
@@ -111,6 +91,7 @@ APP_MODULES = ["blob", "kernels", "engine", "detector", "shift", "outbox", "sche
 # messages, outbox records on the flash) runs unchanged; only __init__'s hardware wiring
 # is replaced: the sensor replays float32 (temperature, humidity) pairs from samples.bin
 # (kept in RAM: a read costs what a driver returning two floats costs), the link is absent.
+# Deployed as rv32app.mpy (`from rv32app import *`); runs on the unix port too.
 APP_SETUP = f"SENSOR_ADDR = {SENSOR_ADDR:#x}\n" + """
 import gc
 import sys
@@ -126,22 +107,29 @@ from array import array
 
 
 class Replay:
-    # the sensor: replays samples.bin from RAM outside the heap (SENSOR_ADDR), as a driver
-    # hands back two floats; the file is copied there once, in small pieces
+    # the sensor: replays samples.bin (float32 pairs) as a driver hands back two floats. On
+    # the QEMU board from RAM outside the heap (SENSOR_ADDR; the file is copied there once,
+    # in small pieces), elsewhere (the unix port) from an array
     def __init__(self, path):
         import os
-        import uctypes
         n = os.stat(path)[6] // 4
-        raw = uctypes.bytearray_at(SENSOR_ADDR, 4 * n)
-        buf = bytearray(256)
-        mv = memoryview(buf)
-        with open(path, 'rb') as f:
-            at = 0
-            while at < 4 * n:
-                k = f.readinto(buf)
-                raw[at:at + k] = mv[:k]
-                at += k
-        self.d = uctypes.struct(SENSOR_ADDR, {'v': (uctypes.ARRAY | 0, uctypes.FLOAT32 | n)}).v
+        if sys.platform != 'qemu':
+            self.d = array('f', bytes(4 * n))
+            with open(path, 'rb') as f:
+                f.readinto(self.d)
+        else:
+            import uctypes
+            raw = uctypes.bytearray_at(SENSOR_ADDR, 4 * n)
+            buf = bytearray(256)
+            mv = memoryview(buf)
+            with open(path, 'rb') as f:
+                at = 0
+                while at < 4 * n:
+                    k = f.readinto(buf)
+                    raw[at:at + k] = mv[:k]
+                    at += k
+            t = {'v': (uctypes.ARRAY | 0, uctypes.FLOAT32 | n)}
+            self.d = uctypes.struct(SENSOR_ADDR, t).v
         self.n = n
         self.i = 0
 
@@ -180,7 +168,8 @@ PATCHES = (
      "#define MICROPY_PY_TIME_TIME_TIME_NS (1)\n"
      '#define MICROPY_PY_TIME_INCLUDEFILE "ports/qemu/modtime_rv32.c"'),
     ("ports/qemu/Makefile", "\tshared/runtime/sys_stdio_mphal.c \\\n",
-     "\tshared/runtime/sys_stdio_mphal.c \\\n\tshared/timeutils/timeutils.c \\\n"),
+     "\tshared/runtime/sys_stdio_mphal.c \\\n\tshared/timeutils/timeutils.c \\\n"
+     "\tramflash.c \\\n"),
     ("ports/qemu/mpconfigport.h", "#define MICROPY_EMIT_RV32_ZBA       (1)",
      "#define MICROPY_EMIT_RV32_ZBA       (0)"),
     ("ports/qemu/mpconfigport.h", "#define MICROPY_EMIT_RV32_ZCMP      (1)",
@@ -195,6 +184,84 @@ PATCHES = (
 
 # New files of the extracted tree (test runtime only)
 NEW_FILES = {
+    # the flash: a RAM block device in C with esp32.Partition's interface (readblocks,
+    # writeblocks with offsets, ioctl), so littlefs costs what it costs behind the C3's
+    # flash driver, not a Python method per 32-byte read
+    "ports/qemu/ramflash.c": f"""\
+// RAM block device for littlefs, the QEMU board's flash (host/rv32.py)
+#include <string.h>
+#include "py/runtime.h"
+#include "py/mperrno.h"
+
+#define RF_ADDR ({FLASH_ADDR:#x})
+#define RF_BLOCK ({FLASH_BLOCK})
+#define RF_COUNT ({FLASH_BLOCKS})
+
+typedef struct {{ mp_obj_base_t base; }} ramflash_obj_t;
+static const mp_obj_type_t ramflash_type;
+static const ramflash_obj_t ramflash_obj = {{{{&ramflash_type}}}};
+
+static mp_obj_t ramflash_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw,
+    const mp_obj_t *args) {{
+    return MP_OBJ_FROM_PTR(&ramflash_obj);
+}}
+
+static uint8_t *rf_at(size_t n_args, const mp_obj_t *args, mp_buffer_info_t *b, int flags) {{
+    mp_get_buffer_raise(args[2], b, flags);
+    mp_int_t off = mp_obj_get_int(args[1]) * RF_BLOCK + (n_args == 4 ? mp_obj_get_int(args[3]) : 0);
+    if (off < 0 || off + (mp_int_t)b->len > RF_BLOCK * RF_COUNT) {{
+        mp_raise_OSError(MP_EIO);
+    }}
+    return (uint8_t *)RF_ADDR + off;
+}}
+
+static mp_obj_t ramflash_readblocks(size_t n_args, const mp_obj_t *args) {{
+    mp_buffer_info_t b;
+    uint8_t *p = rf_at(n_args, args, &b, MP_BUFFER_WRITE);
+    memcpy(b.buf, p, b.len);
+    return mp_const_none;
+}}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(ramflash_readblocks_obj, 3, 4, ramflash_readblocks);
+
+static mp_obj_t ramflash_writeblocks(size_t n_args, const mp_obj_t *args) {{
+    mp_buffer_info_t b;
+    uint8_t *p = rf_at(n_args, args, &b, MP_BUFFER_READ);
+    memcpy(p, b.buf, b.len);
+    return mp_const_none;
+}}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(ramflash_writeblocks_obj, 3, 4, ramflash_writeblocks);
+
+static mp_obj_t ramflash_ioctl(mp_obj_t self, mp_obj_t op, mp_obj_t arg) {{
+    switch (mp_obj_get_int(op)) {{
+        case 4: return MP_OBJ_NEW_SMALL_INT(RF_COUNT);
+        case 5: return MP_OBJ_NEW_SMALL_INT(RF_BLOCK);
+        default: return MP_OBJ_NEW_SMALL_INT(0);
+    }}
+}}
+static MP_DEFINE_CONST_FUN_OBJ_3(ramflash_ioctl_obj, ramflash_ioctl);
+
+static const mp_rom_map_elem_t ramflash_locals_table[] = {{
+    {{ MP_ROM_QSTR(MP_QSTR_readblocks), MP_ROM_PTR(&ramflash_readblocks_obj) }},
+    {{ MP_ROM_QSTR(MP_QSTR_writeblocks), MP_ROM_PTR(&ramflash_writeblocks_obj) }},
+    {{ MP_ROM_QSTR(MP_QSTR_ioctl), MP_ROM_PTR(&ramflash_ioctl_obj) }},
+}};
+static MP_DEFINE_CONST_DICT(ramflash_locals_dict, ramflash_locals_table);
+
+static MP_DEFINE_CONST_OBJ_TYPE(ramflash_type, MP_QSTR_RAMFlash, MP_TYPE_FLAG_NONE,
+    make_new, ramflash_make_new, locals_dict, &ramflash_locals_dict);
+
+static const mp_rom_map_elem_t ramflash_module_table[] = {{
+    {{ MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_ramflash) }},
+    {{ MP_ROM_QSTR(MP_QSTR_RAMFlash), MP_ROM_PTR(&ramflash_type) }},
+}};
+static MP_DEFINE_CONST_DICT(ramflash_module_globals, ramflash_module_table);
+
+const mp_obj_module_t ramflash_module = {{
+    .base = {{ &mp_type_module }},
+    .globals = (mp_obj_dict_t *)&ramflash_module_globals,
+}};
+MP_REGISTER_MODULE(MP_QSTR_ramflash, ramflash_module);
+""",
     "ports/qemu/modtime_rv32.c": (
         "// time for the QEMU board (host/rv32.py): no clock, it reads 0\n"
         '#include "shared/timeutils/timeutils.h"\n'
