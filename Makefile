@@ -43,8 +43,8 @@ $(VENV)/.stamp: pyproject.toml
 	touch $@
 
 # umqtt comes from its published package, never copied into the repo.
-$(MPLIB)/.stamp: tools/fetch_mplib.py $(VENV)/.stamp
-	$(BIN)/python tools/fetch_mplib.py $(MPLIB)
+$(MPLIB)/.stamp: host/board/fetch_mplib.py $(VENV)/.stamp
+	$(BIN)/python -m edgewatch.board.fetch_mplib $(MPLIB)
 	touch $@
 
 test: setup  ## run the whole test suite (what CI runs)
@@ -76,7 +76,7 @@ sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER:
 	$(EW) sim --devices $(DEVICES) $(if $(BROKER),--broker "$(BROKER)") $(SIM_ARGS)
 
 demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
-	$(BIN)/python -m tools.demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)
+	$(EW) demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)
 
 bridge: setup  ## run the alert bridge: SMS via Twilio from .env (a dry run without TWILIO_*)
 	$(EW) bridge
