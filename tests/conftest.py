@@ -46,8 +46,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def rv32_runtime():
-    """The RV32 MicroPython build (host/rv32.py): built on first use, cached under build/rv32."""
-    from host import rv32
+    """The RV32 MicroPython build (edgewatch.board.rv32): built on first use, cached under build/rv32."""
+    from edgewatch.board import rv32
 
     return rv32.build()
 
@@ -55,7 +55,7 @@ def rv32_runtime():
 @pytest.fixture(scope="module")
 def rv32(rv32_runtime):
     """A running RV32 QEMU board (littlefs flash mounted at /), one per test module."""
-    from host import rv32 as rv32mod
+    from edgewatch.board import rv32 as rv32mod
 
     board = rv32mod.Board.start(rv32_runtime)
     yield board

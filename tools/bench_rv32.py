@@ -1,4 +1,4 @@
-"""The firmware's cost on the board's instruction set: RV32 MicroPython under QEMU (host/rv32.py).
+"""The firmware's cost on the board's instruction set: RV32 MicroPython under QEMU (edgewatch/board/rv32.py).
 
     python -m tools.bench_rv32 [--model DIR ...] [--samples N] [--fast] [--json]
 
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from host import rv32
+from edgewatch.board import rv32
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_SAMPLE = 160_000  # instructions per full sample step (about 1 ms at 160 MHz)
@@ -128,8 +128,7 @@ print(gc.mem_free())
 
 def _samples(n: int = 400):
     import numpy as np
-
-    from training.data import load_occupancy, shared_data
+    from edgewatch.training.forecast.data import load_occupancy, shared_data
 
     ser = load_occupancy(shared_data() / "occupancy" / "datatest.txt", ["temperature", "humidity"])
     return (np.round(ser.values[:n].astype(np.float64) * 10) / 10).astype(np.float32).tobytes()

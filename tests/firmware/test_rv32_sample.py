@@ -1,6 +1,6 @@
 """The firmware's per-sample path on the board's instruction set (RV32 MicroPython under QEMU).
 
-app.App.sample() runs unchanged (host/rv32.py APP_SETUP: a replayed DHT22, no
+app.App.sample() runs unchanged (edgewatch.board.rv32 APP_SETUP: a replayed DHT22, no
 network): read, detector step (inference, band, device and shift rules),
 telemetry and alert messages, records in the outbox on the littlefs flash.
 Everything is deployed as .mpy at the ESP32-C3's 80 KiB heap. The records it
@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from host import rv32 as rv32mod
-from host import schema
-from tools import fwrun, mpy
-from training.data import load_occupancy, shared_data
+from edgewatch.board import fwrun
+from edgewatch.board import rv32 as rv32mod
+from edgewatch.core import mpy, schema
+from edgewatch.training.forecast.data import load_occupancy, shared_data
 
 N = 140
 
@@ -112,6 +111,6 @@ def test_heap_at_c3_budget_holds_over_many_samples(rv32_runtime):
         b.put_app((mpy.ROOT / "tests" / "golden" / "model.ewb").read_bytes(), samples().tobytes())
         growth, free, depth, dropped = map(int, b.run("STEPS = 150\n" + HEAP).split())
     assert rv32_runtime.heap == 81920
-    assert growth == 0, f"{growth} bytes retained over 150 samples on RV32"
+    assert growth <= 0, f"{growth} bytes retained over 150 samples on RV32"
     assert free >= 8 * 1024, f"only {free} bytes of the C3's heap left"
     assert depth == 16 and dropped > 150  # the outbox wrapped: every path ran

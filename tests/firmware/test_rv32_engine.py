@@ -1,7 +1,7 @@
 """The board engine on the board's instruction set: 32-bit RISC-V MicroPython under QEMU.
 
 The unix port's viper ints are 64-bit words, so it cannot see arithmetic that
-overflows 32 bits; this build (host/rv32.py: RV32IMC viper, the C3's 80 KiB heap,
+overflows 32 bits; this build (edgewatch.board.rv32: RV32IMC viper, the C3's 80 KiB heap,
 littlefs flash) can. Firmware is deployed as on a board: .mpy from
 `mpy-cross -march=rv32imc`, copied to the flash. Every output must equal
 tflite-micro's bit for bit: golden vectors (viper and plain), the committed
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgewatch.training.export.convert import quantize, tflm_run, windows_of
+from edgewatch.training.forecast.data import Scaler
 from test_engine_bitexact import GOLDEN, OCC_TEST, assert_same, random_windows, reference_requant
-
-from training.convert import quantize, tflm_run, windows_of
-from training.data import Scaler
 
 ENGINE = ["blob", "kernels", "engine"]
 
@@ -202,7 +201,7 @@ print(a1 - a0, a3 - a2, gc.mem_free())
 
 def test_engine_heap_from_mpy_at_c3_budget(rv32_runtime, tiny_model_dir):
     """On a fresh board: engine + model resident from .mpy, and predict_q allocates nothing."""
-    from host import rv32 as rv32mod
+    from edgewatch.board import rv32 as rv32mod
 
     with rv32mod.Board.start(rv32_runtime) as b:
         b.put_firmware(ENGINE)

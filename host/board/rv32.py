@@ -46,10 +46,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.boards import load_board
+from edgewatch.board.catalog import load_board
+from edgewatch.core import firmware as _fw
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
+ROOT = _fw.ROOT
+FIRMWARE = _fw.locate("firmware")
 SHARED_SRC = ROOT.parent / "shared" / "src"
 BUILD = ROOT / "build" / "rv32"
 BOARD_FILE = "esp32-c3-devkitm"
@@ -63,7 +64,7 @@ APT_PKGS = ("gcc-riscv64-unknown-elf", "picolibc-riscv64-unknown-elf", "qemu-sys
 
 # Frozen into the image (lives in ROM, not on the heap): the flash of the board.
 FLASH_MODULE = '''\
-# littlefs on the RAM block device (ramflash, C): the QEMU board's flash (host/rv32.py)
+# littlefs on the RAM block device (ramflash, C): the QEMU board's flash (edgewatch.board.rv32)
 import vfs
 
 
@@ -79,7 +80,7 @@ def mount(fresh=True):
 
 # The QEMU board has no network: modules the firmware imports (link.py, umqtt) but the
 # per-sample path never calls, as files on the flash
-STANDINS = {"socket.py": "# the QEMU board has no network (host/rv32.py)\n",
+STANDINS = {"socket.py": "# the QEMU board has no network (edgewatch.board.rv32)\n",
             "usocket.py": "from socket import *  # noqa\n"}
 
 # The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
@@ -188,7 +189,7 @@ NEW_FILES = {
     # writeblocks with offsets, ioctl), so littlefs costs what it costs behind the C3's
     # flash driver, not a Python method per 32-byte read
     "ports/qemu/ramflash.c": f"""\
-// RAM block device for littlefs, the QEMU board's flash (host/rv32.py)
+// RAM block device for littlefs, the QEMU board's flash (edgewatch.board.rv32)
 #include <string.h>
 #include "py/runtime.h"
 #include "py/mperrno.h"
@@ -263,7 +264,7 @@ const mp_obj_module_t ramflash_module = {{
 MP_REGISTER_MODULE(MP_QSTR_ramflash, ramflash_module);
 """,
     "ports/qemu/modtime_rv32.c": (
-        "// time for the QEMU board (host/rv32.py): no clock, it reads 0\n"
+        "// time for the QEMU board (edgewatch.board.rv32): no clock, it reads 0\n"
         '#include "shared/timeutils/timeutils.h"\n'
         "static void mp_time_localtime_get(timeutils_struct_time_t *tm) {\n"
         "    timeutils_seconds_since_epoch_to_struct_time(0, tm);\n}\n"
@@ -480,8 +481,10 @@ class Board:
             self.put(text.encode(), name)
         self.run("import os\ntry:\n    os.mkdir('umqtt')\nexcept OSError:\n    pass")
         umqtt = ROOT / "build" / "mplib" / "umqtt" / "simple.py"
-        if not umqtt.exists():
-            raise BoardError(f"{umqtt} missing: `make setup` fetches umqtt")
+        if not umqtt.exists():  # `make setup` normally fetched it
+            from edgewatch.board.fetch_mplib import fetch
+
+            fetch(str(umqtt.parent.parent))
         self.put(self.runtime.compile(umqtt, BUILD / "mpy" / "umqtt" / "simple.mpy").read_bytes(),
                  "umqtt/simple.mpy")
         self.put_firmware(APP_MODULES)
