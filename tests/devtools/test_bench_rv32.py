@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgewatch.board import rv32
 from edgewatch.core import mpy
+
 from tools import bench, bench_rv32
 
 GOLDEN = mpy.ROOT / "tests" / "golden" / "model.ewb"
