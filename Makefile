@@ -21,9 +21,14 @@ BROKER ?=
 SIM_ARGS ?=
 DEMO_FAST ?=
 DEMO_ARGS ?=
-APT_PKGS := mosquitto gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
+DB ?= sqlite:///edgewatch.db
+DASH_ARGS ?=
+# chromium + chromium-driver: Debian's browser and its matching driver for the dashboard's browser test
+# gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf, qemu-system-misc: the RV32 runtime
+# (edgewatch.board.rv32: MicroPython for the ESP32-C3's instruction set under QEMU)
+APT_PKGS := mosquitto chromium chromium-driver gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
 
-.PHONY: help apt setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean
+.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -73,6 +78,13 @@ flash: setup  ## erase + write MicroPython, then deploy: make flash BOARD=... PO
 deploy: setup  ## copy firmware (.mpy), model, config (.env secrets), umqtt; reset: make deploy PORT=... [AMPY=1]
 	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
 
+run: setup  ## deploy, reset and follow the board's console: make run PORT=/dev/ttyUSB0 (Ctrl-] leaves)
+	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
+	$(EW) repl --port "$(PORT)"
+
+logs: setup  ## follow boards over MQTT, one line per reading/alert/status: make logs [ID="gh-01 gh-02"]
+	$(EW) logs $(ID) $(if $(BROKER),--mqtt "$(BROKER)")
+
 repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (Ctrl-] leaves)
 	$(EW) repl --port "$(PORT)"
 
@@ -87,6 +99,9 @@ bridge: setup  ## run the alert bridge: SMS via Twilio from .env (a dry run with
 
 collect: setup  ## run the collector: make collect DB=sqlite:///edgewatch.db
 	$(EW) collect $(if $(DB),--db $(DB))
+
+dashboard: setup  ## web dashboard on http://127.0.0.1:8080: make dashboard [DB=sqlite:///demo-out/demo.db]
+	$(EW) dashboard --db "$(DB)" $(DASH_ARGS)
 
 bench: setup  ## regenerate docs/benchmarks.md and docs/benchmarks.json
 	$(BIN)/python -m tools.bench

@@ -40,6 +40,8 @@ COMMANDS: dict[str, str] = {
     "boards": "edgewatch.board.catalog",
     "publish-model": "edgewatch.services.ota",
     "demo": "edgewatch.demo",
+    "dashboard": "edgewatch.services.dashboard",
+    "logs": "edgewatch.services.logs",
 }
 
 

@@ -272,6 +272,7 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
                                               "--log-level", "warning"], env))
         services.append(Service("bridge", ["bridge", "--mqtt", b.url, "--notify", "sms",
                                            "--outbox", str(out / "bridge-outbox.db"),
+                                           "--db", db_url,
                                            "--log-level", "warning"], env, echo=on_bridge))
         listener = Listener(b.port)
         time.sleep(1.0)  # the services subscribe before the boards publish
@@ -325,6 +326,7 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
         if sum(n_tel.values()):
             plot(db_url, listener, fleet.devices, png)
             say(f"[6/6] plot of readings, predictions, bands and alerts: {png}")
+            say(f"   browse it: make dashboard DB={db_url}")
         else:
             say(f"[6/6] no plot: nothing was stored (see {out / 'boards'}/*/console.log)")
         listener = None

@@ -4,7 +4,8 @@
 
 The speed figures come from ``bench()`` of tools/bench_rv32.py (the board's
 instruction counts, leading the page), tools/bench_engine.py,
-tools/bench_training.py and tools/bench_host.py when those modules exist
+tools/bench_training.py, tools/bench_host.py and tools/bench_dashboard.py (which
+also writes the dashboard's screenshots to docs/img/) when those modules exist
 (each returns a dict: flat figures, or ``{"records": [...], ...}``). Plots of
 detections go to ``<out-dir>/img/``.
 """
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEED_MODULES = ("tools.bench_rv32", "tools.bench_engine", "tools.bench_training", "tools.bench_host")
+SPEED_MODULES = ("tools.bench_rv32", "tools.bench_engine", "tools.bench_training",
+                 "tools.bench_host", "tools.bench_dashboard")
 PLOT_FILES = ("valve1/0", "other/8", "valve2/1")
 
 
@@ -114,6 +116,7 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
               "Not the real figures.", ""]
     L += rv32_section((speed or {}).get("bench_rv32"))
     L += training_goals((speed or {}).get("bench_training", {}).get("result"))
+    L += dashboard_goals((speed or {}).get("bench_dashboard", {}).get("result"))
     L += goals(res, seconds)
     dets = res.get("detectors", {})
     if dets:
@@ -252,6 +255,25 @@ def training_goals(t) -> list[str]:
             "(`tools/bench_training.py`).")
     return (["## Goals (issue 2)", "", note, "", "| goal | measured | |", "|---|---|---|"]
             + rows + [""] + _seed_spread(t.get("seeds")))
+
+
+def dashboard_goals(d) -> list[str]:
+    """Issue 15's goal from `tools/bench_dashboard.py`'s result (computed, not typed)."""
+    rows = []
+    for r in (d or {}).get("records", []):
+        if not isinstance(r, dict) or "fleet ratio" not in r:
+            continue
+        for what in ("fleet", "chart"):
+            rows.append(_goal_row(
+                f"{r['database']}: {what} server time ≤ 2 × its bare SQL "
+                f"({r['devices']:,} devices, {r['rows']:,} rows)",
+                f"{r[what + ' server ms']:.2f} ms vs {r[what + ' sql ms']:.2f} ms "
+                f"({r[what + ' ratio']:.2f} ×)", r[what + " ratio"] <= 2))
+    if not rows:
+        return []
+    return (["## Goals (issue 15)", "", "Command: `python -m tools.bench_dashboard` (medians, SQL "
+             "and HTTP requests taking turns; server time from the dashboard's Server-Timing "
+             "header).", "", "| goal | measured | |", "|---|---|---|"] + rows + [""])
 
 
 def _seed_spread(sd) -> list[str]:

@@ -101,6 +101,7 @@ import app  # first, as main.py does: the app and the engine while the heap is i
 import config
 DET = dict(config.DEFAULTS['detector'])
 FALLBACK = dict(config.FALLBACK)
+ECHO = config.DEFAULTS.get('log', 'sample') != 'quiet'  # the default console line per sample
 del sys.modules['config']  # main.py drops the checker once the config is read
 config = None
 import detector, outbox, sensors
@@ -155,6 +156,7 @@ def make_app(slots=8, slot_size=512, model='model.ewb', log=None):
     a._load_model()
     a.outbox = outbox.Outbox('outbox.bin', slots, slot_size)
     a.shift_run = a.samples = a.alerts = 0
+    a.echo = ECHO
     gc.collect()
     return a
 """

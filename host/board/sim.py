@@ -220,10 +220,12 @@ class Fleet:
         return self
 
     def _pump(self, d: Device) -> None:
+        sample_line = f"{d.device} #"
         with open(d.folder / "console.log", "w") as logf:
             for raw in d.proc.stdout:
                 line = raw.decode(errors="replace").rstrip()
-                d.log.append(line)
+                if not line.startswith(sample_line):  # per-sample lines: console.log only
+                    d.log.append(line)
                 logf.write(line + "\n")
                 logf.flush()
                 if self.echo:

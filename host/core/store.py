@@ -9,8 +9,19 @@ Tables (names optionally prefixed, so tests and several sites can share one data
   DOUBLE column per channel, added the first time a channel is seen. This is the
   shape ``edgewatch.training.forecast.data.load_db`` and ``edgewatch export`` read. ``t`` is the
   board's time, or the arrival time when the board's clock was not set.
+  Beside each channel ``c`` the board's prediction and band are kept in
+  ``_pred_c``, ``_lo_c`` and ``_hi_c`` (a leading ``_`` is never a channel name,
+  so readers that take every other column as a channel are unaffected); the
+  verdict is ``anomaly`` and ``faults``. Indexed by (device, t) for charts.
 - ``alerts``: one row per alert message.
-- ``devices``: per-device status (state, last seen, firmware, model, outbox depth).
+- ``devices``: per-device status (state, last seen, firmware, model, outbox depth)
+  and the latest sample (``latest_t``, ``latest``: JSON of seq, values, pred,
+  band, anomaly, faults), so the fleet view is one small table read.
+- ``notifications``: the bridges' outcome of each alert and notification
+  (queued, sent, dry-run, retry, dead, cooldown, ratecap; provider reference).
+
+Existing databases migrate in place: missing tables, columns and the index are
+added when a :class:`Store` opens them for writing (``create=True``).
 
 ``(device, seq)`` is the primary key of telemetry and alerts and every insert
 ignores a key already present, so a replayed or redelivered message is stored
@@ -19,6 +30,7 @@ once however often it arrives; :meth:`Store.write` reports how many rows were ne
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -36,6 +48,21 @@ ALERT_COLS = ("device", "seq", "t", "received", "sample", "rule", "channel", "va
 TELEMETRY_META = ("device", "seq", "t", "received", "anomaly", "faults", "model")
 DEVICE_COLS = ("device", "state", "last_seen", "status_seq", "fw", "model", "outbox", "heap_free",
                "dropped", "uptime", "error")
+NOTIFY_COLS = ("nkey", "device", "alert_seq", "kind", "notifier", "recipient", "state", "ref",
+               "error", "attempts", "updated")
+BAND = ("_pred_", "_lo_", "_hi_")  # column prefixes of a channel's prediction and band
+
+
+def band_columns(channel: str) -> tuple[str, str, str]:
+    """The columns holding a channel's prediction, band low and band high."""
+    return tuple(p + channel for p in BAND)
+
+
+def latest_json(rec: Telemetry) -> str:
+    """The devices table's copy of a device's newest sample."""
+    return json.dumps({"seq": rec.seq, "values": rec.values, "pred": rec.pred,
+                       "band": rec.band, "anomaly": rec.anomaly, "faults": list(rec.faults)},
+                      separators=(",", ":"))
 
 
 class Dialect:
@@ -152,8 +179,11 @@ class Store:
         self.t_tel = q(f"{table_prefix}telemetry")
         self.t_alert = q(f"{table_prefix}alerts")
         self.t_dev = q(f"{table_prefix}devices")
+        self.t_note = q(f"{table_prefix}notifications")
+        self.prefix = table_prefix
         self.names = {"telemetry": f"{table_prefix}telemetry", "alerts": f"{table_prefix}alerts",
-                      "devices": f"{table_prefix}devices"}
+                      "devices": f"{table_prefix}devices",
+                      "notifications": f"{table_prefix}notifications"}
         if create:
             try:
                 self._create()
@@ -183,34 +213,73 @@ class Store:
             f"PRIMARY KEY (device, seq))",
             f"CREATE TABLE IF NOT EXISTS {self.t_dev} (device {key} PRIMARY KEY, "
             f"state VARCHAR(8), last_seen {r}, status_seq {b}, fw VARCHAR(32), model VARCHAR(8), "
-            f"outbox INTEGER, heap_free INTEGER, dropped {b}, uptime {r}, error VARCHAR(200))",
+            f"outbox INTEGER, heap_free INTEGER, dropped {b}, uptime {r}, error VARCHAR(200), "
+            f"latest_t {r}, latest TEXT)",
+            f"CREATE TABLE IF NOT EXISTS {self.t_note} (nkey VARCHAR(190) NOT NULL PRIMARY KEY, "
+            f"device {key}, alert_seq {b}, kind VARCHAR(8), notifier VARCHAR(16), "
+            f"recipient VARCHAR(64), state VARCHAR(12), ref VARCHAR(64), error VARCHAR(200), "
+            f"attempts INTEGER, updated {r})",
         ]
         cur = self.conn.cursor()
         for s in stmts:
             cur.execute(s)
         self.conn.commit()
+        # in-place migration of databases made before these columns and the index existed
+        have = self._columns(self.t_dev)
+        for col, typ in (("latest_t", r), ("latest", "TEXT")):
+            if col not in have:
+                self._alter(f"ALTER TABLE {self.t_dev} ADD COLUMN {col} {typ}")
+        self._index(f"{self.prefix}telemetry_device_t", self.t_tel, "device, t")
+        self._index(f"{self.prefix}notifications_device", self.t_note, "device, alert_seq")
 
-    def _channel_columns(self) -> set[str]:
+    def _columns(self, table: str) -> set[str]:
         cur = self.conn.cursor()
-        cur.execute(f"SELECT * FROM {self.t_tel} WHERE 1 = 0")
+        cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
         cols = {c[0].lower() for c in cur.description}
         cur.fetchall()
         self.conn.commit()
-        return cols - set(TELEMETRY_META)
+        return cols
 
-    def _ensure_channels(self, names: set[str]) -> None:
-        for name in sorted(names - self.channels):
+    def _alter(self, sql: str) -> None:
+        try:
+            self.conn.cursor().execute(sql)
+            self.conn.commit()
+        except Exception:  # another process migrated it first
+            self.conn.rollback()
+
+    def _index(self, name: str, table: str, cols: str) -> None:
+        cur = self.conn.cursor()
+        if self.d.name == "mysql":
+            cur.execute("SELECT COUNT(*) FROM information_schema.statistics WHERE "
+                        "table_schema = DATABASE() AND table_name = %s AND index_name = %s",
+                        (table.strip("`"), name))
+            if cur.fetchone()[0]:
+                self.conn.commit()
+                return
+            self._alter(f"CREATE INDEX {self.d.q(name)} ON {table} ({cols})")
+        else:
+            self._alter(f"CREATE INDEX IF NOT EXISTS {self.d.q(name)} ON {table} ({cols})")
+
+    def _channel_columns(self) -> set[str]:
+        cols = self._columns(self.t_tel)
+        self.band_cols = {c for c in cols if c.startswith("_")}
+        return {c for c in cols - set(TELEMETRY_META) if not c.startswith("_")}
+
+    def _ensure_channels(self, names: set[str], band: set[str] = frozenset()) -> None:
+        want = [(n, n) for n in sorted(names - self.channels)]
+        want += [(c, n) for n in sorted(band) for c in band_columns(n) if c not in self.band_cols]
+        for col, name in want:
             cur = self.conn.cursor()
             try:
-                cur.execute(f"ALTER TABLE {self.t_tel} ADD COLUMN {self.d.q(name)} {self.d.real}")
+                cur.execute(f"ALTER TABLE {self.t_tel} ADD COLUMN {self.d.q(col)} {self.d.real}")
                 self.conn.commit()
-                log.info("telemetry: new channel column %s", name, extra={"channel": name})
+                log.info("telemetry: new column %s", col, extra={"channel": name})
             except Exception:
                 # another collector added it first: refresh and carry on
                 self.conn.rollback()
             self.channels = self._channel_columns()
-            if name not in self.channels:
-                raise RuntimeError(f"cannot add channel column {name!r}")
+            if col not in self.channels | self.band_cols:
+                raise RuntimeError(f"cannot add channel column {col!r}")
 
     # ------------------------------------------------------------ writes
     def write(self, telemetry: list[tuple[Telemetry, float]], alerts: list[tuple[Alert, float]],
@@ -223,7 +292,9 @@ class Store:
         """
         with self.lock:
             if telemetry:
-                self._ensure_channels({c.lower() for rec, _ in telemetry for c in rec.values})
+                self._ensure_channels({c.lower() for rec, _ in telemetry for c in rec.values},
+                                      {c.lower() for rec, _ in telemetry if rec.pred
+                                       for c in rec.pred})
             try:
                 n_t = self._write_telemetry(telemetry) if telemetry else 0
                 n_a = self._write_alerts(alerts) if alerts else 0
@@ -236,7 +307,8 @@ class Store:
 
     def _write_telemetry(self, items) -> int:
         chans = sorted({c.lower() for rec, _ in items for c in rec.values})
-        cols = list(TELEMETRY_META) + chans
+        banded = sorted({c.lower() for rec, _ in items if rec.pred for c in rec.pred})
+        cols = list(TELEMETRY_META) + chans + [c for n in banded for c in band_columns(n)]
         rows = []
         lower: dict[tuple, bool] = {}  # channel-name tuple -> already lower case (the usual)
         for rec, when in items:
@@ -247,9 +319,15 @@ class Store:
                 ok = lower[keys] = all(k == k.lower() for k in keys)
             if not ok:
                 vals = {k.lower(): v for k, v in vals.items()}
-            rows.append((rec.device, rec.seq, rec.t if rec.t is not None else when, when,
-                         int(rec.anomaly), ",".join(rec.faults), rec.model,
-                         *map(vals.get, chans)))
+            row = [rec.device, rec.seq, rec.t if rec.t is not None else when, when,
+                   int(rec.anomaly), ",".join(rec.faults), rec.model, *map(vals.get, chans)]
+            if banded:
+                pred = {k.lower(): v for k, v in (rec.pred or {}).items()}
+                band = {k.lower(): v for k, v in (rec.band or {}).items()}
+                for n in banded:
+                    b = band.get(n) or (None, None)
+                    row += (pred.get(n), b[0], b[1])
+            rows.append(row)
         cur = self.conn.cursor()
         cur.executemany(self.d.insert_new(self.t_tel, cols), rows)
         return max(cur.rowcount, 0)
@@ -269,6 +347,24 @@ class Store:
             last, model = seen.get(rec.device, (0.0, None))
             seen[rec.device] = (max(last, when), rec.model or model)
         cur = self.conn.cursor()
+        latest: dict[str, tuple[float, Telemetry]] = {}
+        for rec, when in telemetry:
+            t = rec.t if rec.t is not None else when
+            if rec.device not in latest or t >= latest[rec.device][0]:
+                latest[rec.device] = (t, rec)
+        if latest:
+            # the newest sample per device, kept only if newer than the stored one; the
+            # `latest` assignment comes first because MySQL evaluates them in order
+            newer = "CASE WHEN {old_t} IS NULL OR {new_t} >= {old_t} THEN {val} ELSE {old} END"
+            if self.d.name == "mysql":
+                o_t, n_t = self.d.q("latest_t"), "VALUES(latest_t)"
+            else:
+                o_t, n_t = f"{self.t_dev}.latest_t", "excluded.latest_t"
+            merge = {"latest": newer.format(old_t=o_t, new_t=n_t, val="{new}", old="{old}"),
+                     "latest_t": newer.format(old_t=o_t, new_t=n_t, val="{new}", old="{old}")}
+            sql = self.d.upsert(self.t_dev, ("device", "latest_t", "latest"), "device", merge)
+            cur.executemany(sql, [(dev, t, latest_json(rec))
+                                  for dev, (t, rec) in sorted(latest.items())])
         if seen:
             sql = self.d.upsert(self.t_dev, ("device", "state", "last_seen", "model"), "device",
                                 {"state": "{new}", "last_seen": g + "(COALESCE({old}, 0), {new})",
@@ -284,12 +380,29 @@ class Store:
                                    s.heap_free, s.dropped, s.uptime, s.error)
                                   for s, when in statuses])
 
+    def write_notifications(self, rows: list[dict]) -> None:
+        """Insert or update notification outcomes (dicts with the keys of NOTIFY_COLS)."""
+        if not rows:
+            return
+        merge = {c: "{new}" for c in NOTIFY_COLS[1:]}
+        merge["ref"] = merge["error"] = "COALESCE({new}, {old})"
+        sql = self.d.upsert(self.t_note, NOTIFY_COLS, "nkey", merge)
+        with self.lock:
+            try:
+                self.conn.cursor().executemany(sql, [tuple(r.get(c) for c in NOTIFY_COLS)
+                                                     for r in rows])
+                self.conn.commit()
+            except Exception:
+                self.conn.rollback()
+                raise
+
     # ------------------------------------------------------------ reads
     def query(self, sql: str, params=()) -> list[tuple]:
         """Rows of a read-only query; ``{telemetry}``, ``{alerts}``, ``{devices}`` name the tables."""
         with self.lock:
             cur = self.conn.cursor()
             cur.execute(sql.format(telemetry=self.t_tel, alerts=self.t_alert, devices=self.t_dev,
+                                   notifications=self.t_note,
                                    ph=self.d.ph), params)
             rows = [tuple(r) for r in cur.fetchall()]
             self.cols = [c[0] for c in cur.description] if cur.description else []
@@ -309,7 +422,7 @@ class Store:
         """Drop this store's tables (tests)."""
         with self.lock:
             cur = self.conn.cursor()
-            for t in (self.t_tel, self.t_alert, self.t_dev):
+            for t in (self.t_tel, self.t_alert, self.t_dev, self.t_note):
                 cur.execute(f"DROP TABLE IF EXISTS {t}")
             self.conn.commit()
 

@@ -42,8 +42,10 @@ from edgewatch.core.settings import (
     env,
     mqtt_client,
     mqtt_settings,
+    safe_url,
     serve_until_signal,
 )
+from edgewatch.core.store import Store
 from edgewatch.services.collector import parse_devices
 from edgewatch.services.metrics import Devices, Metrics, setup_logging
 from edgewatch.services.notifiers import Message, Notifier, PermanentError, TransientError, from_env
@@ -100,6 +102,28 @@ def digest_text(device: str, rule: str, n: int, since: float, last: str) -> str:
             f"{_when(since)} (last: {last})")
 
 
+# ---------------------------------------------------------------- outcomes
+
+def outcome_row(key: str, data: dict, notifier: str | None, recipient: str | None, state: str,
+                when: float, ref: str | None = None, error: str | None = None,
+                attempts: int = 0) -> dict:
+    """One row of the shared ``notifications`` table (host/store.py).
+
+    The outbox key names the recipient, so the row is keyed by its hash; the
+    recipient itself is kept only as its last 4 characters (the dashboard
+    shows who was notified without publishing phone numbers or addresses).
+    """
+    seq = data.get("seq") if data.get("kind", "alert") == "alert" else None
+    masked = f"…{recipient[-4:]}" if recipient else None
+    if error and recipient:
+        error = error.replace(recipient, masked)  # a provider's error may quote the number
+    return {"nkey": hashlib.sha1(key.encode()).hexdigest(), "device": data.get("device"),
+            "alert_seq": seq, "kind": data.get("kind", "alert"), "notifier": notifier,
+            "recipient": masked, "state": state,
+            "ref": ref, "error": (error or None) and error[:200], "attempts": attempts,
+            "updated": when}
+
+
 # ---------------------------------------------------------------- outbox
 
 class Outbox:
@@ -121,6 +145,7 @@ class Outbox:
         # One writer at a time inside this process: SQLite's own busy handler
         # would make a blocked thread sleep in growing steps (up to 100 ms).
         self.wlock = threading.RLock()
+        self.records = []
         try:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
@@ -156,6 +181,14 @@ class Outbox:
                                 "state='pending'", (owner,))
 
     # intake ------------------------------------------------------------
+    records: list[dict]  # outcome rows for the shared database, taken by the bridge
+
+    def take_records(self) -> list[dict]:
+        """The outcome rows recorded since the last call (for ``Store.write_notifications``)."""
+        with self.wlock:
+            out, self.records = self.records, []
+            return out
+
     def add_alerts(self, items: list[tuple[Alert, float]], notifiers: list[Notifier]) -> list[str]:
         """Record alerts in one transaction; the outcome of each.
 
@@ -168,6 +201,7 @@ class Outbox:
 
     def _add_alerts(self, db, out, items, notifiers) -> list[str]:
         db.execute("BEGIN IMMEDIATE")
+        mark = len(self.records)
         try:
             for a, received in items:
                 cur = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, NULL)",
@@ -176,6 +210,9 @@ class Outbox:
                     out.append("replay")
                     continue
                 outcome = self._decide(db, a, received)
+                if outcome != "sent":
+                    self.records.append(outcome_row(f"held:{a.device}:{a.seq}", to_json(a),
+                                                    None, None, outcome, received))
                 if outcome == "sent":
                     self._queue(db, f"{a.device}:{a.seq}", alert_text(a),
                                 {"kind": "alert", **to_json(a)}, received, notifiers)
@@ -185,6 +222,7 @@ class Outbox:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            del self.records[mark:]
             raise
         return out
 
@@ -218,6 +256,8 @@ class Outbox:
         subject = body.split(": ", 1)[0]
         for n in notifiers:
             for r in n.recipients:
+                self.records.append(outcome_row(f"{n.name}:{r}:{key}", data, n.name, r,
+                                                "queued", now))
                 db.execute("INSERT OR IGNORE INTO outbox (key, notifier, recipient, subject, body, "
                            "data, received, created, next_try) VALUES (?,?,?,?,?,?,?,?,?)",
                            (f"{n.name}:{r}:{key}", n.name, r, subject, body,
@@ -231,7 +271,7 @@ class Outbox:
 
     def _queue_digests(self, db, notifiers, now) -> int:
         db.execute("BEGIN IMMEDIATE")
-        n = 0
+        n, mark = 0, len(self.records)
         try:
             rows = db.execute("SELECT device, rule, suppressed, since, last FROM cooldown "
                               "WHERE until <= ? AND suppressed > 0", (now,)).fetchall()
@@ -254,6 +294,7 @@ class Outbox:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            del self.records[mark:]
             raise
         return n
 
@@ -268,7 +309,7 @@ class Outbox:
         db.execute("BEGIN IMMEDIATE")
         try:
             rows = db.execute("SELECT id, notifier, recipient, subject, body, data, received, "
-                              "attempts, created FROM outbox WHERE state = 'pending' AND "
+                              "attempts, created, key FROM outbox WHERE state = 'pending' AND "
                               "next_try <= ? AND lease_until <= ? ORDER BY id LIMIT ?",
                               (now, now, limit)).fetchall()
             if rows:
@@ -279,7 +320,7 @@ class Outbox:
             db.execute("ROLLBACK")
             raise
         keys = ("id", "notifier", "recipient", "subject", "body", "data", "received", "attempts",
-                "created")
+                "created", "key")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def sent(self, row_id: int) -> None:
@@ -331,7 +372,8 @@ class Bridge:
     def __init__(self, outbox: Outbox, notifiers: list[Notifier], mqtt: MqttSettings, *,
                  group: str | None = None, client_id: str | None = None,
                  retry_base: float = 1.0, retry_cap: float = 300.0, workers: int = 4,
-                 devices: frozenset[str] | None = None, metrics: Metrics | None = None):
+                 devices: frozenset[str] | None = None, metrics: Metrics | None = None,
+                 results: Store | None = None):
         if not notifiers:
             raise UserError("no notifiers: give --notify sms,console,webhook,email")
         self.outbox, self.notifiers, self.mqtt, self.group = outbox, notifiers, mqtt, group
@@ -349,6 +391,23 @@ class Bridge:
         self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
         self.client.on_message = self._on_message
         self.workers = max(1, workers)
+        self.results = results  # the shared database, where each outcome is recorded
+        self._rlock = threading.Lock()
+
+    def _record(self, rows: list[dict]) -> None:
+        """Write outcome rows to the shared database; a failure there never holds back an alert."""
+        if self.results is None or not rows:
+            return
+        try:
+            with self._rlock:
+                self.results.write_notifications(rows)
+        except Exception as exc:
+            log.error("notifications to %s not recorded: %s", safe_url(self.results.url),
+                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _record_row(self, row: dict, state: str, ref=None, error=None, attempts=0) -> None:
+        self._record([outcome_row(row["key"], json.loads(row["data"] or "{}"), row["notifier"],
+                                  row["recipient"], state, time.time(), ref, error, attempts)])
 
     # intake ------------------------------------------------------------
     def _on_message(self, client, _userdata, msg) -> None:
@@ -393,6 +452,7 @@ class Bridge:
                     log.error("outbox %s: %s; retrying", self.outbox.path, exc)
                     if self._stop.wait(1.0):
                         return  # not acked: the broker delivers them again
+            self._record(self.outbox.take_records())
             self.wake.set()
             for (a, when, mid, qos), outcome in zip(items, outcomes, strict=True):
                 self.client.ack(mid, qos)
@@ -420,9 +480,10 @@ class Bridge:
             return
         msg = Message(row["subject"], row["body"], json.loads(row["data"] or "{}"))
         try:
-            n.send(row["recipient"], msg)
+            ref = n.send(row["recipient"], msg)
         except PermanentError as exc:
             self.outbox.dead(row["id"], str(exc))
+            self._record_row(row, "dead", error=str(exc), attempts=row["attempts"] + 1)
             self.metrics.notifications.labels(n.name, "dead").inc()
             log.error("dead-letter: %s for %s failed for good: %s (not retried)", where,
                       row["subject"], exc, extra={"notifier": n.name, "outbox_id": row["id"]})
@@ -433,17 +494,21 @@ class Bridge:
             attempt = row["attempts"] + 1
             if time.time() - row["created"] > self.outbox.max_age:
                 self.outbox.dead(row["id"], err)
+                self._record_row(row, "dead", error=err, attempts=attempt)
                 self.metrics.notifications.labels(n.name, "dead").inc()
                 log.error("dead-letter: %s for %s still failing after %.0f h: %s", where,
                           row["subject"], self.outbox.max_age / 3600, err)
                 return
             delay = backoff(attempt, self.retry_base, self.retry_cap)
             self.outbox.retry(row["id"], err, delay)
+            self._record_row(row, "retry", error=err, attempts=attempt)
             self.metrics.notifications.labels(n.name, "retry").inc()
             log.warning("%s failed (%s); retry %d in %.1f s", where, err, attempt, delay,
                         extra={"notifier": n.name, "outbox_id": row["id"], "attempt": attempt})
             return
         self.outbox.sent(row["id"])
+        self._record_row(row, "dry-run" if n.dry_run else "sent",
+                         ref=ref if isinstance(ref, str) else None, attempts=row["attempts"] + 1)
         self.metrics.notifications.labels(n.name, "sent").inc()
         self.metrics.latency.observe(max(0.0, time.time() - row["received"]))
         log.info("sent %s: %s", where, row["body"],
@@ -456,6 +521,7 @@ class Bridge:
                 if time.monotonic() - last_digest >= 1.0:
                     last_digest = time.monotonic()
                     self.outbox.queue_digests(self.notifiers)
+                    self._record(self.outbox.take_records())
                 if time.monotonic() - last_prune >= 3600:
                     last_prune = time.monotonic()
                     self.outbox.prune()
@@ -526,6 +592,10 @@ def add_arguments(parser) -> None:
                         "(env EDGEWATCH_NOTIFY; default sms)")
     parser.add_argument("--outbox", help="outbox SQLite file (env EDGEWATCH_OUTBOX; "
                         "default edgewatch-outbox.db)")
+    parser.add_argument("--db", help="shared database where each notification's outcome is "
+                        "recorded (the collector's; env EDGEWATCH_DB_URL; default "
+                        "sqlite:///edgewatch.db; 'none' records nothing)")
+    parser.add_argument("--table-prefix", default="", help="prefix of the table names")
     parser.add_argument("--cooldown", type=float, default=None,
                         help="seconds of quiet per device and rule after an alert (default 300)")
     parser.add_argument("--max-per-minute", type=int, default=None,
@@ -573,9 +643,19 @@ def run(args) -> int:
     if port is not None:
         bound = metrics.serve(port, args.metrics_addr)
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
+    url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
+    results = None
+    if url.lower() != "none":
+        try:
+            results = Store(url, args.table_prefix)
+        except UserError as exc:  # alerts go out without the database; the outcomes do not
+            log.error("notification outcomes will not be recorded: %s", exc)
     bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
                     client_id=args.client_id, retry_base=args.retry_base,
                     retry_cap=args.retry_cap, metrics=metrics,
-                    devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")))
+                    devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")),
+                    results=results)
     serve_until_signal(bridge, f"bridge running, outbox {outbox.path} (pid {os.getpid()})")
+    if results is not None:
+        results.close()
     return 0

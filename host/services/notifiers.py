@@ -61,8 +61,10 @@ class Notifier:
 
     name = "base"
     recipients: list[str | None] = [None]
+    dry_run = False  # True when nothing really leaves (recorded as "dry-run", not "sent")
 
-    def send(self, recipient: str | None, msg: Message) -> None:  # pragma: no cover - interface
+    def send(self, recipient: str | None, msg: Message) -> str | None:  # pragma: no cover
+        """Deliver ``msg``; the provider's reference (message id) when it gives one."""
         raise NotImplementedError
 
 
@@ -86,12 +88,13 @@ class TwilioSMS(Notifier):
             self.client.api.base_url = api_base.rstrip("/")
         self.where = safe_url(api_base or "https://api.twilio.com")
 
-    def send(self, recipient: str | None, msg: Message) -> None:
+    def send(self, recipient: str | None, msg: Message) -> str | None:
         import requests
         from twilio.base.exceptions import TwilioException
 
         try:
-            self.client.messages.create(to=recipient, from_=self.from_, body=msg.body)
+            sent = self.client.messages.create(to=recipient, from_=self.from_, body=msg.body)
+            return getattr(sent, "sid", None)
         except TwilioException as exc:
             status = getattr(exc, "status", None)
             detail = str(getattr(exc, "msg", "") or getattr(exc, "title", "") or exc)
@@ -108,6 +111,7 @@ class DryRunSMS(Notifier):
     """What SMS would be sent, printed to stdout (no Twilio credentials configured)."""
 
     name = "sms"
+    dry_run = True
 
     def __init__(self, to: list[str] | None = None, stream=None):
         self.recipients = list(to) or ["(no TWILIO_TO)"]

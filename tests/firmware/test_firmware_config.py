@@ -29,6 +29,7 @@ BAD = [
     (dict(GOOD, detector={"stuck": 3}), "config.json: unknown key 'detector.stuck'"),
     (dict(GOOD, user="u"), "config.json: user and password: give both or neither"),
     (dict(GOOD, ota_key="xyz"), "config.json: ota_key: expected at least 32 hex digits"),
+    (dict(GOOD, log="loud"), 'config.json: log: expected "sample" or "quiet"'),
     (dict(GOOD, board="esp32-s3-devkitc"), "config.json: board: 'esp32-s3-devkitc', but board.json is for 'esp32-devkitc-dht22'"),
     (dict(GOOD, sensor="shtc3"), "config.json: sensor: 'shtc3', but board 'esp32-devkitc-dht22' has a 'dht22'"),
 ]

@@ -43,11 +43,11 @@ class Board:
     """A device's MQTT connection (its own user, optionally TLS and a last will)."""
 
     def __init__(self, broker, name: str, password: str | None = None, tls: bool = False,
-                 will: bool = False, prefix: str = "edgewatch"):
+                 will: bool = False, prefix: str = "edgewatch", user: str | None = None):
         self.name, self.prefix = name, prefix
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"board-{name}")
         if password is not None:
-            self.c.username_pw_set(name, password)
+            self.c.username_pw_set(user or name, password)
         if will:
             self.c.will_set(f"{prefix}/{name}/status",
                             json.dumps({"v": 1, "device": name, "state": "offline"}), 1, True)
