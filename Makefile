@@ -24,22 +24,28 @@ DEMO_ARGS ?=
 DB ?= sqlite:///edgewatch.db
 DASH_ARGS ?=
 # chromium + chromium-driver: Debian's browser and its matching driver for the dashboard's browser test
-APT_PKGS := mosquitto chromium chromium-driver
+# gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf, qemu-system-misc: the RV32 runtime
+# (edgewatch.board.rv32: MicroPython for the ESP32-C3's instruction set under QEMU)
+APT_PKGS := mosquitto chromium chromium-driver gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
 
-.PHONY: help setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench clean
+.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: $(VENV)/.stamp $(MPLIB)/.stamp  ## install Debian packages, .venv and MicroPython libraries
+setup: apt $(VENV)/.stamp $(MPLIB)/.stamp  ## install Debian packages, .venv and MicroPython libraries
 
-$(VENV)/.stamp: pyproject.toml
+# checked on every setup (a dpkg query each): a package added to APT_PKGS later is installed
+# on machines set up before it
+apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+$(VENV)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,pipeline]'

@@ -151,9 +151,13 @@ class Detector:
         for j in range(nc):
             c = order[j]
             off, sc = m.offset[j], m.scale[j]
+            # sums of the deviations from the newest sample: sigma is shift-invariant, and
+            # E[x^2] - E[x]^2 of values far from 0 and close together (a calm room) cancels
+            # away the digits a board's single-precision floats have
+            ref = self._at(1, c)
             s = s2 = 0.0
             for back in range(1, sw + 1):
-                x = (self._at(back, c) - off) / sc
+                x = (self._at(back, c) - ref) / sc
                 s += x
                 s2 += x * x
             mean = s / sw

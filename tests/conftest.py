@@ -42,3 +42,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     return quick_model(tmp_path_factory.mktemp("tiny_model") / "tcn", rows=TINY_ROWS,
                        epochs=TINY_EPOCHS)
+
+
+@pytest.fixture(scope="session")
+def rv32_runtime():
+    """The RV32 MicroPython build (edgewatch.board.rv32): built on first use, cached under build/rv32."""
+    from edgewatch.board import rv32
+
+    return rv32.build()
+
+
+@pytest.fixture(scope="module")
+def rv32(rv32_runtime):
+    """A running RV32 QEMU board (littlefs flash mounted at /), one per test module."""
+    from edgewatch.board import rv32 as rv32mod
+
+    board = rv32mod.Board.start(rv32_runtime)
+    yield board
+    board.close()

@@ -2,7 +2,8 @@
 
     python -m tools.bench [--fast] [--out-dir docs] [--suite ...] [--detectors ...]
 
-The speed figures come from ``bench()`` of tools/bench_engine.py,
+The speed figures come from ``bench()`` of tools/bench_rv32.py (the board's
+instruction counts, leading the page), tools/bench_engine.py,
 tools/bench_training.py, tools/bench_host.py and tools/bench_dashboard.py (which
 also writes the dashboard's screenshots to docs/img/) when those modules exist
 (each returns a dict: flat figures, or ``{"records": [...], ...}``). Plots of
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEED_MODULES = ("tools.bench_engine", "tools.bench_training", "tools.bench_host",
-                 "tools.bench_dashboard")
+SPEED_MODULES = ("tools.bench_rv32", "tools.bench_engine", "tools.bench_training",
+                 "tools.bench_host", "tools.bench_dashboard")
 PLOT_FILES = ("valve1/0", "other/8", "valve2/1")
 
 
@@ -113,6 +114,7 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     if res.get("fast"):
         L += ["**Fast subset** (`--fast`): a few SKAB files, fewer epochs, one short fault trial. "
               "Not the real figures.", ""]
+    L += rv32_section((speed or {}).get("bench_rv32"))
     L += training_goals((speed or {}).get("bench_training", {}).get("result"))
     L += dashboard_goals((speed or {}).get("bench_dashboard", {}).get("result"))
     L += goals(res, seconds)
@@ -180,6 +182,8 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     if speed:
         L += ["## Speed", "", "From `bench()` of " + ", ".join(f"`tools/{k}.py`" for k in speed) + ".", ""]
         for name, r in speed.items():
+            if name == "bench_rv32" and "error" not in r:
+                continue  # its own section leads the page
             L.append(f"### {name}")
             L.append("")
             if "error" in r:
@@ -190,6 +194,29 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     if img:
         L += ["## Plots", ""] + [f"![{p}](img/{p})" for p in img] + [""]
     return "\n".join(L)
+
+
+def rv32_section(r) -> list[str]:
+    """The board figures (tools/bench_rv32.py): instructions on RV32, one column per model."""
+    if not r or "result" not in r:
+        return []
+    res = r["result"]
+    rows = res["records"]
+    if not rows:
+        return []
+    L = ["## On the board's instruction set: RV32 (ESP32-C3) under QEMU", "",
+         f"MicroPython {res['micropython']} built for RV32IMC (viper, no Zba/Zcmp) with the C3's "
+         f"{res['heap']} B heap and a littlefs flash; firmware deployed as `.mpy`. Counts are guest "
+         "instructions under `qemu -icount shift=0`: exact, the same on any machine. Time at "
+         "160 MHz assumes one instruction per cycle (a lower bound). "
+         "Xtensa (ESP32) is not emulated here (compile-only check). "
+         f"From `tools/bench_rv32.py` ({r['seconds']:.0f} s). Nothing here ran on a physical board.",
+         "", "| figure | " + " | ".join(x["model"] for x in rows) + " |",
+         "|---|" + "---|" * len(rows)]
+    for key in rows[0]:
+        if key != "model":
+            L.append(f"| {key} | " + " | ".join(_fmt(x.get(key)) for x in rows) + " |")
+    return L + [""]
 
 
 def _goal_row(goal: str, got: str, ok: bool) -> str:

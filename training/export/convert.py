@@ -47,8 +47,12 @@ def quantize(norm, scale: float, zero_point: int) -> np.ndarray:
 
     x * (1/scale), rounded half to even, plus the zero point, clamped: the rule
     firmware/engine.py's predict() uses too (MicroPython's round() is half-even).
+    In single precision, as the boards compute (their MicroPython floats are float32):
+    on a value at a rounding half-point float64 can land one step away
+    (0.28039217 / 0.003921569 gives 72 on the board, 71 in float64).
     """
-    v = np.asarray(norm, np.float64) * (1.0 / float(scale))
+    inv = np.float32(1.0) / np.float32(scale)
+    v = np.asarray(norm, np.float64).astype(np.float32) * inv
     return np.clip(np.rint(v) + int(zero_point), -128, 127).astype(np.int8)
 
 

@@ -1,0 +1,41 @@
+"""tools/bench_rv32.py: the board's instruction counts, as `make bench` reports them."""
+
+from __future__ import annotations
+
+from edgewatch.board import rv32
+from edgewatch.core import mpy
+
+from tools import bench, bench_rv32
+
+GOLDEN = mpy.ROOT / "tests" / "golden" / "model.ewb"
+
+
+def test_bench_rv32_figures_and_their_section(rv32_runtime):
+    r = bench_rv32.bench(fast=True, models=[GOLDEN], k=2, steps=10)
+    (row,) = r["records"]
+    assert r["heap"] == 81920 and r["micropython"].startswith("1.29.0")
+    # a default-size model's inference: hundreds of thousands of instructions on RV32
+    assert 100_000 < row["instr_inference"] < 5_000_000
+    # the detector step holds the inference; the full sample holds the step
+    assert row["instr_inference"] < row["instr_detector_step"] < row["instr_sample"]
+    assert row["us_sample_at_160MHz"] == round(row["instr_sample"] / 160, 1)
+    assert 0 < row["heap_engine_model_mpy_B"] <= 16 * 1024
+    assert row["heap_free_after_10_samples_B"] >= 8 * 1024
+    for key in ("alloc_detector_step_B", "alloc_message_append_B", "alloc_sample_B"):
+        assert row[key] >= 0
+    md = "\n".join(bench.rv32_section({"result": r, "seconds": r["seconds"]}))
+    assert "| instr_inference | " in md and "Nothing here ran on a physical board" in md
+
+
+def test_instruction_counts_are_deterministic(rv32_runtime):
+    """The same work on two fresh boards: the same count, to the instruction."""
+    counts = []
+    for _ in range(2):
+        with rv32.Board.start(rv32_runtime) as b:
+            b.put_firmware(["blob", "kernels", "engine"])
+            b.put(GOLDEN.read_bytes(), "model.ewb")
+            counts.append(b.instructions(
+                "m.predict_q(buf)", repeat=3,
+                setup="import engine\nm = engine.Model(open('model.ewb', 'rb').read())\n"
+                      "buf = bytearray(m.window * m.channels)\nm.predict_q(buf)"))
+    assert counts[0] == counts[1] > 100_000, counts

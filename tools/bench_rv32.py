@@ -1,0 +1,231 @@
+"""The firmware's cost on the board's instruction set: RV32 MicroPython under QEMU (edgewatch/board/rv32.py).
+
+    python -m tools.bench_rv32 [--model DIR ...] [--samples N] [--fast] [--json]
+
+Counts are guest instructions read from the RISC-V `instret` counter
+(`time.ticks_cpu()` of this build) under `qemu -icount shift=0`: exact and the
+same on any host, unlike microseconds. Implied time assumes the ESP32-C3 at
+160 MHz retiring one instruction per cycle (a lower bound: loads, branches
+and flash cache misses cost more). Per model (models/default when converted,
+and the committed default-size model of tests/golden/):
+
+- inference: engine.Model.predict_q on an int8 window, mean of repeats;
+- detector step: Detector.step (normalise the window, inference, band, device and
+  shift rules) on a replayed DHT22 reading;
+- message: schema.telemetry; outbox append: Outbox.append on the littlefs flash
+  (a C block device, as the C3's flash driver), with the default 200-slot outbox;
+- full sample: app.App.sample (read, detector step, messages, outbox records);
+- bytes allocated per detector step / message+append / full sample (gc.mem_alloc
+  with collection disabled around the measured call);
+- heap: engine + model resident from .mpy; free after the app is set up, and free
+  after N samples (collected as App.run does).
+
+Xtensa (the ESP32) cannot be emulated here: its code is only compiled
+(tests/test_engine_bitexact.py::test_firmware_compiles_for_the_esp32_emitter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from edgewatch.board import rv32
+
+ROOT = Path(__file__).resolve().parent.parent
+GOAL_SAMPLE = 160_000  # instructions per full sample step (about 1 ms at 160 MHz)
+
+PHASES = """
+from rv32app import *
+import schema
+import time
+T = time.ticks_cpu
+D = time.ticks_diff
+a = make_app(slots=SLOTS)
+for i in range(WARM):  # fill the detector's history (window, sigma window), no records yet
+    a.det.step(a.reader.read(), 0)
+gc.collect()
+free_ready = gc.mem_free()
+names = ('read', 'step', 'message', 'append', 'sample', 'none')
+n = len(names)
+ins = [0] * n
+mem = [0] * n
+d = a.det
+for i in range(K):
+    gc.collect()
+    gc.disable()
+    m0 = gc.mem_alloc()
+    t0 = T()
+    v = a.reader.read()
+    t1 = T()
+    m1 = gc.mem_alloc()
+    al = d.step(v, 0)
+    t2 = T()
+    m2 = gc.mem_alloc()
+    msg = schema.telemetry(a.device, a.outbox.next_seq, None, a.names, v, d.pred, d.lo, d.hi, [],
+                           a.model_id())
+    t3 = T()
+    m3 = gc.mem_alloc()
+    a.outbox.append(outbox.TELEMETRY, msg)
+    t4 = T()
+    m4 = gc.mem_alloc()
+    msg = v = al = None
+    gc.enable()
+    gc.collect()
+    gc.disable()
+    m5 = gc.mem_alloc()
+    t5 = T()
+    a.sample(0)
+    t6 = T()
+    m6 = gc.mem_alloc()
+    t7 = T()
+    t8 = T()
+    gc.enable()
+    for j, (x, y) in enumerate(((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t5, t6), (t7, t8))):
+        ins[j] += D(y, x)
+    for j, (x, y) in enumerate(((m0, m1), (m1, m2), (m2, m3), (m3, m4), (m5, m6))):
+        mem[j] += y - x
+gc.collect()
+print('ready', free_ready)
+for j in range(n):
+    print(names[j], ins[j] // K - ins[n - 1] // K, mem[j] // K)
+"""
+
+INFER = """
+import gc, time
+gc.collect()
+a0 = gc.mem_alloc()
+import engine
+m = engine.Model(open('model.ewb', 'rb').read())
+gc.collect()
+a1 = gc.mem_alloc()
+buf = bytearray(m.window * m.channels)
+for i in range(len(buf)):
+    buf[i] = (i * 37) & 0xFF
+m.predict_q(buf)
+T = time.ticks_cpu
+t0 = T()
+for i in range(R):
+    m.predict_q(buf)
+t1 = T()
+for i in range(R):
+    pass
+t2 = T()
+print(a1 - a0, (time.ticks_diff(t1, t0) - time.ticks_diff(t2, t1)) // R, m.model_id, m.window)
+"""
+
+LONG = """
+from rv32app import *
+a = make_app(slots=16)
+for i in range(STEPS):
+    a.sample(0)
+    gc.collect()
+print(gc.mem_free())
+"""
+
+
+def _samples(n: int = 400):
+    import numpy as np
+    from edgewatch.training.forecast.data import load_occupancy, shared_data
+
+    ser = load_occupancy(shared_data() / "occupancy" / "datatest.txt", ["temperature", "humidity"])
+    return (np.round(ser.values[:n].astype(np.float64) * 10) / 10).astype(np.float32).tobytes()
+
+
+def default_models() -> list[Path]:
+    out = [ROOT / "models" / "default" / "model.ewb", ROOT / "tests" / "golden" / "model.ewb"]
+    return [p for p in out if p.exists()]
+
+
+def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
+    board.put_app(blob.read_bytes(), _samples())
+    board.reset()
+    resident, infer, model_id, window = board.run(f"R = {max(k, 10)}\n" + INFER).split()
+    board.reset()
+    lines = board.run(f"SLOTS = 200\nWARM = 70\nK = {k}\n" + PHASES).splitlines()
+    ph = {}
+    for line in lines:
+        parts = line.split()
+        if parts[0] == "ready":
+            free_ready = int(parts[1])
+        elif len(parts) == 3:
+            ph[parts[0]] = (int(parts[1]), int(parts[2]))
+    board.reset()
+    free_after = int(board.run(f"STEPS = {steps}\n" + LONG).split()[-1])
+    board.run("import os\nos.remove('outbox.bin')")
+    sample = ph["sample"][0]
+    return {
+        "model": str(blob.relative_to(ROOT)) if blob.is_relative_to(ROOT) else str(blob), "model_id": model_id, "window": int(window),
+        "instr_inference": int(infer),
+        "instr_detector_step": ph["step"][0],
+        "instr_read": ph["read"][0],
+        "instr_message": ph["message"][0],
+        "instr_outbox_append": ph["append"][0],
+        "instr_sample": sample,
+        "us_sample_at_160MHz": round(sample / rv32.CLOCK_HZ * 1e6, 1),
+        "us_inference_at_160MHz": round(int(infer) / rv32.CLOCK_HZ * 1e6, 1),
+        "alloc_detector_step_B": ph["step"][1],
+        "alloc_message_append_B": ph["message"][1] + ph["append"][1],
+        "alloc_sample_B": ph["sample"][1],
+        "heap_engine_model_mpy_B": int(resident),
+        "heap_free_app_ready_B": free_ready,
+        f"heap_free_after_{steps}_samples_B": free_after,
+        "goal_sample_le_160000": sample <= GOAL_SAMPLE,
+        "goal_step_alloc_0": ph["step"][1] == 0,
+    }
+
+
+def bench(fast: bool = False, models: list[Path] | None = None, k: int | None = None,
+          steps: int | None = None) -> dict:
+    """Figures per model (see the module docstring) and the build's facts."""
+    t0 = time.monotonic()
+    rt = rv32.build()
+    k = k or (3 if fast else 8)
+    steps = steps or (30 if fast else 1000)
+    rows = []
+    with rv32.Board.start(rt) as board:
+        for blob in models or default_models():
+            rows.append(bench_model(board, blob, k, steps))
+    info = rv32.build_info()
+    return {"records": rows, "micropython": rt.version, "heap": rt.heap,
+            "build_seconds": info.get("build_seconds"), "seconds": round(time.monotonic() - t0, 1),
+            "isa": "RV32IMC (ESP32-C3), qemu -icount shift=0; Xtensa (ESP32) not emulated"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.bench_rv32", description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", help="model folder or .ewb (repeatable)")
+    p.add_argument("--samples", type=int, default=None, help="samples for the heap figure (1000)")
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    models = None
+    if args.model:
+        models = []
+        for m in args.model:
+            path = Path(m)
+            path = path / "model.ewb" if path.is_dir() else path
+            if not path.is_file():
+                print(f"bench_rv32: no model blob at {path}", file=sys.stderr)
+                return 2
+            models.append(path.resolve())
+    try:
+        res = bench(args.fast, models, steps=args.samples)
+    except rv32.BuildError as e:
+        print(f"bench_rv32: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    print(f"MicroPython {res['micropython']} RV32, heap {res['heap']} B, {res['isa']}")
+    for r in res["records"]:
+        for key, v in r.items():
+            print(f"{key:32s} {v}")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
