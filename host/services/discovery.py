@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 
+from edgewatch.core.schema import DEFAULT_PREFIX
+
 DISCOVERY_PREFIX = "homeassistant"
 # Known channels get Home Assistant's device class and unit; others are plain sensors.
 KNOWN = {
@@ -27,7 +29,7 @@ KNOWN = {
 }
 
 
-def configs(device: str, channels, prefix: str = "edgewatch", model: str | None = None,
+def configs(device: str, channels, prefix: str = DEFAULT_PREFIX, model: str | None = None,
             fw: str | None = None, discovery_prefix: str = DISCOVERY_PREFIX) -> dict[str, dict]:
     """topic -> config payload of every entity of one device."""
     base = f"{prefix}/{device}"
@@ -63,7 +65,7 @@ def configs(device: str, channels, prefix: str = "edgewatch", model: str | None 
     return out
 
 
-def publish(client, device: str, channels, prefix: str = "edgewatch", **kw) -> list:
+def publish(client, device: str, channels, prefix: str = DEFAULT_PREFIX, **kw) -> list:
     """Publish the retained discovery configs of one device; the paho MessageInfo of each."""
     return [client.publish(topic, json.dumps(cfg, separators=(",", ":")), qos=1, retain=True)
             for topic, cfg in configs(device, channels, prefix, **kw).items()]
