@@ -74,6 +74,12 @@ def feed():
         wdt.feed()
 
 
+def sim_flash_opener():
+    """Simulation hook: the host stand-in's machine.flash_open (can tear a write, for the
+    power-cut test) where it exists; open() on a board."""
+    return getattr(machine, "flash_open", open)
+
+
 class App:
     """One board: sensor, detector, outbox and link, wired from the config."""
 
@@ -97,9 +103,7 @@ class App:
         self.reader = sensors.Reader(sensors.make_sensor(kind, board, machine), kind,
                                      cfg["read_retries"], cfg["retry_ms"], feed=feed)
         ob = cfg["outbox"]
-        # the host stand-in's machine.flash_open can tear a write (power-cut test)
-        opener = getattr(machine, "flash_open", open)
-        self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], opener)
+        self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], sim_flash_opener())
         wlan = None
         if cfg["wifi"]:
             import network
@@ -110,16 +114,12 @@ class App:
         self.t_alert = schema.topic(p, dev, "alert")
         self.t_status = schema.topic(p, dev, "status")
         self.t_model = schema.topic(p, dev, "model")
-        link = self.link = Link(cfg, wlan, log)
-        link.will_topic = self.t_status
-        link.will = schema.will(dev)
-        link.subscriptions = [self.t_model]
-        link.file_topic = self.t_model.encode()
         mf = cfg["model_file"]
-        self.new_file = link.file_path = mf[:mf.rfind(".")] + ".new" if "." in mf else mf + ".new"
-        link.file_max = MAX_BLOB
-        link.on_file = self._on_model_file
-        link.on_connect = self.publish_status
+        self.new_file = mf[:mf.rfind(".")] + ".new" if "." in mf else mf + ".new"
+        self.link = Link(cfg, wlan, log, subscriptions=(self.t_model,),
+                         will=(self.t_status, schema.will(dev)),
+                         file=(self.t_model.encode(), self.new_file, MAX_BLOB, self._on_model_file),
+                         on_connect=self.publish_status)
         self.started = time.ticks_ms()
         self.samples = self.sent = self.alerts = 0
         self.shift_run = 0  # samples in a row the shift rule has flagged
@@ -329,7 +329,7 @@ class App:
                 free = gc.mem_free()
                 if free < self.heap_min:
                     self.heap_min = free
-                if stop_after and self.samples >= stop_after:
+                if stop_after and self.samples >= stop_after:  # simulation hook
                     break
             self._service_link(next_due)
             if status_every and link.up and \
@@ -339,7 +339,7 @@ class App:
             wait = time.ticks_diff(next_due, time.ticks_ms())
             if wait > 0:
                 time.sleep_ms(wait if wait < 500 else 500)
-        self._finish()
+        self._sim_finish()
 
     def _service_link(self, next_due):
         # link work: receive, model swap, send
@@ -348,7 +348,11 @@ class App:
             self.apply_blob()
         self.drain(time.ticks_add(next_due, -_SLACK_MS))
 
-    def _finish(self):
+    # -- simulation hooks (host runs only; inert on a board) -------------------
+    # config "stop_after" / "drain_ms" end a simulated run after N samples (see run()),
+    # delivering the outbox first; machine.flash_open (the host stand-in) is the flash
+    # that can tear a write for the power-cut test (sim_flash_opener, above the class).
+    def _sim_finish(self):
         # simulation end: deliver what is queued, then report
         deadline = time.ticks_add(time.ticks_ms(), self.cfg["drain_ms"])
         while self.outbox.depth and time.ticks_diff(deadline, time.ticks_ms()) > 0:

@@ -1,7 +1,7 @@
 # Parse and check an edgewatch model blob (format: docs/model_blob.md).
 #
 # Runs unchanged on MicroPython (the board's engine loads models with it) and
-# on CPython (training/blob.py reads blobs back through this very module), so
+# on CPython (edgewatch.training.export.blob reads blobs back through this very module), so
 # the format has one reader. Everything wrong with a blob is a BlobError whose
 # message says what is wrong; nothing here trusts a length before checking it.
 import binascii

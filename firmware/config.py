@@ -2,7 +2,7 @@
 
 `config.json` holds what differs per device (id, broker, credentials, thresholds);
 `board.json` is the resolved board file (`boards/<name>.json` merged with its base
-by `host/boards.py` at deploy time) and holds the pins. Every default lives in
+by `edgewatch.board.catalog` at deploy time) and holds the pins. Every default lives in
 DEFAULTS below and nowhere else; k, eps and sigma_window come from the model blob
 unless the config sets them.
 """

@@ -12,7 +12,7 @@ read     the sensor gave no value after its bounded retries
 shift    a sustained shift (when the blob carries a shift calibration): the rolling mean
          of the last W samples, per channel u = (mean - center) / spread, fires when
          both max|u| > f and u'Mu > f*f (M: the fit rows' inverse covariance, scaled) --
-         the host's ms-ensemble view, calibrated by training/shiftcal.py
+         the host's ms-ensemble view, calibrated by edgewatch.training.export.shiftcal
 
 Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units.
 History is kept in physical units, so a model swapped in over the air (new scaler)

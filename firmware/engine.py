@@ -4,7 +4,7 @@
 # given) and refuses a bad one with BlobError before anything is used. All
 # buffers are allocated here, once: predict_q() allocates nothing; predict()
 # only the floats it is given and returns. The int8 results equal TensorFlow
-# Lite Micro's bit for bit (tests/test_engine_bitexact.py).
+# Lite Micro's bit for bit (tests/firmware/test_engine_bitexact.py).
 #
 # Only the time steps the output depends on are computed: with the default
 # causal TCN that is about a quarter of the convolution work.
@@ -32,7 +32,7 @@ def default_kernels():
 
 
 def _free_parser():
-    # On the board the parser is precompiled (.mpy, host/deploy.py): loading it
+    # On the board the parser is precompiled (.mpy, edgewatch.board.deploy): loading it
     # again for the next model compiles nothing, so free its ~9 KB until then.
     # From source (the host tests) it stays: recompiling needs a ~40 KB peak.
     b = sys.modules.get("blob")
@@ -223,7 +223,7 @@ class Model:
                 v = 1000.0
             elif v < -1000.0:
                 v = -1000.0
-            # round() rounds half to even, as training/convert.py quantises
+            # round() rounds half to even, as edgewatch.training.export.convert quantises
             q = round(v) + zp
             if q < -128:
                 q = -128

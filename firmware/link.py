@@ -192,11 +192,21 @@ class _FileClient(_simple.MQTTClient):
         self.on_file(sz, crc, err)
 
 
-class Link:
-    """Connection state machine. `on_message(topic, payload)` receives subscribed messages;
-    `on_connect()` returns the status payload to publish (retained) on each connect."""
+def _ignore(topic, msg):
+    # umqtt needs a callback to subscribe; every subscription of ours is a file topic
+    pass
 
-    def __init__(self, cfg, wlan=None, log=print):
+
+class Link:
+    """Connection state machine, wired once through its constructor.
+
+    `subscriptions`: topics subscribed (QoS 1) on every connect; `will`: (topic, payload)
+    of the retained last will; `file`: (topic, path, max_bytes, on_file) — that topic's
+    payload is received straight into the file, `on_file(size, crc, err)` told after; `on_connect()`
+    is called after each connect (the app publishes its retained status)."""
+
+    def __init__(self, cfg, wlan=None, log=print, subscriptions=(), will=None, file=None,
+                 on_connect=None):
         self.cfg = cfg
         self.wlan = wlan
         self.log = log
@@ -207,18 +217,13 @@ class Link:
         self.wifi_asked = False
         self.wifi_deadline = 0
         self.attempts = 0
-        self.connects = 0
         self.timeout_s = cfg["socket_timeout_ms"] / 1000
-        self.subscriptions = []
-        self.on_message = None
-        self.file_topic = None  # the subscription received into a file (the model)
-        self.file_path = None
-        self.file_max = 0
-        self.on_file = None
+        self.subscriptions = list(subscriptions)
+        # the subscription received into a file (the model): topic, path, size limit, callback
+        self.file_topic, self.file_path, self.file_max, self.on_file = file or (None, None, 0, None)
         self._buf = bytearray(256)  # the file topic's receive buffer, for the board's life
-        self.on_connect = None
-        self.will_topic = None
-        self.will = None
+        self.on_connect = on_connect
+        self.will_topic, self.will = will or (None, None)
         self.last_io = _ticks()
         self._ctx = None
         if cfg["tls"]:
@@ -258,12 +263,8 @@ class Link:
                 client.ssl = self._ctx
         if self.will_topic:
             client.set_last_will(self.will_topic, self.will, retain=True, qos=1)
-        client.set_callback(self._on_msg)
+        client.set_callback(_ignore)
         return client
-
-    def _on_msg(self, topic, msg):
-        if self.on_message:
-            self.on_message(topic, msg)
 
     def service(self):
         """Advance the connection (at most one short attempt) and read incoming messages."""
@@ -303,7 +304,6 @@ class Link:
             for t in self.subscriptions:
                 client.subscribe(t, qos=1)
             self.up = True
-            self.connects += 1
             self.last_io = _ticks()
             self.backoff.reset()
             self.attempts = 0

@@ -1,4 +1,4 @@
-"""Builders of the MQTT messages of docs/messages.md (the host parses them in host/schema.py).
+"""Builders of the MQTT messages of docs/messages.md (the host parses them in edgewatch.core.schema).
 
 Each builder returns the JSON text of one message. Readings are rounded to 2
 decimals and predictions/bands to 3, which bounds a telemetry message to about

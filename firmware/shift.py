@@ -2,7 +2,7 @@
 #
 # Per channel u = (rolling mean of the last W samples - center) / spread; alert when the
 # worst channel's |u| > f (view A) and u'Mu > f*f (view B, Mahalanobis). The constants
-# come from the model blob's shift section (docs/model_blob.md); training/shiftcal.py
+# come from the model blob's shift section (docs/model_blob.md); edgewatch.training.export.shiftcal
 # calibrates them on the training rows and computes the same test in numpy.
 import struct
 from array import array

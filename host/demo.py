@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from edgewatch.core import firmware
+from edgewatch.core.schema import DEFAULT_PREFIX
 
 ROOT = firmware.ROOT
 BIN = Path(sys.executable).parent
@@ -114,13 +115,9 @@ class Broker:
     def stop(self) -> None:
         if self._mosq:
             self._mosq.stop()
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        from edgewatch.services.broker import terminate
+
+        terminate(self._proc, 10)
 
 
 class Service:
@@ -160,7 +157,7 @@ class Listener:
     def __init__(self, port: int):
         from edgewatch.services.mqtt_watch import Watch
 
-        self.watch = Watch(port, "edgewatch/+/telemetry")
+        self.watch = Watch(port, f"{DEFAULT_PREFIX}/+/telemetry")
 
     @property
     def pred(self) -> dict[str, dict[int, dict]]:

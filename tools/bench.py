@@ -147,7 +147,7 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
         L += ["## NAB (machine_temperature + ambient_temperature system failure)", "",
               f"Command: `edgewatch evaluate --suite nab{' --fast' if res.get('fast') else ''}`. "
               "Scorer: `training/evaluation/nab.py`, checked against NAB's published raw scores of "
-              "Numenta HTM and Windowed Gaussian to 1e-6 (tests/test_nab.py). Our detectors fit on "
+              "Numenta HTM and Windowed Gaussian to 1e-6 (tests/training/test_nab.py). Our detectors fit on "
               "the probationary rows (first 15 %, at most 750) and each alert episode's onset is a "
               "detection. Scores are normalised over these two files only (0 = never fires, "
               "100 = perfect), so they are not NAB's corpus-wide scoreboard (HTM 70.5, "

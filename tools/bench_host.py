@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from edgewatch.core.schema import DEFAULT_PREFIX
 from edgewatch.services.broker import Broker, free_port
 
 from tools.twilio_sink import TwilioSink
@@ -40,7 +41,7 @@ HOST_PW = "bench-host-pw"
 class Fleet:
     """``n`` device connections on one thread (paho external loop over a selector)."""
 
-    def __init__(self, port: int, n: int, prefix: str = "edgewatch"):
+    def __init__(self, port: int, n: int, prefix: str = DEFAULT_PREFIX):
         self.sel = selectors.DefaultSelector()
         self.clients: list[mqtt.Client] = []
         self.acked = 0

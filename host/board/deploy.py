@@ -23,12 +23,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from edgewatch.core import firmware as firmware_files
+from edgewatch.core import mpy
 from edgewatch.core.errors import UserError
+from edgewatch.core.mpy import bin_path
 
 ROOT = firmware_files.ROOT
 FIRMWARE = firmware_files.locate("firmware")
@@ -53,17 +54,6 @@ SECRET_KEYS = {
 }
 BOARD_FILE = "board.json"
 CA_NAME = "ca.pem"
-
-
-def bin_path(name: str) -> str:
-    """A console script installed next to this Python (the project's .venv), else on PATH."""
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        raise UserError(f"{name} not found: run `make setup`")
-    return found
 
 
 def check_port(port: str | None, what: str = "deploy") -> str:
@@ -151,24 +141,12 @@ def build_config(board_name: str, board: dict, secrets: dict, device_id: str | N
     return cfg
 
 
-def mpy_cross(src: Path, dst: Path, arch: str | None, name: str | None = None) -> None:
-    """Precompile one module; a failure names the file and mpy-cross's message."""
-    argv = [bin_path("mpy-cross")]
-    if arch:
-        argv.append(f"-march={arch}")
-    # tracebacks on the board name the board's file, not the host path it was built from
-    argv += ["-s", name or src.name, str(src), "-o", str(dst)]
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode:
-        raise UserError(f"mpy-cross {src.name}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
-
-
 def mpy_cross_version() -> int:
     """The .mpy format version this mpy-cross writes (6 for MicroPython ≥ 1.20)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "v.py"
         src.write_text("x = 1\n")
-        mpy_cross(src, src.with_suffix(".mpy"), None)
+        mpy.cross_compile(src, src.with_suffix(".mpy"), None)
         return src.with_suffix(".mpy").read_bytes()[1]
 
 
@@ -185,7 +163,7 @@ def stage_code(out: Path, arch: str | None, compile_mpy: bool, umqtt_from: str |
         if compile_mpy and rel.name not in KEEP_SOURCE:
             dst = out / rel.with_suffix(".mpy")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            mpy_cross(src, dst, arch, rel.as_posix())
+            mpy.cross_compile(src, dst, arch, rel.as_posix())
         else:
             dst = out / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +181,7 @@ def stage_code(out: Path, arch: str | None, compile_mpy: bool, umqtt_from: str |
             dst = out / (rel.with_suffix(".mpy") if compile_mpy else rel)
             dst.parent.mkdir(parents=True, exist_ok=True)
             if compile_mpy:
-                mpy_cross(src, dst, arch, rel.as_posix())
+                mpy.cross_compile(src, dst, arch, rel.as_posix())
             else:
                 shutil.copy(src, dst)
             files.append(dst.relative_to(out).as_posix())
@@ -241,17 +219,23 @@ def remove_snippet(paths: list[str]) -> str:
     return f"import os\nfor n in {paths!r}:\n try:\n  os.remove(n)\n except OSError:\n  pass\n"
 
 
-class Mpremote:
-    """Talks to the board through mpremote (one connection per chained command list)."""
+class _Tool:
+    """A board tool run as a command on the port; its failures end as one line."""
 
-    name = "mpremote"
+    name = ""
+    timeout = 120.0
+    silent_hint = ""  # added to "no answer" when the tool times out
 
     def __init__(self, port: str):
         self.port = port
 
-    def _run(self, args: list[str], timeout: float = 300, on_line=None) -> str:
-        """mpremote with ``args``; ``on_line`` sees each stdout line as it comes (progress)."""
-        argv = [bin_path("mpremote"), "connect", self.port, *args]
+    def _argv(self, args: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def _run(self, args: list[str], timeout: float | None = None, on_line=None) -> str:
+        """The tool with ``args``; ``on_line`` sees each stdout line as it comes (progress)."""
+        timeout = self.timeout if timeout is None else timeout
+        argv = self._argv(args)
         try:
             if on_line is None:
                 r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -259,12 +243,23 @@ class Mpremote:
             else:
                 code, out, err = _streamed(argv, timeout, on_line)
         except subprocess.TimeoutExpired:
-            raise UserError(f"mpremote on {self.port}: no answer within {timeout:.0f} s "
-                            "(is MicroPython running? try `make repl`)") from None
+            raise UserError(f"{self.name} on {self.port}: no answer within {timeout:.0f} s"
+                            f"{self.silent_hint}") from None
         if code:
             msg = (err.strip() or out.strip() or "failed").splitlines()[-1]
-            raise UserError(f"mpremote on {self.port}: {msg}")
+            raise UserError(f"{self.name} on {self.port}: {msg}")
         return out
+
+
+class Mpremote(_Tool):
+    """Talks to the board through mpremote (one connection per chained command list)."""
+
+    name = "mpremote"
+    timeout = 300.0
+    silent_hint = " (is MicroPython running? try `make repl`)"
+
+    def _argv(self, args: list[str]) -> list[str]:
+        return [bin_path("mpremote"), "connect", self.port, *args]
 
     def mpy_info(self) -> int:
         out = self._run(["exec", "import sys; print(getattr(sys.implementation, '_mpy', 0))"], 30)
@@ -305,24 +300,13 @@ class Mpremote:
         self._run(["reset"], 30)
 
 
-class Ampy:
+class Ampy(_Tool):
     """Talks to the board through adafruit-ampy (one connection per command)."""
 
     name = "ampy"
 
-    def __init__(self, port: str):
-        self.port = port
-
-    def _run(self, args: list[str], timeout: float = 120) -> str:
-        argv = [bin_path("ampy"), "--port", self.port, *args]
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise UserError(f"ampy on {self.port}: no answer within {timeout:.0f} s") from None
-        if r.returncode:
-            msg = (r.stderr.strip() or r.stdout.strip() or "failed").splitlines()[-1]
-            raise UserError(f"ampy on {self.port}: {msg}")
-        return r.stdout
+    def _argv(self, args: list[str]) -> list[str]:
+        return [bin_path("ampy"), "--port", self.port, *args]
 
     def _script(self, code: str) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:

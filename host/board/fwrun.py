@@ -23,16 +23,12 @@ from pathlib import Path
 
 from edgewatch.board.catalog import heap_budget, load_board
 from edgewatch.core import mpy
+from edgewatch.core.schema import DEFAULT_PREFIX
 
 MAIN = mpy.FIRMWARE / "main.py"
 BUILD = mpy.ROOT / "build" / "firmware-mpy"
 # mpy-cross -march for this host, so viper kernels load as native code like on the board
 _MARCH = {"x86_64": "x64", "AMD64": "x64", "i686": "x86", "armv7l": "armv7m"}
-
-
-def _mpy_cross() -> str:
-    here = Path(mpy.micropython_binary()).parent / "mpy-cross"
-    return str(here) if here.exists() else (shutil.which("mpy-cross") or "mpy-cross")
 
 
 def build_mpy(dest: Path = BUILD) -> list[Path]:
@@ -62,12 +58,7 @@ def build_mpy(dest: Path = BUILD) -> list[Path]:
             obj.parent.mkdir(parents=True, exist_ok=True)
             if src.parent != src_dir:  # a package (umqtt): its __init__ as source
                 (obj.parent / "__init__.py").touch()
-            tmp = obj.with_suffix(f".{os.getpid()}.tmp")
-            argv = [_mpy_cross(), "-o", str(tmp), str(src)]
-            if march:
-                argv.insert(1, f"-march={march}")
-            subprocess.run(argv, check=True, capture_output=True)
-            os.replace(tmp, obj)  # atomic: parallel test runs may build at once
+            mpy.cross_compile(src, obj, march, src.relative_to(src_dir).as_posix())
     # main.py runs as source, as on a board, from beside the compiled modules: a script's
     # own folder comes first on sys.path, and firmware/ would shadow them with sources
     main = dest / "firmware" / "main.py"
@@ -122,7 +113,7 @@ class Listener:
     With `persistent` (needs a client_id) its session survives a broker restart with
     persistence, so nothing published while it reconnects is lost to it."""
 
-    def __init__(self, port: int, topic: str = "edgewatch/#", client_id: str = "",
+    def __init__(self, port: int, topic: str = f"{DEFAULT_PREFIX}/#", client_id: str = "",
                  persistent: bool = False, user: tuple[str, str] | None = None):
         import threading
 

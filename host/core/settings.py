@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from edgewatch.core.errors import UserError
+from edgewatch.core.schema import DEFAULT_PREFIX
 
 SECRET_VARS = ("TWILIO_AUTH_TOKEN", "TWILIO_API_SECRET", "MQTT_PASSWORD", "SMTP_PASSWORD",
                "EDGEWATCH_WEBHOOK_TOKEN", "EDGEWATCH_MODEL_KEY", "EDGEWATCH_OTA_KEY", "OTA_KEY")
@@ -133,7 +134,7 @@ class MqttSettings:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    prefix: str = "edgewatch"
+    prefix: str = DEFAULT_PREFIX
 
     @property
     def url(self) -> str:
@@ -173,7 +174,7 @@ def mqtt_settings(args) -> MqttSettings:
         ca_file=getattr(args, "ca_file", None) or env("MQTT_CA_FILE"),
         cert_file=getattr(args, "cert_file", None) or env("MQTT_CERT_FILE"),
         key_file=getattr(args, "key_file", None) or env("MQTT_KEY_FILE"),
-        prefix=(getattr(args, "prefix", None) or env("EDGEWATCH_PREFIX", "edgewatch")).strip("/"),
+        prefix=(getattr(args, "prefix", None) or env("EDGEWATCH_PREFIX", DEFAULT_PREFIX)).strip("/"),
     )
     add_secret(s.password)
     for label, f in (("CA file", s.ca_file), ("certificate", s.cert_file), ("key", s.key_file)):
@@ -258,20 +259,6 @@ def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
     if outcome["rc"].is_failure:
         client.loop_stop()
         raise UserError(f"{s.url}: the MQTT broker refused the connection: {outcome['rc']}")
-
-
-def serve_until_signal(service, banner: str) -> None:
-    """Start ``service``, print ``banner``, run until SIGTERM/SIGINT, then stop it."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    service.start()
-    print(banner, flush=True)
-    stop.wait()
-    service.stop()
 
 
 def fleet_key(var: str | None = None) -> bytes:

@@ -66,15 +66,25 @@ def latest_json(rec: Telemetry) -> str:
 
 
 class Dialect:
-    """What differs between the three databases: driver, types, 'insert unless present', upsert."""
+    """What differs between the three databases: driver, types, 'insert unless present', upsert.
+
+    The SQL that differs is data (templates); the methods that fill them are shared.
+    """
 
     name = "sqlite"
     ph = "?"
     real = "DOUBLE PRECISION"
     big = "BIGINT"
+    greatest = "MAX"
+    quote = '"{}"'
+    insert_new_sql = "INSERT INTO {table} ({c}) VALUES ({v}) ON CONFLICT DO NOTHING"
+    # upsert: the stored and the incoming value of a column, the conflict clause
+    old_sql = "{table}.{col}"
+    new_sql = "excluded.{col}"
+    on_key_sql = "ON CONFLICT ({key}) DO UPDATE SET"
 
     def q(self, ident: str) -> str:
-        return f'"{ident}"'
+        return self.quote.format(ident)
 
     def columns(self, cols) -> tuple[str, str]:
         """The quoted column list and the matching placeholders of an INSERT."""
@@ -82,16 +92,16 @@ class Dialect:
 
     def insert_new(self, table: str, cols) -> str:
         c, v = self.columns(cols)
-        return f"INSERT INTO {table} ({c}) VALUES ({v}) ON CONFLICT DO NOTHING"
+        return self.insert_new_sql.format(table=table, c=c, v=v)
 
     def upsert(self, table: str, cols, key: str, merge: dict[str, str]) -> str:
         """Insert or update ``cols``; ``merge`` maps a column to an expression of old/new."""
         c, v = self.columns(cols)
-        sets = ", ".join(f"{self.q(k)} = {e.format(old=f'{table}.{self.q(k)}', new=f'excluded.{self.q(k)}')}"
-                         for k, e in merge.items())
-        return f"INSERT INTO {table} ({c}) VALUES ({v}) ON CONFLICT ({self.q(key)}) DO UPDATE SET {sets}"
-
-    greatest = "MAX"
+        sets = ", ".join(
+            f"{self.q(k)} = "
+            f"{e.format(old=self.old_sql.format(table=table, col=self.q(k)), new=self.new_sql.format(col=self.q(k)))}"
+            for k, e in merge.items())
+        return f"INSERT INTO {table} ({c}) VALUES ({v}) {self.on_key_sql.format(key=self.q(key))} {sets}"
 
 
 class Postgres(Dialect):
@@ -105,19 +115,11 @@ class MySQL(Dialect):
     ph = "%s"
     real = "DOUBLE"
     greatest = "GREATEST"
-
-    def q(self, ident: str) -> str:
-        return f"`{ident}`"
-
-    def insert_new(self, table: str, cols) -> str:
-        c, v = self.columns(cols)
-        return f"INSERT IGNORE INTO {table} ({c}) VALUES ({v})"
-
-    def upsert(self, table: str, cols, key: str, merge: dict[str, str]) -> str:
-        c, v = self.columns(cols)
-        sets = ", ".join(f"{self.q(k)} = {e.format(old=self.q(k), new=f'VALUES({self.q(k)})')}"
-                         for k, e in merge.items())
-        return f"INSERT INTO {table} ({c}) VALUES ({v}) ON DUPLICATE KEY UPDATE {sets}"
+    quote = "`{}`"
+    insert_new_sql = "INSERT IGNORE INTO {table} ({c}) VALUES ({v})"
+    old_sql = "{col}"
+    new_sql = "VALUES({col})"
+    on_key_sql = "ON DUPLICATE KEY UPDATE"
 
 
 def connect(url: str, create: bool = True):

@@ -37,16 +37,15 @@ from edgewatch.core.errors import UserError
 from edgewatch.core.schema import Alert, SchemaError, Status, parse, to_json
 from edgewatch.core.settings import (
     MqttSettings,
-    add_mqtt_arguments,
     connect,
     env,
     mqtt_client,
     mqtt_settings,
     safe_url,
-    serve_until_signal,
 )
 from edgewatch.core.store import Store
 from edgewatch.services.collector import parse_devices
+from edgewatch.services.daemon import add_service_arguments, serve_metrics, serve_until_signal
 from edgewatch.services.metrics import Devices, Metrics, setup_logging
 from edgewatch.services.notifiers import Message, Notifier, PermanentError, TransientError, from_env
 
@@ -621,16 +620,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--retry-base", type=float, default=1.0,
                         help="first retry delay in seconds (doubles each time)")
     parser.add_argument("--retry-cap", type=float, default=300.0, help="longest retry delay")
-    parser.add_argument("--group", help="shared-subscription group: bridges with the same group "
-                        "split the alerts (env EDGEWATCH_GROUP)")
-    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
-    parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
-                        "env EDGEWATCH_DEVICES); alerts of others are counted and dropped")
-    parser.add_argument("--metrics-port", type=int,
-                        help="serve Prometheus metrics on this port (env EDGEWATCH_METRICS_PORT)")
-    parser.add_argument("--metrics-addr", default="127.0.0.1")
-    parser.add_argument("--log-level", default="info")
-    add_mqtt_arguments(parser)
+    add_service_arguments(parser, "bridges with the same group split the alerts",
+                          "alerts of others are counted and dropped")
 
 
 def _number(value, name: str, default: float) -> float:
@@ -655,12 +646,7 @@ def run(args) -> int:
                     max_per_minute=int(_number(args.max_per_minute if args.max_per_minute
                                                is not None else env("EDGEWATCH_MAX_PER_MINUTE"),
                                                "--max-per-minute", 20)))
-    metrics = Metrics("bridge")
-    port = args.metrics_port or (int(env("EDGEWATCH_METRICS_PORT"))
-                                 if env("EDGEWATCH_METRICS_PORT") else None)
-    if port is not None:
-        bound = metrics.serve(port, args.metrics_addr)
-        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
+    metrics = serve_metrics("bridge", args, log)
     url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
     results = None
     if url.lower() != "none":

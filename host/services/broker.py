@@ -103,6 +103,17 @@ def _make_tls(folder: Path, clients: list[str]) -> dict[str, Path]:
     return out
 
 
+def terminate(proc: subprocess.Popen | None, grace: float = 5) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL after ``grace`` seconds; reaped either way."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class Broker:
     """A Mosquitto process owned by the caller. Context manager; `stop()`/`start()` keep the port."""
 
@@ -182,13 +193,7 @@ class Broker:
         raise RuntimeError(f"mosquitto did not listen on {ports} within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self.proc = None
 
     @property

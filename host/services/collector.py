@@ -30,16 +30,15 @@ from edgewatch.core.errors import UserError
 from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
 from edgewatch.core.settings import (
     MqttSettings,
-    add_mqtt_arguments,
     connect,
     env,
     mqtt_client,
     mqtt_settings,
     safe_url,
-    serve_until_signal,
 )
 from edgewatch.core.store import Store
 from edgewatch.services import discovery
+from edgewatch.services.daemon import add_service_arguments, serve_metrics, serve_until_signal
 from edgewatch.services.metrics import Devices, Metrics, setup_logging
 
 log = logging.getLogger("edgewatch.collector")
@@ -338,21 +337,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--db", help="database URL: sqlite:///file.db (default "
                         "sqlite:///edgewatch.db), postgresql://..., mysql://... (env EDGEWATCH_DB_URL)")
     parser.add_argument("--table-prefix", default="", help="prefix of the table names")
-    parser.add_argument("--group", help="shared-subscription group: instances with the same "
-                        "group split the messages (env EDGEWATCH_GROUP)")
-    parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
-                        "env EDGEWATCH_DEVICES); others are counted and dropped")
     parser.add_argument("--batch", type=int, default=1000, help="max messages per transaction")
     parser.add_argument("--flush-ms", type=int, default=100,
                         help="max wait to fill a batch (ms)")
-    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
     parser.add_argument("--no-discovery", action="store_true",
                         help="do not publish Home Assistant discovery configs")
-    parser.add_argument("--metrics-port", type=int,
-                        help="serve Prometheus metrics on this port (env EDGEWATCH_METRICS_PORT)")
-    parser.add_argument("--metrics-addr", default="127.0.0.1")
-    parser.add_argument("--log-level", default="info")
-    add_mqtt_arguments(parser)
+    add_service_arguments(parser, "instances with the same group split the messages",
+                          "others are counted and dropped")
 
 
 def run(args) -> int:
@@ -362,12 +353,7 @@ def run(args) -> int:
     url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
     devices = parse_devices(args.devices or env("EDGEWATCH_DEVICES"))
     store = Store(url, args.table_prefix)
-    metrics = Metrics("collector")
-    port = args.metrics_port or (int(env("EDGEWATCH_METRICS_PORT")) if env("EDGEWATCH_METRICS_PORT")
-                                 else None)
-    if port is not None:
-        bound = metrics.serve(port, args.metrics_addr)
-        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
+    metrics = serve_metrics("collector", args, log)
     col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
                     ha_discovery=not args.no_discovery, metrics=metrics)

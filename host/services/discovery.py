@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import re
 
+from edgewatch.core.schema import DEFAULT_PREFIX
+
 DISCOVERY_PREFIX = "homeassistant"
 # Known channels get Home Assistant's device class and unit; others are plain sensors.
 KNOWN = {
@@ -54,7 +56,7 @@ def _entity_id(component: str, device: str, obj: str) -> str:
     return f"{component}." + re.sub(r"[^a-z0-9]+", "_", f"{device}_{obj}".lower()).strip("_")
 
 
-def configs(device: str, channels, prefix: str = "edgewatch", model: str | None = None,
+def configs(device: str, channels, prefix: str = DEFAULT_PREFIX, model: str | None = None,
             fw: str | None = None, discovery_prefix: str = DISCOVERY_PREFIX) -> dict[str, dict]:
     """topic -> config payload of every entity of one device.
 
@@ -105,7 +107,7 @@ def configs(device: str, channels, prefix: str = "edgewatch", model: str | None 
     return out
 
 
-def publish(client, device: str, channels, prefix: str = "edgewatch", **kw) -> list:
+def publish(client, device: str, channels, prefix: str = DEFAULT_PREFIX, **kw) -> list:
     """Publish the retained discovery configs of one device; the paho MessageInfo of each."""
     return [client.publish(topic, json.dumps(cfg, separators=(",", ":")), qos=1, retain=True)
             for topic, cfg in configs(device, channels, prefix, **kw).items()]

@@ -13,13 +13,13 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
-from edgewatch.core.schema import parse
+from edgewatch.core.schema import DEFAULT_PREFIX, parse
 
 
 class Watch:
     """A paho client that records parsed messages (``records``) and refused ones (``bad``)."""
 
-    def __init__(self, port: int, topic: str = "edgewatch/#", user: str | None = None,
+    def __init__(self, port: int, topic: str = f"{DEFAULT_PREFIX}/#", user: str | None = None,
                  password: str | None = None, host: str = "127.0.0.1", timeout: float = 10.0):
         self.records: list = []
         self.bad: list = []

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import socket
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 from edgewatch.core import firmware
 from edgewatch.core.errors import UserError
 from edgewatch.core.schema import SchemaError, Telemetry, parse, parse_alert
 from edgewatch.core.settings import add_mqtt_arguments, connect, mqtt_client, mqtt_settings
+from edgewatch.services.daemon import serve_until_signal
 from edgewatch.services.metrics import Metrics, setup_logging
 
 log = logging.getLogger("edgewatch.score")
@@ -201,13 +202,12 @@ def run(args) -> int:
 
     client.on_message = on_message
     # No shared subscription: the rule needs each device's history in one process.
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    connect(client, mqtt, [(f"{mqtt.prefix}/+/telemetry", 1)])
-    print(f"scoring with model {model.model_id} ({', '.join(model.names)}, window "
-          f"{model.window})", flush=True)
-    stop.wait()
-    client.disconnect()
-    client.loop_stop()
+    def stop() -> None:
+        client.disconnect()
+        client.loop_stop()
+
+    service = SimpleNamespace(start=lambda: connect(client, mqtt, [(f"{mqtt.prefix}/+/telemetry", 1)]),
+                              stop=stop)
+    serve_until_signal(service, f"scoring with model {model.model_id} ({', '.join(model.names)}, "
+                                f"window {model.window})")
     return 0

@@ -49,8 +49,30 @@ def test_round_trip_write_read_write(model):
     assert np.allclose(back.offset, scaler.offset, rtol=1e-6)
     assert back.model_id == blob.model_id_of(tflite)
     assert back.residual is True
-    kinds = [op[0] for op in back.ops]
+    kinds = [op.kind for op in back.ops]
     assert kinds.count(blob.OP_CONV) == 4 and blob.OP_FC in kinds and blob.OP_ADD in kinds
+
+
+def test_host_ops_are_named_records_in_the_boards_field_order(model):
+    """The host names each op's fields; the tuples stay the board's compact records."""
+    raw, tflite, cfg, scaler = model
+    spec = blob.read(raw)
+    types = {blob.OP_CONV: blob.ConvOp, blob.OP_FC: blob.ConvOp, blob.OP_ADD: blob.AddOp,
+             blob.OP_SLICE: blob.SliceOp}
+    tensors = spec.tensors
+    for op in spec.ops:
+        assert type(op) is types[op.kind]
+        assert op.dst < len(tensors) and op.src < len(tensors)
+        if isinstance(op, blob.ConvOp):
+            assert len(op.weights) == op.out_ch * op.kernel * op.in_ch
+            assert len(op.bias) == len(op.multiplier) == len(op.shift) == op.out_ch
+            assert tensors[op.dst][1] == op.out_ch
+        elif isinstance(op, blob.AddOp):
+            assert tensors[op.src] == tensors[op.src2] == tensors[op.dst] and op.left_shift == 20
+    # positional access is the board's layout: the head is (kind, min, max, src, dst)
+    first = spec.ops[0]
+    assert tuple(first[:5]) == (first.kind, first.act_min, first.act_max, first.src, first.dst)
+    assert blob.write(spec) == raw
 
 
 def _fit_rows(n=300, seed=3):

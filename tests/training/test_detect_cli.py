@@ -20,7 +20,7 @@ def model_dir(tmp_path_factory):
     det.fit(fit, list(s.channels))
     x, _ = det.windows(fit, det.trained["scaler"])
     d = tmp_path_factory.mktemp("model")
-    (d / "model.ewb").write_bytes(detectors.board_blob(det.model(), det.trained["scaler"], list(s.channels), x))
+    (d / "model.ewb").write_bytes(detectors.fit_board_blob(det.model(), det.trained["scaler"], list(s.channels), x))
     return d
 
 

@@ -136,7 +136,7 @@ def test_board_detector_is_the_firmware_and_matches_the_tflm_reference():
     det.fit(values[:400], f.channels)
     sc = det.trained["scaler"]
     x_fit, _ = det.windows(values[:400], sc)
-    raw, tfl = detectors.board_blob(det.model(), sc, f.channels, x_fit, with_tflite=True,
+    raw, tfl = detectors.fit_board_blob(det.model(), sc, f.channels, x_fit, with_tflite=True,
                                     fit_rows=values[:400])
     bv = detectors.run_firmware(raw, f.channels, values)
     # the shift rule on the board is the host's ms-ensemble test, row for row

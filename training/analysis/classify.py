@@ -184,13 +184,13 @@ def tune(kind: str, use_smote: bool, x, y, budget_s: float, max_trials: int, see
 
 # ---------------------------------------------------------------- the board forest
 
-def quantiser(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def int16_range(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (low, high) of the training part, mapped onto 0..32767 for int16 trees."""
     lo, hi = x_train.min(axis=0), x_train.max(axis=0)
     return lo, np.where(hi > lo, hi, lo + 1.0)
 
 
-def quantise(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def to_int16(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Physical units -> int16 features as the board computes them (clipped)."""
     q = np.round((np.asarray(x, np.float64) - lo) / (hi - lo) * INT16_MAX)
     return np.clip(q, -INT16_MAX - 1, INT16_MAX).astype(np.int16)
@@ -218,8 +218,8 @@ def board_forest(x_tr, y_tr, x_te, y_te, channels, trees: int, depth: int, seed:
     import emlearn
     from sklearn.ensemble import RandomForestClassifier
 
-    lo, hi = quantiser(x_tr)
-    q_tr, q_te = quantise(x_tr, lo, hi), quantise(x_te, lo, hi)
+    lo, hi = int16_range(x_tr)
+    q_tr, q_te = to_int16(x_tr, lo, hi), to_int16(x_te, lo, hi)
     model = RandomForestClassifier(n_estimators=trees, max_depth=depth, random_state=seed, n_jobs=1)
     model.fit(q_tr, y_tr)
     nodes = int(sum(e.tree_.node_count for e in model.estimators_))

@@ -99,6 +99,7 @@ class IsolationForestDetector(Detector):
         return model.predict(z) == -1
 
 
+@dataclass
 class PcaT2QDetector(Detector):
     """PCA on standardised rows; alert when Hotelling T² or Q (SPE) exceeds its fit-set 99th percentile."""
 
@@ -106,9 +107,8 @@ class PcaT2QDetector(Detector):
     on_board = "yes in principle (C×C arithmetic); not in the firmware"
     description = "PCA (90 % variance) T² + Q, limits = 99th percentile on the fit rows"
 
-    def __init__(self, variance: float = 0.9, quantile: float = 0.99):
-        self.variance = variance
-        self.quantile = quantile
+    variance: float = 0.9
+    quantile: float = 0.99
 
     def run(self, values, n_fit):
         from sklearn.decomposition import PCA
@@ -124,6 +124,7 @@ class PcaT2QDetector(Detector):
         return (t2 > lim_t2) | (q > max(lim_q, 1e-12))
 
 
+@dataclass
 class MultiscaleEnsemble(Detector):
     """Rolling-mean residual scoring, two views that must agree.
 
@@ -140,9 +141,8 @@ class MultiscaleEnsemble(Detector):
     on_board = "yes: the firmware's `shift` rule runs this test (calibration in the model blob)"
     description = "rolling mean (40 rows) residual z per channel AND Mahalanobis, both > 3× fit max"
 
-    def __init__(self, window: int = 40, factor: float = 3.0):
-        self.window = window
-        self.factor = factor
+    window: int = 40
+    factor: float = 3.0
 
     def calibration(self, fit_values) -> shiftcal.ShiftCal:
         """The calibrated test (what the board's blob carries) from the fit rows."""
@@ -408,12 +408,12 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
     return BoardVerdict(alerts, pred, lo, hi)
 
 
-def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
+def fit_board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
                with_tflite: bool = False, fit_rows: np.ndarray | None = None,
                y_fit: np.ndarray | None = None):
     """The firmware blob of a trained TCN, built by `edgewatch convert`'s own functions.
 
-    ``edgewatch.training.export.convert.quantise`` splits off the residual skip (the board adds the
+    ``edgewatch.training.export.convert.int8_tflite`` splits off the residual skip (the board adds the
     newest reading back in float) and quantises the rest to int8;
     ``edgewatch.training.export.convert.board_blob`` writes the blob. Representative windows are
     spread over the fit rows (plus HEADROOM, see there). ``with_tflite`` also
@@ -430,7 +430,7 @@ def board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
         # Calibrate the int8 input range beyond the fit rows' [0, 1]: readings outside
         # it would otherwise clip before the net sees them.
         rep = np.concatenate([rep, (rep - 0.5) * (1 + 2 * HEADROOM) + 0.5])
-    tfl, residual = convert.quantise(model, rep, "tcn")
+    tfl, residual = convert.int8_tflite(model, rep, "tcn")
     det, shift, _, still = convert.calibrate_detector(
         tfl, residual, blob.Detector(k=K, eps=EPS, sigma_window=window), x_fit, y_fit,
         None if fit_rows is None else fill_missing(fit_rows))
@@ -471,7 +471,7 @@ class BoardDetector(ForecastDetector):
         names = names or [f"ch{i}" for i in range(c)]
         self.fit(values[:n_fit], names)
         x_fit, y_fit = self.windows(values[:n_fit], self.trained["scaler"])
-        raw = board_blob(self.model(), self.trained["scaler"], names, x_fit,
+        raw = fit_board_blob(self.model(), self.trained["scaler"], names, x_fit,
                          fit_rows=values[:n_fit], y_fit=y_fit)
         everything = self.rules == "all"
         # The board boots with the model just before the first judged row: feeding it

@@ -8,7 +8,7 @@ window (the full -A_FP before the first window). The first 15 % of the rows
 (at most 750) are a probationary period and are not scored.
 
 The implementation is validated against NAB's published per-row S(t) columns
-and raw scores of Numenta HTM and Windowed Gaussian (tests/test_nab.py).
+and raw scores of Numenta HTM and Windowed Gaussian (tests/training/test_nab.py).
 """
 
 from __future__ import annotations

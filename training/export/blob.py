@@ -19,6 +19,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from edgewatch.core import firmware
@@ -29,6 +30,68 @@ fw_shift = firmware.load("shift")  # the board's own parser of the shift section
 BlobError = fw.BlobError
 VERSION = fw.VERSION
 OP_CONV, OP_ADD, OP_FC, OP_SLICE = fw.OP_CONV, fw.OP_ADD, fw.OP_FC, fw.OP_SLICE
+
+
+# ------------------------------------------------------------------ the ops
+# The board reads each op as one compact tuple (firmware/blob.py); on the host the same
+# tuples carry names. Field order is the record order of docs/model_blob.md.
+
+class ConvOp(NamedTuple):
+    """CONV (1-D, causal, dilated) or FC: int8 weights, int32 biases, per-channel requantisation."""
+
+    kind: int  # OP_CONV or OP_FC
+    act_min: int
+    act_max: int
+    src: int  # input tensor
+    dst: int  # output tensor
+    kernel: int
+    dilation: int
+    pad_left: int
+    in_ch: int
+    out_ch: int
+    in_zp: int
+    out_zp: int
+    weights: bytes  # out_ch x kernel x in_ch int8
+    bias: list[int]
+    multiplier: list[int]
+    shift: list[int]
+
+
+class AddOp(NamedTuple):
+    """Elementwise ADD of two tensors of one shape, TFLite's int8 arithmetic."""
+
+    kind: int  # OP_ADD
+    act_min: int
+    act_max: int
+    src: int
+    dst: int
+    src2: int
+    left_shift: int
+    zp1: int
+    zp2: int
+    zp_out: int
+    m1: int
+    m2: int
+    m_out: int
+    s1: int
+    s2: int
+    s_out: int
+
+
+class SliceOp(NamedTuple):
+    """A contiguous block of the input tensor's elements."""
+
+    kind: int  # OP_SLICE
+    act_min: int
+    act_max: int
+    src: int
+    dst: int
+    first: int
+    count: int
+
+
+Op = ConvOp | AddOp | SliceOp
+HEAD_LEN = 5  # kind, act_min, act_max, src, dst: the record head (fw.OP_HEAD)
 
 
 class UnsupportedModel(ValueError):
@@ -60,7 +123,7 @@ class BlobSpec:
     out_scale: float
     out_zp: int
     tensors: list[tuple[int, int]]
-    ops: list[tuple] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
     residual: bool = False  # prediction = newest input sample + dequantised output
     shift: ShiftCal | None = None  # sustained-shift calibration (flag SHIFT), physical units
     still: int = 0  # whole reading repeated this many times = stuck (flag STILL); 0: no rule
@@ -121,23 +184,26 @@ def model_id_of(tflite: bytes) -> str:
     return hashlib.sha256(tflite).hexdigest()[:8]
 
 
-def from_tflite(tflite: bytes, names: list[str], offset, scale,
-                detector: Detector | None = None, residual: bool = False) -> BlobSpec:
-    """Fold an int8, batch-1 TFLite model into a BlobSpec for the board engine.
+class _Graph:
+    """One TFLite subgraph being folded into the board engine's tensors and ops."""
 
-    `residual`: the TFLite net predicts the change from the newest sample,
-    which the engine adds back in float.
-    """
-    schema, fbu = _schema()
-    model = fbu.read_model_from_bytearray(bytearray(tflite))
-    if len(model.subgraphs) != 1:
-        raise UnsupportedModel("the board engine runs single-subgraph models only")
-    g = model.subgraphs[0]
-    opnames = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    tens = g.tensors
+    def __init__(self, tflite: bytes):
+        self.schema, fbu = _schema()
+        self.model = fbu.read_model_from_bytearray(bytearray(tflite))
+        if len(self.model.subgraphs) != 1:
+            raise UnsupportedModel("the board engine runs single-subgraph models only")
+        self.g = self.model.subgraphs[0]
+        self.tens = self.g.tensors
+        self.opnames = {v: k for k, v in vars(self.schema.BuiltinOperator).items() if not k.startswith("_")}
+        # alias: tflite tensor -> (engine tensor id, pad_left) ; engine tensors are (rows, cols)
+        self.etensors: list[tuple[int, int]] = []
+        self.alias: dict[int, tuple[int, int]] = {}
+        self.eqp: dict[int, tuple[float, int]] = {}
+        self.ops: list[Op] = []
 
-    def const(i):
-        buf = model.buffers[tens[i].buffer].data
+    def const(self, i):
+        schema, tens = self.schema, self.tens
+        buf = self.model.buffers[tens[i].buffer].data
         if buf is None or len(buf) == 0:
             return None
         dtype = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32,
@@ -146,142 +212,177 @@ def from_tflite(tflite: bytes, names: list[str], offset, scale,
             raise UnsupportedModel(f"tensor {i} has a type the board engine does not use")
         return np.frombuffer(bytes(buf), dtype=dtype).reshape(tuple(tens[i].shape))
 
-    def qp(i):
-        q = tens[i].quantization
-        if q is None or q.scale is None or tens[i].type != schema.TensorType.INT8:
-            raise UnsupportedModel(f"tensor {tens[i].name!r} is not int8-quantised (full-integer model needed)")
+    def qp(self, i):
+        q = self.tens[i].quantization
+        if q is None or q.scale is None or self.tens[i].type != self.schema.TensorType.INT8:
+            raise UnsupportedModel(f"tensor {self.tens[i].name!r} is not int8-quantised (full-integer model needed)")
         return _f32(q.scale[0]), int(q.zeroPoint[0])
 
-    def rc(i):
-        shape = [int(d) for d in tens[i].shape]
+    def rc(self, i):
+        shape = [int(d) for d in self.tens[i].shape]
         if len(shape) == 0 or shape[0] != 1:
-            raise UnsupportedModel(f"tensor {tens[i].name!r} has shape {shape}: convert with batch size 1")
+            raise UnsupportedModel(f"tensor {self.tens[i].name!r} has shape {shape}: convert with batch size 1")
         f = shape[-1] if len(shape) > 1 else 1
         return int(np.prod(shape)) // f, f
 
-    in_idx, out_idx = int(g.inputs[0]), int(g.outputs[0])
-    window, channels = rc(in_idx)
-    if channels != len(names):
-        raise UnsupportedModel(f"model takes {channels} channels but {len(names)} names were given")
-    # alias: tflite tensor -> (engine tensor id, pad_left) ; engine tensors are (rows, cols)
-    etensors: list[tuple[int, int]] = [(window, channels)]
-    alias: dict[int, tuple[int, int]] = {in_idx: (0, 0)}
-    eqp: dict[int, tuple[float, int]] = {0: qp(in_idx)}
-    ops: list[tuple] = []
+    def new_tensor(self, i):
+        self.etensors.append(self.rc(i))
+        self.alias[i] = (len(self.etensors) - 1, 0)
+        self.eqp[len(self.etensors) - 1] = self.qp(i)
+        return len(self.etensors) - 1
 
-    def new_tensor(i):
-        etensors.append(rc(i))
-        alias[i] = (len(etensors) - 1, 0)
-        eqp[len(etensors) - 1] = qp(i)
-        return len(etensors) - 1
-
-    def src(i, allow_pad=False):
-        if i not in alias:
-            raise UnsupportedModel(f"tensor {tens[i].name!r} is used before it is computed")
-        e, pad = alias[i]
+    def src(self, i, allow_pad=False):
+        if i not in self.alias:
+            raise UnsupportedModel(f"tensor {self.tens[i].name!r} is used before it is computed")
+        e, pad = self.alias[i]
         if pad and not allow_pad:
             raise UnsupportedModel("PAD feeds an op other than a convolution")
         return e, pad
 
+
+def _view(gr: _Graph, n: int, ins, outs, opt) -> None:
+    """RESHAPE, EXPAND_DIMS, SQUEEZE: the same engine tensor under another shape."""
+    gr.alias[outs[0]] = gr.src(ins[0], allow_pad=True)
+
+
+def _pad(gr: _Graph, n: int, ins, outs, opt) -> None:
+    """PAD becomes the next convolution's left padding (the input zero point adds exactly zero)."""
+    e, pad0 = gr.src(ins[0])
+    p = gr.const(ins[1]).reshape(-1, 2)
+    # only the time axis (second to last) may be padded, and only on the left
+    if p.shape[0] < 2 or p[:, 1].any() or p[:-2, 0].any() or p[-1, 0]:
+        raise UnsupportedModel(f"op {n}: PAD other than causal left padding of time")
+    if gr.qp(ins[0]) != gr.qp(outs[0]):
+        raise UnsupportedModel(f"op {n}: PAD changes quantisation")
+    gr.alias[outs[0]] = (e, pad0 + int(p[-2, 0]))
+
+
+def _weighted(gr: _Graph, n: int, ins, outs, opt, conv: bool) -> ConvOp:
+    """CONV_2D (1-D, stride 1, VALID after the folded PAD) or FULLY_CONNECTED."""
+    tens = gr.tens
+    e_in, pad = gr.src(ins[0], allow_pad=conv)
+    w = gr.const(ins[1])
+    b = gr.const(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+    wq = tens[ins[1]].quantization
+    wscales = [_f32(s) for s in wq.scale]
+    if any(int(z) != 0 for z in wq.zeroPoint):
+        raise UnsupportedModel(f"op {n}: weights are not symmetric int8")
+    s_in, zp_in = gr.eqp[e_in]
+    e_out = gr.new_tensor(outs[0])
+    s_out, zp_out = gr.eqp[e_out]
+    if conv:
+        if opt.strideW != 1 or opt.strideH != 1 or opt.padding != gr.schema.Padding.VALID:
+            raise UnsupportedModel(f"op {n}: only stride 1 VALID convolutions (causal padding)")
+        out_ch, kh, ks, in_ch = w.shape
+        if kh != 1 or int(tens[ins[0]].shape[1]) != 1:
+            raise UnsupportedModel(f"op {n}: only 1-D (height 1) convolutions")
+        dil = int(opt.dilationWFactor)
+        kind = OP_CONV
+        # per-channel: double(input) * double(filter[c]) / double(output)
+        reals = [float(s_in) * ws / float(s_out) for ws in
+                 (wscales if len(wscales) > 1 else wscales * out_ch)]
+    else:
+        out_ch, in_ch = w.shape
+        ks, dil, pad = 1, 1, 0
+        kind = OP_FC
+        if len(wscales) > 1:
+            reals = [float(s_in) * ws / float(s_out) for ws in wscales]
+        else:  # GetQuantizedConvolutionMultipler: float product, then double
+            reals = [float(np.float32(s_in) * np.float32(wscales[0])) / float(s_out)] * out_ch
+    mq = [quantize_multiplier(r) for r in reals]
+    lo, hi = activation_range(int(opt.fusedActivationFunction), s_out, zp_out)
+    bias = [int(v) for v in (b.reshape(-1) if b is not None else np.zeros(out_ch, np.int32))]
+    return ConvOp(kind, lo, hi, e_in, e_out, int(ks), dil, int(pad), int(in_ch), int(out_ch),
+                  zp_in, zp_out, w.astype(np.int8).tobytes(), bias,
+                  [m for m, _ in mq], [s for _, s in mq])
+
+
+def _conv(gr: _Graph, n: int, ins, outs, opt) -> ConvOp:
+    return _weighted(gr, n, ins, outs, opt, conv=True)
+
+
+def _fc(gr: _Graph, n: int, ins, outs, opt) -> ConvOp:
+    return _weighted(gr, n, ins, outs, opt, conv=False)
+
+
+def _add(gr: _Graph, n: int, ins, outs, opt) -> AddOp:
+    """ADD of two same-shape tensors, with TFLM's int8 rescaling (left shift 20)."""
+    e1, _ = gr.src(ins[0])
+    e2, _ = gr.src(ins[1])
+    if gr.etensors[e1] != gr.etensors[e2]:
+        raise UnsupportedModel(f"op {n}: ADD with broadcasting is not supported")
+    (s1, z1), (s2, z2) = gr.eqp[e1], gr.eqp[e2]
+    e_out = gr.new_tensor(outs[0])
+    so, zo = gr.eqp[e_out]
+    left = 20  # TFLM uses 20 for int8
+    twice_max = 2 * float(max(np.float32(s1), np.float32(s2)))
+    m1 = quantize_multiplier(float(s1) / twice_max)
+    m2 = quantize_multiplier(float(s2) / twice_max)
+    mo = quantize_multiplier(twice_max / ((1 << left) * float(so)))
+    lo, hi = activation_range(int(opt.fusedActivationFunction), so, zo)
+    return AddOp(OP_ADD, lo, hi, e1, e_out, e2, left, z1, z2, zo,
+                 m1[0], m2[0], mo[0], m1[1], m2[1], mo[1])
+
+
+def _slice(gr: _Graph, n: int, ins, outs, opt) -> SliceOp:
+    """STRIDED_SLICE that selects one contiguous block of elements."""
+    e_in, _ = gr.src(ins[0])
+    shape = tuple(int(d) for d in gr.tens[ins[0]].shape)
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    sel = _strided_slice(idx, gr.const(ins[1]), gr.const(ins[2]), gr.const(ins[3]), opt).reshape(-1)
+    first, count = int(sel[0]), int(sel.size)
+    if not np.array_equal(sel, np.arange(first, first + count)):
+        raise UnsupportedModel(f"op {n}: STRIDED_SLICE must select a contiguous block")
+    if gr.qp(ins[0]) != gr.qp(outs[0]):
+        raise UnsupportedModel(f"op {n}: STRIDED_SLICE changes quantisation")
+    e_out = gr.new_tensor(outs[0])
+    return SliceOp(OP_SLICE, -128, 127, e_in, e_out, first, count)
+
+
+# TFLite op name -> its folding; a fold returns the engine op it emits, or None (a view)
+_FOLDS = {"RESHAPE": _view, "EXPAND_DIMS": _view, "SQUEEZE": _view, "PAD": _pad,
+          "CONV_2D": _conv, "FULLY_CONNECTED": _fc, "ADD": _add, "STRIDED_SLICE": _slice}
+
+
+def from_tflite(tflite: bytes, names: list[str], offset, scale,
+                detector: Detector | None = None, residual: bool = False) -> BlobSpec:
+    """Fold an int8, batch-1 TFLite model into a BlobSpec for the board engine.
+
+    `residual`: the TFLite net predicts the change from the newest sample,
+    which the engine adds back in float.
+    """
+    gr = _Graph(tflite)
+    g = gr.g
+    in_idx, out_idx = int(g.inputs[0]), int(g.outputs[0])
+    window, channels = gr.rc(in_idx)
+    if channels != len(names):
+        raise UnsupportedModel(f"model takes {channels} channels but {len(names)} names were given")
+    gr.etensors.append((window, channels))
+    gr.alias[in_idx] = (0, 0)
+    gr.eqp[0] = gr.qp(in_idx)
     for n, op in enumerate(g.operators):
-        oc = model.operatorCodes[op.opcodeIndex]
-        name = opnames.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), str(oc.builtinCode))
-        ins, outs = [int(x) for x in op.inputs], [int(x) for x in op.outputs]
-        opt = op.builtinOptions
-        if name in ("RESHAPE", "EXPAND_DIMS", "SQUEEZE"):
-            alias[outs[0]] = src(ins[0], allow_pad=True)
-            continue
-        if name == "PAD":
-            e, pad0 = src(ins[0])
-            p = const(ins[1]).reshape(-1, 2)
-            # only the time axis (second to last) may be padded, and only on the left
-            if p.shape[0] < 2 or p[:, 1].any() or p[:-2, 0].any() or p[-1, 0]:
-                raise UnsupportedModel(f"op {n}: PAD other than causal left padding of time")
-            if qp(ins[0]) != qp(outs[0]):
-                raise UnsupportedModel(f"op {n}: PAD changes quantisation")
-            alias[outs[0]] = (e, pad0 + int(p[-2, 0]))
-            continue
-        if name in ("CONV_2D", "FULLY_CONNECTED"):
-            e_in, pad = src(ins[0], allow_pad=(name == "CONV_2D"))
-            w = const(ins[1])
-            b = const(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
-            wq = tens[ins[1]].quantization
-            wscales = [_f32(s) for s in wq.scale]
-            if any(int(z) != 0 for z in wq.zeroPoint):
-                raise UnsupportedModel(f"op {n}: weights are not symmetric int8")
-            s_in, zp_in = eqp[e_in]
-            e_out = new_tensor(outs[0])
-            s_out, zp_out = eqp[e_out]
-            if name == "CONV_2D":
-                if opt.strideW != 1 or opt.strideH != 1 or opt.padding != schema.Padding.VALID:
-                    raise UnsupportedModel(f"op {n}: only stride 1 VALID convolutions (causal padding)")
-                out_ch, kh, ks, in_ch = w.shape
-                if kh != 1 or int(tens[ins[0]].shape[1]) != 1:
-                    raise UnsupportedModel(f"op {n}: only 1-D (height 1) convolutions")
-                dil = int(opt.dilationWFactor)
-                kind = OP_CONV
-                # per-channel: double(input) * double(filter[c]) / double(output)
-                reals = [float(s_in) * ws / float(s_out) for ws in
-                         (wscales if len(wscales) > 1 else wscales * out_ch)]
-            else:
-                out_ch, in_ch = w.shape
-                ks, dil, pad = 1, 1, 0
-                kind = OP_FC
-                if len(wscales) > 1:
-                    reals = [float(s_in) * ws / float(s_out) for ws in wscales]
-                else:  # GetQuantizedConvolutionMultipler: float product, then double
-                    reals = [float(np.float32(s_in) * np.float32(wscales[0])) / float(s_out)] * out_ch
-            mq = [quantize_multiplier(r) for r in reals]
-            lo, hi = activation_range(int(opt.fusedActivationFunction), s_out, zp_out)
-            bias = [int(v) for v in (b.reshape(-1) if b is not None else np.zeros(out_ch, np.int32))]
-            ops.append((kind, lo, hi, e_in, e_out, int(ks), dil, int(pad), int(in_ch), int(out_ch),
-                        zp_in, zp_out, w.astype(np.int8).tobytes(), bias,
-                        [m for m, _ in mq], [s for _, s in mq]))
-            continue
-        if name == "ADD":
-            e1, _ = src(ins[0])
-            e2, _ = src(ins[1])
-            if etensors[e1] != etensors[e2]:
-                raise UnsupportedModel(f"op {n}: ADD with broadcasting is not supported")
-            (s1, z1), (s2, z2) = eqp[e1], eqp[e2]
-            e_out = new_tensor(outs[0])
-            so, zo = eqp[e_out]
-            left = 20  # TFLM uses 20 for int8
-            twice_max = 2 * float(max(np.float32(s1), np.float32(s2)))
-            m1 = quantize_multiplier(float(s1) / twice_max)
-            m2 = quantize_multiplier(float(s2) / twice_max)
-            mo = quantize_multiplier(twice_max / ((1 << left) * float(so)))
-            lo, hi = activation_range(int(opt.fusedActivationFunction), so, zo)
-            ops.append((OP_ADD, lo, hi, e1, e_out, e2, left, z1, z2, zo,
-                        m1[0], m2[0], mo[0], m1[1], m2[1], mo[1]))
-            continue
-        if name == "STRIDED_SLICE":
-            e_in, _ = src(ins[0])
-            shape = tuple(int(d) for d in tens[ins[0]].shape)
-            idx = np.arange(int(np.prod(shape))).reshape(shape)
-            sel = _strided_slice(idx, const(ins[1]), const(ins[2]), const(ins[3]), opt).reshape(-1)
-            first, count = int(sel[0]), int(sel.size)
-            if not np.array_equal(sel, np.arange(first, first + count)):
-                raise UnsupportedModel(f"op {n}: STRIDED_SLICE must select a contiguous block")
-            if qp(ins[0]) != qp(outs[0]):
-                raise UnsupportedModel(f"op {n}: STRIDED_SLICE changes quantisation")
-            e_out = new_tensor(outs[0])
-            ops.append((OP_SLICE, -128, 127, e_in, e_out, first, count))
-            continue
-        raise UnsupportedModel(
-            f"op {n} is {name}, which the board engine does not run "
-            "(it runs the TCN op set: CONV_2D, ADD, PAD, FULLY_CONNECTED, STRIDED_SLICE, RESHAPE)")
-    if not ops or out_idx not in alias or alias[out_idx][0] != ops[-1][4]:
+        oc = gr.model.operatorCodes[op.opcodeIndex]
+        name = gr.opnames.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), str(oc.builtinCode))
+        fold = _FOLDS.get(name)
+        if fold is None:
+            raise UnsupportedModel(
+                f"op {n} is {name}, which the board engine does not run "
+                "(it runs the TCN op set: CONV_2D, ADD, PAD, FULLY_CONNECTED, STRIDED_SLICE, RESHAPE)")
+        emitted = fold(gr, n, [int(x) for x in op.inputs], [int(x) for x in op.outputs], op.builtinOptions)
+        if emitted is not None:
+            gr.ops.append(emitted)
+    ops = gr.ops
+    if not ops or out_idx not in gr.alias or gr.alias[out_idx][0] != ops[-1].dst:
         raise UnsupportedModel("the graph output is not produced by its last op")
-    s_out, zp_out = eqp[ops[-1][4]]
-    s_in, zp_in = eqp[0]
+    s_out, zp_out = gr.eqp[ops[-1].dst]
+    s_in, zp_in = gr.eqp[0]
     d = detector or Detector(sigma_window=window)
     # stored as float32: keep exactly what the board will read, so specs round-trip
     det = Detector(_f32(d.k), _f32(d.eps), int(d.sigma_window), int(d.stuck_samples))
     return BlobSpec(model_id=model_id_of(tflite), window=window, names=list(names),
                     offset=[_f32(v) for v in offset], scale=[_f32(v) for v in scale],
                     detector=det, in_scale=s_in, in_zp=zp_in, out_scale=s_out, out_zp=zp_out,
-                    tensors=etensors, ops=ops, residual=bool(residual))
+                    tensors=gr.etensors, ops=ops, residual=bool(residual))
 
 
 def _strided_slice(x, begin, end, strides, opt):
@@ -311,19 +412,18 @@ def write(spec: BlobSpec) -> bytes:
     parts.append(struct.pack(fw.DETECTOR, d.k, d.eps, d.sigma_window, d.stuck_samples))
     parts += [struct.pack("<HH", *t) for t in spec.tensors]
     for op in spec.ops:
-        parts.append(struct.pack(fw.OP_HEAD, *op[:5]))
-        kind = op[0]
-        if kind in (OP_CONV, OP_FC):
-            oc = op[9]
-            parts.append(struct.pack(fw.CONV_TAIL, *op[5:12]))
-            parts.append(bytes(op[12]))
-            parts.append(struct.pack(f"<{oc}i{oc}i{oc}b", *op[13], *op[14], *op[15]))
-        elif kind == OP_ADD:
-            parts.append(struct.pack(fw.ADD_TAIL, *op[5:16]))
-        elif kind == OP_SLICE:
-            parts.append(struct.pack(fw.SLICE_TAIL, *op[5:7]))
+        parts.append(struct.pack(fw.OP_HEAD, *op[:HEAD_LEN]))
+        if isinstance(op, ConvOp):
+            oc = op.out_ch
+            parts.append(struct.pack(fw.CONV_TAIL, *op[HEAD_LEN:op._fields.index("weights")]))
+            parts.append(bytes(op.weights))
+            parts.append(struct.pack(f"<{oc}i{oc}i{oc}b", *op.bias, *op.multiplier, *op.shift))
+        elif isinstance(op, AddOp):
+            parts.append(struct.pack(fw.ADD_TAIL, *op[HEAD_LEN:]))
+        elif isinstance(op, SliceOp):
+            parts.append(struct.pack(fw.SLICE_TAIL, *op[HEAD_LEN:]))
         else:
-            raise ValueError(f"unknown op kind {kind}")
+            raise ValueError(f"unknown op {op!r}")
     flags = fw.FLAG_RESIDUAL if spec.residual else 0
     if spec.shift is not None:
         parts.append(shift_section(spec.shift, c))
@@ -362,13 +462,22 @@ def sign(blob: bytes, key: bytes | str) -> bytes:
 def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
     """Check and parse a blob with the firmware's own parser; raises BlobError."""
     b = fw.Blob(bytes(blob), key)
-    ops = []
-    for op in b.ops:
-        if op[0] in (OP_CONV, OP_FC):
-            n = op[9]
-            op = op[:12] + (bytes(op[12]), list(struct.unpack(f"<{n}i", op[13])),
-                            list(struct.unpack(f"<{n}i", op[14])), list(struct.unpack(f"<{n}b", op[15])))
-        ops.append(tuple(op))
+    ops: list[Op] = []
+    for raw in b.ops:  # the board's compact tuples, named
+        kind = raw[0]
+        if kind in (OP_CONV, OP_FC):
+            head = ConvOp(*raw)
+            n = head.out_ch
+            ops.append(head._replace(weights=bytes(head.weights),
+                                     bias=list(struct.unpack(f"<{n}i", head.bias)),
+                                     multiplier=list(struct.unpack(f"<{n}i", head.multiplier)),
+                                     shift=list(struct.unpack(f"<{n}b", head.shift))))
+        elif kind == OP_ADD:
+            ops.append(AddOp(*raw))
+        elif kind == OP_SLICE:
+            ops.append(SliceOp(*raw))
+        else:
+            raise BlobError(f"blob malformed: unknown op kind {kind}")
     return BlobSpec(model_id=b.model_id, window=b.window, names=b.names, offset=b.offset,
                     scale=b.scale, detector=Detector(b.k, b.eps, b.sigma_window, b.stuck_samples),
                     in_scale=b.in_scale, in_zp=b.in_zp, out_scale=b.out_scale, out_zp=b.out_zp,

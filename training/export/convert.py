@@ -269,7 +269,7 @@ def to_tflite(model, representative: np.ndarray) -> bytes:
             raise UserError(f"int8 conversion failed: {str(exc).splitlines()[-1]}") from None
 
 
-def quantise(model, representative: np.ndarray, arch: str = "tcn") -> tuple[bytes, bool]:
+def int8_tflite(model, representative: np.ndarray, arch: str = "tcn") -> tuple[bytes, bool]:
     """(int8 TFLite, residual): the model as the board runs it, calibrated on `representative`.
 
     The residual skip is split off first (`split_residual`), so the int8 net
@@ -284,7 +284,7 @@ def quantise(model, representative: np.ndarray, arch: str = "tcn") -> tuple[byte
 
 def board_blob(tflite: bytes, names: list[str], scaler, detector, residual: bool,
                key: bytes | None = None, shift=None, still: int = 0):
-    """(blob bytes, spec): the firmware blob of a `quantise`d model, signed when `key` is given.
+    """(blob bytes, spec): the firmware blob of an `int8_tflite` model, signed when `key` is given.
 
     `shift` (a edgewatch.training.export.shiftcal.ShiftCal) adds the board's sustained-shift rule, `still`
     its whole-reading stuck rule (repeats that make a stuck reading; 0: none).
@@ -410,7 +410,7 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         x_ev, y_ev = x_ev[:max_eval], y_ev[:max_eval]
     # Representative windows spread over the whole training span, not just its start.
     pick = np.linspace(0, len(x_tr) - 1, min(representative, len(x_tr))).astype(int)
-    tflite, residual = quantise(model, x_tr[pick], config.get("arch"))
+    tflite, residual = int8_tflite(model, x_tr[pick], config.get("arch"))
     s_in, z_in, s_out, z_out = _io_quant(tflite)
 
     try:

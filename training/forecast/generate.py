@@ -115,7 +115,7 @@ def read_sensor(true: np.ndarray, sensor: Sensor, rng: np.random.Generator) -> n
     return out
 
 
-def quantise(values: np.ndarray, resolution) -> np.ndarray:
+def round_to_resolution(values: np.ndarray, resolution) -> np.ndarray:
     """Round each channel to the sensor's resolution (NaN stays NaN)."""
     res = np.asarray(resolution, dtype=np.float64)
     return np.round(values / res) * res
@@ -227,7 +227,7 @@ def generate(days: float = 7, period: float = 60, sensor: str = "dht22", faults=
         raise UserError(f"--faults: {exc}") from None
     values[:, 0] = np.clip(values[:, 0], *spec.t_range)
     values[:, 1] = np.clip(values[:, 1], *spec.h_range)
-    values = quantise(values, spec.resolution)
+    values = round_to_resolution(values, spec.resolution)
     omit = np.zeros(n, dtype=bool)
     for ev in events:
         if ev["mode"] == "rows":

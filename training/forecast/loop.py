@@ -3,7 +3,7 @@
 ``fit(model, x, y, ...)`` trains exactly as ``model.fit(x, y, batch_size=...,
 shuffle=True, validation_data=...)`` does: the same batches in the same order,
 the same loss (``model.compute_loss``) and the same optimizer step, so it
-gives the same weights (``tests/test_loop.py`` checks it against ``fit``). What
+gives the same weights (``tests/training/test_loop.py`` checks it against ``fit``). What
 it leaves out is a large part of these models' time: ``fit`` hands
 every batch through a tf.data pipeline (a parallel map gathering it on another
 thread) and per-batch bookkeeping. Here the whole training set is one tensor,
@@ -109,7 +109,7 @@ class _FlatAdam:
     cost is a good part of a training step. Adam is element-wise, so running
     Keras' expressions (``keras/optimizers/adam.py``, in its order) on all the
     weights flattened into one vector gives every element the same float32
-    result: ``tests/test_loop.py`` checks the weights are equal to the last bit.
+    result: ``tests/training/test_loop.py`` checks the weights are equal to the last bit.
     Only for a plain Adam (a constant learning rate; no amsgrad, weight decay,
     clipping, EMA, loss scaling or gradient accumulation).
     """

@@ -131,7 +131,7 @@ def tcn_training_twin(model: keras.Model) -> keras.Model | None:
 
     None when the dilations do not nest (each must divide the next, and the
     first be 1: Keras has no strided dilated convolution): then the model trains
-    as it is. `tests/test_models.py` checks twin == model.
+    as it is. `tests/training/test_models.py` checks twin == model.
     """
     convs = [lay for lay in model.layers if lay.name.endswith("_conv")]
     if model.name != "tcn" or not convs:

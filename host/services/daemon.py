@@ -1,0 +1,49 @@
+"""What the long-running services (collect, bridge, score) share: options, metrics, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from edgewatch.core.settings import add_mqtt_arguments, env
+from edgewatch.services.metrics import Metrics
+
+
+def add_service_arguments(parser, shares: str, drops: str, metrics: bool = True) -> None:
+    """The options every scaled-out service takes, then the MQTT ones.
+
+    ``shares``: what instances of one --group split; ``drops``: what happens to other devices.
+    """
+    parser.add_argument("--group", help=f"shared-subscription group: {shares} (env EDGEWATCH_GROUP)")
+    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
+    parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
+                        f"env EDGEWATCH_DEVICES); {drops}")
+    if metrics:
+        parser.add_argument("--metrics-port", type=int,
+                            help="serve Prometheus metrics on this port (env EDGEWATCH_METRICS_PORT)")
+        parser.add_argument("--metrics-addr", default="127.0.0.1")
+    parser.add_argument("--log-level", default="info")
+    add_mqtt_arguments(parser)
+
+
+def serve_metrics(name: str, args, log: logging.Logger) -> Metrics:
+    """The service's metrics, served over HTTP when --metrics-port (or the env) asks for it."""
+    metrics = Metrics(name)
+    port = args.metrics_port or (int(env("EDGEWATCH_METRICS_PORT"))
+                                 if env("EDGEWATCH_METRICS_PORT") else None)
+    if port is not None:
+        bound = metrics.serve(port, args.metrics_addr)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
+    return metrics
+
+
+def serve_until_signal(service, banner: str) -> None:
+    """Start ``service``, print ``banner``, run until SIGTERM/SIGINT, then stop it."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    print(banner, flush=True)
+    stop.wait()
+    service.stop()
