@@ -12,7 +12,8 @@ A flapping sensor does not flood a phone: after an alert, the same
 (device, rule) is quiet for ``--cooldown`` seconds; alerts in that time are
 counted and sent as one digest when it ends. A global cap
 (``--max-per-minute``) holds back alerts beyond it the same way. A replayed
-alert (same device and seq) is sent once.
+alert (same device, epoch and seq) is sent once; a board re-flashed (new epoch,
+seq from 0 again) has its alerts sent.
 
 Several bridges share the alerts with ``--group`` (MQTT shared subscription):
 each alert reaches one of them. Bridges on one host may also share one outbox
@@ -51,8 +52,8 @@ from host.settings import (
 log = logging.getLogger("edgewatch.bridge")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (device TEXT NOT NULL, seq INTEGER NOT NULL, received REAL,
-    outcome TEXT, PRIMARY KEY (device, seq));
+CREATE TABLE IF NOT EXISTS seen (device TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL, received REAL, outcome TEXT, PRIMARY KEY (device, epoch, seq));
 CREATE INDEX IF NOT EXISTS seen_received ON seen (received);
 CREATE TABLE IF NOT EXISTS cooldown (device TEXT NOT NULL, rule TEXT NOT NULL, until REAL,
     suppressed INTEGER DEFAULT 0, since REAL, last TEXT, PRIMARY KEY (device, rule));
@@ -123,6 +124,7 @@ class Outbox:
         self.wlock = threading.RLock()
         try:
             self.db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable outbox database: {exc}") from None
         self._release_dead_leases()
@@ -136,6 +138,28 @@ class Outbox:
             c.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = c
         return c
+
+    def _migrate(self) -> None:
+        """An outbox of a version before epochs: key ``seen`` by (device, epoch, seq), in place."""
+        db = self.db
+        with self.wlock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cols = [r[1] for r in db.execute("PRAGMA table_info(seen)")]
+                if "epoch" not in cols:
+                    log.warning("outbox %s: migrating seen alerts to the (device, epoch, seq) key",
+                                self.path)
+                    db.execute("ALTER TABLE seen RENAME TO seen_premigrate")
+                    db.execute("DROP INDEX IF EXISTS seen_received")
+                    for stmt in SCHEMA.split(";")[:2]:
+                        db.execute(stmt)
+                    db.execute("INSERT INTO seen (device, epoch, seq, received, outcome) "
+                               "SELECT device, 0, seq, received, outcome FROM seen_premigrate")
+                    db.execute("DROP TABLE seen_premigrate")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def _release_dead_leases(self) -> None:
         """Rows leased by a process of this host that no longer runs are free again at once."""
@@ -159,7 +183,7 @@ class Outbox:
     def add_alerts(self, items: list[tuple[Alert, float]], notifiers: list[Notifier]) -> list[str]:
         """Record alerts in one transaction; the outcome of each.
 
-        ``sent`` (notifications queued), ``replay`` (this device/seq was seen),
+        ``sent`` (notifications queued), ``replay`` (this device/epoch/seq was seen),
         ``cooldown`` or ``ratecap`` (held back for a digest).
         """
         db, out = self.db, []
@@ -170,17 +194,19 @@ class Outbox:
         db.execute("BEGIN IMMEDIATE")
         try:
             for a, received in items:
-                cur = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, NULL)",
-                                 (a.device, a.seq, received))
+                cur = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?, NULL)",
+                                 (a.device, a.epoch, a.seq, received))
                 if cur.rowcount == 0:
                     out.append("replay")
                     continue
                 outcome = self._decide(db, a, received)
                 if outcome == "sent":
-                    self._queue(db, f"{a.device}:{a.seq}", alert_text(a),
+                    # epoch 0 (firmware without epochs) keeps the key of earlier versions
+                    key = f"{a.device}:{a.epoch}:{a.seq}" if a.epoch else f"{a.device}:{a.seq}"
+                    self._queue(db, key, alert_text(a),
                                 {"kind": "alert", **to_json(a)}, received, notifiers)
-                db.execute("UPDATE seen SET outcome = ? WHERE device = ? AND seq = ?",
-                           (outcome, a.device, a.seq))
+                db.execute("UPDATE seen SET outcome = ? WHERE device = ? AND epoch = ? AND seq = ?",
+                           (outcome, a.device, a.epoch, a.seq))
                 out.append(outcome)
             db.execute("COMMIT")
         except BaseException:
@@ -246,7 +272,8 @@ class Outbox:
                             {"kind": "digest", "device": device, "rule": rule, "count": count,
                              "since": since}, now, notifiers)
                 # the digest counts against the cap like an alert
-                db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, 'digest')",
+                db.execute("INSERT OR IGNORE INTO seen (device, seq, received, outcome) "
+                           "VALUES (?, ?, ?, 'digest')",
                            (f"digest:{device}", -int(now * 1000) - n, now))
                 db.execute("UPDATE cooldown SET until = ?, suppressed = 0, since = NULL "
                            "WHERE device = ? AND rule = ?", (now + self.cooldown, device, rule))

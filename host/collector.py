@@ -1,4 +1,4 @@
-"""Store every telemetry sample and alert from MQTT in a database, exactly once per (device, seq).
+"""Store every telemetry sample and alert from MQTT in a database, once per (device, epoch, seq).
 
     edgewatch collect --db sqlite:///edgewatch.db
     edgewatch collect --db postgresql://user@host/db --group collectors   # scale out
@@ -11,8 +11,11 @@ Writes are batched: a writer thread takes whatever has arrived (up to
 ``--batch`` messages, waiting at most ``--flush-ms`` for the first) and stores it
 in one transaction. The MQTT acknowledgement of a message is sent only after
 its batch is committed, and the session is persistent, so a collector that
-dies mid-batch gets those messages again from the broker; the (device, seq)
-primary key then stores each once. Several collectors share the work with
+dies mid-batch gets those messages again from the broker; the (device, epoch,
+seq) primary key then stores each once. A board whose flash was erased starts
+``seq`` again at 0 under a new epoch: its records are new, and the new epoch is
+logged at warning, counted (``edgewatch_device_new_epochs``) and kept in the
+device's status. Several collectors share the work with
 ``--group`` (MQTT shared subscription ``$share/<group>/...``).
 """
 
@@ -143,6 +146,8 @@ class Collector:
         self._nrx_flushed = dict.fromkeys(self._rx, 0)
         # channel-name sets already known to fit the table (the same few every message)
         self._fits: set[tuple] = set()
+        # device -> (current epoch, epochs seen before it); loaded from the store on first sight
+        self._epochs: dict[str, tuple[int, set]] = {}
         self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
         self.client.on_message = self._on_message
 
@@ -182,6 +187,7 @@ class Collector:
         tel = [(r, w) for r, w, _, _ in items if isinstance(r, Telemetry)]
         alerts = [(r, w) for r, w, _, _ in items if isinstance(r, Alert)]
         stats = [(r, w) for r, w, _, _ in items if isinstance(r, Status)]
+        self._check_epochs(tel, alerts)
         t0 = time.perf_counter()
         n_t, n_a = self.store.write(tel, alerts, stats)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
@@ -193,6 +199,28 @@ class Collector:
                 self.metrics.rejected.labels("replayed").inc(n_all - n_new)
                 log.info("%d replayed %s messages already stored, skipped", n_all - n_new, kind,
                          extra={"reason": "replayed", "count": n_all - n_new})
+
+    def _check_epochs(self, tel, alerts) -> None:
+        """Log (warning) and count each board seen starting an epoch it never used before."""
+        for rec, _ in tel + alerts:
+            known = self._epochs.get(rec.device)
+            if known is None:
+                row = self.store.device_status(rec.device)
+                if row is None or row.get("epoch") is None:  # never seen: nothing to compare
+                    self._epochs[rec.device] = (rec.epoch, set())
+                    continue
+                known = self._epochs[rec.device] = (row["epoch"], set())
+            cur, old = known
+            if rec.epoch == cur or rec.epoch in old:
+                continue
+            if len(old) < 64:
+                old.add(cur)
+            self._epochs[rec.device] = (rec.epoch, old)
+            self.metrics.new_epochs.inc()
+            log.warning("device %s started a new epoch %d (was %d) at seq %d: its flash was "
+                        "erased or its outbox recreated; its seq counts from there",
+                        rec.device, rec.epoch, cur, rec.seq,
+                        extra={"device": rec.device, "epoch": rec.epoch, "previous_epoch": cur})
 
     def _write_or_split(self, items) -> None:
         """Write a batch; if the database refuses it while reachable, find and drop the bad rows."""
@@ -268,11 +296,11 @@ class Collector:
             if isinstance(rec, Status):
                 self.devices.status(rec, when)
             else:
-                last[rec.device] = (when, rec.model)
+                last[rec.device] = (when, rec.model, rec.epoch)
                 if isinstance(rec, Telemetry) and self.ha_discovery:
                     self._announce(rec)
-        for device, (when, model) in last.items():  # once per device per batch
-            self.devices.seen(device, when, model)
+        for device, (when, model, epoch) in last.items():  # once per device per batch
+            self.devices.seen(device, when, model, epoch)
 
     def _announce(self, rec: Telemetry) -> None:
         chans = frozenset(rec.values)
