@@ -22,7 +22,6 @@ file; a lease on each row makes sure only one of them sends it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,7 +45,9 @@ from host.settings import (
     env,
     mqtt_client,
     mqtt_settings,
+    release_client_id,
     serve_until_signal,
+    service_client_id,
 )
 
 log = logging.getLogger("edgewatch.bridge")
@@ -357,6 +358,7 @@ class Bridge:
 
     def __init__(self, outbox: Outbox, notifiers: list[Notifier], mqtt: MqttSettings, *,
                  group: str | None = None, client_id: str | None = None,
+                 state_dir: str | os.PathLike | None = None,
                  retry_base: float = 1.0, retry_cap: float = 300.0, workers: int = 4,
                  devices: frozenset[str] | None = None, metrics: Metrics | None = None):
         if not notifiers:
@@ -367,8 +369,10 @@ class Bridge:
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self.metrics = metrics or Metrics("bridge")
         self.devices = Devices(self.metrics)
-        digest = hashlib.sha1(f"{group}:{os.path.abspath(outbox.path)}".encode()).hexdigest()[:8]
-        self.client_id = client_id or f"edgewatch-bridge-{socket.gethostname()}-{digest}"[:64]
+        # 128 random bits kept next to the outbox (or in state_dir): stable across restarts,
+        # unguessable, never logged (host.settings.service_client_id)
+        self.client_id = client_id or service_client_id(
+            "bridge", state_dir if state_dir is not None else Path(outbox.path).parent, group)
         self.q: queue.Queue = queue.Queue()
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -533,7 +537,7 @@ class Bridge:
                                          (f"{self.mqtt.prefix}/+/status", 1)])
         log.info("bridge relaying alerts to %s", ", ".join(n.name for n in self.notifiers),
                  extra={"outbox": self.outbox.path, "group": self.group or "",
-                        "client_id": self.client_id, "pending": self.outbox.depth()})
+                        "pending": self.outbox.depth()})
         return self
 
     def stop(self) -> None:
@@ -545,6 +549,7 @@ class Bridge:
             t.join(15)
         self.client.disconnect()
         self.client.loop_stop()
+        release_client_id(self.client_id)
 
 
 def add_arguments(parser) -> None:
@@ -562,7 +567,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--retry-cap", type=float, default=300.0, help="longest retry delay")
     parser.add_argument("--group", help="shared-subscription group: bridges with the same group "
                         "split the alerts (env EDGEWATCH_GROUP)")
-    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
+    parser.add_argument("--client-id", help="MQTT client id (persistent session; default: 128 "
+                        "random bits created once in the state directory)")
+    parser.add_argument("--state-dir", help="folder of this instance's state (its client id); "
+                        "env EDGEWATCH_STATE_DIR, default the outbox's folder")
     parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
                         "env EDGEWATCH_DEVICES); alerts of others are counted and dropped")
     parser.add_argument("--metrics-port", type=int,
@@ -601,7 +609,8 @@ def run(args) -> int:
         bound = metrics.serve(port, args.metrics_addr)
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
     bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
-                    client_id=args.client_id, retry_base=args.retry_base,
+                    client_id=args.client_id, state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR"),
+                    retry_base=args.retry_base,
                     retry_cap=args.retry_cap, metrics=metrics,
                     devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")))
     serve_until_signal(bridge, f"bridge running, outbox {outbox.path} (pid {os.getpid()})")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -40,8 +39,10 @@ from host.settings import (
     env,
     mqtt_client,
     mqtt_settings,
+    release_client_id,
     safe_url,
     serve_until_signal,
+    service_client_id,
 )
 from host.store import Store
 
@@ -123,15 +124,15 @@ class Collector:
     def __init__(self, store: Store, mqtt: MqttSettings, *, group: str | None = None,
                  devices: frozenset[str] | None = None, batch: int = 1000, flush_ms: int = 100,
                  client_id: str | None = None, ha_discovery: bool = True, max_channels: int = 64,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, state_dir: str | os.PathLike | None = None):
         self.store, self.mqtt, self.group, self.allowed = store, mqtt, group, devices
         self.batch, self.flush_s = max(1, batch), max(0.0, flush_ms / 1000)
         self.ha_discovery, self.max_channels = ha_discovery, max_channels
         self.metrics = metrics or Metrics("collector")
         self.devices = Devices(self.metrics)
-        # stable across restarts (the broker keeps the session), unique per host and group
-        self.client_id = (client_id or
-                          f"edgewatch-collector-{socket.gethostname()}-{group or 'solo'}")[:64]
+        # stable across restarts (the broker keeps the session) but unguessable: 128 random
+        # bits kept in the state directory, never logged (host.settings.service_client_id)
+        self.client_id = client_id or service_client_id("collector", state_dir, group)
         self.q = _Handoff()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -318,7 +319,7 @@ class Collector:
         self._writer.start()
         connect(self.client, self.mqtt, subscriptions(self.mqtt.prefix, self.group))
         log.info("collector storing to %s", safe_url(self.store.url),
-                 extra={"group": self.group or "", "client_id": self.client_id})
+                 extra={"group": self.group or ""})
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -331,6 +332,7 @@ class Collector:
         self._flush_received()
         self.client.disconnect()
         self.client.loop_stop()
+        release_client_id(self.client_id)
 
 
 def add_arguments(parser) -> None:
@@ -345,7 +347,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=1000, help="max messages per transaction")
     parser.add_argument("--flush-ms", type=int, default=100,
                         help="max wait to fill a batch (ms)")
-    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
+    parser.add_argument("--client-id", help="MQTT client id (persistent session; default: 128 "
+                        "random bits created once in the state directory)")
+    parser.add_argument("--state-dir", help="folder of this instance's state (its client id); "
+                        "env EDGEWATCH_STATE_DIR, default the SQLite database's folder, "
+                        "else the current one")
     parser.add_argument("--no-discovery", action="store_true",
                         help="do not publish Home Assistant discovery configs")
     parser.add_argument("--metrics-port", type=int,
@@ -353,6 +359,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metrics-addr", default="127.0.0.1")
     parser.add_argument("--log-level", default="info")
     add_mqtt_arguments(parser)
+
+
+def _state_dir(db_url: str) -> str:
+    """Default state folder: the SQLite database's folder, else the current one."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(db_url)
+    if u.scheme in ("", "sqlite"):
+        path = unquote(u.netloc + u.path) if u.scheme else db_url
+        if u.scheme and path.startswith("/") and not u.netloc:
+            path = path[1:]
+        return str(Path(path).parent)
+    return "."
 
 
 def run(args) -> int:
@@ -370,7 +389,8 @@ def run(args) -> int:
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
     col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
-                    ha_discovery=not args.no_discovery, metrics=metrics)
+                    ha_discovery=not args.no_discovery, metrics=metrics,
+                    state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url))
     serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
     store.close()
     return 0

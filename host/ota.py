@@ -139,12 +139,12 @@ class Publisher:
     """One MQTT connection that publishes retained models and watches status replies."""
 
     def __init__(self, settings, client_id: str = "edgewatch-ota") -> None:
-        from host.settings import connect, mqtt_client
+        from host.settings import connect, mqtt_client, service_client_id
 
         self.s = settings
         self.status: dict[str, dict] = {}
         self._cond = threading.Condition()
-        self.client = mqtt_client(settings, f"{client_id}-{int(time.time() * 1000) % 10**9}")
+        self.client = mqtt_client(settings, service_client_id("ota", None))  # unguessable
         self.client.on_message = self._on_message
         connect(self.client, settings, [(f"{settings.prefix}/+/status", 1)])
 

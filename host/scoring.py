@@ -28,14 +28,19 @@ import importlib.util
 import json
 import logging
 import signal
-import socket
 import threading
 from pathlib import Path
 
 from host.cli import UserError
 from host.metrics import Metrics, setup_logging
 from host.schema import SchemaError, Telemetry, parse, parse_alert
-from host.settings import add_mqtt_arguments, connect, mqtt_client, mqtt_settings
+from host.settings import (
+    add_mqtt_arguments,
+    connect,
+    mqtt_client,
+    mqtt_settings,
+    service_client_id,
+)
 
 log = logging.getLogger("edgewatch.score")
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,7 +201,8 @@ def run(args) -> int:
     model = HostModel(args.model)
     scorer = Scorer(model, args.sensor)
     metrics = Metrics("score")
-    client = mqtt_client(mqtt, f"edgewatch-score-{socket.gethostname()}-{model.model_id}"[:64])
+    # clean session: nothing to resume, so a fresh unguessable id at each start
+    client = mqtt_client(mqtt, service_client_id("scorer", None))
     lock = threading.Lock()
 
     def on_message(c, _u, msg):
