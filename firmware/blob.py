@@ -30,7 +30,7 @@ CRC_LEN = const(4)
 MAX_ACTIVATIONS = const(32768)  # more can never fit a board's heap
 MAC_LEN = const(32)
 OTA_LEN = const(8)
-OTA_FILE = "ota.ver"  # on the board: the highest OTA version accepted
+OTA_FILE = "ota.ver"  # on the board: the highest OTA version whose signature held
 HEADER = "<4sHHI4sHHBBxx"  # magic version flags length model_id window channels n_tensors n_ops
 HEADER_LEN = const(24)
 IOQ = "<fbfb"  # input scale, input zero point, output scale, output zero point
@@ -108,15 +108,15 @@ def _ota(blob, mv, flags, mac, key):
     # A model received over the air by a board (config.py makes its ota_key the tuple
     # (key, key version), or (None, 0) for a board without a key that does not allow
     # unsigned models): signed for OTA under this board's key and key version, and newer
-    # than the highest version accepted, which OTA_FILE keeps (written once the HMAC
-    # holds: an older blob is a rollback). Here, in the parser the engine frees after
-    # each load, so the check costs the running board no memory.
+    # than the highest version whose signature held (OTA_FILE): an older one is a
+    # rollback. Here, in the parser the engine frees after each load, it costs a running
+    # board no memory.
     k, kv = key
     if not k:
         raise BlobError("no ota_key on this board (ota_unsigned is false)")
     if not flags & FLAG_OTA:
         raise BlobError("not signed with an OTA version")
-    if not _same(hmac_sha256(k, mv[:mac]), mv[mac:]):
+    if not _same(hmac_sha256(k, mv[:mac]), mv[mac:mac + MAC_LEN]):
         raise BlobError("blob signature does not match this board's key")
     v, bkv = struct.unpack_from("<IH", blob, mac - OTA_LEN)
     if bkv != kv:
