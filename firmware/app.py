@@ -104,6 +104,7 @@ class App:
                                      cfg["read_retries"], cfg["retry_ms"], feed=feed)
         ob = cfg["outbox"]
         self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], sim_flash_opener())
+        schema.EPOCH = self.outbox.epoch
         wlan = None
         if cfg["wifi"]:
             import network
@@ -128,9 +129,9 @@ class App:
         self.heap_min = gc.mem_free()
         self._alloc0 = _allocated()
         self.last_status = self.started
-        log("app: %s fw %s board %s sensor %s model %s outbox %d pending, next seq %d"
+        log("app: %s fw %s board %s sensor %s model %s outbox %d pending, epoch %d next seq %d"
             % (dev, FW_VERSION, board.get("name"), kind, self.model_id(), self.outbox.depth,
-               self.outbox.next_seq))
+               self.outbox.epoch, self.outbox.next_seq))
 
     # -- model -----------------------------------------------------------------
     def model_id(self):

@@ -19,7 +19,8 @@ FLAG_SIGNED = const(1)
 FLAG_RESIDUAL = const(2)  # prediction = newest input sample + dequantised output
 FLAG_SHIFT = const(4)  # a sustained-shift calibration follows the ops
 FLAG_STILL = const(8)  # a u16 follows: whole reading unchanged this many samples = stuck
-FLAGS_KNOWN = const(15)
+FLAG_OTA = const(16)  # signed for OTA: version u32 + key version u16 + 2 reserved before the HMAC
+FLAGS_KNOWN = const(31)
 OP_CONV = const(1)
 OP_ADD = const(2)
 OP_FC = const(3)
@@ -28,6 +29,8 @@ MAGIC = b"EWMB"
 CRC_LEN = const(4)
 MAX_ACTIVATIONS = const(32768)  # more can never fit a board's heap
 MAC_LEN = const(32)
+OTA_LEN = const(8)
+OTA_FILE = "ota.ver"  # on the board: the highest OTA version whose signature held
 HEADER = "<4sHHI4sHHBBxx"  # magic version flags length model_id window channels n_tensors n_ops
 HEADER_LEN = const(24)
 IOQ = "<fbfb"  # input scale, input zero point, output scale, output zero point
@@ -81,19 +84,52 @@ def check(blob, key=None):
     if length != n:
         raise BlobError("blob truncated or padded: header says %d bytes, got %d" % (length, n))
     signed = flags & FLAG_SIGNED
-    body = n - CRC_LEN - (MAC_LEN if signed else 0)
+    if flags & FLAG_OTA and not signed:
+        raise BlobError("blob has an OTA version but no signature")
+    mac = n - MAC_LEN if signed else n  # the HMAC covers everything before it
+    body = mac - CRC_LEN - (OTA_LEN if flags & FLAG_OTA else 0)
     if body < HEADER_LEN:
         raise BlobError("blob truncated: no room for its trailer")
     mv = memoryview(blob)
     (crc,) = struct.unpack_from("<I", blob, body)
     if crc != crc32(mv[:body]):
         raise BlobError("blob corrupted: CRC32 mismatch")
-    if key:  # None or empty: no key configured (sign() refuses empty keys)
+    if isinstance(key, tuple):  # the board's OTA path: (key or None, key version)
+        _ota(blob, mv, flags, mac, key)
+    elif key:  # None or empty: no key configured (sign() refuses empty keys)
         if not signed:
             raise BlobError("blob is not signed but a signing key is configured")
-        if not _same(hmac_sha256(key, mv[: body + CRC_LEN]), mv[body + CRC_LEN :]):
+        if not _same(hmac_sha256(key, mv[:mac]), mv[mac:]):
             raise BlobError("blob signature does not match the key")
     return body
+
+
+def _ota(blob, mv, flags, mac, key):
+    # A model received over the air by a board (config.py makes its ota_key the tuple
+    # (key, key version), or (None, 0) for a board without a key that does not allow
+    # unsigned models): signed for OTA under this board's key and key version, and newer
+    # than the highest version whose signature held (OTA_FILE): an older one is a
+    # rollback. Here, in the parser the engine frees after each load, it costs a running
+    # board no memory.
+    k, kv = key
+    if not k:
+        raise BlobError("no ota_key on this board (ota_unsigned is false)")
+    if not flags & FLAG_OTA:
+        raise BlobError("not signed with an OTA version")
+    if not _same(hmac_sha256(k, mv[:mac]), mv[mac:mac + MAC_LEN]):
+        raise BlobError("blob signature does not match this board's key")
+    v, bkv = struct.unpack_from("<IH", blob, mac - OTA_LEN)
+    if bkv != kv:
+        raise BlobError("signed with key version %d, this board has %d" % (bkv, kv))
+    try:
+        with open(OTA_FILE) as f:
+            top = int(f.read())
+    except (OSError, ValueError):
+        top = 0
+    if v <= top:
+        raise BlobError("version %d is not newer than %d (a rollback)" % (v, top))
+    with open(OTA_FILE, "w") as f:
+        f.write("%d" % v)
 
 
 class _Reader:

@@ -21,7 +21,9 @@ DEFAULTS = {
     "client_cert": None,
     "client_key": None,
     "wifi": None,
-    "ota_key": None,
+    "ota_key": None,  # this board's own key (derived on the host), hex
+    "ota_key_version": 1,  # the master key version it was derived from
+    "ota_unsigned": False,  # True: no key, accept unsigned models (development only)
     "model_file": "model.ewb",
     "read_retries": 3,
     # None: the sensor's own minimum interval between reads (DHT: 1-2 s)
@@ -204,6 +206,20 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
             cfg["ota_key"] = binascii.unhexlify(key)
         except (ValueError, TypeError):
             raise ConfigError("%s: ota_key: expected at least 32 hex digits" % path)
+    _num(path, "ota_key_version", cfg["ota_key_version"], 1, 65535, integer=True)
+    if type(cfg["ota_unsigned"]) is not bool:
+        raise ConfigError("%s: ota_unsigned: expected true or false" % path)
+    # what the OTA path of blob.py checks: (this board's key, key version); (None, 0) refuses
+    # every model received over the air; None (ota_unsigned, no key) takes unsigned ones
+    # (both keys are consumed here: the dict the app keeps stays as small as it was)
+    kv, unsigned = cfg.pop("ota_key_version"), cfg.pop("ota_unsigned")
+    if cfg["ota_key"]:
+        cfg["ota_key"] = (cfg["ota_key"], kv)
+    elif unsigned:
+        print("config: WARNING ota_unsigned: anyone who can publish to the model topic can "
+              "replace the model (development only)")
+    else:
+        cfg["ota_key"] = (None, 0)
     _num(path, "read_retries", cfg["read_retries"], 0, 10, integer=True)
     _num(path, "retry_ms", cfg["retry_ms"], 0, 5000, integer=True, none_ok=True)
     d = cfg["detector"]

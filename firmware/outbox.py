@@ -16,6 +16,11 @@ broker, because sending starts only after the append returned. The next seq is
 one past the highest seq found in any intact slot (acknowledged slots keep their
 seq), so it survives reboots. When every slot is pending the oldest is overwritten
 and counted in `dropped` (kept in the header: written only when a drop happens).
+
+The header also holds the outbox's `epoch`: 31 random bits drawn when the file is
+created (or found 0 in a file of older firmware), never changed after. Erasing the
+flash restarts `seq` at 0 under a new epoch, so the host keys records by
+(device, epoch, seq) and never takes a re-flashed board's records for replays.
 """
 
 import struct
@@ -25,12 +30,34 @@ from micropython import const
 
 _MAGIC = b"EWOB"
 _VERSION = const(1)
-_HDR = const(32)  # magic, version u16, slot_size u16, slots u32, base_seq u32, dropped u32
+_HDR = const(32)  # magic, version u16, slot_size u16, slots u32, base_seq u32, dropped u32,
+#                  epoch u32
 _REC = const(12)
 PENDING = const(0xA5)
 ACKED = const(0x5A)
 TELEMETRY = const(0)
 ALERT = const(1)
+
+
+def rand32():
+    """31 random bits, never 0: the port's os.urandom, else a `machine.rng()` (ports or
+    stand-ins without urandom, e.g. the RV32 QEMU build), else the jitter of timer reads."""
+    try:
+        import os
+
+        x = struct.unpack("<I", os.urandom(4))[0]
+    except (ImportError, AttributeError, OSError):
+        try:
+            import machine
+
+            x = machine.rng()
+        except (ImportError, AttributeError):
+            import time
+
+            x = 0
+            for _ in range(64):
+                x = crc32(struct.pack("<I", time.ticks_us()), x)
+    return (x & 0x7FFFFFFF) or 1
 
 
 class Outbox:
@@ -58,7 +85,7 @@ class Outbox:
         if f is not None:
             n = f.readinto(self._hdr)
             if n == _HDR and self._hdr[0:4] == _MAGIC:
-                _, ver, ss, ns, base, dropped = struct.unpack_from("<4sHHIII", self._hdr)
+                _, ver, ss, ns, base, dropped, ep = struct.unpack_from("<4sHHIIII", self._hdr)
                 if ver == _VERSION:
                     if (ns, ss) != (slots, slot_size):
                         # keep the geometry on flash: pending records stay readable
@@ -67,17 +94,22 @@ class Outbox:
                         self.wbuf = bytearray(ss)
                         self.rbuf = bytearray(ss)
                     self.f, self.slots, self.slot_size, self.dropped = f, ns, ss, dropped
+                    self.epoch = ep
+                    if not ep:  # written by firmware without epochs: draw one now, once
+                        self.epoch = rand32()
+                        self._write_header()
                     return base
             f.close()
             print("outbox: unreadable header in %s, starting a new queue" % self.path)
         self.slots, self.slot_size = slots, slot_size
+        self.epoch = rand32()
         self._create(0)
         return 0
 
     def _create(self, base_seq):
         f = self.opener(self.path, "wb")
-        struct.pack_into("<4sHHIII", self._hdr, 0, _MAGIC, _VERSION, self.slot_size,
-                         self.slots, base_seq, self.dropped)
+        struct.pack_into("<4sHHIIII", self._hdr, 0, _MAGIC, _VERSION, self.slot_size,
+                         self.slots, base_seq, self.dropped, self.epoch)
         f.write(self._hdr)
         zero = bytearray(self.slot_size)
         for _ in range(self.slots):
@@ -86,9 +118,9 @@ class Outbox:
         self.f = self.opener(self.path, "r+b")
 
     def _write_header(self):
-        struct.pack_into("<I", self._hdr, 16, self.dropped)
+        struct.pack_into("<II", self._hdr, 16, self.dropped, self.epoch)
         self.f.seek(16)
-        self.f.write(memoryview(self._hdr)[16:20])
+        self.f.write(memoryview(self._hdr)[16:24])
         self.f.flush()
 
     def _read_slot(self, i):

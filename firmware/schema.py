@@ -9,6 +9,7 @@ A missing reading is null: JSON has no NaN.
 import json
 
 VERSION = 1
+EPOCH = 0  # the outbox's epoch: the app sets it once at boot; every message carries it
 
 
 def topic(prefix, device, kind):
@@ -30,7 +31,8 @@ def telemetry(device, seq, t, names, values, pred, lo, hi, faults, model):
         for i in range(len(names)):
             p[names[i]] = _r(pred[i], 3)
             band[names[i]] = [_r(lo[i], 3), _r(hi[i], 3)]
-    return json.dumps({"v": VERSION, "device": device, "seq": seq, "t": t, "values": vals,
+    return json.dumps({"v": VERSION, "device": device, "epoch": EPOCH, "seq": seq, "t": t,
+                       "values": vals,
                        "pred": p, "band": band, "anomaly": bool(faults), "faults": faults,
                        "model": model})
 
@@ -43,14 +45,16 @@ def alert(device, seq, t, sample, a, model):
     elif value is not None:
         value = _r(value, 2)
     band = None if lo is None else [_r(lo, 3), _r(hi, 3)]
-    return json.dumps({"v": VERSION, "device": device, "seq": seq, "t": t, "sample": sample,
+    return json.dumps({"v": VERSION, "device": device, "epoch": EPOCH, "seq": seq, "t": t,
+                       "sample": sample,
                        "rule": rule, "channel": channel, "value": value, "band": band,
                        "pred": _r(pred, 3), "model": model})
 
 
 def status(device, seq, t, fw, model, heap_free, outbox, dropped, uptime, error=None):
     """The retained `online` status; `error` e.g. "model: bad CRC" after a refused model."""
-    msg = {"v": VERSION, "device": device, "seq": seq, "t": t, "state": "online", "fw": fw,
+    msg = {"v": VERSION, "device": device, "epoch": EPOCH, "seq": seq, "t": t,
+           "state": "online", "fw": fw,
            "model": model, "heap_free": heap_free, "outbox": outbox, "dropped": dropped,
            "uptime": uptime}
     if error:

@@ -51,7 +51,13 @@ SECRET_KEYS = {
     "password": ("MQTT_PASSWORD",),
     "ota_key": ("OTA_KEY", "EDGEWATCH_OTA_KEY", "EDGEWATCH_MODEL_KEY"),
     "ca": ("MQTT_CA_FILE",),
+    "device": ("DEVICE_ID",),
+    "ota_key_version": ("EDGEWATCH_OTA_KEY_VERSION",),
 }
+# config.json keys -> the .env names they come from, so a mistake names what the user wrote
+ENV_NAMES = {"broker": "MQTT_URL", "device": "DEVICE_ID", "ota_key": "OTA_KEY",
+             "ota_key_version": "EDGEWATCH_OTA_KEY_VERSION", "user": "MQTT_USER",
+             "password": "MQTT_PASSWORD", "wifi": "WIFI_SSID", "ca": "MQTT_CA_FILE"}
 BOARD_FILE = "board.json"
 CA_NAME = "ca.pem"
 
@@ -118,7 +124,7 @@ def read_secrets(env_file: str | None) -> dict:
 def build_config(board_name: str, board: dict, secrets: dict, device_id: str | None,
                  extra: dict | None = None) -> dict:
     """The board's config.json (firmware/config.py's schema) from `.env` secrets and options."""
-    device = device_id or os.environ.get("DEVICE_ID") or "gh-01"
+    device = device_id or secrets.get("device") or "gh-01"
     if not DEVICE_ID_RE.match(device):
         raise UserError(f"device id {device!r}: use 1-32 characters of A-Z a-z 0-9 _ -")
     if not secrets.get("broker"):
@@ -132,13 +138,48 @@ def build_config(board_name: str, board: dict, secrets: dict, device_id: str | N
         cfg["user"] = secrets["user"]
         cfg["password"] = secrets.get("password", "")
     if secrets.get("ota_key"):
-        cfg["ota_key"] = secrets["ota_key"]
+        # the board gets its own key, derived from the fleet master key: a blob signed for
+        # it opens no other board, and a stolen board can sign nothing for another
+        from edgewatch.services.ota import key_version
+        from edgewatch.training.export.blob import derive_key
+
+        try:
+            master = bytes.fromhex(secrets["ota_key"].strip())
+        except ValueError:
+            master = b""
+        if len(master) < 16:
+            raise UserError("OTA_KEY: expected at least 32 hex digits (the fleet master key)")
+        kv = key_version(secrets.get("ota_key_version"))
+        cfg["ota_key"] = derive_key(master, device, kv).hex()
+        cfg["ota_key_version"] = kv
     if secrets.get("ca"):
         if not Path(secrets["ca"]).is_file():
             raise UserError(f"MQTT_CA_FILE {secrets['ca']}: no such file")
         cfg["ca"] = CA_NAME
     cfg.update(extra or {})
     return cfg
+
+
+def check_config(config: dict, board: dict) -> None:
+    """Run the firmware's own config checks on the host, before anything is sent: a
+    config the board would refuse is one line naming the key (its .env name when it
+    comes from .env), and nothing is written."""
+    fw = firmware_files.load("config")
+    with tempfile.TemporaryDirectory(prefix="edgewatch-check-") as tmp:
+        cfg, brd = Path(tmp) / CONFIG_NAME, Path(tmp) / BOARD_FILE
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(config, fh)
+        brd.write_text(json.dumps({"name": config["board"], **board}))
+        try:
+            fw.load(str(cfg), str(brd))
+        except fw.ConfigError as exc:
+            msg = str(exc).split(": ", 1)[-1]  # without the temporary path
+            key = msg.split(":", 1)[0].split(".")[0].split(" ")[0]
+            name = ENV_NAMES.get(key)
+            where = f"{name} (config.json {key})" if name else f"config.json {key}"
+            raise UserError(f"{where}: {msg.split(': ', 1)[-1]}; nothing was written "
+                            "to the board") from None
 
 
 def mpy_cross_version() -> int:
@@ -402,14 +443,18 @@ def deploy(port: str, board_name: str, model: str | None, device_id: str | None 
            env_file: str | None = ".env", umqtt_from: str | None = None, ampy: bool = False,
            source: bool = False, reset: bool = True, extra: dict | None = None,
            say=print) -> list[str]:
-    """Deploy to the board on `port`; returns the board paths written."""
-    check_port(port)
+    """Deploy to the board on `port`; returns the board paths written.
+
+    Everything is checked before the board is touched: the config the board would
+    refuse at boot (firmware/config.py's own checks, run here) is one line, exit 2."""
+    check_port(port)  # only looks at the port: nothing is sent before the checks below
     board = board_config(board_name)
     blob = model_blob(model)
     secrets = read_secrets(env_file)
-    config = build_config(board_name, board, secrets, device_id, extra)
     if not FIRMWARE.is_dir() or not any(FIRMWARE.glob("*.py")):
         raise UserError(f"{FIRMWARE}: no firmware files")
+    config = build_config(board_name, board, secrets, device_id, extra)
+    check_config(config, board)
     if umqtt_from and not (Path(umqtt_from) / "umqtt" / "simple.py").is_file():
         raise UserError(f"--umqtt-from {umqtt_from}: no umqtt/simple.py there "
                         "(make build/mplib/.stamp fetches it)")

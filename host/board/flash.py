@@ -131,8 +131,9 @@ def run(args) -> int:
     if not args.no_deploy:
         # deploy's own inputs are checked now too, before the board is erased
         _deploy.model_blob(None if args.no_model else args.model)
-        _deploy.build_config(args.board, board, _deploy.read_secrets(args.env_file),
-                             args.device_id, _deploy._extra(args.set))
+        cfg = _deploy.build_config(args.board, board, _deploy.read_secrets(args.env_file),
+                                   args.device_id, _deploy._extra(args.set))
+        _deploy.check_config(cfg, board)  # what the firmware would refuse at boot
     image = check_image(args.firmware if args.firmware else download(image_name))
     cmds = esptool_commands(chip, port, offset, image, args.baud)
     for cmd in cmds:

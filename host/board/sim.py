@@ -238,6 +238,11 @@ class Fleet:
         if self.credentials.get(d.device):
             cfg["user"], cfg["password"] = d.device, self.credentials[d.device]
         cfg.update(self.extra)
+        if cfg.get("ota_key"):  # the fleet master key: each board gets its own, as deploy does
+            from edgewatch.training.export.blob import derive_key
+
+            cfg["ota_key"] = derive_key(bytes.fromhex(cfg["ota_key"]), d.device,
+                                        cfg.get("ota_key_version", 1)).hex()
         (d.folder / "config.json").write_text(json.dumps(cfg))
         (d.folder / "board.json").write_text(json.dumps(self.board))
         if self.model:

@@ -32,6 +32,7 @@ MODEL_RE = re.compile(r"[0-9a-fA-F]{8}")
 RESERVED_CHANNELS = frozenset({"device", "seq", "t", "received", "received_at", "anomaly",
                                "faults", "model", "id", "timestamp"})
 MAX_SEQ = 2**63 - 1  # fits a signed 64-bit SQL BIGINT
+MAX_EPOCH = 2**32 - 1  # the board's outbox epoch (u32); 0 = firmware from before epochs
 MAX_CHANNELS = 16
 
 
@@ -56,6 +57,7 @@ class Telemetry:
     anomaly: bool = False
     faults: tuple[str, ...] = ()
     model: str | None = None
+    epoch: int = 0
     kind: str = field(default="telemetry", init=False)
 
 
@@ -73,6 +75,7 @@ class Alert:
     band: tuple[float, float] | None
     pred: float | None
     model: str | None
+    epoch: int = 0
     kind: str = field(default="alert", init=False)
 
 
@@ -91,6 +94,7 @@ class Status:
     dropped: int | None = None
     uptime: float | None = None
     error: str | None = None
+    epoch: int | None = None
     kind: str = field(default="status", init=False)
 
 
@@ -202,7 +206,8 @@ def _channel(name, where: str) -> str:
     return name
 
 
-def _common(obj: dict, device: str | None, *, seq_required: bool = True) -> tuple[str, int | None]:
+def _common(obj: dict, device: str | None, *,
+            seq_required: bool = True) -> tuple[str, int | None, int | None]:
     v = obj.get("v")
     if not _is_int(v) or v != VERSION:
         raise SchemaError(f"v: unknown schema version {v!r} (expected {VERSION})")
@@ -216,7 +221,10 @@ def _common(obj: dict, device: str | None, *, seq_required: bool = True) -> tupl
     seq = obj.get("seq")
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:  # the common case skips _int
         seq = _int(obj, "seq", required=seq_required)
-    return dev, seq
+    epoch = obj.get("epoch")
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:  # absent: older firmware
+        epoch = _int(obj, "epoch", required=False, hi=MAX_EPOCH)
+    return dev, epoch, seq
 
 
 def _time(obj: dict) -> float | None:
@@ -240,7 +248,7 @@ def _model(obj: dict) -> str | None:
 def parse_telemetry(payload, device: str | None = None) -> Telemetry:
     """A telemetry message; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload
-    dev, seq = _common(obj, device)
+    dev, epoch, seq = _common(obj, device)
     values = obj.get("values")
     if not isinstance(values, dict) or not values:
         raise SchemaError("values: expected a non-empty object of channel -> number or null")
@@ -284,13 +292,14 @@ def parse_telemetry(payload, device: str | None = None) -> Telemetry:
     elif (not isinstance(faults, list) or any(f not in RULES for f in faults)
             or len(set(faults)) != len(faults)):
         raise SchemaError(f"faults: expected a list of distinct rule names {list(RULES)}")
-    return _telemetry(dev, seq, _time(obj), vals, pred, band, anomaly, tuple(faults), _model(obj))
+    return _telemetry(dev, seq, _time(obj), vals, pred, band, anomaly, tuple(faults), _model(obj),
+                      epoch or 0)
 
 
 _new = object.__new__
 
 
-def _telemetry(device, seq, t, values, pred, band, anomaly, faults, model) -> Telemetry:
+def _telemetry(device, seq, t, values, pred, band, anomaly, faults, model, epoch=0) -> Telemetry:
     """``Telemetry(...)`` of checked fields, built without the frozen-dataclass ``__init__``.
 
     A frozen dataclass sets each field through ``object.__setattr__``, which is a
@@ -299,14 +308,14 @@ def _telemetry(device, seq, t, values, pred, band, anomaly, faults, model) -> Te
     """
     rec = _new(Telemetry)
     rec.__dict__.update(device=device, seq=seq, t=t, values=values, pred=pred, band=band,
-                        anomaly=anomaly, faults=faults, model=model)
+                        anomaly=anomaly, faults=faults, model=model, epoch=epoch)
     return rec
 
 
 def parse_alert(payload, device: str | None = None) -> Alert:
     """An alert message; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload
-    dev, seq = _common(obj, device)
+    dev, epoch, seq = _common(obj, device)
     rule = obj.get("rule")
     if rule not in RULES:
         raise SchemaError(f"rule: {str(rule)[:40]!r} is not one of {list(RULES)}")
@@ -317,13 +326,13 @@ def parse_alert(payload, device: str | None = None) -> Alert:
     return Alert(dev, seq, _time(obj), _int(obj, "sample", required=True), rule, channel,
                  _number(obj, "value", nullable=True),
                  None if band is None else _pair(band, "band"),
-                 _number(obj, "pred", nullable=True), _model(obj))
+                 _number(obj, "pred", nullable=True), _model(obj), epoch or 0)
 
 
 def parse_status(payload, device: str | None = None) -> Status:
     """A status message or last will; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload
-    dev, seq = _common(obj, device, seq_required=False)
+    dev, epoch, seq = _common(obj, device, seq_required=False)
     state = obj.get("state")
     if state not in STATES:
         raise SchemaError(f"state: {str(state)[:40]!r} is not one of {list(STATES)}")
@@ -335,7 +344,7 @@ def parse_status(payload, device: str | None = None) -> Status:
                   _int(obj, "heap_free", required=False, hi=2**31),
                   _int(obj, "outbox", required=False, hi=2**31),
                   _int(obj, "dropped", required=False, hi=2**62),
-                  uptime, _str(obj, "error", maxlen=200))
+                  uptime, _str(obj, "error", maxlen=200), epoch)
 
 
 PARSERS = {"telemetry": parse_telemetry, "alert": parse_alert, "status": parse_status}
@@ -374,18 +383,18 @@ def parse(topic: str, payload, prefix: str = DEFAULT_PREFIX) -> Telemetry | Aler
 def to_json(rec: Telemetry | Alert | Status) -> dict:
     """The message object of a record (the inverse of parsing; None fields of status dropped)."""
     if isinstance(rec, Telemetry):
-        return {"v": VERSION, "device": rec.device, "seq": rec.seq, "t": rec.t,
-                "values": rec.values, "pred": rec.pred,
+        return {"v": VERSION, "device": rec.device, "epoch": rec.epoch, "seq": rec.seq,
+                "t": rec.t, "values": rec.values, "pred": rec.pred,
                 "band": None if rec.band is None else
                 {k: (None if b is None else list(b)) for k, b in rec.band.items()},
                 "anomaly": rec.anomaly, "faults": list(rec.faults), "model": rec.model}
     if isinstance(rec, Alert):
-        return {"v": VERSION, "device": rec.device, "seq": rec.seq, "t": rec.t,
-                "sample": rec.sample, "rule": rec.rule, "channel": rec.channel,
+        return {"v": VERSION, "device": rec.device, "epoch": rec.epoch, "seq": rec.seq,
+                "t": rec.t, "sample": rec.sample, "rule": rec.rule, "channel": rec.channel,
                 "value": rec.value, "band": None if rec.band is None else list(rec.band),
                 "pred": rec.pred, "model": rec.model}
     out = {"v": VERSION, "device": rec.device, "state": rec.state}
-    for k in ("seq", "t", "fw", "model", "heap_free", "outbox", "dropped", "uptime", "error"):
+    for k in ("epoch", "seq", "t", "fw", "model", "heap_free", "outbox", "dropped", "uptime", "error"):
         if getattr(rec, k) is not None:
             out[k] = getattr(rec, k)
     return out

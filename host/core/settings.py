@@ -185,6 +185,63 @@ def mqtt_settings(args) -> MqttSettings:
     return s
 
 
+_held_ids: dict[str, int] = {}  # client id -> its open, locked file (until release or exit)
+
+
+def service_client_id(role: str, state_dir: str | os.PathLike | None,
+                      group: str | None = None) -> str:
+    """The MQTT client id of one service instance: 128 random bits, unguessable.
+
+    Created once in ``state_dir`` (file ``<role>-<group|solo>.client-id``, mode 0600)
+    and read again at every start, so the broker's persistent session survives a
+    restart or a kill -9. The running instance holds a lock on its file; a second
+    instance with the same state directory and group takes the next file
+    (``...-2.client-id``), so two instances never share an id and fight over the
+    session. The id is registered as a secret: it is never logged. Without a state
+    directory (in-process use, tests) each call gives a fresh random id.
+    """
+    import fcntl
+    import secrets
+
+    if state_dir is None:
+        return f"ew-{role}-{secrets.token_hex(16)}"
+    folder = Path(state_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot create the state directory ({exc.strerror})") from None
+    base = f"{role}-{group or 'solo'}"
+    for n in range(1, 65):
+        path = folder / (f"{base}.client-id" if n == 1 else f"{base}-{n}.client-id")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot open the client-id file ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another running instance holds this one
+            os.close(fd)
+            continue
+        old = os.read(fd, 200).decode("ascii", "replace").strip()
+        if not (old.startswith(f"ew-{role}-") and len(old) == len(role) + 36):
+            old = f"ew-{role}-{secrets.token_hex(16)}"
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, old.encode() + b"\n")
+            os.fsync(fd)
+        _held_ids[old] = fd
+        add_secret(old)
+        return old
+    raise UserError(f"{folder}: 64 instances of {role} ({group or 'no group'}) already run here")
+
+
+def release_client_id(client_id: str) -> None:
+    """Unlock the file of a client id taken by :func:`service_client_id` (service stopped)."""
+    fd = _held_ids.pop(client_id, None)
+    if fd is not None:
+        os.close(fd)
+
+
 def mqtt_client(s: MqttSettings, client_id: str, *, persistent: bool = False,
                 manual_ack: bool = False):
     """A paho client configured for ``s`` (auth, TLS); the caller connects it.

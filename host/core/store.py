@@ -5,7 +5,7 @@ URLs: ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` (or a plain path),
 
 Tables (names optionally prefixed, so tests and several sites can share one database):
 
-- ``telemetry``: ``device, seq, t, received, anomaly, faults, model`` and one
+- ``telemetry``: ``device, epoch, seq, t, received, anomaly, faults, model`` and one
   DOUBLE column per channel, added the first time a channel is seen. This is the
   shape ``edgewatch.training.forecast.data.load_db`` and ``edgewatch export`` read. ``t`` is the
   board's time, or the arrival time when the board's clock was not set.
@@ -23,9 +23,12 @@ Tables (names optionally prefixed, so tests and several sites can share one data
 Existing databases migrate in place: missing tables, columns and the index are
 added when a :class:`Store` opens them for writing (``create=True``).
 
-``(device, seq)`` is the primary key of telemetry and alerts and every insert
-ignores a key already present, so a replayed or redelivered message is stored
-once however often it arrives; :meth:`Store.write` reports how many rows were new.
+``(device, epoch, seq)`` is the primary key of telemetry and alerts and every
+insert ignores a key already present, so a replayed or redelivered message is
+stored once however often it arrives; :meth:`Store.write` reports how many rows
+were new. ``epoch`` is the board's outbox epoch (new after a flash erase, when
+``seq`` restarts at 0; 0 for firmware that sends none). Tables of an older
+version, keyed by ``(device, seq)``, are migrated in place when the store opens.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from edgewatch.core.settings import add_secret, safe_url
 
 log = logging.getLogger("edgewatch.store")
 
-ALERT_COLS = ("device", "seq", "t", "received", "sample", "rule", "channel", "value", "lo", "hi",
+EPOCH_COL = "epoch BIGINT NOT NULL DEFAULT 0"
+
+ALERT_COLS = ("device", "epoch", "seq", "t", "received", "sample", "rule", "channel", "value", "lo", "hi",
               "pred", "model")
-TELEMETRY_META = ("device", "seq", "t", "received", "anomaly", "faults", "model")
+TELEMETRY_META = ("device", "epoch", "seq", "t", "received", "anomaly", "faults", "model")
 DEVICE_COLS = ("device", "state", "last_seen", "status_seq", "fw", "model", "outbox", "heap_free",
-               "dropped", "uptime", "error")
+               "dropped", "uptime", "error", "epoch")
 NOTIFY_COLS = ("nkey", "device", "alert_seq", "kind", "notifier", "recipient", "state", "ref",
                "error", "attempts", "updated")
 BAND = ("_pred_", "_lo_", "_hi_")  # column prefixes of a channel's prediction and band
@@ -60,7 +65,7 @@ def band_columns(channel: str) -> tuple[str, str, str]:
 
 def latest_json(rec: Telemetry) -> str:
     """The devices table's copy of a device's newest sample."""
-    return json.dumps({"seq": rec.seq, "values": rec.values, "pred": rec.pred,
+    return json.dumps({"epoch": rec.epoch, "seq": rec.seq, "values": rec.values, "pred": rec.pred,
                        "band": rec.band, "anomaly": rec.anomaly, "faults": list(rec.faults)},
                       separators=(",", ":"))
 
@@ -206,17 +211,19 @@ class Store:
         d, r, b = self.d, self.d.real, self.d.big
         key = "VARCHAR(32) NOT NULL"
         stmts = [
-            f"CREATE TABLE IF NOT EXISTS {self.t_tel} (device {key}, seq {b} NOT NULL, t {r}, "
+            f"CREATE TABLE IF NOT EXISTS {self.t_tel} (device {key}, {EPOCH_COL}, "
+            f"seq {b} NOT NULL, t {r}, "
             f"received {r}, anomaly SMALLINT, faults VARCHAR(64), model VARCHAR(8), "
-            f"PRIMARY KEY (device, seq))",
-            f"CREATE TABLE IF NOT EXISTS {self.t_alert} (device {key}, seq {b} NOT NULL, t {r}, "
+            f"PRIMARY KEY (device, epoch, seq))",
+            f"CREATE TABLE IF NOT EXISTS {self.t_alert} (device {key}, {EPOCH_COL}, "
+            f"seq {b} NOT NULL, t {r}, "
             f"received {r}, sample {b}, {d.q('rule')} VARCHAR(16), channel VARCHAR(32), "
             f"{d.q('value')} {r}, lo {r}, hi {r}, pred {r}, model VARCHAR(8), "
-            f"PRIMARY KEY (device, seq))",
+            f"PRIMARY KEY (device, epoch, seq))",
             f"CREATE TABLE IF NOT EXISTS {self.t_dev} (device {key} PRIMARY KEY, "
             f"state VARCHAR(8), last_seen {r}, status_seq {b}, fw VARCHAR(32), model VARCHAR(8), "
             f"outbox INTEGER, heap_free INTEGER, dropped {b}, uptime {r}, error VARCHAR(200), "
-            f"latest_t {r}, latest TEXT)",
+            f"epoch {b}, latest_t {r}, latest TEXT)",
             f"CREATE TABLE IF NOT EXISTS {self.t_note} (nkey VARCHAR(190) NOT NULL PRIMARY KEY, "
             f"device {key}, alert_seq {b}, kind VARCHAR(8), notifier VARCHAR(16), "
             f"recipient VARCHAR(64), state VARCHAR(12), ref VARCHAR(64), error VARCHAR(200), "
@@ -226,6 +233,7 @@ class Store:
         for s in stmts:
             cur.execute(s)
         self.conn.commit()
+        self._migrate()  # epochs first: a rebuilt SQLite table loses its indexes
         # in-place migration of databases made before these columns and the index existed
         have = self._columns(self.t_dev)
         for col, typ in (("latest_t", r), ("latest", "TEXT")):
@@ -233,6 +241,52 @@ class Store:
                 self._alter(f"ALTER TABLE {self.t_dev} ADD COLUMN {col} {typ}")
         self._index(f"{self.prefix}telemetry_device_t", self.t_tel, "device, t")
         self._index(f"{self.prefix}notifications_device", self.t_note, "device, alert_seq")
+
+    def _migrate(self) -> None:
+        """Tables of a version before epochs: add ``epoch`` (0 for the rows there) and key
+        telemetry and alerts by (device, epoch, seq), in place, each table in one transaction."""
+        d = self.d
+        if "epoch" not in self._columns(self.t_dev):
+            cur = self.conn.cursor()
+            cur.execute(f"ALTER TABLE {self.t_dev} ADD COLUMN epoch {d.big}")
+            self.conn.commit()
+        for table in (self.t_tel, self.t_alert):
+            if "epoch" in self._columns(table):
+                continue
+            log.warning("migrating %s to the (device, epoch, seq) key", table,
+                        extra={"table": table})
+            cur = self.conn.cursor()
+            try:
+                if d.name == "sqlite":  # SQLite cannot change a primary key: rebuild the table
+                    cur.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (table.strip('"'),))
+                    ddl = cur.fetchone()[0]
+                    tmp = d.q(table.strip('"') + "_premigrate")
+                    cur.execute("BEGIN")
+                    cur.execute(f"ALTER TABLE {table} RENAME TO {tmp}")
+                    head, _, rest = ddl.partition("(")
+                    body = rest.rsplit(")", 1)[0].replace("PRIMARY KEY (device, seq)",
+                                                          "PRIMARY KEY (device, epoch, seq)")
+                    body = body.replace("seq BIGINT NOT NULL", f"{EPOCH_COL}, seq BIGINT NOT NULL",
+                                        1)
+                    cur.execute(f"CREATE TABLE {table} ({body})")
+                    cur.execute(f"SELECT * FROM {tmp} WHERE 1 = 0")
+                    cols = ", ".join(d.q(c[0]) for c in cur.description)
+                    cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {tmp}")
+                    cur.execute(f"DROP TABLE {tmp}")
+                elif d.name == "postgresql":
+                    cur.execute("SELECT conname FROM pg_constraint WHERE contype = 'p' AND "
+                                "conrelid = to_regclass(%s)", (table,))
+                    pk = cur.fetchone()[0]
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {EPOCH_COL}, "
+                                f"DROP CONSTRAINT {d.q(pk)}, ADD PRIMARY KEY (device, epoch, seq)")
+                else:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {EPOCH_COL}, DROP PRIMARY KEY, "
+                                "ADD PRIMARY KEY (device, epoch, seq)")
+                self.conn.commit()
+            except Exception:
+                self.conn.rollback()
+                raise
 
     def _columns(self, table: str) -> set[str]:
         cur = self.conn.cursor()
@@ -288,7 +342,7 @@ class Store:
               statuses: list[tuple[Status, float]] = ()) -> tuple[int, int]:
         """Store one batch in one transaction; (new telemetry rows, new alert rows).
 
-        Each item is (record, arrival Unix time). Rows whose (device, seq) is
+        Each item is (record, arrival Unix time). Rows whose (device, epoch, seq) is
         already stored are skipped by the database, not by this process, so
         several collectors may write to one database.
         """
@@ -321,7 +375,7 @@ class Store:
                 ok = lower[keys] = all(k == k.lower() for k in keys)
             if not ok:
                 vals = {k.lower(): v for k, v in vals.items()}
-            row = [rec.device, rec.seq, rec.t if rec.t is not None else when, when,
+            row = [rec.device, rec.epoch, rec.seq, rec.t if rec.t is not None else when, when,
                    int(rec.anomaly), ",".join(rec.faults), rec.model, *map(vals.get, chans)]
             if banded:
                 pred = {k.lower(): v for k, v in (rec.pred or {}).items()}
@@ -335,7 +389,7 @@ class Store:
         return max(cur.rowcount, 0)
 
     def _write_alerts(self, items) -> int:
-        rows = [(a.device, a.seq, a.t if a.t is not None else when, when, a.sample, a.rule,
+        rows = [(a.device, a.epoch, a.seq, a.t if a.t is not None else when, when, a.sample, a.rule,
                  a.channel, a.value, a.band[0] if a.band else None,
                  a.band[1] if a.band else None, a.pred, a.model) for a, when in items]
         cur = self.conn.cursor()
@@ -344,10 +398,10 @@ class Store:
 
     def _write_devices(self, telemetry, alerts, statuses) -> None:
         g = self.d.greatest
-        seen: dict[str, tuple[float, str | None]] = {}
+        seen: dict[str, tuple[float, str | None, int]] = {}
         for rec, when in list(telemetry) + list(alerts):
-            last, model = seen.get(rec.device, (0.0, None))
-            seen[rec.device] = (max(last, when), rec.model or model)
+            last, model, _ = seen.get(rec.device, (0.0, None, 0))
+            seen[rec.device] = (max(last, when), rec.model or model, rec.epoch)
         cur = self.conn.cursor()
         latest: dict[str, tuple[float, Telemetry]] = {}
         for rec, when in telemetry:
@@ -368,18 +422,19 @@ class Store:
             cur.executemany(sql, [(dev, t, latest_json(rec))
                                   for dev, (t, rec) in sorted(latest.items())])
         if seen:
-            sql = self.d.upsert(self.t_dev, ("device", "state", "last_seen", "model"), "device",
+            sql = self.d.upsert(self.t_dev, ("device", "state", "last_seen", "model", "epoch"),
+                                "device",
                                 {"state": "{new}", "last_seen": g + "(COALESCE({old}, 0), {new})",
-                                 "model": "COALESCE({new}, {old})"})
-            cur.executemany(sql, [(dev, "online", when, model)
-                                  for dev, (when, model) in sorted(seen.items())])
+                                 "model": "COALESCE({new}, {old})", "epoch": "{new}"})
+            cur.executemany(sql, [(dev, "online", when, model, epoch)
+                                  for dev, (when, model, epoch) in sorted(seen.items())])
         if statuses:
             merge = {c: "COALESCE({new}, {old})" for c in DEVICE_COLS[1:]}
             merge["state"] = "{new}"
             merge["last_seen"] = g + "(COALESCE({old}, 0), {new})"
             sql = self.d.upsert(self.t_dev, DEVICE_COLS, "device", merge)
             cur.executemany(sql, [(s.device, s.state, when, s.seq, s.fw, s.model, s.outbox,
-                                   s.heap_free, s.dropped, s.uptime, s.error)
+                                   s.heap_free, s.dropped, s.uptime, s.error, s.epoch)
                                   for s, when in statuses])
 
     def write_notifications(self, rows: list[dict]) -> None:

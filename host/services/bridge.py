@@ -12,7 +12,8 @@ A flapping sensor does not flood a phone: after an alert, the same
 (device, rule) is quiet for ``--cooldown`` seconds; alerts in that time are
 counted and sent as one digest when it ends. A global cap
 (``--max-per-minute``) holds back alerts beyond it the same way. A replayed
-alert (same device and seq) is sent once.
+alert (same device, epoch and seq) is sent once; a board re-flashed (new epoch,
+seq from 0 again) has its alerts sent.
 
 Several bridges share the alerts with ``--group`` (MQTT shared subscription):
 each alert reaches one of them. Bridges on one host may also share one outbox
@@ -41,7 +42,9 @@ from edgewatch.core.settings import (
     env,
     mqtt_client,
     mqtt_settings,
+    release_client_id,
     safe_url,
+    service_client_id,
 )
 from edgewatch.core.store import Store
 from edgewatch.services.collector import parse_devices
@@ -52,8 +55,8 @@ from edgewatch.services.notifiers import Message, Notifier, PermanentError, Tran
 log = logging.getLogger("edgewatch.bridge")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (device TEXT NOT NULL, seq INTEGER NOT NULL, received REAL,
-    outcome TEXT, PRIMARY KEY (device, seq));
+CREATE TABLE IF NOT EXISTS seen (device TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL, received REAL, outcome TEXT, PRIMARY KEY (device, epoch, seq));
 CREATE INDEX IF NOT EXISTS seen_received ON seen (received);
 CREATE TABLE IF NOT EXISTS cooldown (device TEXT NOT NULL, rule TEXT NOT NULL, until REAL,
     suppressed INTEGER DEFAULT 0, since REAL, last TEXT, PRIMARY KEY (device, rule));
@@ -165,6 +168,7 @@ class Outbox:
         self.records = []
         try:
             self.db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a usable outbox database: {exc}") from None
         self._release_dead_leases()
@@ -178,6 +182,28 @@ class Outbox:
             c.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = c
         return c
+
+    def _migrate(self) -> None:
+        """An outbox of a version before epochs: key ``seen`` by (device, epoch, seq), in place."""
+        db = self.db
+        with self.wlock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cols = [r[1] for r in db.execute("PRAGMA table_info(seen)")]
+                if "epoch" not in cols:
+                    log.warning("outbox %s: migrating seen alerts to the (device, epoch, seq) key",
+                                self.path)
+                    db.execute("ALTER TABLE seen RENAME TO seen_premigrate")
+                    db.execute("DROP INDEX IF EXISTS seen_received")
+                    for stmt in SCHEMA.split(";")[:2]:
+                        db.execute(stmt)
+                    db.execute("INSERT INTO seen (device, epoch, seq, received, outcome) "
+                               "SELECT device, 0, seq, received, outcome FROM seen_premigrate")
+                    db.execute("DROP TABLE seen_premigrate")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def _release_dead_leases(self) -> None:
         """Rows leased by a process of this host that no longer runs are free again at once."""
@@ -209,7 +235,7 @@ class Outbox:
     def add_alerts(self, items: list[tuple[Alert, float]], notifiers: list[Notifier]) -> list[str]:
         """Record alerts in one transaction; the outcome of each.
 
-        ``sent`` (notifications queued), ``replay`` (this device/seq was seen),
+        ``sent`` (notifications queued), ``replay`` (this device/epoch/seq was seen),
         ``cooldown`` or ``ratecap`` (held back for a digest).
         """
         db, out = self.db, []
@@ -221,20 +247,22 @@ class Outbox:
         mark = len(self.records)
         try:
             for a, received in items:
-                cur = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, NULL)",
-                                 (a.device, a.seq, received))
+                cur = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?, NULL)",
+                                 (a.device, a.epoch, a.seq, received))
                 if cur.rowcount == 0:
                     out.append("replay")
                     continue
                 outcome = self._decide(db, a, received)
+                # epoch 0 (firmware without epochs) keeps the key of earlier versions
+                key = f"{a.device}:{a.epoch}:{a.seq}" if a.epoch else f"{a.device}:{a.seq}"
                 if outcome != "sent":
-                    self.records.append(outcome_row(f"held:{a.device}:{a.seq}", to_json(a),
+                    self.records.append(outcome_row(f"held:{key}", to_json(a),
                                                     None, None, outcome, received))
                 if outcome == "sent":
-                    self._queue(db, f"{a.device}:{a.seq}", alert_text(a),
+                    self._queue(db, key, alert_text(a),
                                 {"kind": "alert", **to_json(a)}, received, notifiers)
-                db.execute("UPDATE seen SET outcome = ? WHERE device = ? AND seq = ?",
-                           (outcome, a.device, a.seq))
+                db.execute("UPDATE seen SET outcome = ? WHERE device = ? AND epoch = ? AND seq = ?",
+                           (outcome, a.device, a.epoch, a.seq))
                 out.append(outcome)
             db.execute("COMMIT")
         except BaseException:
@@ -303,7 +331,8 @@ class Outbox:
                             {"kind": "digest", "device": device, "rule": rule, "count": count,
                              "since": since}, now, notifiers)
                 # the digest counts against the cap like an alert
-                db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, 'digest')",
+                db.execute("INSERT OR IGNORE INTO seen (device, seq, received, outcome) "
+                           "VALUES (?, ?, ?, 'digest')",
                            (f"digest:{device}", -int(now * 1000) - n, now))
                 db.execute("UPDATE cooldown SET until = ?, suppressed = 0, since = NULL "
                            "WHERE device = ? AND rule = ?", (now + self.cooldown, device, rule))
@@ -388,6 +417,7 @@ class Bridge:
 
     def __init__(self, outbox: Outbox, notifiers: list[Notifier], mqtt: MqttSettings, *,
                  group: str | None = None, client_id: str | None = None,
+                 state_dir: str | os.PathLike | None = None,
                  retry_base: float = 1.0, retry_cap: float = 300.0, workers: int = 4,
                  devices: frozenset[str] | None = None, metrics: Metrics | None = None,
                  results: Store | None = None):
@@ -399,8 +429,10 @@ class Bridge:
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self.metrics = metrics or Metrics("bridge")
         self.devices = Devices(self.metrics)
-        digest = hashlib.sha1(f"{group}:{os.path.abspath(outbox.path)}".encode()).hexdigest()[:8]
-        self.client_id = client_id or f"edgewatch-bridge-{socket.gethostname()}-{digest}"[:64]
+        # 128 random bits kept next to the outbox (or in state_dir): stable across restarts,
+        # unguessable, never logged (host.settings.service_client_id)
+        self.client_id = client_id or service_client_id(
+            "bridge", state_dir if state_dir is not None else Path(outbox.path).parent, group)
         self.q: queue.Queue = queue.Queue()
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -589,7 +621,7 @@ class Bridge:
                                          (f"{self.mqtt.prefix}/+/status", 1)])
         log.info("bridge relaying alerts to %s", ", ".join(n.name for n in self.notifiers),
                  extra={"outbox": self.outbox.path, "group": self.group or "",
-                        "client_id": self.client_id, "pending": self.outbox.depth()})
+                        "pending": self.outbox.depth()})
         return self
 
     def stop(self) -> None:
@@ -601,6 +633,7 @@ class Bridge:
             t.join(15)
         self.client.disconnect()
         self.client.loop_stop()
+        release_client_id(self.client_id)
 
 
 def add_arguments(parser) -> None:
@@ -622,6 +655,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--retry-cap", type=float, default=300.0, help="longest retry delay")
     add_service_arguments(parser, "bridges with the same group split the alerts",
                           "alerts of others are counted and dropped")
+    parser.add_argument("--state-dir", help="folder of this instance's state (its client id); "
+                        "env EDGEWATCH_STATE_DIR, default the outbox's folder")
 
 
 def _number(value, name: str, default: float) -> float:
@@ -655,7 +690,8 @@ def run(args) -> int:
         except UserError as exc:  # alerts go out without the database; the outcomes do not
             log.error("notification outcomes will not be recorded: %s", exc)
     bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
-                    client_id=args.client_id, retry_base=args.retry_base,
+                    client_id=args.client_id, state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR"),
+                    retry_base=args.retry_base,
                     retry_cap=args.retry_cap, metrics=metrics,
                     devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")),
                     results=results)

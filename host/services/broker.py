@@ -211,3 +211,40 @@ def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+PRODUCTION_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"  # the checkout
+
+
+def _passwd(path: Path, users: dict[str, str]) -> None:
+    path.write_text("")
+    for u, p in users.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(path), u, p], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path.chmod(0o600)
+
+
+def production(folder, boards: dict[str, str], services: dict[str, str],
+               conf_dir: Path = PRODUCTION_CONF) -> Broker:
+    """A Broker running the shipped production config (deploy/mosquitto/edgewatch.conf).
+
+    Only what cannot be the same on a test machine is substituted: the folder of its
+    files, the two ports (free loopback ports), syslog (a log file), a throwaway TLS
+    CA. ``tls_port`` is the boards' listener, ``port`` the services' (both TLS)."""
+    b = Broker(folder, tls=True)  # generates ca.crt, server.crt, server.key in folder
+    etc = b.folder
+    _passwd(etc / "boards.passwd", boards)
+    _passwd(etc / "services.passwd", services)
+    for acl in ("boards.acl", "services.acl"):
+        shutil.copy(conf_dir / acl, etc / acl)
+        (etc / acl).chmod(0o600)
+    text = (conf_dir / "edgewatch.conf").read_text()
+    text = (text.replace("/etc/mosquitto/edgewatch/", f"{etc}/")
+            .replace("/var/lib/mosquitto/", f"{etc}/")
+            .replace("listener 8883", f"listener {b.tls_port} 127.0.0.1")
+            .replace("listener 8884", f"listener {b.port} 127.0.0.1")
+            .replace("log_dest syslog", f"log_dest file {b.log_file}"))
+    if os.geteuid() == 0:
+        text += "user root\n"
+    b.conf.write_text(text)
+    return b

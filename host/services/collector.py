@@ -1,4 +1,4 @@
-"""Store every telemetry sample and alert from MQTT in a database, exactly once per (device, seq).
+"""Store every telemetry sample and alert from MQTT in a database, once per (device, epoch, seq).
 
     edgewatch collect --db sqlite:///edgewatch.db
     edgewatch collect --db postgresql://user@host/db --group collectors   # scale out
@@ -11,8 +11,11 @@ Writes are batched: a writer thread takes whatever has arrived (up to
 ``--batch`` messages, waiting at most ``--flush-ms`` for the first) and stores it
 in one transaction. The MQTT acknowledgement of a message is sent only after
 its batch is committed, and the session is persistent, so a collector that
-dies mid-batch gets those messages again from the broker; the (device, seq)
-primary key then stores each once. Several collectors share the work with
+dies mid-batch gets those messages again from the broker; the (device, epoch,
+seq) primary key then stores each once. A board whose flash was erased starts
+``seq`` again at 0 under a new epoch: its records are new, and the new epoch is
+logged at warning, counted (``edgewatch_device_new_epochs``) and kept in the
+device's status. Several collectors share the work with
 ``--group`` (MQTT shared subscription ``$share/<group>/...``).
 """
 
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -34,7 +36,9 @@ from edgewatch.core.settings import (
     env,
     mqtt_client,
     mqtt_settings,
+    release_client_id,
     safe_url,
+    service_client_id,
 )
 from edgewatch.core.store import Store
 from edgewatch.services import discovery
@@ -119,15 +123,15 @@ class Collector:
     def __init__(self, store: Store, mqtt: MqttSettings, *, group: str | None = None,
                  devices: frozenset[str] | None = None, batch: int = 1000, flush_ms: int = 100,
                  client_id: str | None = None, ha_discovery: bool = True, max_channels: int = 64,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, state_dir: str | os.PathLike | None = None):
         self.store, self.mqtt, self.group, self.allowed = store, mqtt, group, devices
         self.batch, self.flush_s = max(1, batch), max(0.0, flush_ms / 1000)
         self.ha_discovery, self.max_channels = ha_discovery, max_channels
         self.metrics = metrics or Metrics("collector")
         self.devices = Devices(self.metrics)
-        # stable across restarts (the broker keeps the session), unique per host and group
-        self.client_id = (client_id or
-                          f"edgewatch-collector-{socket.gethostname()}-{group or 'solo'}")[:64]
+        # stable across restarts (the broker keeps the session) but unguessable: 128 random
+        # bits kept in the state directory, never logged (host.settings.service_client_id)
+        self.client_id = client_id or service_client_id("collector", state_dir, group)
         self.q = _Handoff()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -145,6 +149,8 @@ class Collector:
         self._nrx_flushed = dict.fromkeys(self._rx, 0)
         # channel-name sets already known to fit the table (the same few every message)
         self._fits: set[tuple] = set()
+        # device -> (current epoch, epochs seen before it); loaded from the store on first sight
+        self._epochs: dict[str, tuple[int, set]] = {}
         self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
         self.client.on_message = self._on_message
 
@@ -184,6 +190,7 @@ class Collector:
         tel = [(r, w) for r, w, _, _ in items if isinstance(r, Telemetry)]
         alerts = [(r, w) for r, w, _, _ in items if isinstance(r, Alert)]
         stats = [(r, w) for r, w, _, _ in items if isinstance(r, Status)]
+        self._check_epochs(tel, alerts)
         t0 = time.perf_counter()
         n_t, n_a = self.store.write(tel, alerts, stats)
         self._count_alerts(alerts, all_new=n_a == len(alerts))
@@ -204,6 +211,28 @@ class Collector:
             if all_new or a.seq > last:
                 self.metrics.alerts.labels(a.device, a.rule).inc()
             self._alert_seq[a.device] = a.seq if all_new else max(last, a.seq)
+
+    def _check_epochs(self, tel, alerts) -> None:
+        """Log (warning) and count each board seen starting an epoch it never used before."""
+        for rec, _ in tel + alerts:
+            known = self._epochs.get(rec.device)
+            if known is None:
+                row = self.store.device_status(rec.device)
+                if row is None or row.get("epoch") is None:  # never seen: nothing to compare
+                    self._epochs[rec.device] = (rec.epoch, set())
+                    continue
+                known = self._epochs[rec.device] = (row["epoch"], set())
+            cur, old = known
+            if rec.epoch == cur or rec.epoch in old:
+                continue
+            if len(old) < 64:
+                old.add(cur)
+            self._epochs[rec.device] = (rec.epoch, old)
+            self.metrics.new_epochs.inc()
+            log.warning("device %s started a new epoch %d (was %d) at seq %d: its flash was "
+                        "erased or its outbox recreated; its seq counts from there",
+                        rec.device, rec.epoch, cur, rec.seq,
+                        extra={"device": rec.device, "epoch": rec.epoch, "previous_epoch": cur})
 
     def _write_or_split(self, items) -> None:
         """Write a batch; if the database refuses it while reachable, find and drop the bad rows."""
@@ -288,11 +317,11 @@ class Collector:
                     if chans is not None:  # announced before the status: again, with sw_version
                         self._announce_channels(rec.device, chans)
             else:
-                last[rec.device] = (when, rec.model)
+                last[rec.device] = (when, rec.model, rec.epoch)
                 if isinstance(rec, Telemetry) and self.ha_discovery:
                     self._announce(rec)
-        for device, (when, model) in last.items():  # once per device per batch
-            self.devices.seen(device, when, model)
+        for device, (when, model, epoch) in last.items():  # once per device per batch
+            self.devices.seen(device, when, model, epoch)
         for device, rec in readings.items():  # the newest reading of each channel
             for channel, value in rec.values.items():
                 if value is not None:
@@ -317,7 +346,7 @@ class Collector:
         self._writer.start()
         connect(self.client, self.mqtt, subscriptions(self.mqtt.prefix, self.group))
         log.info("collector storing to %s", safe_url(self.store.url),
-                 extra={"group": self.group or "", "client_id": self.client_id})
+                 extra={"group": self.group or ""})
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -330,6 +359,7 @@ class Collector:
         self._flush_received()
         self.client.disconnect()
         self.client.loop_stop()
+        release_client_id(self.client_id)
 
 
 def add_arguments(parser) -> None:
@@ -340,10 +370,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=1000, help="max messages per transaction")
     parser.add_argument("--flush-ms", type=int, default=100,
                         help="max wait to fill a batch (ms)")
+    parser.add_argument("--state-dir", help="folder of this instance's state (its client id); "
+                        "env EDGEWATCH_STATE_DIR, default the SQLite database's folder, "
+                        "else the current one")
     parser.add_argument("--no-discovery", action="store_true",
                         help="do not publish Home Assistant discovery configs")
     add_service_arguments(parser, "instances with the same group split the messages",
                           "others are counted and dropped")
+
+
+def _state_dir(db_url: str) -> str:
+    """Default state folder: the SQLite database's folder, else the current one."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(db_url)
+    if u.scheme in ("", "sqlite"):
+        path = unquote(u.netloc + u.path) if u.scheme else db_url
+        if u.scheme and path.startswith("/") and not u.netloc:
+            path = path[1:]
+        return str(Path(path).parent)
+    return "."
 
 
 def run(args) -> int:
@@ -356,7 +402,8 @@ def run(args) -> int:
     metrics = serve_metrics("collector", args, log)
     col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
-                    ha_discovery=not args.no_discovery, metrics=metrics)
+                    ha_discovery=not args.no_discovery, metrics=metrics,
+                    state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url))
     serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
     store.close()
     return 0

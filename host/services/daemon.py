@@ -16,7 +16,8 @@ def add_service_arguments(parser, shares: str, drops: str, metrics: bool = True)
     ``shares``: what instances of one --group split; ``drops``: what happens to other devices.
     """
     parser.add_argument("--group", help=f"shared-subscription group: {shares} (env EDGEWATCH_GROUP)")
-    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
+    parser.add_argument("--client-id", help="MQTT client id (persistent session; default: 128 "
+                        "random bits created once in the state directory)")
     parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
                         f"env EDGEWATCH_DEVICES); {drops}")
     if metrics:

@@ -80,7 +80,7 @@ class Metrics:
             self.stored = Counter("edgewatch_records_stored", "records written exactly once",
                                   ["kind"], registry=r)
             self.duplicates = Counter("edgewatch_records_duplicate",
-                                      "replayed (device, seq) already stored", ["kind"], registry=r)
+                                      "replayed (device, epoch, seq) already stored", ["kind"], registry=r)
             self.batch_seconds = Histogram("edgewatch_write_batch_seconds",
                                            "time to write one batch", registry=r)
             self.reading = Gauge("edgewatch_reading", "the last stored reading of a channel",
@@ -107,6 +107,9 @@ class Metrics:
         self.device_outbox = Gauge("edgewatch_device_outbox",
                                    "records queued on the board (from its status)",
                                    ["device"], registry=r)
+        self.new_epochs = Counter("edgewatch_device_new_epochs",
+                                  "boards seen starting a new epoch (flash erased, seq from 0)",
+                                  registry=r)
         self.device_info = Gauge("edgewatch_device_info", "model and firmware of a device",
                                  ["device", "model", "fw"], registry=r)
         self._log_window: dict[str, list] = {}
@@ -150,7 +153,8 @@ class Devices:
         self._d: dict[str, dict] = {}
         self._lock = threading.Lock()
 
-    def seen(self, device: str, when: float | None = None, model: str | None = None) -> None:
+    def seen(self, device: str, when: float | None = None, model: str | None = None,
+             epoch: int | None = None) -> None:
         """Any valid message from ``device`` (a message means it is online)."""
         when = when or time.time()
         with self._lock:
@@ -159,6 +163,8 @@ class Devices:
             d["last_seen"] = max(d["last_seen"], when)
             if model:
                 d["model"] = model
+            if epoch is not None:
+                d["epoch"] = epoch
         if self.metrics:
             self.metrics.last_seen.labels(device).set(d["last_seen"])
 
@@ -171,7 +177,7 @@ class Devices:
             old = (d.get("model"), d.get("fw"))
             d["state"] = rec.state
             d["last_seen"] = max(d["last_seen"], when)
-            for k in ("outbox", "model", "fw", "error"):
+            for k in ("outbox", "model", "fw", "error", "epoch"):
                 if getattr(rec, k) is not None:
                     d[k] = getattr(rec, k)
             new = (d.get("model"), d.get("fw"))

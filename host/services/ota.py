@@ -1,10 +1,16 @@
 """Publish a signed model blob over the air: retained MQTT message on <prefix>/<device>/model.
 
 The blob (``model.ewb`` of a model folder, a blob file, or a registry id with
-``--registry``) is checked with the firmware's own parser, signed with
-HMAC-SHA256 under the fleet key from the environment (``EDGEWATCH_OTA_KEY`` in
-hex, the boards' ``ota_key``; or ``.env``; never printed or logged) and published retained at QoS 1, so a
-board that is offline now picks it up when it next connects. ``--device``
+``--registry``) is checked with the firmware's own parser and signed for each
+board on its own: HMAC-SHA256 under that board's key, derived from the fleet
+master key in the environment (``EDGEWATCH_OTA_KEY`` in hex, or ``.env``; never
+printed or logged) and the device id (``training.blob.derive_key``; ``edgewatch
+deploy`` writes the same derived key into the board's ``ota_key``), with an OTA
+version inside the signed part (default: the current Unix time; ``--ota-version``)
+that the board must see grow, and the key version (``EDGEWATCH_OTA_KEY_VERSION``,
+default 1). So a blob opens one board only, and an older one is refused. It is
+published retained at QoS 1, so a board that is offline now picks it up when it
+next connects. ``--device``
 targets one board, ``--fleet`` every board the collector's database knows.
 ``--wait-s`` then watches the boards' retained status until each reports the
 new model id (or the error it refused it with). ``--clear`` removes the
@@ -46,6 +52,8 @@ def add_arguments(p) -> None:
     p.add_argument("--wait-s", type=float, default=0.0,
                    help="wait this long for each board's status to report the new model")
     p.add_argument("--clear", action="store_true", help="remove the retained model message instead")
+    p.add_argument("--ota-version", type=int, help="version signed into the blob; boards refuse "
+                   "one not above what they accepted (default: the current Unix time)")
     add_mqtt_arguments(p)
 
 
@@ -69,9 +77,24 @@ def load_blob(model: str, registry: str | None = None) -> tuple[bytes, str | Non
     raise UserError(f"{model}: no such model folder or blob file")
 
 
-def sign_blob(blob: bytes, key: bytes) -> tuple[bytes, str]:
+def key_version(text: str | None = None) -> int:
+    """The fleet master key's version (``text``, else ``EDGEWATCH_OTA_KEY_VERSION``, default 1)."""
+    text = text or env("EDGEWATCH_OTA_KEY_VERSION", "1")
+    try:
+        kv = int(text)
+    except ValueError:
+        kv = 0
+    if not 0 < kv < 2**16:
+        raise UserError(f"EDGEWATCH_OTA_KEY_VERSION={text!r}: expected an integer 1-65535")
+    return kv
+
+
+def sign_blob(blob: bytes, key: bytes, device: str | None = None,
+              ota_version: int | None = None) -> tuple[bytes, str]:
     """Check ``blob`` with the board's parser and sign it; ``(signed bytes, model id)``.
 
+    With ``device``: signed for that board only, under its derived key, with
+    ``ota_version`` (default: now) inside the signed part. Without: under ``key`` as is.
     An already-signed blob is accepted only when it verifies under ``key``.
     """
     from edgewatch.training.export import blob as tblob
@@ -79,10 +102,21 @@ def sign_blob(blob: bytes, key: bytes) -> tuple[bytes, str]:
     try:
         if tblob.is_signed(blob):
             spec = tblob.read(blob, key)
-            return bytes(blob), spec.model_id
-        spec = tblob.read(blob)
-        signed = tblob.sign(blob, key)
-        tblob.read(signed, key)  # what the board will check, checked here first
+            if device is None:
+                return bytes(blob), spec.model_id
+        else:
+            spec = tblob.read(blob)
+        if device is None:
+            signed = tblob.sign(blob, key)
+            tblob.read(signed, key)  # what the board will check, checked here first
+            return signed, spec.model_id
+        kv = key_version()
+        dkey = tblob.derive_key(key, device, kv)
+        version = ota_version if ota_version is not None else int(time.time())
+        if not 0 < version < 2**32:
+            raise UserError(f"--ota-version {version}: expected 1 to 4294967295")
+        signed = tblob.sign(blob, dkey, version, kv)
+        tblob.read(signed, dkey)
     except tblob.BlobError as exc:
         raise UserError(f"model blob refused: {exc}") from None
     return signed, spec.model_id
@@ -118,12 +152,12 @@ class Publisher:
     """One MQTT connection that publishes retained models and watches status replies."""
 
     def __init__(self, settings, client_id: str = "edgewatch-ota") -> None:
-        from edgewatch.core.settings import connect, mqtt_client
+        from edgewatch.core.settings import connect, mqtt_client, service_client_id
 
         self.s = settings
         self.status: dict[str, dict] = {}
         self._cond = threading.Condition()
-        self.client = mqtt_client(settings, f"{client_id}-{int(time.time() * 1000) % 10**9}")
+        self.client = mqtt_client(settings, service_client_id("ota", None))  # unguessable
         self.client.on_message = self._on_message
         connect(self.client, settings, [(f"{settings.prefix}/+/status", 1)])
 
@@ -182,17 +216,20 @@ class Publisher:
 
 
 def publish_model(settings, devices: list[str], blob: bytes, key: bytes,
-                  wait_s: float = 0.0) -> tuple[str, dict[str, str]]:
-    """Sign ``blob`` and publish it to ``devices``; ``(model id, per-device outcome)``."""
-    signed, model_id = sign_blob(blob, key)
+                  wait_s: float = 0.0, ota_version: int | None = None) -> tuple[str, dict[str, str]]:
+    """Sign ``blob`` for each of ``devices`` and publish it; ``(model id, per-device outcome)``."""
+    version = ota_version if ota_version is not None else int(time.time())
     for d in devices:
         topic(settings.prefix, d)  # every id checked before anything is published
+    blobs = {d: sign_blob(blob, key, d, version) for d in devices}
+    model_id = next(iter(blobs.values()))[1] if blobs else sign_blob(blob, key)[1]
     pub = Publisher(settings)
     try:
         before = pub.snapshot() if wait_s > 0 else {}
         for d in devices:
-            pub.publish(d, signed)
-            log.info("published model %s (%d bytes) to %s", model_id, len(signed), d)
+            pub.publish(d, blobs[d][0])
+            log.info("published model %s version %d (%d bytes) to %s", model_id, version,
+                     len(blobs[d][0]), d)
         result = pub.wait_for(devices, model_id, wait_s, before) if wait_s > 0 else \
             {d: "published" for d in devices}
     finally:
@@ -220,7 +257,7 @@ def run(args) -> int:
     blob, reg_id = load_blob(args.model, args.registry)
     if args.wait_s < 0:
         raise UserError(f"--wait-s {args.wait_s}: must not be negative")
-    model_id, result = publish_model(s, devices, blob, key, args.wait_s)
+    model_id, result = publish_model(s, devices, blob, key, args.wait_s, args.ota_version)
     if args.registry and reg_id:
         from edgewatch.services.registry import Registry
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +33,13 @@ from types import SimpleNamespace
 from edgewatch.core import firmware
 from edgewatch.core.errors import UserError
 from edgewatch.core.schema import SchemaError, Telemetry, parse, parse_alert
-from edgewatch.core.settings import add_mqtt_arguments, connect, mqtt_client, mqtt_settings
+from edgewatch.core.settings import (
+    add_mqtt_arguments,
+    connect,
+    mqtt_client,
+    mqtt_settings,
+    service_client_id,
+)
 from edgewatch.services.daemon import serve_until_signal
 from edgewatch.services.metrics import Metrics, setup_logging
 
@@ -117,7 +122,7 @@ class Scorer:
         self.model, self.sensor_names = model, list(sensors.NAMES)
         self.limits = sensors.RANGES[sensor]
         self.dets: dict[str, object] = {}
-        self.last_seq: dict[str, int] = {}
+        self.last_seq: dict[str, tuple[int, int]] = {}  # device -> (epoch, last scored seq)
         # only the band rule is the host's job; fault rules stay quiet here
         self.params = {"k": None, "eps": None, "sigma_window": None, "stuck_samples": 10**9,
                        "dropout_periods": 10**9, "still_samples": 0}
@@ -140,11 +145,16 @@ class Scorer:
         """The model's alerts (band, shift; message dicts) for one telemetry record, in arrival order per device.
 
         A record at or below the device's last scored seq (a replay, or late) is
-        skipped: the rule depends on the history, which has moved on.
+        skipped: the rule depends on the history, which has moved on. A new epoch
+        (the board's flash was erased, seq restarts) starts the device's history again.
         """
-        if rec.seq <= self.last_seq.get(rec.device, -1) or rec.seq > MAX_SAMPLE:
+        epoch, last = self.last_seq.get(rec.device, (rec.epoch, -1))
+        if epoch != rec.epoch:
+            self.dets.pop(rec.device, None)
+            last = -1
+        if rec.seq <= last or rec.seq > MAX_SAMPLE:
             return []
-        self.last_seq[rec.device] = rec.seq
+        self.last_seq[rec.device] = (rec.epoch, rec.seq)
         lower = {k.lower(): v for k, v in rec.values.items()}
         values = [lower.get(n) for n in self.sensor_names]
         if all(v is None for v in values):
@@ -153,7 +163,8 @@ class Scorer:
         for rule, channel, value, lo, hi, pred in self._detector(rec.device).step(values):
             if rule not in MODEL_RULES:
                 continue
-            msg = {"v": 1, "device": rec.device, "seq": alert_seq(rec.seq, len(out)), "t": rec.t,
+            msg = {"v": 1, "device": rec.device, "epoch": rec.epoch,
+                   "seq": alert_seq(rec.seq, len(out)), "t": rec.t,
                    "sample": rec.seq, "rule": rule, "channel": channel, "value": value,
                    "band": [lo, hi], "pred": pred, "model": self.model.model_id}
             parse_alert(msg, rec.device)  # what we publish passes our own parser
@@ -180,7 +191,8 @@ def run(args) -> int:
     model = HostModel(args.model)
     scorer = Scorer(model, args.sensor)
     metrics = Metrics("score")
-    client = mqtt_client(mqtt, f"edgewatch-score-{socket.gethostname()}-{model.model_id}"[:64])
+    # clean session: nothing to resume, so a fresh unguessable id at each start
+    client = mqtt_client(mqtt, service_client_id("scorer", None))
     lock = threading.Lock()
 
     def on_message(c, _u, msg):

@@ -13,6 +13,7 @@ from edgewatch.board.virtual_board import Terminal, VirtualBoard
 from edgewatch.core.schema import Status, Telemetry
 from edgewatch.services.broker import DEVICE_ACL, Broker
 from edgewatch.services.mqtt_watch import Watch
+from edgewatch.training.export.blob import derive_key
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -69,7 +70,10 @@ def test_make_deploy_repl_and_the_firmware_publishes(tmp_path, tiny_model_dir, b
         cfg = json.loads((flash / "config.json").read_text())
         assert cfg["device"] == "vb-01" and cfg["board"] == "esp32-devkitc-dht22"
         assert cfg["wifi"] == {"ssid": "greenhouse", "password": WIFI_PW}
-        assert (cfg["user"], cfg["password"], cfg["ota_key"]) == ("vb-01", BOARD_PW, OTA_KEY)
+        # the board's own OTA key, derived from the fleet master key: never the master itself
+        assert (cfg["user"], cfg["password"]) == ("vb-01", BOARD_PW)
+        assert cfg["ota_key"] == derive_key(bytes.fromhex(OTA_KEY), "vb-01").hex() != OTA_KEY
+        assert cfg["ota_key_version"] == 1
         assert cfg["period_ms"] == 500
         assert json.loads((flash / "board.json").read_text())["pins"]["dht"] == 4
 
@@ -115,16 +119,25 @@ def test_make_deploy_repl_and_the_firmware_publishes(tmp_path, tiny_model_dir, b
 
 
 def test_ampy_deploy_runs_the_same_firmware(tmp_path, tiny_model_dir, broker):
-    env_file = write_env(tmp_path / ".env", broker.port, "vb-02")
+    env_file = _env_with(write_env(tmp_path / ".env", broker.port, "vb-02"), "DEVICE_ID=vb-02")
     with VirtualBoard(tmp_path / "flash", board="esp32-devkitc-dht22") as vb:
         watch = Watch(broker.port, "edgewatch/vb-02/#", "edgewatch", HOST_PW)
         r = make("deploy", f"PORT={vb.port}", "AMPY=1", f"MODEL={tiny_model_dir}",
-                 f"DEPLOY_ARGS=--env-file {env_file} --device-id vb-02 --set period_ms=500")
+                 f"DEPLOY_ARGS=--env-file {env_file} --set period_ms=500")  # DEVICE_ID in .env
         assert r.returncode == 0, r.stdout + r.stderr
         assert "with ampy" in r.stdout
         assert (vb.flash / "app.mpy").is_file() and (vb.flash / "lib/umqtt/simple.mpy").is_file()
         assert watch.wait_for(Telemetry, 2)[0].device == "vb-02"
         watch.close()
+
+
+def _env_with(env: Path, line: str) -> Path:
+    """A copy of ``env`` with one KEY=VALUE line replaced (or added)."""
+    key = line.split("=", 1)[0]
+    lines = [ln for ln in env.read_text().splitlines() if not ln.startswith(key + "=")]
+    out = env.with_name(f"{key.lower()}-{abs(hash(line))}.env")
+    out.write_text("\n".join([*lines, line]) + "\n")
+    return out
 
 
 def test_bad_inputs_are_one_line_and_nothing_is_sent(tmp_path, tiny_model_dir):
@@ -146,6 +159,17 @@ def test_bad_inputs_are_one_line_and_nothing_is_sent(tmp_path, tiny_model_dir):
             (base + ["--env-file", str(good_env), "--umqtt-from", str(tmp_path)], "--umqtt-from"),
             (base + ["--env-file", str(good_env), "--ampy"], "ampy cannot install packages"),
             (base + ["--env-file", str(good_env), "--set", "novalue"], "expected KEY=VALUE"),
+            # what the firmware itself would refuse at boot is caught here, before the board
+            (base + ["--env-file", str(_env_with(good_env, "MQTT_URL=htp://127.0.0.1:1883"))],
+             "MQTT_URL (config.json broker): 'htp://127.0.0.1:1883' is not an mqtt://"),
+            (base + ["--env-file", str(_env_with(good_env, "MQTT_URL=mqtt://127.0.0.1:99999"))],
+             "MQTT_URL (config.json broker): bad port"),
+            (base + ["--env-file", str(_env_with(good_env, "OTA_KEY=xyz"))],
+             "OTA_KEY: expected at least 32 hex digits"),
+            (base + ["--env-file", str(good_env), "--set", "period_ms=5"],
+             "config.json period_ms: expected an integer in 10..86400000, got 5"),
+            (base + ["--env-file", str(_env_with(good_env, "DEVICE_ID=bad/id"))],
+             "device id 'bad/id'"),
         ]
         for args, needle in cases:
             r = subprocess.run([ew, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)

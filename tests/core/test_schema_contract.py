@@ -1,4 +1,5 @@
-"""Contract: every message firmware/schema.py builds (inside MicroPython) passes host/core/schema.py."""
+"""Contract: every message firmware/schema.py builds (inside MicroPython) passes host/core/schema.py,
+epoch included (the outbox's, set once by the app; absent in older firmware's messages = 0)."""
 
 import json
 
@@ -10,6 +11,7 @@ DEV = "gh-01_" + "x" * 26  # the longest device id: 32 characters
 
 BUILD = f"""
 import schema
+schema.EPOCH = 2147483647
 D = {DEV!r}
 N = ['temperature', 'humidity']
 def out(kind, msg):
@@ -48,3 +50,18 @@ def test_every_firmware_message_passes_the_host_parser():
     assert [s.state for s in status] == ["online", "online", "offline"]
     assert status[1].error == "model: bad CRC" and status[1].outbox == 17
     assert recs[-1][1] == {"v": 1, "device": DEV, "state": "offline"}
+    for rec, obj in recs[:-1]:  # every board message carries the epoch, and the host reads it
+        assert obj["epoch"] == 2147483647 and rec.epoch == 2147483647
+    assert recs[-1][0].epoch is None
+
+
+def test_messages_without_epoch_are_epoch_0_and_a_bad_epoch_is_refused():
+    import pytest
+    from edgewatch.core.schema import SchemaError, parse_alert, parse_telemetry
+    from hostkit import alert, telemetry
+
+    assert parse_telemetry(telemetry("gh-01", 5)).epoch == 0  # firmware from before epochs
+    assert parse_alert(alert("gh-01", 5)).epoch == 0
+    for bad in (-1, 2**32, "7", 1.5, True):
+        with pytest.raises(SchemaError, match="epoch"):
+            parse_telemetry({**telemetry("gh-01", 5), "epoch": bad})

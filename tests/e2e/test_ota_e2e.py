@@ -30,6 +30,14 @@ from edgewatch.training.export import blob as tblob
 EW = str(Path(sys.executable).with_name("edgewatch"))
 KEY = "5e1f0c2a9b8d7e6f11223344556677889900aabbccddeeff0011223344556677"
 WRONG_KEY = "00" * 32
+
+
+def dk(device: str, master: str = KEY) -> bytes:
+    """A board's own OTA key, derived from the fleet master key (as deploy and sim do)."""
+    return tblob.derive_key(bytes.fromhex(master), device)
+
+
+NEW = 2**32 - 1  # an OTA version above any the boards accepted (a bad signature never counts)
 DEVICES = ("sim-01", "sim-02")
 ROWS = 260  # per board before retraining: enough for a window-10 TCN and its holdout
 PERIOD = 0.05
@@ -160,12 +168,13 @@ def test_retrain_publishes_and_boards_use_the_signed_model(fleet, deployed):
     entry = reg.get(deployed["entry"])
     assert entry.meta["data"]["rows"] >= ROWS * 0.9  # the database's own rows trained it
     assert {d: reg.deployed(d).id for d in DEVICES} == {d: entry.id for d in DEVICES}
-    # What went over the air is the registry's blob, signed under the fleet key.
+    # What went over the air is the registry's blob, signed for each board under its own key.
     for d in DEVICES:
         payload = obs.retained[d]
-        assert tblob.is_signed(payload) and tblob.read(payload, bytes.fromhex(KEY)).model_id == mid
-        with pytest.raises(tblob.BlobError):
-            tblob.read(payload, bytes.fromhex(WRONG_KEY))
+        assert tblob.is_signed(payload) and tblob.read(payload, dk(d)).model_id == mid
+        for other in (bytes.fromhex(KEY), dk(d, WRONG_KEY), *(dk(o) for o in DEVICES if o != d)):
+            with pytest.raises(tblob.BlobError):
+                tblob.read(payload, other)
     for d in DEVICES:
         # the status reports the new model, and the board runs it: its telemetry carries
         # the model id with a prediction and a band once the window has filled
@@ -177,17 +186,24 @@ def test_retrain_publishes_and_boards_use_the_signed_model(fleet, deployed):
         assert flash.read_bytes() == obs.retained[d]
 
 
-@pytest.mark.parametrize("how", ["flipped", "wrong-key", "truncated", "other-shape"])
+@pytest.mark.parametrize("how", ["flipped", "wrong-key", "truncated", "other-shape", "rollback",
+                                 "other-board", "fleet-key"])
 def test_board_refuses_a_bad_model_and_keeps_its_own(fleet, deployed, how):
     obs, mid, dev = fleet["obs"], deployed["model_id"], "sim-01"
     good = Registry(fleet["registry"]).get(deployed["entry"]).blob()
-    signed = tblob.sign(good, bytes.fromhex(KEY))
+    signed = tblob.sign(good, dk(dev), NEW)
     if how == "flipped":
         bad = bytearray(signed)
         bad[len(bad) // 2] ^= 0x01  # one weight bit
         bad = bytes(bad)
     elif how == "wrong-key":
-        bad = tblob.sign(good, bytes.fromhex(WRONG_KEY))
+        bad = tblob.sign(good, dk(dev, WRONG_KEY), NEW)
+    elif how == "rollback":  # correctly signed for this board, but older than what it runs
+        bad = tblob.sign(good, dk(dev), 1000)
+    elif how == "other-board":  # correctly signed, newer, for sim-02: bound to sim-02
+        bad = tblob.sign(good, dk("sim-02"), NEW)
+    elif how == "fleet-key":  # what a fleet-wide key would have signed
+        bad = tblob.sign(good, bytes.fromhex(KEY), NEW)
     elif how == "truncated":
         bad = signed[: len(signed) - 40]
     else:
@@ -196,7 +212,8 @@ def test_board_refuses_a_bad_model_and_keeps_its_own(fleet, deployed, how):
         spec.names = spec.names + ["pressure"]
         spec.offset, spec.scale = spec.offset + [0.0], spec.scale + [1.0]
         spec.shift = None  # its calibration is for two channels
-        bad = tblob.sign(tblob.write(spec), bytes.fromhex(KEY))
+        # (its signature holds, so its version becomes the board's floor: now, not NEW)
+        bad = tblob.sign(tblob.write(spec), dk(dev), int(time.time()))
     before = len(obs.status[dev])
     t_before = len(obs.telemetry[dev])
     obs.publish(dev, bad)
@@ -204,11 +221,13 @@ def test_board_refuses_a_bad_model_and_keeps_its_own(fleet, deployed, how):
              fleet["boards"])
     refusal = next(s for s in obs.status[dev][before:] if s.error)
     assert refusal.error.startswith("model:") and refusal.model == mid, refusal
+    if how == "rollback":
+        assert "not newer" in refusal.error
     # the old model stays in use and on flash
     obs.wait(lambda: any(t.model == mid and t.pred for t in obs.telemetry[dev][t_before + 5:]), 30,
              f"{dev} still predicting with {mid}")
     flash = (fleet["tmp"] / "fleet" / dev / "model.ewb").read_bytes()
-    assert tblob.read(flash, bytes.fromhex(KEY)).model_id == mid
+    assert tblob.read(flash, dk(dev)).model_id == mid
     # the other board never saw it
     assert mid and all(not s.error for s in obs.status["sim-02"])
 
@@ -255,7 +274,7 @@ def test_publish_model_cli(fleet, deployed):
     junk.write_bytes(b"EWB" + bytes(100))
     r = ew("--model", str(junk), "--device", "sim-02", EDGEWATCH_OTA_KEY=KEY)
     assert r.returncode == 2 and "model blob refused" in r.stderr, r.stderr
-    assert tblob.read(fleet["obs"].retained["sim-02"], bytes.fromhex(KEY)).model_id == spec.model_id
+    assert tblob.read(fleet["obs"].retained["sim-02"], dk("sim-02")).model_id == spec.model_id
 
 
 def test_clearing_the_retained_model_leaves_the_board_running_it(fleet, deployed):

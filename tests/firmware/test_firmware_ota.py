@@ -1,6 +1,7 @@
-"""Model update over MQTT on the board side: bad blobs (tampered, unsigned) published with paho
-are refused with status `error` and nothing stored; a signed one is verified, stored atomically,
-hot-swapped and reported in status; the stored model survives a reboot."""
+"""Model update over MQTT on the board side: bad blobs (tampered, unsigned, older) published with
+paho are refused with status `error` and nothing stored; a signed one is verified, stored
+atomically, hot-swapped and reported in status; the stored model survives a reboot. A board
+without an OTA key refuses models unless its config says ota_unsigned (then warns at boot)."""
 
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from hostkit import wait_until
 
 from tests.firmware.test_firmware_e2e import BOARD, sim, test_config
 
-KEY_HEX = "00112233445566778899aabbccddeeff"  # a test fleet key (config.json ota_key)
+KEY_HEX = "00112233445566778899aabbccddeeff"  # the test board's own key (config.json ota_key)
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
     from edgewatch.training.export.blob import read, sign
 
     key = bytes.fromhex(KEY_HEX)
-    signed = sign(blob, key)
+    signed = sign(blob, key, 10)
     model_id = read(blob).model_id
     tampered = bytearray(signed)
     tampered[len(tampered) // 2] ^= 0x01
@@ -54,7 +55,9 @@ def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
         try:
             wait_until(lambda: _status(listener), 20, what="first status")
             assert _status(listener)[0]["model"] is None  # rules only at first
-            for bad, reason in ((bytes(tampered), "model: "), (blob, "model: blob is not signed")):
+            for bad, reason in ((bytes(tampered), "model: "),
+                                (blob, "model: not signed with an OTA version"),
+                                (sign(blob, key), "model: not signed with an OTA version")):
                 k = len(_status(listener))
                 listener.publish(topic, bad, retain=True)
                 wait_until(lambda k=k: len(_status(listener)) > k, 20, what="status after a bad blob")
@@ -66,11 +69,20 @@ def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
             assert "error" not in _status(listener)[-1]
             assert (flash / "model.ewb").read_bytes() == signed and not (flash / "model.ewb.tmp").exists()
             _runs(listener, model_id, "telemetry with a band from the new model")
+            # a rollback: correctly signed, but an older version than the one it runs
+            k = len(_status(listener))
+            listener.publish(topic, sign(blob, key, 9), retain=True)
+            wait_until(lambda: len(_status(listener)) > k, 20, what="status after an old blob")
+            st = _status(listener)[-1]
+            assert st["error"] == "model: version 9 is not newer than 10 (a rollback)", st
+            assert st["model"] == model_id and (flash / "model.ewb").read_bytes() == signed
+            assert (flash / "ota.ver").read_text() == "10"
+            listener.publish(topic, signed, retain=True)  # the retained copy: the model it runs
         finally:
             proc.kill()
             proc.wait(10)
         console = fwrun.console(flash)
-        assert console.count("new model refused") == 2 and "Traceback" not in console
+        assert console.count("new model refused") == 4 and "Traceback" not in console
         # reboot: the stored model is back; the retained copy of it is recognised, not re-parsed
         (flash / "config.json").write_text(json.dumps(
             dict(json.loads((flash / "config.json").read_text()), stop_after=20)))
@@ -93,7 +105,7 @@ def test_board_shipped_with_a_model_takes_updates_and_refuses_oversized(tmp_path
     old_id = read(blob).model_id
     spec = read(blob)
     spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
-    newer = sign(write(spec), key)
+    newer = sign(write(spec), key, 1)
     shipped = tmp_path / "shipped.ewb"
     shipped.write_bytes(blob)
     topic = "edgewatch/ota-2/model"
@@ -108,13 +120,13 @@ def test_board_shipped_with_a_model_takes_updates_and_refuses_oversized(tmp_path
             assert _status(listener)[0]["model"] == old_id
             for n in range(2):  # the first update and the next one, both with a model running
                 want = spec.model_id if n == 0 else old_id
-                payload = newer if n == 0 else sign(blob, key)
+                payload = newer if n == 0 else sign(blob, key, 2)
                 listener.publish(topic, payload, retain=True)
                 wait_until(lambda w=want: _status(listener)[-1]["model"] == w, 20,
                            what=f"model {want} in status")
                 assert "error" not in _status(listener)[-1]
                 assert (flash / "model.ewb").read_bytes() == payload
-            tampered = bytearray(newer)
+            tampered = bytearray(sign(write(spec), key, 3))  # newer, but one bit flipped
             tampered[len(tampered) // 2] ^= 0x01
             for bad, reason in ((bytes(tampered), "model: blob"), (bytes(20000), "model: blob of 20000")):
                 k = len(_status(listener))
@@ -131,3 +143,34 @@ def test_board_shipped_with_a_model_takes_updates_and_refuses_oversized(tmp_path
             listener.close()
         console = fwrun.console(flash)
         assert "Traceback" not in console and "MemoryError" not in console, console[-2000:]
+
+
+@pytest.mark.parametrize("unsigned_ok", [False, True])
+def test_board_without_ota_key_refuses_models_unless_ota_unsigned(tmp_path, blob, unsigned_ok):
+    from edgewatch.training.export.blob import read
+
+    topic = "edgewatch/ota-3/model"
+    with Broker(tmp_path / "broker") as broker:
+        listener = fwrun.Listener(broker.port)
+        flash = fwrun.prepare(tmp_path / "b", "ota-3", BOARD, f"mqtt://127.0.0.1:{broker.port}",
+                              sim=sim([]), **test_config(stop_after=100000,
+                                                         ota_unsigned=unsigned_ok))
+        proc = fwrun.start(flash, BOARD)
+        try:
+            wait_until(lambda: _status(listener), 20, what="first status")
+            k = len(_status(listener))
+            listener.publish(topic, blob, retain=True)  # anyone may publish on an open broker
+            wait_until(lambda: len(_status(listener)) > k, 20, what="status after the blob")
+            st = _status(listener)[-1]
+        finally:
+            proc.kill()
+            proc.wait(10)
+            listener.close()
+    console = fwrun.console(flash)
+    if unsigned_ok:  # development only: accepted, and the board said so at boot
+        assert st["model"] == read(blob).model_id and "error" not in st
+        assert "WARNING ota_unsigned" in console
+    else:
+        assert st["error"] == "model: no ota_key on this board (ota_unsigned is false)"
+        assert st["model"] is None and not (flash / "model.ewb").exists()
+        assert "WARNING" not in console

@@ -82,3 +82,24 @@ except ValueError as e:
     print('refused', ob.depth, ob.next_seq)
 """)
     assert out == ["refused", "0", "0"]
+
+
+def test_epoch_is_random_kept_across_reboots_new_after_erase(tmp_path):
+    out = _run(tmp_path, """
+import os
+ob = outbox.Outbox('ob.bin', 8, 256)
+e1 = ob.epoch
+ob.append(outbox.TELEMETRY, 'x'); ob.close()
+ob = outbox.Outbox('ob.bin', 8, 256)   # reboot: same epoch, seq goes on
+print(ob.epoch == e1, ob.next_seq, e1 > 0)
+ob.close(); os.remove('ob.bin')        # flash erased
+ob = outbox.Outbox('ob.bin', 8, 256)
+print(ob.epoch != e1, ob.next_seq, ob.epoch > 0)
+ob.close()
+f = open('ob.bin', 'r+b'); f.seek(20); f.write(bytes(4)); f.close()  # a file of older firmware
+ob = outbox.Outbox('ob.bin', 8, 256)
+e3 = ob.epoch; ob.close()
+ob = outbox.Outbox('ob.bin', 8, 256)
+print(e3 > 0, ob.epoch == e3)
+""")
+    assert out == ["True", "1", "True", "True", "0", "True", "True", "True"]

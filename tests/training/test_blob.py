@@ -137,7 +137,7 @@ def tamper_cases(raw: bytes) -> dict[str, tuple[bytes, bytes | None, str]]:
     version = bytearray(body)
     struct.pack_into("<H", version, 4, 2)
     flags = bytearray(body)
-    flags[6] |= 0x10  # a flag bit no reader knows: refused, never guessed at
+    flags[6] |= 0x20  # a flag bit no reader knows: refused, never guessed at
     magic = bytearray(body)
     magic[0:4] = b"XXXX"
     bad_tensor = bytearray(body)
@@ -254,3 +254,26 @@ def test_corrupted_but_crc_valid_blobs_never_crash_the_engine(model, tmp_path):
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
     ok, refused = map(int, proc.stdout.split())
     assert ok + refused == count and refused > 0
+
+
+def test_ota_signing_binds_version_and_device(model):
+    raw = model[0]
+    master = bytes(range(32))
+    ka, kb = blob.derive_key(master, "gh-01"), blob.derive_key(master, "gh-02")
+    assert len({ka, kb, blob.derive_key(master, "gh-01", 2), master}) == 4
+    signed = blob.sign(raw, ka, 1234, 1)
+    assert len(signed) == len(raw) + 8 + 32 and signed[-40:-32] == struct.pack("<IHH", 1234, 1, 0)
+    assert blob.read(signed, ka).ops == blob.read(raw).ops
+    for other in (kb, master):  # signed for gh-01: no other board's key opens it
+        with pytest.raises(blob.BlobError, match="signature does not match"):
+            blob.read(signed, other)
+    older = bytearray(signed)  # the version is inside what the HMAC covers
+    older[-40] -= 1
+    with pytest.raises(blob.BlobError, match="signature does not match"):
+        blob.read(bytes(older), ka)
+    resigned = blob.sign(signed, ka, 1235, 1)  # re-signing replaces the trailer
+    assert len(resigned) == len(signed) and blob.read(resigned, ka).model_id
+    unsigned_ota = bytearray(raw[:-4])
+    unsigned_ota[6] |= 0x10
+    with pytest.raises(blob.BlobError, match="OTA version but no signature"):
+        blob.read(_recrc(unsigned_ota))

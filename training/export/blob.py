@@ -15,6 +15,7 @@ the format has a single reader for both runtimes.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import struct
 import zlib
@@ -447,15 +448,39 @@ def shift_section(sh: ShiftCal, channels: int) -> bytes:
     return struct.pack("<Hf", sh.window, sh.factor) + struct.pack(f"<{len(flat)}f", *flat)
 
 
-def sign(blob: bytes, key: bytes | str) -> bytes:
-    """Sign a blob for OTA: set the signed flag, fix length and CRC, append HMAC-SHA256(key)."""
+def derive_key(master: bytes, device: str, key_version: int = 1) -> bytes:
+    """The OTA key of one board: HMAC-SHA256(fleet master key, "edgewatch-ota/<version>/<device>").
+
+    Only this derived key goes on the board (config.json ``ota_key``), so a blob signed
+    for one board is refused by every other, and a stolen board can sign for itself only.
+    ``key_version`` goes into the derivation and the blob, so the master key can be rotated.
+    """
+    if not master:
+        raise ValueError("an empty master key derives nothing")
+    return hmac.new(master, f"edgewatch-ota/{key_version}/{device}".encode(), "sha256").digest()
+
+
+def sign(blob: bytes, key: bytes | str, ota_version: int | None = None,
+         key_version: int = 1) -> bytes:
+    """Sign a blob: set the signed flag, fix length and CRC, append HMAC-SHA256(key).
+
+    With ``ota_version`` (a number the board must see grow: it refuses anything not
+    newer than what it accepted) the OTA flag is set and ``version u32, key_version u16,
+    0 u16`` go between the CRC and the HMAC, inside what the HMAC covers.
+    """
     if not key:
         raise ValueError("an empty signing key signs nothing")
     body_len = fw.check(blob)  # refuses a corrupted blob rather than signing it
-    flags = struct.unpack_from("<H", blob, 6)[0] | fw.FLAG_SIGNED
+    ota = b""
+    flags = struct.unpack_from("<H", blob, 6)[0] & ~fw.FLAG_OTA | fw.FLAG_SIGNED
+    if ota_version is not None:
+        if not 0 < ota_version < 2**32 or not 0 < key_version < 2**16:
+            raise ValueError(f"OTA version {ota_version} / key version {key_version} out of range")
+        ota = struct.pack("<IHH", ota_version, key_version, 0)
+        flags |= fw.FLAG_OTA
     body = bytearray(blob[:body_len])
-    struct.pack_into("<HI", body, 6, flags, body_len + fw.CRC_LEN + fw.MAC_LEN)
-    signed = bytes(body) + struct.pack("<I", zlib.crc32(body))
+    struct.pack_into("<HI", body, 6, flags, body_len + fw.CRC_LEN + len(ota) + fw.MAC_LEN)
+    signed = bytes(body) + struct.pack("<I", zlib.crc32(body)) + ota
     return signed + fw.hmac_sha256(key, signed)
 
 
