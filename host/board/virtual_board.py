@@ -191,7 +191,10 @@ class VirtualBoard:
         self.board = board
         if heap is None and board:
             from edgewatch.board.catalog import load_board
-            heap = str(int(load_board(board)["heap_budget"]))
+            from edgewatch.board.fwrun import sim_heap
+
+            # the board's budget for the firmware; the stand-ins (C modules on a board) on top
+            heap = sim_heap(load_board(board)["heap_budget"])
         self.heap = heap or mpy.DEFAULT_HEAP
         self.rom = str(Path(rom).resolve()) if rom and Path(rom).is_dir() else ""
         self.env = dict(env or {})
