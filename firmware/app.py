@@ -122,7 +122,6 @@ class App:
         link.on_connect = self.publish_status
         self.started = time.ticks_ms()
         self.samples = self.sent = self.alerts = 0
-        self.shift_run = 0  # samples in a row the shift rule has flagged
         gc.collect()
         self.heap_min = gc.mem_free()
         self._alloc0 = _allocated()
@@ -252,17 +251,14 @@ class App:
         ob.append(outbox.TELEMETRY, schema.telemetry(
             self.device, seq, t, self.names, values, d.pred if band else None,
             d.lo if band else None, d.hi if band else None, faults, mid))
-        run = self.shift_run = self.shift_run + 1 if "shift" in faults else 0
-        every = d.shift[0] if d.shift is not None else 1
-        for a in alerts:
-            # a lasting shift is one event: its alert goes out when it starts and again every
-            # shift window while it lasts; the telemetry flags every sample of it
-            if a[0] == "shift" and (run - 1) % every:
-                continue
-            ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
-            self.alerts += 1
-            self.log("alert: %s %s value=%s band=%s..%s sample=%d"
-                     % (a[0], a[1], a[2], a[3], a[4], seq))
+        if d.send:
+            # one message per episode (detector.py): at its start and every resend_samples
+            # while it lasts; the telemetry above flags every sample of it
+            for a in alerts:
+                ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
+                self.alerts += 1
+                self.log("alert: %s %s value=%s band=%s..%s sample=%d"
+                         % (a[0], a[1], a[2], a[3], a[4], seq))
         self.samples += 1
 
     def drain(self, until):

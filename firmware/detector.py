@@ -1,11 +1,25 @@
 """Per-sample verdicts: the seed's band rule plus device-fault rules.
 
-band     value outside pred +- k*(sigma + eps), in the model's normalised units, where
-         sigma is the population std of the channel's last `sigma_window` normalised
-         samples (the seed's is_anomalie uses numpy .std() over the input window)
-stuck    the same reading for `stuck_samples` samples in a row (re-alerted every M); and,
-         channel None, the whole reading repeated `still_samples` times in a row (from
-         the blob, calibrated on the training rows; value = the repeats so far)
+band     mode "residual" (a model whose blob carries the band calibration): the residual
+         r = value - pred (normalised units) outside +-k*s, where s is the model's own
+         error scale: calibrated on the training residuals (mean |r|, robust), then
+         adapted slowly (rate alpha) from the residuals of unflagged samples only, never
+         below the sensor-resolution floor nor above 4x its calibrated value.
+         The model's slow bias (mean residual of unflagged samples, rate 1/128) is
+         taken off the prediction. A flagged channel's reading does not enter the model's
+         input window (the last good value does), so the reference does not follow the
+         anomaly; after
+         `reanchor` flagged samples in a row the channel accepts the new level.
+         mode "seed" (or a blob without the calibration): value outside
+         pred +- k*(sigma + eps), sigma the population std of the channel's last
+         `sigma_window` samples (the seed's is_anomalie uses numpy .std())
+drift    mode "residual": two-sided CUSUM of z = r/s (clipped to +-k), reference `ref`;
+         fires while either sum is above the calibrated `h` (a drift or level shift
+         while it develops, before any single sample leaves the band)
+stuck    one channel unchanged for its stuck limit (the blob's per-channel limit from the
+         training rows and the sensor's resolution, or `stuck_samples`): every sample
+         from then on while it stays; and, channel None, the whole reading repeated
+         `still_samples` times in a row (value = the repeats so far)
 range    outside the sensor's physical range (sensors.RANGES)
 dropout  `dropout_periods` or more sample periods missed before this sample
 read     the sensor gave no value after its bounded retries
@@ -14,7 +28,10 @@ shift    a sustained shift (when the blob carries a shift calibration): the roll
          both max|u| > f and u'Mu > f*f (M: the fit rows' inverse covariance, scaled) --
          the host's ms-ensemble view, calibrated by training/shiftcal.py
 
-Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units.
+Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units. The
+telemetry flags every sample; the alert MESSAGE is for episodes: `send` is True on the
+first flagged sample after `episode_gap` quiet samples and every `resend_samples` while
+the episode lasts (the app sends a sample's alerts only then).
 History is kept in physical units, so a model swapped in over the air (new scaler)
 keeps the samples already seen. Buffers are allocated once.
 """
@@ -23,6 +40,8 @@ import math
 from array import array
 
 CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
+STUCK_FALLBACK = 120  # firmware/config.py's; for a channel no model gives a limit
+BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, tracked this fast
 
 
 class ModelMismatch(Exception):
@@ -38,9 +57,24 @@ class Detector:
         n = len(names)
         self.params = params  # config detector section: explicit values win over the blob
         self.fallback = fallback
-        self.stuck_n = params["stuck_samples"]
         self.dropout_n = params["dropout_periods"]
+        self.gap = params.get("episode_gap") or 10
+        self.resend = params.get("resend_samples") or 60
         self.hist = array("f", bytes(4 * CAPACITY * n))
+        # what the model sees: the reading, or its prediction while the channel is flagged
+        self.mhist = array("f", bytes(4 * CAPACITY * n))
+        self._in = array("f", bytes(4 * n))  # this sample's model input, physical units
+        self.stuck_lim = [params["stuck_samples"] or STUCK_FALLBACK] * n
+        # residual band state per model channel j: scale, CUSUM sums, flagged run
+        self.s = array("f", bytes(4 * n))
+        self.gp = array("f", bytes(4 * n))
+        self.gn = array("f", bytes(4 * n))
+        self.mu = array("f", bytes(4 * n))  # the model's slow bias (mean residual), unflagged
+        self.run = [0] * n
+        self.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
+        self.send = False  # whether this sample's alerts go out as a message
+        self._quiet = 1 << 20  # samples since the last flagged one
+        self._sent = 0  # samples since the last message
         self.count = 0  # valid samples in hist (up to CAPACITY)
         self.pos = 0  # next write index
         self.last = [None] * n
@@ -74,6 +108,21 @@ class Detector:
         self.sigma_window = int(pick("sigma_window"))
         st = p.get("still_samples")  # None: the model's (0 without one); 0: off
         self.still_n = (model.still if model is not None else 0) if st is None else st
+        n = len(self.names)
+        band = getattr(model, "band", None) if model is not None else None
+        if p.get("band") == "seed":
+            band = None
+        self.band = band
+        for c in range(n):
+            self.stuck_lim[c] = p["stuck_samples"] or STUCK_FALLBACK
+        if band is not None:
+            for j in range(len(self._order)):
+                c = self._order[j]
+                self.s[j] = band[5][j]
+                self.gp[j] = self.gn[j] = self.mu[j] = 0.0
+                self.run[j] = 0
+                if not p["stuck_samples"] and band[7][j]:
+                    self.stuck_lim[c] = band[7][j]
 
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only."""
@@ -91,6 +140,8 @@ class Detector:
         if len(order) != len(self.names):
             raise ModelMismatch("model has %d channels, sensor %d" % (len(order), len(self.names)))
         sw = self.params["sigma_window"] or model.sigma_window
+        if getattr(model, "band", None) is not None and self.params.get("band") != "seed":
+            sw = 1  # the residual band keeps no sigma window
         if model.window > CAPACITY or sw > CAPACITY:
             raise ModelMismatch("window %d / sigma window %d over %d" % (model.window, sw, CAPACITY))
         f = self.params.get("shift_factor")
@@ -128,8 +179,10 @@ class Detector:
     def _push(self, values):
         n = len(self.names)
         base = self.pos * n
+        src = self._in
         for c in range(n):
             self.hist[base + c] = values[c]
+            self.mhist[base + c] = src[c]
         self.pos = (self.pos + 1) % CAPACITY
         if self.count < CAPACITY:
             self.count += 1
@@ -138,15 +191,20 @@ class Detector:
         m = self.model
         order = self._order
         w = m.window
-        need = max(w, self.sigma_window)
+        need = w if self.band is not None else max(w, self.sigma_window)
         if self.count < need:
             return
         win = self._win
         nc = len(order)
+        mh, n = self.mhist, len(self.names)
         for t in range(w):
+            i = (self.pos - w + t) % CAPACITY
             for j in range(nc):
-                win[t * nc + j] = (self._at(w - t, order[j]) - m.offset[j]) / m.scale[j]
+                win[t * nc + j] = (mh[i * n + order[j]] - m.offset[j]) / m.scale[j]
         pred = m.predict(win)
+        if self.band is not None:
+            self._residual(values, pred)
+            return
         sw = self.sigma_window
         for j in range(nc):
             c = order[j]
@@ -170,6 +228,60 @@ class Detector:
                                     self.pred[c]))
         self.has_band = True
 
+    def _residual(self, values, pred):
+        # the residual band, CUSUM drift and masking of flagged readings (see the top)
+        self.has_band = True
+        m, order, b = self.model, self._order, self.band
+        kb, kr, h, alpha, reanchor, s0, floor = b[0], b[1], b[2], b[3], b[4], b[5], b[6]
+        for j in range(len(order)):
+            c = order[j]
+            off, sc = m.offset[j], m.scale[j]
+            p = pred[j] + self.mu[j]  # the model's forecast less its slow bias
+            r = (values[c] - off) / sc - p
+            s = self.s[j]
+            half = kb * s
+            self.pred[c] = p * sc + off
+            self.lo[c] = (p - half) * sc + off
+            self.hi[c] = (p + half) * sc + off
+            z = r / s
+            if z > kb:
+                z = kb
+            elif z < -kb:
+                z = -kb
+            gp = self.gp[j] + z - kr
+            gn = self.gn[j] - z - kr
+            self.gp[j] = gp if gp > 0 else 0.0
+            self.gn[j] = gn if gn > 0 else 0.0
+            bad = False
+            if not (-half < r < half):
+                self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
+                                    self.pred[c]))
+                bad = True
+            if gp > h or gn > h:
+                self.alerts.append(("drift", self.names[c], values[c], self.lo[c], self.hi[c],
+                                    self.pred[c]))
+                bad = True
+            if not bad:
+                self.run[j] = 0
+                self.mu[j] += BIAS_RATE * r
+                a = r if r > 0 else -r
+                s += alpha * (a - s)
+                lo, hi = floor[j], 4.0 * s0[j]
+                self.s[j] = lo if s < lo else (hi if s > hi else s)
+                continue
+            self.run[j] += 1
+            if self.run[j] < reanchor:
+                # the reference does not follow the anomaly: the model sees the last good value
+                self._in[c] = self.mhist[((self.pos - 1) % CAPACITY) * len(self.names) + c]
+                continue
+            # flagged this long: a new level, not a passing fault; the model follows it
+            self.run[j] = 0
+            self.gp[j] = self.gn[j] = 0.0
+            mh, n = self.mhist, len(self.names)
+            for back in range(1, m.window + 1):
+                i = ((self.pos - back) % CAPACITY) * n + c
+                mh[i] = self.hist[i]
+
     def step(self, values, missed=0):
         """Judge one sample. `values` is the reading list or None (failed read);
         `missed` the number of sample periods skipped before it. Returns the alert list
@@ -181,7 +293,7 @@ class Detector:
             alerts.append(("dropout", None, missed, None, None, None))
         if values is None:
             alerts.append(("read", None, None, None, None, None))
-            return alerts
+            return self._episode(alerts)
         ok = True
         for c in range(len(self.names)):
             v = values[c]
@@ -195,15 +307,16 @@ class Detector:
                 ok = False
             if v == self.last[c]:
                 self.same[c] += 1
-                if self.same[c] % self.stuck_n == 0:
+                if self.same[c] >= self.stuck_lim[c]:  # every sample while it stays
                     alerts.append(("stuck", self.names[c], v, None, None, None))
             else:
                 self.last[c] = v
                 self.same[c] = 1
+            self._in[c] = v
         n = self.still_n
         if n and ok:  # the whole reading unchanged: the repeats of the sample before
             run = min(self.same) - 1
-            if run >= n and (run - n) % n == 0:
+            if run >= n:
                 alerts.append(("stuck", None, run, None, None, None))
         # a sample that failed or is physically impossible stays out of the model's window
         if ok:
@@ -212,4 +325,20 @@ class Detector:
             self._push(values)
             if self.shift is not None:
                 self._judge(self)
+        return self._episode(alerts)
+
+    def _episode(self, alerts):
+        # one message per episode: at its first flagged sample, then every `resend` samples
+        send = False
+        if alerts:
+            if self._quiet >= self.gap or self._sent >= self.resend:
+                send = True
+            self._quiet = 0
+        elif self._quiet < 1 << 20:
+            self._quiet += 1
+        if send:
+            self._sent = 0
+        elif self._sent < 1 << 20:
+            self._sent += 1
+        self.send = send
         return alerts

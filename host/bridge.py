@@ -79,6 +79,8 @@ def alert_text(a: Alert) -> str:
     what = a.channel or "device"
     if a.rule == "band" and a.band:
         detail = f"{what} {_num(a.value)} outside {_num(a.band[0])}..{_num(a.band[1])}"
+    elif a.rule == "drift" and a.band:
+        detail = f"{what} {_num(a.value)} drifting from {_num(a.pred)}"
     elif a.rule == "shift" and a.band:
         detail = f"{what} mean {_num(a.value)} shifted outside {_num(a.band[0])}..{_num(a.band[1])}"
     elif a.rule == "range":

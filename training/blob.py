@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.bandcal import BandCal
 from training.shiftcal import ShiftCal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,7 @@ class BlobSpec:
     residual: bool = False  # prediction = newest input sample + dequantised output
     shift: ShiftCal | None = None  # sustained-shift calibration (flag SHIFT), physical units
     still: int = 0  # whole reading repeated this many times = stuck (flag STILL); 0: no rule
+    band: BandCal | None = None  # the residual band's calibration (flag BAND)
 
     @property
     def channels(self) -> int:
@@ -343,6 +345,11 @@ def write(spec: BlobSpec) -> bytes:
     if spec.still:
         parts.append(struct.pack("<H", spec.still))
         flags |= fw.FLAG_STILL
+    if spec.band is not None:
+        b = spec.band
+        parts.append(struct.pack(fw.BAND_HEAD, b.k, b.ref, b.h, b.alpha, b.reanchor, 0)
+                     + struct.pack(f"<{c}f{c}f{c}H", *b.scale, *b.floor, *b.stuck))
+        flags |= fw.FLAG_BAND
     length = fw.HEADER_LEN + sum(len(p) for p in parts) + fw.CRC_LEN
     parts[0] = struct.pack(fw.HEADER, fw.MAGIC, VERSION, flags, length, bytes.fromhex(spec.model_id),
                            spec.window, c, len(spec.tensors), len(spec.ops))
@@ -386,7 +393,9 @@ def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
                     in_scale=b.in_scale, in_zp=b.in_zp, out_scale=b.out_scale, out_zp=b.out_zp,
                     tensors=[tuple(t) for t in b.tensors], ops=ops, residual=b.residual,
                     shift=None if b.shift is None else _shift_cal(b.shift, b.channels),
-                    still=b.still)
+                    still=b.still, band=None if b.band is None else BandCal(
+                        b.band[0], b.band[1], b.band[2], b.band[3], b.band[4], list(b.band[5]),
+                        list(b.band[6]), list(b.band[7])))
 
 
 def _shift_cal(raw, c: int) -> ShiftCal:
