@@ -41,7 +41,6 @@ from array import array
 
 CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
 STUCK_FALLBACK = 120  # firmware/config.py's; for a channel no model gives a limit
-BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, tracked this fast
 
 
 class ModelMismatch(Exception):
@@ -51,7 +50,7 @@ class ModelMismatch(Exception):
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
 
-    def __init__(self, names, limits, params, fallback, shiftmod=None):
+    def __init__(self, names, limits, params, fallback, shiftmod=None, resmod=None):
         self.names = names
         self.limits = limits
         n = len(names)
@@ -61,16 +60,12 @@ class Detector:
         self.gap = params.get("episode_gap") or 10
         self.resend = params.get("resend_samples") or 60
         self.hist = array("f", bytes(4 * CAPACITY * n))
-        # what the model sees: the reading, or its prediction while the channel is flagged
-        self.mhist = array("f", bytes(4 * CAPACITY * n))
+        # what the model sees: the readings (hist itself), or in residual mode a ring of its
+        # own where a flagged channel's reading is replaced (firmware/residual.py)
+        self.mhist = self.hist
         self._in = array("f", bytes(4 * n))  # this sample's model input, physical units
         self.stuck_lim = [params["stuck_samples"] or STUCK_FALLBACK] * n
-        # residual band state per model channel j: scale, CUSUM sums, flagged run
-        self.s = array("f", bytes(4 * n))
-        self.gp = array("f", bytes(4 * n))
-        self.gn = array("f", bytes(4 * n))
-        self.mu = array("f", bytes(4 * n))  # the model's slow bias (mean residual), unflagged
-        self.run = [0] * n
+        self._resmod = resmod  # firmware/residual.py, imported only for a model that needs it
         self.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
         self.send = False  # whether this sample's alerts go out as a message
         self._quiet = 1 << 20  # samples since the last flagged one
@@ -115,14 +110,22 @@ class Detector:
         self.band = band
         for c in range(n):
             self.stuck_lim[c] = p["stuck_samples"] or STUCK_FALLBACK
-        if band is not None:
-            for j in range(len(self._order)):
-                c = self._order[j]
-                self.s[j] = band[5][j]
-                self.gp[j] = self.gn[j] = self.mu[j] = 0.0
-                self.run[j] = 0
-                if not p["stuck_samples"] and band[7][j]:
-                    self.stuck_lim[c] = band[7][j]
+        if band is None:
+            self.mhist = self.hist
+            self._residual = None
+            return
+        rm = self._resmod
+        if rm is None:
+            import gc
+
+            gc.collect()
+            import residual as rm  # boards whose models lack the band never load it
+        rm.setup(self, band)
+        self._residual = rm.judge
+        for j in range(len(self._order)):
+            c = self._order[j]
+            if not p["stuck_samples"] and band[7][j]:
+                self.stuck_lim[c] = band[7][j]
 
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only."""
@@ -179,10 +182,12 @@ class Detector:
     def _push(self, values):
         n = len(self.names)
         base = self.pos * n
-        src = self._in
+        src, mh = self._in, self.mhist
         for c in range(n):
             self.hist[base + c] = values[c]
-            self.mhist[base + c] = src[c]
+        if mh is not self.hist:
+            for c in range(n):
+                mh[base + c] = src[c]
         self.pos = (self.pos + 1) % CAPACITY
         if self.count < CAPACITY:
             self.count += 1
@@ -203,7 +208,7 @@ class Detector:
                 win[t * nc + j] = (mh[i * n + order[j]] - m.offset[j]) / m.scale[j]
         pred = m.predict(win)
         if self.band is not None:
-            self._residual(values, pred)
+            self._residual(self, values, pred)
             return
         sw = self.sigma_window
         for j in range(nc):
@@ -227,60 +232,6 @@ class Detector:
                 self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
                                     self.pred[c]))
         self.has_band = True
-
-    def _residual(self, values, pred):
-        # the residual band, CUSUM drift and masking of flagged readings (see the top)
-        self.has_band = True
-        m, order, b = self.model, self._order, self.band
-        kb, kr, h, alpha, reanchor, s0, floor = b[0], b[1], b[2], b[3], b[4], b[5], b[6]
-        for j in range(len(order)):
-            c = order[j]
-            off, sc = m.offset[j], m.scale[j]
-            p = pred[j] + self.mu[j]  # the model's forecast less its slow bias
-            r = (values[c] - off) / sc - p
-            s = self.s[j]
-            half = kb * s
-            self.pred[c] = p * sc + off
-            self.lo[c] = (p - half) * sc + off
-            self.hi[c] = (p + half) * sc + off
-            z = r / s
-            if z > kb:
-                z = kb
-            elif z < -kb:
-                z = -kb
-            gp = self.gp[j] + z - kr
-            gn = self.gn[j] - z - kr
-            self.gp[j] = gp if gp > 0 else 0.0
-            self.gn[j] = gn if gn > 0 else 0.0
-            bad = False
-            if not (-half < r < half):
-                self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
-                                    self.pred[c]))
-                bad = True
-            if gp > h or gn > h:
-                self.alerts.append(("drift", self.names[c], values[c], self.lo[c], self.hi[c],
-                                    self.pred[c]))
-                bad = True
-            if not bad:
-                self.run[j] = 0
-                self.mu[j] += BIAS_RATE * r
-                a = r if r > 0 else -r
-                s += alpha * (a - s)
-                lo, hi = floor[j], 4.0 * s0[j]
-                self.s[j] = lo if s < lo else (hi if s > hi else s)
-                continue
-            self.run[j] += 1
-            if self.run[j] < reanchor:
-                # the reference does not follow the anomaly: the model sees the last good value
-                self._in[c] = self.mhist[((self.pos - 1) % CAPACITY) * len(self.names) + c]
-                continue
-            # flagged this long: a new level, not a passing fault; the model follows it
-            self.run[j] = 0
-            self.gp[j] = self.gn[j] = 0.0
-            mh, n = self.mhist, len(self.names)
-            for back in range(1, m.window + 1):
-                i = ((self.pos - back) % CAPACITY) * n + c
-                mh[i] = self.hist[i]
 
     def step(self, values, missed=0):
         """Judge one sample. `values` is the reading list or None (failed read);
@@ -330,15 +281,14 @@ class Detector:
     def _episode(self, alerts):
         # one message per episode: at its first flagged sample, then every `resend` samples
         send = False
+        if self._sent < 1 << 20:
+            self._sent += 1
         if alerts:
             if self._quiet >= self.gap or self._sent >= self.resend:
                 send = True
+                self._sent = 0
             self._quiet = 0
         elif self._quiet < 1 << 20:
             self._quiet += 1
-        if send:
-            self._sent = 0
-        elif self._sent < 1 << 20:
-            self._sent += 1
         self.send = send
         return alerts

@@ -121,6 +121,7 @@ class Scorer:
     def __init__(self, model: HostModel, sensor: str = "dht22"):
         self.detector_mod = _firmware("detector")
         self.shift_mod = _firmware("shift")  # the board imports it by name; here it is passed in
+        self.res_mod = _firmware("residual")
         sensors = _firmware("sensors")
         if sensor not in sensors.RANGES:
             raise UserError(f"--sensor {sensor!r}: use one of {', '.join(sorted(sensors.RANGES))}")
@@ -138,7 +139,7 @@ class Scorer:
             m = self.model
             d = self.detector_mod.Detector(self.sensor_names, self.limits, self.params,
                                            {"k": m.k, "eps": m.eps, "sigma_window": m.sigma_window},
-                                           self.shift_mod)
+                                           self.shift_mod, self.res_mod)
             try:
                 d.set_model(m)
             except self.detector_mod.ModelMismatch as exc:
