@@ -9,9 +9,10 @@ verdicts are the ones the board would have published. A failed read (an empty
 cell) is a ``read`` alert; a gap in the timestamps longer than the median
 sample period is a ``dropout``.
 
-The output CSV has one line per input row: ``line, t, anomaly, rule, channel,
-value, lo, hi, alerts`` (the first alert of the row; ``alerts`` lists all as
-``rule:channel``), then ``<channel>_pred, <channel>_lo, <channel>_hi`` for every
+The output CSV has one line per input row: ``line, t, anomaly, alert, rule, channel,
+value, lo, hi, alerts`` (``anomaly``: the row is flagged; ``alert``: the board sends an
+alert message on this row, one per episode, re-sent every ``resend_samples`` while it
+lasts; the first alert of the row; ``alerts`` lists all as ``rule:channel``), then ``<channel>_pred, <channel>_lo, <channel>_hi`` for every
 channel whenever the band rule ran.
 """
 
@@ -90,14 +91,14 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
         limits = list(ranges[sensor][: len(names)])
         limits += [(-1e30, 1e30)] * (len(names) - len(limits))
     defaults = _firmware_defaults()
-    stuck = int(stuck_samples or defaults["stuck_samples"])
-    if stuck < 2:
+    stuck = stuck_samples if stuck_samples is not None else defaults["stuck_samples"]
+    if stuck is not None and stuck < 2:
         raise UserError(f"--stuck-samples: must be >= 2 (got {stuck})")
     missed = missed_periods(series.timestamps)
     verdict = run_firmware(raw, names, series.values.astype(np.float64), missed, limits=limits,
                            stuck_samples=stuck, dropout_periods=int(defaults["dropout_periods"]),
                            heap=heap)
-    header = ["line", "t", "anomaly", "rule", "channel", "value", "lo", "hi", "alerts"]
+    header = ["line", "t", "anomaly", "alert", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
         header += [f"{n}_pred", f"{n}_lo", f"{n}_hi"]
     counts: dict[str, int] = {}
@@ -113,7 +114,8 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                 j = names.index(first[1])
                 if np.isfinite(verdict.lo[i, j]):
                     lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])
-            row = [int(series.lines[i]), f"{series.timestamps[i]:.3f}", int(bool(alerts)), first[0],
+            row = [int(series.lines[i]), f"{series.timestamps[i]:.3f}", int(bool(alerts)),
+                   int(bool(verdict.send[i])), first[0],
                    first[1] or "", "" if first[2] in ("None", "") else first[2], lo, hi,
                    " ".join(f"{a[0]}:{a[1] or ''}" for a in alerts)]
             for j in range(len(names)):
@@ -125,6 +127,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
             for a in alerts:
                 counts[a[0]] = counts.get(a[0], 0) + 1
     return {"rows": len(series), "anomalous_rows": sum(1 for a in verdict.alerts if a),
+            "alert_rows": int(np.sum(verdict.send)),
             "alerts": counts, "model_id": spec.model_id, "out": str(out)}
 
 
@@ -139,13 +142,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="verdict CSV to write, one line per input row")
     p.add_argument("--sensor", help="apply the range rule of dht22, dht11 or shtc3")
     p.add_argument("--stuck-samples", type=int, default=None,
-                   help="stuck rule length (default: the firmware's default)")
+                   help="one channel unchanged this many samples is stuck (default: the model's "
+                        "per-channel limits)")
 
 
 def run(args) -> int:
     """Score the file and print a one-line summary."""
     s = detect(args.model, args.data, args.out, sensor=args.sensor, stuck_samples=args.stuck_samples)
     rules = ", ".join(f"{k} {v}" for k, v in sorted(s["alerts"].items())) or "none"
-    print(f"{s['rows']} rows, {s['anomalous_rows']} anomalous (alerts: {rules}); "
+    print(f"{s['rows']} rows, {s['anomalous_rows']} anomalous, {s['alert_rows']} alert messages "
+          f"(rules: {rules}); "
           f"model {s['model_id']}; wrote {s['out']}")
     return 0
