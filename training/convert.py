@@ -144,17 +144,20 @@ def load_model_dir(model_dir: Path):
 
 
 def windows_of(data: str, names: list[str], scaler, window: int, train_fraction: float = 0.8,
-               fit_rows: bool = False):
+               fit_rows: bool = False, selection: dict | None = None):
     """Normalised windows of `data` split chronologically: (X_train, y_train, X_val, y_val).
 
     ``fit_rows`` appends the physical rows the training windows span (for the
     board's sustained-shift calibration).
     """
-    from training.data import chrono_split, load, make_windows
+    from training.data import chrono_split, fit_selection, load, make_windows
 
     series = load(data, channels=names)
     if list(series.channels) != names:
         raise UserError(f"{data}: channels {series.channels}, the model wants {names}")
+    if selection is not None:  # the rows `train` used: its --fit-rows, labelled rows left out
+        series, _ = fit_selection(series, selection.get("fit_rows"),
+                                  bool(selection.get("keep_labelled")))
     try:
         x, y = make_windows(scaler.transform(series.values), window)
     except ValueError as exc:
@@ -426,7 +429,8 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     if not Path(data).exists() and (root / data).exists():
         data = str(root / data)  # config.json keeps the path as given at train time, from the repo
     x_tr, y_tr, x_va, y_va, rows = windows_of(data, names, scaler, window,
-                                           config.get("train_fraction", 0.8), fit_rows=True)
+                                           config.get("train_fraction", 0.8), fit_rows=True,
+                                           selection=config)
     if eval_data:
         _, _, x_ev, y_ev = windows_of(eval_data, names, scaler, window, 0.0)
     else:
