@@ -23,7 +23,7 @@ DEMO_FAST ?=
 DEMO_ARGS ?=
 APT_PKGS := mosquitto
 
-.PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean
+.PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench bench-detect clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -74,6 +74,9 @@ repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (
 
 sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER: make sim DEVICES=3
 	$(EW) sim --devices $(DEVICES) $(if $(BROKER),--broker "$(BROKER)") $(SIM_ARGS)
+
+bench-detect: setup  ## detection benchmarks (fault suite, all NAB files; board vs streaming baseline) -> docs/benchmarks_detect.md
+	nice -n 10 $(BIN)/python -m tools.bench_detect
 
 demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
 	$(BIN)/python -m tools.demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)

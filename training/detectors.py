@@ -239,6 +239,72 @@ class BestDetector(Detector):
         return hold_alerts(shift | spike | stuck | device, self.hold)
 
 
+class StreamingBaseline(Detector):
+    """The simple streaming statistical baseline the board must beat: the board's own residual
+    rules (training/bandcal.py calibration, firmware/residual.py arithmetic: band k·s, s
+    adapted from unflagged residuals, slow bias, masking with the last good value, re-anchor,
+    two-sided CUSUM, one alert per episode) around a persistence forecast instead of the TCN.
+    A few dozen operations per sample. It doubles as the board's last-value ablation."""
+
+    name = "baseline"
+    on_board = "yes in principle (the board's rules with a last-value forecast); numpy here"
+    description = ("persistence forecast + the board's residual band, CUSUM, masking and episode "
+                   "alerts (calibrated on the fit rows as convert does)")
+
+    def __init__(self, gap: int = 10, resend: int = 60, count: str = "alerts"):
+        self.gap, self.resend, self.count = gap, resend, count
+        self.flags = self.sends = None
+
+    def run(self, values, n_fit):
+        from training import bandcal
+
+        v = fill_missing(np.asarray(values, np.float64))
+        mu0 = v[:n_fit].mean(axis=0)
+        sd = v[:n_fit].std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        z = (v - mu0) / sd
+        cal = bandcal.calibrate(np.diff(z[:n_fit], axis=0), v[:n_fit], sd)
+        n, c = z.shape
+        s = np.array(cal.scale, np.float64)
+        s0, floor = s.copy(), np.array(cal.floor)
+        gp, gn, mu = np.zeros(c), np.zeros(c), np.zeros(c)
+        run = np.zeros(c, dtype=int)
+        ref = z[max(0, n_fit - 1)].copy()  # the model input: last good value per channel
+        flags = np.zeros(n, dtype=bool)
+        sends = np.zeros(n, dtype=bool)
+        quiet, sent = 1 << 20, 0
+        k, kr, h = cal.k, cal.ref, cal.h
+        rate = bandcal.BIAS_RATE
+        for i in range(n_fit, n):
+            x = z[i]
+            r = x - (ref + mu)
+            e = np.clip(r / s, -k, k)
+            gp = np.maximum(0.0, gp + e - kr)
+            gn = np.maximum(0.0, gn - e - kr)
+            bad = (np.abs(r) >= k * s) | (gp > h) | (gn > h)
+            ok = ~bad
+            mu[ok] += rate * r[ok]
+            s[ok] = np.clip(s[ok] + cal.alpha * (np.abs(r[ok]) - s[ok]), floor[ok], 4 * s0[ok])
+            run[ok] = 0
+            run[bad] += 1
+            re = bad & (run >= cal.reanchor)
+            run[re] = 0
+            gp[re] = gn[re] = 0.0
+            nxt = np.where(bad & ~re, ref, x)
+            ref = nxt
+            flags[i] = bool(bad.any())
+            sent += 1
+            if flags[i]:
+                if quiet >= self.gap or sent >= self.resend:
+                    sends[i] = True
+                    sent = 0
+                quiet = 0
+            else:
+                quiet += 1
+        self.flags, self.sends = flags, sends
+        return sends if self.count == "alerts" else flags
+
+
 def band_rule(windows: np.ndarray, actual: np.ndarray, pred: np.ndarray,
               k: float = K, eps: float = EPS) -> np.ndarray:
     """The seed's is_anomalie: per channel, outside pred ± k·(σ_window + ε) (normalised units).
@@ -539,6 +605,8 @@ def make(name: str, fast: bool = False) -> Detector:
         return MultiscaleEnsemble()
     if name == "best":
         return BestDetector()
+    if name == "baseline":
+        return StreamingBaseline()
     if name in ("tcn", "lstm", "gru"):
         return ForecastDetector(name, epochs=epochs)
     if name == "board":
@@ -546,4 +614,4 @@ def make(name: str, fast: bool = False) -> Detector:
     raise ValueError(f"unknown detector '{name}' (choose from {', '.join(NAMES)})")
 
 
-NAMES = ("board", "tcn", "lstm", "gru", "iforest", "pca-t2q", "ms-ensemble", "best")
+NAMES = ("board", "tcn", "lstm", "gru", "iforest", "pca-t2q", "ms-ensemble", "best", "baseline")

@@ -1,0 +1,177 @@
+"""The detection benchmarks (`make bench-detect`): the board's own detector (train on the fit
+rows -> convert's calibration -> the firmware under MicroPython, i.e. the functions behind
+`edgewatch train`, `convert` and `detect`) beside the streaming baseline, on
+
+- the fault suite (occupancy, recall while present per kind, median delay, false alarms per
+  clean day; the +10-row grace figure as a second column),
+- NAB: every file of ../shared/data/nab, fit on each file's probationary rows, scored on the
+  rows where the board sends an alert message (one per episode) and, beside it, on every
+  flagged row; per-file and per-category tables beside the published HTM, ARTime, CAD OSE
+  and Windowed Gaussian scores.
+
+One set of hyperparameters for every file (training/bandcal.py, firmware config defaults).
+Writes docs/benchmarks_detect.json and the detection section docs/benchmarks_detect.md.
+
+    python -m tools.bench_detect [--files N] [--trials T] [--epochs E]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training import detectors, faultsuite, nab
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCHS = 10
+
+
+def nab_all(keys, epochs: int = EPOCHS, log=print) -> dict:
+    """Per file: board (alert rows, flagged rows) and baseline scores, plus published raws."""
+    pub = {d: nab.published_raw(d) for d in nab.PUBLISHED}
+    out = {}
+    for key in keys:
+        t0 = time.perf_counter()
+        ts, vals, wins = nab.load_key(key)
+        n_fit = int(math.ceil(nab.probation_length(len(ts))))
+        board = detectors.BoardDetector(epochs=epochs)
+        bv = board.firmware_verdicts(vals[:, None], n_fit, names=["value"])
+        flags = np.array([bool(a) for a in bv.alerts])
+        base = detectors.StreamingBaseline()
+        base.run(vals[:, None], n_fit)
+        row = {"rows": len(ts), "seconds": 0.0}
+        for name, det in (("board", bv.send), ("board_flags", flags), ("baseline", base.sends),
+                          ("baseline_flags", base.flags)):
+            row[name] = nab.score_key(ts, wins, det)
+            row[name]["alerts"] = int(np.sum(det))
+        sw = nab.sweep(ts, wins, "standard")
+        null, perfect = nab.null_and_perfect(sw)
+        for d, table in pub.items():
+            if key in table:
+                row[d] = {"standard": {"raw": table[key], "null": null, "perfect": perfect}}
+        row["seconds"] = time.perf_counter() - t0
+        out[key] = row
+        s = row["board"]["standard"]
+        b = row["baseline"]["standard"]
+        log(f"nab {key:60s} board {nab.normalised(s['raw'], s['null'], s['perfect']):7.1f} "
+            f"({row['board']['alerts']} alerts)  baseline {nab.normalised(b['raw'], b['null'], b['perfect']):7.1f}"
+            f"  {row['seconds']:.1f} s")
+    return out
+
+
+def totals(per_file: dict, det: str, keys=None) -> float | None:
+    """Normalised standard-profile score of `det` summed over `keys` (default: all)."""
+    rows = [per_file[k][det]["standard"] for k in (keys or per_file) if det in per_file[k]]
+    if not rows:
+        return None
+    raw = sum(r["raw"] for r in rows)
+    null = sum(r["null"] for r in rows)
+    perfect = sum(r["perfect"] for r in rows)
+    return nab.normalised(raw, null, perfect)
+
+
+DETS = ("board", "board_flags", "baseline", "baseline_flags", *nab.PUBLISHED)
+LABELS = {"board": "board (alert rows)", "board_flags": "board (every flagged row)",
+          "baseline": "baseline (alert rows)", "baseline_flags": "baseline (every flagged row)",
+          **nab.PUBLISHED}
+
+
+def faults(trials: int, epochs: int = EPOCHS) -> dict:
+    from training.detect import _firmware_module
+
+    lim = list(_firmware_module("sensors").RANGES["dht22"])
+    out = {}
+    for name, make in (("board", lambda: detectors.BoardDetector(epochs=epochs, rules="all",
+                                                                   limits=lim)),
+                       ("baseline", lambda: detectors.StreamingBaseline(count="flags"))):
+        r = faultsuite.evaluate(make, trials=trials)
+        out[name] = r
+        print(f"fault {name}: recall while present {r['recall']:.3f} {r['recall_by_kind']}, "
+              f"delay {r['delay_by_kind']}, FA/day {r['false_alarms_per_day']:.2f}", flush=True)
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = ["## Detection (issue 13): the board's own detector through the user path", "",
+             f"`make bench-detect` ({res['minutes']:.1f} min{', SUBSET' if res['subset'] else ''}). "
+             "Board = the TCN trained on the fit rows, int8-converted and calibrated by `convert`'s "
+             "own functions (training/convert.py `calibrate_detector`), run row by row by "
+             "firmware/engine.py + detector.py + residual.py under MicroPython, as `edgewatch "
+             "detect` runs it. Baseline = the same rules around a last-value forecast (numpy; "
+             "also the board's last-value ablation). One set of hyperparameters everywhere.", ""]
+    f = res.get("faults")
+    if f:
+        kinds = sorted(f["board"]["recall_by_kind"])
+        lines += ["### Fault suite (occupancy, held-out span, single-channel and whole-reading faults)",
+                  "", "| detector | " + " | ".join(f"{k} recall (grace)" for k in kinds)
+                  + " | median delay min (" + ", ".join(kinds) + ") | FA / clean day |",
+                  "|---|" + "---|" * len(kinds) + "---|---|"]
+        for name, r in f.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{r['recall_by_kind'][k]:.2f} ({r['recall_grace_by_kind'][k]:.2f})" for k in kinds)
+                + " | " + ", ".join("-" if r["delay_by_kind"][k] is None else f"{r['delay_by_kind'][k]:g}"
+                                     for k in kinds)
+                + f" | {r['false_alarms_per_day']:.2f} |")
+        lines.append("")
+    n = res.get("nab")
+    if n:
+        cats = sorted({nab.category(k) for k in n})
+        lines += ["### NAB, standard profile, normalised (fit on each file's probationary rows)", "",
+                  "| detector | all files | " + " | ".join(cats) + " |",
+                  "|---|---|" + "---|" * len(cats)]
+        for d in DETS:
+            t = totals(n, d)
+            if t is None:
+                continue
+            per = [totals(n, d, [k for k in n if nab.category(k) == c]) for c in cats]
+            lines.append(f"| {LABELS[d]} | {t:.1f} | " + " | ".join(
+                "-" if v is None else f"{v:.1f}" for v in per) + " |")
+        lines += ["", "Per file (normalised standard score; alert rows of the board in brackets):", "",
+                  "| file | board | baseline | " + " | ".join(nab.PUBLISHED.values()) + " |",
+                  "|---|---|---|" + "---|" * len(nab.PUBLISHED)]
+        for k, row in n.items():
+            def one(d, row=row):
+                r = row.get(d, {}).get("standard")
+                if r is None:
+                    return "-"
+                if r["perfect"] == r["null"]:  # no window: the raw score (0 = no false alarm)
+                    return f"raw {r['raw']:.2f}"
+                return f"{nab.normalised(r['raw'], r['null'], r['perfect']):.1f}"
+            lines.append(f"| {k} | {one('board')} ({row['board']['alerts']}) | {one('baseline')} | "
+                         + " | ".join(one(d) for d in nab.PUBLISHED) + " |")
+        lines += ["", "Files without windows (artificialNoAnomaly) show their raw score (0 = no "
+                  "false alarm; each alert row outside windows costs up to 0.11); they count in the "
+                  "totals through it.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=None, help="first N NAB files only (a subset)")
+    p.add_argument("--trials", type=int, default=3, help="fault-suite trials (default 3)")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--skip-faults", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_detect"))
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    keys = nab.all_keys()
+    subset = a.files is not None and a.files < len(keys)
+    keys = keys[:a.files] if a.files else keys
+    res = {"subset": subset or a.skip_faults, "epochs": a.epochs}
+    if not a.skip_faults:
+        res["faults"] = faults(a.trials, a.epochs)
+    res["nab"] = nab_all(keys, a.epochs)
+    res["minutes"] = (time.perf_counter() - t0) / 60
+    Path(a.out + ".json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    Path(a.out + ".md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
