@@ -60,12 +60,12 @@ class Detector:
         self.gap = params.get("episode_gap") or 10
         self.resend = params.get("resend_samples") or 60
         self.hist = array("f", bytes(4 * CAPACITY * n))
-        # what the model sees: the readings (hist itself), or in residual mode a ring of its
-        # own where a flagged channel's reading is replaced (firmware/residual.py)
-        self.mhist = self.hist
-        self._in = array("f", bytes(4 * n))  # this sample's model input, physical units
+        # what enters the history: the reading, or in residual mode the last good value while
+        # the channel is flagged (firmware/residual.py)
+        self._in = array("f", bytes(4 * n))
         self.stuck_lim = [params["stuck_samples"] or STUCK_FALLBACK] * n
         self._resmod = resmod  # firmware/residual.py, imported only for a model that needs it
+        self._residual = None
         self.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
         self.send = False  # whether this sample's alerts go out as a message
         self._quiet = 1 << 20  # samples since the last flagged one
@@ -111,7 +111,6 @@ class Detector:
         for c in range(n):
             self.stuck_lim[c] = p["stuck_samples"] or STUCK_FALLBACK
         if band is None:
-            self.mhist = self.hist
             self._residual = None
             return
         rm = self._resmod
@@ -124,8 +123,8 @@ class Detector:
         self._residual = rm.judge
         for j in range(len(self._order)):
             c = self._order[j]
-            if not p["stuck_samples"] and band[7][j]:
-                self.stuck_lim[c] = band[7][j]
+            if not p["stuck_samples"]:  # 0: the channel never moved in training: no limit
+                self.stuck_lim[c] = band[7][j] or 1 << 30
 
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only."""
@@ -179,15 +178,12 @@ class Detector:
         i = (self.pos - back) % CAPACITY
         return self.hist[i * n + ch]
 
-    def _push(self, values):
+    def _push(self):
         n = len(self.names)
         base = self.pos * n
-        src, mh = self._in, self.mhist
+        src = self._in  # the readings, or held values of flagged channels (residual mode)
         for c in range(n):
-            self.hist[base + c] = values[c]
-        if mh is not self.hist:
-            for c in range(n):
-                mh[base + c] = src[c]
+            self.hist[base + c] = src[c]
         self.pos = (self.pos + 1) % CAPACITY
         if self.count < CAPACITY:
             self.count += 1
@@ -201,11 +197,9 @@ class Detector:
             return
         win = self._win
         nc = len(order)
-        mh, n = self.mhist, len(self.names)
         for t in range(w):
-            i = (self.pos - w + t) % CAPACITY
             for j in range(nc):
-                win[t * nc + j] = (mh[i * n + order[j]] - m.offset[j]) / m.scale[j]
+                win[t * nc + j] = (self._at(w - t, order[j]) - m.offset[j]) / m.scale[j]
         pred = m.predict(win)
         if self.band is not None:
             self._residual(self, values, pred)
@@ -273,7 +267,7 @@ class Detector:
         if ok:
             if self.model is not None:
                 self._band(values)
-            self._push(values)
+            self._push()
             if self.shift is not None:
                 self._judge(self)
         return self._episode(alerts)

@@ -5,9 +5,9 @@
 #   band   |r| >= k*s; s the model's own error scale (mean |r|), adapted from unflagged
 #          samples only at rate alpha, kept within [floor, 4 x calibrated]
 #   drift  two-sided CUSUM of z = r/s (clipped to +-k), reference ref, fires above h
-# A flagged channel's reading stays out of the model's input ring (the last good value
-# goes in), so the reference does not follow the anomaly; after `reanchor` flagged
-# samples in a row the channel takes the readings back (a new level, not a passing fault).
+# A flagged channel's reading stays out of the history the model reads (the last good value
+# goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
+# in a row the channel's recent history is set to the new level (not a passing fault).
 # State is allocated once, here, when the model is set; nothing per sample.
 from array import array
 
@@ -15,8 +15,6 @@ BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, track
 
 
 def setup(d, band):
-    if d.mhist is d.hist:
-        d.mhist = array("f", d.hist)  # a copy: what the model has seen so far
     nc = len(d._order)
     d.s = array("f", band[5])
     d.gp = array("f", bytes(4 * nc))
@@ -69,15 +67,13 @@ def judge(self, values, pred):
         self.run[j] += 1
         if self.run[j] < reanchor:
             # the reference does not follow the anomaly: the model sees the last good value
-            n = len(self.names)
-            self._in[c] = self.mhist[((self.pos - 1) % (len(self.hist) // n)) * n + c]
+            self._in[c] = self._at(1, c)
             continue
-        # flagged this long: a new level, not a passing fault; the model follows it
+        # flagged this long: a new level, not a passing fault; the model starts from it
         self.run[j] = 0
         self.gp[j] = self.gn[j] = 0.0
-        mh, n = self.mhist, len(self.names)
+        n = len(self.names)
         cap = len(self.hist) // n
         for back in range(1, m.window + 1):
-            i = ((self.pos - back) % cap) * n + c
-            mh[i] = self.hist[i]
+            self.hist[((self.pos - back) % cap) * n + c] = values[c]
 

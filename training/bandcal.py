@@ -13,7 +13,8 @@ board computes them), with robust quantiles, never the maximum:
   quantile of the two-sided CUSUM statistic over the fit rows, at least ``H_MIN``:
   the ordinary autocorrelated wander of the residuals stays under it;
 - stuck limit per channel: ``STUCK_MARGIN`` × the longest run of equal readings of that
-  channel in the fit rows (+1), at least ``STUCK_MIN``.
+  channel in the fit rows (+1), at least ``STUCK_MIN``; 0 (no stuck rule) for a channel
+  that never changed in the fit rows.
 
 One set of these constants serves every file and suite (docs/benchmarks.md).
 """
@@ -119,7 +120,10 @@ def calibrate(resid: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> BandCal
         z = np.clip(np.nan_to_num(resid[:, j]) / s0[j], -k, k)
         hs.append(float(np.quantile(cusum(z, REF), TAIL)))
     h = max(H_MIN, H_MARGIN * max(hs)) if hs else H_MIN
-    stuck = np.maximum(STUCK_MIN, np.ceil(STUCK_MARGIN * longest_runs(rows)).astype(int) + 1)
+    runs = longest_runs(rows)
+    stuck = np.maximum(STUCK_MIN, np.ceil(STUCK_MARGIN * runs).astype(int) + 1)
     stuck = np.minimum(stuck, 65535)
+    # a channel that never changed in the fit rows gives no evidence of what stuck is: off (0)
+    stuck[runs >= len(rows) - 1] = 0
     return BandCal(float(k), REF, float(h), ALPHA, REANCHOR, [float(v) for v in s0],
                    [float(v) for v in floor], [int(v) for v in stuck])

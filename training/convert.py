@@ -212,7 +212,7 @@ def calibrate_detector(tflite: bytes, residual: bool, detector, x_fit=None, y_fi
     the scaler's per-channel scale. ``band="seed"`` leaves the band calibration out: the
     board then runs the seed's pred ± k·(σ_window + ε)."""
     from training import bandcal, blob, shiftcal
-    from training.detectors import stuck_limit
+    from training.detectors import longest_constant_run, stuck_limit
 
     shift, note, still, cal = None, None, 0, None
     if fit_rows is not None:
@@ -220,7 +220,8 @@ def calibrate_detector(tflite: bytes, residual: bool, detector, x_fit=None, y_fi
             shift = shiftcal.calibrate(fit_rows)
         except ValueError as exc:  # too few rows for the rolling mean
             note = f"shift rule left out: {exc}"
-        still = stuck_limit(fit_rows)
+        # a reading that never changed in the fit rows gives no evidence of what stuck is
+        still = stuck_limit(fit_rows) if longest_constant_run(fit_rows) < len(fit_rows) - 1 else 0
     if y_fit is not None and len(x_fit):
         pred = int8_predictions(tflite, residual, x_fit)
         if not fixed_k:

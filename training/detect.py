@@ -59,7 +59,7 @@ def missed_periods(timestamps: np.ndarray) -> np.ndarray:
 
 
 def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int | None = None,
-           heap: str = "96K") -> dict:
+           heap: str = "96K", dropout_periods: int | None = None) -> dict:
     """Score ``data`` with the board detector of ``model_dir``; write ``out``; return a summary."""
     from training import blob as blobmod
     from training.data import load
@@ -94,9 +94,12 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     stuck = stuck_samples if stuck_samples is not None else defaults["stuck_samples"]
     if stuck is not None and stuck < 2:
         raise UserError(f"--stuck-samples: must be >= 2 (got {stuck})")
+    dropout = int(dropout_periods or defaults["dropout_periods"])
+    if dropout < 1:
+        raise UserError(f"--dropout-periods: must be >= 1 (got {dropout})")
     missed = missed_periods(series.timestamps)
     verdict = run_firmware(raw, names, series.values.astype(np.float64), missed, limits=limits,
-                           stuck_samples=stuck, dropout_periods=int(defaults["dropout_periods"]),
+                           stuck_samples=stuck, dropout_periods=dropout,
                            heap=heap)
     header = ["line", "t", "anomaly", "alert", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
@@ -141,6 +144,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="CSV (timestamp + the model's channels) or DB URL")
     p.add_argument("--out", required=True, help="verdict CSV to write, one line per input row")
     p.add_argument("--sensor", help="apply the range rule of dht22, dht11 or shtc3")
+    p.add_argument("--dropout-periods", type=int, default=None,
+                   help="missed sample periods that make a dropout alert (default: the firmware's "
+                        "1); raise it for data that is not sampled at a fixed rate")
     p.add_argument("--stuck-samples", type=int, default=None,
                    help="one channel unchanged this many samples is stuck (default: the model's "
                         "per-channel limits)")
@@ -148,7 +154,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Score the file and print a one-line summary."""
-    s = detect(args.model, args.data, args.out, sensor=args.sensor, stuck_samples=args.stuck_samples)
+    s = detect(args.model, args.data, args.out, sensor=args.sensor, stuck_samples=args.stuck_samples,
+               dropout_periods=args.dropout_periods)
     rules = ", ".join(f"{k} {v}" for k, v in sorted(s["alerts"].items())) or "none"
     print(f"{s['rows']} rows, {s['anomalous_rows']} anomalous, {s['alert_rows']} alert messages "
           f"(rules: {rules}); "

@@ -256,13 +256,18 @@ def category(key: str) -> str:
     return key.split("/")[0]
 
 
+def path_of(key: str, folder: str | Path | None = None) -> Path:
+    """The data file of a key (the two temperature files sit at the top of the folder)."""
+    folder = Path(folder) if folder else data_dir()
+    path = folder / key
+    return path if path.is_file() else folder / Path(key).name
+
+
 def load_key(key: str, folder: str | Path | None = None):
     """(timestamps, values, windows) of one file by its NAB key; the two temperature files
     sit at the top of the folder, the rest in their category folders."""
     folder = Path(folder) if folder else data_dir()
-    path = folder / key
-    if not path.is_file():
-        path = folder / Path(key).name
+    path = path_of(key, folder)
     ts, vals = [], []
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
