@@ -9,7 +9,7 @@ rows -> convert's calibration -> the firmware under MicroPython, i.e. the functi
   flagged row; per-file and per-category tables beside the published HTM, ARTime, CAD OSE
   and Windowed Gaussian scores.
 
-One set of hyperparameters for every file (training/bandcal.py, firmware config defaults).
+One set of hyperparameters for every file (training/export/bandcal.py, firmware config defaults).
 Writes docs/benchmarks_detect.json and the detection section docs/benchmarks_detect.md.
 
     python -m tools.bench_detect [--files N] [--trials T] [--epochs E]
@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from training import detectors, faultsuite, nab
+from edgewatch.training.evaluation import detectors, faultsuite, nab
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 10
@@ -40,8 +39,10 @@ def user_path(path: Path, n_fit: int, epochs: int, work: Path) -> tuple[np.ndarr
     are irregular): their gaps are not a board's missed samples, so the dropout rule is off."""
     import csv
 
-    from training import convert, detect, train
-    from training.data import fit_selection, load
+    from edgewatch.training.evaluation import replay as detect
+    from edgewatch.training.export import convert
+    from edgewatch.training.forecast import train
+    from edgewatch.training.forecast.data import fit_selection, load
 
     model = work / "model"
     series, _ = fit_selection(load(path), n_fit, keep_labelled=True)
@@ -107,9 +108,9 @@ LABELS = {"board": "board (alert rows)", "board_flags": "board (every flagged ro
 
 
 def faults(trials: int, epochs: int = EPOCHS) -> dict:
-    from training.detect import _firmware_module
+    from edgewatch.core import firmware
 
-    lim = list(_firmware_module("sensors").RANGES["dht22"])
+    lim = list(firmware.load("sensors").RANGES["dht22"])
     out = {}
     for name, make in (("board", lambda: detectors.BoardDetector(epochs=epochs, rules="all",
                                                                    limits=lim)),
@@ -129,8 +130,8 @@ def markdown(res: dict) -> str:
              "convert` and `edgewatch detect --dropout-periods 1000000` (NAB's timestamps are "
              "irregular, not a board's missed samples; firmware/engine.py + detector.py + residual.py under "
              "MicroPython); its `alert` column is what is scored. Fault-suite board = the same "
-             "firmware and convert's calibration (training/convert.py `calibrate_detector`) on a "
-             "TCN trained by training/detectors.py (the fit rows plus injected dropouts need the "
+             "firmware and convert's calibration (training/export/convert.py `calibrate_detector`) on a "
+             "TCN trained by training/evaluation/detectors.py (the fit rows plus injected dropouts need the "
              "`missed` periods the CSV path encodes as gaps). Baseline = the same rules around a last-value forecast (numpy; "
              "also the board's last-value ablation). One set of hyperparameters everywhere.", ""]
     f = res.get("faults")
