@@ -37,7 +37,6 @@ OP_HEAD = "<BbbBB"  # opcode, activation min, activation max, input tensor, outp
 CONV_TAIL = "<BBBHHbb"  # kernel, dilation, pad_left, in_ch, out_ch, in_zp, out_zp
 ADD_TAIL = "<BBbbbiiibbb"  # in2, left_shift, zp1, zp2, zp_out, m1, m2, m_out, s1, s2, s_out
 SLICE_TAIL = "<HH"  # first element, element count
-BAND_HEAD = "<ffffHH"  # band k, CUSUM reference, CUSUM limit, adaptation rate, re-anchor, 0
 
 
 class BlobError(ValueError):
@@ -96,19 +95,6 @@ def check(blob, key=None):
         if not _same(hmac_sha256(key, mv[: body + CRC_LEN]), mv[body + CRC_LEN :]):
             raise BlobError("blob signature does not match the key")
     return body
-
-
-def _band(r, c):
-    kb, kr, h, alpha, re, _ = r.unpack(BAND_HEAD, "band")
-    scale = r.array("f", c, "band scale")
-    floor = r.array("f", c, "band floor")
-    stuck = r.array("H", c, "band stuck")
-    ok = kb > 0 and kr >= 0 and h > 0 and 0 <= alpha < 1 and re >= 1
-    for i in range(c):
-        ok = ok and scale[i] > 0 and floor[i] >= 0 and scale[i] - scale[i] == 0
-    if not (ok and kb - kb == 0 and h - h == 0):
-        raise BlobError("blob malformed: band calibration out of range")
-    return kb, kr, h, alpha, re, scale, floor, stuck
 
 
 class _Reader:
@@ -204,8 +190,9 @@ class Blob:
         # and checks it when a detector takes the model (boards without it never pay)
         self.shift = r.view(6 + 4 * (2 * c + c * c), "shift") if h[2] & FLAG_SHIFT else None
         self.still = r.unpack("<H", "still")[0] if h[2] & FLAG_STILL else 0
-        # the residual band: (k, ref, h, alpha, reanchor, scale[c], floor[c], stuck[c]), or None
-        self.band = _band(r, c) if h[2] & FLAG_BAND else None
+        # the residual band's calibration stays raw bytes here: firmware/residual.py parses
+        # and checks it when a detector takes the model
+        self.band = r.view(20 + 10 * c, "band") if h[2] & FLAG_BAND else None
         if r.pos != end:
             raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
         self.ops = ops

@@ -119,7 +119,11 @@ class Detector:
 
             gc.collect()
             import residual as rm  # boards whose models lack the band never load it
-        rm.setup(self, band)
+        try:
+            band = self.band = rm.setup(self, band)
+        except ValueError as e:
+            self.band = None
+            raise ModelMismatch(str(e))
         self._residual = rm.judge
         for j in range(len(self._order)):
             c = self._order[j]

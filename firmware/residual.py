@@ -9,18 +9,42 @@
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
 # in a row the channel's recent history is set to the new level (not a passing fault).
 # State is allocated once, here, when the model is set; nothing per sample.
+import struct
 from array import array
+
+HEAD = "<ffffHH"  # k, CUSUM reference, CUSUM limit, adaptation rate, re-anchor, 0
+
+
+def parse(raw, c):
+    """(k, ref, h, alpha, reanchor, scale[c], floor[c], stuck[c]) from a blob's band section.
+
+    Raises ValueError naming what is wrong: the detector refuses such a model."""
+    if len(raw) != 20 + 10 * c:
+        raise ValueError("band calibration: %d bytes, %d channels need %d" % (len(raw), c, 20 + 10 * c))
+    kb, kr, h, alpha, re, _ = struct.unpack_from(HEAD, raw, 0)
+    v = struct.unpack_from("<%df%dH" % (2 * c, c), raw, 20)
+    scale, floor, stuck = v[:c], v[c:2 * c], v[2 * c:]
+    ok = kb > 0 and kr >= 0 and h > 0 and 0 <= alpha < 1 and re >= 1
+    for i in range(c):
+        ok = ok and scale[i] > 0 and floor[i] >= 0 and scale[i] - scale[i] == 0
+    if not (ok and kb - kb == 0 and h - h == 0):
+        raise ValueError("band calibration out of range")
+    return kb, kr, h, alpha, re, scale, floor, stuck
 
 BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, tracked this fast
 
 
 def setup(d, band):
+    # -> the parsed calibration; `band` is the blob's raw section (or a parsed tuple)
+    if not isinstance(band, tuple):
+        band = parse(band, len(d._order))
     nc = len(d._order)
     d.s = array("f", band[5])
     d.gp = array("f", bytes(4 * nc))
     d.gn = array("f", bytes(4 * nc))
     d.mu = array("f", bytes(4 * nc))  # the model's slow bias (mean residual of unflagged)
     d.run = [0] * nc
+    return band
 
 
 def judge(self, values, pred):

@@ -84,9 +84,8 @@ class HostModel:
         # the sustained-shift section as the engine hands it over (raw; the detector parses it)
         self.shift = None if spec.shift is None else blob.shift_section(spec.shift, self.channels)
         self.still = spec.still
-        b = spec.band  # the residual band, as firmware/blob.py hands it to the board's detector
-        self.band = None if b is None else (b.k, b.ref, b.h, b.alpha, b.reanchor, list(b.scale),
-                                            list(b.floor), list(b.stuck))
+        # the residual band's raw section, as firmware/blob.py hands it to the board's detector
+        self.band = None if spec.band is None else blob.band_section(spec.band, self.channels)
         self.lock = threading.Lock()
 
     def predict(self, norm_window) -> list[float]:
