@@ -13,6 +13,7 @@ simulation description sim.json read by the stand-ins in host/board/standins/
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from edgewatch.board.catalog import heap_budget, load_board
+from edgewatch.board.catalog import load_board
 from edgewatch.core import mpy
 from edgewatch.core.schema import DEFAULT_PREFIX
 
@@ -69,6 +70,25 @@ def build_mpy(dest: Path = BUILD) -> list[Path]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def standins_heap() -> int:
+    """Bytes of MicroPython heap the host stand-ins (machine, dht, network, ...) take once loaded.
+
+    On a board these are C modules outside the heap; measured here in one short run."""
+    code = ("import gc\ngc.collect()\na = gc.mem_alloc()\n"
+            "import machine, dht, network, simboard, sim_flash, sim_i2c\n"
+            "gc.collect()\nprint(gc.mem_alloc() - a)\n")
+    out = mpy.run(code=code, heap="256K", extra_path=build_mpy(), timeout=60)
+    return int(out.stdout.split()[-1])
+
+
+def sim_heap(budget: int) -> str:
+    """`-X heapsize=` of a simulated board: its heap budget plus what the stand-ins take, so the
+    firmware gets the board's budget (the stand-ins, about 20 KB, would otherwise come out of it
+    and make every simulated board stricter than the real one by that much)."""
+    return str(int(budget) + standins_heap())
+
+
 def prepare(folder, device: str, board: str, broker: str, sim: dict | None = None,
             model: str | os.PathLike | None = None, **config) -> Path:
     """Write a board's flash folder; `config` adds/overrides config.json keys."""
@@ -94,7 +114,7 @@ def start(folder, board: str, heap: str | None = None, sim_file: str = "sim.json
     out = open(folder / log, "ab")
     try:
         paths = build_mpy()
-        return subprocess.Popen(mpy.command(paths[1] / "main.py", heap=heap or heap_budget(board)),
+        return subprocess.Popen(mpy.command(paths[1] / "main.py", heap=heap or sim_heap(load_board(board)["heap_budget"])),
                                 cwd=folder, env=mpy.env(paths, EDGEWATCH_SIM=str(folder / sim_file)),
                                 stdout=out, stderr=subprocess.STDOUT)
     finally:
@@ -178,6 +198,6 @@ def run(folder, board: str, timeout: float = 120, heap: str | None = None) -> su
     """Run the firmware to completion (config `stop_after`); return the CompletedProcess."""
     folder = Path(folder)
     paths = build_mpy()
-    return mpy.run(script=paths[1] / "main.py", heap=heap or heap_budget(board), cwd=folder,
+    return mpy.run(script=paths[1] / "main.py", heap=heap or sim_heap(load_board(board)["heap_budget"]), cwd=folder,
                    timeout=timeout, extra_path=paths, check=False,
                    EDGEWATCH_SIM=str(folder / "sim.json"))

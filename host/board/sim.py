@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgewatch.board import fwrun
 from edgewatch.core import mpy
 from edgewatch.core.errors import UserError
 
@@ -263,7 +264,7 @@ class Fleet:
     def start(self) -> Fleet:
         """Start every board's firmware process (precompiled, as deployed to a board)."""
         code = self.build()
-        heap = str(int(self.board["heap_budget"]))
+        heap = fwrun.sim_heap(self.board["heap_budget"])
         for i, d in enumerate(self.devices):
             self._prepare(i, d)
             # the precompiled firmware and /lib come first, as on a board's flash
