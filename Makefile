@@ -28,7 +28,7 @@ DASH_ARGS ?=
 # (edgewatch.board.rv32: MicroPython for the ESP32-C3's instruction set under QEMU)
 APT_PKGS := mosquitto chromium chromium-driver gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
 
-.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench clean
+.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench bench-detect clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -90,6 +90,9 @@ repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (
 
 sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER: make sim DEVICES=3
 	$(EW) sim --devices $(DEVICES) $(if $(BROKER),--broker "$(BROKER)") $(SIM_ARGS)
+
+bench-detect: setup  ## detection benchmarks (fault suite, all NAB files; board vs streaming baseline) -> docs/benchmarks_detect.md
+	nice -n 10 $(BIN)/python -m tools.bench_detect
 
 demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
 	$(EW) demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)

@@ -123,7 +123,6 @@ class App:
                          on_connect=self.publish_status)
         self.started = time.ticks_ms()
         self.samples = self.sent = self.alerts = 0
-        self.shift_run = 0  # samples in a row the shift rule has flagged
         self.echo = cfg.get("log", "sample") != "quiet"
         gc.collect()
         self.heap_min = gc.mem_free()
@@ -262,19 +261,16 @@ class App:
             d.lo if band else None, d.hi if band else None, faults, mid))
         if self.echo:
             self._echo(seq, t, values, band, faults)
-        run = self.shift_run = self.shift_run + 1 if "shift" in faults else 0
-        every = d.shift[0] if d.shift is not None else 1
-        for a in alerts:
-            # a lasting shift is one event: its alert goes out when it starts and again every
-            # shift window while it lasts; the telemetry flags every sample of it
-            if a[0] == "shift" and (run - 1) % every:
-                continue
-            ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
-            self.alerts += 1
-            r = self.rnd
-            self.log("alert: %s %s%s%s sample=%d" % (
-                a[0], a[1] or "device", "" if a[2] is None else " value=%s" % r(a[2]),
-                "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
+        if d.send:
+            # one message per episode (detector.py): at its start and every resend_samples
+            # while it lasts; the telemetry above flags every sample of it
+            for a in alerts:
+                ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
+                self.alerts += 1
+                r = self.rnd
+                self.log("alert: %s %s%s%s sample=%d" % (
+                    a[0], a[1] or "device", "" if a[2] is None else " value=%s" % r(a[2]),
+                    "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
 
     def _echo(self, seq, t, values, band, faults):

@@ -20,7 +20,8 @@ FLAG_RESIDUAL = const(2)  # prediction = newest input sample + dequantised outpu
 FLAG_SHIFT = const(4)  # a sustained-shift calibration follows the ops
 FLAG_STILL = const(8)  # a u16 follows: whole reading unchanged this many samples = stuck
 FLAG_OTA = const(16)  # signed for OTA: version u32 + key version u16 + 2 reserved before the HMAC
-FLAGS_KNOWN = const(31)
+FLAG_BAND = const(32)  # the residual band's calibration follows (docs/model_blob.md)
+FLAGS_KNOWN = const(63)
 OP_CONV = const(1)
 OP_ADD = const(2)
 OP_FC = const(3)
@@ -225,6 +226,9 @@ class Blob:
         # and checks it when a detector takes the model (boards without it never pay)
         self.shift = r.view(6 + 4 * (2 * c + c * c), "shift") if h[2] & FLAG_SHIFT else None
         self.still = r.unpack("<H", "still")[0] if h[2] & FLAG_STILL else 0
+        # the residual band's calibration stays raw bytes here: firmware/residual.py parses
+        # and checks it when a detector takes the model
+        self.band = r.view(20 + 10 * c, "band") if h[2] & FLAG_BAND else None
         if r.pos != end:
             raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
         self.ops = ops

@@ -32,10 +32,17 @@ DEFAULTS = {
         "k": None,  # None: from the model blob, else FALLBACK
         "eps": None,
         "sigma_window": None,
-        "stuck_samples": 120,
+        # one channel unchanged this many samples: None the model's per-channel limits,
+        # else STUCK_FALLBACK
+        "stuck_samples": None,
         "dropout_periods": 1,
         "shift_factor": None,  # None: from the model blob; 0: the shift rule off
         "still_samples": None,  # whole reading repeated: None from the model blob; 0 off
+        # "residual": the model's own error scale (blob); "seed": pred +- k*(window sigma + eps);
+        # None: residual when the model carries its calibration
+        "band": None,
+        "episode_gap": 10,  # alerts fewer samples apart than this are one episode (one message)
+        "resend_samples": 60,  # a lasting episode's alert is sent again this often
     },
     "outbox": {"file": "outbox.bin", "slots": 200, "slot_size": 512},
     "backoff": {"min_ms": 1000, "max_ms": 60000},
@@ -53,6 +60,7 @@ DEFAULTS = {
 # Detector parameters used when neither the config nor a model blob gives them
 # (the seed's is_anomalie: k = 3, eps = 0.01; sigma over the model window).
 FALLBACK = {"k": 3.0, "eps": 0.01, "sigma_window": 24}
+STUCK_FALLBACK = 120  # one channel unchanged this many samples, when no model says otherwise
 
 SENSORS = ("dht11", "dht22", "shtc3")
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
@@ -226,7 +234,11 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     _num(path, "detector.k", d["k"], 0.1, 100, none_ok=True)
     _num(path, "detector.eps", d["eps"], 0, 10, none_ok=True)
     _num(path, "detector.sigma_window", d["sigma_window"], 2, 256, integer=True, none_ok=True)
-    _num(path, "detector.stuck_samples", d["stuck_samples"], 2, 100000, integer=True)
+    _num(path, "detector.stuck_samples", d["stuck_samples"], 2, 100000, integer=True, none_ok=True)
+    if d["band"] not in (None, "residual", "seed"):
+        raise ConfigError("%s: detector.band must be \"residual\" or \"seed\"" % path)
+    _num(path, "detector.episode_gap", d["episode_gap"], 1, 100000, integer=True)
+    _num(path, "detector.resend_samples", d["resend_samples"], 1, 1000000, integer=True)
     _num(path, "detector.dropout_periods", d["dropout_periods"], 1, 100000, integer=True)
     _num(path, "detector.shift_factor", d["shift_factor"], 0, 1000, none_ok=True)
     _num(path, "detector.still_samples", d["still_samples"], 0, 100000, integer=True, none_ok=True)

@@ -21,7 +21,7 @@ VERSION = 1
 MAX_PAYLOAD = 4096
 DEFAULT_PREFIX = "edgewatch"
 KINDS = ("telemetry", "alert", "status")
-RULES = ("band", "shift", "stuck", "range", "dropout", "read")
+RULES = ("band", "drift", "shift", "stuck", "range", "dropout", "read")
 STATES = ("online", "offline")
 DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Channel names become SQL column names in the collector's table, so they are

@@ -47,7 +47,7 @@ log = logging.getLogger("edgewatch.score")
 HOST_SEQ_BASE = 2**62
 # The largest sample seq whose alert seqs still fit the contract's 63-bit range.
 MAX_SAMPLE = (2**63 - 1 - HOST_SEQ_BASE) // 16
-MODEL_RULES = ("band", "shift")  # the rules that need the model; the board runs the rest itself
+MODEL_RULES = ("band", "drift", "shift")  # the rules that need the model; the board runs the rest itself
 
 
 def alert_seq(sample: int, index: int) -> int:
@@ -90,6 +90,8 @@ class HostModel:
         # the sustained-shift section as the engine hands it over (raw; the detector parses it)
         self.shift = None if spec.shift is None else blob.shift_section(spec.shift, self.channels)
         self.still = spec.still
+        # the residual band's raw section, as firmware/blob.py hands it to the board's detector
+        self.band = None if spec.band is None else blob.band_section(spec.band, self.channels)
         self.lock = threading.Lock()
 
     def predict(self, norm_window) -> list[float]:
@@ -116,6 +118,7 @@ class Scorer:
     def __init__(self, model: HostModel, sensor: str = "dht22"):
         self.detector_mod = firmware.load("detector")
         self.shift_mod = firmware.load("shift")  # the board imports it by name; here it is passed in
+        self.res_mod = firmware.load("residual")
         sensors = firmware.load("sensors")
         if sensor not in sensors.RANGES:
             raise UserError(f"--sensor {sensor!r}: use one of {', '.join(sorted(sensors.RANGES))}")
@@ -133,7 +136,7 @@ class Scorer:
             m = self.model
             d = self.detector_mod.Detector(self.sensor_names, self.limits, self.params,
                                            {"k": m.k, "eps": m.eps, "sigma_window": m.sigma_window},
-                                           self.shift_mod)
+                                           self.shift_mod, self.res_mod)
             try:
                 d.set_model(m)
             except self.detector_mod.ModelMismatch as exc:

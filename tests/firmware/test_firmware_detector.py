@@ -171,7 +171,7 @@ for tag, params in (('on', PARAMS), ('off', OFF)):
 
 def test_whole_reading_stuck_rule_from_the_blob(tmp_path):
     """A model with still = 4: the fifth identical reading in a row (4 repeats) is a stuck
-    alert for the device, again every 4 repeats; one channel changing resets it; the
+    alert for the device, on every sample while it stays; one channel changing resets it; the
     per-channel rule keeps its own limit; still_samples = 0 turns it off."""
     code = MODEL.replace("    still = 0\n", "    still = 4\n") + f"""
 import detector, sensors, json
@@ -184,6 +184,6 @@ for st in (None, 0):
 """.replace("null", "None")
     on, off = (json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines())
     fired = {i: a for i, a in enumerate(on) if a}
-    assert fired == {4: [["stuck", None, 4, None, None, None]], 8: [["stuck", None, 8, None, None, None]],
-                     13: [["stuck", None, 4, None, None, None]]}
+    assert fired == {i: [["stuck", None, r, None, None, None]]
+                     for i, r in [(4, 4), (5, 5), (6, 6), (7, 7), (8, 8), (13, 4), (14, 5)]}
     assert not any(off)

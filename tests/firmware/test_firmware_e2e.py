@@ -17,7 +17,7 @@ SAMPLES = 420
 # so stuck_samples=40 only fires on the injected stuck stretch
 FAULTS = [
     {"kind": "crc", "row": 90, "attempts": 2},       # recovered by a retry: no alert
-    {"kind": "fail", "row": 100, "attempts": 12},    # 3 samples x 4 attempts: 3 read alerts
+    {"kind": "fail", "row": 100, "attempts": 12},    # 3 samples x 4 attempts: one read episode
     {"kind": "stuck", "row": 200, "count": 60},      # both channels frozen: stuck after 40
     {"kind": "range", "row": 300, "count": 1, "channel": "temperature", "value": 150.0},
     {"kind": "stall", "row": 340, "ms": 600},        # the read hangs: missed periods
@@ -84,13 +84,17 @@ def test_faults_give_alerts_clean_data_none_and_seq_is_contiguous(tmp_path):
     for a in alerts:
         by_rule.setdefault(a.rule, []).append((index[a.sample], a))
     assert sorted(by_rule) == ["dropout", "range", "read", "stuck"]
-    assert [i for i, _ in by_rule["read"]] == [100, 101, 102]
-    for i, a in by_rule["read"]:
+    # three failed samples in a row are one episode: one message, three flagged samples
+    assert [i for i, _ in by_rule["read"]] == [100]
+    for _, a in by_rule["read"]:
         assert a.channel is None and a.value is None
+    for i in (100, 101, 102):
         assert tel[i].values == {"temperature": None, "humidity": None}
         assert tel[i].anomaly and "read" in tel[i].faults
     stuck = {(a.channel, i) for i, a in by_rule["stuck"]}
-    assert {c for c, _ in stuck} == {"temperature", "humidity"}
+    # one episode, one message (its first sample's alerts); the telemetry flags the rest
+    assert {c for c, _ in stuck} <= {"temperature", "humidity"} and stuck
+    assert all("stuck" in tel[i].faults for i in range(203 + 39, 263))
     # rows 200..259 are samples 203..262; a natural run (< 27) may extend the frozen one
     assert all(203 + 39 - 27 <= i <= 262 + 27 for _, i in stuck), stuck
     [(i, rng)] = by_rule["range"]

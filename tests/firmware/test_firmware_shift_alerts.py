@@ -1,6 +1,6 @@
-"""A lasting shift is one event: under the real firmware (MicroPython, real Mosquitto) the
-board flags every shifted sample in its telemetry but sends the shift alert only when the
-shift starts and again every shift window while it lasts."""
+"""A lasting shift is one episode: under the real firmware (MicroPython, real Mosquitto) the
+board flags every shifted sample in its telemetry but sends the alert message only when the
+episode starts and again every detector.resend_samples while it lasts."""
 
 
 import numpy as np
@@ -13,6 +13,7 @@ from tests.firmware.test_firmware_e2e import BOARD, collected, sim, test_config
 
 WINDOW = 10
 SAMPLES = 60
+RESEND = 20
 
 
 def test_a_lasting_shift_alerts_at_its_start_and_every_window(tmp_path, tiny_model_dir):
@@ -25,7 +26,9 @@ def test_a_lasting_shift_alerts_at_its_start_and_every_window(tmp_path, tiny_mod
     with Broker(tmp_path / "broker") as broker:
         listener = fwrun.Listener(broker.port)
         flash = fwrun.prepare(tmp_path / "b", "sh-1", BOARD, f"mqtt://127.0.0.1:{broker.port}",
-                              sim=sim([]), model=model, **test_config(stop_after=SAMPLES))
+                              sim=sim([]), model=model, **test_config(
+                                  stop_after=SAMPLES, detector={"stuck_samples": 40, "dropout_periods": 8,
+                                                                "resend_samples": RESEND}))
         proc = fwrun.run(flash, BOARD, timeout=120)
         assert proc.returncode == 0, proc.stdout[-3000:]
         listener.settle()
@@ -38,5 +41,5 @@ def test_a_lasting_shift_alerts_at_its_start_and_every_window(tmp_path, tiny_mod
     assert flagged == list(range(WINDOW - 1, SAMPLES))  # every sample once W are in
     assert all(tel[i].anomaly for i in flagged)
     sent = sorted(index[a.sample] for a in alerts if a.rule == "shift")
-    assert sent == list(range(WINDOW - 1, SAMPLES, WINDOW))  # its start, then every window
+    assert sent == list(range(WINDOW - 1, SAMPLES, RESEND))  # its start, then every RESEND
     assert {a.channel for a in alerts if a.rule == "shift"} <= {"temperature", "humidity"}

@@ -86,10 +86,10 @@ def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
     out = tmp_path / "signed"
     proc = subprocess.run([EDGEWATCH, "convert", "--model", str(tiny_model_dir),
                            "--out", str(out), "--sign-key-env", "EW_TEST_SIGN_KEY", "--stuck", "12",
-                           "--k", "2.5", "--fixed-k"],
+                           "--k", "2.5", "--fixed-k", "--band", "seed"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "detector: band k = 2.5 (fixed); shift rule: window 40 rows, factor 3" in proc.stdout
+    assert "detector: seed band k = 2.5 (fixed); shift rule: window 40 rows, factor 3" in proc.stdout
     assert re.search(r"blob model\.ewb: \d+ B \(model id [0-9a-f]{8}, signed\)", proc.stdout)
     assert re.search(r"temperature: float [\d.]+ +int8 [\d.]+", proc.stdout)
     raw = (out / "model.ewb").read_bytes()

@@ -52,6 +52,10 @@ def test_one_verdict_per_row_with_rule_channel_value_band(tmp_path, model_dir, c
     assert all(len(r["value"]) <= 8 for r in rows)  # 6 significant digits, no float32 noise
     assert rows[170]["rule"] == "read" and rows[170]["channel"] == "humidity"
     assert rows[200]["rule"] == "dropout"
+    # the alert column: rows on which the board sends a message, one per episode
+    sent = [i for i, r in enumerate(rows) if r["alert"] == "1"]
+    assert 150 in sent and all(rows[i]["anomaly"] == "1" for i in sent)
+    assert not any(rows[i]["alert"] == "1" for i in range(151, 160) if rows[i]["anomaly"] == "1")
     quiet = [r for r in rows[20:140] if r["anomaly"] == "0"]
     assert len(quiet) > 30
     for r in quiet:

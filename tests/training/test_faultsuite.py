@@ -26,16 +26,22 @@ def test_trial_has_every_kind_and_maps_dropped_rows():
                 assert missed[e["start"]] > 0
             if e["kind"] == "stuck":
                 seg = values[e["start"]:e["end"]]
+                if e["channel"] is not None:  # one channel frozen, the other moves on
+                    seg = seg[:, names.index(e["channel"])]
                 assert (seg == seg[0]).all()
 
 
 def test_score_events_counts_hits_delays_and_precision():
     alert = np.zeros(100, bool)
-    alert[[12, 50, 90]] = True
+    alert[[11, 50, 71, 90]] = True
     ev = [{"kind": "spike", "start": 10, "end": 11}, {"kind": "drift", "start": 60, "end": 70}]
     r = faultsuite.score_events(alert, ev, grace=5)
-    assert (r["caught"], r["delays"], r["episodes"], r["true_episodes"]) == (1, [2], 3, 1)
-    assert r["per_kind"] == {"spike": [1, 1], "drift": [0, 1]}
+    # the spike is caught on the sample after it (end + 1 counts); the drift only after it
+    # ended: not while present, but within the grace of the older figure
+    assert (r["caught"], r["caught_grace"], r["delays"]) == (1, 2, [1])
+    assert (r["episodes"], r["true_episodes"]) == (4, 2)
+    assert {k: (v["present"], v["grace"]) for k, v in r["per_kind"].items()} == \
+        {"spike": (1, 1), "drift": (0, 1)}
 
 
 class _Never(detectors.Detector):

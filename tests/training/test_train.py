@@ -115,3 +115,31 @@ def test_compare_cli_prints_one_table_and_writes_json(tiny_csv, tmp_path):
         assert f"{s['rmse_mean']['humidity']:.5f} ± {s['rmse_sd']['humidity']:.5f}" in line
     for c in ("temperature", "humidity"):  # each seed has a lowest model (ties count for both)
         assert sum(seeds["models"][a]["lowest"][c] for a in ("tcn", "lstm", "gru")) >= 2
+
+
+def test_labelled_rows_left_out_fit_rows_and_convert_follows(tmp_path):
+    """Rows labelled anomalous stay out of training and of convert's calibration (and train
+    says how many); --keep-labelled keeps them; --fit-rows N trains on the first N rows;
+    a bad N is one line, exit 2."""
+    data = tmp_path / "faulty.csv"
+    series, events = generate(days=1, period=120, sensor="dht22", seed=5, faults="spike,drift")
+    write_csv(series, data, SENSORS["dht22"].resolution)
+    labelled = int(np.sum(load(data).labels["anomaly"] != 0))
+    assert labelled > 0
+    out = tmp_path / "m"
+    r = _run("train", "--data", data, "--epochs", "1", "--window", "8", "--out", out, "--no-plots")
+    assert f"left out {labelled} rows labelled anomalous" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rows"] == len(load(data)) - labelled and m["labelled_left_out"] == labelled
+    r = _run("train", "--data", data, "--epochs", "1", "--window", "8", "--out", out, "--no-plots",
+             "--keep-labelled", "--fit-rows", "300")
+    assert "left out" not in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rows"] == 300 and json.loads((out / "config.json").read_text())["fit_rows"] == 300
+    conv = _run("convert", "--model", out)
+    assert "residual band k =" in conv.stdout
+    assert json.loads((out / "convert.json").read_text())["band"]["k"] > 0
+    for bad in ("1", "999999"):
+        r = subprocess.run([str(EDGEWATCH), "train", "--data", str(data), "--fit-rows", bad,
+                            "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "--fit-rows" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -223,6 +223,72 @@ class BestDetector(Detector):
         return hold_alerts(shift | spike | stuck | device, self.hold)
 
 
+class StreamingBaseline(Detector):
+    """The simple streaming statistical baseline the board must beat: the board's own residual
+    rules (training/bandcal.py calibration, firmware/residual.py arithmetic: band k·s, s
+    adapted from unflagged residuals, slow bias, masking with the last good value, re-anchor,
+    two-sided CUSUM, one alert per episode) around a persistence forecast instead of the TCN.
+    A few dozen operations per sample. It doubles as the board's last-value ablation."""
+
+    name = "baseline"
+    on_board = "yes in principle (the board's rules with a last-value forecast); numpy here"
+    description = ("persistence forecast + the board's residual band, CUSUM, masking and episode "
+                   "alerts (calibrated on the fit rows as convert does)")
+
+    def __init__(self, gap: int = 10, resend: int = 60, count: str = "alerts"):
+        self.gap, self.resend, self.count = gap, resend, count
+        self.flags = self.sends = None
+
+    def run(self, values, n_fit):
+        from edgewatch.training.export import bandcal
+
+        v = fill_missing(np.asarray(values, np.float64))
+        mu0 = v[:n_fit].mean(axis=0)
+        sd = v[:n_fit].std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        z = (v - mu0) / sd
+        cal = bandcal.calibrate(np.diff(z[:n_fit], axis=0), v[:n_fit], sd)
+        n, c = z.shape
+        s = np.array(cal.scale, np.float64)
+        s0, floor = s.copy(), np.array(cal.floor)
+        gp, gn, mu = np.zeros(c), np.zeros(c), np.zeros(c)
+        run = np.zeros(c, dtype=int)
+        ref = z[max(0, n_fit - 1)].copy()  # the model input: last good value per channel
+        flags = np.zeros(n, dtype=bool)
+        sends = np.zeros(n, dtype=bool)
+        quiet, sent = 1 << 20, 0
+        k, kr, h = cal.k, cal.ref, cal.h
+        rate = bandcal.BIAS_RATE
+        for i in range(n_fit, n):
+            x = z[i]
+            r = x - (ref + mu)
+            e = np.clip(r / s, -k, k)
+            gp = np.maximum(0.0, gp + e - kr)
+            gn = np.maximum(0.0, gn - e - kr)
+            bad = (np.abs(r) >= k * s) | (gp > h) | (gn > h)
+            ok = ~bad
+            mu[ok] += rate * r[ok]
+            s[ok] = np.clip(s[ok] + cal.alpha * (np.abs(r[ok]) - s[ok]), floor[ok], 4 * s0[ok])
+            run[ok] = 0
+            run[bad] += 1
+            re = bad & (run >= cal.reanchor)
+            run[re] = 0
+            gp[re] = gn[re] = 0.0
+            nxt = np.where(bad & ~re, ref, x)
+            ref = nxt
+            flags[i] = bool(bad.any())
+            sent += 1
+            if flags[i]:
+                if quiet >= self.gap or sent >= self.resend:
+                    sends[i] = True
+                    sent = 0
+                quiet = 0
+            else:
+                quiet += 1
+        self.flags, self.sends = flags, sends
+        return sends if self.count == "alerts" else flags
+
+
 def band_rule(windows: np.ndarray, actual: np.ndarray, pred: np.ndarray,
               k: float = K, eps: float = EPS) -> np.ndarray:
     """The seed's is_anomalie: per channel, outside pred ± k·(σ_window + ε) (normalised units).
@@ -346,7 +412,7 @@ for i in range(n):
     band = ""
     if d.has_band:
         band = ",".join("%%r,%%r,%%r" %% (d.pred[j], d.lo[j], d.hi[j]) for j in range(c))
-    out.write("%%d|%%s|%%s\n" %% (i, ";".join(parts), band))
+    out.write("%%d|%%s|%%s|%%d\n" %% (i, ";".join(parts), band, d.send))
 """
 
 
@@ -358,16 +424,20 @@ class BoardVerdict:
     pred: np.ndarray      # [N, C] physical units, NaN where the band did not run
     lo: np.ndarray
     hi: np.ndarray
+    send: np.ndarray | None = None  # [N] bool: the board sends an alert message on this row
 
 
 def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.ndarray | None = None,
-                 limits=None, stuck_samples: int = 10 ** 9, dropout_periods: int = 1,
-                 heap: str = "96K", timeout: float = 1800, still: bool = True) -> BoardVerdict:
+                 limits=None, stuck_samples: int | None = 10 ** 9, dropout_periods: int = 1,
+                 heap: str = "96K", timeout: float = 1800, still: bool = True,
+                 band: str | None = None) -> BoardVerdict:
     """Feed rows through firmware/engine.py + firmware/detector.py under MicroPython.
 
     ``values`` [N, C] physical units (NaN = failed read), ``missed`` [N] sample
     periods skipped before each row. ``limits`` per channel (default: none). ``still``
     keeps the blob's whole-reading stuck rule (False: off, as for the model rules alone).
+    ``stuck_samples`` None: the blob's per-channel stuck limits. ``band``: the config's
+    detector.band (None: residual when the blob carries it, "seed").
     """
     from edgewatch.core import mpy
 
@@ -383,7 +453,8 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
         cfg = {"blob": str(bpath), "data": str(dpath), "names": list(names),
                "limits": [list(map(float, x)) for x in lim],
                "params": {"k": None, "eps": None, "sigma_window": None,
-                          "stuck_samples": int(stuck_samples),
+                          "stuck_samples": None if stuck_samples is None else int(stuck_samples),
+                          "band": band,
                           "dropout_periods": int(dropout_periods),
                           # whole reading repeated: the blob's limit, or off
                           "still_samples": None if still else 0},
@@ -393,9 +464,11 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
     alerts: list = [[] for _ in range(n)]
     pred = np.full((n, c), np.nan)
     lo, hi = pred.copy(), pred.copy()
+    send = np.zeros(n, dtype=bool)
     for line in proc.stdout.splitlines():
-        i_txt, al, band = line.split("|")
+        i_txt, al, band, sent = line.split("|")
         i = int(i_txt)
+        send[i] = sent == "1"
         if al:
             for a in al.split(";"):
                 rule, ch, val, lo_txt, hi_txt = a.split(":")
@@ -405,12 +478,12 @@ def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.n
         if band:
             b = np.array([float(x) for x in band.split(",")]).reshape(c, 3)
             pred[i], lo[i], hi[i] = b[:, 0], b[:, 1], b[:, 2]
-    return BoardVerdict(alerts, pred, lo, hi)
+    return BoardVerdict(alerts, pred, lo, hi, send)
 
 
 def fit_board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
                with_tflite: bool = False, fit_rows: np.ndarray | None = None,
-               y_fit: np.ndarray | None = None):
+               y_fit: np.ndarray | None = None, band: str = "residual"):
     """The firmware blob of a trained TCN, built by `edgewatch convert`'s own functions.
 
     ``edgewatch.training.export.convert.int8_tflite`` splits off the residual skip (the board adds the
@@ -431,10 +504,11 @@ def fit_board_blob(model, scaler: Scaler, names: list[str], x_fit: np.ndarray,
         # it would otherwise clip before the net sees them.
         rep = np.concatenate([rep, (rep - 0.5) * (1 + 2 * HEADROOM) + 0.5])
     tfl, residual = convert.int8_tflite(model, rep, "tcn")
-    det, shift, _, still = convert.calibrate_detector(
+    det, shift, _, still, cal = convert.calibrate_detector(
         tfl, residual, blob.Detector(k=K, eps=EPS, sigma_window=window), x_fit, y_fit,
-        None if fit_rows is None else fill_missing(fit_rows))
-    raw, _ = convert.board_blob(tfl, names, scaler, det, residual, shift=shift, still=still)
+        None if fit_rows is None else fill_missing(fit_rows), scale=scaler.scale, band=band)
+    raw, _ = convert.board_blob(tfl, names, scaler, det, residual, shift=shift, still=still,
+                                band=cal)
     return (raw, tfl) if with_tflite else raw
 
 
@@ -449,7 +523,8 @@ class BoardDetector(ForecastDetector):
     on_board = "yes: this is the firmware's own code (MicroPython unix port)"
 
     def __init__(self, window: int = 10, epochs: int = 10, seed: int = SEED, rules: str = "band",
-                 limits=None, stuck_samples: int = 120):
+                 limits=None, stuck_samples: int | None = None, band: str = "residual",
+                 count: str = "alerts"):
         super().__init__("tcn", window, epochs, seed)
         self.name = "board"
         self.description = (f"int8 TCN (window {window}, {epochs} epochs; converted as `edgewatch convert` "
@@ -463,6 +538,10 @@ class BoardDetector(ForecastDetector):
         self.rules = rules
         self.limits = limits
         self.stuck_samples = stuck_samples
+        self.band = band
+        # "alerts": a row counts when the board sends an alert message on it (one per
+        # episode, re-sent at a bounded rate); "flags": every flagged row counts
+        self.count = count
         self.last = None
 
     def firmware_verdicts(self, values, n_fit, names=None, missed=None) -> BoardVerdict:
@@ -472,7 +551,7 @@ class BoardDetector(ForecastDetector):
         self.fit(values[:n_fit], names)
         x_fit, y_fit = self.windows(values[:n_fit], self.trained["scaler"])
         raw = fit_board_blob(self.model(), self.trained["scaler"], names, x_fit,
-                         fit_rows=values[:n_fit], y_fit=y_fit)
+                         fit_rows=values[:n_fit], y_fit=y_fit, band=self.band)
         everything = self.rules == "all"
         # The board boots with the model just before the first judged row: feeding it
         # the whole fit span would only cost time (its history holds 64 samples).
@@ -481,16 +560,20 @@ class BoardDetector(ForecastDetector):
         bv = run_firmware(raw, names, values[start:], miss,
                           limits=self.limits if everything else None,
                           stuck_samples=self.stuck_samples if everything else 10 ** 9,
-                          dropout_periods=1 if everything else 10 ** 9, still=everything)
+                          dropout_periods=1 if everything else 10 ** 9, still=everything,
+                          band=self.band)
         c = values.shape[1]
         pad = np.full((start, c), np.nan)
         self.last = BoardVerdict([[] for _ in range(start)] + bv.alerts,
                                  np.vstack([pad, bv.pred]), np.vstack([pad, bv.lo]),
-                                 np.vstack([pad, bv.hi]))
+                                 np.vstack([pad, bv.hi]),
+                                 np.concatenate([np.zeros(start, dtype=bool), bv.send]))
         return self.last
 
     def run(self, values, n_fit, missed=None):
         bv = self.firmware_verdicts(values, n_fit, missed=missed)
+        if self.count == "alerts":
+            return np.asarray(bv.send, dtype=bool)
         return np.array([bool(a) for a in bv.alerts])
 
 
@@ -505,6 +588,8 @@ def make(name: str, fast: bool = False) -> Detector:
         return MultiscaleEnsemble()
     if name == "best":
         return BestDetector()
+    if name == "baseline":
+        return StreamingBaseline()
     if name in ("tcn", "lstm", "gru"):
         return ForecastDetector(name, epochs=epochs)
     if name == "board":
@@ -512,4 +597,4 @@ def make(name: str, fast: bool = False) -> Detector:
     raise ValueError(f"unknown detector '{name}' (choose from {', '.join(NAMES)})")
 
 
-NAMES = ("board", "tcn", "lstm", "gru", "iforest", "pca-t2q", "ms-ensemble", "best")
+NAMES = ("board", "tcn", "lstm", "gru", "iforest", "pca-t2q", "ms-ensemble", "best", "baseline")

@@ -61,7 +61,9 @@ def run_skab(names: list[str], fast: bool = False, files=None, keep: tuple[str, 
     out = {}
     for n in names:
         _log(f"skab  {n:12s} running on {len(files)} files ...")
-        r = skab.evaluate(_factory(n, fast), files, keep=keep)
+        # SKAB scores rows point-wise: every flagged row counts (not only alert messages)
+        kw = {"count": "flags"} if n in ("board", "baseline") else {}
+        r = skab.evaluate(_factory(n, fast, **kw), files, keep=keep)
         out[n] = {k: r[k] for k in ("f1", "far", "mar", "tp", "fp", "fn", "tn", "files", "seconds",
                                     "whole_file", "per_file", "kept")}
         _log(f"skab  {n:12s} F1 {r['f1']:.3f}  FAR {r['far']:6.2f} %  MAR {r['mar']:6.2f} %  "

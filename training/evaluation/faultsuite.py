@@ -7,10 +7,14 @@ with known start and end into a copy of the test span; the clean test span,
 untouched, measures false alarms.
 
 Metrics (event level):
-- recall: faults with at least one alert in ``[start, end + GRACE)``;
+- recall while present: faults with at least one alert on a row in [start, end + 1]
+  (the fault's rows and the one after: a one-sample spike or a dropout, whose rows carry
+  no reading, is judged on the sample that follows), per kind;
+- recall with grace (second column, the older figure): an alert in ``[start, end + GRACE)``;
 - precision: alert episodes (alerts closer than ``MERGE`` rows form one) that
   overlap a fault's ``[start, end + GRACE)``, over all episodes of the faulty run;
-- delay: rows (= minutes) from a fault's start to its first alert;
+- delay: rows (= minutes) from a fault's start to its first alert while present,
+  median per kind;
 - false alarms per day: alert episodes on the clean test span per day.
 
 A dropout whose ``mode`` is "rows" removes the rows (a gap in time: the next
@@ -64,7 +68,7 @@ def make_trial(test: np.ndarray, names: list[str], seed: int, count: int = 2):
     """
     rng = np.random.default_rng(seed)
     values, _, events = inject_faults(test, list(FAULT_KINDS), rng, count=count, names=names,
-                                      min_start=60, margin=60)
+                                      min_start=60, margin=60, single_stuck=True)
     keep = np.ones(len(values), dtype=bool)
     for ev in events:
         if ev["kind"] == "dropout" and ev["mode"] == "rows":
@@ -87,23 +91,28 @@ def make_trial(test: np.ndarray, names: list[str], seed: int, count: int = 2):
 
 
 def score_events(alert: np.ndarray, events: list[dict], grace: int = GRACE) -> dict:
-    """Event recall per kind, delays, and episode precision of one faulty run."""
+    """Event recall per kind (while present, and with ``grace``), delays, and episode
+    precision of one faulty run."""
     alert = np.asarray(alert, dtype=bool)
     caught, delays, per_kind = 0, [], {}
     zones = np.zeros(len(alert), dtype=bool)
     for ev in events:
-        s, e = ev["start"], min(len(alert), ev["end"] + grace)
-        zones[s:e] = True
-        hit = np.flatnonzero(alert[s:e])
-        k = per_kind.setdefault(ev["kind"], [0, 0])
-        k[1] += 1
-        if len(hit):
+        s, e = ev["start"], ev["end"]  # e: the first row after the fault
+        zones[s:min(len(alert), e + grace)] = True
+        now = np.flatnonzero(alert[s:e + 1])
+        late = np.flatnonzero(alert[s:min(len(alert), e + grace)])
+        k = per_kind.setdefault(ev["kind"], {"n": 0, "present": 0, "grace": 0, "delays": []})
+        k["n"] += 1
+        k["grace"] += int(len(late) > 0)
+        if len(now):
             caught += 1
-            k[0] += 1
-            delays.append(int(hit[0]))
+            k["present"] += 1
+            k["delays"].append(int(now[0]))
+            delays.append(int(now[0]))
     eps = episodes(alert)
     good = sum(1 for a, b in eps if zones[a:b + 1].any())
     return {"events": len(events), "caught": caught, "delays": delays,
+            "caught_grace": sum(k["grace"] for k in per_kind.values()),
             "episodes": len(eps), "true_episodes": good, "per_kind": per_kind}
 
 
@@ -117,20 +126,26 @@ def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
     clean = _alerts(detector_factory(), fit, test, names, np.zeros(len(test)))
     days = len(test) * PERIOD_S / 86400.0
     fa = len(episodes(clean))
-    tot = {"events": 0, "caught": 0, "delays": [], "episodes": 0, "true_episodes": 0, "per_kind": {}}
+    tot = {"events": 0, "caught": 0, "caught_grace": 0, "delays": [], "episodes": 0,
+           "true_episodes": 0, "per_kind": {}}
     for t in range(trials):
         values, missed, events = make_trial(test, names, seed + t, count)
         r = score_events(_alerts(detector_factory(), fit, values, names, missed), events)
-        for k in ("events", "caught", "episodes", "true_episodes"):
+        for k in ("events", "caught", "caught_grace", "episodes", "true_episodes"):
             tot[k] += r[k]
         tot["delays"] += r["delays"]
-        for kind, (c, n) in r["per_kind"].items():
-            pk = tot["per_kind"].setdefault(kind, [0, 0])
-            pk[0] += c
-            pk[1] += n
+        for kind, v in r["per_kind"].items():
+            pk = tot["per_kind"].setdefault(kind, {"n": 0, "present": 0, "grace": 0, "delays": []})
+            for f in ("n", "present", "grace", "delays"):
+                pk[f] += v[f]
     d = tot["delays"]
+    pk = tot["per_kind"]
     return {
         "recall": tot["caught"] / tot["events"] if tot["events"] else 0.0,
+        "recall_grace": tot["caught_grace"] / tot["events"] if tot["events"] else 0.0,
+        "delay_by_kind": {k: float(np.median(v["delays"])) if v["delays"] else None
+                          for k, v in sorted(pk.items())},
+        "recall_grace_by_kind": {k: v["grace"] / v["n"] for k, v in sorted(pk.items())},
         "precision": tot["true_episodes"] / tot["episodes"] if tot["episodes"] else 0.0,
         "delay_median_min": float(np.median(d)) if d else None,
         "delay_mean_min": float(np.mean(d)) if d else None,
@@ -139,7 +154,7 @@ def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
         "clean_alert_pct": 100.0 * float(np.mean(clean)) if len(clean) else 0.0,
         "clean_days": days,
         "events": tot["events"],
-        "recall_by_kind": {k: c / n for k, (c, n) in sorted(tot["per_kind"].items())},
+        "recall_by_kind": {k: v["present"] / v["n"] for k, v in sorted(pk.items())},
         "seconds": time.perf_counter() - t0,
     }
 

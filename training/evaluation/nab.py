@@ -237,3 +237,68 @@ def evaluate_detections(name: str, detections: np.ndarray, folder: str | Path | 
         out[prof] = {"raw": r.score, "null": null, "perfect": perfect,
                      "tp": r.tp, "fp": r.fp, "fn": r.fn, "tn": r.tn}
     return out
+
+
+# ---------------------------------------------------------------- all files
+
+PUBLISHED = {"numenta": "Numenta HTM", "ARTime": "ARTime", "contextOSE": "CAD OSE",
+             "windowedGaussian": "Windowed Gaussian"}
+
+
+def all_keys(folder: str | Path | None = None) -> list[str]:
+    """Every file of the corpus as NAB keys it (``realTraffic/occupancy_6005.csv``), sorted."""
+    folder = Path(folder) if folder else data_dir()
+    with open(folder / "windows.json", encoding="utf-8") as fh:
+        return sorted(json.load(fh))
+
+
+def category(key: str) -> str:
+    """The NAB category of a key (its folder)."""
+    return key.split("/")[0]
+
+
+def path_of(key: str, folder: str | Path | None = None) -> Path:
+    """The data file of a key (the two temperature files sit at the top of the folder)."""
+    folder = Path(folder) if folder else data_dir()
+    path = folder / key
+    return path if path.is_file() else folder / Path(key).name
+
+
+def load_key(key: str, folder: str | Path | None = None):
+    """(timestamps, values, windows) of one file by its NAB key; the two temperature files
+    sit at the top of the folder, the rest in their category folders."""
+    folder = Path(folder) if folder else data_dir()
+    path = path_of(key, folder)
+    ts, vals = [], []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            ts.append(_ts(row["timestamp"]))
+            vals.append(float(row["value"]))
+    with open(folder / "windows.json", encoding="utf-8") as fh:
+        wins = [(_ts(a), _ts(b)) for a, b in json.load(fh)[key]]
+    return ts, np.asarray(vals, dtype=np.float64), wins
+
+
+def score_key(ts, wins, detections: np.ndarray) -> dict:
+    """Raw score, null and perfect of one file's detections, for every profile."""
+    out = {}
+    for prof in PROFILES:
+        sw = sweep(ts, wins, prof)
+        r = score(sw, detections)
+        null, perfect = null_and_perfect(sw)
+        out[prof] = {"raw": r.score, "null": null, "perfect": perfect, "tp": r.tp, "fp": r.fp,
+                     "fn": r.fn, "tn": r.tn}
+    return out
+
+
+def published_raw(detector: str, profile: str = "standard",
+                  folder: str | Path | None = None) -> dict[str, float]:
+    """Published raw score per file key of one detector (results/<det>_<profile>_scores.csv)."""
+    folder = Path(folder) if folder else data_dir()
+    out = {}
+    with open(folder / "results" / f"{detector}_{profile}_scores.csv", newline="",
+              encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["File"] and row["File"] != "Totals" and row["File"].endswith(".csv"):
+                out[row["File"]] = float(row["Score"])
+    return out

@@ -10,11 +10,13 @@ verdicts are the ones the board would have published. A failed read (an empty
 cell) is a ``read`` alert; a gap in the timestamps longer than the median
 sample period is a ``dropout``.
 
-The output CSV has one line per input row: ``line, t, anomaly, rule, channel,
-value, lo, hi, alerts`` (``t`` as the input wrote it; the first alert of the row;
-``alerts`` lists all as ``rule:channel``), then for every channel its reading
-``<channel>`` and, whenever the band rule ran, ``<channel>_pred, <channel>_lo,
-<channel>_hi``. A database source (``sqlite:///edgewatch.db``) takes ``--device``.
+The output CSV has one line per input row: ``line, t, anomaly, alert, rule, channel,
+value, lo, hi, alerts`` (``t`` as the input wrote it; ``anomaly``: the row is flagged;
+``alert``: the board sends an alert message on this row, one per episode, re-sent every
+``resend_samples`` while it lasts; then the first alert of the row; ``alerts`` lists all
+as ``rule:channel``), then for every channel its reading ``<channel>`` and, whenever the
+band rule ran, ``<channel>_pred, <channel>_lo, <channel>_hi``. A database source
+(``sqlite:///edgewatch.db``) takes ``--device``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def missed_periods(timestamps: np.ndarray) -> np.ndarray:
 
 
 def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int | None = None,
-           heap: str = "96K", device: str | None = None) -> dict:
+           heap: str = "96K", device: str | None = None,
+           dropout_periods: int | None = None) -> dict:
     """Score ``data`` with the board detector of ``model_dir``; write ``out``; return a summary."""
     from edgewatch.training.evaluation.detectors import run_firmware
     from edgewatch.training.export import blob as blobmod
@@ -81,14 +84,17 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
         limits = list(ranges[sensor][: len(names)])
         limits += [(-1e30, 1e30)] * (len(names) - len(limits))
     defaults = _firmware_defaults()
-    stuck = int(stuck_samples or defaults["stuck_samples"])
-    if stuck < 2:
+    stuck = stuck_samples if stuck_samples is not None else defaults["stuck_samples"]
+    if stuck is not None and stuck < 2:
         raise UserError(f"--stuck-samples: must be >= 2 (got {stuck})")
+    dropout = int(dropout_periods or defaults["dropout_periods"])
+    if dropout < 1:
+        raise UserError(f"--dropout-periods: must be >= 1 (got {dropout})")
     missed = missed_periods(series.timestamps)
     verdict = run_firmware(raw, names, series.values.astype(np.float64), missed, limits=limits,
-                           stuck_samples=stuck, dropout_periods=int(defaults["dropout_periods"]),
+                           stuck_samples=stuck, dropout_periods=dropout,
                            heap=heap)
-    header = ["line", "t", "anomaly", "rule", "channel", "value", "lo", "hi", "alerts"]
+    header = ["line", "t", "anomaly", "alert", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
         header += [n, f"{n}_pred", f"{n}_lo", f"{n}_hi"]
     stamps = _stamps(series)
@@ -105,7 +111,8 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                 j = names.index(first[1])
                 if np.isfinite(verdict.lo[i, j]):
                     lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])
-            row = [int(series.lines[i]), stamps[i], int(bool(alerts)), first[0],
+            row = [int(series.lines[i]), stamps[i], int(bool(alerts)),
+                   int(bool(verdict.send[i])), first[0],
                    first[1] or "", _value(first[2]), lo, hi,
                    " ".join(f"{a[0]}:{a[1] or ''}" for a in alerts)]
             for j in range(len(names)):
@@ -119,6 +126,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
             for a in alerts:
                 counts[a[0]] = counts.get(a[0], 0) + 1
     return {"rows": len(series), "anomalous_rows": sum(1 for a in verdict.alerts if a),
+            "alert_rows": int(np.sum(verdict.send)),
             "alerts": counts, "model_id": spec.model_id, "out": str(out)}
 
 
@@ -153,15 +161,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device id when --data is a database holding several")
     p.add_argument("--out", required=True, help="verdict CSV to write, one line per input row")
     p.add_argument("--sensor", help="apply the range rule of dht22, dht11 or shtc3")
+    p.add_argument("--dropout-periods", type=int, default=None,
+                   help="missed sample periods that make a dropout alert (default: the firmware's "
+                        "1); raise it for data that is not sampled at a fixed rate")
     p.add_argument("--stuck-samples", type=int, default=None,
-                   help="stuck rule length (default: the firmware's default)")
+                   help="one channel unchanged this many samples is stuck (default: the model's "
+                        "per-channel limits)")
 
 
 def run(args) -> int:
     """Score the file and print a one-line summary."""
     s = detect(args.model, args.data, args.out, sensor=args.sensor, stuck_samples=args.stuck_samples,
-               device=args.device)
+               device=args.device, dropout_periods=args.dropout_periods)
     rules = ", ".join(f"{k} {v}" for k, v in sorted(s["alerts"].items())) or "none"
-    print(f"{s['rows']} rows, {s['anomalous_rows']} anomalous (alerts: {rules}); "
+    print(f"{s['rows']} rows, {s['anomalous_rows']} anomalous, {s['alert_rows']} alert messages "
+          f"(rules: {rules}); "
           f"model {s['model_id']}; wrote {s['out']}")
     return 0

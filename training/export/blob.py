@@ -24,10 +24,12 @@ from typing import NamedTuple
 
 import numpy as np
 from edgewatch.core import firmware
+from edgewatch.training.export.bandcal import BandCal
 from edgewatch.training.export.shiftcal import ShiftCal
 
 fw = firmware.load("blob")
 fw_shift = firmware.load("shift")  # the board's own parser of the shift section
+fw_res = firmware.load("residual")  # the board's own parser of the band section
 BlobError = fw.BlobError
 VERSION = fw.VERSION
 OP_CONV, OP_ADD, OP_FC, OP_SLICE = fw.OP_CONV, fw.OP_ADD, fw.OP_FC, fw.OP_SLICE
@@ -128,6 +130,7 @@ class BlobSpec:
     residual: bool = False  # prediction = newest input sample + dequantised output
     shift: ShiftCal | None = None  # sustained-shift calibration (flag SHIFT), physical units
     still: int = 0  # whole reading repeated this many times = stuck (flag STILL); 0: no rule
+    band: BandCal | None = None  # the residual band's calibration (flag BAND)
 
     @property
     def channels(self) -> int:
@@ -432,6 +435,9 @@ def write(spec: BlobSpec) -> bytes:
     if spec.still:
         parts.append(struct.pack("<H", spec.still))
         flags |= fw.FLAG_STILL
+    if spec.band is not None:
+        parts.append(band_section(spec.band, c))
+        flags |= fw.FLAG_BAND
     length = fw.HEADER_LEN + sum(len(p) for p in parts) + fw.CRC_LEN
     parts[0] = struct.pack(fw.HEADER, fw.MAGIC, VERSION, flags, length, bytes.fromhex(spec.model_id),
                            spec.window, c, len(spec.tensors), len(spec.ops))
@@ -446,6 +452,13 @@ def shift_section(sh: ShiftCal, channels: int) -> bytes:
     if len(flat) != 2 * c + c * c:
         raise ValueError(f"shift calibration has {len(flat)} values, {c} channels need {2 * c + c * c}")
     return struct.pack("<Hf", sh.window, sh.factor) + struct.pack(f"<{len(flat)}f", *flat)
+
+
+def band_section(b: BandCal, channels: int) -> bytes:
+    """The blob's band section (docs/model_blob.md), as firmware/residual.py parses it."""
+    c = channels
+    return (struct.pack(fw_res.HEAD, b.k, b.ref, b.h, b.alpha, b.reanchor, 0)
+            + struct.pack(f"<{c}f{c}f{c}H", *b.scale, *b.floor, *b.stuck))
 
 
 def derive_key(master: bytes, device: str, key_version: int = 1) -> bytes:
@@ -508,7 +521,7 @@ def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
                     in_scale=b.in_scale, in_zp=b.in_zp, out_scale=b.out_scale, out_zp=b.out_zp,
                     tensors=[tuple(t) for t in b.tensors], ops=ops, residual=b.residual,
                     shift=None if b.shift is None else _shift_cal(b.shift, b.channels),
-                    still=b.still)
+                    still=b.still, band=None if b.band is None else _band_cal(b.band, b.channels))
 
 
 def _shift_cal(raw, c: int) -> ShiftCal:
@@ -518,6 +531,14 @@ def _shift_cal(raw, c: int) -> ShiftCal:
         raise BlobError(f"blob malformed: {exc}") from None
     return ShiftCal(w, f, np.array(center, np.float64), np.array(spread, np.float64),
                     np.array(matrix, np.float64).reshape(c, c))
+
+
+def _band_cal(raw, c: int) -> BandCal:
+    try:
+        v = fw_res.parse(raw, c)
+    except ValueError as exc:
+        raise BlobError(f"blob malformed: {exc}") from None
+    return BandCal(v[0], v[1], v[2], v[3], v[4], list(v[5]), list(v[6]), list(v[7]))
 
 
 def is_signed(blob: bytes) -> bool:

@@ -148,17 +148,20 @@ def load_model_dir(model_dir: Path):
 
 
 def windows_of(data: str, names: list[str], scaler, window: int, train_fraction: float = 0.8,
-               fit_rows: bool = False):
+               fit_rows: bool = False, selection: dict | None = None):
     """Normalised windows of `data` split chronologically: (X_train, y_train, X_val, y_val).
 
     ``fit_rows`` appends the physical rows the training windows span (for the
     board's sustained-shift calibration).
     """
-    from edgewatch.training.forecast.data import chrono_split, load, make_windows
+    from edgewatch.training.forecast.data import chrono_split, fit_selection, load, make_windows
 
     series = load(data, channels=names)
     if list(series.channels) != names:
         raise UserError(f"{data}: channels {series.channels}, the model wants {names}")
+    if selection is not None:  # the rows `train` used: its --fit-rows, labelled rows left out
+        series, _ = fit_selection(series, selection.get("fit_rows"),
+                                  bool(selection.get("keep_labelled")))
     try:
         x, y = make_windows(scaler.transform(series.values), window)
     except ValueError as exc:
@@ -180,7 +183,7 @@ K_MARGIN = 1.5  # × the worst training ratio, as the best detector's stuck view
 
 
 def calibrate_k(tflite: bytes, residual: bool, x: np.ndarray, y: np.ndarray, k_min: float,
-                eps: float, sigma_window: int, margin: float = K_MARGIN) -> float:
+                eps: float, sigma_window: int, margin: float = K_MARGIN, pred=None) -> float:
     """The band's k for this model: the seed's k, raised to ``margin`` × the largest
     band-rule ratio |actual − pred| / (σ + ε) the int8 model shows on the training windows.
 
@@ -194,7 +197,8 @@ def calibrate_k(tflite: bytes, residual: bool, x: np.ndarray, y: np.ndarray, k_m
     """
     if not len(x):
         return float(k_min)
-    pred = int8_predictions(tflite, residual, x)
+    if pred is None:
+        pred = int8_predictions(tflite, residual, x)
     sigma = x[:, -int(sigma_window):, :].std(axis=1) if sigma_window <= x.shape[1] else None
     if sigma is None:  # σ window longer than the model's: not known from windows alone
         return float(k_min)
@@ -203,26 +207,54 @@ def calibrate_k(tflite: bytes, residual: bool, x: np.ndarray, y: np.ndarray, k_m
 
 
 def calibrate_detector(tflite: bytes, residual: bool, detector, x_fit=None, y_fit=None,
-                       fit_rows=None, fixed_k: bool = False):
+                       fit_rows=None, fixed_k: bool = False, scale=None, band: str = "residual"):
     """What the board's blob learns from the training data, for `convert` and the board
-    benchmark alike: (detector with its calibrated k, shift calibration or None, a note when
-    the shift rule is left out, whole-reading stuck limit). Windows `x_fit`/`y_fit` calibrate
-    k (unless `fixed_k`); physical `fit_rows` the shift and stuck rules."""
-    from edgewatch.training.export import blob, shiftcal
-    from edgewatch.training.export.shiftcal import stuck_limit
+    benchmark alike: (detector with its calibrated seed k, shift calibration or None, a note
+    when the shift rule is left out, whole-reading stuck limit, residual band calibration or
+    None). Windows `x_fit`/`y_fit` calibrate k and the band (from the int8 model's own
+    residuals, training/export/bandcal.py); physical `fit_rows` the shift and stuck rules;
+    `scale` is the scaler's per-channel scale. ``band="seed"`` leaves the band calibration
+    out: the board then runs the seed's pred ± k·(σ_window + ε)."""
+    from edgewatch.training.export import bandcal, blob, shiftcal
+    from edgewatch.training.export.shiftcal import longest_constant_run, stuck_limit
 
-    shift, note, still = None, None, 0
+    shift, note, still, cal = None, None, 0, None
     if fit_rows is not None:
         try:
             shift = shiftcal.calibrate(fit_rows)
         except ValueError as exc:  # too few rows for the rolling mean
             note = f"shift rule left out: {exc}"
-        still = stuck_limit(fit_rows)
-    if y_fit is not None and not fixed_k:
-        d = detector
-        detector = blob.Detector(calibrate_k(tflite, residual, x_fit, y_fit, d.k, d.eps, d.sigma_window),
-                                 d.eps, d.sigma_window, d.stuck_samples)
-    return detector, shift, note, still
+        # a reading that never changed in the fit rows gives no evidence of what stuck is
+        still = stuck_limit(fit_rows) if longest_constant_run(fit_rows) < len(fit_rows) - 1 else 0
+    if y_fit is not None and len(x_fit):
+        pred = int8_predictions(tflite, residual, x_fit)
+        if not fixed_k:
+            d = detector
+            detector = blob.Detector(calibrate_k(tflite, residual, x_fit, y_fit, d.k, d.eps,
+                                                 d.sigma_window, pred=pred),
+                                     d.eps, d.sigma_window, d.stuck_samples)
+        if band == "residual" and fit_rows is not None and scale is not None:
+            cal = bandcal.calibrate(np.asarray(y_fit) - pred, fit_rows, scale)
+    return detector, shift, note, still, cal
+
+
+def calibration_warnings(cal, fit_rows, names) -> list[str]:
+    """One line per calibrated figure that looks wrong for the data (k > 10, a stuck limit
+    over 3x the longest run of equal readings in the fit rows)."""
+    from edgewatch.training.export import bandcal
+
+    out = []
+    if cal is None:
+        return out
+    if cal.k > 10:
+        out.append(f"warning: band k = {cal.k:.3g} > 10: the fit rows' residuals have heavy tails "
+                   "(labelled or faulty rows in them?); the band will catch only large faults")
+    runs = bandcal.longest_runs(fit_rows)
+    for name, lim, run in zip(names, cal.stuck, runs, strict=True):
+        if lim > 3 * max(int(run), 1):
+            out.append(f"warning: {name}: stuck limit {lim} samples is over 3x the longest run "
+                       f"of equal readings in the fit rows ({int(run)})")
+    return out
 
 
 def split_residual(model):
@@ -283,7 +315,7 @@ def int8_tflite(model, representative: np.ndarray, arch: str = "tcn") -> tuple[b
 
 
 def board_blob(tflite: bytes, names: list[str], scaler, detector, residual: bool,
-               key: bytes | None = None, shift=None, still: int = 0):
+               key: bytes | None = None, shift=None, still: int = 0, band=None):
     """(blob bytes, spec): the firmware blob of an `int8_tflite` model, signed when `key` is given.
 
     `shift` (a edgewatch.training.export.shiftcal.ShiftCal) adds the board's sustained-shift rule, `still`
@@ -296,6 +328,7 @@ def board_blob(tflite: bytes, names: list[str], scaler, detector, residual: bool
     spec = blob.from_tflite(tflite, list(names), scaler.offset, scaler.scale, detector, residual)
     spec.shift = shift
     spec.still = int(still)
+    spec.band = band
     raw = blob.write(spec)
     if key:
         raw = blob.sign(raw, key)
@@ -377,7 +410,7 @@ def _rmse(a, b) -> np.ndarray:
 def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | None = None,
             detector=None, key: bytes | None = None, golden: int = GOLDEN_COUNT,
             representative: int = REPRESENTATIVE, max_eval: int | None = None,
-            fixed_k: bool = False) -> dict:
+            fixed_k: bool = False, band: str = "residual") -> dict:
     """Convert the model in `model_dir`; write the artefacts to `out_dir`; return the report dict.
 
     `data` gives representative windows (default: config.json's data, training
@@ -401,7 +434,8 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     if not Path(data).exists() and (root / data).exists():
         data = str(root / data)  # config.json keeps the path as given at train time, from the repo
     x_tr, y_tr, x_va, y_va, rows = windows_of(data, names, scaler, window,
-                                           config.get("train_fraction", 0.8), fit_rows=True)
+                                           config.get("train_fraction", 0.8), fit_rows=True,
+                                           selection=config)
     if eval_data:
         _, _, x_ev, y_ev = windows_of(eval_data, names, scaler, window, 0.0)
     else:
@@ -444,11 +478,18 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
               "rmse_ratio": dict(zip(names, map(float, rmse_q / np.maximum(rmse_f, 1e-12)), strict=True))}
 
     # the board blob (TCN op set only)
-    det, shift, shift_note, still = calibrate_detector(
-        tflite, residual, detector or blob.Detector(sigma_window=window), x_tr, y_tr, rows, fixed_k)
+    det, shift, shift_note, still, cal = calibrate_detector(
+        tflite, residual, detector or blob.Detector(sigma_window=window), x_tr, y_tr, rows, fixed_k,
+        scale=scaler.scale, band=band)
     report["k"] = det.k
+    report["band"] = None if cal is None else {
+        "k": cal.k, "ref": cal.ref, "h": cal.h, "alpha": cal.alpha, "reanchor": cal.reanchor,
+        "scale": dict(zip(names, cal.scale, strict=True)),
+        "scale_phys": {n: v * float(sc) for n, v, sc in zip(names, cal.scale, scaler.scale, strict=True)},
+        "stuck": dict(zip(names, cal.stuck, strict=True))}
+    report["warnings"] = calibration_warnings(cal, rows, names)
     try:
-        raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift, still)
+        raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift, still, cal)
         (out / "model.ewb").write_bytes(raw)
         report.update(blob_bytes=len(raw), model_id=spec.model_id, signed=bool(key),
                       shift=shift_note or f"shift rule: window {shift.window} rows, factor {shift.factor:g}",
@@ -518,6 +559,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="detector: samples in the sigma window (default: the model window)")
     p.add_argument("--stuck", type=int, default=30,
                    help="detector: identical samples that make a stuck sensor (default 30)")
+    p.add_argument("--band", choices=("residual", "seed"), default="residual",
+                   help="residual (default): band k*s on the model's own error scale s, calibrated "
+                        "on the training residuals and adapted on the board, CUSUM drift rule and "
+                        "per-channel stuck limits; seed: the seed's pred +- k*(window sigma + eps)")
     p.add_argument("--sign-key-env", default=None, metavar="VAR",
                    help="sign the blob for OTA with the key in environment variable VAR")
 
@@ -543,7 +588,7 @@ def run(args) -> int:
             window = None
     det = Detector(args.k, args.eps, args.sigma_window or window or 10, args.stuck)
     rep = convert(args.model, args.out, data=args.data, eval_data=args.eval_data, detector=det, key=key,
-                  fixed_k=args.fixed_k)
+                  fixed_k=args.fixed_k, band=args.band)
     out = args.out or args.model
     print(f"converted {rep['arch']} -> {out}: model.tflite {rep['tflite_bytes']} B, model_data.cc/.h")
     if rep.get("blob_bytes"):
@@ -551,9 +596,18 @@ def run(args) -> int:
               f"{', signed' if rep['signed'] else ''})")
     else:
         print(f"blob skipped: {rep['blob_skipped']}")
-    if rep.get("blob_bytes"):
-        print(f"detector: band k = {rep['k']:.3g}{' (fixed)' if args.fixed_k else ''}; {rep['shift']}; "
+    if rep.get("blob_bytes") and rep["band"]:
+        b = rep["band"]
+        print(f"detector: residual band k = {b['k']:.3g} x s ("
+              + ", ".join(f"{c} s = {v:.3g}" for c, v in b["scale_phys"].items())
+              + f"); drift CUSUM ref {b['ref']:g}, h = {b['h']:.3g}; stuck after "
+              + ", ".join(f"{c} {v}" for c, v in b["stuck"].items()) + " equal readings; "
+              f"{rep['shift']}")
+    elif rep.get("blob_bytes"):
+        print(f"detector: seed band k = {rep['k']:.3g}{' (fixed)' if args.fixed_k else ''}; {rep['shift']}; "
               f"stuck after {rep['still']} repeats of the whole reading")
+    for line in rep.get("warnings", []):
+        print(line)
     print(f"emlearn: {rep['emlearn']}")
     print(f"RMSE on {rep['eval_windows']} windows of {rep['eval_data']}:")
     for c in rep["channels"]:

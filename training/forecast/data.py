@@ -510,6 +510,43 @@ def require_rows(series: Series, window: int, train_fraction: float = 0.8) -> No
                         f"missing values); a window of {window} needs at least {need}")
 
 
+# Label columns that mark rows as anomalous: left out of training and calibration by default.
+FAULT_LABELS = ("anomaly", "fault")
+
+
+def labelled_rows(series: Series) -> np.ndarray:
+    """Boolean [N]: rows an ``anomaly``/``fault`` label column marks (non-zero, non-empty)."""
+    out = np.zeros(len(series), dtype=bool)
+    for name, v in series.labels.items():
+        if name.lower() not in FAULT_LABELS:
+            continue
+        if v.dtype == object:
+            out |= np.array([bool(str(x).strip()) and str(x).strip() not in ("0", "0.0")
+                             for x in v])
+        else:
+            out |= np.nan_to_num(np.asarray(v, np.float64)) != 0
+    return out
+
+
+def fit_selection(series: Series, fit_rows: int | None = None,
+                  keep_labelled: bool = False) -> tuple[Series, int]:
+    """The rows a model is trained and calibrated on: the first ``fit_rows`` rows (all when
+    None), then, unless ``keep_labelled``, without the rows labelled anomalous. Returns the
+    selection and how many labelled rows were left out."""
+    if fit_rows is not None:
+        if not isinstance(fit_rows, (int, np.integer)) or fit_rows < 2:
+            raise UserError(f"--fit-rows: must be an integer >= 2 (got {fit_rows})")
+        if fit_rows > len(series):
+            raise UserError(f"--fit-rows {fit_rows}: {series.source} has only {len(series)} rows")
+        series = series.take(slice(0, int(fit_rows)))
+    if keep_labelled:
+        return series, 0
+    bad = labelled_rows(series)
+    if bad.any():
+        series = series.take(~bad)
+    return series, int(bad.sum())
+
+
 def is_db(source: str) -> bool:
     """Whether ``source`` names a database (URL or .db/.sqlite file) rather than a CSV."""
     from urllib.parse import urlparse

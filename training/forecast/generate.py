@@ -139,7 +139,7 @@ def parse_kinds(text: str | list | None) -> list[str]:
 
 def inject_faults(values: np.ndarray, kinds, rng: np.random.Generator, count: int = 1,
                   names: list[str] | None = None, min_start: int = 0, margin: int = 30,
-                  lengths: dict | None = None):
+                  lengths: dict | None = None, single_stuck: bool = False):
     """Inject ``count`` faults of each kind into a copy of ``values`` [N, C] (physical units).
 
     Returns ``(values, labels, events)``: ``labels`` is a str array [N] with the
@@ -148,7 +148,8 @@ def inject_faults(values: np.ndarray, kinds, rng: np.random.Generator, count: in
     with row indices (``end`` exclusive). Faults do not overlap and keep
     ``margin`` rows apart. Sizes follow each channel's spread: a spike is
     2–4 σ, a drift ramps to 1.5–3 σ, a noise burst adds 0.5–1 σ noise;
-    stuck-at freezes every channel at its last good reading; a dropout is a
+    stuck-at freezes every channel at its last good reading (``single_stuck``: half of
+    them, drawn at random, freeze one channel only); a dropout is a
     failed read (NaN) on every channel, ``mode`` "nan" (the row is kept, empty)
     or "rows" (the writer leaves the rows out, a gap in time).
     """
@@ -189,8 +190,11 @@ def inject_faults(values: np.ndarray, kinds, rng: np.random.Generator, count: in
         elif kind == "noise":
             out[s:e, ch] += rng.normal(0.0, rng.uniform(0.5, 1.0) * sd[ch], length)
         elif kind == "stuck":
-            out[s:e] = out[s - 1]
-            ev["channel"] = None
+            if single_stuck and rng.random() < 0.5:
+                out[s:e, ch] = out[s - 1, ch]
+            else:
+                out[s:e] = out[s - 1]
+                ev["channel"] = None
         elif kind == "dropout":
             out[s:e] = np.nan
             ev["channel"] = None

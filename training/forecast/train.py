@@ -92,7 +92,8 @@ def prepare(series: Series, window: int, train_fraction: float = TRAIN_FRACTION)
 def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
           window: int = DEFAULT_WINDOW, out_dir=None, seed: int = DEFAULT_SEED,
           sizes: dict | None = None, batch_size: int = DEFAULT_BATCH, verbose=0,
-          plots: bool = True, train_fraction: float = TRAIN_FRACTION) -> dict:
+          plots: bool = True, train_fraction: float = TRAIN_FRACTION,
+          selection: dict | None = None) -> dict:
     """Train ``arch`` on ``series`` and return its metrics; write the model dir to ``out_dir``.
 
     ``sizes`` are passed to ``edgewatch.training.forecast.models.build_model``. The returned dict
@@ -160,6 +161,7 @@ def train(series: Series, arch: str = "tcn", epochs: int = DEFAULT_EPOCHS,
         "train_windows": len(x_tr),
         "val_windows": len(x_va),
         "history": history,
+        **(selection or {}),
     }
     if out_dir is not None:
         _write(Path(out_dir), model, scaler, metrics, used_sizes, series, plots,
@@ -185,7 +187,9 @@ def _write(out: Path, model, scaler, metrics, sizes, series, plots, t_va, actual
     config = {"arch": metrics["arch"], "window": metrics["window"],
               "channels": metrics["channels"], "sizes": sizes, "epochs": metrics["epochs"],
               "seed": metrics["seed"], "batch_size": metrics["batch_size"],
-              "train_fraction": TRAIN_FRACTION, "data": series.source}
+              "train_fraction": TRAIN_FRACTION, "data": series.source,
+              # which rows of `data` were trained on: convert calibrates on the same ones
+              "fit_rows": metrics.get("fit_rows"), "keep_labelled": metrics.get("keep_labelled", False)}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     scaler.save(out / "scaler.json")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -245,6 +249,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", action="append", metavar="KEY=VALUE",
                    help="model size option, e.g. filters=16 or dilations=1,2,4 (repeatable)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--fit-rows", type=int, default=None, metavar="N",
+                   help="train (and let convert calibrate) on the first N rows of the file only "
+                        "(NAB's probationary period, SKAB's first 400)")
+    p.add_argument("--keep-labelled", action="store_true",
+                   help="keep rows labelled anomalous (anomaly/fault columns) in training and "
+                        "calibration; by default they are left out")
 
 
 def run(args) -> int:
@@ -252,13 +262,24 @@ def run(args) -> int:
     if args.arch not in ARCHS:
         raise UserError(f"--arch: unknown '{args.arch}' (choose from {', '.join(ARCHS)})")
     sizes = parse_sizes(args.size)
-    series = load_for_training(args)
+    from edgewatch.training.forecast.data import fit_selection
+
+    series = load(args.data, channels=args.channels, device=getattr(args, "device", None))
+    series, left_out = fit_selection(series, args.fit_rows, args.keep_labelled)
+    if args.epochs < 1 or args.window < 1 or args.batch_size < 1:
+        raise UserError("--epochs, --window and --batch-size must be >= 1")
+    require_rows(series, args.window)
+    if left_out:
+        print(f"left out {left_out} rows labelled anomalous (anomaly/fault columns) from training "
+              "and calibration (--keep-labelled keeps them)")
     print(f"training {args.arch} on {series.source}: {len(series)} rows "
           f"({series.dropped} dropped), channels {', '.join(series.channels)}, "
           f"window {args.window}, {args.epochs} epochs", flush=True)
     m = train(series, args.arch, args.epochs, args.window, args.out, seed=args.seed, sizes=sizes,
               batch_size=args.batch_size, verbose=1 if sys.stdout.isatty() else 2,
-              plots=not args.no_plots)
+              plots=not args.no_plots,
+              selection={"fit_rows": args.fit_rows, "keep_labelled": bool(args.keep_labelled),
+                         "labelled_left_out": left_out})
     rmse = ", ".join(f"{c} {v:.5f} {unit(c)}".rstrip() for c, v in m["rmse"].items())
     base = ", ".join(f"{c} {v:.5f}" for c, v in m["rmse_persistence"].items())
     print(f"{args.arch}: validation RMSE {rmse} (last-value baseline {base}); "

@@ -1,0 +1,75 @@
+"""The residual band (firmware/residual.py) inside MicroPython: the reference does not follow
+the anomaly, a slow drift is caught by the CUSUM while it develops, a single stuck channel
+by its own limit from the blob, and one episode sends one message."""
+
+import json
+
+import numpy as np
+from edgewatch.core import mpy
+
+from tests.firmware.test_firmware_detector import FALLBACK, HEAP, MODEL, PARAMS
+
+N = 600
+SCALE = 4.5  # the stand-in's temperature scale (MODEL: offset 19, scale 4.5)
+
+
+def _series():
+    rng = np.random.default_rng(3)
+    t = 20.0 + np.round(rng.normal(0, 0.02, N), 3)
+    h = 40.0 + np.round(rng.normal(0, 0.05, N), 3)
+    return np.column_stack([t, h])
+
+
+def _run(tmp_path, rows, band_mode=None):
+    clean = _series()
+    # the model's own error scale: mean |residual| of the persistence forecast on clean rows
+    s = np.mean(np.abs(np.diff(clean, axis=0)), axis=0) / np.array([SCALE, 23.0])
+    # model channel order is (Humidity, Temperature); per channel stuck limit 30 / 30
+    band = (6.0, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30])
+    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in rows.tolist()))
+    params = dict(PARAMS, stuck_samples=None, band=band_mode)
+    code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
+import detector, sensors, json
+d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {params!r}, {FALLBACK!r})
+d.set_model(M())
+for line in open('x.txt'):
+    al = d.step([float(v) for v in line.split()])
+    print(json.dumps([[a[0], a[1]] for a in al] + [int(d.send)]))
+""".replace("null", "None")
+    out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
+    return [o[:-1] for o in out], [bool(o[-1]) for o in out]
+
+
+def _flagged(alerts, rule, channel="temperature"):
+    return [i for i, a in enumerate(alerts) if [rule, channel] in a]
+
+
+def test_residual_band_holds_its_reference_catches_drift_and_single_stuck(tmp_path):
+    x = _series()
+    clean, _ = _run(tmp_path, x)
+    assert not any(clean[20:]), [i for i, a in enumerate(clean) if a][:10]
+    y = x.copy()
+    y[100:120, 0] += 1.0                       # a level step of 20 samples
+    y[200:300, 0] += 0.03 * np.arange(1, 101)  # a slow drift: 0.03 °C a sample
+    y[400:450, 1] = y[399, 1]                  # humidity alone stuck for 50 samples
+    alerts, send = _run(tmp_path, y)
+    # the step: flagged on every sample while it lasts (the model never sees it)
+    assert _flagged(alerts, "band")[:20] == list(range(100, 120))
+    # one episode, one message: sent on its first sample only
+    assert send[100] and not any(send[101:121])
+    # the drift: the CUSUM fires while it develops, before any sample leaves the band
+    drift = [i for i in _flagged(alerts, "drift") if 200 <= i < 300]
+    band = [i for i in _flagged(alerts, "band") if 200 <= i < 300]
+    assert drift and drift[0] < 230 and (not band or drift[0] <= band[0])
+    # the stuck humidity: from its 30th equal reading on (row 399 is the first), while it lasts
+    assert _flagged(alerts, "stuck", "humidity") == list(range(428, 450))
+    assert not any(a for a in alerts[460:600])
+
+
+def test_seed_mode_follows_the_anomaly(tmp_path):
+    """The seed's rule, kept as a mode: the reference follows the step (the contrast above)."""
+    y = _series()
+    y[100:120, 0] += 1.0
+    alerts, _ = _run(tmp_path, y, band_mode="seed")
+    flagged = _flagged(alerts, "band")
+    assert 100 in flagged and not set(range(103, 119)) & set(flagged)

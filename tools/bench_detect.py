@@ -1,0 +1,271 @@
+"""The detection benchmarks (`make bench-detect`): the board's own detector (train on the fit
+rows -> convert's calibration -> the firmware under MicroPython, i.e. the functions behind
+`edgewatch train`, `convert` and `detect`) beside the streaming baseline, on
+
+- the fault suite (occupancy, recall while present per kind, median delay, false alarms per
+  clean day; the +10-row grace figure as a second column),
+- NAB: every file of ../shared/data/nab, fit on each file's probationary rows, scored on the
+  rows where the board sends an alert message (one per episode) and, beside it, on every
+  flagged row; per-file and per-category tables beside the published HTM, ARTime, CAD OSE
+  and Windowed Gaussian scores.
+
+One set of hyperparameters for every file (training/export/bandcal.py, firmware config defaults).
+Writes docs/benchmarks_detect.json and the detection section docs/benchmarks_detect.md.
+
+    python -m tools.bench_detect [--files N] [--trials T] [--epochs E]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from edgewatch.training.evaluation import detectors, faultsuite, nab
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCHS = 10
+
+
+def user_path(path: Path, n_fit: int, epochs: int, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The board's verdicts on one file through the functions behind exactly
+    `edgewatch train --data FILE --fit-rows N --keep-labelled`, `edgewatch convert --model M`
+    and `edgewatch detect --model M --data FILE --out V --dropout-periods 1000000`: (alert
+    rows, flagged rows). --keep-labelled: the benchmark never lets labels (NAB's windows)
+    touch training. NAB's files are not fixed-rate sensor streams (realTraffic's timestamps
+    are irregular): their gaps are not a board's missed samples, so the dropout rule is off."""
+    import csv
+
+    from edgewatch.training.evaluation import replay as detect
+    from edgewatch.training.export import convert
+    from edgewatch.training.forecast import train
+    from edgewatch.training.forecast.data import fit_selection, load
+
+    model = work / "model"
+    series, _ = fit_selection(load(path), n_fit, keep_labelled=True)
+    train.train(series, "tcn", epochs, train.DEFAULT_WINDOW, model, plots=False,
+                selection={"fit_rows": n_fit, "keep_labelled": True})
+    convert.convert(model, model)
+    detect.detect(model, path, work / "verdicts.csv", dropout_periods=10 ** 6)
+    with open(work / "verdicts.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return (np.array([r["alert"] == "1" for r in rows]), np.array([r["anomaly"] == "1" for r in rows]))
+
+
+def nab_all(keys, epochs: int = EPOCHS, log=print) -> dict:
+    """Per file: board (alert rows, flagged rows) and baseline scores, plus published raws."""
+    import tempfile
+
+    pub = {d: nab.published_raw(d) for d in nab.PUBLISHED}
+    out = {}
+    for key in keys:
+        t0 = time.perf_counter()
+        ts, vals, wins = nab.load_key(key)
+        n_fit = int(math.ceil(nab.probation_length(len(ts))))
+        with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp:
+            sends, flags = user_path(nab.path_of(key), n_fit, epochs, Path(tmp))
+        # the board's first verdicts (window filling, fit rows) are in the probation: unscored
+        base = detectors.StreamingBaseline()
+        base.run(vals[:, None], n_fit)
+        row = {"rows": len(ts), "seconds": 0.0}
+        for name, det in (("board", sends), ("board_flags", flags), ("baseline", base.sends),
+                          ("baseline_flags", base.flags)):
+            row[name] = nab.score_key(ts, wins, det)
+            row[name]["alerts"] = int(np.sum(det))
+        sw = nab.sweep(ts, wins, "standard")
+        null, perfect = nab.null_and_perfect(sw)
+        for d, table in pub.items():
+            if key in table:
+                row[d] = {"standard": {"raw": table[key], "null": null, "perfect": perfect}}
+        row["seconds"] = time.perf_counter() - t0
+        out[key] = row
+        s = row["board"]["standard"]
+        b = row["baseline"]["standard"]
+        log(f"nab {key:60s} board {nab.normalised(s['raw'], s['null'], s['perfect']):7.1f} "
+            f"({row['board']['alerts']} alerts)  baseline {nab.normalised(b['raw'], b['null'], b['perfect']):7.1f}"
+            f"  {row['seconds']:.1f} s")
+    return out
+
+
+def totals(per_file: dict, det: str, keys=None) -> float | None:
+    """Normalised standard-profile score of `det` summed over `keys` (default: all)."""
+    rows = [per_file[k][det]["standard"] for k in (keys or per_file) if det in per_file[k]]
+    if not rows:
+        return None
+    raw = sum(r["raw"] for r in rows)
+    null = sum(r["null"] for r in rows)
+    perfect = sum(r["perfect"] for r in rows)
+    return nab.normalised(raw, null, perfect)
+
+
+DETS = ("board", "board_flags", "baseline", "baseline_flags", *nab.PUBLISHED)
+LABELS = {"board": "board (alert rows)", "board_flags": "board (every flagged row)",
+          "baseline": "baseline (alert rows)", "baseline_flags": "baseline (every flagged row)",
+          **nab.PUBLISHED}
+
+
+def faults(trials: int, epochs: int = EPOCHS) -> dict:
+    from edgewatch.core import firmware
+
+    lim = list(firmware.load("sensors").RANGES["dht22"])
+    out = {}
+    for name, make in (("board", lambda: detectors.BoardDetector(epochs=epochs, rules="all",
+                                                                   limits=lim)),
+                       ("baseline", lambda: detectors.StreamingBaseline(count="flags"))):
+        r = faultsuite.evaluate(make, trials=trials)
+        out[name] = r
+        print(f"fault {name}: recall while present {r['recall']:.3f} {r['recall_by_kind']}, "
+              f"delay {r['delay_by_kind']}, FA/day {r['false_alarms_per_day']:.2f}", flush=True)
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = ["## Detection (issue 13): the board's own detector through the user path", "",
+             f"`make bench-detect` ({res['minutes']:.1f} min{', SUBSET' if res['subset'] else ''}). "
+             "NAB board = the user's path itself, per file: the functions behind `edgewatch train "
+             "--data FILE --fit-rows N --keep-labelled` (N = the probationary rows), `edgewatch "
+             "convert` and `edgewatch detect --dropout-periods 1000000` (NAB's timestamps are "
+             "irregular, not a board's missed samples; firmware/engine.py + detector.py + residual.py under "
+             "MicroPython); its `alert` column is what is scored. Fault-suite board = the same "
+             "firmware and convert's calibration (training/export/convert.py `calibrate_detector`) on a "
+             "TCN trained by training/evaluation/detectors.py (the fit rows plus injected dropouts need the "
+             "`missed` periods the CSV path encodes as gaps). Baseline = the same rules around a last-value forecast (numpy; "
+             "also the board's last-value ablation). One set of hyperparameters everywhere.", ""]
+    f = res.get("faults")
+    if f:
+        kinds = sorted(f["board"]["recall_by_kind"])
+        lines += ["### Fault suite (occupancy, held-out span, single-channel and whole-reading faults)",
+                  "", "| detector | " + " | ".join(f"{k} recall (grace)" for k in kinds)
+                  + " | median delay min (" + ", ".join(kinds) + ") | FA / clean day |",
+                  "|---|" + "---|" * len(kinds) + "---|---|"]
+        for name, r in f.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{r['recall_by_kind'][k]:.2f} ({r['recall_grace_by_kind'][k]:.2f})" for k in kinds)
+                + " | " + ", ".join("-" if r["delay_by_kind"][k] is None else f"{r['delay_by_kind'][k]:g}"
+                                     for k in kinds)
+                + f" | {r['false_alarms_per_day']:.2f} |")
+        lines.append("")
+    n = res.get("nab")
+    if n:
+        cats = sorted({nab.category(k) for k in n})
+        lines += ["### NAB, standard profile, normalised (fit on each file's probationary rows)", "",
+                  "| detector | all files | " + " | ".join(cats) + " |",
+                  "|---|---|" + "---|" * len(cats)]
+        for d in DETS:
+            t = totals(n, d)
+            if t is None:
+                continue
+            per = [totals(n, d, [k for k in n if nab.category(k) == c]) for c in cats]
+            raw0 = [sum(n[k][d]["standard"]["raw"] for k in n
+                        if nab.category(k) == c and d in n[k]) for c in cats]
+            lines.append(f"| {LABELS[d]} | {t:.1f} | " + " | ".join(
+                "-" if v is None else (f"raw {r:.2f}" if c == "artificialNoAnomaly" else f"{v:.1f}")
+                for v, r, c in zip(per, raw0, cats, strict=True)) + " |")
+        lines += ["", "Per file (normalised standard score; alert rows of the board in brackets):", "",
+                  "| file | board | baseline | " + " | ".join(nab.PUBLISHED.values()) + " |",
+                  "|---|---|---|" + "---|" * len(nab.PUBLISHED)]
+        for k, row in n.items():
+            def one(d, row=row):
+                r = row.get(d, {}).get("standard")
+                if r is None:
+                    return "-"
+                if r["perfect"] == r["null"]:  # no window: the raw score (0 = no false alarm)
+                    return f"raw {r['raw']:.2f}"
+                return f"{nab.normalised(r['raw'], r['null'], r['perfect']):.1f}"
+            lines.append(f"| {k} | {one('board')} ({row['board']['alerts']}) | {one('baseline')} | "
+                         + " | ".join(one(d) for d in nab.PUBLISHED) + " |")
+        lines += ["", "Files without windows (artificialNoAnomaly) show their raw score (0 = no "
+                  "false alarm; each alert row outside windows costs up to 0.11); they count in the "
+                  "totals through it.", ""]
+    key = "realKnownCause/machine_temperature_system_failure.csv"
+    if n and key in n:
+        lines += ["### One path: three commands reproduce a figure", "",
+                  "```", "D=../shared/data/nab/machine_temperature_system_failure.csv",
+                  "edgewatch train --data $D --fit-rows 750 --keep-labelled --out /tmp/mt --no-plots",
+                  "edgewatch convert --model /tmp/mt",
+                  "edgewatch detect --model /tmp/mt --data $D --out /tmp/mt.csv --dropout-periods 1000000",
+                  "```", "",
+                  f"`detect` reports {n[key]['board']['alerts']} alert messages: the `alert` column "
+                  "of /tmp/mt.csv, the rows scored in the table above (750 = the file's "
+                  "probationary rows).", ""]
+    lines += goals(res)
+    lines += ["Why goals are missed: the fault suite's false alarms are mostly the per-channel "
+              "stuck rule on the clean span (temperature flat for longer than anything in the "
+              "2.3 fit days: a weekend) and CUSUM episodes on the humidity, whose test span moves "
+              "twice as much as its fit span; a single stuck channel shorter than its limit "
+              "(1.2x the longest equal run of the fit rows) is missed. NAB through the user path "
+              "(train's 80/20 split, calibration on 80 % of the probationary rows) scores below "
+              "the same firmware with the model trained on all probationary rows and only the model rules "
+              "(52.9 in an earlier run, training/evaluation/detectors.py path). The TCN's context (item 3: "
+              "receptive field >= 120) is not done: the default model's receptive field is 15 "
+              "with a window of 10, so convert does not refuse it yet; the baseline column is "
+              "the last-value ablation.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def goals(res: dict) -> list[str]:
+    """The issue-13 goals, checked from the figures above (missed ones say by how much)."""
+    out = ["### Goals (issue 13), from the figures above", "", "| goal | measured | met |",
+           "|---|---|---|"]
+    f = res.get("faults", {}).get("board")
+    if f:
+        worst = min(f["recall_by_kind"].items(), key=lambda kv: kv[1])
+        out.append(f"| fault recall while present >= 0.95 for every kind | lowest: {worst[0]} "
+                   f"{worst[1]:.2f} | {'yes' if worst[1] >= 0.95 else 'no'} |")
+        fa = f["false_alarms_per_day"]
+        out.append(f"| <= 0.5 false alarms per clean day | {fa:.2f} | {'yes' if fa <= 0.5 else 'no'} |")
+        d = f["delay_by_kind"]
+        fast = max(d.get("spike") or 0, d.get("noise") or 0)
+        out.append(f"| median delay <= 2 samples (spike, noise) | {d.get('spike')}, {d.get('noise')} | "
+                   f"{'yes' if fast <= 2 else 'no'} |")
+        out.append(f"| median delay <= 30 min (drift) | {d.get('drift')} | "
+                   f"{'yes' if (d.get('drift') or 1e9) <= 30 else 'no'} |")
+    n = res.get("nab")
+    if n:
+        t = totals(n, "board")
+        out.append(f"| NAB all files, alert rows, >= 50 | {t:.1f} | {'yes' if t >= 50 else 'no'} |")
+        cats = sorted({nab.category(k) for k in n} - {"artificialNoAnomaly"})
+        below = []
+        for c in cats:
+            ks = [k for k in n if nab.category(k) == c]
+            b, w = totals(n, "board", ks), totals(n, "windowedGaussian", ks)
+            if w is not None and b < w:
+                below.append(f"{c} {b:.1f} < {w:.1f}")
+        out.append("| above Windowed Gaussian in every category | "
+                   + ("; ".join(below) if below else "all above") + f" | {'no' if below else 'yes'} |")
+        base = totals(n, "baseline")
+        out.append(f"| board beats the streaming baseline (NAB) | {t:.1f} vs {base:.1f} | "
+                   f"{'yes' if t > base else 'no'} |")
+    out.append(f"| detection benchmarks <= 15 min | {res['minutes']:.1f} min | "
+               f"{'yes' if res['minutes'] <= 15 else 'no'} |")
+    return out + [""]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=None, help="first N NAB files only (a subset)")
+    p.add_argument("--trials", type=int, default=3, help="fault-suite trials (default 3)")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--skip-faults", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_detect"))
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    keys = nab.all_keys()
+    subset = a.files is not None and a.files < len(keys)
+    keys = keys[:a.files] if a.files else keys
+    res = {"subset": subset or a.skip_faults, "epochs": a.epochs}
+    if not a.skip_faults:
+        res["faults"] = faults(a.trials, a.epochs)
+    res["nab"] = nab_all(keys, a.epochs)
+    res["minutes"] = (time.perf_counter() - t0) / 60
+    Path(a.out + ".json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    Path(a.out + ".md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
