@@ -54,12 +54,13 @@ def build_mpy(dest: Path = BUILD) -> list[Path]:
             if src.name in skip or src.name == "__init__.py":
                 continue
             obj = target / src.relative_to(src_dir).with_suffix(".mpy")
-            if obj.exists() and obj.stat().st_mtime >= src.stat().st_mtime:
+            if mpy.is_fresh(src, obj):
                 continue
             obj.parent.mkdir(parents=True, exist_ok=True)
             if src.parent != src_dir:  # a package (umqtt): its __init__ as source
                 (obj.parent / "__init__.py").touch()
             mpy.cross_compile(src, obj, march, src.relative_to(src_dir).as_posix())
+            mpy.stamp(src, obj)
     # main.py runs as source, as on a board, from beside the compiled modules: a script's
     # own folder comes first on sys.path, and firmware/ would shadow them with sources
     main = dest / "firmware" / "main.py"

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from edgewatch.board.catalog import load_board
 from edgewatch.core import firmware as _fw
+from edgewatch.core import mpy
 
 ROOT = _fw.ROOT
 FIRMWARE = _fw.locate("firmware")
@@ -286,13 +287,15 @@ class Runtime:
     version: str  # MicroPython version string of this build
 
     def compile(self, src: Path, dest: Path) -> Path:
-        """`mpy-cross -march=rv32imc` (no Zba/Zcmp, as for the C3), cached by mtime."""
-        if dest.exists() and dest.stat().st_mtime >= src.stat().st_mtime:
+        """`mpy-cross -march=rv32imc` (no Zba/Zcmp, as for the C3), cached while the source
+        keeps the modification time the object was built from (see mpy.is_fresh)."""
+        if mpy.is_fresh(src, dest):
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(f".{os.getpid()}.tmp")
         subprocess.run([str(self.mpy_cross), "-march=rv32imc", "-o", str(tmp), str(src)],
                        check=True, capture_output=True)
+        mpy.stamp(src, tmp)
         os.replace(tmp, dest)
         return dest
 

@@ -69,6 +69,19 @@ def cross_compile(src: Path, dst: Path, arch: str | None = None, name: str | Non
     os.replace(tmp, dst)
 
 
+def stamp(src: Path, obj: Path) -> None:
+    """Give a compiled object its source's modification time (what is_fresh compares)."""
+    st = src.stat()
+    os.utime(obj, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def is_fresh(src: Path, obj: Path) -> bool:
+    """Whether ``obj`` was compiled from ``src`` as it is: the times match exactly. A newer-than
+    test would keep a stale object whenever a checkout or merge gives a changed source an
+    older time than the object (switching branches, copying a build folder)."""
+    return obj.exists() and obj.stat().st_mtime_ns == src.stat().st_mtime_ns
+
+
 def mp_path(extra: list[str | os.PathLike] | None = None) -> str:
     """MICROPYPATH value: stand-ins first so `import machine` finds the host stand-in.
 
