@@ -160,7 +160,12 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     cfg = _merge(DEFAULTS, raw, path)
     check_device_id(extra["device"], path)
     _str(path, "board", extra["board"], none_ok=False)
-    host, port, tls = parse_broker(extra["broker"], path)
+    # a list (a,b,c: nodes of a cluster) is tried in turn, one per failed attempt
+    brokers = [parse_broker(u, path) for u in extra["broker"].split(",")] \
+        if isinstance(extra["broker"], str) else [parse_broker(extra["broker"], path)]
+    host, port, tls = brokers[0]
+    if any(b[2] != tls for b in brokers):
+        raise ConfigError("%s: broker: mix of mqtt:// and mqtts:// URLs" % path)
     board = load_board(board_path)
     if board.get("name") != extra["board"]:
         raise ConfigError("%s: board: %r, but %s is for %r"
@@ -226,6 +231,7 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     cfg.update(extra)
     cfg["sensor"] = sensor
     cfg["host"], cfg["port"], cfg["tls"] = host, port, tls
+    cfg["brokers"] = brokers
     cfg["board_info"] = board
     cfg["fallback"] = FALLBACK
     return cfg

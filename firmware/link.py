@@ -208,6 +208,7 @@ class Link:
         self.wifi_deadline = 0
         self.attempts = 0
         self.connects = 0
+        self.bi = 0  # which of cfg["brokers"] is tried
         self.timeout_s = cfg["socket_timeout_ms"] / 1000
         self.subscriptions = []
         self.on_message = None
@@ -228,6 +229,10 @@ class Link:
             sys.modules["ussl"] = _SSLShim(self._ctx)
 
     def _schedule(self, what, err):
+        b = self.cfg.get("brokers")
+        if what[0] == "m" and b and len(b) > 1:  # an MQTT failure: the next node, same backoff
+            self.bi = (self.bi + 1) % len(b)
+            self.cfg["host"], self.cfg["port"] = b[self.bi][0], b[self.bi][1]
         self.attempts += 1
         delay = self.backoff.next_ms()
         self.next_try = time.ticks_add(_ticks(), delay)

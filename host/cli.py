@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "repl": "host.repl",
     "boards": "host.boards",
     "publish-model": "host.ota",
+    "cluster": "host.cluster",
 }
 
 

@@ -143,7 +143,8 @@ class Collector:
         self._nrx_flushed = dict.fromkeys(self._rx, 0)
         # channel-name sets already known to fit the table (the same few every message)
         self._fits: set[tuple] = set()
-        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
+        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
+                                  role="collector", prefetch=2 * self.batch)
         self.client.on_message = self._on_message
 
     # ------------------------------------------------------------ intake (paho thread)
