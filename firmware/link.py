@@ -302,7 +302,9 @@ class Link:
     def _connect(self):
         client = self._new_client()
         try:
-            client.connect()
+            # on a cluster (a broker list) the session persists: RabbitMQ then keeps it in
+            # a replicated queue; a clean one lives on one node and blocks the others
+            client.connect(len(self.cfg.get("brokers") or ()) < 2)
             self._arm()
             self.client = client
             for t in self.subscriptions:

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlparse
 from host.cli import UserError
 
 log = logging.getLogger("edgewatch.amqp")
-logging.getLogger("pika").setLevel(logging.WARNING)  # one line per frame otherwise
+logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors are ours to report, once
 
 
 @dataclass
