@@ -25,6 +25,7 @@ import pytest
 from host import cluster as hc
 from host.sim import Fleet, rows_needed
 from tests.hostkit import service_env, spawn, wait_until
+from tools.broker import free_port
 from tools.twilio_sink import TwilioSink
 
 pytestmark = pytest.mark.skipif(not list(hc.RABBIT_LIB.glob("rabbitmq_server-*/sbin")),
@@ -56,6 +57,7 @@ def test_node_collector_and_bridge_killed_nothing_lost_nothing_doubled(tmp_path)
     cl = hc.Cluster(tmp_path / "cluster")
     sink = TwilioSink(auth_token="tok-cluster").start()
     procs: dict[str, object] = {}
+    ports: dict[str, int] = {}
     fleet = None
     try:
         cl.up(users)
@@ -71,9 +73,17 @@ def test_node_collector_and_bridge_killed_nothing_lost_nothing_doubled(tmp_path)
         def start(name, order):
             url = f"{head}@{','.join(hosts[k] for k in order)}"
             log = tmp_path / f"{name}.log"
+            if name == "col-a":
+                port = free_port()
+                ports[name] = port
             if name.startswith("col"):
-                args = ["collect", "--db", f"sqlite:///{db}", "--broker", url, "--batch", "200",
-                        "--flush-ms", "50", "--no-discovery"]
+                # col-a fills a batch for up to 1.5 s, so when it is killed it holds received,
+                # uncommitted samples: acknowledged before the commit, they would be lost
+                flush = "1500" if name == "col-a" else "50"
+                args = ["collect", "--db", f"sqlite:///{db}", "--broker", url, "--batch", "5000",
+                        "--flush-ms", flush, "--no-discovery"]
+                if name in ports:
+                    args += ["--metrics-port", str(ports[name])]
                 ready = "collecting into"
             else:
                 args = ["bridge", "--outbox", str(tmp_path / "outbox.db"), "--broker", url,
@@ -112,6 +122,19 @@ def test_node_collector_and_bridge_killed_nothing_lost_nothing_doubled(tmp_path)
         wait_until(lambda: stored() >= 80 * BOARDS, timeout=60,
                    what="samples flowing again through the two surviving nodes")
         t_recovered = time.monotonic() - t_kill
+        def received(name):
+            import urllib.request
+
+            text = urllib.request.urlopen(f"http://127.0.0.1:{ports[name]}/metrics",
+                                          timeout=5).read().decode()
+            return sum(float(v) for v in re.findall(
+                r'^edgewatch_messages_received_total\{kind="telemetry"\} (\S+)', text, re.M))
+
+        # col-a, moved to a surviving node, shares the work (the counter grows per batch)
+        n0 = received("col-a")
+        wait_until(lambda: received("col-a") > n0, timeout=20, step=0.2,
+                   what="col-a receiving on a surviving node")
+        time.sleep(0.7)  # inside its 1.5 s batch
         # frozen, each keeps taking deliveries it never acknowledges; then -9: RabbitMQ
         # must hand those to the other instance
         for name in ("col-a", "bri-a"):
