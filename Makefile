@@ -21,9 +21,10 @@ BROKER ?=
 SIM_ARGS ?=
 DEMO_FAST ?=
 DEMO_ARGS ?=
+USERS ?=
 APT_PKGS := mosquitto
 
-.PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean
+.PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean cluster cluster-down
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -74,6 +75,12 @@ repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (
 
 sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER: make sim DEVICES=3
 	$(EW) sim --devices $(DEVICES) $(if $(BROKER),--broker "$(BROKER)") $(SIM_ARGS)
+
+cluster: setup  ## 3 local RabbitMQ nodes (quorum queues, MQTT): make cluster [USERS=devices.txt] (docs/scaling.md)
+	$(EW) cluster up $(if $(USERS),--users "$(USERS)")
+
+cluster-down:  ## stop the nodes of make cluster
+	$(EW) cluster down
 
 demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
 	$(BIN)/python -m tools.demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)

@@ -102,6 +102,7 @@ class AmqpClient:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: str | None = None
+        self._unreachable = False
         self.node: AmqpNode | None = None
 
     # ------------------------------------------------------------ connection thread
@@ -153,12 +154,15 @@ class AmqpClient:
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._error = f"{node.host}:{node.port}: queue {self.queue}: {exc.reply_text}"
             except Exception as exc:  # connection refused/lost, node down: the next node
-                self._error = f"{node.host}:{node.port}: {type(exc).__name__}: {exc}"
+                why = str(exc) or repr(getattr(exc, "args", ("",))[0] if exc.args else "")
+                self._error = f"{node.host}:{node.port}: {type(exc).__name__} {why}".strip()
             with self._lock:
                 self._conn = self._ch = None
             if self._ready.is_set():
                 log.warning("lost %s (%s); trying the next node", self.queue, self._error)
             i += 1
+            if i % len(self.nodes) == 0 and not self._ready.is_set():
+                self._unreachable = True  # every node tried once: start() gives up
             if i % len(self.nodes) == 0 or self._ready.is_set():
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10)
@@ -217,10 +221,12 @@ class AmqpClient:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.2):
-            if time.monotonic() > deadline or (self._error and "refused the login" in self._error
-                                               or self._error and "queue" in self._error):
+            err = self._error or ""
+            if (time.monotonic() > deadline or self._unreachable or "refused the login" in err
+                    or "queue" in err):
                 self._stop.set()
-                raise UserError(f"amqp: cannot consume {self.queue}: {self._error or 'no answer'}")
+                where = "" if len(self.nodes) == 1 else f" (no node of {len(self.nodes)} usable)"
+                raise UserError(f"amqp: cannot consume {self.queue}{where}: {err or 'no answer'}")
 
     def disconnect(self) -> None:
         self._stop.set()

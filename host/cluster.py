@@ -363,11 +363,15 @@ class Cluster:
 
 def add_arguments(p) -> None:
     """Options of `edgewatch cluster`."""
-    p.add_argument("action", choices=("up", "down", "status", "url"),
-                   help="up: start 3 nodes; down: stop them; status; url amqp|mqtt")
+    p.add_argument("action", choices=("up", "down", "status", "url", "definitions"),
+                   help="up: start 3 nodes; down: stop them; status; url amqp|mqtt; "
+                   "definitions: print the queues, users and permissions for "
+                   "rabbitmqctl import_definitions (host password from env "
+                   "EDGEWATCH_CLUSTER_PASSWORD)")
     p.add_argument("what", nargs="?", choices=("amqp", "mqtt"), help="for url: which one")
-    p.add_argument("--dir", default="runs/cluster", help="nodes' data, logs and state "
-                   "(default runs/cluster)")
+    p.add_argument("--dir", default=os.environ.get("EDGEWATCH_CLUSTER_DIR", "runs/cluster"),
+                   help="nodes' data, logs and state (env EDGEWATCH_CLUSTER_DIR; "
+                   "default runs/cluster)")
     p.add_argument("--users", help="device users: a file of device:password lines (or "
                    "a:pw,b:pw); each may use only its own topics")
     p.add_argument("--prefix", default=os.environ.get("EDGEWATCH_PREFIX", "edgewatch"),
@@ -377,6 +381,12 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     c = Cluster(args.dir, args.prefix)
+    if args.action == "definitions":
+        pw = os.environ.get("EDGEWATCH_CLUSTER_PASSWORD")
+        if not pw:
+            raise UserError("EDGEWATCH_CLUSTER_PASSWORD is not set: the services' password")
+        print(json.dumps(definitions(args.prefix, pw, read_users(args.users)), indent=1))
+        return 0
     if args.action == "up":
         if args.base_port is not None and not 1024 <= args.base_port <= 25000:
             raise UserError(f"--base-port {args.base_port}: expected 1024..25000")
