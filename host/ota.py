@@ -41,7 +41,6 @@ def add_arguments(p) -> None:
                         help="every device in the collector's database (--db)")
     p.add_argument("--db", help="collector database URL for --fleet (env EDGEWATCH_DB_URL)")
     p.add_argument("--registry", help="model registry folder: resolves ids, records the deploy")
-    p.add_argument("--broker", dest="mqtt", metavar="URL", help="same as --mqtt")
     p.add_argument("--wait-s", type=float, default=0.0,
                    help="wait this long for each board's status to report the new model")
     p.add_argument("--clear", action="store_true", help="remove the retained model message instead")

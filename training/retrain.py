@@ -60,7 +60,6 @@ def add_arguments(p) -> None:
     p.add_argument("--publish", action="store_true", help="deploy an approved model over the air")
     p.add_argument("--target", action="append", metavar="ID",
                    help="device to deploy to (repeatable; default every device in the database)")
-    p.add_argument("--broker", dest="mqtt", metavar="URL", help="same as --mqtt")
     p.add_argument("--wait-s", type=float, default=0.0,
                    help="with --publish: wait for the boards to report the new model")
     add_mqtt_arguments(p)
