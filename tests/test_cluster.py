@@ -205,41 +205,78 @@ def test_node_collector_and_bridge_killed_nothing_lost_nothing_doubled(tmp_path)
         sink.stop()
 
 
-def test_device_user_may_not_publish_as_another_device(tmp_path):
+@pytest.fixture(scope="module")
+def small_cluster(tmp_path_factory):
+    cl = hc.Cluster(tmp_path_factory.mktemp("small") / "cluster")
+    try:
+        cl.up({"gh-01": "pw-one", "gh-02": "pw-two", "sim-01": "pw-sim-secret"})
+        yield cl
+    finally:
+        cl.down()
+
+
+def test_device_user_may_not_publish_as_another_device(small_cluster):
     """The Mosquitto ACL on the cluster: a board's account reaches only its own topics."""
     import paho.mqtt.client as mqtt
 
-    cl = hc.Cluster(tmp_path / "c2")
+    cl = small_cluster
+    got = []
+
+    def client(user, pw, port, cid):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
+        c.username_pw_set(user, pw)
+        c.on_connect = lambda *a: got.append((cid, str(a[3])))
+        c.connect("127.0.0.1", port, keepalive=5)
+        c.loop_start()
+        return c
+
+    bad = client("gh-01", "wrong", cl.mqtt_port(1), "gh-01")
+    wait_until(lambda: any(c == "gh-01" for c, _ in got), what="CONNACK")
+    assert got[-1][1] != "Success"
+    bad.loop_stop()
+    a = client("gh-01", "pw-one", cl.mqtt_port(2), "gh-01")
+    wait_until(lambda: a.is_connected(), what="gh-01 connected")
+    a.publish("edgewatch/gh-01/telemetry", b"{}", qos=1).wait_for_publish(5)
+    a.publish("edgewatch/gh-02/telemetry", b"{}", qos=1)
+    wait_until(lambda: not a.is_connected(), what="takeover publish refused")
+    a.loop_stop()
+
+    def counts():
+        out = cl.ctl(0, "list_queues", "name", "messages", "--formatter", "json")
+        return {q["name"]: q["messages"] for q in json.loads(out[out.index("["):])}
+
+    # only its own message got in (queue figures are refreshed every few seconds)
+    wait_until(lambda: counts()["edgewatch.collector"] == 1, timeout=20, step=1,
+               what="gh-01's one message in the collector queue")
+    time.sleep(2)
+    assert counts()["edgewatch.collector"] == 1
+
+
+def test_signed_model_published_through_another_node_reaches_the_board(small_cluster, tmp_path):
+    """OTA on the cluster: retained messages are node-local, but the board's persistent
+    session is a quorum queue, so a model published through node 3 reaches a board on node 1."""
+    import subprocess
+
+    from tests.hostkit import edgewatch
+
+    cl = small_cluster
+    key = "5e1f0c2a9b8d7e6f11223344556677889900aabbccddeeff0011223344556677"
+    fleet = Fleet(tmp_path / "fleet", 1, cl.mqtt_url(), None, faults=[], period=0.2,
+                  samples=0, clean=1, credentials={"sim-01": "pw-sim-secret"},
+                  extra={"ota_key": key})
+    fleet.start()
     try:
-        cl.up({"gh-01": "pw-one", "gh-02": "pw-two"})
-        got = []
-
-        def client(user, pw, port, cid):
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
-            c.username_pw_set(user, pw)
-            c.on_connect = lambda *a: got.append((cid, str(a[3])))
-            c.connect("127.0.0.1", port, keepalive=5)
-            c.loop_start()
-            return c
-
-        bad = client("gh-01", "wrong", cl.mqtt_port(1), "gh-01")
-        wait_until(lambda: any(c == "gh-01" for c, _ in got), what="CONNACK")
-        assert got[-1][1] != "Success"
-        bad.loop_stop()
-        a = client("gh-01", "pw-one", cl.mqtt_port(2), "gh-01")
-        wait_until(lambda: a.is_connected(), what="gh-01 connected")
-        a.publish("edgewatch/gh-01/telemetry", b"{}", qos=1).wait_for_publish(5)
-        a.publish("edgewatch/gh-02/telemetry", b"{}", qos=1)
-        wait_until(lambda: not a.is_connected(), what="takeover publish refused")
-        a.loop_stop()
-        def counts():
-            out = cl.ctl(0, "list_queues", "name", "messages", "--formatter", "json")
-            return {q["name"]: q["messages"] for q in json.loads(out[out.index("["):])}
-
-        # only its own message got in (queue figures are refreshed every few seconds)
-        wait_until(lambda: counts()["edgewatch.collector"] == 1, timeout=20, step=1,
-                   what="gh-01's one message in the collector queue")
-        time.sleep(2)
-        assert counts()["edgewatch.collector"] == 1
+        wait_until(lambda: any(f"mqtt connected to 127.0.0.1:{cl.mqtt_port(0)}" in ln
+                               for ln in fleet.devices[0].log), timeout=60,
+                   what="the board on node 1")
+        time.sleep(1)  # its session (and model subscription) exists
+        url = f"mqtt://edgewatch:{cl.state['password']}@127.0.0.1:{cl.mqtt_port(2)}"
+        r = subprocess.run(edgewatch("publish-model", "--model", str(hc.Path(__file__).parent
+                                                                    / "golden" / "model.ewb"),
+                                     "--device", "sim-01", "--broker", url, "--wait-s", "40"),
+                           env=service_env(EDGEWATCH_OTA_KEY=key), capture_output=True,
+                           text=True, timeout=90, cwd=tmp_path)
+        assert r.returncode == 0 and "sim-01: model" in r.stdout and " ok" in r.stdout, (
+            r.stdout, r.stderr, fleet.devices[0].log[-15:])
     finally:
-        cl.down()
+        fleet.stop()

@@ -41,8 +41,9 @@ def test_try_it_commands_run_from_make_cluster_to_two_collectors(tmp_path):
         f'make() {{ command make -f "{ROOT}/Makefile" -o .venv/.stamp -o build/mplib/.stamp '
         f'EW="{bin_dir}/edgewatch" "$@"; }}',
         "mkdir -p runs",
-        "trap 'kill $(jobs -p) 2>/dev/null; wait; command -v edgewatch >/dev/null && "
-        "edgewatch cluster down >/dev/null 2>&1 || true' EXIT",
+        # on any failure: no collector or node left behind (set -e is off inside the trap)
+        "trap 'set +e; jobs -p | xargs -r kill 2>/dev/null; wait; "
+        "edgewatch cluster down >/dev/null 2>&1; true' EXIT",
         *lines[:-1],
         # the collectors store what the boards sent, then stop cleanly (SIGTERM)
         "sleep 3",
