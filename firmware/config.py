@@ -231,7 +231,7 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     cfg.update(extra)
     cfg["sensor"] = sensor
     cfg["host"], cfg["port"], cfg["tls"] = host, port, tls
-    cfg["brokers"] = brokers
+    cfg["broker"] = brokers  # the same key (a new one can grow the dict past a tight heap)
     cfg["board_info"] = board
     cfg["fallback"] = FALLBACK
     return cfg

@@ -208,7 +208,6 @@ class Link:
         self.wifi_deadline = 0
         self.attempts = 0
         self.connects = 0
-        self.bi = 0  # which of cfg["brokers"] is tried
         self.timeout_s = cfg["socket_timeout_ms"] / 1000
         self.subscriptions = []
         self.on_message = None
@@ -229,10 +228,10 @@ class Link:
             sys.modules["ussl"] = _SSLShim(self._ctx)
 
     def _schedule(self, what, err):
-        b = self.cfg.get("brokers")
-        if what[0] == "m" and b and len(b) > 1:  # an MQTT failure: the next node, same backoff
-            self.bi = (self.bi + 1) % len(b)
-            self.cfg["host"], self.cfg["port"] = b[self.bi][0], b[self.bi][1]
+        b = self.cfg.get("broker")
+        if what[0] == "m" and type(b) is list and len(b) > 1:  # MQTT failed: the next node
+            b.append(b.pop(0))  # rotated in place: no allocation
+            self.cfg["host"], self.cfg["port"] = b[0][0], b[0][1]
         self.attempts += 1
         delay = self.backoff.next_ms()
         self.next_try = time.ticks_add(_ticks(), delay)
@@ -304,7 +303,8 @@ class Link:
         try:
             # on a cluster (a broker list) the session persists: RabbitMQ then keeps it in
             # a replicated queue; a clean one lives on one node and blocks the others
-            client.connect(len(self.cfg.get("brokers") or ()) < 2)
+            b = self.cfg.get("broker")
+            client.connect(type(b) is not list or len(b) < 2)
             self._arm()
             self.client = client
             for t in self.subscriptions:

@@ -52,7 +52,7 @@ except config.ConfigError as e:
     code.append("c = config.load('good.json'); print(c['host'], c['port'], c['tls'], c['period_ms'], c['detector']['k'])")
     # a cluster's nodes: tried in turn from the first
     (tmp_path / "list.json").write_text(json.dumps(dict(GOOD, broker="mqtt://a:1883,mqtt://b:1884")))
-    code.append("c = config.load('list.json'); print(c['host'], c['port'], c['brokers'])")
+    code.append("c = config.load('list.json'); print(c['host'], c['port'], c['broker'])")
     out = mpy.run(code="\n".join(code), heap=heap_budget(BOARD), cwd=tmp_path).stdout.splitlines()
     assert out[:-2] == [msg for _, msg in BAD]
     assert out[-2] == "127.0.0.1 1883 False 60000 None"
