@@ -21,10 +21,13 @@ BROKER ?=
 SIM_ARGS ?=
 DEMO_FAST ?=
 DEMO_ARGS ?=
+DB ?= sqlite:///edgewatch.db
+DASH_ARGS ?=
 USERS ?=
-APT_PKGS := mosquitto
+# chromium + chromium-driver: Debian's browser and its matching driver for the dashboard's browser test
+APT_PKGS := mosquitto chromium chromium-driver
 
-.PHONY: help setup test lint train compare convert flash deploy repl sim bridge collect demo bench clean cluster cluster-down
+.PHONY: help setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench clean cluster cluster-down
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -44,8 +47,8 @@ $(VENV)/.stamp: pyproject.toml
 	touch $@
 
 # umqtt comes from its published package, never copied into the repo.
-$(MPLIB)/.stamp: tools/fetch_mplib.py $(VENV)/.stamp
-	$(BIN)/python tools/fetch_mplib.py $(MPLIB)
+$(MPLIB)/.stamp: host/board/fetch_mplib.py $(VENV)/.stamp
+	$(BIN)/python -m edgewatch.board.fetch_mplib $(MPLIB)
 	touch $@
 
 test: setup  ## run the whole test suite (what CI runs)
@@ -70,6 +73,13 @@ flash: setup  ## erase + write MicroPython, then deploy: make flash BOARD=... PO
 deploy: setup  ## copy firmware (.mpy), model, config (.env secrets), umqtt; reset: make deploy PORT=... [AMPY=1]
 	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
 
+run: setup  ## deploy, reset and follow the board's console: make run PORT=/dev/ttyUSB0 (Ctrl-] leaves)
+	$(EW) deploy --board $(BOARD) --port "$(PORT)" --model $(MODEL) $(if $(UMQTT_FROM),--umqtt-from "$(UMQTT_FROM)",$(if $(filter 1,$(AMPY)),--umqtt-from $(MPLIB))) $(if $(filter 1,$(AMPY)),--ampy) $(DEPLOY_ARGS)
+	$(EW) repl --port "$(PORT)"
+
+logs: setup  ## follow boards over MQTT, one line per reading/alert/status: make logs [ID="gh-01 gh-02"]
+	$(EW) logs $(ID) $(if $(BROKER),--mqtt "$(BROKER)")
+
 repl: setup  ## open the board's MicroPython REPL: make repl PORT=/dev/ttyUSB0 (Ctrl-] leaves)
 	$(EW) repl --port "$(PORT)"
 
@@ -83,13 +93,16 @@ cluster-down:  ## stop the nodes of make cluster
 	$(EW) cluster down
 
 demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
-	$(BIN)/python -m tools.demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)
+	$(EW) demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)
 
 bridge: setup  ## run the alert bridge: SMS via Twilio from .env (a dry run without TWILIO_*)
 	$(EW) bridge
 
 collect: setup  ## run the collector: make collect DB=sqlite:///edgewatch.db
 	$(EW) collect $(if $(DB),--db $(DB))
+
+dashboard: setup  ## web dashboard on http://127.0.0.1:8080: make dashboard [DB=sqlite:///demo-out/demo.db]
+	$(EW) dashboard --db "$(DB)" $(DASH_ARGS)
 
 bench: setup  ## regenerate docs/benchmarks.md and docs/benchmarks.json
 	$(BIN)/python -m tools.bench

@@ -123,6 +123,7 @@ class App:
         self.started = time.ticks_ms()
         self.samples = self.sent = self.alerts = 0
         self.shift_run = 0  # samples in a row the shift rule has flagged
+        self.echo = cfg.get("log", "sample") != "quiet"
         gc.collect()
         self.heap_min = gc.mem_free()
         self._alloc0 = _allocated()
@@ -252,6 +253,8 @@ class App:
         ob.append(outbox.TELEMETRY, schema.telemetry(
             self.device, seq, t, self.names, values, d.pred if band else None,
             d.lo if band else None, d.hi if band else None, faults, mid))
+        if self.echo:
+            self._echo(seq, t, values, band, faults)
         run = self.shift_run = self.shift_run + 1 if "shift" in faults else 0
         every = d.shift[0] if d.shift is not None else 1
         for a in alerts:
@@ -264,6 +267,18 @@ class App:
             self.log("alert: %s %s value=%s band=%s..%s sample=%d"
                      % (a[0], a[1], a[2], a[3], a[4], seq))
         self.samples += 1
+
+    def _echo(self, seq, t, values, band, faults):
+        """The sample's console line, as `edgewatch logs` prints it from MQTT."""
+        d = self.det
+        out = [self.device, "#%d" % seq, "t=%s" % ("-" if t is None else t)]
+        for i in range(len(self.names)):
+            v = None if values is None else values[i]
+            out.append("%s=%s" % (self.names[i], "-" if v is None else "%.2f" % v))
+            if band:
+                out.append("pred=%.2f band=%.2f..%.2f" % (d.pred[i], d.lo[i], d.hi[i]))
+        out.append("ANOMALY " + ",".join(faults) if faults else "ok")
+        self.log(" ".join(out))
 
     def drain(self, until):
         """Send queued records oldest first until `until` (ticks) or the link fails."""

@@ -40,6 +40,9 @@ DEFAULTS = {
     "socket_timeout_ms": 5000,
     "keepalive_s": 60,
     "status_every_ms": 300000,
+    # console: "sample" prints one line per sample (seq, time, values, prediction, band,
+    # verdict); "quiet" only boot, connection and alert lines
+    "log": "sample",
     # simulation only: stop after this many samples (0 = run forever) and drain first
     "stop_after": 0,
     "drain_ms": 10000,
@@ -227,6 +230,8 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     _num(path, "keepalive_s", cfg["keepalive_s"], 0, 65535, integer=True)
     _num(path, "status_every_ms", cfg["status_every_ms"], 0, 86400000, integer=True)
     _num(path, "stop_after", cfg["stop_after"], 0, 10 ** 9, integer=True)
+    if cfg["log"] not in ("sample", "quiet"):
+        raise ConfigError('%s: log: expected "sample" or "quiet"' % path)
     _num(path, "drain_ms", cfg["drain_ms"], 0, 3600000, integer=True)
     cfg.update(extra)
     cfg["sensor"] = sensor

@@ -16,33 +16,36 @@ import importlib
 import importlib.util
 import sys
 
+from edgewatch.core.errors import UserError  # the one-line error (raised below the command layer)
+
 # name -> module implementing it. A command appears only once its module exists.
 COMMANDS: dict[str, str] = {
-    "train": "training.train",
-    "compare": "training.compare",
-    "convert": "training.convert",
-    "generate": "training.generate",
-    "evaluate": "training.evaluate",
-    "detect": "training.detect",
-    "analyze": "training.analyze",
-    "classify": "training.classify",
-    "retrain": "training.retrain",
-    "bridge": "host.bridge",
-    "collect": "host.collector",
-    "export": "host.export",
-    "score": "host.scoring",
-    "sim": "host.sim",
-    "flash": "host.flash",
-    "deploy": "host.deploy",
-    "repl": "host.repl",
-    "boards": "host.boards",
-    "publish-model": "host.ota",
-    "cluster": "host.cluster",
+    "train": "edgewatch.training.forecast.train",
+    "compare": "edgewatch.training.forecast.compare",
+    "convert": "edgewatch.training.export.convert",
+    "generate": "edgewatch.training.forecast.generate",
+    "evaluate": "edgewatch.training.evaluation.evaluate",
+    "detect": "edgewatch.training.evaluation.replay",
+    "analyze": "edgewatch.training.analysis.analyze",
+    "classify": "edgewatch.training.analysis.classify",
+    "retrain": "edgewatch.services.retrain",
+    "bridge": "edgewatch.services.bridge",
+    "collect": "edgewatch.services.collector",
+    "export": "edgewatch.services.export",
+    "score": "edgewatch.services.scoring",
+    "sim": "edgewatch.board.sim",
+    "flash": "edgewatch.board.flash",
+    "deploy": "edgewatch.board.deploy",
+    "repl": "edgewatch.board.repl",
+    "boards": "edgewatch.board.catalog",
+    "publish-model": "edgewatch.services.ota",
+    "cluster": "edgewatch.services.cluster",
+    "demo": "edgewatch.demo",
+    "dashboard": "edgewatch.services.dashboard",
+    "logs": "edgewatch.services.logs",
 }
 
 
-class UserError(Exception):
-    """A mistake in the user's input: printed as one line, exit status 2."""
 
 
 def _available() -> dict[str, str]:

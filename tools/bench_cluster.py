@@ -28,6 +28,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def spawn(args: list[str], env: dict, log: Path):
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c",
+                             "import sys; from edgewatch.cli import main; sys.exit(main())", *args],
+                            cwd=log.parent, env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_until(cond, timeout: float = 30.0, step: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def service_env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TWILIO_", "EDGEWATCH_", "MQTT_", "SMTP_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
 def _payload(dev: str, seq: int) -> bytes:
     return json.dumps({"v": 1, "device": dev, "seq": seq, "t": None,
                        "values": {"temperature": 20.0 + seq % 7, "humidity": 40.0 + seq % 5},
@@ -96,8 +122,6 @@ def _count(db: Path) -> int:
 def drain(broker_args: list[str], env: dict, folder: Path, n_collectors: int, total: int,
           tag: str) -> dict:
     """Start the collectors on a filled queue; stored msg/s and collector CPU s per 1,000."""
-    from tests.hostkit import spawn, wait_until
-
     db = folder / f"{tag}.db"
     procs = []
     t0 = time.monotonic()
@@ -115,12 +139,10 @@ def drain(broker_args: list[str], env: dict, folder: Path, n_collectors: int, to
 
 
 def node_loss(cl, orders, env: dict, tmp: Path, boards: int = 4) -> float:
-    from host.sim import Fleet
-    from tests.hostkit import spawn, wait_until
-
+    from edgewatch.board.sim import Fleet
     users = {f"sim-{i + 1:02d}": f"pw-{i}" for i in range(boards)}
     defs = tmp / "users.json"
-    from host.cluster import definitions
+    from edgewatch.services.cluster import definitions
 
     defs.write_text(json.dumps(definitions("edgewatch", cl.state["password"], users)))
     cl.ctl(0, "import_definitions", str(defs))
@@ -163,10 +185,8 @@ def main(argv=None) -> int:
     if a.messages < a.devices or a.devices < 1 or a.procs < 1:
         print("bench_cluster: --messages must be >= --devices >= 1, --procs >= 1", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))
-    from host.cluster import Cluster
-    from tests.hostkit import service_env, spawn, wait_until
-    from tools.broker import Broker
+    from edgewatch.services.cluster import Cluster
+    from edgewatch.services.broker import Broker
 
     per = a.messages // a.devices
     total = per * a.devices

@@ -20,8 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from host.boards import load_board
-from tools import mpy
+from edgewatch.board.catalog import load_board
+from edgewatch.core import mpy
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = "esp32-devkitc-dht22"

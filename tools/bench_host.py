@@ -29,8 +29,8 @@ import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from edgewatch.services.broker import Broker, free_port
 
-from tools.broker import Broker, free_port
 from tools.twilio_sink import TwilioSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ class Fleet:
 
 def _service(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c",
-                             "import sys; from host.cli import main; sys.exit(main())", *args],
+                             "import sys; from edgewatch.cli import main; sys.exit(main())", *args],
                             cwd=log.parent, env=env, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT)
 

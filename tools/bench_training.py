@@ -8,7 +8,7 @@ three times in turns, the median reported: one timing on this shared virtual
 machine can be 30 % off the next) in a fresh
 process: `make bench` has used TensorFlow before it gets here (the detector
 suites train TCNs), and a process whose TensorFlow already runs can no longer
-be given the settings `training.train` makes for every model (one thread per
+be given the settings `edgewatch.training.forecast.train` makes for every model (one thread per
 op), so an in-process run would time something other than the command. The
 TCN row is the default ``edgewatch train`` model, so its training seconds are
 the "default TCN, 10 epochs" figure, and ``edgewatch convert`` on it gives the
@@ -36,7 +36,7 @@ CONVERT = "edgewatch convert --model DIR/tcn --out DIR/tcn"
 
 def _edgewatch(*args) -> None:
     """Run an `edgewatch` command from the repo root; its stderr's end is the error if it fails."""
-    from training.data import repo_root
+    from edgewatch.training.forecast.data import repo_root
 
     proc = subprocess.run([str(Path(sys.executable).with_name("edgewatch")), *map(str, args)],
                           capture_output=True, text=True, cwd=repo_root())
@@ -46,7 +46,7 @@ def _edgewatch(*args) -> None:
 
 def bench(fast: bool = False) -> dict:
     """The comparison table as ``{"records": [...], ...}`` (fast: 2 epochs, not the real figures)."""
-    from training.data import shared_data
+    from edgewatch.training.forecast.data import shared_data
 
     epochs, repeat, seeds = (2, 1, 1) if fast else (10, REPEAT, SEEDS)
     data = shared_data() / "occupancy" / "datatraining.txt"

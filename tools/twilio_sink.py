@@ -25,7 +25,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-from tools.broker import free_port
+from edgewatch.services.broker import free_port
 
 
 class TwilioSink:

@@ -1,0 +1,318 @@
+"""Run a fleet of simulated boards: the real firmware under the MicroPython unix port, one process each.
+
+    edgewatch sim --devices 3 --broker mqtt://127.0.0.1:1883 --data generated --faults spike,stuck
+
+Each board gets its own flash folder (``--out``/<device>: config.json, board.json, model.ewb,
+its outbox), the board's heap budget (``-X heapsize=``), and the host stand-ins for
+``machine``/``dht`` (host/board/standins) replaying a CSV — real data such as
+``../shared/data/occupancy/datatraining.txt`` or generated greenhouse readings — from a
+different starting row per board, with sensor faults injected at planned rows (simboard's
+fault kinds: spike, stuck, range, fail, crc, stall). The first ``--clean`` boards get no
+faults, so a run shows both what must alert and what must stay quiet. The firmware talks
+to the broker over real sockets with umqtt; it stops after ``--samples`` samples (0: runs
+until Ctrl-C) and drains its outbox first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgewatch.core import mpy
+from edgewatch.core.errors import UserError
+
+FAULT_KINDS = ("spike", "stuck", "range", "fail", "crc", "stall")
+DEFAULT_FAULTS = "spike,stuck,range"
+WARMUP_ROWS = 40  # the model's window fills and the band settles before the first fault
+
+
+@dataclass
+class Device:
+    """One simulated board: its id, flash folder, planned faults and running process."""
+
+    device: str
+    folder: Path
+    faults: list[dict]
+    proc: subprocess.Popen | None = None
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+STUCK_ROWS = 45  # longer than the sim's stuck_samples (30), so a stuck sensor alerts
+GAP_ROWS = 15  # quiet rows after each fault, so each alert is attributable
+
+
+def plan_faults(kinds: list[str], start: int = WARMUP_ROWS) -> list[dict]:
+    """simboard fault entries for `kinds`, one after another from row `start`."""
+    out, row = [], start
+    for kind in kinds:
+        if kind == "spike":
+            out.append({"kind": "spike", "row": row, "count": 1, "channel": "temperature", "delta": 8.0})
+        elif kind == "stuck":
+            out.append({"kind": "stuck", "row": row, "count": STUCK_ROWS})
+        elif kind == "range":
+            out.append({"kind": "range", "row": row, "count": 1, "channel": "humidity", "value": 120.0})
+        elif kind in ("fail", "crc"):
+            out.append({"kind": kind, "row": row, "attempts": 10})  # more than the read retries
+        elif kind == "stall":
+            out.append({"kind": "stall", "row": row, "ms": 0})  # ms: three periods, set by the fleet
+        row += out[-1].get("count", 1) + GAP_ROWS
+    return out
+
+
+def rows_needed(kinds: list[str]) -> int:
+    """Samples a board must take for every planned fault to happen and be judged."""
+    plan = plan_faults(kinds)
+    return (plan[-1]["row"] + plan[-1].get("count", 1) + GAP_ROWS) if plan else WARMUP_ROWS
+
+
+def parse_faults(text: str | None) -> list[str]:
+    """'spike,stuck' → ['spike', 'stuck']; 'all'; 'none' or '' → []."""
+    if not text or text.strip().lower() == "none":
+        return []
+    if text.strip().lower() == "all":
+        return list(FAULT_KINDS)
+    kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in FAULT_KINDS]
+    if bad:
+        raise UserError(f"--faults: unknown fault '{bad[0]}' (choose from {', '.join(FAULT_KINDS)}, all, none)")
+    return kinds
+
+
+def generated_data(path: Path, days: float = 3, seed: int = 7, sensor: str = "dht22") -> Path:
+    """Clean generated greenhouse readings (training/forecast/generate.py) as a CSV the stand-ins replay."""
+    from edgewatch.training.forecast.generate import SENSORS, generate, write_csv
+
+    series, _ = generate(days=days, period=60, sensor=sensor, faults=None, seed=seed)
+    write_csv(series, path, SENSORS[sensor].resolution)
+    return path
+
+
+def csv_columns(path: Path) -> dict:
+    """simboard's column map for a CSV: the generic names, or the occupancy data's."""
+    with open(path) as fh:
+        header = [h.strip().strip('"').lower() for h in fh.readline().split(",")]
+    cols = {}
+    for name in ("temperature", "humidity"):
+        if name not in header:
+            raise UserError(f"{path}: no '{name}' column (have: {', '.join(header)})")
+        cols[name] = name
+    return cols
+
+
+class Fleet:
+    """Start, watch and stop N simulated boards."""
+
+    def __init__(self, out: str | os.PathLike, devices: int, broker: str, model: str | None,
+                 board: str = "esp32-devkitc-dht22", data: str = "generated",
+                 faults: list[str] | None = None, period: float = 1.0, samples: int = 0,
+                 clean: int = 1, prefix: str = "sim", credentials: dict | None = None,
+                 echo: bool = False, extra: dict | None = None, stuck: int = 30):
+        if devices < 1 or devices > 500:
+            raise UserError(f"--devices {devices}: expected 1..500")
+        if period <= 0:
+            raise UserError(f"--period {period}: expected seconds > 0")
+        if samples < 0:
+            raise UserError(f"--samples {samples}: expected >= 0")
+        from edgewatch.board.catalog import load_board
+
+        self.out = Path(out).resolve()  # each board runs in its own folder: no relative paths
+        self.board_name = board
+        self.board = load_board(board)
+        self.broker = broker
+        self.model = self._model_blob(model)
+        self.period_ms = max(10, int(period * 1000))
+        self.samples = samples
+        self.echo = echo
+        self.credentials = credentials or {}
+        self.extra = extra or {}
+        self.stuck = stuck
+        self.data = self._data(data)
+        kinds = faults if faults is not None else parse_faults(DEFAULT_FAULTS)
+        self.devices: list[Device] = []
+        for i in range(devices):
+            dev = f"{prefix}-{i + 1:02d}"
+            plan = [] if i < clean else plan_faults(kinds)
+            for f in plan:
+                if f["kind"] == "stall":
+                    f["ms"] = self.period_ms * 3  # three missed periods: a dropout
+            self.devices.append(Device(dev, self.out / dev, plan))
+
+    def _model_blob(self, model: str | None) -> Path | None:
+        if not model:
+            return None
+        p = Path(model)
+        blob = p if p.suffix == ".ewb" else p / "model.ewb"
+        if not blob.is_file():
+            raise UserError(f"{blob}: no model blob (make train convert, or --model none)")
+        return blob
+
+    def _data(self, data: str) -> Path:
+        if data == "generated":
+            path = self.out / "greenhouse.csv"
+            if not path.is_file():
+                self.out.mkdir(parents=True, exist_ok=True)
+                generated_data(path, sensor=self.board.get("sensor", "dht22")
+                               if self.board.get("sensor") in ("dht22", "dht11", "shtc3") else "dht22")
+            return path.resolve()
+        path = Path(data)
+        if not path.is_file():
+            raise UserError(f"--data {data}: no such file (a CSV, or 'generated')")
+        csv_columns(path)
+        return path.resolve()
+
+    def _prepare(self, i: int, d: Device) -> dict:
+        if d.folder.exists():
+            shutil.rmtree(d.folder)  # a fresh flash: seq and outbox start from zero
+        d.folder.mkdir(parents=True)
+        cfg = {"device": d.device, "board": self.board_name, "broker": self.broker,
+               "period_ms": self.period_ms, "stop_after": self.samples,
+               "drain_ms": 20000, "status_every_ms": 0,
+               "detector": {"stuck_samples": self.stuck}}
+        if self.credentials.get(d.device):
+            cfg["user"], cfg["password"] = d.device, self.credentials[d.device]
+        cfg.update(self.extra)
+        (d.folder / "config.json").write_text(json.dumps(cfg))
+        (d.folder / "board.json").write_text(json.dumps(self.board))
+        if self.model:
+            shutil.copy(self.model, d.folder / "model.ewb")
+        sim = {"csv": str(self.data), "columns": csv_columns(self.data), "start": 500 * i,
+               "faults": d.faults}
+        (d.folder / "sim.json").write_text(json.dumps(sim))
+        return sim
+
+    def build(self) -> Path:
+        """The board's files as deploy makes them: .mpy for the unix port's arch, main.py as source."""
+        from edgewatch.board.deploy import arch_of, stage_code
+
+        if not (mpy.MPLIB / "umqtt" / "simple.py").is_file():
+            raise UserError(f"{mpy.MPLIB}: umqtt missing: run `make setup`")
+        info = int(mpy.run(code="import sys; print(sys.implementation._mpy)").stdout.split()[-1])
+        code = self.out / "_firmware"
+        if code.exists():
+            shutil.rmtree(code)
+        code.mkdir(parents=True)
+        stage_code(code, arch_of(info)[0], True, str(mpy.MPLIB))
+        return code
+
+    def start(self) -> Fleet:
+        """Start every board's firmware process (precompiled, as deployed to a board)."""
+        code = self.build()
+        heap = str(int(self.board["heap_budget"]))
+        for i, d in enumerate(self.devices):
+            self._prepare(i, d)
+            # the precompiled firmware and /lib come first, as on a board's flash
+            d.proc = mpy.spawn(script=code / "main.py", heap=heap, cwd=d.folder,
+                               extra_path=[code, code / "lib"],
+                               EDGEWATCH_SIM=str(d.folder / "sim.json"))
+            threading.Thread(target=self._pump, args=(d,), daemon=True).start()
+        return self
+
+    def _pump(self, d: Device) -> None:
+        sample_line = f"{d.device} #"
+        with open(d.folder / "console.log", "w") as logf:
+            for raw in d.proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                if not line.startswith(sample_line):  # per-sample lines: console.log only
+                    d.log.append(line)
+                logf.write(line + "\n")
+                logf.flush()
+                if self.echo:
+                    print(f"[{d.device}] {line}", flush=True)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every board to finish (``--samples``); False on timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for d in self.devices:
+            while d.running:
+                if end is not None and time.monotonic() > end:
+                    return False
+                time.sleep(0.1)
+        return True
+
+    def stop(self) -> None:
+        """Stop every board still running (Ctrl-C to the firmware, then kill)."""
+        for d in self.devices:
+            if d.running:
+                d.proc.send_signal(signal.SIGINT)
+        for d in self.devices:
+            if d.proc is None:
+                continue
+            try:
+                d.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait(5)
+
+    def summary(self) -> list[str]:
+        """One line per board: faults planned, alerts raised, what the firmware reported at the end."""
+        out = []
+        for d in self.devices:
+            alerts = [ln for ln in d.log if ln.startswith("alert:")]
+            done = next((ln for ln in reversed(d.log) if ln.startswith("app: done")), "")
+            planned = ",".join(f["kind"] for f in d.faults) or "none (clean)"
+            rc = d.proc.returncode if d.proc else None
+            out.append(f"{d.device}: faults {planned}; {len(alerts)} alerts; "
+                       f"{done[5:] if done else 'exit ' + str(rc)}")
+        return out
+
+
+def add_arguments(p) -> None:
+    """Options of `edgewatch sim`."""
+    p.add_argument("--devices", type=int, default=3, help="number of boards (default 3)")
+    p.add_argument("--broker", default=os.environ.get("EDGEWATCH_MQTT_URL") or "mqtt://127.0.0.1:1883",
+                   help="broker URL the boards connect to (env EDGEWATCH_MQTT_URL)")
+    p.add_argument("--data", default="generated",
+                   help="CSV to replay (e.g. ../shared/data/occupancy/datatraining.txt) or 'generated'")
+    p.add_argument("--faults", default=DEFAULT_FAULTS,
+                   help=f"faults per faulty board: {','.join(FAULT_KINDS)}, all or none "
+                        f"(default {DEFAULT_FAULTS})")
+    p.add_argument("--clean", type=int, default=1, help="boards without faults (default 1)")
+    p.add_argument("--period", type=float, default=1.0, help="seconds between samples (default 1)")
+    p.add_argument("--samples", type=int, default=0,
+                   help="stop each board after N samples (0: run on; see the faults' rows in sim.json)")
+    p.add_argument("--stuck", type=int, default=30,
+                   help="samples of an unchanged reading that make a stuck alert (default 30)")
+    p.add_argument("--model", default="models/default", help="model folder or .ewb; 'none' for rules only")
+    p.add_argument("--board", default=os.environ.get("BOARD") or "esp32-devkitc-dht22",
+                   help="boards/<name> for pins, sensor and heap budget")
+    p.add_argument("--out", default="runs/sim", help="folder for the boards' flash (default runs/sim)")
+    p.add_argument("--prefix", default="sim", help="device ids are <prefix>-01, -02, ...")
+    p.add_argument("--quiet", action="store_true", help="do not echo the boards' console output")
+    p.add_argument("--users", help="the boards' MQTT accounts: a file of device:password lines "
+                   "(as for edgewatch cluster up --users)")
+
+
+def run(args) -> int:
+    """Run `edgewatch sim` until the boards finish or Ctrl-C."""
+    from edgewatch.core.settings import read_users
+
+    fleet = Fleet(args.out, args.devices, args.broker,
+                  None if args.model == "none" else args.model, args.board, args.data,
+                  parse_faults(args.faults), args.period, args.samples, args.clean,
+                  args.prefix, echo=not args.quiet, stuck=args.stuck,
+                  credentials=read_users(args.users) if args.users else None)
+    print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, flash in {args.out}",
+          flush=True)
+    fleet.start()
+    try:
+        fleet.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fleet.stop()
+    for line in fleet.summary():
+        print("sim: " + line)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,328 @@
+"""Settings of the host services from the environment or a `.env` file; secrets redacted.
+
+Every service reads its settings here: the MQTT broker (URL, user, password,
+TLS files), the topic prefix, the database URL, and the notifiers' credentials
+(Twilio, SMTP, webhook). Command-line options override the environment, which
+overrides `.env` (python-dotenv, never overriding a variable already set).
+
+Secrets (tokens, passwords, the password part of URLs) are never logged:
+:func:`redact` masks every secret value this process knows of, and
+:class:`RedactFilter` applies it to every log record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from edgewatch.core.errors import UserError
+
+SECRET_VARS = ("TWILIO_AUTH_TOKEN", "TWILIO_API_SECRET", "MQTT_PASSWORD", "SMTP_PASSWORD",
+               "EDGEWATCH_WEBHOOK_TOKEN", "EDGEWATCH_MODEL_KEY", "EDGEWATCH_OTA_KEY", "OTA_KEY")
+URL_VARS = ("EDGEWATCH_MQTT_URL", "EDGEWATCH_DB_URL", "EDGEWATCH_WEBHOOK_URL")
+_extra_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+KEY_VAR = "EDGEWATCH_OTA_KEY"
+# The names `edgewatch deploy` reads when it writes the key into a board's config.json.
+KEY_ALIASES = ("EDGEWATCH_MODEL_KEY", "OTA_KEY")
+MIN_KEY_HEX = 32  # 16 bytes, what the firmware's config accepts at least
+
+
+def load_env(env_file: str | os.PathLike | None = None) -> Path | None:
+    """Load `.env` (or ``env_file``) into os.environ without overriding set variables."""
+    from dotenv import load_dotenv
+
+    path = Path(env_file) if env_file else Path.cwd() / ".env"
+    if env_file and not path.is_file():
+        raise UserError(f"{path}: no such env file")
+    if path.is_file():
+        load_dotenv(path, override=False)
+        return path
+    return None
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """An environment variable, empty counted as unset."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def add_secret(value: str | None) -> None:
+    """Mask ``value`` wherever this process logs or prints it."""
+    if value and len(value) >= 4:
+        with _lock:
+            _extra_secrets.add(value)
+
+
+def _secrets() -> list[str]:
+    out = set(_extra_secrets)
+    for name in SECRET_VARS:
+        v = os.environ.get(name)
+        if v and len(v) >= 4:
+            out.add(v)
+    for name in URL_VARS:
+        pw = urlparse(os.environ.get(name, "")).password
+        if pw and len(pw) >= 4:
+            out.update({pw, unquote(pw)})
+    return sorted(out, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known secret and any URL password replaced by ``***``."""
+    for s in _secrets():
+        text = text.replace(s, "***")
+    return text
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for a log line: the password replaced by ``***``."""
+    u = urlparse(url)
+    if u.password:
+        return url.replace(f":{u.password}@", ":***@", 1)
+    return url
+
+
+class RedactFilter(logging.Filter):
+    """Masks secrets in a log record's message and arguments before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a bad format string is still logged, not raised
+            msg = str(record.msg)
+        record.msg, record.args = redact(msg), None
+        return True
+
+
+# ---------------------------------------------------------------- MQTT
+
+@dataclass
+class MqttSettings:
+    """Where and how a service connects to the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    prefix: str = "edgewatch"
+    amqp: str | None = None  # amqp://a,b,c: a RabbitMQ cluster's quorum queues (host/amqp.py)
+
+    @property
+    def url(self) -> str:
+        if self.amqp:
+            return safe_url(self.amqp)
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def add_mqtt_arguments(parser) -> None:
+    """The broker options every service shares (defaults from the environment)."""
+    g = parser.add_argument_group("MQTT broker")
+    g.add_argument("--mqtt", "--broker", metavar="URL", dest="mqtt",
+                   help="mqtt://host:port or mqtts://host:port (env EDGEWATCH_MQTT_URL; "
+                        "default mqtt://127.0.0.1:1883), or a RabbitMQ cluster's "
+                        "amqp://user:pw@node1,node2,node3: the role's quorum queue")
+    g.add_argument("--username", help="MQTT user (env MQTT_USERNAME); password from env MQTT_PASSWORD")
+    g.add_argument("--ca-file", help="CA certificate for mqtts:// (env MQTT_CA_FILE)")
+    g.add_argument("--cert-file", help="client certificate (env MQTT_CERT_FILE)")
+    g.add_argument("--key-file", help="client key (env MQTT_KEY_FILE)")
+    g.add_argument("--prefix", help="topic prefix (env EDGEWATCH_PREFIX; default edgewatch)")
+    parser.add_argument("--env-file", help="read settings from this file (default ./.env)")
+
+
+def mqtt_settings(args) -> MqttSettings:
+    """MqttSettings from parsed options, then the environment; UserError on a bad URL or file."""
+    load_env(getattr(args, "env_file", None))
+    url = getattr(args, "mqtt", None) or env("EDGEWATCH_MQTT_URL", "mqtt://127.0.0.1:1883")
+    if url.startswith(("amqp://", "amqps://")):
+        from edgewatch.core.amqp import parse_amqp
+
+        _nodes, user, pw = parse_amqp(url, getattr(args, "username", None) or env("MQTT_USERNAME"),
+                                      env("MQTT_PASSWORD"))[:3]
+        add_secret(pw)
+        return MqttSettings(host=_nodes[0].host, port=_nodes[0].port, tls=_nodes[0].tls,
+                            username=user, password=pw, amqp=url,
+                            ca_file=getattr(args, "ca_file", None) or env("MQTT_CA_FILE"),
+                            cert_file=getattr(args, "cert_file", None) or env("MQTT_CERT_FILE"),
+                            key_file=getattr(args, "key_file", None) or env("MQTT_KEY_FILE"),
+                            prefix=(getattr(args, "prefix", None)
+                                    or env("EDGEWATCH_PREFIX", "edgewatch")).strip("/"))
+    u = urlparse(url if "://" in url else f"mqtt://{url}")
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+        raise UserError(f"{safe_url(url)}: not an MQTT URL (mqtt://host:port or mqtts://host:port)")
+    tls = u.scheme in ("mqtts", "ssl")
+    try:
+        port = u.port or (8883 if tls else 1883)
+    except ValueError:
+        raise UserError(f"{safe_url(url)}: bad port") from None
+    s = MqttSettings(
+        host=u.hostname, port=port, tls=tls,
+        username=getattr(args, "username", None) or unquote(u.username or "") or env("MQTT_USERNAME"),
+        password=unquote(u.password or "") or env("MQTT_PASSWORD"),
+        ca_file=getattr(args, "ca_file", None) or env("MQTT_CA_FILE"),
+        cert_file=getattr(args, "cert_file", None) or env("MQTT_CERT_FILE"),
+        key_file=getattr(args, "key_file", None) or env("MQTT_KEY_FILE"),
+        prefix=(getattr(args, "prefix", None) or env("EDGEWATCH_PREFIX", "edgewatch")).strip("/"),
+    )
+    add_secret(s.password)
+    for label, f in (("CA file", s.ca_file), ("certificate", s.cert_file), ("key", s.key_file)):
+        if f and not Path(f).is_file():
+            raise UserError(f"{f}: {label} not found")
+    if s.cert_file and not s.key_file:
+        raise UserError("--cert-file given without --key-file")
+    return s
+
+
+def mqtt_client(s: MqttSettings, client_id: str, *, persistent: bool = False,
+                manual_ack: bool = False, role: str | None = None, prefetch: int = 1000):
+    """A paho client configured for ``s`` (auth, TLS); the caller connects it.
+
+    With an amqp:// broker and a ``role``, a host/amqp.py client consuming the
+    role's quorum queue ``<prefix>.<role>`` instead (same calls, manual acks).
+
+    ``persistent`` keeps the session at the broker across reconnects (clean
+    session off), so QoS 1 messages that arrive while the service is down, or
+    that it received but did not acknowledge, are delivered again.
+    """
+    if s.amqp and role:
+        from edgewatch.core.amqp import AmqpClient
+
+        return AmqpClient(s.amqp, f"{s.prefix}.{role}", username=s.username,
+                          password=s.password, prefetch=prefetch, ca_file=s.ca_file,
+                          cert_file=s.cert_file, key_file=s.key_file)
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                    clean_session=not persistent, manual_ack=manual_ack)
+    if s.username:
+        c.username_pw_set(s.username, s.password)
+    if s.tls:
+        c.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
+                  cert_reqs=ssl.CERT_REQUIRED)
+    c.max_queued_messages_set(0)
+    c.reconnect_delay_set(min_delay=1, max_delay=30)
+    return c
+
+
+def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
+            timeout: float = 10.0) -> None:
+    """Connect ``client`` (loop in a background thread) and subscribe, again after each reconnect.
+
+    UserError with one line when the broker cannot be reached or refuses us
+    (bad password, not authorised): a service should not start half-connected.
+    """
+    if hasattr(client, "queue"):  # host/amqp.py: the queue and its bindings are the subscription
+        client.start(timeout)
+        return
+    ready, outcome, pending = threading.Event(), {}, {}
+
+    def on_connect(c, _userdata, _flags, reason_code, _props=None):
+        outcome["rc"] = reason_code
+        if reason_code.is_failure or not subscriptions:
+            ready.set()
+            return
+        # ready only once the broker has acknowledged the subscriptions: a message
+        # published after connect() returns must reach us, not race our SUBSCRIBE
+        _rc, mid = c.subscribe(list(subscriptions))
+        pending[mid] = True
+        logging.getLogger("edgewatch.mqtt").info(
+            "connected to %s", s.url, extra={"subscriptions": ",".join(t for t, _ in subscriptions)})
+
+    def on_subscribe(_c, _userdata, mid, reason_codes, _props=None):
+        if pending.pop(mid, None) is None:
+            return
+        # Mosquitto grants every filter and applies its ACL on delivery; brokers
+        # that refuse a filter (0x80) get it named in the log.
+        refused = [t for (t, _), rc in zip(subscriptions, reason_codes, strict=False)
+                   if rc.is_failure]
+        if refused:
+            logging.getLogger("edgewatch.mqtt").error(
+                "%s: the broker refused the subscription to %s", s.url, ", ".join(refused))
+        ready.set()
+
+    def on_disconnect(_c, _userdata, _flags, reason_code, _props=None):
+        if ready.is_set() and reason_code != 0:
+            logging.getLogger("edgewatch.mqtt").warning("disconnected from %s (%s); reconnecting",
+                                                        s.url, reason_code)
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect(s.host, s.port, keepalive=30)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"{s.url}: cannot connect to the MQTT broker: {exc}") from None
+    client.loop_start()
+    if not ready.wait(timeout):
+        client.loop_stop()
+        raise UserError(f"{s.url}: no answer from the MQTT broker within {timeout:.0f} s")
+    if outcome["rc"].is_failure:
+        client.loop_stop()
+        raise UserError(f"{s.url}: the MQTT broker refused the connection: {outcome['rc']}")
+
+
+def serve_until_signal(service, banner: str) -> None:
+    """Start ``service``, print ``banner``, run until SIGTERM/SIGINT, then stop it."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    print(banner, flush=True)
+    stop.wait()
+    service.stop()
+
+
+def fleet_key(var: str | None = None) -> bytes:
+    """The per-fleet signing key from the environment (``var``, else the usual names).
+
+    Registered for redaction.
+    Hex digits, as the board's config.json holds it (``ota_key``, unhexlified by
+    the firmware), so host and board hash with the same bytes.
+    """
+    names = (var,) if var else (KEY_VAR, *KEY_ALIASES)
+    name = next((n for n in names if env(n)), None)
+    if name is None:
+        raise UserError(f"{names[0]} is not set (in the environment or .env): "
+                        "the fleet's model signing key is required")
+    text = env(name).strip()
+    add_secret(text)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise UserError(f"{name}: expected hex digits (as in the boards' ota_key)") from None
+    if len(text) < MIN_KEY_HEX:
+        raise UserError(f"{name}: at least {MIN_KEY_HEX} hex digits (16 bytes) are needed")
+    return key
+
+
+def read_users(spec: str | None) -> dict[str, str]:
+    """device -> password from a file of ``device:password`` lines (or ``a:pw,b:pw``)."""
+    if not spec:
+        return {}
+    p = Path(spec)
+    lines = p.read_text().splitlines() if p.is_file() else spec.split(",")
+    out = {}
+    for ln in lines:
+        ln = ln.split("#")[0].strip()
+        if not ln:
+            continue
+        dev, sep, pw = ln.partition(":")
+        from edgewatch.core.schema import DEVICE_RE
+
+        if not sep or not pw or not DEVICE_RE.fullmatch(dev):
+            raise UserError(f"--users: {ln[:40]!r}: expected device:password")
+        out[dev] = pw
+    return out

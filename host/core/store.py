@@ -1,0 +1,472 @@
+"""The collector's database: SQLite by default, PostgreSQL (psycopg 3) or MySQL/MariaDB (PyMySQL).
+
+URLs: ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` (or a plain path),
+``postgresql://user:pw@host:5432/db``, ``mysql://user:pw@host:3306/db``.
+
+Tables (names optionally prefixed, so tests and several sites can share one database):
+
+- ``telemetry``: ``device, seq, t, received, anomaly, faults, model`` and one
+  DOUBLE column per channel, added the first time a channel is seen. This is the
+  shape ``edgewatch.training.forecast.data.load_db`` and ``edgewatch export`` read. ``t`` is the
+  board's time, or the arrival time when the board's clock was not set.
+  Beside each channel ``c`` the board's prediction and band are kept in
+  ``_pred_c``, ``_lo_c`` and ``_hi_c`` (a leading ``_`` is never a channel name,
+  so readers that take every other column as a channel are unaffected); the
+  verdict is ``anomaly`` and ``faults``. Indexed by (device, t) for charts.
+- ``alerts``: one row per alert message.
+- ``devices``: per-device status (state, last seen, firmware, model, outbox depth)
+  and the latest sample (``latest_t``, ``latest``: JSON of seq, values, pred,
+  band, anomaly, faults), so the fleet view is one small table read.
+- ``notifications``: the bridges' outcome of each alert and notification
+  (queued, sent, dry-run, retry, dead, cooldown, ratecap; provider reference).
+
+Existing databases migrate in place: missing tables, columns and the index are
+added when a :class:`Store` opens them for writing (``create=True``).
+
+``(device, seq)`` is the primary key of telemetry and alerts and every insert
+ignores a key already present, so a replayed or redelivered message is stored
+once however often it arrives; :meth:`Store.write` reports how many rows were new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from edgewatch.core.errors import UserError
+from edgewatch.core.schema import Alert, Status, Telemetry
+from edgewatch.core.settings import add_secret, safe_url
+
+log = logging.getLogger("edgewatch.store")
+
+ALERT_COLS = ("device", "seq", "t", "received", "sample", "rule", "channel", "value", "lo", "hi",
+              "pred", "model")
+TELEMETRY_META = ("device", "seq", "t", "received", "anomaly", "faults", "model")
+DEVICE_COLS = ("device", "state", "last_seen", "status_seq", "fw", "model", "outbox", "heap_free",
+               "dropped", "uptime", "error")
+NOTIFY_COLS = ("nkey", "device", "alert_seq", "kind", "notifier", "recipient", "state", "ref",
+               "error", "attempts", "updated")
+BAND = ("_pred_", "_lo_", "_hi_")  # column prefixes of a channel's prediction and band
+
+
+def band_columns(channel: str) -> tuple[str, str, str]:
+    """The columns holding a channel's prediction, band low and band high."""
+    return tuple(p + channel for p in BAND)
+
+
+def latest_json(rec: Telemetry) -> str:
+    """The devices table's copy of a device's newest sample."""
+    return json.dumps({"seq": rec.seq, "values": rec.values, "pred": rec.pred,
+                       "band": rec.band, "anomaly": rec.anomaly, "faults": list(rec.faults)},
+                      separators=(",", ":"))
+
+
+class Dialect:
+    """What differs between the three databases: driver, types, 'insert unless present', upsert."""
+
+    name = "sqlite"
+    ph = "?"
+    real = "DOUBLE PRECISION"
+    big = "BIGINT"
+
+    def q(self, ident: str) -> str:
+        return f'"{ident}"'
+
+    def columns(self, cols) -> tuple[str, str]:
+        """The quoted column list and the matching placeholders of an INSERT."""
+        return ", ".join(self.q(x) for x in cols), ", ".join([self.ph] * len(cols))
+
+    def insert_new(self, table: str, cols) -> str:
+        c, v = self.columns(cols)
+        return f"INSERT INTO {table} ({c}) VALUES ({v}) ON CONFLICT DO NOTHING"
+
+    def upsert(self, table: str, cols, key: str, merge: dict[str, str]) -> str:
+        """Insert or update ``cols``; ``merge`` maps a column to an expression of old/new."""
+        c, v = self.columns(cols)
+        sets = ", ".join(f"{self.q(k)} = {e.format(old=f'{table}.{self.q(k)}', new=f'excluded.{self.q(k)}')}"
+                         for k, e in merge.items())
+        return f"INSERT INTO {table} ({c}) VALUES ({v}) ON CONFLICT ({self.q(key)}) DO UPDATE SET {sets}"
+
+    greatest = "MAX"
+
+
+class Postgres(Dialect):
+    name = "postgresql"
+    ph = "%s"
+    greatest = "GREATEST"
+
+
+class MySQL(Dialect):
+    name = "mysql"
+    ph = "%s"
+    real = "DOUBLE"
+    greatest = "GREATEST"
+
+    def q(self, ident: str) -> str:
+        return f"`{ident}`"
+
+    def insert_new(self, table: str, cols) -> str:
+        c, v = self.columns(cols)
+        return f"INSERT IGNORE INTO {table} ({c}) VALUES ({v})"
+
+    def upsert(self, table: str, cols, key: str, merge: dict[str, str]) -> str:
+        c, v = self.columns(cols)
+        sets = ", ".join(f"{self.q(k)} = {e.format(old=self.q(k), new=f'VALUES({self.q(k)})')}"
+                         for k, e in merge.items())
+        return f"INSERT INTO {table} ({c}) VALUES ({v}) ON DUPLICATE KEY UPDATE {sets}"
+
+
+def connect(url: str, create: bool = True):
+    """(DB-API connection, Dialect) for a database URL; ``create`` makes a missing SQLite file."""
+    u = urlparse(url)
+    scheme = u.scheme.split("+")[0]
+    add_secret(u.password)
+    try:
+        if scheme in ("", "sqlite"):
+            path = url if not u.scheme else unquote(u.netloc + u.path)
+            if u.scheme and path.startswith("/") and not u.netloc:
+                path = path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+            if not path:
+                raise UserError(f"{url}: no database file in the URL")
+            if not create and not Path(path).is_file():
+                raise UserError(f"{path}: no such database file")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            # WAL with synchronous=NORMAL: a commit is in the WAL file (the OS has it)
+            # when commit() returns, but is fsynced only at checkpoints. The collector
+            # acks a message after its batch commits, so that is durable against the
+            # process being killed (kill -9, a crash), not against power loss or an OS
+            # crash, which may lose the last acked batches; use PostgreSQL/MariaDB (or
+            # synchronous=FULL) where that matters.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn, Dialect()
+        if scheme in ("postgresql", "postgres"):
+            import psycopg
+
+            return psycopg.connect(url.replace(u.scheme + "://", "postgresql://", 1),
+                                   connect_timeout=10), Postgres()
+        if scheme in ("mysql", "mariadb"):
+            import pymysql
+
+            return pymysql.connect(host=u.hostname or "localhost", port=u.port or 3306,
+                                   user=unquote(u.username or ""),
+                                   password=unquote(u.password or ""),
+                                   database=u.path.lstrip("/") or None, charset="utf8mb4",
+                                   autocommit=False, connect_timeout=10), MySQL()
+    except UserError:
+        raise
+    except Exception as exc:  # driver errors: one line, no traceback, no password
+        raise UserError(f"{safe_url(url)}: cannot open: {str(exc).splitlines()[0]}") from None
+    raise UserError(f"{safe_url(url)}: unknown database scheme {u.scheme!r} "
+                    "(use sqlite:///file.db, postgresql://..., mysql://...)")
+
+
+class Store:
+    """Batched, exactly-once writes of telemetry, alerts and device status."""
+
+    def __init__(self, url: str, table_prefix: str = "", create: bool = True):
+        if table_prefix and not table_prefix.replace("_", "").isalnum():
+            raise UserError(f"table prefix {table_prefix!r}: letters, digits and _ only")
+        self.url = url
+        self.conn, self.d = connect(url, create)
+        self.lock = threading.Lock()
+        q = self.d.q
+        self.t_tel = q(f"{table_prefix}telemetry")
+        self.t_alert = q(f"{table_prefix}alerts")
+        self.t_dev = q(f"{table_prefix}devices")
+        self.t_note = q(f"{table_prefix}notifications")
+        self.prefix = table_prefix
+        self.names = {"telemetry": f"{table_prefix}telemetry", "alerts": f"{table_prefix}alerts",
+                      "devices": f"{table_prefix}devices",
+                      "notifications": f"{table_prefix}notifications"}
+        if create:
+            try:
+                self._create()
+            except Exception as exc:  # no rights, a clashing table: one line, no traceback
+                self.close()
+                raise UserError(f"{safe_url(url)}: cannot create the tables: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                                ) from None
+        try:
+            self.channels = self._channel_columns()
+        except Exception:
+            self.close()
+            raise UserError(f"{safe_url(url)}: no table {self.names['telemetry']} "
+                            "(has the collector run?)") from None
+
+    # ------------------------------------------------------------ schema
+    def _create(self) -> None:
+        d, r, b = self.d, self.d.real, self.d.big
+        key = "VARCHAR(32) NOT NULL"
+        stmts = [
+            f"CREATE TABLE IF NOT EXISTS {self.t_tel} (device {key}, seq {b} NOT NULL, t {r}, "
+            f"received {r}, anomaly SMALLINT, faults VARCHAR(64), model VARCHAR(8), "
+            f"PRIMARY KEY (device, seq))",
+            f"CREATE TABLE IF NOT EXISTS {self.t_alert} (device {key}, seq {b} NOT NULL, t {r}, "
+            f"received {r}, sample {b}, {d.q('rule')} VARCHAR(16), channel VARCHAR(32), "
+            f"{d.q('value')} {r}, lo {r}, hi {r}, pred {r}, model VARCHAR(8), "
+            f"PRIMARY KEY (device, seq))",
+            f"CREATE TABLE IF NOT EXISTS {self.t_dev} (device {key} PRIMARY KEY, "
+            f"state VARCHAR(8), last_seen {r}, status_seq {b}, fw VARCHAR(32), model VARCHAR(8), "
+            f"outbox INTEGER, heap_free INTEGER, dropped {b}, uptime {r}, error VARCHAR(200), "
+            f"latest_t {r}, latest TEXT)",
+            f"CREATE TABLE IF NOT EXISTS {self.t_note} (nkey VARCHAR(190) NOT NULL PRIMARY KEY, "
+            f"device {key}, alert_seq {b}, kind VARCHAR(8), notifier VARCHAR(16), "
+            f"recipient VARCHAR(64), state VARCHAR(12), ref VARCHAR(64), error VARCHAR(200), "
+            f"attempts INTEGER, updated {r})",
+        ]
+        cur = self.conn.cursor()
+        for s in stmts:
+            cur.execute(s)
+        self.conn.commit()
+        # in-place migration of databases made before these columns and the index existed
+        have = self._columns(self.t_dev)
+        for col, typ in (("latest_t", r), ("latest", "TEXT")):
+            if col not in have:
+                self._alter(f"ALTER TABLE {self.t_dev} ADD COLUMN {col} {typ}")
+        self._index(f"{self.prefix}telemetry_device_t", self.t_tel, "device, t")
+        self._index(f"{self.prefix}notifications_device", self.t_note, "device, alert_seq")
+
+    def _columns(self, table: str) -> set[str]:
+        cur = self.conn.cursor()
+        cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+        cols = {c[0].lower() for c in cur.description}
+        cur.fetchall()
+        self.conn.commit()
+        return cols
+
+    def _alter(self, sql: str) -> None:
+        try:
+            self.conn.cursor().execute(sql)
+            self.conn.commit()
+        except Exception:  # another process migrated it first
+            self.conn.rollback()
+
+    def _index(self, name: str, table: str, cols: str) -> None:
+        cur = self.conn.cursor()
+        if self.d.name == "mysql":
+            cur.execute("SELECT COUNT(*) FROM information_schema.statistics WHERE "
+                        "table_schema = DATABASE() AND table_name = %s AND index_name = %s",
+                        (table.strip("`"), name))
+            if cur.fetchone()[0]:
+                self.conn.commit()
+                return
+            self._alter(f"CREATE INDEX {self.d.q(name)} ON {table} ({cols})")
+        else:
+            self._alter(f"CREATE INDEX IF NOT EXISTS {self.d.q(name)} ON {table} ({cols})")
+
+    def _channel_columns(self) -> set[str]:
+        cols = self._columns(self.t_tel)
+        self.band_cols = {c for c in cols if c.startswith("_")}
+        return {c for c in cols - set(TELEMETRY_META) if not c.startswith("_")}
+
+    def _ensure_channels(self, names: set[str], band: set[str] = frozenset()) -> None:
+        want = [(n, n) for n in sorted(names - self.channels)]
+        want += [(c, n) for n in sorted(band) for c in band_columns(n) if c not in self.band_cols]
+        for col, name in want:
+            cur = self.conn.cursor()
+            try:
+                cur.execute(f"ALTER TABLE {self.t_tel} ADD COLUMN {self.d.q(col)} {self.d.real}")
+                self.conn.commit()
+                log.info("telemetry: new column %s", col, extra={"channel": name})
+            except Exception:
+                # another collector added it first: refresh and carry on
+                self.conn.rollback()
+            self.channels = self._channel_columns()
+            if col not in self.channels | self.band_cols:
+                raise RuntimeError(f"cannot add channel column {col!r}")
+
+    # ------------------------------------------------------------ writes
+    def write(self, telemetry: list[tuple[Telemetry, float]], alerts: list[tuple[Alert, float]],
+              statuses: list[tuple[Status, float]] = ()) -> tuple[int, int]:
+        """Store one batch in one transaction; (new telemetry rows, new alert rows).
+
+        Each item is (record, arrival Unix time). Rows whose (device, seq) is
+        already stored are skipped by the database, not by this process, so
+        several collectors may write to one database.
+        """
+        with self.lock:
+            if telemetry:
+                self._ensure_channels({c.lower() for rec, _ in telemetry for c in rec.values},
+                                      {c.lower() for rec, _ in telemetry if rec.pred
+                                       for c in rec.pred})
+            try:
+                n_t = self._write_telemetry(telemetry) if telemetry else 0
+                n_a = self._write_alerts(alerts) if alerts else 0
+                self._write_devices(telemetry, alerts, statuses)
+                self.conn.commit()
+            except Exception:
+                self.conn.rollback()
+                raise
+        return n_t, n_a
+
+    def _write_telemetry(self, items) -> int:
+        chans = sorted({c.lower() for rec, _ in items for c in rec.values})
+        banded = sorted({c.lower() for rec, _ in items if rec.pred for c in rec.pred})
+        cols = list(TELEMETRY_META) + chans + [c for n in banded for c in band_columns(n)]
+        rows = []
+        lower: dict[tuple, bool] = {}  # channel-name tuple -> already lower case (the usual)
+        for rec, when in items:
+            vals = rec.values
+            keys = tuple(vals)
+            ok = lower.get(keys)
+            if ok is None:
+                ok = lower[keys] = all(k == k.lower() for k in keys)
+            if not ok:
+                vals = {k.lower(): v for k, v in vals.items()}
+            row = [rec.device, rec.seq, rec.t if rec.t is not None else when, when,
+                   int(rec.anomaly), ",".join(rec.faults), rec.model, *map(vals.get, chans)]
+            if banded:
+                pred = {k.lower(): v for k, v in (rec.pred or {}).items()}
+                band = {k.lower(): v for k, v in (rec.band or {}).items()}
+                for n in banded:
+                    b = band.get(n) or (None, None)
+                    row += (pred.get(n), b[0], b[1])
+            rows.append(row)
+        cur = self.conn.cursor()
+        cur.executemany(self.d.insert_new(self.t_tel, cols), rows)
+        return max(cur.rowcount, 0)
+
+    def _write_alerts(self, items) -> int:
+        rows = [(a.device, a.seq, a.t if a.t is not None else when, when, a.sample, a.rule,
+                 a.channel, a.value, a.band[0] if a.band else None,
+                 a.band[1] if a.band else None, a.pred, a.model) for a, when in items]
+        cur = self.conn.cursor()
+        cur.executemany(self.d.insert_new(self.t_alert, ALERT_COLS), rows)
+        return max(cur.rowcount, 0)
+
+    def _write_devices(self, telemetry, alerts, statuses) -> None:
+        g = self.d.greatest
+        seen: dict[str, tuple[float, str | None]] = {}
+        for rec, when in list(telemetry) + list(alerts):
+            last, model = seen.get(rec.device, (0.0, None))
+            seen[rec.device] = (max(last, when), rec.model or model)
+        cur = self.conn.cursor()
+        latest: dict[str, tuple[float, Telemetry]] = {}
+        for rec, when in telemetry:
+            t = rec.t if rec.t is not None else when
+            if rec.device not in latest or t >= latest[rec.device][0]:
+                latest[rec.device] = (t, rec)
+        if latest:
+            # the newest sample per device, kept only if newer than the stored one; the
+            # `latest` assignment comes first because MySQL evaluates them in order
+            newer = "CASE WHEN {old_t} IS NULL OR {new_t} >= {old_t} THEN {val} ELSE {old} END"
+            if self.d.name == "mysql":
+                o_t, n_t = self.d.q("latest_t"), "VALUES(latest_t)"
+            else:
+                o_t, n_t = f"{self.t_dev}.latest_t", "excluded.latest_t"
+            merge = {"latest": newer.format(old_t=o_t, new_t=n_t, val="{new}", old="{old}"),
+                     "latest_t": newer.format(old_t=o_t, new_t=n_t, val="{new}", old="{old}")}
+            sql = self.d.upsert(self.t_dev, ("device", "latest_t", "latest"), "device", merge)
+            cur.executemany(sql, [(dev, t, latest_json(rec))
+                                  for dev, (t, rec) in sorted(latest.items())])
+        if seen:
+            sql = self.d.upsert(self.t_dev, ("device", "state", "last_seen", "model"), "device",
+                                {"state": "{new}", "last_seen": g + "(COALESCE({old}, 0), {new})",
+                                 "model": "COALESCE({new}, {old})"})
+            cur.executemany(sql, [(dev, "online", when, model)
+                                  for dev, (when, model) in sorted(seen.items())])
+        if statuses:
+            merge = {c: "COALESCE({new}, {old})" for c in DEVICE_COLS[1:]}
+            merge["state"] = "{new}"
+            merge["last_seen"] = g + "(COALESCE({old}, 0), {new})"
+            sql = self.d.upsert(self.t_dev, DEVICE_COLS, "device", merge)
+            cur.executemany(sql, [(s.device, s.state, when, s.seq, s.fw, s.model, s.outbox,
+                                   s.heap_free, s.dropped, s.uptime, s.error)
+                                  for s, when in statuses])
+
+    def write_notifications(self, rows: list[dict]) -> None:
+        """Insert or update notification outcomes (dicts with the keys of NOTIFY_COLS)."""
+        if not rows:
+            return
+        merge = {c: "{new}" for c in NOTIFY_COLS[1:]}
+        merge["ref"] = merge["error"] = "COALESCE({new}, {old})"
+        sql = self.d.upsert(self.t_note, NOTIFY_COLS, "nkey", merge)
+        with self.lock:
+            try:
+                self.conn.cursor().executemany(sql, [tuple(r.get(c) for c in NOTIFY_COLS)
+                                                     for r in rows])
+                self.conn.commit()
+            except Exception:
+                self.conn.rollback()
+                raise
+
+    # ------------------------------------------------------------ reads
+    def query(self, sql: str, params=()) -> list[tuple]:
+        """Rows of a read-only query; ``{telemetry}``, ``{alerts}``, ``{devices}`` name the tables."""
+        with self.lock:
+            cur = self.conn.cursor()
+            cur.execute(sql.format(telemetry=self.t_tel, alerts=self.t_alert, devices=self.t_dev,
+                                   notifications=self.t_note,
+                                   ph=self.d.ph), params)
+            rows = [tuple(r) for r in cur.fetchall()]
+            self.cols = [c[0] for c in cur.description] if cur.description else []
+            self.conn.commit()
+            return rows
+
+    def count(self, table: str = "telemetry") -> int:
+        return self.query(f"SELECT COUNT(*) FROM {{{table}}}")[0][0]
+
+    def device_status(self, device: str) -> dict | None:
+        """The stored status row of one device as a dict, or None."""
+        rows = self.query(f"SELECT {', '.join(DEVICE_COLS)} FROM {{devices}} WHERE device = {{ph}}",
+                          (device,))
+        return dict(zip(DEVICE_COLS, rows[0], strict=True)) if rows else None
+
+    def drop(self) -> None:
+        """Drop this store's tables (tests)."""
+        with self.lock:
+            cur = self.conn.cursor()
+            for t in (self.t_tel, self.t_alert, self.t_dev, self.t_note):
+                cur.execute(f"DROP TABLE IF EXISTS {t}")
+            self.conn.commit()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+def read_telemetry(store: Store, device: str | None, channels: list[str] | None = None,
+         since: float | None = None, until: float | None = None):
+    """(device, channel names, rows of (t, [values...], anomaly)) from the telemetry table."""
+    devices = [r[0] for r in store.query("SELECT DISTINCT device FROM {telemetry} ORDER BY device")]
+    where = f"{safe_url(store.url)} {store.names['telemetry']}"
+    if device is None:
+        if len(devices) != 1:
+            raise UserError(f"{where}: choose a device with --device ({', '.join(devices) or 'none stored'})")
+        device = devices[0]
+    elif device not in devices:
+        raise UserError(f"{where}: no rows for device {device!r}")
+    have = sorted(store.channels)
+    if channels:
+        missing = [c for c in channels if c.lower() not in store.channels]
+        if missing:
+            raise UserError(f"{where}: no channel {missing[0]!r} (have {', '.join(have)})")
+        chans = [c.lower() for c in channels]
+    else:
+        chans = have
+    q = store.d.q
+    sql = (f"SELECT t, anomaly, {', '.join(q(c) for c in chans)} FROM {{telemetry}} "
+           "WHERE device = {ph}")
+    params: list = [device]
+    if since is not None:
+        sql += " AND t >= {ph}"
+        params.append(since)
+    if until is not None:
+        sql += " AND t < {ph}"
+        params.append(until)
+    rows = store.query(sql + " ORDER BY t, seq", tuple(params))
+    if not channels:
+        # channels this device never reported are left out (another board's sensors)
+        chans_used = [i for i, _ in enumerate(chans) if any(r[2 + i] is not None for r in rows)]
+        chans = [chans[i] for i in chans_used]
+        rows = [(r[0], r[1], *[r[2 + i] for i in chans_used]) for r in rows]
+    return device, chans, [(float(r[0]), [None if v is None else float(v) for v in r[2:]],
+                            int(r[1] or 0)) for r in rows]

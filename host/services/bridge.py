@@ -1,0 +1,662 @@
+"""Relay alerts from MQTT to phones (Twilio SMS) and other notifiers, once, and never lose one.
+
+    edgewatch bridge                          # SMS from TWILIO_* in env/.env, else a dry run
+    edgewatch bridge --notify sms,webhook --group bridges --outbox /var/lib/edgewatch/outbox.db
+
+Every alert goes through a persistent SQLite outbox before its MQTT
+acknowledgement, so it survives a bridge restart and an SMS-provider outage:
+sending is retried with exponential backoff on HTTP 5xx/429 and timeouts; a 4xx
+(a bad number, bad credentials) goes to dead-letter with one clear log line.
+
+A flapping sensor does not flood a phone: after an alert, the same
+(device, rule) is quiet for ``--cooldown`` seconds; alerts in that time are
+counted and sent as one digest when it ends. A global cap
+(``--max-per-minute``) holds back alerts beyond it the same way. A replayed
+alert (same device and seq) is sent once.
+
+Several bridges share the alerts with ``--group`` (MQTT shared subscription):
+each alert reaches one of them. Bridges on one host may also share one outbox
+file; a lease on each row makes sure only one of them sends it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import random
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from edgewatch.core.errors import UserError
+from edgewatch.core.schema import Alert, SchemaError, Status, parse, to_json
+from edgewatch.core.settings import (
+    MqttSettings,
+    add_mqtt_arguments,
+    connect,
+    env,
+    mqtt_client,
+    mqtt_settings,
+    safe_url,
+    serve_until_signal,
+)
+from edgewatch.core.store import Store
+from edgewatch.services.collector import parse_devices
+from edgewatch.services.metrics import Devices, Metrics, setup_logging
+from edgewatch.services.notifiers import Message, Notifier, PermanentError, TransientError, from_env
+
+log = logging.getLogger("edgewatch.bridge")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (device TEXT NOT NULL, seq INTEGER NOT NULL, received REAL,
+    outcome TEXT, PRIMARY KEY (device, seq));
+CREATE INDEX IF NOT EXISTS seen_received ON seen (received);
+CREATE TABLE IF NOT EXISTS cooldown (device TEXT NOT NULL, rule TEXT NOT NULL, until REAL,
+    suppressed INTEGER DEFAULT 0, since REAL, last TEXT, PRIMARY KEY (device, rule));
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,
+    notifier TEXT, recipient TEXT, subject TEXT, body TEXT, data TEXT, received REAL,
+    created REAL, next_try REAL, attempts INTEGER DEFAULT 0, state TEXT DEFAULT 'pending',
+    lease_until REAL DEFAULT 0, owner TEXT, last_error TEXT, sent_at REAL);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_try);
+"""
+
+
+# ---------------------------------------------------------------- texts
+
+def _num(x) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(t if t is not None else time.time()))
+
+
+def alert_text(a: Alert) -> str:
+    """The SMS text of one alert (short: one SMS segment for usual ids)."""
+    what = a.channel or "device"
+    if a.rule == "band" and a.band:
+        detail = f"{what} {_num(a.value)} outside {_num(a.band[0])}..{_num(a.band[1])}"
+    elif a.rule == "shift" and a.band:
+        detail = f"{what} mean {_num(a.value)} shifted outside {_num(a.band[0])}..{_num(a.band[1])}"
+    elif a.rule == "range":
+        detail = f"{what} {_num(a.value)} out of sensor range"
+    elif a.rule == "stuck" and a.channel is None:
+        detail = f"readings unchanged for {_num(a.value)} samples"
+    elif a.rule == "stuck":
+        detail = f"{what} stuck at {_num(a.value)}"
+    elif a.rule == "dropout":
+        detail = "missed samples"
+    else:
+        detail = f"{what} read failed"
+    return f"edgewatch {a.device}: {detail} ({a.rule}) at {_when(a.t)}"
+
+
+def digest_text(device: str, rule: str, n: int, since: float, last: str) -> str:
+    """The SMS text summarising alerts held back by the cooldown or the rate cap."""
+    return (f"edgewatch {device}: {n} more {rule} alert{'s' if n != 1 else ''} since "
+            f"{_when(since)} (last: {last})")
+
+
+# ---------------------------------------------------------------- outcomes
+
+def outcome_row(key: str, data: dict, notifier: str | None, recipient: str | None, state: str,
+                when: float, ref: str | None = None, error: str | None = None,
+                attempts: int = 0) -> dict:
+    """One row of the shared ``notifications`` table (host/store.py).
+
+    The outbox key names the recipient, so the row is keyed by its hash; the
+    recipient itself is kept only as its last 4 characters (the dashboard
+    shows who was notified without publishing phone numbers or addresses).
+    """
+    seq = data.get("seq") if data.get("kind", "alert") == "alert" else None
+    masked = f"…{recipient[-4:]}" if recipient else None
+    if error and recipient:
+        error = error.replace(recipient, masked)  # a provider's error may quote the number
+    return {"nkey": hashlib.sha1(key.encode()).hexdigest(), "device": data.get("device"),
+            "alert_seq": seq, "kind": data.get("kind", "alert"), "notifier": notifier,
+            "recipient": masked, "state": state,
+            "ref": ref, "error": (error or None) and error[:200], "attempts": attempts,
+            "updated": when}
+
+
+# ---------------------------------------------------------------- outbox
+
+class Outbox:
+    """The SQLite outbox: seen alerts, cooldowns, and the notifications to send.
+
+    One connection per thread (SQLite connections are not shared between
+    threads); WAL mode so the intake and the sender do not block each other,
+    and several processes may use one file.
+    """
+
+    def __init__(self, path: str | os.PathLike, cooldown: float = 300.0, max_per_minute: int = 20,
+                 lease: float = 30.0, max_age: float = 86400.0):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.cooldown, self.max_per_minute = cooldown, max_per_minute
+        self.lease, self.max_age = lease, max_age
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._local = threading.local()
+        # One writer at a time inside this process: SQLite's own busy handler
+        # would make a blocked thread sleep in growing steps (up to 100 ms).
+        self.wlock = threading.RLock()
+        self.records = []
+        try:
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path}: not a usable outbox database: {exc}") from None
+        self._release_dead_leases()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = c
+        return c
+
+    def _release_dead_leases(self) -> None:
+        """Rows leased by a process of this host that no longer runs are free again at once."""
+        host = socket.gethostname()
+        for (owner,) in self.db.execute("SELECT DISTINCT owner FROM outbox WHERE state='pending' "
+                                        "AND lease_until > ? AND owner LIKE ?",
+                                        (time.time(), f"{host}:%")).fetchall():
+            pid = int(owner.rsplit(":", 1)[1])
+            try:
+                os.kill(pid, 0)  # signal 0: only asks whether the process exists
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+            if not alive:
+                self.db.execute("UPDATE outbox SET lease_until = 0 WHERE owner = ? AND "
+                                "state='pending'", (owner,))
+
+    # intake ------------------------------------------------------------
+    records: list[dict]  # outcome rows for the shared database, taken by the bridge
+
+    def take_records(self) -> list[dict]:
+        """The outcome rows recorded since the last call (for ``Store.write_notifications``)."""
+        with self.wlock:
+            out, self.records = self.records, []
+            return out
+
+    def add_alerts(self, items: list[tuple[Alert, float]], notifiers: list[Notifier]) -> list[str]:
+        """Record alerts in one transaction; the outcome of each.
+
+        ``sent`` (notifications queued), ``replay`` (this device/seq was seen),
+        ``cooldown`` or ``ratecap`` (held back for a digest).
+        """
+        db, out = self.db, []
+        with self.wlock:
+            return self._add_alerts(db, out, items, notifiers)
+
+    def _add_alerts(self, db, out, items, notifiers) -> list[str]:
+        db.execute("BEGIN IMMEDIATE")
+        mark = len(self.records)
+        try:
+            for a, received in items:
+                cur = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, NULL)",
+                                 (a.device, a.seq, received))
+                if cur.rowcount == 0:
+                    out.append("replay")
+                    continue
+                outcome = self._decide(db, a, received)
+                if outcome != "sent":
+                    self.records.append(outcome_row(f"held:{a.device}:{a.seq}", to_json(a),
+                                                    None, None, outcome, received))
+                if outcome == "sent":
+                    self._queue(db, f"{a.device}:{a.seq}", alert_text(a),
+                                {"kind": "alert", **to_json(a)}, received, notifiers)
+                db.execute("UPDATE seen SET outcome = ? WHERE device = ? AND seq = ?",
+                           (outcome, a.device, a.seq))
+                out.append(outcome)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            del self.records[mark:]
+            raise
+        return out
+
+    def _rate_full(self, db, now: float) -> bool:
+        if self.max_per_minute <= 0:
+            return False
+        n = db.execute("SELECT COUNT(*) FROM seen WHERE outcome IN ('sent', 'digest') "
+                       "AND received > ?", (now - 60,)).fetchone()[0]
+        return n >= self.max_per_minute
+
+    def _decide(self, db, a: Alert, now: float) -> str:
+        row = db.execute("SELECT until, suppressed FROM cooldown WHERE device = ? AND rule = ?",
+                         (a.device, a.rule)).fetchone()
+        last = alert_text(a).split(": ", 1)[1]
+        if row and row[0] > now and self.cooldown > 0:
+            db.execute("UPDATE cooldown SET suppressed = suppressed + 1, last = ?, "
+                       "since = COALESCE(since, ?) WHERE device = ? AND rule = ?",
+                       (last, now, a.device, a.rule))
+            return "cooldown"
+        if self._rate_full(db, now):
+            db.execute("INSERT OR REPLACE INTO cooldown VALUES (?, ?, ?, 1, ?, ?)",
+                       (a.device, a.rule, now + min(self.cooldown, 60.0), now, last))
+            return "ratecap"
+        db.execute("INSERT OR REPLACE INTO cooldown VALUES (?, ?, ?, 0, NULL, NULL)",
+                   (a.device, a.rule, now + self.cooldown))
+        return "sent"
+
+    def _queue(self, db, key: str, body: str, data: dict, received: float,
+               notifiers: list[Notifier]) -> None:
+        now = time.time()
+        subject = body.split(": ", 1)[0]
+        for n in notifiers:
+            for r in n.recipients:
+                self.records.append(outcome_row(f"{n.name}:{r}:{key}", data, n.name, r,
+                                                "queued", now))
+                db.execute("INSERT OR IGNORE INTO outbox (key, notifier, recipient, subject, body, "
+                           "data, received, created, next_try) VALUES (?,?,?,?,?,?,?,?,?)",
+                           (f"{n.name}:{r}:{key}", n.name, r, subject, body,
+                            json.dumps(data), received, now, now))
+
+    def queue_digests(self, notifiers: list[Notifier], now: float | None = None) -> int:
+        """Turn ended cooldowns with held-back alerts into digest notifications; how many."""
+        now = time.time() if now is None else now
+        with self.wlock:
+            return self._queue_digests(self.db, notifiers, now)
+
+    def _queue_digests(self, db, notifiers, now) -> int:
+        db.execute("BEGIN IMMEDIATE")
+        n, mark = 0, len(self.records)
+        try:
+            rows = db.execute("SELECT device, rule, suppressed, since, last FROM cooldown "
+                              "WHERE until <= ? AND suppressed > 0", (now,)).fetchall()
+            for device, rule, count, since, last in rows:
+                if self._rate_full(db, now):
+                    # still over the cap: keep counting, try again in a minute
+                    db.execute("UPDATE cooldown SET until = ? WHERE device = ? AND rule = ?",
+                               (now + 60, device, rule))
+                    continue
+                key = f"digest:{device}:{rule}:{since:.6f}"
+                self._queue(db, key, digest_text(device, rule, count, since, last or ""),
+                            {"kind": "digest", "device": device, "rule": rule, "count": count,
+                             "since": since}, now, notifiers)
+                # the digest counts against the cap like an alert
+                db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, 'digest')",
+                           (f"digest:{device}", -int(now * 1000) - n, now))
+                db.execute("UPDATE cooldown SET until = ?, suppressed = 0, since = NULL "
+                           "WHERE device = ? AND rule = ?", (now + self.cooldown, device, rule))
+                n += 1
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            del self.records[mark:]
+            raise
+        return n
+
+    # sending -------------------------------------------------------------
+    def claim(self, limit: int = 20, now: float | None = None) -> list[dict]:
+        """Lease up to ``limit`` due notifications for this process (others skip leased rows)."""
+        now = time.time() if now is None else now
+        with self.wlock:
+            return self._claim(self.db, limit, now)
+
+    def _claim(self, db, limit, now) -> list[dict]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute("SELECT id, notifier, recipient, subject, body, data, received, "
+                              "attempts, created, key FROM outbox WHERE state = 'pending' AND "
+                              "next_try <= ? AND lease_until <= ? ORDER BY id LIMIT ?",
+                              (now, now, limit)).fetchall()
+            if rows:
+                db.executemany("UPDATE outbox SET lease_until = ?, owner = ? WHERE id = ?",
+                               [(now + self.lease, self.owner, r[0]) for r in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        keys = ("id", "notifier", "recipient", "subject", "body", "data", "received", "attempts",
+                "created", "key")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def sent(self, row_id: int) -> None:
+        with self.wlock:
+            self.db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, lease_until = 0 "
+                            "WHERE id = ?", (time.time(), row_id))
+
+    def retry(self, row_id: int, error: str, delay: float) -> None:
+        with self.wlock:
+            self.db.execute("UPDATE outbox SET attempts = attempts + 1, next_try = ?, "
+                            "lease_until = 0, last_error = ? WHERE id = ?", (time.time() + delay, error, row_id))
+
+    def dead(self, row_id: int, error: str) -> None:
+        with self.wlock:
+            self.db.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, "
+                            "lease_until = 0, last_error = ? WHERE id = ?", (error, row_id))
+
+    def next_due(self) -> float | None:
+        """When the earliest pending notification is due (None when there is none)."""
+        r = self.db.execute("SELECT MIN(MAX(next_try, lease_until)) FROM outbox "
+                            "WHERE state = 'pending'").fetchone()
+        return r[0]
+
+    def depth(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+
+    def prune(self, keep_days: float = 7.0) -> None:
+        """Forget seen alerts and finished notifications older than ``keep_days``."""
+        cut = time.time() - keep_days * 86400
+        with self.wlock:
+            self.db.execute("DELETE FROM seen WHERE received < ?", (cut,))
+            self.db.execute("DELETE FROM outbox WHERE state != 'pending' AND created < ?", (cut,))
+            self.db.execute("DELETE FROM cooldown WHERE until < ? AND suppressed = 0", (cut,))
+
+
+def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Delay before retry number ``attempt`` (1, 2, ...): exponential, capped, with ±20% jitter."""
+    return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+# ---------------------------------------------------------------- the service
+
+class Bridge:
+    """MQTT alerts -> Outbox -> notifiers. ``start()`` returns; ``stop()`` drains and disconnects."""
+
+    def __init__(self, outbox: Outbox, notifiers: list[Notifier], mqtt: MqttSettings, *,
+                 group: str | None = None, client_id: str | None = None,
+                 retry_base: float = 1.0, retry_cap: float = 300.0, workers: int = 4,
+                 devices: frozenset[str] | None = None, metrics: Metrics | None = None,
+                 results: Store | None = None):
+        if not notifiers:
+            raise UserError("no notifiers: give --notify sms,console,webhook,email")
+        self.outbox, self.notifiers, self.mqtt, self.group = outbox, notifiers, mqtt, group
+        self.by_name = {n.name: n for n in notifiers}
+        self.allowed = devices
+        self.retry_base, self.retry_cap = retry_base, retry_cap
+        self.metrics = metrics or Metrics("bridge")
+        self.devices = Devices(self.metrics)
+        digest = hashlib.sha1(f"{group}:{os.path.abspath(outbox.path)}".encode()).hexdigest()[:8]
+        self.client_id = client_id or f"edgewatch-bridge-{socket.gethostname()}-{digest}"[:64]
+        self.q: queue.Queue = queue.Queue()
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
+                                  role="bridge", prefetch=400)
+        self.client.on_message = self._on_message
+        self.workers = max(1, workers)
+        self.results = results  # the shared database, where each outcome is recorded
+        self._rlock = threading.Lock()
+
+    def _record(self, rows: list[dict]) -> None:
+        """Write outcome rows to the shared database; a failure there never holds back an alert."""
+        if self.results is None or not rows:
+            return
+        try:
+            with self._rlock:
+                self.results.write_notifications(rows)
+        except Exception as exc:
+            log.error("notifications to %s not recorded: %s", safe_url(self.results.url),
+                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _record_row(self, row: dict, state: str, ref=None, error=None, attempts=0) -> None:
+        self._record([outcome_row(row["key"], json.loads(row["data"] or "{}"), row["notifier"],
+                                  row["recipient"], state, time.time(), ref, error, attempts)])
+
+    # intake ------------------------------------------------------------
+    def _on_message(self, client, _userdata, msg) -> None:
+        now = time.time()
+        try:
+            rec = parse(msg.topic, msg.payload, self.mqtt.prefix)
+            self.metrics.received.labels(rec.kind).inc()
+            if self.allowed is not None and rec.device not in self.allowed:
+                raise SchemaError(f"unknown device {rec.device!r}")
+            if isinstance(rec, Status):
+                self.devices.status(rec, now)
+                client.ack(msg.mid, msg.qos)
+            elif isinstance(rec, Alert):
+                self.q.put((rec, now, msg.mid, msg.qos))
+            else:
+                client.ack(msg.mid, msg.qos)
+        except SchemaError as exc:
+            self.metrics.reject(log, msg.topic, exc.reason)
+            client.ack(msg.mid, msg.qos)
+        except Exception:  # one bad message never takes the bridge down
+            log.exception("unexpected error on %s", msg.topic[:120])
+            self.metrics.rejected.labels("error").inc()
+            client.ack(msg.mid, msg.qos)
+
+    def _intake_loop(self) -> None:
+        while not (self._stop.is_set() and self.q.empty()):
+            try:
+                items = [self.q.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            while len(items) < 200:
+                try:
+                    items.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            while True:
+                try:
+                    outcomes = self.outbox.add_alerts([(a, w) for a, w, _, _ in items],
+                                                      self.notifiers)
+                    break
+                except Exception as exc:  # the outbox is the alert's safety: never give up on it
+                    log.error("outbox %s: %s; retrying", self.outbox.path, exc)
+                    if self._stop.wait(1.0):
+                        return  # not acked: the broker delivers them again
+            self._record(self.outbox.take_records())
+            self.wake.set()
+            for (a, when, mid, qos), outcome in zip(items, outcomes, strict=True):
+                self.client.ack(mid, qos)
+                self.devices.seen(a.device, when, a.model)
+                if outcome == "replay":
+                    self.metrics.rejected.labels("replayed").inc()
+                    log.info("replayed alert %s seq %d already handled", a.device, a.seq,
+                             extra={"device": a.device, "seq": a.seq, "reason": "replayed"})
+                elif outcome in ("cooldown", "ratecap"):
+                    self.metrics.suppressed.labels(outcome).inc()
+                    log.info("alert %s seq %d held for a digest (%s)", a.device, a.seq, outcome,
+                             extra={"device": a.device, "seq": a.seq, "rule": a.rule,
+                                    "outcome": outcome})
+                else:
+                    log.info("alert %s seq %d %s queued", a.device, a.seq, a.rule,
+                             extra={"device": a.device, "seq": a.seq, "rule": a.rule})
+
+    # sending -----------------------------------------------------------
+    def _send_one(self, row: dict) -> None:
+        n = self.by_name.get(row["notifier"])
+        where = f"{row['notifier']} to {row['recipient']}"
+        if n is None:
+            # queued by a bridge run with other notifiers; wait for one that has it
+            self.outbox.retry(row["id"], f"notifier {row['notifier']} not enabled", 60)
+            return
+        msg = Message(row["subject"], row["body"], json.loads(row["data"] or "{}"))
+        try:
+            ref = n.send(row["recipient"], msg)
+        except PermanentError as exc:
+            self.outbox.dead(row["id"], str(exc))
+            self._record_row(row, "dead", error=str(exc), attempts=row["attempts"] + 1)
+            self.metrics.notifications.labels(n.name, "dead").inc()
+            log.error("dead-letter: %s for %s failed for good: %s (not retried)", where,
+                      row["subject"], exc, extra={"notifier": n.name, "outbox_id": row["id"]})
+            return
+        except Exception as exc:
+            transient = isinstance(exc, TransientError)
+            err = str(exc) if transient else f"{type(exc).__name__}: {exc}"
+            attempt = row["attempts"] + 1
+            if time.time() - row["created"] > self.outbox.max_age:
+                self.outbox.dead(row["id"], err)
+                self._record_row(row, "dead", error=err, attempts=attempt)
+                self.metrics.notifications.labels(n.name, "dead").inc()
+                log.error("dead-letter: %s for %s still failing after %.0f h: %s", where,
+                          row["subject"], self.outbox.max_age / 3600, err)
+                return
+            delay = backoff(attempt, self.retry_base, self.retry_cap)
+            self.outbox.retry(row["id"], err, delay)
+            self._record_row(row, "retry", error=err, attempts=attempt)
+            self.metrics.notifications.labels(n.name, "retry").inc()
+            log.warning("%s failed (%s); retry %d in %.1f s", where, err, attempt, delay,
+                        extra={"notifier": n.name, "outbox_id": row["id"], "attempt": attempt})
+            return
+        self.outbox.sent(row["id"])
+        self._record_row(row, "dry-run" if n.dry_run else "sent",
+                         ref=ref if isinstance(ref, str) else None, attempts=row["attempts"] + 1)
+        self.metrics.notifications.labels(n.name, "sent").inc()
+        self.metrics.latency.observe(max(0.0, time.time() - row["received"]))
+        log.info("sent %s: %s", where, row["body"],
+                 extra={"notifier": n.name, "outbox_id": row["id"]})
+
+    def _sender_loop(self) -> None:
+        last_digest = last_prune = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_digest >= 1.0:
+                    last_digest = time.monotonic()
+                    self.outbox.queue_digests(self.notifiers)
+                    self._record(self.outbox.take_records())
+                if time.monotonic() - last_prune >= 3600:
+                    last_prune = time.monotonic()
+                    self.outbox.prune()
+                rows = self.outbox.claim(limit=self.workers * 8)
+                if rows:
+                    self._send_rows(rows)
+                    continue
+                self.metrics.outbox_depth.set(self.outbox.depth())
+                due = self.outbox.next_due()
+                wait = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
+                self.wake.wait(wait)
+                self.wake.clear()
+            except Exception as exc:  # keep sending whatever one row or the file did
+                log.error("outbox %s: %s", self.outbox.path, exc)
+                self._stop.wait(1.0)
+
+    def _send_rows(self, rows: list[dict]) -> None:
+        if self.workers == 1 or len(rows) == 1:
+            for r in rows:
+                self._send_one(r)
+            return
+        # a slow provider must not hold back the other recipients: a few in parallel
+        it = iter(rows)
+        lock = threading.Lock()
+
+        def work():
+            while True:
+                with lock:
+                    r = next(it, None)
+                if r is None:
+                    return
+                self._send_one(r)
+
+        ts = [threading.Thread(target=work, daemon=True) for _ in range(min(self.workers, len(rows)))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    # lifecycle ---------------------------------------------------------
+    def start(self) -> Bridge:
+        for target, name in ((self._intake_loop, "bridge-intake"), (self._sender_loop, "bridge-send")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        share = f"$share/{self.group}/" if self.group else ""
+        connect(self.client, self.mqtt, [(f"{share}{self.mqtt.prefix}/+/alert", 1),
+                                         (f"{self.mqtt.prefix}/+/status", 1)])
+        log.info("bridge relaying alerts to %s", ", ".join(n.name for n in self.notifiers),
+                 extra={"outbox": self.outbox.path, "group": self.group or "",
+                        "client_id": self.client_id, "pending": self.outbox.depth()})
+        return self
+
+    def stop(self) -> None:
+        """Stop: alerts received are recorded in the outbox first; unsent ones stay there."""
+        self.client.on_message = None
+        self._stop.set()
+        self.wake.set()
+        for t in self._threads:
+            t.join(15)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def add_arguments(parser) -> None:
+    """Options of `edgewatch bridge`."""
+    parser.add_argument("--notify", help="notifiers, comma-separated: sms,console,webhook,email "
+                        "(env EDGEWATCH_NOTIFY; default sms)")
+    parser.add_argument("--outbox", help="outbox SQLite file (env EDGEWATCH_OUTBOX; "
+                        "default edgewatch-outbox.db)")
+    parser.add_argument("--db", help="shared database where each notification's outcome is "
+                        "recorded (the collector's; env EDGEWATCH_DB_URL; default "
+                        "sqlite:///edgewatch.db; 'none' records nothing)")
+    parser.add_argument("--table-prefix", default="", help="prefix of the table names")
+    parser.add_argument("--cooldown", type=float, default=None,
+                        help="seconds of quiet per device and rule after an alert (default 300)")
+    parser.add_argument("--max-per-minute", type=int, default=None,
+                        help="global cap on alerts sent per minute, 0 = none (default 20)")
+    parser.add_argument("--retry-base", type=float, default=1.0,
+                        help="first retry delay in seconds (doubles each time)")
+    parser.add_argument("--retry-cap", type=float, default=300.0, help="longest retry delay")
+    parser.add_argument("--group", help="shared-subscription group: bridges with the same group "
+                        "split the alerts (env EDGEWATCH_GROUP)")
+    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
+    parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
+                        "env EDGEWATCH_DEVICES); alerts of others are counted and dropped")
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus metrics on this port (env EDGEWATCH_METRICS_PORT)")
+    parser.add_argument("--metrics-addr", default="127.0.0.1")
+    parser.add_argument("--log-level", default="info")
+    add_mqtt_arguments(parser)
+
+
+def _number(value, name: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"{name}={value!r}: not a number") from None
+
+
+def run(args) -> int:
+    """Run the bridge until SIGTERM/SIGINT."""
+    setup_logging(args.log_level)
+    mqtt = mqtt_settings(args)
+    names = [x.strip() for x in (args.notify or env("EDGEWATCH_NOTIFY", "sms")).split(",")
+             if x.strip()]
+    notifiers = from_env(names)
+    outbox = Outbox(args.outbox or env("EDGEWATCH_OUTBOX", "edgewatch-outbox.db"),
+                    cooldown=_number(args.cooldown if args.cooldown is not None
+                                     else env("EDGEWATCH_COOLDOWN"), "--cooldown", 300.0),
+                    max_per_minute=int(_number(args.max_per_minute if args.max_per_minute
+                                               is not None else env("EDGEWATCH_MAX_PER_MINUTE"),
+                                               "--max-per-minute", 20)))
+    metrics = Metrics("bridge")
+    port = args.metrics_port or (int(env("EDGEWATCH_METRICS_PORT"))
+                                 if env("EDGEWATCH_METRICS_PORT") else None)
+    if port is not None:
+        bound = metrics.serve(port, args.metrics_addr)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
+    url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
+    results = None
+    if url.lower() != "none":
+        try:
+            results = Store(url, args.table_prefix)
+        except UserError as exc:  # alerts go out without the database; the outcomes do not
+            log.error("notification outcomes will not be recorded: %s", exc)
+    bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
+                    client_id=args.client_id, retry_base=args.retry_base,
+                    retry_cap=args.retry_cap, metrics=metrics,
+                    devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")),
+                    results=results)
+    serve_until_signal(bridge, f"bridge running, outbox {outbox.path} (pid {os.getpid()})")
+    if results is not None:
+        results.close()
+    return 0

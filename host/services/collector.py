@@ -1,0 +1,349 @@
+"""Store every telemetry sample and alert from MQTT in a database, exactly once per (device, seq).
+
+    edgewatch collect --db sqlite:///edgewatch.db
+    edgewatch collect --db postgresql://user@host/db --group collectors   # scale out
+
+Messages are validated by host/core/schema.py; a bad one (malformed JSON, wrong
+types, NaN/Inf, oversized, device id not matching the topic, a device not on
+the ``--devices`` list) is counted, logged and dropped, never stored.
+
+Writes are batched: a writer thread takes whatever has arrived (up to
+``--batch`` messages, waiting at most ``--flush-ms`` for the first) and stores it
+in one transaction. The MQTT acknowledgement of a message is sent only after
+its batch is committed, and the session is persistent, so a collector that
+dies mid-batch gets those messages again from the broker; the (device, seq)
+primary key then stores each once. Several collectors share the work with
+``--group`` (MQTT shared subscription ``$share/<group>/...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from edgewatch.core.errors import UserError
+from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
+from edgewatch.core.settings import (
+    MqttSettings,
+    add_mqtt_arguments,
+    connect,
+    env,
+    mqtt_client,
+    mqtt_settings,
+    safe_url,
+    serve_until_signal,
+)
+from edgewatch.core.store import Store
+from edgewatch.services import discovery
+from edgewatch.services.metrics import Devices, Metrics, setup_logging
+
+log = logging.getLogger("edgewatch.collector")
+
+
+def parse_devices(spec: str | None) -> frozenset[str] | None:
+    """The allowed device ids from ``a,b,c`` or a file with one id per line; None = any."""
+    if not spec:
+        return None
+    p = Path(spec)
+    if p.is_file():
+        items = [ln.split("#")[0].strip() for ln in p.read_text().splitlines()]
+        where = str(p)
+    else:
+        items, where = [x.strip() for x in spec.split(",")], "--devices"
+    items = [x for x in items if x]
+    for x in items:
+        if not DEVICE_RE.fullmatch(x):
+            raise UserError(f"{where}: {x!r} is not a device id (1-32 of A-Z a-z 0-9 _ -)")
+    return frozenset(items)
+
+
+def subscriptions(prefix: str, group: str | None, kinds=("telemetry", "alert")) -> list:
+    """Topics to subscribe to; shared (``$share/group/``) when a group is given.
+
+    Status is never shared: brokers do not deliver retained messages to shared
+    subscriptions, and every instance wants the status of every device.
+    """
+    share = f"$share/{group}/" if group else ""
+    subs = [(f"{share}{prefix}/+/{k}", 1) for k in kinds]
+    return subs + [(f"{prefix}/+/status", 1)]
+
+
+class _Handoff:
+    """The paho thread -> writer thread queue: a deque, with an Event only for an idle writer.
+
+    ``queue.Queue`` takes a lock and notifies a condition on every put, which
+    costs the paho thread (the collector's bottleneck) as much as a schema
+    check. ``deque.append``/``popleft`` are atomic; the event is set only when
+    it is not already, i.e. when the writer may be asleep waiting for work.
+    """
+
+    def __init__(self):
+        self._d: deque = deque()
+        self._ready = threading.Event()
+
+    def put(self, item) -> None:
+        self._d.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def empty(self) -> bool:
+        return not self._d
+
+    def qsize(self) -> int:
+        return len(self._d)
+
+    def take(self, batch: int, flush_s: float, idle_s: float = 0.2) -> list:
+        """Up to ``batch`` items: wait ``idle_s`` for the first, then ``flush_s`` to fill."""
+        d = self._d
+        if not d:
+            self._ready.clear()  # cleared before looking again, so a put now is not missed
+            if not d and not self._ready.wait(idle_s):
+                return []
+        deadline = time.monotonic() + flush_s
+        while len(d) < batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.002))  # a 2 ms poll: no per-message wake-ups
+        pop = d.popleft
+        return [pop() for _ in range(min(batch, len(d)))]
+
+
+class Collector:
+    """MQTT -> Store. ``start()`` connects and returns; ``stop()`` flushes and disconnects."""
+
+    def __init__(self, store: Store, mqtt: MqttSettings, *, group: str | None = None,
+                 devices: frozenset[str] | None = None, batch: int = 1000, flush_ms: int = 100,
+                 client_id: str | None = None, ha_discovery: bool = True, max_channels: int = 64,
+                 metrics: Metrics | None = None):
+        self.store, self.mqtt, self.group, self.allowed = store, mqtt, group, devices
+        self.batch, self.flush_s = max(1, batch), max(0.0, flush_ms / 1000)
+        self.ha_discovery, self.max_channels = ha_discovery, max_channels
+        self.metrics = metrics or Metrics("collector")
+        self.devices = Devices(self.metrics)
+        # stable across restarts (the broker keeps the session), unique per host and group
+        self.client_id = (client_id or
+                          f"edgewatch-collector-{socket.gethostname()}-{group or 'solo'}")[:64]
+        self.q = _Handoff()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._announced: dict[str, frozenset] = {}
+        # label lookups cost a lock and a dict each: resolve them once, not per message
+        self._rx = {k: self.metrics.received.labels(k)
+                    for k in ("telemetry", "alert", "status", "other")}
+        # Messages received per kind, counted with a plain int on the paho thread
+        # (the only writer) and added to the Prometheus counter by the writer
+        # thread once per batch: a Counter.inc takes a lock on every message.
+        self._nrx = dict.fromkeys(self._rx, 0)
+        self._nrx_flushed = dict.fromkeys(self._rx, 0)
+        # channel-name sets already known to fit the table (the same few every message)
+        self._fits: set[tuple] = set()
+        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
+                                  role="collector", prefetch=2 * self.batch)
+        self.client.on_message = self._on_message
+
+    # ------------------------------------------------------------ intake (paho thread)
+    def _on_message(self, client, _userdata, msg) -> None:
+        now = time.time()
+        topic = msg.topic  # a property that decodes the bytes on every access
+        try:
+            kind = topic[topic.rfind("/") + 1:]
+            self._nrx[kind if kind in self._nrx else "other"] += 1
+            rec = parse(topic, msg.payload, self.mqtt.prefix)
+            if self.allowed is not None and rec.device not in self.allowed:
+                raise SchemaError(f"unknown device {rec.device!r}")
+            if type(rec) is Telemetry:
+                keys = tuple(rec.values)
+                if keys not in self._fits:
+                    new = {c.lower() for c in rec.values} - self.store.channels
+                    if new and len(self.store.channels | new) > self.max_channels:
+                        raise SchemaError(f"values: channel {sorted(new)[0]!r} would exceed "
+                                          f"{self.max_channels} channel columns")
+                    if not new and len(self._fits) < 4096:  # columns only ever get added
+                        self._fits.add(keys)
+            self.q.put((rec, now, msg.mid, msg.qos))
+        except SchemaError as exc:
+            self.metrics.reject(log, topic, exc.reason)
+            client.ack(msg.mid, msg.qos)
+        except Exception:  # never let one message take the service down
+            log.exception("unexpected error on %s", topic[:120])
+            self.metrics.rejected.labels("error").inc()
+            client.ack(msg.mid, msg.qos)
+
+    # ------------------------------------------------------------ writer thread
+    def _take(self) -> list:
+        return self.q.take(self.batch, self.flush_s)
+
+    def _write(self, items) -> None:
+        tel = [(r, w) for r, w, _, _ in items if isinstance(r, Telemetry)]
+        alerts = [(r, w) for r, w, _, _ in items if isinstance(r, Alert)]
+        stats = [(r, w) for r, w, _, _ in items if isinstance(r, Status)]
+        t0 = time.perf_counter()
+        n_t, n_a = self.store.write(tel, alerts, stats)
+        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+        self.metrics.stored.labels("telemetry").inc(n_t)
+        self.metrics.stored.labels("alert").inc(n_a)
+        for kind, n_new, n_all in (("telemetry", n_t, len(tel)), ("alert", n_a, len(alerts))):
+            if n_all > n_new:
+                self.metrics.duplicates.labels(kind).inc(n_all - n_new)
+                self.metrics.rejected.labels("replayed").inc(n_all - n_new)
+                log.info("%d replayed %s messages already stored, skipped", n_all - n_new, kind,
+                         extra={"reason": "replayed", "count": n_all - n_new})
+
+    def _write_or_split(self, items) -> None:
+        """Write a batch; if the database refuses it while reachable, find and drop the bad rows."""
+        try:
+            self._write(items)
+            return
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            self.store.query("SELECT 1")
+        except Exception:
+            # the connection is gone: open a new one; the writer loop retries the batch
+            self._reconnect()
+            raise ConnectionError(first) from None
+        if len(items) == 1:
+            rec = items[0][0]
+            self.metrics.reject(log, f"{self.mqtt.prefix}/{rec.device}/{rec.kind}",
+                                f"database refused seq {getattr(rec, 'seq', None)}: {first}")
+            return
+        for it in items:
+            self._write_or_split([it])
+
+    def _reconnect(self) -> None:
+        old = self.store
+        old.close()
+        try:
+            self.store = Store(old.url, old.names["telemetry"][: -len("telemetry")])
+        except Exception as exc:
+            raise ConnectionError(str(exc)) from None
+        log.info("reconnected to %s", safe_url(old.url))
+
+    def _flush_received(self) -> None:
+        for kind, n in list(self._nrx.items()):
+            if n > self._nrx_flushed[kind]:
+                self._rx[kind].inc(n - self._nrx_flushed[kind])
+                self._nrx_flushed[kind] = n
+
+    def _writer_loop(self) -> None:
+        backoff = 0.5
+        pending: list = []
+        while True:
+            self._flush_received()
+            if not pending:
+                if self._stop.is_set() and self.q.empty():
+                    return
+                pending = self._take()
+                if not pending:
+                    continue
+            try:
+                self._write_or_split(pending)
+            except Exception as exc:
+                # database down: keep the batch unacknowledged and try again
+                log.error("database %s unavailable (%s); retrying in %.1f s",
+                          safe_url(self.store.url), exc, backoff)
+                if self._stop.is_set() and time.monotonic() > self._stop_deadline:
+                    log.error("stopping with %d messages not stored; the broker keeps them "
+                              "for this session", len(pending) + self.q.qsize())
+                    return
+                time.sleep(0.2 if self._stop.is_set() else backoff)
+                backoff = min(backoff * 2, 30)
+                continue
+            backoff = 0.5
+            try:
+                self._after_commit(pending)
+            except Exception:  # status/discovery bookkeeping must not stop the writer
+                log.exception("after storing a batch")
+            pending = []
+
+    def _after_commit(self, pending) -> None:
+        last: dict[str, tuple] = {}
+        for rec, when, mid, qos in pending:
+            self.client.ack(mid, qos)
+            if isinstance(rec, Status):
+                self.devices.status(rec, when)
+            else:
+                last[rec.device] = (when, rec.model)
+                if isinstance(rec, Telemetry) and self.ha_discovery:
+                    self._announce(rec)
+        for device, (when, model) in last.items():  # once per device per batch
+            self.devices.seen(device, when, model)
+
+    def _announce(self, rec: Telemetry) -> None:
+        chans = frozenset(rec.values)
+        if self._announced.get(rec.device) == chans:
+            return
+        self._announced[rec.device] = chans
+        discovery.publish(self.client, rec.device, sorted(chans), self.mqtt.prefix,
+                          model=rec.model)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> Collector:
+        self._stop_deadline = float("inf")
+        self._writer = threading.Thread(target=self._writer_loop, name="collector-writer",
+                                        daemon=True)
+        self._writer.start()
+        connect(self.client, self.mqtt, subscriptions(self.mqtt.prefix, self.group))
+        log.info("collector storing to %s", safe_url(self.store.url),
+                 extra={"group": self.group or "", "client_id": self.client_id})
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, store what arrived, acknowledge it, disconnect."""
+        self.client.on_message = None
+        self._stop_deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._writer:
+            self._writer.join(timeout + 1)
+        self._flush_received()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def add_arguments(parser) -> None:
+    """Options of `edgewatch collect`."""
+    parser.add_argument("--db", help="database URL: sqlite:///file.db (default "
+                        "sqlite:///edgewatch.db), postgresql://..., mysql://... (env EDGEWATCH_DB_URL)")
+    parser.add_argument("--table-prefix", default="", help="prefix of the table names")
+    parser.add_argument("--group", help="shared-subscription group: instances with the same "
+                        "group split the messages (env EDGEWATCH_GROUP)")
+    parser.add_argument("--devices", help="only these device ids (a,b,c or a file, one per line; "
+                        "env EDGEWATCH_DEVICES); others are counted and dropped")
+    parser.add_argument("--batch", type=int, default=1000, help="max messages per transaction")
+    parser.add_argument("--flush-ms", type=int, default=100,
+                        help="max wait to fill a batch (ms)")
+    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
+    parser.add_argument("--no-discovery", action="store_true",
+                        help="do not publish Home Assistant discovery configs")
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus metrics on this port (env EDGEWATCH_METRICS_PORT)")
+    parser.add_argument("--metrics-addr", default="127.0.0.1")
+    parser.add_argument("--log-level", default="info")
+    add_mqtt_arguments(parser)
+
+
+def run(args) -> int:
+    """Run the collector until SIGTERM/SIGINT."""
+    setup_logging(args.log_level)
+    mqtt = mqtt_settings(args)
+    url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
+    devices = parse_devices(args.devices or env("EDGEWATCH_DEVICES"))
+    store = Store(url, args.table_prefix)
+    metrics = Metrics("collector")
+    port = args.metrics_port or (int(env("EDGEWATCH_METRICS_PORT")) if env("EDGEWATCH_METRICS_PORT")
+                                 else None)
+    if port is not None:
+        bound = metrics.serve(port, args.metrics_addr)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
+    col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
+                    batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
+                    ha_discovery=not args.no_discovery, metrics=metrics)
+    serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
+    store.close()
+    return 0

@@ -1,0 +1,213 @@
+"""Score on the host for boards that send readings but run no model; publish their alerts.
+
+    edgewatch score --model models/default --sensor dht22
+
+The same model and the same rule as on the board: predictions come from the
+model folder's ``model.tflite`` through the TensorFlow Lite Micro reference
+interpreter (bit-exact with the board's int8 engine), quantised with the
+parameters of its ``model.ewb``; the rule is the firmware's own
+``firmware/detector.py`` (loaded here in CPython), with k, ε and the σ window
+from the blob. A value outside prediction ± k·(σ_window + ε) gives a ``band``
+alert in the board's format on ``<prefix>/<device>/alert``; when the blob
+carries a shift calibration, a sustained move of the rolling mean gives a
+``shift`` alert, as on the board.
+
+Only the model's rules (``band``, ``shift``) are published: a board without a model still runs its
+fault rules (stuck, range, dropout, read) and sends those itself. Telemetry that
+carries a ``model`` id is skipped (that board scores itself) unless ``--all``.
+
+An alert's ``seq`` is ``2^62 + 16·sample + i`` (docs/messages.md): it never
+collides with the board's own counter, and scoring the same sample again (a
+redelivery, a second scorer) gives the same seq, so the collector and the bridge
+keep it once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+
+from edgewatch.core import firmware
+from edgewatch.core.errors import UserError
+from edgewatch.core.schema import SchemaError, Telemetry, parse, parse_alert
+from edgewatch.core.settings import add_mqtt_arguments, connect, mqtt_client, mqtt_settings
+from edgewatch.services.metrics import Metrics, setup_logging
+
+log = logging.getLogger("edgewatch.score")
+HOST_SEQ_BASE = 2**62
+# The largest sample seq whose alert seqs still fit the contract's 63-bit range.
+MAX_SAMPLE = (2**63 - 1 - HOST_SEQ_BASE) // 16
+MODEL_RULES = ("band", "shift")  # the rules that need the model; the board runs the rest itself
+
+
+def alert_seq(sample: int, index: int) -> int:
+    """The seq of the ``index``-th host alert about telemetry record ``sample``."""
+    return HOST_SEQ_BASE + 16 * sample + index
+
+
+class HostModel:
+    """The board engine's interface (window, names, offset, scale, k, eps, sigma_window,
+    model_id, predict) over the TFLite Micro interpreter and a model folder."""
+
+    def __init__(self, model_dir: str | Path):
+        from edgewatch.training.export import blob
+        from edgewatch.training.export.convert import TFLM_ARENA
+
+        d = Path(model_dir)
+        for name in ("model.tflite", "model.ewb"):
+            if not (d / name).is_file():
+                raise UserError(f"{d / name}: missing (run `edgewatch convert --model {d}` first)")
+        try:
+            spec = blob.read((d / "model.ewb").read_bytes())
+        except blob.BlobError as exc:
+            raise UserError(f"{d / 'model.ewb'}: {exc}") from None
+        tflite = (d / "model.tflite").read_bytes()
+        if blob.model_id_of(tflite) != spec.model_id:
+            raise UserError(f"{d}: model.tflite and model.ewb are different models "
+                            f"({blob.model_id_of(tflite)} vs {spec.model_id})")
+        from tflite_micro.python.tflite_micro import runtime
+
+        self.interp = runtime.Interpreter.from_bytes(tflite, arena_size=TFLM_ARENA)
+        self.window, self.names = spec.window, list(spec.names)
+        self.channels = len(self.names)
+        self.offset, self.scale = list(spec.offset), list(spec.scale)
+        self.k, self.eps = spec.detector.k, spec.detector.eps
+        self.sigma_window = spec.detector.sigma_window
+        self.model_id = spec.model_id
+        self.quant = (spec.in_scale, spec.in_zp, spec.out_scale, spec.out_zp)
+        # the int8 net may predict the change from the newest sample (docs/model_blob.md)
+        self.residual = bool(getattr(spec, "residual", False))
+        # the sustained-shift section as the engine hands it over (raw; the detector parses it)
+        self.shift = None if spec.shift is None else blob.shift_section(spec.shift, self.channels)
+        self.still = spec.still
+        self.lock = threading.Lock()
+
+    def predict(self, norm_window) -> list[float]:
+        """Normalised window (window*channels, oldest first) -> normalised prediction per channel."""
+        import numpy as np
+        from edgewatch.training.export.convert import dequantize, quantize
+
+        s_in, z_in, s_out, z_out = self.quant
+        x = quantize(np.asarray(norm_window, np.float64), s_in, z_in)
+        with self.lock:  # one interpreter, its tensors are shared state
+            self.interp.set_input(x.reshape(1, self.window, self.channels), 0)
+            self.interp.invoke()
+            y = np.array(self.interp.get_output(0), np.int8).reshape(-1)
+        pred = [float(v) for v in dequantize(y, s_out, z_out)]
+        if self.residual:  # added in float, as the board's engine does
+            last = len(norm_window) - self.channels
+            pred = [p + float(norm_window[last + c]) for c, p in enumerate(pred)]
+        return pred
+
+
+class Scorer:
+    """Per-device firmware detectors over one HostModel; telemetry in, board-format alerts out."""
+
+    def __init__(self, model: HostModel, sensor: str = "dht22"):
+        self.detector_mod = firmware.load("detector")
+        self.shift_mod = firmware.load("shift")  # the board imports it by name; here it is passed in
+        sensors = firmware.load("sensors")
+        if sensor not in sensors.RANGES:
+            raise UserError(f"--sensor {sensor!r}: use one of {', '.join(sorted(sensors.RANGES))}")
+        self.model, self.sensor_names = model, list(sensors.NAMES)
+        self.limits = sensors.RANGES[sensor]
+        self.dets: dict[str, object] = {}
+        self.last_seq: dict[str, int] = {}
+        # only the band rule is the host's job; fault rules stay quiet here
+        self.params = {"k": None, "eps": None, "sigma_window": None, "stuck_samples": 10**9,
+                       "dropout_periods": 10**9, "still_samples": 0}
+
+    def _detector(self, device: str):
+        d = self.dets.get(device)
+        if d is None:
+            m = self.model
+            d = self.detector_mod.Detector(self.sensor_names, self.limits, self.params,
+                                           {"k": m.k, "eps": m.eps, "sigma_window": m.sigma_window},
+                                           self.shift_mod)
+            try:
+                d.set_model(m)
+            except self.detector_mod.ModelMismatch as exc:
+                raise UserError(f"model {m.model_id}: {exc}") from None
+            self.dets[device] = d
+        return d
+
+    def step(self, rec: Telemetry) -> list[dict]:
+        """The model's alerts (band, shift; message dicts) for one telemetry record, in arrival order per device.
+
+        A record at or below the device's last scored seq (a replay, or late) is
+        skipped: the rule depends on the history, which has moved on.
+        """
+        if rec.seq <= self.last_seq.get(rec.device, -1) or rec.seq > MAX_SAMPLE:
+            return []
+        self.last_seq[rec.device] = rec.seq
+        lower = {k.lower(): v for k, v in rec.values.items()}
+        values = [lower.get(n) for n in self.sensor_names]
+        if all(v is None for v in values):
+            values = None
+        out = []
+        for rule, channel, value, lo, hi, pred in self._detector(rec.device).step(values):
+            if rule not in MODEL_RULES:
+                continue
+            msg = {"v": 1, "device": rec.device, "seq": alert_seq(rec.seq, len(out)), "t": rec.t,
+                   "sample": rec.seq, "rule": rule, "channel": channel, "value": value,
+                   "band": [lo, hi], "pred": pred, "model": self.model.model_id}
+            parse_alert(msg, rec.device)  # what we publish passes our own parser
+            out.append(msg)
+        return out
+
+
+def add_arguments(parser) -> None:
+    """Options of `edgewatch score`."""
+    parser.add_argument("--model", required=True, help="converted model folder (model.tflite, model.ewb)")
+    parser.add_argument("--sensor", default="dht22",
+                        help="sensor kind of the boards (dht22, dht11, shtc3): its physical range "
+                             "keeps impossible readings out of the history, as on the board")
+    parser.add_argument("--all", action="store_true",
+                        help="also score telemetry of boards that run a model themselves")
+    parser.add_argument("--log-level", default="info")
+    add_mqtt_arguments(parser)
+
+
+def run(args) -> int:
+    """Score telemetry until SIGTERM/SIGINT."""
+    setup_logging(args.log_level)
+    mqtt = mqtt_settings(args)
+    model = HostModel(args.model)
+    scorer = Scorer(model, args.sensor)
+    metrics = Metrics("score")
+    client = mqtt_client(mqtt, f"edgewatch-score-{socket.gethostname()}-{model.model_id}"[:64])
+    lock = threading.Lock()
+
+    def on_message(c, _u, msg):
+        try:
+            rec = parse(msg.topic, msg.payload, mqtt.prefix)
+            if not isinstance(rec, Telemetry) or (rec.model and not args.all):
+                return
+            with lock:
+                alerts = scorer.step(rec)
+            for a in alerts:
+                c.publish(f"{mqtt.prefix}/{rec.device}/alert",
+                          json.dumps(a, separators=(",", ":")), qos=1)
+                log.info("band alert %s sample %d %s", rec.device, rec.seq, a["channel"],
+                         extra={"device": rec.device, "sample": rec.seq})
+        except SchemaError as exc:
+            metrics.reject(log, msg.topic, exc.reason)
+        except Exception:  # one bad message never stops scoring
+            log.exception("unexpected error on %s", msg.topic[:120])
+
+    client.on_message = on_message
+    # No shared subscription: the rule needs each device's history in one process.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    connect(client, mqtt, [(f"{mqtt.prefix}/+/telemetry", 1)])
+    print(f"scoring with model {model.model_id} ({', '.join(model.names)}, window "
+          f"{model.window})", flush=True)
+    stop.wait()
+    client.disconnect()
+    client.loop_stop()
+    return 0

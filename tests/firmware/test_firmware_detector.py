@@ -1,0 +1,189 @@
+"""The detector inside MicroPython against a numpy rendering of the seed's is_anomalie."""
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgewatch.board.catalog import heap_budget
+from edgewatch.core import mpy
+
+HEAP = heap_budget("esp32-devkitc-dht22")
+OCCUPANCY = Path(mpy.ROOT).parent / "shared" / "data" / "occupancy" / "datatraining.txt"
+
+# A stand-in model (persistence forecast) in the blob's channel order, which differs from
+# the sensor's (temperature, humidity), so the channel mapping is exercised too.
+MODEL = """
+class M:
+    window = 6
+    names = ['Humidity', 'Temperature']
+    model_id = 'abcdef01'
+    k = 3.0
+    eps = 0.01
+    sigma_window = 6
+    offset = [16.0, 19.0]
+    scale = [23.0, 4.5]
+    shift = None
+    still = 0
+    def predict(self, w):
+        n = 2
+        return [w[(self.window - 1) * n + j] for j in range(n)]
+"""
+
+PARAMS = {"k": None, "eps": None, "sigma_window": None, "stuck_samples": 1000,
+          "dropout_periods": 1}
+FALLBACK = {"k": 3.0, "eps": 0.01, "sigma_window": 24}
+
+
+def _detector_code(params=PARAMS, kind="dht22"):
+    return (MODEL + "import detector, sensors, json\n"
+            f"d = detector.Detector(list(sensors.NAMES), sensors.RANGES[{kind!r}], "
+            f"{json.dumps(params).replace('null', 'None')}, {json.dumps(FALLBACK)})\n")
+
+
+def test_band_rule_matches_numpy_population_std(tmp_path):
+    rows = list(csv.reader(open(OCCUPANCY)))[1 + 2000:1 + 2300]
+    x = np.array([[float(r[2]), float(r[3])] for r in rows], dtype=np.float32)  # temp, hum
+    for i in (50, 120, 121, 200):  # injected spikes
+        x[i, 0] += 1.5
+    x[250, 1] -= 4.0
+    (tmp_path / "x.json").write_text(json.dumps(x.tolist()))
+    code = _detector_code() + """
+d.set_model(M())
+for row in json.load(open('x.json')):
+    al = d.step(row)
+    b = [a[1] for a in al if a[0] == 'band']
+    print(json.dumps([b, d.lo if d.has_band else None, d.hi if d.has_band else None]))
+"""
+    out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
+    offset, scale = np.array([19.0, 16.0]), np.array([4.5, 23.0])  # sensor order
+    norm = (x.astype(np.float64) - offset) / scale
+    w = 6
+    flagged = set()
+    for t in range(len(x)):
+        got_flags, lo, hi = out[t]
+        if t < w:
+            assert lo is None and got_flags == []
+            continue
+        pred = norm[t - 1]
+        sigma = norm[t - w:t].std(axis=0)  # population std, as numpy's default
+        half = 3.0 * (sigma + 0.01)
+        want = [name for c, name in enumerate(("temperature", "humidity"))
+                if not (pred[c] - half[c] < norm[t, c] < pred[c] + half[c])]
+        assert sorted(got_flags) == sorted(want), t
+        assert lo == pytest.approx(((pred - half) * scale + offset).tolist(), abs=2e-3)
+        assert hi == pytest.approx(((pred + half) * scale + offset).tolist(), abs=2e-3)
+        flagged.update((t, c) for c in got_flags)
+    # every injected spike is caught (121 rides on 120's spike, which widened sigma)
+    assert {(50, "temperature"), (120, "temperature"), (200, "temperature"),
+            (250, "humidity")} <= flagged
+
+
+def test_fault_rules_name_rule_channel_value_and_band(tmp_path):
+    params = dict(PARAMS, stuck_samples=3, dropout_periods=2)
+    code = _detector_code(params, "dht11") + """
+def show(al):
+    print(json.dumps([list(a) for a in al]))
+show(d.step([21.0, 40.0]))
+show(d.step([21.0, 41.0]))
+show(d.step([21.0, 42.0], missed=1))
+show(d.step([55.0, 42.0], missed=2))
+show(d.step(None))
+show(d.step([22.0, 10.0]))
+"""
+    out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
+    assert out[0] == [] and out[1] == []
+    assert out[2] == [["stuck", "temperature", 21.0, None, None, None]]
+    assert out[3] == [["dropout", None, 2, None, None, None],
+                      ["range", "temperature", 55.0, 0.0, 50.0, None]]
+    assert out[4] == [["read", None, None, None, None, None]]
+    assert out[5] == [["range", "humidity", 10.0, 20.0, 90.0, None]]
+
+
+def test_config_parameters_override_the_blob_and_bad_models_are_refused(tmp_path):
+    params = dict(PARAMS, k=5.0, sigma_window=4)
+    code = _detector_code(params) + """
+d.set_model(M())
+print(d.k, d.eps, d.sigma_window)
+class Bad(M):
+    names = ['pressure', 'temperature']
+try:
+    d.set_model(Bad())
+except detector.ModelMismatch as e:
+    print('refused')
+print(d.model.model_id)
+"""
+    out = mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split()
+    assert out == ["5.0", "0.01", "4", "refused", "abcdef01"]
+
+
+def test_shift_rule_is_the_hosts_ms_ensemble_test(tmp_path):
+    """The board's shift rule (rolling means, the blob's calibration) gives the host's verdicts
+    row for row, names the channel that moved, and is off with shift_factor=0."""
+    from edgewatch.training.export import shiftcal
+
+    rows = list(csv.reader(open(OCCUPANCY)))[1:1 + 1100]
+    x = np.array([[float(r[2]), float(r[3])] for r in rows], dtype=np.float32)  # temp, hum
+    x[700:900, 0] += 5.0  # a heater left on: a sustained step, no spike at any single row
+    x = x.astype(np.float64)
+    cal = shiftcal.calibrate(x[:400])
+    want = shiftcal.score(cal, x)
+    assert want[700:900].any() and not want[:700].any()  # the test itself can fail
+    # blob channel order (humidity, temperature) differs from the sensor's
+    perm = [1, 0]
+    flat = [*cal.center[perm], *cal.spread[perm], *cal.matrix[np.ix_(perm, perm)].reshape(-1)]
+    shift = struct.pack("<Hf", cal.window, cal.factor) + struct.pack(f"<{len(flat)}f", *flat)
+    bad = bytearray(shift)
+    struct.pack_into("<f", bad, 6 + 4 * 2, -1.0)  # a negative spread
+    (tmp_path / "x.txt").write_text("".join(f"{t!r} {h!r}\n" for t, h in x.tolist()))
+    code = MODEL.replace("    shift = None\n", f"    shift = {shift!r}\n") + """
+import detector, sensors, json
+class Bad(M):
+    shift = BAD
+try:
+    detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], PARAMS, FALLBACK).set_model(Bad())
+except detector.ModelMismatch as e:
+    print('refused', 0, json.dumps(str(e)))
+for tag, params in (('on', PARAMS), ('off', OFF)):
+    d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], params, FALLBACK)
+    d.set_model(M())
+    for i, line in enumerate(open('x.txt')):
+        for a in d.step([float(v) for v in line.split()]):
+            if a[0] == 'shift':
+                print(tag, i, json.dumps(list(a)))
+"""
+    code = (f"PARAMS = {json.dumps(PARAMS)}\nOFF = {json.dumps(dict(PARAMS, shift_factor=0))}\n"
+            f"FALLBACK = {json.dumps(FALLBACK)}\n").replace("null", "None") + f"BAD = {bytes(bad)!r}\n" + code
+    lines = [line.split(" ", 2) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
+    assert lines[0] == ["refused", "0", json.dumps("shift calibration: value 2 is -1.0")]
+    on = {int(i): json.loads(a) for tag, i, a in lines[1:] if tag == "on"}
+    assert len(on) == len(lines) - 1  # one shift alert per row at most, and none when off
+    got = np.zeros(len(x), dtype=bool)
+    got[list(on)] = True
+    np.testing.assert_array_equal(got, want)
+    rule, channel, value, lo, hi, pred = on[min(on)]
+    assert (rule, channel) == ("shift", "temperature")
+    assert value > hi and lo < pred < hi  # the rolling mean left the limits around its usual level
+    assert abs(pred - cal.center[0]) < 1e-3
+
+
+def test_whole_reading_stuck_rule_from_the_blob(tmp_path):
+    """A model with still = 4: the fifth identical reading in a row (4 repeats) is a stuck
+    alert for the device, again every 4 repeats; one channel changing resets it; the
+    per-channel rule keeps its own limit; still_samples = 0 turns it off."""
+    code = MODEL.replace("    still = 0\n", "    still = 4\n") + f"""
+import detector, sensors, json
+ROWS = [[20.0, 50.0]] * 9 + [[20.0, 50.5]] + [[20.0, 50.5]] * 5
+for st in (None, 0):
+    params = dict({PARAMS!r}, still_samples=st)
+    d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], params, {FALLBACK!r})
+    d.set_model(M())
+    print(json.dumps([[list(a) for a in d.step(r) if a[0] == 'stuck'] for r in ROWS]))
+""".replace("null", "None")
+    on, off = (json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines())
+    fired = {i: a for i, a in enumerate(on) if a}
+    assert fired == {4: [["stuck", None, 4, None, None, None]], 8: [["stuck", None, 8, None, None, None]],
+                     13: [["stuck", None, 4, None, None, None]]}
+    assert not any(off)

@@ -1,0 +1,259 @@
+"""The collector against a real Mosquitto (TLS, passwords, device ACL) and real SQLite, PostgreSQL, MariaDB."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+from edgewatch.core.settings import MqttSettings
+from edgewatch.core.store import Store
+from edgewatch.services.broker import DEVICE_ACL, Broker
+from edgewatch.services.collector import Collector, _Handoff, parse_devices
+from hostkit import HOST_PW, Board, alert, service_env, spawn, telemetry, wait_until
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+MY = "mysql://root@127.0.0.1:3306/test"
+
+
+def _reachable(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _open(url: str) -> Store:
+    prefix = f"ew{uuid.uuid4().hex[:10]}_"
+    try:
+        return Store(url, prefix)
+    except Exception as exc:
+        pytest.skip(f"{url} not usable here: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/ew.db"
+    elif request.param == "postgresql":
+        if not _reachable(5432):
+            pytest.skip("no PostgreSQL on 127.0.0.1:5432 on this machine")
+        url = PG
+    else:
+        if not _reachable(3306):
+            pytest.skip("no MariaDB/MySQL on 127.0.0.1:3306 on this machine")
+        url = MY
+    s = _open(url)
+    yield s
+    s.drop()
+    s.close()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    users = {"edgewatch": HOST_PW, "gh-01": "pw1", "gh-02": "pw2"}
+    with Broker(tmp_path / "mq", users=users, acl=DEVICE_ACL, tls=True) as b:
+        yield b
+
+
+def _mqtt(broker, tls=True) -> MqttSettings:
+    return MqttSettings(port=broker.tls_port if tls else broker.port, tls=tls,
+                        username="edgewatch", password=HOST_PW,
+                        ca_file=broker.ca_file if tls else None)
+
+
+BAD = [b"{oops", b"\xff\xfe", b"[]", b"x" * 5000,
+       b'{"v": 1, "device": "gh-01", "seq": 900, "t": null, "values": {"temperature": NaN}}',
+       b'{"v": 1, "device": "gh-01", "seq": 901, "t": null, "values": {"temperature": 1e999}}',
+       json.dumps(dict(telemetry("gh-01", 902), seq="902")).encode(),
+       json.dumps(dict(telemetry("gh-01", 903), v=2)).encode(),
+       json.dumps(telemetry("gh-02", 904)).encode(),  # payload names another device
+       json.dumps(telemetry("gh-01", 905, temperature="warm")).encode()]
+
+
+def test_every_sample_stored_exactly_once_bad_input_never(store, broker):
+    col = Collector(store, _mqtt(broker), devices=frozenset({"gh-01", "gh-02"}), batch=64,
+                    flush_ms=20, ha_discovery=False).start()
+    b1 = Board(broker, "gh-01", "pw1", tls=True, will=True)
+    b2 = Board(broker, "gh-02", "pw2", tls=True)
+    host = Board(broker, "edgewatch", HOST_PW, tls=True)
+    try:
+        for seq in range(50):
+            b1.publish("telemetry", telemetry("gh-01", seq, t=1.7e9 + seq, temperature=20 + seq / 10,
+                                              humidity=40.0))
+            b2.publish("telemetry", telemetry("gh-02", seq, temperature=None, humidity=50 - seq))
+        for seq in range(40, 50):  # the board's outbox replays after a reconnect
+            b1.publish("telemetry", telemetry("gh-01", seq, t=1.7e9 + seq, temperature=99.0))
+        b1.publish("alert", alert("gh-01", 50))
+        b1.publish("alert", alert("gh-01", 50))
+        for p in BAD:
+            b1.publish("telemetry", p)
+        b1.publish("telemetry", telemetry("gh-02", 777), device="gh-02")  # ACL: never delivered
+        host.publish("telemetry", telemetry("intruder", 1), device="intruder")  # not on the list
+        b1.publish("status", {"v": 1, "device": "gh-01", "seq": 51, "t": None, "state": "online",
+                              "fw": "0.1.0", "model": "3f2a9c1e", "heap_free": 61234,
+                              "outbox": 3, "dropped": 0, "uptime": 60}, retain=True)
+        wait_until(lambda: col.metrics.value("edgewatch_messages_received_total",
+                                             kind="telemetry") >= 100 + 10 + len(BAD) + 1,
+                   what="all telemetry received")
+        wait_until(lambda: store.count() == 100 and store.count("alerts") == 1
+                   and (store.device_status("gh-01") or {}).get("outbox") == 3, what="rows stored")
+        b1.vanish()
+        wait_until(lambda: store.device_status("gh-01")["state"] == "offline", timeout=15,
+                   what="last will stored")
+        m = col.metrics
+        assert m.value("edgewatch_records_duplicate_total", kind="telemetry") == 10
+        assert m.value("edgewatch_records_duplicate_total", kind="alert") == 1
+        rej = {r: m.value("edgewatch_messages_rejected_total", reason=r)
+               for r in ("json", "encoding", "oversized", "nonfinite", "invalid", "version",
+                         "device_mismatch", "unknown_device")}
+        assert rej == {"json": 2, "encoding": 1, "oversized": 1, "nonfinite": 2, "invalid": 2,
+                       "version": 1, "device_mismatch": 1, "unknown_device": 1}
+        assert store.count() == 100  # nothing of the bad input, nothing twice
+        rows = store.query("SELECT device, seq, t, temperature, humidity, anomaly, faults "
+                           "FROM {telemetry} ORDER BY device, seq")
+        assert [r[1] for r in rows] == list(range(50)) * 2
+        g1 = [r for r in rows if r[0] == "gh-01"]
+        assert g1[49][2] == pytest.approx(1.7e9 + 49) and g1[49][3] == pytest.approx(24.9)
+        g2 = [r for r in rows if r[0] == "gh-02"]
+        assert all(r[3] is None for r in g2) and g2[10][4] == pytest.approx(40.0)
+        assert all(r[2] > 1.7e9 for r in g2)  # no board clock: the arrival time
+        a = store.query("SELECT device, seq, sample, {ph}, channel, value, lo, hi FROM {alerts}"
+                        .replace("{ph}", store.d.q("rule")))
+        assert a == [("gh-01", 50, 49, "band", "temperature", 35.2, 21.1, 21.7)]
+        st = store.device_status("gh-01")
+        assert (st["fw"], st["model"], st["heap_free"], st["outbox"]) == ("0.1.0", "3f2a9c1e",
+                                                                          61234, 3)
+        assert store.device_status("intruder") is None
+    finally:
+        for b in (b2, host):
+            b.close()
+        col.stop()
+
+
+def test_killed_collector_loses_nothing_and_stores_nothing_twice(tmp_path, broker):
+    db = tmp_path / "crash.db"
+    env = service_env(EDGEWATCH_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
+                      MQTT_USERNAME="edgewatch", MQTT_PASSWORD=HOST_PW)
+    args = ["collect", "--db", f"sqlite:///{db}", "--batch", "50", "--no-discovery"]
+    log = tmp_path / "collect.log"
+    p1 = spawn(args, env, log)
+    host = Board(broker, "edgewatch", HOST_PW)
+    p2 = None
+    try:
+        wait_until(lambda: "collecting into" in log.read_text(), what="collector start")
+        for seq in range(400):
+            host.publish("telemetry", telemetry(f"d{seq % 4}", seq), device=f"d{seq % 4}")
+        p1.send_signal(signal.SIGKILL)
+        p1.wait(10)
+        for seq in range(400, 600):
+            host.publish("telemetry", telemetry(f"d{seq % 4}", seq), device=f"d{seq % 4}")
+        for seq in range(0, 600, 7):  # replays mixed in
+            host.publish("telemetry", telemetry(f"d{seq % 4}", seq), device=f"d{seq % 4}")
+        p2 = spawn(args, env, log)
+        store = Store(f"sqlite:///{db}")
+        wait_until(lambda: store.count() >= 600, timeout=30, what="600 rows")
+        p2.send_signal(signal.SIGTERM)
+        assert p2.wait(20) == 0
+        assert store.count() == 600
+        assert store.query("SELECT COUNT(DISTINCT seq) FROM {telemetry}") == [(600,)]
+        assert HOST_PW not in log.read_text()
+    finally:
+        host.close()
+        for p in (p1, p2):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(5)
+
+
+def test_two_collectors_in_a_group_share_the_work(tmp_path, broker):
+    url = f"sqlite:///{tmp_path}/shared.db"
+    s1, s2 = Store(url), Store(url)
+    c1 = Collector(s1, _mqtt(broker, tls=False), group="g", client_id="col-1",
+                   ha_discovery=False).start()
+    c2 = Collector(s2, _mqtt(broker, tls=False), group="g", client_id="col-2",
+                   ha_discovery=False).start()
+    host = Board(broker, "edgewatch", HOST_PW)
+    try:
+        for seq in range(300):
+            host.publish("telemetry", telemetry(f"d{seq % 10}", seq), device=f"d{seq % 10}")
+        wait_until(lambda: s1.count() == 300, what="300 rows")
+        n1 = c1.metrics.value("edgewatch_records_stored_total", kind="telemetry")
+        n2 = c2.metrics.value("edgewatch_records_stored_total", kind="telemetry")
+        assert n1 + n2 == 300 and n1 > 0 and n2 > 0
+    finally:
+        host.close()
+        c1.stop()
+        c2.stop()
+
+
+def test_device_list_and_bad_urls_are_user_errors(tmp_path):
+    from edgewatch.core.errors import UserError
+
+    f = tmp_path / "devices.txt"
+    f.write_text("gh-01  # greenhouse\n\ngh-02\n")
+    assert parse_devices(str(f)) == {"gh-01", "gh-02"}
+    assert parse_devices("a,b") == {"a", "b"} and parse_devices(None) is None
+    with pytest.raises(UserError, match="not a device id"):
+        parse_devices("ok,bad id")
+    with pytest.raises(UserError, match="unknown database scheme"):
+        Store("oracle://x/y")
+    with pytest.raises(UserError, match=r"postgresql://u:\*\*\*@127.0.0.1:1/db: cannot open"):
+        Store("postgresql://u:hunter22@127.0.0.1:1/db")
+
+
+def test_database_connection_lost_mid_run_loses_nothing(tmp_path, broker):
+    if not _reachable(5432):
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432 on this machine")
+    store = _open(PG)
+    col = Collector(store, _mqtt(broker, tls=False), ha_discovery=False, flush_ms=10).start()
+    host = Board(broker, "edgewatch", HOST_PW)
+    try:
+        for seq in range(50):
+            host.publish("telemetry", telemetry("pg-1", seq), device="pg-1")
+        wait_until(lambda: col.metrics.value("edgewatch_records_stored_total",
+                                             kind="telemetry") == 50, what="first 50")
+        # the server drops the collector's connection (a database restart, a failover)
+        pid = col.store.conn.info.backend_pid
+        admin = Store(PG, store.names["telemetry"][: -len("telemetry")])
+        admin.query("SELECT pg_terminate_backend({ph})", (pid,))
+        for seq in range(50, 100):
+            host.publish("telemetry", telemetry("pg-1", seq), device="pg-1")
+        wait_until(lambda: col.metrics.value("edgewatch_records_stored_total",
+                                             kind="telemetry") == 100, timeout=20,
+                   what="the rest after reconnecting")
+        assert admin.count() == 100
+        assert col.store.conn.info.backend_pid != pid
+        admin.close()
+    finally:
+        host.close()
+        col.stop()
+        col.store.drop()
+        col.store.close()
+
+
+def test_handoff_between_threads_loses_nothing_and_keeps_order():
+    """The paho->writer deque: a fast producer and a batching consumer, real threads."""
+    q, n, got = _Handoff(), 50_000, []
+
+    def produce():
+        for i in range(n):
+            q.put(i)
+            if i % 5000 == 0:
+                time.sleep(0.01)  # pauses make the consumer go idle and wait on the event
+
+    t = threading.Thread(target=produce)
+    t.start()
+    deadline = time.monotonic() + 30
+    while len(got) < n and time.monotonic() < deadline:
+        batch = q.take(batch=1000, flush_s=0.005, idle_s=0.2)
+        assert len(batch) <= 1000
+        got.extend(batch)
+    t.join()
+    assert got == list(range(n)) and q.empty() and q.qsize() == 0
+    t0 = time.monotonic()
+    assert q.take(batch=10, flush_s=0.0, idle_s=0.1) == []  # nothing: waits idle_s, then []
+    assert 0.05 < time.monotonic() - t0 < 2
