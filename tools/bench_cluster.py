@@ -185,8 +185,8 @@ def main(argv=None) -> int:
     if a.messages < a.devices or a.devices < 1 or a.procs < 1:
         print("bench_cluster: --messages must be >= --devices >= 1, --procs >= 1", file=sys.stderr)
         return 2
-    from edgewatch.services.cluster import Cluster
     from edgewatch.services.broker import Broker
+    from edgewatch.services.cluster import Cluster
 
     per = a.messages // a.devices
     total = per * a.devices

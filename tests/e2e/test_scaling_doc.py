@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from edgewatch.services import cluster as hc
 
 ROOT = Path(__file__).resolve().parents[2]

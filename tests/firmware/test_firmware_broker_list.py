@@ -6,8 +6,8 @@ it must move on after the failed connect, deliver seq 0..n-1 once, and log the n
 
 import threading
 
-from edgewatch.core.schema import Telemetry
 from edgewatch.board.sim import Fleet
+from edgewatch.core.schema import Telemetry
 from edgewatch.services.broker import Broker, free_port
 from edgewatch.services.mqtt_watch import Watch
 

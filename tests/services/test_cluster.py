@@ -21,11 +21,11 @@ import time
 from collections import Counter
 
 import pytest
-
-from edgewatch.services import cluster as hc
 from edgewatch.board.sim import Fleet, rows_needed
-from hostkit import service_env, spawn, wait_until
+from edgewatch.services import cluster as hc
 from edgewatch.services.broker import free_port
+from hostkit import service_env, spawn, wait_until
+
 from tools.twilio_sink import TwilioSink
 
 pytestmark = pytest.mark.skipif(not list(hc.RABBIT_LIB.glob("rabbitmq_server-*/sbin")),
