@@ -163,12 +163,15 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     cfg = _merge(DEFAULTS, raw, path)
     check_device_id(extra["device"], path)
     _str(path, "board", extra["board"], none_ok=False)
-    # a list (a,b,c: nodes of a cluster) is tried in turn, one per failed attempt
-    brokers = [parse_broker(u, path) for u in extra["broker"].split(",")] \
-        if isinstance(extra["broker"], str) else [parse_broker(extra["broker"], path)]
-    host, port, tls = brokers[0]
-    if any(b[2] != tls for b in brokers):
-        raise ConfigError("%s: broker: mix of mqtt:// and mqtts:// URLs" % path)
+    b = extra["broker"]
+    if type(b) is str and "," in b:  # a cluster's nodes: tried in turn (link.py)
+        b = extra["broker"] = [parse_broker(u, path) for u in b.split(",")]
+        if any(x[2] != b[0][2] for x in b):
+            raise ConfigError("%s: broker: mix of mqtt:// and mqtts:// URLs" % path)
+        b = b[0]
+    else:
+        b = parse_broker(b, path)
+    host, port, tls = b
     board = load_board(board_path)
     if board.get("name") != extra["board"]:
         raise ConfigError("%s: board: %r, but %s is for %r"
@@ -236,7 +239,6 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     cfg.update(extra)
     cfg["sensor"] = sensor
     cfg["host"], cfg["port"], cfg["tls"] = host, port, tls
-    cfg["broker"] = brokers  # the same key (a new one can grow the dict past a tight heap)
     cfg["board_info"] = board
     cfg["fallback"] = FALLBACK
     return cfg

@@ -228,9 +228,9 @@ class Link:
             sys.modules["ussl"] = _SSLShim(self._ctx)
 
     def _schedule(self, what, err):
-        b = self.cfg.get("broker")
-        if what[0] == "m" and type(b) is list and len(b) > 1:  # MQTT failed: the next node
-            b.append(b.pop(0))  # rotated in place: no allocation
+        b = self.cfg["broker"]
+        if what[0] == "m" and type(b) is list:  # MQTT failed: the next node of the list
+            b.append(b.pop(0))
             self.cfg["host"], self.cfg["port"] = b[0][0], b[0][1]
         self.attempts += 1
         delay = self.backoff.next_ms()
@@ -303,8 +303,7 @@ class Link:
         try:
             # on a cluster (a broker list) the session persists: RabbitMQ then keeps it in
             # a replicated queue; a clean one lives on one node and blocks the others
-            b = self.cfg.get("broker")
-            client.connect(type(b) is not list or len(b) < 2)
+            client.connect(type(self.cfg["broker"]) is not list)
             self._arm()
             self.client = client
             for t in self.subscriptions:

@@ -58,7 +58,7 @@ except config.ConfigError as e:
     out = mpy.run(code="\n".join(code), heap=heap_budget(BOARD), cwd=tmp_path).stdout.splitlines()
     assert out[:-2] == [msg for _, msg in BAD]
     assert out[-2] == "127.0.0.1 1883 False 60000 None"
-    assert out[-1] == "a 1883 [('a', 1883, False), ('b', 1884, False)]"
+    assert out[-1] == "a 1883 [('a', 1883, False), ('b', 1884, False)]"  # one URL: kept as given
 
 
 def test_invalid_config_waits_and_recovers_without_crash_loop(tmp_path):
