@@ -23,12 +23,13 @@ DEMO_FAST ?=
 DEMO_ARGS ?=
 DB ?= sqlite:///edgewatch.db
 DASH_ARGS ?=
+USERS ?=
 # chromium + chromium-driver: Debian's browser and its matching driver for the dashboard's browser test
 # gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf, qemu-system-misc: the RV32 runtime
 # (edgewatch.board.rv32: MicroPython for the ESP32-C3's instruction set under QEMU)
 APT_PKGS := mosquitto chromium chromium-driver gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
 
-.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench bench-detect clean
+.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench bench-detect clean cluster cluster-down
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -93,6 +94,12 @@ sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER:
 
 bench-detect: setup  ## detection benchmarks (fault suite, all NAB files; board vs streaming baseline) -> docs/benchmarks_detect.md
 	nice -n 10 $(BIN)/python -m tools.bench_detect
+
+cluster: setup  ## 3 local RabbitMQ nodes (quorum queues, MQTT): make cluster [USERS=devices.txt] (docs/scaling.md)
+	$(EW) cluster up $(if $(USERS),--users "$(USERS)")
+
+cluster-down:  ## stop the nodes of make cluster
+	$(EW) cluster down
 
 demo: setup  ## the whole system, no board needed: model, broker, 3 simulated boards, alerts, PNG
 	$(EW) demo $(if $(filter 1,$(DEMO_FAST)),--fast) $(DEMO_ARGS)

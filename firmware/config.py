@@ -173,7 +173,15 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     cfg = _merge(DEFAULTS, raw, path)
     check_device_id(extra["device"], path)
     _str(path, "board", extra["board"], none_ok=False)
-    host, port, tls = parse_broker(extra["broker"], path)
+    b = extra["broker"]
+    if type(b) is str and "," in b:  # a cluster's nodes: tried in turn (link.py)
+        b = extra["broker"] = [parse_broker(u, path) for u in b.split(",")]
+        if any(x[2] != b[0][2] for x in b):
+            raise ConfigError("%s: broker: mix of mqtt:// and mqtts:// URLs" % path)
+        b = b[0]
+    else:
+        b = parse_broker(b, path)
+    host, port, tls = b
     board = load_board(board_path)
     if board.get("name") != extra["board"]:
         raise ConfigError("%s: board: %r, but %s is for %r"

@@ -233,6 +233,10 @@ class Link:
             sys.modules["ussl"] = _SSLShim(self._ctx)
 
     def _schedule(self, what, err):
+        b = self.cfg["broker"]
+        if what[0] == "m" and type(b) is list:  # MQTT failed: the next node of the list
+            b.append(b.pop(0))
+            self.cfg["host"], self.cfg["port"] = b[0][0], b[0][1]
         self.attempts += 1
         delay = self.backoff.next_ms()
         self.next_try = time.ticks_add(_ticks(), delay)
@@ -298,7 +302,9 @@ class Link:
     def _connect(self):
         client = self._new_client()
         try:
-            client.connect()
+            # on a cluster (a broker list) the session persists: RabbitMQ then keeps it in
+            # a replicated queue; a clean one lives on one node and blocks the others
+            client.connect(type(self.cfg["broker"]) is not list)
             self._arm()
             self.client = client
             for t in self.subscriptions:

@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "repl": "edgewatch.board.repl",
     "boards": "edgewatch.board.catalog",
     "publish-model": "edgewatch.services.ota",
+    "cluster": "edgewatch.services.cluster",
     "demo": "edgewatch.demo",
     "dashboard": "edgewatch.services.dashboard",
     "logs": "edgewatch.services.logs",

@@ -362,14 +362,19 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="runs/sim", help="folder for the boards' flash (default runs/sim)")
     p.add_argument("--prefix", default="sim", help="device ids are <prefix>-01, -02, ...")
     p.add_argument("--quiet", action="store_true", help="do not echo the boards' console output")
+    p.add_argument("--users", help="the boards' MQTT accounts: a file of device:password lines "
+                   "(as for edgewatch cluster up --users)")
 
 
 def run(args) -> int:
     """Run `edgewatch sim` until the boards finish or Ctrl-C."""
+    from edgewatch.core.settings import read_users
+
     fleet = Fleet(args.out, args.devices, args.broker,
                   None if args.model == "none" else args.model, args.board, args.data,
                   parse_faults(args.faults), args.period, args.samples, args.clean,
-                  args.prefix, echo=not args.quiet, stuck=args.stuck)
+                  args.prefix, echo=not args.quiet, stuck=args.stuck,
+                  credentials=read_users(args.users) if args.users else None)
     print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, replaying "
           f"{fleet.data.name}, flash in {args.out}", flush=True)
     if fleet.range_warning:

@@ -135,9 +135,12 @@ class MqttSettings:
     cert_file: str | None = None
     key_file: str | None = None
     prefix: str = DEFAULT_PREFIX
+    amqp: str | None = None  # amqp://a,b,c: a RabbitMQ cluster's quorum queues (host/amqp.py)
 
     @property
     def url(self) -> str:
+        if self.amqp:
+            return safe_url(self.amqp)
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
@@ -146,7 +149,8 @@ def add_mqtt_arguments(parser) -> None:
     g = parser.add_argument_group("MQTT broker")
     g.add_argument("--broker", "--mqtt", dest="mqtt", metavar="URL",
                    help="mqtt://host:port or mqtts://host:port (env EDGEWATCH_MQTT_URL; "
-                        "default mqtt://127.0.0.1:1883)")
+                        "default mqtt://127.0.0.1:1883), or a RabbitMQ cluster's "
+                        "amqp://user:pw@node1,node2,node3: the role's quorum queue")
     g.add_argument("--username", help="MQTT user (env MQTT_USERNAME); password from env MQTT_PASSWORD")
     g.add_argument("--ca-file", help="CA certificate for mqtts:// (env MQTT_CA_FILE)")
     g.add_argument("--cert-file", help="client certificate (env MQTT_CERT_FILE)")
@@ -159,6 +163,19 @@ def mqtt_settings(args) -> MqttSettings:
     """MqttSettings from parsed options, then the environment; UserError on a bad URL or file."""
     load_env(getattr(args, "env_file", None))
     url = getattr(args, "mqtt", None) or env("EDGEWATCH_MQTT_URL", "mqtt://127.0.0.1:1883")
+    if url.startswith(("amqp://", "amqps://")):
+        from edgewatch.core.amqp import parse_amqp
+
+        _nodes, user, pw = parse_amqp(url, getattr(args, "username", None) or env("MQTT_USERNAME"),
+                                      env("MQTT_PASSWORD"))[:3]
+        add_secret(pw)
+        return MqttSettings(host=_nodes[0].host, port=_nodes[0].port, tls=_nodes[0].tls,
+                            username=user, password=pw, amqp=url,
+                            ca_file=getattr(args, "ca_file", None) or env("MQTT_CA_FILE"),
+                            cert_file=getattr(args, "cert_file", None) or env("MQTT_CERT_FILE"),
+                            key_file=getattr(args, "key_file", None) or env("MQTT_KEY_FILE"),
+                            prefix=(getattr(args, "prefix", None)
+                                    or env("EDGEWATCH_PREFIX", "edgewatch")).strip("/"))
     u = urlparse(url if "://" in url else f"mqtt://{url}")
     if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
         raise UserError(f"{safe_url(url)}: not an MQTT URL (mqtt://host:port or mqtts://host:port)")
@@ -243,13 +260,22 @@ def release_client_id(client_id: str) -> None:
 
 
 def mqtt_client(s: MqttSettings, client_id: str, *, persistent: bool = False,
-                manual_ack: bool = False):
+                manual_ack: bool = False, role: str | None = None, prefetch: int = 1000):
     """A paho client configured for ``s`` (auth, TLS); the caller connects it.
+
+    With an amqp:// broker and a ``role``, a host/amqp.py client consuming the
+    role's quorum queue ``<prefix>.<role>`` instead (same calls, manual acks).
 
     ``persistent`` keeps the session at the broker across reconnects (clean
     session off), so QoS 1 messages that arrive while the service is down, or
     that it received but did not acknowledge, are delivered again.
     """
+    if s.amqp and role:
+        from edgewatch.core.amqp import AmqpClient
+
+        return AmqpClient(s.amqp, f"{s.prefix}.{role}", username=s.username,
+                          password=s.password, prefetch=prefetch, ca_file=s.ca_file,
+                          cert_file=s.cert_file, key_file=s.key_file)
     import paho.mqtt.client as mqtt
 
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -271,6 +297,9 @@ def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
     UserError with one line when the broker cannot be reached or refuses us
     (bad password, not authorised): a service should not start half-connected.
     """
+    if hasattr(client, "queue"):  # host/amqp.py: the queue and its bindings are the subscription
+        client.start(timeout)
+        return
     ready, outcome, pending = threading.Event(), {}, {}
 
     def on_connect(c, _userdata, _flags, reason_code, _props=None):
@@ -339,3 +368,23 @@ def fleet_key(var: str | None = None) -> bytes:
     if len(text) < MIN_KEY_HEX:
         raise UserError(f"{name}: at least {MIN_KEY_HEX} hex digits (16 bytes) are needed")
     return key
+
+
+def read_users(spec: str | None) -> dict[str, str]:
+    """device -> password from a file of ``device:password`` lines (or ``a:pw,b:pw``)."""
+    if not spec:
+        return {}
+    p = Path(spec)
+    lines = p.read_text().splitlines() if p.is_file() else spec.split(",")
+    out = {}
+    for ln in lines:
+        ln = ln.split("#")[0].strip()
+        if not ln:
+            continue
+        dev, sep, pw = ln.partition(":")
+        from edgewatch.core.schema import DEVICE_RE
+
+        if not sep or not pw or not DEVICE_RE.fullmatch(dev):
+            raise UserError(f"--users: {ln[:40]!r}: expected device:password")
+        out[dev] = pw
+    return out

@@ -439,7 +439,8 @@ class Bridge:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
+        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
+                                  role="bridge", prefetch=400)
         self.client.on_message = self._on_message
         self.workers = max(1, workers)
         self.results = results  # the shared database, where each outcome is recorded

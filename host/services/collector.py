@@ -151,7 +151,8 @@ class Collector:
         self._fits: set[tuple] = set()
         # device -> (current epoch, epochs seen before it); loaded from the store on first sight
         self._epochs: dict[str, tuple[int, set]] = {}
-        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True)
+        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
+                                  role="collector", prefetch=2 * self.batch)
         self.client.on_message = self._on_message
 
     # ------------------------------------------------------------ intake (paho thread)

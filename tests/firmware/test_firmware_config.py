@@ -23,6 +23,8 @@ BAD = [
     (dict(GOOD, broker="http://h:80"), "config.json: broker: 'http://h:80' is not an mqtt:// or mqtts:// URL"),
     (dict(GOOD, broker="mqtt://h:99999"), "config.json: broker: bad port in 'mqtt://h:99999'"),
     (dict(GOOD, broker="mqtts://h"), "config.json: ca: an mqtts:// broker needs the CA certificate file"),
+    (dict(GOOD, broker="mqtt://a:1883,mqtts://b"), "config.json: broker: mix of mqtt:// and mqtts:// URLs"),
+    (dict(GOOD, broker="mqtt://a:1883,b:1883"), "config.json: broker: 'b:1883' is not an mqtt:// or mqtts:// URL"),
     (dict(GOOD, period_ms="60"), "config.json: period_ms: expected an integer in 10..86400000, got '60'"),
     (dict(GOOD, perod_ms=60), "config.json: unknown key 'perod_ms'"),
     (dict(GOOD, detector={"k": -1}), "config.json: detector.k: expected a number in 0.1..100, got -1"),
@@ -50,9 +52,13 @@ except config.ConfigError as e:
     print(str(e).replace('c{i}.json', 'config.json'))""")
     (tmp_path / "good.json").write_text(json.dumps(GOOD))
     code.append("c = config.load('good.json'); print(c['host'], c['port'], c['tls'], c['period_ms'], c['detector']['k'])")
+    # a cluster's nodes: tried in turn from the first
+    (tmp_path / "list.json").write_text(json.dumps(dict(GOOD, broker="mqtt://a:1883,mqtt://b:1884")))
+    code.append("c = config.load('list.json'); print(c['host'], c['port'], c['broker'])")
     out = mpy.run(code="\n".join(code), heap=heap_budget(BOARD), cwd=tmp_path).stdout.splitlines()
-    assert out[:-1] == [msg for _, msg in BAD]
-    assert out[-1] == "127.0.0.1 1883 False 60000 None"
+    assert out[:-2] == [msg for _, msg in BAD]
+    assert out[-2] == "127.0.0.1 1883 False 60000 None"
+    assert out[-1] == "a 1883 [('a', 1883, False), ('b', 1884, False)]"  # one URL: kept as given
 
 
 def test_invalid_config_waits_and_recovers_without_crash_loop(tmp_path):
