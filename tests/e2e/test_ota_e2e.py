@@ -211,7 +211,7 @@ def test_board_refuses_a_bad_model_and_keeps_its_own(fleet, deployed, how):
         spec = tblob.read(good)
         spec.names = spec.names + ["pressure"]
         spec.offset, spec.scale = spec.offset + [0.0], spec.scale + [1.0]
-        spec.shift = None  # its calibration is for two channels
+        spec.shift = spec.band = None  # their calibration is for two channels
         # (its signature holds, so its version becomes the board's floor: now, not NEW)
         bad = tblob.sign(tblob.write(spec), dk(dev), int(time.time()))
     before = len(obs.status[dev])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from edgewatch.board import fwrun
+from edgewatch.board.catalog import heap_budget
 from edgewatch.core.schema import parse
 from edgewatch.services.broker import DEVICE_ACL, Broker
 
@@ -116,7 +117,7 @@ def test_faults_give_alerts_clean_data_none_and_seq_is_contiguous(tmp_path):
     assert online and online[0].fw == "0.1.0" and online[0].heap_free > 0
     assert online[-1].outbox == 0 and online[-1].seq == n - 1
     print(f"\n{SAMPLES} samples in {took:.1f} s, {len(alerts)} alerts, heap min free "
-          f"{s['heap_min_free']} B at {fwrun.heap_budget(BOARD)}")
+          f"{s['heap_min_free']} B at {heap_budget(BOARD)}")
 
 
 def test_tls_with_client_certificate_and_password(tmp_path):

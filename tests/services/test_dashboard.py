@@ -132,9 +132,10 @@ def test_fleet_lists_the_boards_and_shows_a_hostile_id_as_text(stack):
                       timeout=10, what="both boards in the fleet table")
     assert rows["sim-01"][1] == "online"
     assert re.search(r"temperature \d", rows["sim-01"][3]), rows["sim-01"]
-    assert rows["sim-01"][7] == "4de3408a"  # the golden model's id, from the status
+    assert rows["sim-01"][7].isdigit(), rows["sim-01"]  # the board's boot epoch
+    assert rows["sim-01"][8] == "4de3408a"  # the golden model's id, from the status
     assert HOSTILE in rows, list(rows)  # shown, character for character, as text
-    assert rows[HOSTILE][10] == "<script>x()</script>"
+    assert rows[HOSTILE][11] == "<script>x()</script>"
     assert d.execute_script("return document.querySelectorAll('main img, main script').length") == 0
     assert d.title != "pwned"
     # the device link is the id URL-encoded; its page shows the id as text too

@@ -137,7 +137,7 @@ def tamper_cases(raw: bytes) -> dict[str, tuple[bytes, bytes | None, str]]:
     version = bytearray(body)
     struct.pack_into("<H", version, 4, 2)
     flags = bytearray(body)
-    flags[6] |= 0x20  # a flag bit no reader knows: refused, never guessed at
+    flags[6] |= 0x40  # a flag bit no reader knows: refused, never guessed at
     magic = bytearray(body)
     magic[0:4] = b"XXXX"
     bad_tensor = bytearray(body)

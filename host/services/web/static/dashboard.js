@@ -65,7 +65,7 @@ function fleetPage() {
     const seen = el("td", ago(d.last_seen)); seen.title = fmtTime(d.last_seen); tr.appendChild(seen);
     tr.appendChild(el("td", readings(d), "readings"));
     tr.appendChild(el("td", verdict(d), d.latest && d.latest.anomaly ? "anomaly" : ""));
-    for (const k of ["outbox", "dropped"]) tr.appendChild(el("td", d[k] ?? "–", "num"));
+    for (const k of ["outbox", "dropped", "epoch"]) tr.appendChild(el("td", d[k] ?? "–", "num"));
     tr.appendChild(el("td", d.model || "–"));
     tr.appendChild(el("td", d.fw || "–"));
     tr.appendChild(el("td", d.heap_free ?? "–", "num"));
