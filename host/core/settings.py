@@ -259,6 +259,13 @@ def release_client_id(client_id: str) -> None:
         os.close(fd)
 
 
+def close_client(client, client_id: str) -> None:
+    """Disconnect a service's MQTT client, stop its network loop, free its client id."""
+    client.disconnect()
+    client.loop_stop()
+    release_client_id(client_id)
+
+
 def mqtt_client(s: MqttSettings, client_id: str, *, persistent: bool = False,
                 manual_ack: bool = False, role: str | None = None, prefetch: int = 1000):
     """A paho client configured for ``s`` (auth, TLS); the caller connects it.

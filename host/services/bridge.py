@@ -38,11 +38,11 @@ from edgewatch.core.errors import UserError
 from edgewatch.core.schema import Alert, SchemaError, Status, parse, to_json
 from edgewatch.core.settings import (
     MqttSettings,
+    close_client,
     connect,
     env,
     mqtt_client,
     mqtt_settings,
-    release_client_id,
     safe_url,
     service_client_id,
 )
@@ -634,9 +634,7 @@ class Bridge:
         self.wake.set()
         for t in self._threads:
             t.join(15)
-        self.client.disconnect()
-        self.client.loop_stop()
-        release_client_id(self.client_id)
+        close_client(self.client, self.client_id)
 
 
 def add_arguments(parser) -> None:

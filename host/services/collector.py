@@ -32,11 +32,11 @@ from edgewatch.core.errors import UserError
 from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
 from edgewatch.core.settings import (
     MqttSettings,
+    close_client,
     connect,
     env,
     mqtt_client,
     mqtt_settings,
-    release_client_id,
     safe_url,
     service_client_id,
 )
@@ -358,9 +358,7 @@ class Collector:
         if self._writer:
             self._writer.join(timeout + 1)
         self._flush_received()
-        self.client.disconnect()
-        self.client.loop_stop()
-        release_client_id(self.client_id)
+        close_client(self.client, self.client_id)
 
 
 def add_arguments(parser) -> None:

@@ -78,10 +78,15 @@ def assert_same(engine_y: np.ndarray, ref_y: np.ndarray, what: str) -> None:
                            f"engine {engine_y[bad[0]].tolist()} tflm {ref_y[bad[0]].tolist()}")
 
 
-def test_golden_vectors_viper_and_plain(tiny_model_dir, tmp_path):
-    g = json.loads((tiny_model_dir / "golden.json").read_text())
+def golden_vectors(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, TFLM outputs) of ``folder/golden.json``: int8 windows and the expected int8 predictions."""
+    g = json.loads((folder / "golden.json").read_text())
     x = np.array([v["x_q"] for v in g["vectors"]], np.int8).reshape(-1, g["window"], len(g["channels"]))
-    y = np.array([v["y_q"] for v in g["vectors"]], np.int8)
+    return x, np.array([v["y_q"] for v in g["vectors"]], np.int8)
+
+
+def test_golden_vectors_viper_and_plain(tiny_model_dir, tmp_path):
+    x, y = golden_vectors(tiny_model_dir)
     tflite = (tiny_model_dir / "model.tflite").read_bytes()
     assert_same(tflm_run(tflite, x), y, "golden.json vs tflite-micro")  # the file is the reference
     blob = tiny_model_dir / "model.ewb"
@@ -93,9 +98,7 @@ def test_golden_vectors_viper_and_plain(tiny_model_dir, tmp_path):
 
 def test_committed_golden_vectors(tmp_path):
     """tests/golden/: a default-size model and its TFLM outputs, fixed in the repo."""
-    g = json.loads((GOLDEN / "golden.json").read_text())
-    x = np.array([v["x_q"] for v in g["vectors"]], np.int8).reshape(-1, g["window"], len(g["channels"]))
-    y = np.array([v["y_q"] for v in g["vectors"]], np.int8)
+    x, y = golden_vectors(GOLDEN)
     assert_same(tflm_run((GOLDEN / "model.tflite").read_bytes(), x), y, "committed golden vs tflite-micro")
     got, _ = engine_outputs(GOLDEN / "model.ewb", x, tmp_path, "viper")
     assert_same(got, y, "committed golden vectors")

@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 from edgewatch.training.export.convert import quantize, tflm_run, windows_of
 from edgewatch.training.forecast.data import Scaler
-from test_engine_bitexact import GOLDEN, OCC_TEST, assert_same, random_windows, reference_requant
+from test_engine_bitexact import (
+    GOLDEN,
+    OCC_TEST,
+    assert_same,
+    golden_vectors,
+    random_windows,
+    reference_requant,
+)
 
 ENGINE = ["blob", "kernels", "engine"]
 
@@ -68,9 +75,7 @@ def rv32_outputs(board, blob: Path, x_q: np.ndarray, mode: str = "viper") -> tup
 
 
 def test_golden_vectors_viper_and_plain(board, tiny_model_dir):
-    g = json.loads((tiny_model_dir / "golden.json").read_text())
-    x = np.array([v["x_q"] for v in g["vectors"]], np.int8).reshape(-1, g["window"], len(g["channels"]))
-    y = np.array([v["y_q"] for v in g["vectors"]], np.int8)
+    x, y = golden_vectors(tiny_model_dir)
     for mode, name in (("viper", "kernels"), ("plain", "kernels_plain")):
         got, used = rv32_outputs(board, tiny_model_dir / "model.ewb", x, mode)
         assert used == name
@@ -78,9 +83,7 @@ def test_golden_vectors_viper_and_plain(board, tiny_model_dir):
 
 
 def test_committed_golden_vectors(board):
-    g = json.loads((GOLDEN / "golden.json").read_text())
-    x = np.array([v["x_q"] for v in g["vectors"]], np.int8).reshape(-1, g["window"], len(g["channels"]))
-    y = np.array([v["y_q"] for v in g["vectors"]], np.int8)
+    x, y = golden_vectors(GOLDEN)
     got, _ = rv32_outputs(board, GOLDEN / "model.ewb", x)
     assert_same(got, y, "RV32 committed golden vectors")
 
