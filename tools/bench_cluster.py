@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.harness import service_env, wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,23 +37,6 @@ def spawn(args: list[str], env: dict, log: Path):
                              "import sys; from edgewatch.cli import main; sys.exit(main())", *args],
                             cwd=log.parent, env=env, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT)
-
-
-def wait_until(cond, timeout: float = 30.0, step: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def service_env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TWILIO_", "EDGEWATCH_", "MQTT_", "SMTP_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def _payload(dev: str, seq: int) -> bytes:

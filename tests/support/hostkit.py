@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from tools.harness import service_env, wait_until  # noqa: F401 (the tests import them from here)
+
 ROOT = Path(__file__).resolve().parents[2]
 HOST_PW = "host-secret-pw"
-
-
-def wait_until(cond, timeout: float = 30.0, step: float = 0.05, what: str = "condition"):
-    """Poll ``cond()`` until truthy; its value, or AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def telemetry(device: str, seq: int, t=None, **values) -> dict:
@@ -73,14 +62,6 @@ class Board:
         """Drop the TCP connection without DISCONNECT, so the broker sends the last will."""
         self.c.loop_stop()
         self.c.socket().close()
-
-
-def service_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TWILIO_", "EDGEWATCH_", "MQTT_", "SMTP_"))}
-    env.update({k: str(v) for k, v in extra.items()})
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def edgewatch(*args: str) -> list[str]:

@@ -1,0 +1,31 @@
+"""What the benchmarks and the tests both need to drive real processes: a clean environment
+for a service (none of the caller's broker, Twilio or database settings leak in), and waiting
+for a condition with a deadline."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def service_env(**extra) -> dict:
+    """os.environ without EDGEWATCH_/MQTT_/TWILIO_/SMTP_ settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TWILIO_", "EDGEWATCH_", "MQTT_", "SMTP_"))}
+    env.update({k: str(v) for k, v in extra.items()})
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def wait_until(cond, timeout: float = 30.0, step: float = 0.05, what: str = "condition"):
+    """Poll ``cond()`` until truthy; its value, or TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
