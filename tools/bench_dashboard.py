@@ -214,15 +214,9 @@ def measure(url: str, kind: str, devices: int, rows: int, repeat: int, shots: Pa
 
 def browser(base: str, dev: str, shots: Path | None, tmp: Path) -> dict:
     """Chromium's time from navigation to the data drawn, and the screenshots."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from tools.harness import chromium
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1400,900", f"--user-data-dir={tmp / 'chrome'}"):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    drv = chromium(tmp / "chrome", 1400, 900)
     out = {}
     try:
         for name, path in (("fleet", ""), ("device", f"device/{dev}")):

@@ -29,3 +29,18 @@ def wait_until(cond, timeout: float = 30.0, step: float = 0.05, what: str = "con
             return v
         time.sleep(step)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def chromium(user_dir: Path, width: int = 1400, height: int = 1000):
+    """Debian's headless Chromium under its matching chromedriver (selenium's WebDriver)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              f"--window-size={width},{height}", f"--user-data-dir={user_dir}"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)

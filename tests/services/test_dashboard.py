@@ -24,6 +24,8 @@ from edgewatch.core.store import Store
 from edgewatch.services.broker import DEVICE_ACL, Broker
 from hostkit import HOST_PW, Board, service_env, spawn, telemetry, wait_until
 
+from tools.harness import chromium
+
 ROOT = Path(__file__).resolve().parents[2]
 VIEW_PW = "viewer-secret-pw"
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'">'
@@ -80,15 +82,7 @@ def stack(tmp_path_factory):
         dash, url = start_dashboard(tmp, db, "--username", "viewer", *mqtt,
                                     env={"MQTT_PASSWORD": VIEW_PW})
         procs.append(dash)
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = shutil.which("chromium")
-        for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                  "--window-size=1400,1000", f"--user-data-dir={tmp / 'chrome'}"):
-            opts.add_argument(a)
-        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+        driver = chromium(tmp / "chrome")
         try:
             # the boards' samples with a band are stored before the pages are opened
             def banded() -> int:

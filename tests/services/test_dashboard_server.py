@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
+from contextlib import contextmanager
 
 from edgewatch.core.store import Store
 from edgewatch.services.registry import Registry
@@ -14,6 +15,21 @@ from tests.services.test_dashboard import _get, start_dashboard
 from tests.services.test_store_dashboard import tel
 
 TOKEN = "a-long-dashboard-token-42"
+
+
+@contextmanager
+def serving(tmp_path, rows, *args, env=None):
+    """A dashboard (`--no-live`) over a new database holding `rows`; yields its base URL."""
+    db = f"sqlite:///{tmp_path}/ew.db"
+    s = Store(db)
+    s.write(rows, [])
+    s.close()
+    proc, url = start_dashboard(tmp_path, db, "--no-live", *args, env=env)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_other_addresses_need_a_token(tmp_path):
@@ -30,10 +46,7 @@ def test_other_addresses_need_a_token(tmp_path):
 
 
 def test_token_is_required_when_set_and_never_shown(tmp_path):
-    db = f"sqlite:///{tmp_path}/ew.db"
-    Store(db).close()
-    proc, url = start_dashboard(tmp_path, db, "--no-live", env={"EDGEWATCH_DASHBOARD_TOKEN": TOKEN})
-    try:
+    with serving(tmp_path, [], env={"EDGEWATCH_DASHBOARD_TOKEN": TOKEN}) as url:
         assert _get(url + "api/fleet")[0] == 401
         assert _get(url, {"Authorization": "Bearer wrong-token-wrong-token"})[0] == 401
         code, body = _get(url, {"Authorization": f"Bearer {TOKEN}"})
@@ -52,20 +65,12 @@ def test_token_is_required_when_set_and_never_shown(tmp_path):
             cookie = exc.headers["set-cookie"].split(";")[0]
             assert "HttpOnly" in exc.headers["set-cookie"]
         assert _get(url + "api/fleet", {"Cookie": cookie})[0] == 200
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_chart_never_ships_more_than_the_points_asked_and_keeps_spikes(tmp_path):
-    db = f"sqlite:///{tmp_path}/ew.db"
-    s = Store(db)
     rows = [tel(i, 1000.0 + 60 * i, 20.0 + (i % 10) / 10) for i in range(20000)]
     rows[12345] = tel(12345, 1000.0 + 60 * 12345, 99.0)
-    s.write(rows, [])
-    s.close()
-    proc, url = start_dashboard(tmp_path, db, "--no-live")
-    try:
+    with serving(tmp_path, rows) as url:
         code, body = _get(url + "api/device/gh-01/series?start=0&end=1e10&points=500")
         s = json.loads(body)
         assert code == 200 and len(s["t"]) <= 500 and sum(s["n"]) == 20000
@@ -79,25 +84,15 @@ def test_a_chart_never_ships_more_than_the_points_asked_and_keeps_spikes(tmp_pat
                           f"&end={1000 + 60 * 159}&points=1000")
         z = json.loads(body)
         assert z["n"] == [1] * 60 and z["temperature"]["avg"][0] == 20.0
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_models_page_shows_the_registry_and_which_boards_run_it(tmp_path):
-    db = f"sqlite:///{tmp_path}/ew.db"
-    s = Store(db)
-    s.write([tel(1, 10.0, 20.0), tel(1, 10.0, 20.0, device="gh-02")], [])
-    s.close()
     reg = Registry(tmp_path / "registry")
     e = reg.add(b"blob-bytes", metrics={"rmse": 0.1234567}, model_id="3f2a9c1e", approved=True)
     reg.mark_deployed(e.id, "fleet")
-    proc, url = start_dashboard(tmp_path, db, "--no-live", "--registry", str(tmp_path / "registry"))
-    try:
+    rows = [tel(1, 10.0, 20.0), tel(1, 10.0, 20.0, device="gh-02")]
+    with serving(tmp_path, rows, "--registry", str(tmp_path / "registry")) as url:
         code, body = _get(url + "models")
         assert code == 200
         assert e.id in body and "3f2a9c1e" in body and "rmse=0.1235" in body
         assert "gh-01, gh-02" in body and "up to date" in body
-    finally:
-        proc.terminate()
-        proc.wait(10)
