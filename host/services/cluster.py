@@ -14,6 +14,7 @@ its sessions in quorum queues; the queues the services read are quorum queues
 
     <prefix>.collector  <- <prefix>.*.telemetry, <prefix>.*.alert, <prefix>.*.status
     <prefix>.bridge     <- <prefix>.*.alert
+    <prefix>.scorer     <- <prefix>.*.telemetry  (one active consumer; at most 100,000 kept)
 
 (the MQTT plugin turns the topic's ``/`` into ``.``). They are declared once the
 three nodes have joined and before any board connects: the plugin PUBACKs a
@@ -82,6 +83,19 @@ def password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+# the services' queues and the board messages each is bound to
+ROLES = (("collector", ("telemetry", "alert", "status")), ("bridge", ("alert",)),
+         ("scorer", ("telemetry",)))
+# the scorer keeps each board's recent history in memory: one instance at a time consumes
+# its queue (RabbitMQ's single active consumer); a second waits and takes over when the
+# first is gone, so a standby scorer never sees half of a board's samples
+SINGLE_ACTIVE = ("scorer",)
+# Most fleets never run the host scorer (their boards score themselves): its queue keeps at
+# most this many samples, dropping the oldest, so an unread queue cannot fill the nodes.
+# (drop-head, not reject-publish: a rejection would nack the boards' own publishes.)
+BOUNDED = {"scorer": 100_000}
+
+
 def definitions(prefix: str, host_password: str, devices: dict[str, str]) -> dict:
     """Users, permissions, quorum queues and bindings, in RabbitMQ's definitions format."""
     users = [{"name": HOST_USER, "password_hash": password_hash(host_password),
@@ -99,10 +113,15 @@ def definitions(prefix: str, host_password: str, devices: dict[str, str]) -> dic
         topic.append({"user": dev, "vhost": "/", "exchange": "amq.topic", "write": mine,
                       "read": mine})
     queues, bindings = [], []
-    for role, kinds in (("collector", ("telemetry", "alert", "status")), ("bridge", ("alert",))):
+    for role, kinds in ROLES:
         q = f"{prefix}.{role}"
+        args = {"x-queue-type": "quorum"}
+        if role in SINGLE_ACTIVE:
+            args["x-single-active-consumer"] = True
+        if role in BOUNDED:
+            args.update({"x-max-length": BOUNDED[role], "x-overflow": "drop-head"})
         queues.append({"name": q, "vhost": "/", "durable": True, "auto_delete": False,
-                       "arguments": {"x-queue-type": "quorum"}})
+                       "arguments": args})
         bindings += [{"source": "amq.topic", "vhost": "/", "destination": q,
                       "destination_type": "queue", "routing_key": f"{prefix}.*.{k}",
                       "arguments": {}} for k in kinds]

@@ -194,8 +194,13 @@ def run(args) -> int:
     model = HostModel(args.model)
     scorer = Scorer(model, args.sensor)
     metrics = Metrics("score")
-    # clean session: nothing to resume, so a fresh unguessable id at each start
-    client = mqtt_client(mqtt, service_client_id("scorer", None))
+    # MQTT: clean session, nothing to resume, so a fresh unguessable id at each start.
+    # On a RabbitMQ cluster (--broker amqp://...): the scorer's quorum queue, one active
+    # consumer at a time (host/services/cluster.py); a sample is acknowledged once its alerts
+    # are handed to the broker, so a scorer killed mid-sample scores it again on restart and
+    # the alerts' seqs (alert_seq: derived from the sample's) make the repeats the same alerts.
+    client = mqtt_client(mqtt, service_client_id("scorer", None), role="scorer",
+                         manual_ack=bool(mqtt.amqp))
     lock = threading.Lock()
 
     def on_message(c, _u, msg):
@@ -214,6 +219,9 @@ def run(args) -> int:
             metrics.reject(log, msg.topic, exc.reason)
         except Exception:  # one bad message never stops scoring
             log.exception("unexpected error on %s", msg.topic[:120])
+        finally:
+            if mqtt.amqp:  # after the alerts were handed over (publish is queued in order)
+                c.ack(msg.mid, msg.qos)
 
     client.on_message = on_message
     # No shared subscription: the rule needs each device's history in one process.

@@ -280,3 +280,78 @@ def test_signed_model_published_through_another_node_reaches_the_board(small_clu
             r.stdout, r.stderr, fleet.devices[0].log[-15:])
     finally:
         fleet.stop()
+
+
+def test_scorer_on_the_cluster_one_active_and_a_standby_that_takes_over(small_cluster, tmp_path,
+                                                                       tiny_model_dir):
+    """`edgewatch score --broker amqp://...`: two scorers on the scorer's quorum queue, one
+    active at a time (each board's history lives in one process); a board publishes through
+    node 2, the alerts reach an MQTT subscriber on node 3 and equal the host scorer's; the
+    active scorer is killed with -9 and the standby scores what follows."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from edgewatch.core.schema import parse
+
+    from tests.services.test_scoring import _host_alerts, _series
+
+    cl = small_cluster
+    pw = cl.state["password"]
+    env = service_env()
+    scorers = []
+    for name in ("score-a", "score-b"):
+        log = tmp_path / f"{name}.log"
+        scorers.append((spawn(["score", "--model", str(tiny_model_dir), "--broker", cl.amqp_url()],
+                              env, log), log))
+        wait_until(lambda log=log: "scoring with model" in log.read_text() or scorers[-1][0].poll(),
+                   timeout=60, what=f"{name} consuming")
+        assert scorers[-1][0].poll() is None, log.read_text()[-1500:]
+    got, lock = [], threading.Lock()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watch-scorer")
+    sub.username_pw_set("edgewatch", pw)
+    sub.on_message = lambda c, u, m: (lock.acquire(), got.append(m), lock.release())
+    sub.connect("127.0.0.1", cl.mqtt_port(2))
+    sub.subscribe("edgewatch/+/alert", 1)
+    sub.loop_start()
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gh-01")
+    dev.username_pw_set("gh-01", "pw-one")
+    dev.connect("127.0.0.1", cl.mqtt_port(1))
+    dev.loop_start()
+
+    def send(x, first_seq):
+        for i, (t, h) in enumerate(x):
+            body = {"v": 1, "device": "gh-01", "seq": first_seq + i, "t": None,
+                    "values": {"temperature": t, "humidity": h}, "pred": None, "band": None,
+                    "anomaly": False, "faults": [], "model": None}
+            dev.publish("edgewatch/gh-01/telemetry", json.dumps(body), qos=1).wait_for_publish(5)
+
+    try:
+        time.sleep(1)  # the subscription is bound
+        x = _series(240)
+        want = [(a["sample"], a["channel"]) for a in _host_alerts(tiny_model_dir, x)]
+        assert want
+        send(x, 0)
+        wait_until(lambda: len(got) >= len(want), timeout=60, what="the active scorer's alerts")
+        time.sleep(1)
+        with lock:
+            recs = [parse(m.topic, m.payload) for m in got]
+        assert sorted((r.sample, r.channel) for r in recs) == sorted(want)  # no doubles
+        logs = [log.read_text() for _, log in scorers]
+        active = [i for i in (0, 1) if "band alert gh-01" in logs[i]]
+        assert len(active) == 1, "exactly one scorer is active"
+        _kill(scorers[active[0]][0])
+        # the standby starts from an empty history: the same series again, as new samples
+        n = len(got)
+        send(x, 1000)
+        standby = scorers[1 - active[0]][1]
+        wait_until(lambda: len(got) >= n + len(want), timeout=90, what="the standby's alerts")
+        assert "band alert gh-01" in standby.read_text()
+        with lock:
+            later = sorted((parse(m.topic, m.payload).sample - 1000, parse(m.topic, m.payload).channel)
+                           for m in got[n:])
+        assert later == sorted(want)
+    finally:
+        dev.loop_stop()
+        sub.loop_stop()
+        for p, _ in scorers:
+            _kill(p)
