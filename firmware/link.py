@@ -192,6 +192,22 @@ class _FileClient(_simple.MQTTClient):
         self.on_file(sz, crc, err)
 
 
+def client_id(device, password):
+    """The board's MQTT client id: its device id, plus 16 hex digits derived from its password
+    when it has one. A broker that lets a new connection with a known client id replace the
+    old one (MQTT's rule; RabbitMQ applies it across a whole cluster) would let any board
+    that knows another's id knock it off; this suffix cannot be guessed without the other
+    board's password, and it stays the same across reboots, so the board's persistent
+    session is found again."""
+    if not password:
+        return device
+    import hashlib
+    from binascii import hexlify
+
+    h = hashlib.sha256(b"edgewatch-client-id\0" + password.encode() + b"\0" + device.encode())
+    return "%s-%s" % (device, hexlify(h.digest()[:8]).decode())
+
+
 def _ignore(topic, msg):
     # umqtt needs a callback to subscribe; every subscription of ours is a file topic
     pass
@@ -213,6 +229,7 @@ class Link:
         self.client = None
         self.up = False
         self.backoff = Backoff(cfg["backoff"]["min_ms"], cfg["backoff"]["max_ms"])
+        self.client_id = client_id(cfg["device"], cfg["password"])
         self.next_try = _ticks()
         self.wifi_asked = False
         self.wifi_deadline = 0
@@ -255,7 +272,7 @@ class Link:
     def _new_client(self):
         c = self.cfg
         client = _FileClient(
-            c["device"], c["host"], c["port"], c["user"], c["password"], c["keepalive_s"])
+            self.client_id, c["host"], c["port"], c["user"], c["password"], c["keepalive_s"])
         client.file_topic, client.file_path = self.file_topic, self.file_path
         client.file_max, client.on_file = self.file_max, self.on_file
         client.buf, client.arm = self._buf, self._arm

@@ -104,7 +104,9 @@ def definitions(prefix: str, host_password: str, devices: dict[str, str]) -> dic
     topic = [{"user": HOST_USER, "vhost": "/", "exchange": "amq.topic", "write": ".*",
               "read": ".*"}]
     for dev, pw in sorted(devices.items()):
-        own = f"^mqtt-subscription-{dev}qos[01]$"
+        # its session queue: the client id is the device id plus the suffix of
+        # firmware/link.py's client_id (derived from its password)
+        own = f"^mqtt-subscription-{dev}(-[0-9a-f]{{16}})?qos[01]$"
         users.append({"name": dev, "password_hash": password_hash(pw),
                       "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
         perms.append({"user": dev, "vhost": "/", "configure": own,

@@ -7,7 +7,7 @@ it must move on after the failed connect, deliver seq 0..n-1 once, and log the n
 import threading
 
 from edgewatch.board.sim import Fleet
-from edgewatch.core.schema import Telemetry
+from edgewatch.core.schema import Alert, Telemetry
 from edgewatch.services.broker import Broker, free_port
 from edgewatch.services.mqtt_watch import Watch
 
@@ -30,5 +30,8 @@ def test_board_moves_to_the_next_broker_of_its_list(tmp_path):
     assert "link: mqtt connect failed" in log
     assert f"link: mqtt connected to 127.0.0.1:{b.port}" in log
     assert f"connected to 127.0.0.1:{dead}" not in log
-    seqs = sorted(r.seq for r in rec.records if isinstance(r, Telemetry))
-    assert seqs == list(range(30))
+    # telemetry and alerts share the outbox's seqs: on a loaded machine a late sample makes
+    # a dropout alert, which takes the next seq; every seq arrives once, 30 of them samples
+    seqs = sorted(r.seq for r in rec.records if isinstance(r, (Telemetry, Alert)))
+    assert seqs == list(range(len(seqs)))
+    assert sum(isinstance(r, Telemetry) for r in rec.records) == 30

@@ -355,3 +355,42 @@ def test_scorer_on_the_cluster_one_active_and_a_standby_that_takes_over(small_cl
         sub.loop_stop()
         for p, _ in scorers:
             _kill(p)
+
+
+def test_a_board_cannot_knock_another_off_the_cluster_with_its_client_id(small_cluster, tmp_path):
+    """RabbitMQ lets a new connection with a known client id replace the old one, across the
+    whole cluster, whoever logs in. The firmware's client id carries a suffix derived from
+    its own password (firmware/link.py client_id): another board's account, trying the
+    device id and random suffixes through another node, knocks the board off 0 times."""
+    import secrets
+
+    import paho.mqtt.client as mqtt
+
+    cl = small_cluster
+    fleet = Fleet(tmp_path / "fleet", 1, cl.mqtt_url(), None, faults=[], period=0.2,
+                  samples=0, clean=1, credentials={"sim-01": "pw-sim-secret"})
+    fleet.start()
+    log = fleet.devices[0].log
+    try:
+        wait_until(lambda: any("mqtt connected" in ln for ln in log), timeout=60,
+                   what="the board connected")
+        time.sleep(1)
+        answers = []
+        for cid in ["sim-01"] + [f"sim-01-{secrets.token_hex(8)}" for _ in range(4)]:
+            a = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+            a.username_pw_set("gh-02", "pw-two")
+            a.on_connect = lambda c, u, f, rc, p=None: answers.append(str(rc))
+            a.connect("127.0.0.1", cl.mqtt_port(1), keepalive=5)
+            n = len(answers)
+            a.loop_start()
+            wait_until(lambda n=n: len(answers) > n, timeout=20, what="CONNACK")
+            time.sleep(1)
+            a.disconnect()
+            a.loop_stop()
+        time.sleep(2)
+        assert len(answers) == 5
+        connects = [ln for ln in log if "mqtt connected" in ln]
+        assert len(connects) == 1 and not any("link: mqtt" in ln and "failed" in ln for ln in log), \
+            log[-10:]
+    finally:
+        fleet.stop()
