@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,7 @@ def _publish_rounds(fleet: Fleet, rounds: range) -> int:
                 "pred": None, "band": None, "anomaly": False, "faults": [], "model": None})
         fleet.pump(timeout=0.0)
     total = n * len(rounds)
+    # the broker PUBACKs each publish once it holds it (also for a paused subscriber)
     fleet.pump(until=lambda: fleet.acked >= total, timeout=180)
     return total
 
@@ -230,52 +232,187 @@ def bench_collector(folder: Path, broker: Broker, fleet: Fleet, per_device: int)
             "collector_msgs_per_s": round(max(live_rate, backlog_rate), 1)}
 
 
+def _alert_latency(fleet: Fleet, sink: TwilioSink, alerts: int, rate: float) -> dict:
+    """Publish ``alerts`` alerts at ``rate``/s; latency from each publish to its SMS request."""
+    sent: dict[str, float] = {}
+    n = len(fleet.clients)
+    first = len(sink.requests)
+    t0 = time.perf_counter()
+    for j in range(alerts):
+        i = j % n
+        value = 30.0 + j / 100  # makes each SMS text unique, to match it back
+        msg = {"v": 1, "device": f"dev-{i:05d}", "seq": 10**6 + j, "t": None,
+               "sample": 10**6 + j - 1, "rule": "band", "channel": "temperature",
+               "value": value, "band": [21.1, 21.7], "pred": 21.4, "model": None}
+        due = t0 + j / rate
+        while time.perf_counter() < due:
+            fleet.pump(timeout=0.0)
+        sent[f"dev-{i:05d}: temperature {value:.4g} "] = time.time()
+        fleet.publish(i, "alert", msg)
+        fleet.pump(timeout=0.0)
+    deadline = time.monotonic() + 120
+    while len(sink.requests) - first < alerts and time.monotonic() < deadline:
+        fleet.pump(timeout=0.05)
+    lat = []
+    for r in list(sink.requests)[first:]:
+        key = r["Body"].split("edgewatch ", 1)[1].split("outside")[0]
+        if key in sent:
+            lat.append((r["t"] - sent[key]) * 1000)
+    lat.sort()
+
+    def pct(p):
+        return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 1) if lat else None
+
+    return {"alerts": alerts, "sms_requests": len(sink.requests) - first, "rate_per_s": rate,
+            "latency_ms_p50": pct(50), "latency_ms_p99": pct(99),
+            "latency_ms_max": round(lat[-1], 1) if lat else None}
+
+
+def _sink() -> TwilioSink:
+    return TwilioSink(account_sid="AC" + "b" * 32, auth_token="bench-token")
+
+
+def _bridge(folder: Path, broker: Broker, sink: TwilioSink, tag: str) -> subprocess.Popen:
+    log = folder / f"bridge-{tag}.log"
+    env = _env(broker, TWILIO_ACCOUNT_SID=sink.account_sid, TWILIO_AUTH_TOKEN=sink.auth_token,
+               TWILIO_FROM="+15005550006", TWILIO_TO="+15551230001",
+               TWILIO_API_BASE=sink.url, EDGEWATCH_COOLDOWN="0",
+               EDGEWATCH_MAX_PER_MINUTE="0")
+    proc = _service(["bridge", "--outbox", str(folder / f"outbox-{tag}.db"), "--log-level",
+                     "warning"], env, log)
+    _wait_started(log, proc, "bridge running")
+    return proc
+
+
 def bench_bridge(folder: Path, broker: Broker, fleet: Fleet, alerts: int, rate: float) -> dict:
     """Alert publish -> SMS request latency through one `edgewatch bridge`."""
-    with TwilioSink(account_sid="AC" + "b" * 32, auth_token="bench-token") as sink:
-        log = folder / "bridge.log"
-        env = _env(broker, TWILIO_ACCOUNT_SID=sink.account_sid, TWILIO_AUTH_TOKEN=sink.auth_token,
-                   TWILIO_FROM="+15005550006", TWILIO_TO="+15551230001",
-                   TWILIO_API_BASE=sink.url, EDGEWATCH_COOLDOWN="0",
-                   EDGEWATCH_MAX_PER_MINUTE="0")
-        proc = _service(["bridge", "--outbox", str(folder / "outbox.db"), "--log-level",
-                         "warning"], env, log)
+    with _sink() as sink:
+        proc = _bridge(folder, broker, sink, "latency")
         try:
-            _wait_started(log, proc, "bridge running")
-            sent: dict[str, float] = {}
-            n = len(fleet.clients)
-            t0 = time.perf_counter()
-            for j in range(alerts):
-                i = j % n
-                value = 30.0 + j / 100  # makes each SMS text unique, to match it back
-                msg = {"v": 1, "device": f"dev-{i:05d}", "seq": 10**6 + j, "t": None,
-                       "sample": 10**6 + j - 1, "rule": "band", "channel": "temperature",
-                       "value": value, "band": [21.1, 21.7], "pred": 21.4, "model": None}
-                due = t0 + j / rate
-                while time.perf_counter() < due:
-                    fleet.pump(timeout=0.0)
-                sent[f"dev-{i:05d}: temperature {value:.4g} "] = time.time()
-                fleet.publish(i, "alert", msg)
-                fleet.pump(timeout=0.0)
-            deadline = time.monotonic() + 120
-            while len(sink.requests) < alerts and time.monotonic() < deadline:
-                fleet.pump(timeout=0.05)
-            lat = []
-            for r in list(sink.requests):
-                key = r["Body"].split("edgewatch ", 1)[1].split("outside")[0]
-                if key in sent:
-                    lat.append((r["t"] - sent[key]) * 1000)
-            lat.sort()
-
-            def pct(p):
-                return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 1) if lat else None
-
-            return {"bridge_alerts": alerts, "bridge_sms_requests": len(sink.requests),
-                    "bridge_rate_per_s": rate, "bridge_latency_ms_p50": pct(50),
-                    "bridge_latency_ms_p99": pct(99), "bridge_latency_ms_max":
-                    round(lat[-1], 1) if lat else None}
+            return {f"bridge_{k}": v for k, v in _alert_latency(fleet, sink, alerts, rate).items()}
         finally:
             _stop(proc)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a running process, all its threads, in ns resolution (the scheduler's
+    per-thread schedstat; /proc/PID/stat counts 10 ms ticks). A thread that ended since is
+    not counted: the services' threads live as long as they do."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / 1e9
+
+
+def _bare(role: str, broker: Broker, count: int, *extra: str, env: dict | None = None):
+    proc = subprocess.Popen([sys.executable, "-m", "tools.bare_peers", role, "--port",
+                             str(broker.port), "--count", str(count), *extra],
+                            cwd=ROOT, env={**_env(broker), "BARE_PASSWORD": HOST_PW, **(env or {})},
+                            stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"bare {role} peer did not start")
+    return proc
+
+
+def bench_peers(folder: Path, broker: Broker, fleet: Fleet, per_device: int, alerts: int,
+                rate: float = 500.0) -> dict:
+    """The services against their bare peers, in the same run (issue 18's ratios).
+
+    - collector: CPU seconds per 1,000 telemetry messages stored (SQLite), against a bare
+      paho subscriber's per 1,000 received: *live*, while the same fleet publishes the same
+      messages (startup excluded), and *backlog*, each draining the same number of messages
+      the broker kept for its stopped session (less what a start with nothing queued costs);
+    - bridge: p99 from an alert's publish to its SMS request at ``rate`` alerts/s, against a
+      bare subscriber that POSTs the same request for each alert (tools/bare_peers.py)."""
+    n = len(fleet.clients)
+    total = n * per_device
+    port = 0
+    out = {"peers_messages": total}
+    # live: the fleet publishes while each runs (the bare peer times itself from its CONNACK)
+    bare = _bare("subscribe", broker, total)
+    _publish_rounds(fleet, range(10**5, 10**5 + per_device))
+    bare_cpu = float(bare.stdout.readline().split()[1])
+    bare.wait(30)
+
+    def collector(tag: str):
+        nonlocal port
+        port = free_port()
+        log = folder / f"collector-{tag}.log"
+        proc = _service(["collect", "--db", f"sqlite:///{folder / 'cpu.db'}", "--metrics-port",
+                         str(port), "--client-id", "bench-collector-cpu", "--no-discovery",
+                         "--log-level", "warning"], _env(broker), log)
+        _wait_started(log, proc, "collecting into")
+        return proc
+
+    proc = collector("cpu-live")
+    try:
+        time.sleep(0.5)
+        cpu0 = _cpu_seconds(proc.pid)
+        _publish_rounds(fleet, range(2 * 10**5, 2 * 10**5 + per_device))
+        stored, _ = _wait_stored(port, total)
+        col_cpu = _cpu_seconds(proc.pid) - cpu0
+    finally:
+        _stop(proc)
+    out["collector_cpu_s_per_1000"] = round(1000 * col_cpu / max(stored, 1), 4)
+    out["bare_subscriber_cpu_s_per_1000"] = round(1000 * bare_cpu / total, 4)
+    # backlog: each is paused (SIGSTOP) while the fleet publishes `total` messages, then
+    # resumed: it drains what the broker queued as fast as it can; CPU read from outside,
+    # from the pause to the last message (same process: no start-up in the figure)
+    proc = collector("cpu-backlog")
+    try:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGSTOP)
+        cpu0 = _cpu_seconds(proc.pid)
+        _publish_rounds(fleet, range(3 * 10**5, 3 * 10**5 + per_device))
+        proc.send_signal(signal.SIGCONT)
+        stored2, _ = _wait_stored(port, total)
+        col_back = _cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        _stop(proc)
+    bare = _bare("subscribe", broker, total, "--stay")
+    try:
+        bare.send_signal(signal.SIGSTOP)
+        cpu0 = _cpu_seconds(bare.pid)
+        _publish_rounds(fleet, range(4 * 10**5, 4 * 10**5 + per_device))
+        bare.send_signal(signal.SIGCONT)
+        while not bare.stdout.readline().startswith("done"):
+            pass
+        bare_back = _cpu_seconds(bare.pid) - cpu0
+    finally:
+        bare.kill()
+        bare.wait(10)
+    out["collector_backlog_cpu_s_per_1000"] = round(1000 * col_back / max(stored2, 1), 4)
+    out["bare_subscriber_backlog_cpu_s_per_1000"] = round(1000 * bare_back / total, 4)
+    for k in ("", "backlog_"):
+        out[f"collector_{k}cpu_ratio"] = round(out[f"collector_{k}cpu_s_per_1000"]
+                                               / max(out[f"bare_subscriber_{k}cpu_s_per_1000"],
+                                                     1e-9), 2)
+    with _sink() as sink:
+        proc = _bridge(folder, broker, sink, "peers")
+        try:
+            br = _alert_latency(fleet, sink, alerts, rate)
+        finally:
+            _stop(proc)
+        bare = _bare("post", broker, alerts, "--sms", sink.url, "--sid", sink.account_sid,
+                     env={"BARE_TOKEN": sink.auth_token})
+        try:
+            bp = _alert_latency(fleet, sink, alerts, rate)
+        finally:
+            bare.kill()
+            bare.wait(10)
+    out.update({"peers_alert_rate_per_s": rate, "bridge_p99_ms_at_rate": br["latency_ms_p99"],
+                "bridge_sms_at_rate": br["sms_requests"],
+                "bare_poster_p99_ms_at_rate": bp["latency_ms_p99"],
+                "bare_poster_sms_at_rate": bp["sms_requests"]})
+    if br["latency_ms_p99"] is not None and bp["latency_ms_p99"]:
+        out["bridge_p99_ratio"] = round(br["latency_ms_p99"] / bp["latency_ms_p99"], 2)
+    out["goal_collector_cpu_ratio"] = 1.5
+    out["goal_bridge_p99_ratio"] = 3.0
+    return out
 
 
 def bench(fast: bool = False, devices: int = 1000, per_device: int | None = None,
@@ -293,6 +430,7 @@ def bench(fast: bool = False, devices: int = 1000, per_device: int | None = None
                 out = {"devices": devices, "fleet_connect_seconds": round(connect_s, 2)}
                 out.update(bench_collector(folder, broker, fleet, per_device))
                 out.update(bench_bridge(folder, broker, fleet, alerts, rate=rate))
+                out.update(bench_peers(folder, broker, fleet, per_device, alerts))
             finally:
                 fleet.close()
     out["goal_collector_msgs_per_s"] = 5000
