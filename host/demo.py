@@ -35,7 +35,7 @@ from edgewatch.core.schema import DEFAULT_PREFIX
 ROOT = firmware.ROOT
 BIN = Path(sys.executable).parent
 EW = str(BIN / "edgewatch")
-FAULTS = ["spike", "stuck", "range", "fail"]
+FAULTS = ["spike", "stuck", "range", "fail", "drift"]
 
 
 def say(msg: str) -> None:
@@ -244,14 +244,13 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
              broker: str = "auto", period: float | None = None,
              faults: list[str] | None = None) -> int:
     """Run the demo; 0 when every faulty board alerted, the clean one did not, and SMS were printed."""
-    from edgewatch.board.sim import Fleet, rows_needed
+    from edgewatch.board.sim import Fleet, faults_seen, rows_needed, warmup_rows
     from edgewatch.core.store import Store
 
     t0 = time.monotonic()
     out = out.resolve()  # the services run from the repository root
     period = period or (0.25 if fast else 0.5)
     faults = faults or FAULTS
-    samples = rows_needed(faults)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -259,6 +258,7 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
     t = time.monotonic()
     reused = (Path(model_dir) / "model.ewb").is_file()
     model = ensure_model(model_dir, fast=fast)
+    samples = rows_needed(faults, warmup_rows(Path(model) / "model.ewb"))
     say(f"[1/6] model: {'reused' if reused else 'trained'} {model} ({time.monotonic() - t:.0f} s)")
     b = Broker(out / "broker", broker)
     services: list[Service] = []
@@ -331,6 +331,17 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
             if refused:  # said plainly: the band rule did not run on this board
                 say(f"   {d.device}: {refused.split('app: ', 1)[-1]}")
             ok &= (not per_dev[d.device]) if not d.faults else bool(per_dev[d.device])
+            console = (d.folder / "console.log").read_text(errors="replace").splitlines()
+            for ep in faults_seen(console, d.device):
+                # caught while it happens: flagged on one of its own samples; the sample after
+                # it counts only for a one-sample fault (a spike is judged on the next reading
+                # too); a drift flagged only when the reading jumps back was not caught
+                n = ep["samples"] - 1  # its own rows
+                caught = ep["first"] is not None and (ep["first"] <= n or n == 1)
+                when = (f"first on sample {ep['first']}" if caught else
+                        "NOT caught while present" + (" (only when it ended)" if ep["first"] else ""))
+                say(f"   {d.device}: {ep['kind']} fault over {n} sample{'s' * (n > 1)}: "
+                    f"{ep['flagged']} flagged, {when}")
         listener.stop()
         png = out / "demo.png"
         if sum(n_tel.values()):

@@ -30,7 +30,7 @@ from edgewatch.board import fwrun
 from edgewatch.core import mpy
 from edgewatch.core.errors import UserError
 
-FAULT_KINDS = ("spike", "stuck", "range", "fail", "crc", "stall")
+FAULT_KINDS = ("spike", "stuck", "range", "fail", "crc", "stall", "drift")
 DEFAULT_FAULTS = "spike,stuck,range"
 WARMUP_ROWS = 40  # the model's window fills and the band settles before the first fault
 
@@ -55,6 +55,23 @@ PROGRESS_S = 5.0  # seconds between progress lines of a --quiet run
 GAP_ROWS = 15  # quiet rows after each fault, so each alert is attributable
 
 
+DRIFT_ROWS = 60  # a slow drift: the reading walks away from the truth over this many samples
+DRIFT_DELTA = 3.0  # degrees C at its end (0.05 a sample: inside one sample's band)
+
+
+def warmup_rows(blob: Path | None) -> int:
+    """Clean samples before the first fault: the model's window fills and its band settles."""
+    if blob is None:
+        return WARMUP_ROWS
+    from edgewatch.training.export import blob as blobfmt
+
+    try:
+        window = blobfmt.read(Path(blob).read_bytes()).window
+    except (OSError, blobfmt.BlobError):
+        return WARMUP_ROWS  # the board refuses it and says so; rules only
+    return max(WARMUP_ROWS, window + WARMUP_ROWS)
+
+
 def plan_faults(kinds: list[str], start: int = WARMUP_ROWS) -> list[dict]:
     """simboard fault entries for `kinds`, one after another from row `start`."""
     out, row = [], start
@@ -65,6 +82,9 @@ def plan_faults(kinds: list[str], start: int = WARMUP_ROWS) -> list[dict]:
             out.append({"kind": "stuck", "row": row, "count": STUCK_ROWS})
         elif kind == "range":
             out.append({"kind": "range", "row": row, "count": 1, "channel": "humidity", "value": 120.0})
+        elif kind == "drift":
+            out.append({"kind": "drift", "row": row, "count": DRIFT_ROWS, "channel": "temperature",
+                        "delta": DRIFT_DELTA})
         elif kind in ("fail", "crc"):
             out.append({"kind": kind, "row": row, "attempts": 10})  # more than the read retries
         elif kind == "stall":
@@ -73,10 +93,40 @@ def plan_faults(kinds: list[str], start: int = WARMUP_ROWS) -> list[dict]:
     return out
 
 
-def rows_needed(kinds: list[str]) -> int:
+def rows_needed(kinds: list[str], start: int = WARMUP_ROWS) -> int:
     """Samples a board must take for every planned fault to happen and be judged."""
-    plan = plan_faults(kinds)
-    return (plan[-1]["row"] + plan[-1].get("count", 1) + GAP_ROWS) if plan else WARMUP_ROWS
+    plan = plan_faults(kinds, start)
+    return (plan[-1]["row"] + plan[-1].get("count", 1) + GAP_ROWS) if plan else start
+
+
+def faults_seen(console: list[str], device: str) -> list[dict]:
+    """Per planned fault that spans rows, read from a board's console (simboard's begin/end
+    lines around the firmware's per-sample lines): the samples it covered (its rows plus the
+    one after, where a fault's end is judged), how many of them the board flagged, and after
+    how many samples the first flag came (1 = on its first row; None = never while present)."""
+    out, open_, closing = [], [], []
+    sample = f"{device} #"
+    for line in console:
+        if line.startswith("sim: ") and line.endswith(" fault begins"):
+            ep = {"kind": line.split()[1], "samples": 0, "flagged": 0, "first": None}
+            out.append(ep)
+            open_.append(ep)
+        elif line.startswith("sim: ") and line.endswith(" fault ends"):
+            kind = line.split()[1]
+            for ep in open_:
+                if ep["kind"] == kind:
+                    open_.remove(ep)
+                    closing.append(ep)  # judged on one more sample
+                    break
+        elif line.startswith(sample):
+            for ep in open_ + closing:
+                ep["samples"] += 1
+                if " ANOMALY " in line:
+                    ep["flagged"] += 1
+                    if ep["first"] is None:
+                        ep["first"] = ep["samples"]
+            closing = []
+    return out
 
 
 def parse_faults(text: str | None) -> list[str]:
@@ -193,10 +243,11 @@ class Fleet:
         self.data = self._data(data)
         self.range_warning = range_warning(self.model, self.data)
         kinds = faults if faults is not None else parse_faults(DEFAULT_FAULTS)
+        self.warmup = warmup_rows(self.model)
         self.devices: list[Device] = []
         for i in range(devices):
             dev = f"{prefix}-{i + 1:02d}"
-            plan = [] if i < clean else plan_faults(kinds)
+            plan = [] if i < clean else plan_faults(kinds, self.warmup)
             for f in plan:
                 if f["kind"] == "stall":
                     f["ms"] = self.period_ms * 3  # three missed periods: a dropout

@@ -12,7 +12,7 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-from edgewatch.board.sim import Fleet, plan_faults, rows_needed
+from edgewatch.board.sim import Fleet, faults_seen, plan_faults, rows_needed, warmup_rows
 from edgewatch.core.schema import Alert, Telemetry
 from edgewatch.services.broker import Broker
 from edgewatch.services.mqtt_watch import Watch
@@ -27,6 +27,25 @@ def test_fault_plan_is_sequential_and_sized():
     assert rows == sorted(rows) and rows[0] >= 30
     assert plan[1]["count"] > 30  # longer than the stuck rule's 30 samples
     assert rows_needed(["spike", "stuck", "range"]) > rows[-1]
+
+
+def test_faults_start_after_the_models_window_and_a_console_tells_which_samples_they_hit(
+        tiny_model_dir):
+    from edgewatch.training.export import blob
+
+    window = blob.read((tiny_model_dir / "model.ewb").read_bytes()).window
+    start = warmup_rows(tiny_model_dir / "model.ewb")
+    assert start >= window + 30 and warmup_rows(None) == 40
+    plan = plan_faults(["spike", "drift"], start)
+    assert plan[0]["row"] == start and plan[1]["kind"] == "drift" and plan[1]["count"] >= 30
+    console = ["sim: drift fault begins", "gh-02 #5 ... ok", "gh-02 #6 ... ANOMALY drift",
+               "other line", "gh-02 #7 ... ANOMALY drift", "sim: drift fault ends",
+               "gh-02 #8 ... ANOMALY band", "gh-02 #9 ... ok",
+               "sim: spike fault begins", "gh-02 #10 ... ok", "sim: spike fault ends",
+               "gh-02 #11 ... ok"]
+    assert faults_seen(console, "gh-02") == [
+        {"kind": "drift", "samples": 4, "flagged": 3, "first": 2},  # its 3 rows + the one after
+        {"kind": "spike", "samples": 2, "flagged": 0, "first": None}]
 
 
 def test_fleet_publishes_every_sample_once_and_alerts_only_on_faults(tmp_path):

@@ -12,6 +12,8 @@ EDGEWATCH_SIM (absent: a built-in smooth signal, no faults):
         {"kind": "stuck", "row": 100, "count": 40},       rows repeating row 100's values
         {"kind": "range", "row": 200, "count": 1, "channel": "temperature", "value": 150},
         {"kind": "spike", "row": 300, "count": 1, "channel": "temperature", "delta": 4.0},
+        {"kind": "drift", "row": 350, "count": 60, "channel": "temperature", "delta": 3.0},
+                                                          a ramp to +delta over count rows
         {"kind": "stall", "row": 400, "ms": 500}],        the read hangs (missed periods)
      "torn_write": {"record": 120, "bytes": 40},          power cut inside the 120th outbox append
      "wifi": {"fail_connects": 2, "connect_ms": 50},
@@ -19,6 +21,9 @@ EDGEWATCH_SIM (absent: a built-in smooth signal, no faults):
 
 `row` counts the readings delivered since start (0-based); a failing attempt does
 not advance it, so {"kind": "fail", "attempts": n} fails the next n attempts.
+A fault that spans rows (stuck, range, spike, drift) prints ``sim: <kind> fault begins``
+on the console before the reading of its first row and ``sim: <kind> fault ends`` before
+the reading of the row after its last, so a console can be read as which samples it hit.
 """
 
 import json
@@ -121,11 +126,22 @@ class Replay:
             vals = list(self.held)
         else:
             self.held = None
-        for kind in ("range", "spike"):
+        for kind in ("range", "spike", "drift"):
             flt = self._fault(kind)
             if flt:
                 c = ("temperature", "humidity").index(flt["channel"])
-                vals[c] = flt["value"] if kind == "range" else vals[c] + flt["delta"]
+                if kind == "range":
+                    vals[c] = flt["value"]
+                elif kind == "spike":
+                    vals[c] += flt["delta"]
+                else:
+                    vals[c] += flt["delta"] * (self.row - flt["row"] + 1) / flt["count"]
+        for flt in self.faults:
+            if "count" in flt:
+                if flt["row"] == self.row:
+                    print("sim: %s fault begins" % flt["kind"])
+                elif flt["row"] + flt["count"] == self.row:
+                    print("sim: %s fault ends" % flt["kind"])
         self.row += 1
         self.attempts = 0
         self.values = vals
