@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 from edgewatch.core.errors import UserError
 from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
@@ -123,10 +124,22 @@ class Collector:
     def __init__(self, store: Store, mqtt: MqttSettings, *, group: str | None = None,
                  devices: frozenset[str] | None = None, batch: int = 1000, flush_ms: int = 100,
                  client_id: str | None = None, ha_discovery: bool = True, max_channels: int = 64,
-                 metrics: Metrics | None = None, state_dir: str | os.PathLike | None = None):
+                 metrics: Metrics | None = None, state_dir: str | os.PathLike | None = None,
+                 discovery_mqtt: MqttSettings | None = None):
         self.store, self.mqtt, self.group, self.allowed = store, mqtt, group, devices
         self.batch, self.flush_s = max(1, batch), max(0.0, flush_ms / 1000)
         self.ha_discovery, self.max_channels = ha_discovery, max_channels
+        # Home Assistant's configs are retained messages. On a RabbitMQ cluster the consumer
+        # is AMQP (nothing it publishes is retained), retained messages stay on the node they
+        # were published through and reach no wildcard subscription (Home Assistant subscribes
+        # to homeassistant/#): the configs go over MQTT through --discovery-broker (any node),
+        # and again whenever Home Assistant announces itself (docs/scaling.md).
+        self.discovery_mqtt = discovery_mqtt
+        self._disco = None
+        if mqtt.amqp and ha_discovery and discovery_mqtt is None:
+            log.warning("Home Assistant discovery is off: on a cluster it needs "
+                        "--discovery-broker mqtt://NODE (retained messages stay on one node)")
+            self.ha_discovery = False
         self.metrics = metrics or Metrics("collector")
         self.devices = Devices(self.metrics)
         # stable across restarts (the broker keeps the session) but unguessable: 128 random
@@ -328,6 +341,16 @@ class Collector:
                 if value is not None:
                     self.metrics.reading.labels(device, channel).set(value)
 
+    def _on_ha_status(self, _c, _u, msg) -> None:
+        """Home Assistant's birth message ("online" on homeassistant/status, sent when it
+        starts): announce again every device this collector has announced. On RabbitMQ the
+        retained configs reach no wildcard subscriber, so this is how a restarted Home
+        Assistant learns them; every collector answers for the devices it has seen."""
+        if msg.payload.strip().lower() != b"online":
+            return
+        for device, chans in list(self._announced.items()):
+            self._announce_channels(device, chans)
+
     def _announce(self, rec: Telemetry) -> None:
         chans = frozenset(rec.values)
         if self._announced.get(rec.device) == chans:
@@ -336,7 +359,7 @@ class Collector:
 
     def _announce_channels(self, device: str, chans: frozenset) -> None:
         self._announced[device] = chans
-        discovery.publish(self.client, device, sorted(chans), self.mqtt.prefix,
+        discovery.publish(self._disco or self.client, device, sorted(chans), self.mqtt.prefix,
                           fw=self._fw.get(device))
 
     # ------------------------------------------------------------ lifecycle
@@ -345,6 +368,11 @@ class Collector:
         self._writer = threading.Thread(target=self._writer_loop, name="collector-writer",
                                         daemon=True)
         self._writer.start()
+        if self.ha_discovery and self.discovery_mqtt is not None:
+            self._disco = mqtt_client(self.discovery_mqtt,
+                                      service_client_id("collector-discovery", None))
+            self._disco.on_message = self._on_ha_status
+            connect(self._disco, self.discovery_mqtt, [(discovery.HA_STATUS, 1)])
         connect(self.client, self.mqtt, subscriptions(self.mqtt.prefix, self.group))
         log.info("collector storing to %s", safe_url(self.store.url),
                  extra={"group": self.group or ""})
@@ -359,6 +387,9 @@ class Collector:
             self._writer.join(timeout + 1)
         self._flush_received()
         close_client(self.client, self.client_id)
+        if self._disco is not None:
+            self._disco.disconnect()
+            self._disco.loop_stop()
 
 
 def add_arguments(parser) -> None:
@@ -374,6 +405,11 @@ def add_arguments(parser) -> None:
                         "else the current one")
     parser.add_argument("--no-discovery", action="store_true",
                         help="do not publish Home Assistant discovery configs")
+    parser.add_argument("--discovery-broker", metavar="URL",
+                        help="with --broker amqp://... (a cluster): publish the discovery "
+                        "configs over MQTT through this node (mqtt[s]://node:port; the "
+                        "service's user and password unless the URL has them), again each time "
+                        "Home Assistant sends its birth message (env EDGEWATCH_DISCOVERY_URL)")
     add_service_arguments(parser, "instances with the same group split the messages",
                           "others are counted and dropped")
 
@@ -399,10 +435,22 @@ def run(args) -> int:
     devices = parse_devices(args.devices or env("EDGEWATCH_DEVICES"))
     store = Store(url, args.table_prefix)
     metrics = serve_metrics("collector", args, log)
+    disco_url = args.discovery_broker or env("EDGEWATCH_DISCOVERY_URL")
+    disco = None
+    if disco_url:
+        if not mqtt.amqp:
+            raise UserError("--discovery-broker: only with a cluster's --broker amqp://...; "
+                            "on MQTT the configs go to --broker")
+        disco = mqtt_settings(SimpleNamespace(mqtt=disco_url, username=args.username,
+                                              ca_file=args.ca_file, cert_file=args.cert_file,
+                                              key_file=args.key_file, prefix=args.prefix))
+        if not disco.username:
+            disco.username, disco.password = mqtt.username, mqtt.password
     col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
                     ha_discovery=not args.no_discovery, metrics=metrics,
-                    state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url))
+                    state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url),
+                    discovery_mqtt=disco)
     serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
     store.close()
     return 0

@@ -42,6 +42,9 @@ DIAGNOSTICS = {
 }
 
 
+HA_STATUS = "homeassistant/status"  # Home Assistant's birth ("online") and last will
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version

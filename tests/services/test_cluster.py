@@ -394,3 +394,67 @@ def test_a_board_cannot_knock_another_off_the_cluster_with_its_client_id(small_c
             log[-10:]
     finally:
         fleet.stop()
+
+
+def test_home_assistant_on_any_node_gets_the_discovery_configs(small_cluster, tmp_path):
+    """RabbitMQ keeps a retained message on the node it came through and delivers none to a
+    wildcard subscription, and nothing published over AMQP is retained: Home Assistant
+    (homeassistant/#) would never see a config. The collector on the cluster publishes the
+    configs over MQTT through --discovery-broker and again on Home Assistant's birth message;
+    Home Assistant on another node, started after the board's first sample, gets them. A
+    collector on the cluster without the option says discovery is off."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    cl = small_cluster
+    node = f"mqtt://127.0.0.1:{cl.mqtt_port(2)}"
+    log = tmp_path / "collect.log"
+    col = spawn(["collect", "--db", f"sqlite:///{tmp_path / 'ew.db'}", "--broker", cl.amqp_url(),
+                 "--discovery-broker", node], service_env(), log)
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gh-02-disco")
+    dev.username_pw_set("gh-02", "pw-two")
+    got, lock = [], threading.Lock()
+    ha = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ha")
+    ha.username_pw_set("edgewatch", cl.state["password"])
+    ha.on_message = lambda c, u, m: (lock.acquire(), got.append(m), lock.release())
+    try:
+        wait_until(lambda: "collecting into" in log.read_text() or col.poll() is not None,
+                   timeout=60, what="collector started")
+        assert col.poll() is None, log.read_text()[-1500:]
+        dev.connect("127.0.0.1", cl.mqtt_port(0))
+        dev.loop_start()
+        body = {"v": 1, "device": "gh-02", "seq": 1, "t": None,
+                "values": {"temperature": 21.5, "humidity": 40.0}, "pred": None, "band": None,
+                "anomaly": False, "faults": [], "model": None}
+        dev.publish("edgewatch/gh-02/telemetry", json.dumps(body), qos=1).wait_for_publish(10)
+        wait_until(lambda: "new column temperature" in log.read_text(), timeout=30,
+                   what="the sample stored")
+        # Home Assistant starts now, on node 1: subscribes, then sends its birth message
+        ha.connect("127.0.0.1", cl.mqtt_port(1))
+        ha.loop_start()
+        ha.subscribe("homeassistant/#", 1)
+        time.sleep(1)
+        ha.publish("homeassistant/status", "online", qos=1)
+
+        def configs():
+            with lock:
+                return [m for m in got if "/gh-02/" in m.topic and m.topic.endswith("/config")]
+
+        wait_until(lambda: len(configs()) >= 2, timeout=30, what="discovery configs")
+        topics = {m.topic for m in configs()}
+        assert any("temperature" in t for t in topics) and any("humidity" in t for t in topics)
+        cfg = json.loads(next(m.payload for m in configs() if "temperature" in m.topic))
+        assert cfg["state_topic"].startswith("edgewatch/gh-02/")
+    finally:
+        dev.loop_stop()
+        ha.loop_stop()
+        _kill(col)
+    plain_log = tmp_path / "collect-plain.log"
+    plain = spawn(["collect", "--db", f"sqlite:///{tmp_path / 'ew2.db'}", "--broker",
+                   cl.amqp_url()], service_env(), plain_log)
+    try:
+        wait_until(lambda: "discovery is off" in plain_log.read_text() or plain.poll() is not None,
+                   timeout=60, what="the warning of a collector without --discovery-broker")
+    finally:
+        _kill(plain)
