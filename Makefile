@@ -29,7 +29,7 @@ USERS ?=
 # (edgewatch.board.rv32: MicroPython for the ESP32-C3's instruction set under QEMU)
 APT_PKGS := mosquitto chromium chromium-driver gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc
 
-.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench bench-detect clean cluster cluster-down
+.PHONY: help apt setup test lint train compare convert flash deploy repl run logs sim bridge collect dashboard demo bench bench-detect reliability clean cluster cluster-down
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -115,6 +115,9 @@ dashboard: setup  ## web dashboard on http://127.0.0.1:8080: make dashboard [DB=
 
 bench: setup  ## regenerate docs/benchmarks.md and docs/benchmarks.json
 	$(BIN)/python -m tools.bench
+
+reliability: setup  ## the integrity suite's attacks and faults, their figures, poison throughput -> docs/reliability.md
+	$(BIN)/python -m tools.reliability
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build/firmware runs

@@ -9,6 +9,7 @@ and send the oldest queued records, each removed only after its PUBACK.
 import gc
 import os
 import time
+from array import array
 from binascii import crc32
 
 gc.collect()
@@ -32,10 +33,13 @@ _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ports with a 2000 epoc
 wdt = None  # the hardware watchdog once started; main.py feeds it after a crash
 
 
+NO_CLOCK = False  # simulation: config "sim_no_clock" (a board whose clock is never set)
+
+
 def unix_time():
-    """Unix seconds when the clock is set (NTP), else None (the host stamps arrival)."""
+    """Unix seconds when the clock is set (NTP), else None (the message carries its age)."""
     t = int(time.time()) + _EPOCH
-    return t if t > 1600000000 else None
+    return t if t > 1600000000 and not NO_CLOCK else None
 
 
 # The largest model blob received over the air; a bigger one is drained unstored and
@@ -105,6 +109,14 @@ class App:
         ob = cfg["outbox"]
         self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], sim_flash_opener())
         schema.EPOCH = self.outbox.epoch
+        # Samples taken without a clock (t null) carry their age when sent: the ticks + 1 at
+        # which each seq of this boot was taken (0: it has a time), a ring as long as the
+        # outbox; seqs from before this boot are not in it and go without an age.
+        global NO_CLOCK
+        NO_CLOCK = cfg.get("sim_no_clock") is True
+        self.taken = array("i", bytes(4 * ob["slots"]))  # MicroPython: the bytes are the buffer
+        self.boot_seq = self.outbox.next_seq
+        self.sendbuf = bytearray(ob["slot_size"] + 24)
         wlan = None
         if cfg["wifi"]:
             import network
@@ -256,6 +268,9 @@ class App:
         band = d.has_band
         ob = self.outbox
         seq = ob.next_seq
+        tk = 0 if t is not None else time.ticks_ms() + 1
+        taken, n = self.taken, len(self.taken)
+        taken[seq % n] = tk
         ob.append(outbox.TELEMETRY, schema.telemetry(
             self.device, seq, t, self.names, values, d.pred if band else None,
             d.lo if band else None, d.hi if band else None, faults, mid))
@@ -265,6 +280,7 @@ class App:
             # one message per episode (detector.py): at its start and every resend_samples
             # while it lasts; the telemetry above flags every sample of it
             for a in alerts:
+                taken[ob.next_seq % n] = tk
                 ob.append(outbox.ALERT, schema.alert(self.device, ob.next_seq, t, seq, a, mid))
                 self.alerts += 1
                 r = self.rnd
@@ -294,12 +310,28 @@ class App:
                 break
             kind, seq, payload = r
             if not self.link.publish(self.t_tel if kind == outbox.TELEMETRY else self.t_alert,
-                                     payload):
+                                     self._aged(seq, payload)):
                 break
             ob.ack()
             self.sent += 1
             if time.ticks_diff(until, time.ticks_ms()) <= 0:
                 break
+
+    def _aged(self, seq, payload):
+        """The record as sent: with `"age": ms since it was taken` when it has no time and
+        was taken in this boot (docs/messages.md), built in a buffer allocated once."""
+        taken = self.taken
+        tk = taken[seq % len(taken)]
+        if not tk or seq < self.boot_seq or seq >= self.outbox.next_seq:
+            return payload
+        n = len(payload)
+        age = b',"age":%d}' % time.ticks_diff(time.ticks_ms() + 1, tk)
+        buf = self.sendbuf
+        if n < 2 or payload[n - 1] != 125 or n + len(age) > len(buf):  # 125: "}"
+            return payload
+        buf[:n - 1] = payload[:n - 1]
+        buf[n - 1:n - 1 + len(age)] = age
+        return memoryview(buf)[:n - 1 + len(age)]
 
     # -- loop ------------------------------------------------------------------
     def run(self):

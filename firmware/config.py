@@ -55,6 +55,9 @@ DEFAULTS = {
     # simulation only: stop after this many samples (0 = run forever) and drain first
     "stop_after": 0,
     "drain_ms": 10000,
+    # simulation only: behave as a board whose clock is never set (t null, samples sent
+    # with their age)
+    "sim_no_clock": False,
 }
 
 # Detector parameters used when neither the config nor a model blob gives them
@@ -264,6 +267,8 @@ def load(path=CONFIG_FILE, board_path=BOARD_FILE):
     if cfg["log"] not in ("sample", "quiet"):
         raise ConfigError('%s: log: expected "sample" or "quiet"' % path)
     _num(path, "drain_ms", cfg["drain_ms"], 0, 3600000, integer=True)
+    if type(cfg["sim_no_clock"]) is not bool:
+        raise ConfigError("%s: sim_no_clock: expected true or false" % path)
     cfg.update(extra)
     cfg["sensor"] = sensor
     cfg["host"], cfg["port"], cfg["tls"] = host, port, tls

@@ -242,6 +242,7 @@ class Link:
         self.on_connect = on_connect
         self.will_topic, self.will = will or (None, None)
         self.last_io = _ticks()
+        self.clock_at = _ticks()  # when NTP was last asked (at every wifi up, and daily)
         self._ctx = None
         if cfg["tls"]:
             self._ctx = ssl_context(cfg["ca"], cfg["client_cert"], cfg["client_key"])
@@ -265,9 +266,15 @@ class Link:
             if self.wifi_asked:
                 self.wifi_asked = False
                 self.log("link: wifi up %s" % (w.ifconfig()[0],))
-                _set_clock()
+                self._clock()
+            elif w is not None and time.ticks_diff(_ticks(), self.clock_at) > _DAY_MS:
+                self._clock()  # again daily: the board's RTC drifts seconds a day
             return True
         return False
+
+    def _clock(self):
+        self.clock_at = _ticks()
+        _set_clock()
 
     def _new_client(self):
         c = self.cfg
@@ -379,6 +386,9 @@ class Link:
         except Exception as e:
             self.drop(e)
             return False
+
+
+_DAY_MS = 86400000
 
 
 def _set_clock():

@@ -227,13 +227,23 @@ def _common(obj: dict, device: str | None, *,
     return dev, epoch, seq
 
 
-def _time(obj: dict) -> float | None:
+MAX_AGE_MS = 2**31 - 1  # the board's ticks_diff range
+
+
+def _time(obj: dict, received: float | None = None) -> float | None:
+    """The message's measurement time: its `t`; without one, ``received`` minus its `age`
+    (ms since the board took the reading, at send time) when both are known; else None."""
     t = obj.get("t")
+    age = obj.get("age")
+    if age is not None:
+        age = _int(obj, "age", required=False, hi=MAX_AGE_MS)
     if t is None or (type(t) is float and _isfinite(t) and t >= 0):  # the common case
-        return t
+        return received - age / 1000 if t is None and age is not None and received else t
     t = _number(obj, "t", nullable=True)
     if t is not None and t < 0:
         raise SchemaError(f"t: {t} is negative")
+    if t is None and age is not None and received:
+        return received - age / 1000
     return t
 
 
@@ -245,7 +255,8 @@ def _model(obj: dict) -> str | None:
 
 # ---------------------------------------------------------------- messages
 
-def parse_telemetry(payload, device: str | None = None) -> Telemetry:
+def parse_telemetry(payload, device: str | None = None,
+                    received: float | None = None) -> Telemetry:
     """A telemetry message; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload
     dev, epoch, seq = _common(obj, device)
@@ -292,7 +303,7 @@ def parse_telemetry(payload, device: str | None = None) -> Telemetry:
     elif (not isinstance(faults, list) or any(f not in RULES for f in faults)
             or len(set(faults)) != len(faults)):
         raise SchemaError(f"faults: expected a list of distinct rule names {list(RULES)}")
-    return _telemetry(dev, seq, _time(obj), vals, pred, band, anomaly, tuple(faults), _model(obj),
+    return _telemetry(dev, seq, _time(obj, received), vals, pred, band, anomaly, tuple(faults), _model(obj),
                       epoch or 0)
 
 
@@ -312,7 +323,7 @@ def _telemetry(device, seq, t, values, pred, band, anomaly, faults, model, epoch
     return rec
 
 
-def parse_alert(payload, device: str | None = None) -> Alert:
+def parse_alert(payload, device: str | None = None, received: float | None = None) -> Alert:
     """An alert message; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload
     dev, epoch, seq = _common(obj, device)
@@ -323,13 +334,13 @@ def parse_alert(payload, device: str | None = None) -> Alert:
     if channel is not None:
         _channel(channel, "channel")
     band = obj.get("band")
-    return Alert(dev, seq, _time(obj), _int(obj, "sample", required=True), rule, channel,
+    return Alert(dev, seq, _time(obj, received), _int(obj, "sample", required=True), rule, channel,
                  _number(obj, "value", nullable=True),
                  None if band is None else _pair(band, "band"),
                  _number(obj, "pred", nullable=True), _model(obj), epoch or 0)
 
 
-def parse_status(payload, device: str | None = None) -> Status:
+def parse_status(payload, device: str | None = None, received: float | None = None) -> Status:
     """A status message or last will; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload
     dev, epoch, seq = _common(obj, device, seq_required=False)
@@ -374,10 +385,14 @@ def _parse_topic(topic: str, prefix: str) -> tuple[str, str]:
     return kind, device
 
 
-def parse(topic: str, payload, prefix: str = DEFAULT_PREFIX) -> Telemetry | Alert | Status:
-    """The record of one MQTT message, checked against its topic; SchemaError if bad."""
+def parse(topic: str, payload, prefix: str = DEFAULT_PREFIX,
+          received: float | None = None) -> Telemetry | Alert | Status:
+    """The record of one MQTT message, checked against its topic; SchemaError if bad.
+
+    ``received``: the Unix time it arrived; a message without `t` but with its `age` gets
+    the time it was measured (received - age)."""
     kind, device = parse_topic(topic, prefix)
-    return PARSERS[kind](payload, device)
+    return PARSERS[kind](payload, device, received)
 
 
 def to_json(rec: Telemetry | Alert | Status) -> dict:

@@ -175,7 +175,7 @@ class Collector:
         try:
             kind = topic[topic.rfind("/") + 1:]
             self._nrx[kind if kind in self._nrx else "other"] += 1
-            rec = parse(topic, msg.payload, self.mqtt.prefix)
+            rec = parse(topic, msg.payload, self.mqtt.prefix, now)
             if self.allowed is not None and rec.device not in self.allowed:
                 raise SchemaError(f"unknown device {rec.device!r}")
             if type(rec) is Telemetry:

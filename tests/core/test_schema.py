@@ -176,3 +176,22 @@ def test_memos_stay_bounded_under_a_flood_of_distinct_names():
     # past the bound the full checks still run and still refuse
     with pytest.raises(SchemaError, match="channel name"):
         parse("edgewatch/zz/telemetry", _b(dict(TELEMETRY, device="zz", values={"9x": 1.0})))
+
+
+def test_a_sample_without_a_clock_is_stored_at_its_measurement_time():
+    """`t` null + `age` (ms from the reading to its send): t = received - age."""
+    msg = {"v": 1, "device": "gh-01", "epoch": 5, "seq": 7, "t": None, "age": 61500,
+           "values": {"temperature": 21.0}, "pred": None, "band": None, "anomaly": False,
+           "faults": [], "model": None}
+    topic = "edgewatch/gh-01/telemetry"
+    assert parse(topic, json.dumps(msg), received=1_800_000_100.0).t == 1_800_000_038.5
+    assert parse(topic, json.dumps(msg)).t is None  # no arrival time known: none made up
+    alert = {"v": 1, "device": "gh-01", "epoch": 5, "seq": 8, "t": None, "age": 2000,
+             "sample": 7, "rule": "band", "channel": "temperature", "value": 30.0,
+             "band": [20.0, 22.0], "pred": 21.0, "model": None}
+    assert parse("edgewatch/gh-01/alert", json.dumps(alert), received=100.0).t == 98.0
+    clocked = dict(msg, t=1_800_000_000.0)  # a board with a clock: its own time wins
+    assert parse(topic, json.dumps(clocked), received=1_800_000_100.0).t == 1_800_000_000.0
+    for bad in (-1, 2**31, 1.5, "60", True):
+        with pytest.raises(SchemaError, match="age"):
+            parse(topic, json.dumps(dict(msg, age=bad)), received=1.0)

@@ -171,6 +171,8 @@ NOT_RUN = {
     "make bench": "minutes of benchmarks; its tools have their own tests (tests/devtools)",
     "make run": "a board on a serial port (deploy and repl run on the virtual board)",
     "make cluster-down": "run by test_scaling_doc's clean-up",
+    "make reliability": "re-runs tests of the suite for their figures; its tool is tested in "
+                        "tests/devtools/test_reliability_tool.py",
     "python -m tools.bench": "developer benchmarks, tested in tests/devtools",
     "edgewatch ...": "a placeholder for any command",
     "edgewatch <command>": "a placeholder",

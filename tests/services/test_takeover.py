@@ -8,6 +8,7 @@ clean_session=False on both listeners while another board publishes samples and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import paho.mqtt.client as mqtt
 from edgewatch.core.settings import release_client_id, service_client_id
 from edgewatch.core.store import Store
 from edgewatch.services import broker as brokers
+from figures import record
 from hostkit import alert, service_env, spawn, telemetry, wait_until
 
 N_SAMPLES, N_ALERTS = 2000, 100
@@ -107,12 +109,16 @@ def test_board_login_cannot_take_a_service_session(tmp_path):
         st = Store(f"sqlite:///{tmp_path}/col/ew.db", create=False)
         sms = tmp_path / "br" / "bridge.log"
         try:
-            wait_until(lambda: st.count() == N_SAMPLES, 30, what="every sample stored")
-            wait_until(lambda: sms.read_text().count("ALERT ") == N_ALERTS, 30,
-                       what="every alert notified")
+            with contextlib.suppress(TimeoutError):  # counted below: the loss is the figure
+                wait_until(lambda: st.count() == N_SAMPLES, 30, what="every sample stored")
+                wait_until(lambda: sms.read_text().count("ALERT ") == N_ALERTS, 30,
+                           what="every alert notified")
             time.sleep(0.5)
-            assert st.count() == N_SAMPLES and st.count("alerts") == N_ALERTS
-            assert sms.read_text().count("ALERT ") == N_ALERTS
+            stored, notified = st.count(), sms.read_text().count("ALERT ")
+            record("samples PUBACKed but not stored", N_SAMPLES - stored)
+            record("alerts PUBACKed but not notified", N_ALERTS - notified)
+            assert stored == N_SAMPLES and st.count("alerts") == N_ALERTS
+            assert notified == N_ALERTS
         finally:
             st.close()
         assert accepted and set(accepted) == {b.tls_port}  # never on the services' listener
