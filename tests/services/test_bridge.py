@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from edgewatch.core.schema import parse
 from edgewatch.core.settings import MqttSettings
-from edgewatch.services.bridge import Bridge, Outbox, alert_text, backoff
+from edgewatch.services.bridge import Bridge, Outbox, alert_text, backoff, message_ref
 from edgewatch.services.broker import DEVICE_ACL, Broker
 from edgewatch.services.metrics import JsonFormatter
 from edgewatch.services.notifiers import Console, TwilioSMS
@@ -73,9 +73,12 @@ def test_alert_over_tls_and_acl_reaches_each_phone_once(tmp_path, broker, sink, 
         assert {r["From"] for r in sink.requests} == {FROM}
         assert all(r["auth_ok"] for r in sink.requests)
         body = sink.requests[0]["Body"]
+        # the text, then a short reference from the alert's identity (device, epoch, seq)
         assert body == alert_text(parse("edgewatch/gh-01/alert",
-                                        json.dumps(alert("gh-01", 7, t=1732372000))))
-        assert body.endswith("at 14:26:40 UTC")
+                                        json.dumps(alert("gh-01", 7, t=1732372000)))) + \
+            f" ref {message_ref('gh-01:7')}"
+        assert body.endswith(f"at 14:26:40 UTC ref {message_ref('gh-01:7')}")
+        assert len(message_ref("gh-01:7")) == 8 and message_ref("gh-01:7") != message_ref("gh-01:8")
         assert "gh-01" in body and "35.2" in body and "21.1..21.7" in body and "(band)" in body
         assert len(sink.requests) == 2
         wait_until(lambda: b.outbox.counts() == {"sent": 2}, what="both rows marked sent")
