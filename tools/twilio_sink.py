@@ -50,6 +50,7 @@ class TwilioSink:
         self.port = port or free_port()
         self.mode, self.delay = "ok", 0.0
         self.mode_for = None  # optional: function(record) -> mode, overriding ``mode``
+        self.page_size = 50  # Twilio's default when the client asks for none
         self.list_lag = 0.0  # s between a message's creation and its appearance in the list
         self.reject: set[str] = set()
         self.requests: list[dict] = []  # every message created (answered 201 or not)
@@ -122,11 +123,14 @@ class TwilioSink:
 
             def _reply(self, status: int, obj: dict) -> None:
                 body = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up waiting (timeout) or was killed
+                    self.close_connection = True
 
             def _auth_ok(self) -> bool:
                 auth = self.headers.get("Authorization", "")
@@ -149,7 +153,7 @@ class TwilioSink:
                     self._reply(503, {"code": 20503, "message": "Service unavailable",
                                       "status": 503})
                     return
-                size = max(1, min(1000, int(query.get("PageSize") or 50)))
+                size = max(1, min(1000, int(query.get("PageSize") or sink.page_size)))
                 page = int(query.get("Page") or 0)
                 rows = sink.listed(query)
                 chunk = rows[page * size:(page + 1) * size]
