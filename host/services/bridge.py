@@ -8,6 +8,12 @@ acknowledgement, so it survives a bridge restart and an SMS-provider outage:
 sending is retried with exponential backoff on HTTP 5xx/429 and timeouts; a 4xx
 (a bad number, bad credentials) goes to dead-letter with one clear log line.
 
+SMS once as far as Twilio can tell: each send is marked in flight in the outbox
+before its request; one whose outcome is unknown (timeout, connection lost after
+sending, a crash mid-send) is looked up in Twilio's Messages list by the
+``ref`` its body carries, and again after ``TWILIO_MAX_LATENCY``, before it is
+sent again (``Bridge._look_up``). Webhook attempts carry an ``Idempotency-Key``.
+
 A flapping sensor does not flood a phone: after an alert, the same
 (device, rule) is quiet for ``--cooldown`` seconds; alerts in that time are
 counted and sent as one digest when it ends. A global cap
