@@ -174,7 +174,11 @@ class TwilioSink:
             def do_POST(self):  # noqa: N802 - http.server's naming
                 t = time.time()
                 length = int(self.headers.get("Content-Length") or 0)
-                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client died mid-request: nothing is created
+                    self.close_connection = True
+                    return
+                form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
                 expected = f"/2010-04-01/Accounts/{sink.account_sid}/Messages.json"
                 rec = {"To": form.get("To"), "From": form.get("From"), "Body": form.get("Body"),
                        "path": self.path, "t": t, "auth_ok": self._auth_ok(),

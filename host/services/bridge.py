@@ -83,8 +83,9 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_try);
 # columns added since the first outbox version (added in place to older files)
 OUTBOX_ADDED = (("ref", "TEXT"), ("inflight", "REAL"), ("first_try", "REAL"))
 
-# Test hook: a deterministic crash point (kill -9 of itself) to prove that nothing is acked
-# before it is in the outbox. Never set in production.
+# Test hook: a deterministic crash point (kill -9 of itself): "before-outbox" (an alert
+# received, not yet in the outbox: nothing may be acked), "after-send" (the provider answered,
+# the outbox does not know yet). Never set in production.
 CRASH_POINT = os.environ.get("EDGEWATCH_CRASH_POINT", "")
 
 
@@ -599,6 +600,8 @@ class Bridge:
             if n.can_lookup:
                 self.outbox.sending(row["id"])
             ref = n.send(row["recipient"], msg)
+            if CRASH_POINT == "after-send":  # test hook: the provider has it, the outbox not
+                os.kill(os.getpid(), 9)
         except PermanentError as exc:
             self.outbox.dead(row["id"], str(exc))
             self._record_row(row, "dead", error=str(exc), attempts=row["attempts"] + 1)

@@ -159,7 +159,8 @@ class TwilioSMS(Notifier):
             for m in self.client.messages.stream(to=recipient, from_=self.from_,
                                                  date_sent_after=after):
                 body = m.body or ""
-                if (needle in body) if needle else body == msg.body:
+                if (body.rstrip().endswith(needle) or f"{needle} " in body) if needle \
+                        else body == msg.body:
                     return m.sid or "found"
         except TwilioException as exc:
             raise TransientError(f"twilio {self.where}: lookup failed: "

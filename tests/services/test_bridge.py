@@ -14,7 +14,13 @@ from edgewatch.core.settings import MqttSettings
 from edgewatch.services.bridge import Bridge, Outbox, alert_text, backoff, message_ref
 from edgewatch.services.broker import DEVICE_ACL, Broker
 from edgewatch.services.metrics import JsonFormatter
-from edgewatch.services.notifiers import Console, TwilioSMS
+from edgewatch.services.notifiers import (
+    Console,
+    Message,
+    OutcomeUnknown,
+    TransientError,
+    TwilioSMS,
+)
 from hostkit import HOST_PW, Board, alert, wait_until
 
 from tools.twilio_sink import TwilioSink
@@ -319,3 +325,36 @@ def test_dry_run_sms_counted_as_dry_run_and_only_bridge_series(tmp_path, broker)
     finally:
         dev.close()
         b.stop()
+
+
+def test_twilio_outcomes_known_and_unknown_and_the_messages_list(sink):
+    """Which failures may have created the SMS (looked up before a resend) and which cannot."""
+    sms = TwilioSMS(sink.account_sid, sink.auth_token, FROM, TO, api_base=sink.url, timeout=1)
+    t0 = time.time()
+    for i in range(7):
+        sms.send(TO[i % 2], Message("s", f"text {i} ref r{i}", ref=f"r{i}"))
+    # found through the real client's list, pages followed, filtered by To, From and DateSent>=
+    sink.page_size = 2
+    assert sms.lookup(TO[0], Message("s", "", ref="r0"), t0) == sink.requests[0]["sid"]
+    assert {q.get("Page") for q in sink.lookups} == {None, "1"}
+    assert sms.lookup(TO[1], Message("s", "", ref="r0"), t0) is None  # another phone
+    assert sms.lookup(TO[0], Message("s", "", ref="r0"), t0 + 120) is None  # sent before
+    assert sms.lookup(TO[0], Message("s", "text 2 ref r2"), t0) is not None  # no ref: whole body
+    assert all(q["From"] == FROM and q["DateSent>"].endswith("Z") for q in sink.lookups)
+    cases = {"slow": OutcomeUnknown, "drop": OutcomeUnknown, "drop-created": OutcomeUnknown,
+             "5xx": TransientError}
+    sink.delay = 2.0
+    for mode, kind in cases.items():
+        sink.mode = mode
+        with pytest.raises(TransientError) as exc:
+            sms.send(TO[0], Message("s", f"{mode} ref m-{mode}", ref=f"m-{mode}"))
+        assert type(exc.value) is kind, (mode, exc.value)
+    sink.mode = "ok"
+    listed = {m: sms.lookup(TO[0], Message("s", "", ref=f"m-{m}"), t0) is not None for m in cases}
+    assert listed == {"slow": True, "drop": False, "drop-created": True, "5xx": False}
+    sink.stop()  # connection refused: the request never left
+    with pytest.raises(TransientError) as exc:
+        sms.send(TO[0], Message("s", "x ref x", ref="x"))
+    assert type(exc.value) is TransientError and "ConnectionError" in str(exc.value)
+    with pytest.raises(TransientError, match="lookup failed"):
+        sms.lookup(TO[0], Message("s", "", ref="r0"), t0)
