@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sqlite3
 import time
 import urllib.request
 
@@ -358,3 +359,28 @@ def test_twilio_outcomes_known_and_unknown_and_the_messages_list(sink):
     assert type(exc.value) is TransientError and "ConnectionError" in str(exc.value)
     with pytest.raises(TransientError, match="lookup failed"):
         sms.lookup(TO[0], Message("s", "", ref="r0"), t0)
+
+
+def test_outbox_of_the_previous_version_gains_the_inflight_columns(tmp_path):
+    """An outbox written before SMS lookups opens in place; its pending rows are sent as before."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,
+                notifier TEXT, recipient TEXT, subject TEXT, body TEXT, data TEXT, received REAL,
+                created REAL, next_try REAL, attempts INTEGER DEFAULT 0,
+                state TEXT DEFAULT 'pending', lease_until REAL DEFAULT 0, owner TEXT,
+                last_error TEXT, sent_at REAL);
+            INSERT INTO outbox (key, notifier, recipient, subject, body, data, received, created,
+                next_try) VALUES ('sms:+1555:gh-01:4', 'sms', '+1555', 'edgewatch gh-01',
+                'edgewatch gh-01: old text', '{}', 1, 1, 1);""")
+    out = Outbox(path)
+    (row,) = out.claim()
+    assert (row["body"], row["ref"], row["inflight"]) == ("edgewatch gh-01: old text", None, None)
+    out.sending(row["id"])
+    (row,) = out.claim(now=time.time() + 60)  # lease over: the mark is there for a restart
+    assert row["inflight"] is not None and row["first_try"] == row["inflight"]
+    out.retry(row["id"], "timeout", 0, unknown=True)
+    assert out.claim(now=time.time() + 120)[0]["inflight"] is not None  # kept: look it up first
+    out.retry(row["id"], "503", 0)
+    assert out.claim(now=time.time() + 180)[0]["inflight"] is None  # a known failure: cleared
