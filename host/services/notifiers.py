@@ -10,9 +10,22 @@ Settings come from the environment or `.env` (host/core/settings.py):
 
 - SMS: ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN``, ``TWILIO_FROM``,
   ``TWILIO_TO`` (comma-separated); ``TWILIO_API_BASE`` points the real twilio
-  client at another Messages API endpoint (a proxy, or a local test server).
-  Without SID/token/from/to, SMS runs as a dry run that prints what it would send.
+  client at another Messages API endpoint (a proxy, or a local test server);
+  ``TWILIO_TIMEOUT`` (s, default 10) and ``TWILIO_MAX_LATENCY`` (s, default 300:
+  how long after a request a message may still be missing from Twilio's
+  Messages list; an unanswered send is only repeated once it is not listed
+  after that long). Without SID/token/from/to, SMS runs as a dry run that
+  prints what it would send.
 - Webhook: ``EDGEWATCH_WEBHOOK_URL``, optional ``EDGEWATCH_WEBHOOK_TOKEN`` (Bearer).
+  Every attempt for one alert and URL carries the same ``Idempotency-Key`` header,
+  so a receiver can drop the repeat of a request whose answer was lost.
+
+Exactly once as far as the provider can tell: a send whose outcome is unknown
+(:class:`OutcomeUnknown`: no answer within the timeout, connection lost after
+the request went out, or a bridge killed mid-send) is not repeated blindly.
+Each SMS body ends with a short reference (``ref 1a2b3c4d``, from the alert's
+device, epoch and seq) and the bridge asks Twilio's Messages list for it first
+(:meth:`TwilioSMS.lookup`).
 - E-mail: ``SMTP_HOST``, ``SMTP_PORT``, ``SMTP_USER``, ``SMTP_PASSWORD``,
   ``SMTP_FROM``, ``SMTP_TO`` (comma-separated), ``SMTP_SECURITY`` (starttls, ssl, none).
 """
@@ -41,6 +54,34 @@ class PermanentError(Exception):
     """Retrying will not help (bad number, bad credentials, refused): dead-letter it."""
 
 
+class OutcomeUnknown(TransientError):
+    """The request may have reached the provider (timeout, connection lost after sending)."""
+
+
+def _requests_error(exc: Exception, what: str) -> TransientError:
+    """A requests exception as TransientError (never sent) or OutcomeUnknown (maybe sent)."""
+    import requests
+
+    name = type(exc).__name__
+    if isinstance(exc, requests.ConnectTimeout):
+        return TransientError(f"{what}: {name}")
+    if isinstance(exc, requests.ConnectionError):
+        # refused / DNS / no route: the request never left; anything else (reset, remote
+        # closed without an answer) may have come after the provider read it
+        from urllib3.exceptions import NewConnectionError
+
+        e, steps = exc, 0
+        while e is not None and steps < 8:
+            if isinstance(e, NewConnectionError):
+                return TransientError(f"{what}: {name}")
+            arg = e.args[0] if e.args and isinstance(e.args[0], BaseException) else None
+            e, steps = getattr(e, "reason", None) or arg or e.__cause__, steps + 1
+        return OutcomeUnknown(f"{what}: {name} (outcome unknown)")
+    if isinstance(exc, requests.Timeout):
+        return OutcomeUnknown(f"{what}: {name} (outcome unknown)")
+    return TransientError(f"{what}: {name}")
+
+
 @dataclass
 class Message:
     """One notification: a short text (fits an SMS), a subject, and the data behind it."""
@@ -48,6 +89,8 @@ class Message:
     subject: str
     body: str
     data: dict = field(default_factory=dict)
+    ref: str = ""  # short reference carried in the body ("ref 1a2b3c4d"), for lookups
+    key: str = ""  # stable per alert and destination: the webhook's Idempotency-Key
 
 
 def _http_status_error(status: int, what: str) -> Exception:
@@ -67,14 +110,23 @@ class Notifier:
         """Deliver ``msg``; the provider's reference (message id) when it gives one."""
         raise NotImplementedError
 
+    # a notifier that can tell whether an earlier send was created sets this and lookup()
+    can_lookup = False
+    max_latency = 0.0  # s: after this long a message created by a request is surely listed
+
+    def lookup(self, recipient: str | None, msg: Message, since: float) -> str | None:
+        """The provider's id of ``msg`` sent to ``recipient`` at or after ``since``, or None."""
+        return None  # pragma: no cover
+
 
 class TwilioSMS(Notifier):
     """SMS through the real twilio client (Messages API)."""
 
     name = "sms"
+    can_lookup = True
 
     def __init__(self, account_sid: str, auth_token: str, from_: str, to: list[str],
-                 api_base: str | None = None, timeout: float = 10.0):
+                 api_base: str | None = None, timeout: float = 10.0, max_latency: float = 300.0):
         from twilio.http.http_client import TwilioHttpClient
         from twilio.rest import Client
 
@@ -87,6 +139,36 @@ class TwilioSMS(Notifier):
             # The Api domain's base URL is what every Messages API request is built on.
             self.client.api.base_url = api_base.rstrip("/")
         self.where = safe_url(api_base or "https://api.twilio.com")
+        self.max_latency = max_latency
+
+    def lookup(self, recipient: str | None, msg: Message, since: float) -> str | None:
+        """Find ``msg`` in Twilio's Messages list (To, From, DateSent>=) by its reference.
+
+        ``since`` is when the first attempt started; a minute earlier is asked for
+        (clocks differ). A body without a reference (queued by an older version)
+        is matched whole. Raises TransientError when the list cannot be read.
+        """
+        import datetime
+
+        import requests
+        from twilio.base.exceptions import TwilioException
+
+        after = datetime.datetime.fromtimestamp(since - 60, datetime.timezone.utc)
+        needle = f"ref {msg.ref}" if msg.ref else None
+        try:
+            for m in self.client.messages.stream(to=recipient, from_=self.from_,
+                                                 date_sent_after=after):
+                body = m.body or ""
+                if (body.rstrip().endswith(needle) or f"{needle} " in body) if needle \
+                        else body == msg.body:
+                    return m.sid or "found"
+        except TwilioException as exc:
+            raise TransientError(f"twilio {self.where}: lookup failed: "
+                                 f"HTTP {getattr(exc, 'status', None) or '?'}") from None
+        except requests.RequestException as exc:
+            raise TransientError(f"twilio {self.where}: lookup failed: "
+                                 f"{type(exc).__name__}") from None
+        return None
 
     def send(self, recipient: str | None, msg: Message) -> str | None:
         import requests
@@ -101,10 +183,12 @@ class TwilioSMS(Notifier):
             detail = detail.splitlines()[0][:160] if detail else ""
             if status is None:
                 raise TransientError(f"twilio {self.where}: {detail}") from None
+            if int(status) in (500, 502, 504):  # a gateway or a crash after the request: maybe created
+                raise OutcomeUnknown(f"twilio {self.where}: HTTP {status} (outcome unknown)") from None
             err = _http_status_error(int(status), f"twilio {self.where}")
             raise type(err)(f"{err} {detail}".strip()) from None
         except requests.RequestException as exc:
-            raise TransientError(f"twilio {self.where}: {type(exc).__name__}") from None
+            raise _requests_error(exc, f"twilio {self.where}") from None
 
 
 class DryRunSMS(Notifier):
@@ -152,10 +236,13 @@ class Webhook(Notifier):
         import requests
 
         body = json.dumps({"subject": msg.subject, "text": msg.body, **msg.data})
+        headers = dict(self.headers)
+        if msg.key:
+            headers["Idempotency-Key"] = msg.key  # the same on every attempt for this alert
         try:
-            r = self.session.post(self.url, data=body, headers=self.headers, timeout=self.timeout)
+            r = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise TransientError(f"webhook {safe_url(self.url)}: {type(exc).__name__}") from None
+            raise _requests_error(exc, f"webhook {safe_url(self.url)}") from None
         if r.status_code >= 300:
             raise _http_status_error(r.status_code, f"webhook {safe_url(self.url)}")
 
@@ -200,13 +287,27 @@ def _list(value: str | None) -> list[str]:
     return [x.strip() for x in (value or "").split(",") if x.strip()]
 
 
+def _seconds(name: str, default: float, positive: bool = False) -> float:
+    value = env(name)
+    if value is None or value == "":
+        return default
+    try:
+        x = float(value)
+    except ValueError:
+        x = -1.0
+    if not x >= 0 or x == float("inf") or (positive and x == 0):
+        raise UserError(f"{name}={value!r}: not a number of seconds")
+    return x
+
+
 def sms_from_env(stream=None) -> Notifier:
     """TwilioSMS when SID, token, from and to are all set, else a DryRunSMS."""
     sid, token = env("TWILIO_ACCOUNT_SID"), env("TWILIO_AUTH_TOKEN")
     from_, to = env("TWILIO_FROM"), _list(env("TWILIO_TO"))
     if sid and token and from_ and to:
         return TwilioSMS(sid, token, from_, to, api_base=env("TWILIO_API_BASE"),
-                         timeout=float(env("TWILIO_TIMEOUT", "10")))
+                         timeout=_seconds("TWILIO_TIMEOUT", 10.0, positive=True),
+                         max_latency=_seconds("TWILIO_MAX_LATENCY", 300.0))
     missing = [n for n, v in (("TWILIO_ACCOUNT_SID", sid), ("TWILIO_AUTH_TOKEN", token),
                               ("TWILIO_FROM", from_), ("TWILIO_TO", to)) if not v]
     log.warning("SMS dry run: %s not set; printing the SMS instead of sending",

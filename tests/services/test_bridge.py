@@ -5,16 +5,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sqlite3
 import time
 import urllib.request
 
 import pytest
 from edgewatch.core.schema import parse
 from edgewatch.core.settings import MqttSettings
-from edgewatch.services.bridge import Bridge, Outbox, alert_text, backoff
+from edgewatch.services.bridge import Bridge, Outbox, alert_text, backoff, message_ref
 from edgewatch.services.broker import DEVICE_ACL, Broker
 from edgewatch.services.metrics import JsonFormatter
-from edgewatch.services.notifiers import Console, TwilioSMS
+from edgewatch.services.notifiers import (
+    Console,
+    Message,
+    OutcomeUnknown,
+    TransientError,
+    TwilioSMS,
+)
 from hostkit import HOST_PW, Board, alert, wait_until
 
 from tools.twilio_sink import TwilioSink
@@ -73,9 +80,12 @@ def test_alert_over_tls_and_acl_reaches_each_phone_once(tmp_path, broker, sink, 
         assert {r["From"] for r in sink.requests} == {FROM}
         assert all(r["auth_ok"] for r in sink.requests)
         body = sink.requests[0]["Body"]
+        # the text, then a short reference from the alert's identity (device, epoch, seq)
         assert body == alert_text(parse("edgewatch/gh-01/alert",
-                                        json.dumps(alert("gh-01", 7, t=1732372000))))
-        assert body.endswith("at 14:26:40 UTC")
+                                        json.dumps(alert("gh-01", 7, t=1732372000)))) + \
+            f" ref {message_ref('gh-01:7')}"
+        assert body.endswith(f"at 14:26:40 UTC ref {message_ref('gh-01:7')}")
+        assert len(message_ref("gh-01:7")) == 8 and message_ref("gh-01:7") != message_ref("gh-01:8")
         assert "gh-01" in body and "35.2" in body and "21.1..21.7" in body and "(band)" in body
         assert len(sink.requests) == 2
         wait_until(lambda: b.outbox.counts() == {"sent": 2}, what="both rows marked sent")
@@ -316,3 +326,61 @@ def test_dry_run_sms_counted_as_dry_run_and_only_bridge_series(tmp_path, broker)
     finally:
         dev.close()
         b.stop()
+
+
+def test_twilio_outcomes_known_and_unknown_and_the_messages_list(sink):
+    """Which failures may have created the SMS (looked up before a resend) and which cannot."""
+    sms = TwilioSMS(sink.account_sid, sink.auth_token, FROM, TO, api_base=sink.url, timeout=1)
+    t0 = time.time()
+    for i in range(7):
+        sms.send(TO[i % 2], Message("s", f"text {i} ref r{i}", ref=f"r{i}"))
+    # found through the real client's list, pages followed, filtered by To, From and DateSent>=
+    sink.page_size = 2
+    assert sms.lookup(TO[0], Message("s", "", ref="r0"), t0) == sink.requests[0]["sid"]
+    assert {q.get("Page") for q in sink.lookups} == {None, "1"}
+    assert sms.lookup(TO[1], Message("s", "", ref="r0"), t0) is None  # another phone
+    assert sms.lookup(TO[0], Message("s", "", ref="r0"), t0 + 120) is None  # sent before
+    assert sms.lookup(TO[0], Message("s", "text 2 ref r2"), t0) is not None  # no ref: whole body
+    assert all(q["From"] == FROM and q["DateSent>"].endswith("Z") for q in sink.lookups)
+    cases = {"slow": OutcomeUnknown, "drop": OutcomeUnknown, "drop-created": OutcomeUnknown,
+             "5xx": TransientError}
+    sink.delay = 2.0
+    for mode, kind in cases.items():
+        sink.mode = mode
+        with pytest.raises(TransientError) as exc:
+            sms.send(TO[0], Message("s", f"{mode} ref m-{mode}", ref=f"m-{mode}"))
+        assert type(exc.value) is kind, (mode, exc.value)
+    sink.mode = "ok"
+    listed = {m: sms.lookup(TO[0], Message("s", "", ref=f"m-{m}"), t0) is not None for m in cases}
+    assert listed == {"slow": True, "drop": False, "drop-created": True, "5xx": False}
+    sink.stop()  # connection refused: the request never left
+    with pytest.raises(TransientError) as exc:
+        sms.send(TO[0], Message("s", "x ref x", ref="x"))
+    assert type(exc.value) is TransientError and "ConnectionError" in str(exc.value)
+    with pytest.raises(TransientError, match="lookup failed"):
+        sms.lookup(TO[0], Message("s", "", ref="r0"), t0)
+
+
+def test_outbox_of_the_previous_version_gains_the_inflight_columns(tmp_path):
+    """An outbox written before SMS lookups opens in place; its pending rows are sent as before."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,
+                notifier TEXT, recipient TEXT, subject TEXT, body TEXT, data TEXT, received REAL,
+                created REAL, next_try REAL, attempts INTEGER DEFAULT 0,
+                state TEXT DEFAULT 'pending', lease_until REAL DEFAULT 0, owner TEXT,
+                last_error TEXT, sent_at REAL);
+            INSERT INTO outbox (key, notifier, recipient, subject, body, data, received, created,
+                next_try) VALUES ('sms:+1555:gh-01:4', 'sms', '+1555', 'edgewatch gh-01',
+                'edgewatch gh-01: old text', '{}', 1, 1, 1);""")
+    out = Outbox(path)
+    (row,) = out.claim()
+    assert (row["body"], row["ref"], row["inflight"]) == ("edgewatch gh-01: old text", None, None)
+    out.sending(row["id"])
+    (row,) = out.claim(now=time.time() + 60)  # lease over: the mark is there for a restart
+    assert row["inflight"] is not None and row["first_try"] == row["inflight"]
+    out.retry(row["id"], "timeout", 0, unknown=True)
+    assert out.claim(now=time.time() + 120)[0]["inflight"] is not None  # kept: look it up first
+    out.retry(row["id"], "503", 0)
+    assert out.claim(now=time.time() + 180)[0]["inflight"] is None  # a known failure: cleared

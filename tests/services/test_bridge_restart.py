@@ -108,6 +108,8 @@ def test_dry_run_without_twilio_credentials_prints_the_sms(tmp_path, broker):
     ({"MQTT_PASSWORD": "wrong"}, [], "refused the connection"),
     ({"EDGEWATCH_MQTT_URL": "http://x"}, [], "not an MQTT URL"),
     ({}, ["--ca-file", "/nonexistent/ca.crt"], "CA file not found"),
+    ({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t", "TWILIO_FROM": "+1500",
+      "TWILIO_MAX_LATENCY": "soon"}, [], "TWILIO_MAX_LATENCY='soon': not a number of seconds"),
 ])
 def test_user_mistakes_are_one_line(tmp_path, broker, extra, args, message):
     r = subprocess.run(edgewatch("bridge", "--outbox", str(tmp_path / "o.db"), *args), env=_env(broker, **extra), cwd=tmp_path,

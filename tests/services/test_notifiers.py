@@ -29,7 +29,7 @@ class Hook:
     """A webhook receiver that records JSON bodies and answers with ``status``."""
 
     def __init__(self):
-        self.status, self.got = 200, []
+        self.status, self.got, self.keys = 200, [], []
         hook = self
 
         class H(BaseHTTPRequestHandler):
@@ -39,6 +39,7 @@ class Hook:
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 hook.got.append((json.loads(body), self.headers.get("Authorization")))
+                hook.keys.append(self.headers.get("Idempotency-Key"))
                 self.send_response(hook.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -171,3 +172,27 @@ def test_from_env(monkeypatch):
         from_env(["webhook"])
     with pytest.raises(UserError, match="named twice"):
         from_env(["console", "console"])
+
+
+def test_webhook_attempts_of_one_alert_carry_one_idempotency_key(tmp_path, hook):
+    """A receiver can drop a repeated request (its answer lost): every attempt, same key."""
+    with Broker(tmp_path / "mq", users={"edgewatch": HOST_PW}) as broker:
+        b = Bridge(Outbox(tmp_path / "o.db", cooldown=0, max_per_minute=0), [Webhook(hook.url)],
+                   MqttSettings(port=broker.port, username="edgewatch", password=HOST_PW),
+                   retry_base=0.1, retry_cap=0.3).start()
+        dev = Board(broker, "edgewatch", HOST_PW)
+        try:
+            hook.status = 503
+            for seq in (3, 4):
+                dev.publish("alert", alert("gh-01", seq), device="gh-01")
+            wait_until(lambda: len(hook.got) >= 6, what="three attempts of each alert")
+            hook.status = 200
+            wait_until(lambda: b.outbox.counts() == {"sent": 2}, what="both sent")
+            keys: dict[int, set] = {}
+            for (body, _), key in zip(hook.got, hook.keys, strict=True):
+                keys.setdefault(body["seq"], set()).add(key)
+            assert len(keys[3]) == len(keys[4]) == 1, keys
+            assert keys[3] != keys[4] and all(len(k) == 32 for (k,) in keys.values())
+        finally:
+            dev.close()
+            b.stop()
