@@ -51,7 +51,7 @@ CASES: list[tuple[str, list[str]]] = [
      ["tests/firmware/test_firmware_ota.py",
       "tests/training/test_blob.py::test_ota_signing_binds_version_and_device"]),
     ("4. SMS exactly once: bridge kill -9 mid-send; a provider slower than the client timeout",
-     ["tests/services/test_bridge_restart.py"]),
+     ["tests/services/test_bridge_once.py", "tests/services/test_bridge_restart.py"]),
     ("8. guarantees that were taken on trust: alert acked before its outbox write, "
      "messages without seq, reconnect backoff growth",
      ["tests/e2e/test_guarantees.py"]),
