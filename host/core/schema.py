@@ -34,6 +34,9 @@ RESERVED_CHANNELS = frozenset({"device", "seq", "t", "received", "received_at", 
 MAX_SEQ = 2**63 - 1  # fits a signed 64-bit SQL BIGINT
 MAX_EPOCH = 2**32 - 1  # the board's outbox epoch (u32); 0 = firmware from before epochs
 MAX_CHANNELS = 16
+# Text fields (fw, error) reach databases, logs and metric labels: control characters and
+# lone surrogates (valid in JSON's \\uXXXX, not in UTF-8) are refused.
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class SchemaError(ValueError):
@@ -185,6 +188,8 @@ def _str(obj: dict, key: str, *, pattern: re.Pattern | None = None, maxlen: int 
         raise SchemaError(f"{key}: {x[:40]!r} is not valid")
     if len(x) > maxlen:
         raise SchemaError(f"{key}: longer than {maxlen} characters")
+    if _BAD_TEXT.search(x):  # no database stores a NUL or a lone surrogate; no log shows them
+        raise SchemaError(f"{key}: control character or lone surrogate in {x[:40]!r}")
     return x
 
 

@@ -44,7 +44,7 @@ from edgewatch.core.settings import (
 from edgewatch.core.store import Store
 from edgewatch.services import discovery
 from edgewatch.services.daemon import add_service_arguments, serve_metrics, serve_until_signal
-from edgewatch.services.metrics import Devices, Metrics, setup_logging
+from edgewatch.services.metrics import OTHER, Devices, Metrics, setup_logging
 
 log = logging.getLogger("edgewatch.collector")
 
@@ -223,7 +223,8 @@ class Collector:
         for a, _ in alerts:
             last = self._alert_seq.get(a.device, -1)
             if all_new or a.seq > last:
-                self.metrics.alerts.labels(a.device, a.rule).inc()
+                self.metrics.alerts.labels(self.metrics.device_label(a.device) or OTHER,
+                                           a.rule).inc()
             self._alert_seq[a.device] = a.seq if all_new else max(last, a.seq)
 
     def _check_epochs(self, tel, alerts) -> None:
@@ -337,9 +338,12 @@ class Collector:
         for device, (when, model, epoch) in last.items():  # once per device per batch
             self.devices.seen(device, when, model, epoch)
         for device, rec in readings.items():  # the newest reading of each channel
+            dev = self.metrics.device_label(device)
+            if dev is None:  # past --max-devices: no per-device series
+                continue
             for channel, value in rec.values.items():
                 if value is not None:
-                    self.metrics.reading.labels(device, channel).set(value)
+                    self.metrics.reading.labels(dev, channel).set(value)
 
     def _on_ha_status(self, _c, _u, msg) -> None:
         """Home Assistant's birth message ("online" on homeassistant/status, sent when it
