@@ -28,9 +28,22 @@ DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # held to identifier syntax here, once, rather than quoted everywhere.
 CHANNEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 MODEL_RE = re.compile(r"[0-9a-fA-F]{8}")
-# Columns the collector's telemetry table uses for itself; a channel may not take one.
-RESERVED_CHANNELS = frozenset({"device", "seq", "t", "received", "received_at", "anomaly",
-                               "faults", "model", "id", "timestamp"})
+# Names a channel may not take, refused before any batch or DDL (one bad message costs its
+# own row, never a failed batch): the telemetry table's own columns; PostgreSQL's system
+# columns (ADD COLUMN "xmin" fails); SQLite's rowid aliases; SQL words that readers which do
+# not quote identifiers (exports, dashboards, ad-hoc SQL) would trip over.
+RESERVED_CHANNELS = frozenset({
+    "device", "epoch", "seq", "t", "received", "received_at", "anomaly", "faults", "model", "id",
+    "timestamp",
+    "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid", "oid",
+    "rowid", "_rowid_",
+    "all", "alter", "and", "as", "asc", "between", "by", "case", "check", "column",
+    "constraint", "create", "current_date", "current_time", "current_timestamp",
+    "current_user", "default", "delete", "desc", "distinct", "drop", "else", "end", "exists",
+    "from", "group", "having", "in", "index", "insert", "into", "is", "join", "key", "like",
+    "limit", "not", "null", "offset", "on", "or", "order", "primary", "references", "select",
+    "set", "table", "then", "union", "unique", "update", "user", "using", "values", "when",
+    "where", "with"})
 MAX_SEQ = 2**63 - 1  # fits a signed 64-bit SQL BIGINT
 MAX_EPOCH = 2**32 - 1  # the board's outbox epoch (u32); 0 = firmware from before epochs
 MAX_CHANNELS = 16

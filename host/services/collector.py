@@ -30,7 +30,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from edgewatch.core.errors import UserError
-from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
+from edgewatch.core.schema import (
+    CHANNEL_RE,
+    DEVICE_RE,
+    RESERVED_CHANNELS,
+    Alert,
+    SchemaError,
+    Status,
+    Telemetry,
+    parse,
+)
 from edgewatch.core.settings import (
     MqttSettings,
     close_client,
@@ -125,10 +134,15 @@ class Collector:
                  devices: frozenset[str] | None = None, batch: int = 1000, flush_ms: int = 100,
                  client_id: str | None = None, ha_discovery: bool = True, max_channels: int = 64,
                  metrics: Metrics | None = None, state_dir: str | os.PathLike | None = None,
-                 discovery_mqtt: MqttSettings | None = None):
+                 discovery_mqtt: MqttSettings | None = None, device_channels: int = 16,
+                 channels: frozenset[str] | None = None):
         self.store, self.mqtt, self.group, self.allowed = store, mqtt, group, devices
         self.batch, self.flush_s = max(1, batch), max(0.0, flush_ms / 1000)
         self.ha_discovery, self.max_channels = ha_discovery, max_channels
+        # per device (besides temperature and humidity), and optionally only these names
+        self.device_channels, self.allow = device_channels, channels
+        if channels:
+            store.reserve_channels(sorted(channels))
         # Home Assistant's configs are retained messages. On a RabbitMQ cluster the consumer
         # is AMQP (nothing it publishes is retained), retained messages stay on the node they
         # were published through and reach no wildcard subscription (Home Assistant subscribes
@@ -160,7 +174,7 @@ class Collector:
         # thread once per batch: a Counter.inc takes a lock on every message.
         self._nrx = dict.fromkeys(self._rx, 0)
         self._nrx_flushed = dict.fromkeys(self._rx, 0)
-        # channel-name sets already known to fit the table (the same few every message)
+        # (device, channel names) already claimed: the same few every message
         self._fits: set[tuple] = set()
         # device -> (current epoch, epochs seen before it); loaded from the store on first sight
         self._epochs: dict[str, tuple[int, set]] = {}
@@ -178,15 +192,6 @@ class Collector:
             rec = parse(topic, msg.payload, self.mqtt.prefix)
             if self.allowed is not None and rec.device not in self.allowed:
                 raise SchemaError(f"unknown device {rec.device!r}")
-            if type(rec) is Telemetry:
-                keys = tuple(rec.values)
-                if keys not in self._fits:
-                    new = {c.lower() for c in rec.values} - self.store.channels
-                    if new and len(self.store.channels | new) > self.max_channels:
-                        raise SchemaError(f"values: channel {sorted(new)[0]!r} would exceed "
-                                          f"{self.max_channels} channel columns")
-                    if not new and len(self._fits) < 4096:  # columns only ever get added
-                        self._fits.add(keys)
             self.q.put((rec, now, msg.mid, msg.qos))
         except SchemaError as exc:
             self.metrics.reject(log, topic, exc.reason)
@@ -199,6 +204,25 @@ class Collector:
     # ------------------------------------------------------------ writer thread
     def _take(self) -> list:
         return self.q.take(self.batch, self.flush_s)
+
+    def _admit(self, rec: Telemetry) -> bool:
+        """Claim the sample's channels for its device (store.claim_channels) before its batch
+        touches the table; a refused sample is counted, logged and dropped alone."""
+        key = (rec.device, tuple(rec.values), tuple(rec.pred or ()), tuple(rec.band or ()))
+        if key in self._fits:
+            return True
+        chans = {c.lower() for c in rec.values}
+        extra = {c.lower() for c in (*(rec.pred or ()), *(rec.band or ()))} - chans
+        why = (f"pred/band: channel {sorted(extra)[0]!r} is not among the values"
+               if extra else
+               self.store.claim_channels(rec.device, chans, cap=self.max_channels,
+                                         per_device=self.device_channels, allow=self.allow))
+        if why:
+            self.metrics.reject(log, f"{self.mqtt.prefix}/{rec.device}/telemetry", why)
+            return False
+        if len(self._fits) < 4096:
+            self._fits.add(key)
+        return True
 
     def _write(self, items) -> None:
         tel = [(r, w) for r, w, _, _ in items if isinstance(r, Telemetry)]
@@ -262,6 +286,8 @@ class Collector:
             # the connection is gone: open a new one; the writer loop retries the batch
             self._reconnect()
             raise ConnectionError(first) from None
+        if len(items) > 1:
+            self.metrics.split.inc()
         if len(items) == 1:
             rec = items[0][0]
             self.metrics.reject(log, f"{self.mqtt.prefix}/{rec.device}/{rec.kind}",
@@ -288,6 +314,7 @@ class Collector:
     def _writer_loop(self) -> None:
         backoff = 0.5
         pending: list = []
+        good: list | None = None
         while True:
             self._flush_received()
             if not pending:
@@ -296,8 +323,15 @@ class Collector:
                 pending = self._take()
                 if not pending:
                     continue
+                good = None
             try:
-                self._write_or_split(pending)
+                if good is None:
+                    # channels claimed before the batch: a refused sample is dropped alone
+                    # (acked with the batch), never failing the batch it came in
+                    good = [it for it in pending if type(it[0]) is not Telemetry
+                            or self._admit(it[0])]
+                if good:
+                    self._write_or_split(good)
             except Exception as exc:
                 # database down: keep the batch unacknowledged and try again
                 log.error("database %s unavailable (%s); retrying in %.1f s",
@@ -311,16 +345,17 @@ class Collector:
                 continue
             backoff = 0.5
             try:
-                self._after_commit(pending)
+                self._after_commit(good, pending)
             except Exception:  # status/discovery bookkeeping must not stop the writer
                 log.exception("after storing a batch")
             pending = []
 
-    def _after_commit(self, pending) -> None:
+    def _after_commit(self, good, pending) -> None:
         last: dict[str, tuple] = {}
         readings: dict[str, Telemetry] = {}
-        for rec, when, mid, qos in pending:
+        for _, _, mid, qos in pending:
             self.client.ack(mid, qos)
+        for rec, when, _, _ in good:
             if type(rec) is Telemetry and rec.seq > self._reading_seq.get(rec.device, -1):
                 readings[rec.device] = rec  # a replayed (older) sample does not move the gauge
                 self._reading_seq[rec.device] = rec.seq
@@ -407,6 +442,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--state-dir", help="folder of this instance's state (its client id); "
                         "env EDGEWATCH_STATE_DIR, default the SQLite database's folder, "
                         "else the current one")
+    parser.add_argument("--max-channels", type=int, default=64,
+                        help="channel columns the telemetry table may get in all (default 64)")
+    parser.add_argument("--device-channels", type=int, default=16,
+                        help="channels one device may add besides temperature and humidity "
+                        "(default 16)")
+    parser.add_argument("--channels", help="only these channel names (a,b,c; env "
+                        "EDGEWATCH_CHANNELS); temperature and humidity are always allowed")
     parser.add_argument("--no-discovery", action="store_true",
                         help="do not publish Home Assistant discovery configs")
     parser.add_argument("--discovery-broker", metavar="URL",
@@ -450,11 +492,23 @@ def run(args) -> int:
                                               key_file=args.key_file, prefix=args.prefix))
         if not disco.username:
             disco.username, disco.password = mqtt.username, mqtt.password
+    allow = None
+    spec = args.channels or env("EDGEWATCH_CHANNELS")
+    if spec:
+        allow = frozenset(x.strip().lower() for x in spec.split(",") if x.strip())
+        for x in sorted(allow):
+            if not CHANNEL_RE.fullmatch(x) or x in RESERVED_CHANNELS:
+                raise UserError(f"--channels: {x!r} is not a channel name (a letter, then up to "
+                                "31 of a-z 0-9 _; not a reserved name)")
+    for name in ("max_channels", "device_channels"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')}: {getattr(args, name)} is negative")
     col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
                     ha_discovery=not args.no_discovery, metrics=metrics,
                     state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url),
-                    discovery_mqtt=disco)
+                    discovery_mqtt=disco, max_channels=args.max_channels,
+                    device_channels=args.device_channels, channels=allow)
     serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
     store.close()
     return 0

@@ -109,6 +109,9 @@ class Metrics:
                                   ["kind"], registry=r)
             self.duplicates = Counter("edgewatch_records_duplicate",
                                       "replayed (device, epoch, seq) already stored", ["kind"], registry=r)
+            self.split = Counter("edgewatch_batches_split",
+                                 "batches the database refused, stored again row by row",
+                                 registry=r)
             self.batch_seconds = Histogram("edgewatch_write_batch_seconds",
                                            "time to write one batch", registry=r)
             self.reading = Gauge("edgewatch_reading", "the last stored reading of a channel",
