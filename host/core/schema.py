@@ -22,6 +22,11 @@ MAX_PAYLOAD = 4096
 DEFAULT_PREFIX = "edgewatch"
 KINDS = ("telemetry", "alert", "status")
 RULES = ("band", "drift", "shift", "stuck", "range", "dropout", "read")
+# Alerts the collector raises about the records themselves (docs/messages.md, "Gaps"):
+# a seq gap the outbox did not fill, the board's dropped counter growing, a new epoch.
+HOST_RULES = ("gap", "dropped", "epoch")
+ALERT_RULES = RULES + HOST_RULES
+GAP_SEQ_BASE = 2**61  # host gap alerts: seq = GAP_SEQ_BASE + 4·first + index of the rule
 STATES = ("online", "offline")
 DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Channel names become SQL column names in the collector's table, so they are
@@ -335,8 +340,8 @@ def parse_alert(payload, device: str | None = None) -> Alert:
     obj = decode(payload) if not isinstance(payload, dict) else payload
     dev, epoch, seq = _common(obj, device)
     rule = obj.get("rule")
-    if rule not in RULES:
-        raise SchemaError(f"rule: {str(rule)[:40]!r} is not one of {list(RULES)}")
+    if rule not in ALERT_RULES:
+        raise SchemaError(f"rule: {str(rule)[:40]!r} is not one of {list(ALERT_RULES)}")
     channel = obj.get("channel")
     if channel is not None:
         _channel(channel, "channel")
@@ -363,6 +368,12 @@ def parse_status(payload, device: str | None = None) -> Status:
                   _int(obj, "outbox", required=False, hi=2**31),
                   _int(obj, "dropped", required=False, hi=2**62),
                   uptime, _str(obj, "error", maxlen=200), epoch)
+
+
+def gap_seq(rule: str, first: int) -> int:
+    """The seq of a host gap alert: the same (device, epoch, rule, first seq) -> the same key,
+    whichever collector raises it, so the collector stores it once and the bridge sends it once."""
+    return GAP_SEQ_BASE + 4 * first + HOST_RULES.index(rule)
 
 
 PARSERS = {"telemetry": parse_telemetry, "alert": parse_alert, "status": parse_status}

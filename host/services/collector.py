@@ -21,6 +21,7 @@ device's status. Several collectors share the work with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -33,11 +34,14 @@ from edgewatch.core.errors import UserError
 from edgewatch.core.schema import (
     CHANNEL_RE,
     DEVICE_RE,
+    GAP_SEQ_BASE,
     RESERVED_CHANNELS,
+    VERSION,
     Alert,
     SchemaError,
     Status,
     Telemetry,
+    gap_seq,
     parse,
 )
 from edgewatch.core.settings import (
@@ -135,7 +139,7 @@ class Collector:
                  client_id: str | None = None, ha_discovery: bool = True, max_channels: int = 64,
                  metrics: Metrics | None = None, state_dir: str | os.PathLike | None = None,
                  discovery_mqtt: MqttSettings | None = None, device_channels: int = 16,
-                 channels: frozenset[str] | None = None):
+                 channels: frozenset[str] | None = None, gap_wait: float = 60.0):
         self.store, self.mqtt, self.group, self.allowed = store, mqtt, group, devices
         self.batch, self.flush_s = max(1, batch), max(0.0, flush_ms / 1000)
         self.ha_discovery, self.max_channels = ha_discovery, max_channels
@@ -178,6 +182,16 @@ class Collector:
         self._fits: set[tuple] = set()
         # device -> (current epoch, epochs seen before it); loaded from the store on first sight
         self._epochs: dict[str, tuple[int, set]] = {}
+        # gaps: a seq missing gap_wait seconds after a later one arrived is not coming (the
+        # board's outbox replays in order); checked against the database, so collectors in a
+        # group each see every record, and raised under one key whoever raises it
+        self.gap_wait = max(0.0, gap_wait)
+        self._gap_mark: dict[tuple[str, int], int] = {}  # (device, epoch) -> last seq in order
+        self._gap_active: set[str] = set()  # devices with records since the last check
+        self._next_gap_check = 0.0
+        self._raised: dict[tuple, None] = {}  # alert keys raised here (bounded, oldest out)
+        self._dropped: dict[str, int] = {}  # device -> its dropped counter last seen
+        self._started = time.time()
         self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
                                   role="collector", prefetch=2 * self.batch)
         self.client.on_message = self._on_message
@@ -229,6 +243,7 @@ class Collector:
         alerts = [(r, w) for r, w, _, _ in items if isinstance(r, Alert)]
         stats = [(r, w) for r, w, _, _ in items if isinstance(r, Status)]
         self._check_epochs(tel, alerts)
+        self._check_dropped(stats)
         t0 = time.perf_counter()
         n_t, n_a = self.store.write(tel, alerts, stats)
         self._count_alerts(alerts, all_new=n_a == len(alerts))
@@ -268,10 +283,89 @@ class Collector:
                 old.add(cur)
             self._epochs[rec.device] = (rec.epoch, old)
             self.metrics.new_epochs.inc()
+            self._raise(rec.device, rec.epoch, "epoch", 0, cur,
+                        f"new epoch {rec.epoch} (was {cur}): flash erased or outbox recreated")
             log.warning("device %s started a new epoch %d (was %d) at seq %d: its flash was "
                         "erased or its outbox recreated; its seq counts from there",
                         rec.device, rec.epoch, cur, rec.seq,
                         extra={"device": rec.device, "epoch": rec.epoch, "previous_epoch": cur})
+
+    def _raise(self, device: str, epoch: int, rule: str, first: int, value: float,
+               why: str) -> None:
+        """Publish a gap alert on the device's alert topic (stored by the collectors and sent by
+        the bridge like any alert), keyed by (device, epoch, rule, first seq)."""
+        seq = gap_seq(rule, first)
+        if (device, epoch, seq) in self._raised:
+            return
+        self._raised[(device, epoch, seq)] = None
+        if len(self._raised) > 4096:
+            self._raised.pop(next(iter(self._raised)))
+        self.metrics.gaps.labels(rule).inc()
+        # a new epoch has its own warning (_check_epochs); its alert is noted at info
+        (log.info if rule == "epoch" else log.warning)(
+            "device %s: %s (epoch %d, from seq %d); alert raised", device, why, epoch, first,
+            extra={"device": device, "rule": rule, "epoch": epoch, "first_seq": first})
+        msg = {"v": VERSION, "device": device, "epoch": epoch, "seq": seq, "t": time.time(),
+               "sample": first, "rule": rule, "channel": None, "value": float(value),
+               "band": None, "pred": None, "model": None}
+        try:
+            self.client.publish(f"{self.mqtt.prefix}/{device}/alert", json.dumps(msg), qos=1)
+        except Exception as exc:  # the metric and the log line above still tell
+            log.error("cannot publish the %s alert of %s: %s", rule, device, exc)
+
+    def _check_dropped(self, stats) -> None:
+        """A board's dropped counter (its outbox overflowed) grew: raise a `dropped` alert."""
+        for rec, _ in stats:
+            if rec.dropped is None:
+                continue
+            prev = self._dropped.get(rec.device)
+            if prev is None:
+                row = self.store.device_status(rec.device)
+                prev = (row or {}).get("dropped") or 0
+            self._dropped[rec.device] = rec.dropped
+            if rec.dropped > prev:
+                self._raise(rec.device, rec.epoch or 0, "dropped",
+                            rec.seq if rec.seq is not None else rec.dropped, rec.dropped - prev,
+                            f"outbox overflowed: {rec.dropped - prev} records dropped on the "
+                            f"board ({rec.dropped} in all)")
+
+    def _check_gaps(self) -> None:
+        """Seqs missing ``gap_wait`` s after a later one was stored become `gap` alerts."""
+        now = time.time()
+        devices, self._gap_active = self._gap_active, set()
+        for device in devices:
+            epoch = self._epochs.get(device, (0, None))[0]
+            mark = self._gap_mark.get((device, epoch))
+            ph = "{ph}"
+            both = ("SELECT seq, received FROM {telemetry} WHERE device = %s AND epoch = %s "
+                    "AND seq > %s AND seq < %s UNION ALL SELECT seq, received FROM {alerts} "
+                    "WHERE device = %s AND epoch = %s AND seq > %s AND seq < %s")
+            if mark is None:  # start where this collector's records start (recent ones only)
+                rows = self.store.query(
+                    "SELECT MIN(seq) FROM {telemetry} WHERE device = {ph} AND epoch = {ph} "
+                    "AND received >= {ph}", (device, epoch, self._started - 600))
+                if not rows or rows[0][0] is None:
+                    continue
+                mark = rows[0][0]
+            sql = both.replace("%s", ph) + " ORDER BY 1 LIMIT 10000"
+            rows = self.store.query(sql, (device, epoch, mark, GAP_SEQ_BASE) * 2)
+            expect = mark + 1
+            for seq, received in rows:
+                if seq < expect:
+                    continue
+                if seq > expect:
+                    if now - received < self.gap_wait:
+                        self._gap_active.add(device)  # may still come: look again later
+                        break
+                    self.metrics.missing.inc(seq - expect)
+                    self._raise(device, epoch, "gap", expect, seq - expect,
+                                f"{seq - expect} records never arrived (seq {expect} to "
+                                f"{seq - 1}; the board's outbox could not fill them)")
+                mark, expect = seq, seq + 1
+            self._gap_mark[(device, epoch)] = mark
+        if len(self._gap_mark) > 100_000:  # bounded: forget the oldest devices' marks
+            for k in list(self._gap_mark)[: len(self._gap_mark) // 2]:
+                del self._gap_mark[k]
 
     def _write_or_split(self, items) -> None:
         """Write a batch; if the database refuses it while reachable, find and drop the bad rows."""
@@ -317,6 +411,12 @@ class Collector:
         good: list | None = None
         while True:
             self._flush_received()
+            if self._gap_active and time.monotonic() >= self._next_gap_check:
+                self._next_gap_check = time.monotonic() + max(0.5, min(self.gap_wait / 4, 5.0))
+                try:
+                    self._check_gaps()
+                except Exception as exc:  # the database is down: the writer says so below
+                    log.debug("gap check: %s", exc)
             if not pending:
                 if self._stop.is_set() and self.q.empty():
                     return
@@ -370,6 +470,7 @@ class Collector:
                 last[rec.device] = (when, rec.model, rec.epoch)
                 if isinstance(rec, Telemetry) and self.ha_discovery:
                     self._announce(rec)
+        self._gap_active.update(last)
         for device, (when, model, epoch) in last.items():  # once per device per batch
             self.devices.seen(device, when, model, epoch)
         for device, rec in readings.items():  # the newest reading of each channel
@@ -449,6 +550,9 @@ def add_arguments(parser) -> None:
                         "(default 16)")
     parser.add_argument("--channels", help="only these channel names (a,b,c; env "
                         "EDGEWATCH_CHANNELS); temperature and humidity are always allowed")
+    parser.add_argument("--gap-wait", type=float, default=60.0,
+                        help="seconds a missing seq may take to arrive after a later one before "
+                        "it is a gap alert (default 60)")
     parser.add_argument("--no-discovery", action="store_true",
                         help="do not publish Home Assistant discovery configs")
     parser.add_argument("--discovery-broker", metavar="URL",
@@ -508,7 +612,8 @@ def run(args) -> int:
                     ha_discovery=not args.no_discovery, metrics=metrics,
                     state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url),
                     discovery_mqtt=disco, max_channels=args.max_channels,
-                    device_channels=args.device_channels, channels=allow)
+                    device_channels=args.device_channels, channels=allow,
+                    gap_wait=args.gap_wait)
     serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
     store.close()
     return 0

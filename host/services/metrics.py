@@ -109,6 +109,12 @@ class Metrics:
                                   ["kind"], registry=r)
             self.duplicates = Counter("edgewatch_records_duplicate",
                                       "replayed (device, epoch, seq) already stored", ["kind"], registry=r)
+            self.gaps = Counter("edgewatch_gaps",
+                                "gap alerts raised: gap (seq missing past the wait), dropped "
+                                "(a board's outbox overflowed), epoch (a new epoch)", ["kind"],
+                                registry=r)
+            self.missing = Counter("edgewatch_records_missing",
+                                   "records never received (seq gaps past the wait)", registry=r)
             self.split = Counter("edgewatch_batches_split",
                                  "batches the database refused, stored again row by row",
                                  registry=r)
