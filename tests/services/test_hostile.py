@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -195,3 +196,54 @@ def test_logs_stay_valid_utf8_without_control_characters():
     line.encode("utf-8")  # no lone surrogate left
     rec = json.loads(line)
     assert len(line) < 3000 and "\x1b" not in rec["msg"] and rec["fw"] == "??"
+
+
+def test_records_without_seq_are_refused_counted_and_logged_once(tmp_path, caplog):
+    """Telemetry and alerts without `seq` (issue 14 "Broke" 8: once accepted) are never stored
+    and never notified: each is counted and logged once, by the schema, not by a failed batch."""
+    from edgewatch.core.settings import MqttSettings
+    from edgewatch.core.store import Store
+    from edgewatch.services.bridge import Bridge, Outbox
+    from edgewatch.services.collector import Collector
+    from edgewatch.services.notifiers import Console
+
+    sms = io.StringIO()
+    with Broker(tmp_path / "mq", users={"edgewatch": HOST_PW}) as broker:
+        mq = MqttSettings(port=broker.port, username="edgewatch", password=HOST_PW)
+        st = Store(f"sqlite:///{tmp_path}/ew.db")
+        col = Collector(st, mq, batch=50, flush_ms=10, ha_discovery=False, gap_wait=3600).start()
+        bridge = Bridge(Outbox(tmp_path / "o.db", cooldown=0, max_per_minute=0), [Console(sms)],
+                        mq, retry_base=0.2, retry_cap=1.0).start()
+        host = Board(broker, "edgewatch", HOST_PW)
+        try:
+            with caplog.at_level(logging.WARNING, logger="edgewatch"):
+                for i in range(10):
+                    no_seq = telemetry("gh-01", i)
+                    no_seq.pop("seq")
+                    host.publish("telemetry", no_seq if i % 2 else telemetry("gh-01", i),
+                                 device="gh-01")
+                for i in range(4):
+                    a = alert("gh-01", 100 + i)
+                    if i % 2:
+                        a["seq"] = None
+                    host.publish("alert", a, device="gh-01")
+                wait_until(lambda: st.count() == 5 and st.count("alerts") == 2
+                           and sms.getvalue().count("ALERT") == 2
+                           and col.metrics.value("edgewatch_messages_rejected_total",
+                                                 reason="invalid") == 7
+                           and bridge.metrics.value("edgewatch_messages_rejected_total",
+                                                    reason="invalid") == 2,
+                           what="valid ones stored and sent, the 7 without seq refused")
+                time.sleep(0.5)
+            assert st.count() == 5 and st.count("alerts") == 2
+            assert sms.getvalue().count("ALERT") == 2
+            lines = [r.getMessage() for r in caplog.records if "seq: missing" in r.getMessage()]
+            # once per refusal: 5 telemetry + 2 alerts at the collector, 2 alerts at the bridge
+            assert len(lines) == 9, lines
+            assert col.metrics.value("edgewatch_batches_split_total") == 0
+            assert not [r for r in caplog.records if "database refused" in r.getMessage()]
+        finally:
+            host.close()
+            bridge.stop()
+            col.stop()
+            st.close()
