@@ -72,6 +72,7 @@ def test_two_writers_racing_never_pass_the_caps(db_url):
             t.join(60)
         s = stores[0]
         claimed = s.query(f"SELECT slot, channel FROM {s.t_chan} ORDER BY slot")
+        assert len(claimed) <= cap, len(claimed)
         # known 2 + one message's 16 (all of a message or none): never past the cap, no slot twice
         assert [r[0] for r in claimed] == list(range(18))
         assert set(KNOWN_CHANNELS) <= {r[1] for r in claimed}
@@ -81,6 +82,22 @@ def test_two_writers_racing_never_pass_the_caps(db_url):
         per = s.query(f"SELECT device, COUNT(*) FROM {s.t_devchan} GROUP BY device")
         assert all(n <= per_device for _, n in per)
         assert sum(refused) > 0
+        # then many small claims at once, racing for the last slots of a cap of 40
+        go2 = threading.Barrier(2)
+
+        def single(k: int):
+            go2.wait()
+            for i in range(60):
+                stores[k].claim_channels(f"rogue-{i % 20}", {f"solo{k}_{i:02d}"}, cap=40,
+                                         per_device=per_device)
+
+        threads = [threading.Thread(target=single, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        n = s.query(f"SELECT COUNT(*), MAX(slot) FROM {s.t_chan}")[0]
+        assert tuple(n) == (40, 39), n  # filled to the cap exactly, never past it
         # the known channels are never refused, whoever filled the table
         assert s.claim_channels("gh-01", {"temperature", "humidity"}, cap=cap,
                                 per_device=per_device) is None
