@@ -117,3 +117,43 @@ def test_dropped_growth_and_a_new_epoch_are_alerts(setup):
     time.sleep(WAIT)
     assert len(tap.keys("dropped")) == 1
     assert json.loads(json.dumps(tap.got[0].__dict__, default=str))  # plain data
+
+
+def test_gap_alerts_reach_the_bridge_user_on_the_production_broker(tmp_path):
+    """On the shipped broker config (deploy/mosquitto/) the collector's own user may publish
+    the gap alerts and the bridge's user receives them (mosquitto drops a publish its ACL
+    refuses without a word, so an ACL without the collector's write would lose them all)."""
+    from edgewatch.services import broker as brokers
+
+    services = {"collector": "pw-collector", "bridge": "pw-bridge"}
+    b = brokers.production(tmp_path / "mq", {"gh-01": "pw-gh01"}, services).start()
+    st = Store(f"sqlite:///{tmp_path}/ew.db")
+    col = None
+    tap = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tap-bridge")
+    got: list = []
+    try:
+        mq = MqttSettings(port=b.port, tls=True, username="collector",
+                          password=services["collector"], ca_file=b.ca_file)
+        col = Collector(st, mq, ha_discovery=False, flush_ms=10, gap_wait=WAIT).start()
+        tap.username_pw_set("bridge", services["bridge"])
+        tap.tls_set(ca_certs=b.ca_file)
+        tap.on_message = lambda _c, _u, m: got.append(parse_alert(m.payload))
+        tap.on_connect = lambda c, *_: c.subscribe("edgewatch/+/alert", 1)
+        tap.connect("127.0.0.1", b.port)
+        tap.loop_start()
+        board = Board(b, "gh-01", "pw-gh01", tls=True)
+        time.sleep(0.5)
+        status = {"v": 1, "device": "gh-01", "epoch": 3, "state": "online", "dropped": 0}
+        board.publish("status", dict(status, seq=5))
+        board.publish("status", dict(status, seq=9, dropped=4))
+        wait_until(lambda: [a for a in got if a.rule == "dropped"], timeout=10,
+                   what="the dropped alert at the bridge's user")
+        assert wait_until(lambda: _gap_rows(st, "dropped"), timeout=10) == [
+            ("gh-01", 3, gap_seq("dropped", 9), 9, 4.0)]
+        board.close()
+    finally:
+        tap.loop_stop()
+        if col is not None:
+            col.stop()
+        st.close()
+        b.stop()
