@@ -22,18 +22,39 @@ MAX_PAYLOAD = 4096
 DEFAULT_PREFIX = "edgewatch"
 KINDS = ("telemetry", "alert", "status")
 RULES = ("band", "drift", "shift", "stuck", "range", "dropout", "read")
+# Alerts the collector raises about the records themselves (docs/messages.md, "Gaps"):
+# a seq gap the outbox did not fill, the board's dropped counter growing, a new epoch.
+HOST_RULES = ("gap", "dropped", "epoch")
+ALERT_RULES = RULES + HOST_RULES
+GAP_SEQ_BASE = 2**61  # host gap alerts: seq = GAP_SEQ_BASE + 4·first + index of the rule
 STATES = ("online", "offline")
 DEVICE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Channel names become SQL column names in the collector's table, so they are
 # held to identifier syntax here, once, rather than quoted everywhere.
 CHANNEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 MODEL_RE = re.compile(r"[0-9a-fA-F]{8}")
-# Columns the collector's telemetry table uses for itself; a channel may not take one.
-RESERVED_CHANNELS = frozenset({"device", "seq", "t", "received", "received_at", "anomaly",
-                               "faults", "model", "id", "timestamp"})
+# Names a channel may not take, refused before any batch or DDL (one bad message costs its
+# own row, never a failed batch): the telemetry table's own columns; PostgreSQL's system
+# columns (ADD COLUMN "xmin" fails); SQLite's rowid aliases; SQL words that readers which do
+# not quote identifiers (exports, dashboards, ad-hoc SQL) would trip over.
+RESERVED_CHANNELS = frozenset({
+    "device", "epoch", "seq", "t", "received", "received_at", "anomaly", "faults", "model", "id",
+    "timestamp",
+    "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid", "oid",
+    "rowid", "_rowid_",
+    "all", "alter", "and", "as", "asc", "between", "by", "case", "check", "column",
+    "constraint", "create", "current_date", "current_time", "current_timestamp",
+    "current_user", "default", "delete", "desc", "distinct", "drop", "else", "end", "exists",
+    "from", "group", "having", "in", "index", "insert", "into", "is", "join", "key", "like",
+    "limit", "not", "null", "offset", "on", "or", "order", "primary", "references", "select",
+    "set", "table", "then", "union", "unique", "update", "user", "using", "values", "when",
+    "where", "with"})
 MAX_SEQ = 2**63 - 1  # fits a signed 64-bit SQL BIGINT
 MAX_EPOCH = 2**32 - 1  # the board's outbox epoch (u32); 0 = firmware from before epochs
 MAX_CHANNELS = 16
+# Text fields (fw, error) reach databases, logs and metric labels: control characters and
+# lone surrogates (valid in JSON's \\uXXXX, not in UTF-8) are refused.
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class SchemaError(ValueError):
@@ -185,6 +206,8 @@ def _str(obj: dict, key: str, *, pattern: re.Pattern | None = None, maxlen: int 
         raise SchemaError(f"{key}: {x[:40]!r} is not valid")
     if len(x) > maxlen:
         raise SchemaError(f"{key}: longer than {maxlen} characters")
+    if _BAD_TEXT.search(x):  # no database stores a NUL or a lone surrogate; no log shows them
+        raise SchemaError(f"{key}: control character or lone surrogate in {x[:40]!r}")
     return x
 
 
@@ -328,8 +351,8 @@ def parse_alert(payload, device: str | None = None, received: float | None = Non
     obj = decode(payload) if not isinstance(payload, dict) else payload
     dev, epoch, seq = _common(obj, device)
     rule = obj.get("rule")
-    if rule not in RULES:
-        raise SchemaError(f"rule: {str(rule)[:40]!r} is not one of {list(RULES)}")
+    if rule not in ALERT_RULES:
+        raise SchemaError(f"rule: {str(rule)[:40]!r} is not one of {list(ALERT_RULES)}")
     channel = obj.get("channel")
     if channel is not None:
         _channel(channel, "channel")
@@ -356,6 +379,12 @@ def parse_status(payload, device: str | None = None, received: float | None = No
                   _int(obj, "outbox", required=False, hi=2**31),
                   _int(obj, "dropped", required=False, hi=2**62),
                   uptime, _str(obj, "error", maxlen=200), epoch)
+
+
+def gap_seq(rule: str, first: int) -> int:
+    """The seq of a host gap alert: the same (device, epoch, rule, first seq) -> the same key,
+    whichever collector raises it, so the collector stores it once and the bridge sends it once."""
+    return GAP_SEQ_BASE + 4 * first + HOST_RULES.index(rule)
 
 
 PARSERS = {"telemetry": parse_telemetry, "alert": parse_alert, "status": parse_status}

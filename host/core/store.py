@@ -19,6 +19,13 @@ Tables (names optionally prefixed, so tests and several sites can share one data
   band, anomaly, faults), so the fleet view is one small table read.
 - ``notifications``: the bridges' outcome of each alert and notification
   (queued, sent, dry_run, retry, dead, cooldown, ratecap; provider reference).
+- ``channels`` and ``device_channels``: the channel columns claimed so far, each in a
+  numbered slot (``slot`` is the key, the name unique), and which device uses which. A new
+  channel is claimed (:meth:`Store.claim_channels`) before any DDL, in one transaction that
+  inserts ``slot = number claimed so far``: two collectors (or two batches) racing for the
+  last slot collide on the key and one retries, so the table never holds more than the cap,
+  and a device never more than its own limit. The known channels (temperature, humidity and
+  any configured allow-list) are claimed once up front and never count against a device.
 
 Existing databases migrate in place: missing tables, columns and the index are
 added when a :class:`Store` opens them for writing (``create=True``).
@@ -41,7 +48,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from edgewatch.core.errors import UserError
-from edgewatch.core.schema import Alert, Status, Telemetry
+from edgewatch.core.schema import RESERVED_CHANNELS, Alert, Status, Telemetry
 from edgewatch.core.settings import add_secret, safe_url
 
 log = logging.getLogger("edgewatch.store")
@@ -56,6 +63,7 @@ DEVICE_COLS = ("device", "state", "last_seen", "status_seq", "fw", "model", "out
 NOTIFY_COLS = ("nkey", "device", "alert_seq", "kind", "notifier", "recipient", "state", "ref",
                "error", "attempts", "updated")
 BAND = ("_pred_", "_lo_", "_hi_")  # column prefixes of a channel's prediction and band
+KNOWN_CHANNELS = ("temperature", "humidity")  # every board's sensors: never refused
 
 
 def band_columns(channel: str) -> tuple[str, str, str]:
@@ -188,6 +196,10 @@ class Store:
         self.t_dev = q(f"{table_prefix}devices")
         self.t_note = q(f"{table_prefix}notifications")
         self.prefix = table_prefix
+        self.t_chan = q(f"{table_prefix}channels")
+        self.t_devchan = q(f"{table_prefix}device_channels")
+        self._claimed: set[tuple[str, str]] = set()  # (device, channel) known to be claimed
+        self._global: set[str] = set()  # channels known to hold a slot
         self.names = {"telemetry": f"{table_prefix}telemetry", "alerts": f"{table_prefix}alerts",
                       "devices": f"{table_prefix}devices",
                       "notifications": f"{table_prefix}notifications"}
@@ -229,10 +241,21 @@ class Store:
             f"recipient VARCHAR(64), state VARCHAR(12), ref VARCHAR(64), error VARCHAR(200), "
             f"attempts INTEGER, updated {r})",
         ]
+        stmts += [
+            f"CREATE TABLE IF NOT EXISTS {self.t_chan} (slot INTEGER NOT NULL PRIMARY KEY, "
+            f"channel VARCHAR(32) NOT NULL UNIQUE)",
+            f"CREATE TABLE IF NOT EXISTS {self.t_devchan} (device {key}, slot INTEGER NOT NULL, "
+            f"channel VARCHAR(32) NOT NULL, PRIMARY KEY (device, slot), UNIQUE (device, channel))",
+        ]
         cur = self.conn.cursor()
         for s in stmts:
             cur.execute(s)
         self.conn.commit()
+        # the columns already there (a database from before the channels table) and the
+        # known channels hold their slots whatever the cap
+        cols = self._columns(self.t_tel)
+        have = sorted(c for c in cols - set(TELEMETRY_META) if not c.startswith("_"))
+        self.reserve_channels(list(KNOWN_CHANNELS) + have)
         self._migrate()  # epochs first: a rebuilt SQLite table loses its indexes
         # in-place migration of databases made before these columns and the index existed
         have = self._columns(self.t_dev)
@@ -336,6 +359,98 @@ class Store:
             self.channels = self._channel_columns()
             if col not in self.channels | self.band_cols:
                 raise RuntimeError(f"cannot add channel column {col!r}")
+
+    # ------------------------------------------------------------ channel claims
+    def _claim_slot(self, table: str, key_cols: tuple, key_vals: tuple, channel: str,
+                    limit: int | None, cur) -> bool:
+        """Insert ``channel`` into the next slot of ``table`` (within ``key``); False if full.
+
+        Runs inside the caller's transaction; a unique-key collision (another writer took the
+        slot or the name first) raises and the caller retries from a fresh read.
+        """
+        ph = self.d.ph
+        where = " AND ".join(f"{c} = {ph}" for c in key_cols) or "1 = 1"
+        cur.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", key_vals)
+        n = cur.fetchone()[0]
+        if limit is not None and n >= limit:
+            return False
+        cols = (*key_cols, "slot", "channel")
+        c, v = self.d.columns(cols)
+        cur.execute(f"INSERT INTO {table} ({c}) VALUES ({v})", (*key_vals, n, channel))
+        return True
+
+    def _held(self, cur, device: str | None, channel: str) -> bool:
+        ph = self.d.ph
+        if device is None:
+            cur.execute(f"SELECT 1 FROM {self.t_chan} WHERE channel = {ph}", (channel,))
+        else:
+            cur.execute(f"SELECT 1 FROM {self.t_devchan} WHERE device = {ph} AND channel = {ph}",
+                        (device, channel))
+        return cur.fetchone() is not None
+
+    def reserve_channels(self, names) -> None:
+        """Give each of ``names`` a global slot, whatever the cap (known and allowed channels)."""
+        self._claim(None, sorted({n.lower() for n in names}), None, None)
+
+    def claim_channels(self, device: str, names, *, cap: int, per_device: int,
+                       allow: frozenset[str] | None = None) -> str | None:
+        """Claim ``names`` for ``device`` before any column is added; None, or why not.
+
+        A channel is refused when reserved, outside ``allow`` (if given), when the device
+        would use more than ``per_device`` channels besides the known ones, or when more than
+        ``cap`` channel columns would be claimed. All of a message's names are claimed in one
+        transaction (all or none) whose unique keys make the caps hold across collectors.
+        Known and allowed channels are always accepted.
+        """
+        free = set(KNOWN_CHANNELS) | (allow or set())
+        own = []
+        for n in sorted({x.lower() for x in names}):
+            if n in RESERVED_CHANNELS or n.startswith("_"):
+                return f"values: channel name {n!r} is reserved"
+            if n in free:
+                if n not in self._global:
+                    self._claim(None, [n], None, None)
+            elif allow is not None:
+                return f"values: channel {n!r} is not on the allowed list"
+            elif (device, n) not in self._claimed:
+                own.append(n)
+        return self._claim(device, own, cap, per_device) if own else None
+
+    def _claim(self, device: str | None, names: list[str], cap: int | None,
+               per_device: int | None) -> str | None:
+        names = [n for n in names if not (device is None and n in self._global)]
+        if not names:
+            return None
+        with self.lock:
+            for _ in range(200):  # each retry follows another writer's committed claim
+                cur = self.conn.cursor()
+                why = None
+                try:
+                    for n in names:
+                        if device is not None and self._held(cur, device, n):
+                            continue
+                        if not self._held(cur, None, n) and not self._claim_slot(
+                                self.t_chan, (), (), n, cap, cur):
+                            why = f"values: channel {n!r} would exceed {cap} channel columns"
+                            break
+                        if device is not None and not self._claim_slot(
+                                self.t_devchan, ("device",), (device,), n, per_device, cur):
+                            why = (f"values: channel {n!r} would exceed {per_device} channels "
+                                   f"for device {device}")
+                            break
+                    if why:
+                        self.conn.rollback()  # all of the message's names or none
+                        return why
+                    self.conn.commit()
+                    break
+                except Exception:
+                    self.conn.rollback()  # a collision: someone else claimed first; read again
+            else:
+                raise RuntimeError(f"cannot claim channels {names[:3]}")
+            self._global.update(names)
+            if device is not None and len(self._claimed) < 100_000:
+                self._claimed.update((device, n) for n in names)
+        return None
 
     # ------------------------------------------------------------ writes
     def write(self, telemetry: list[tuple[Telemetry, float]], alerts: list[tuple[Alert, float]],
@@ -479,7 +594,8 @@ class Store:
         """Drop this store's tables (tests)."""
         with self.lock:
             cur = self.conn.cursor()
-            for t in (self.t_tel, self.t_alert, self.t_dev, self.t_note):
+            for t in (self.t_tel, self.t_alert, self.t_dev, self.t_note, self.t_chan,
+                      self.t_devchan):
                 cur.execute(f"DROP TABLE IF EXISTS {t}")
             self.conn.commit()
 

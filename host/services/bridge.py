@@ -134,6 +134,12 @@ def alert_text(a: Alert) -> str:
         detail = f"{what} stuck at {num(a.value)}"
     elif a.rule == "dropout":
         detail = "missed samples"
+    elif a.rule == "gap":  # raised by the collector (docs/messages.md, "Gaps")
+        detail = f"{_num(a.value)} records lost from seq {a.sample}"
+    elif a.rule == "dropped":
+        detail = f"outbox overflowed, {_num(a.value)} records dropped on the board"
+    elif a.rule == "epoch":
+        detail = "new epoch: flash erased or outbox recreated"
     else:
         detail = f"{what} read failed"
     return f"edgewatch {a.device}: {detail} ({a.rule}) at {_when(a.t)}"

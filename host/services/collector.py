@@ -21,6 +21,7 @@ device's status. Several collectors share the work with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -30,7 +31,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from edgewatch.core.errors import UserError
-from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
+from edgewatch.core.schema import (
+    CHANNEL_RE,
+    DEVICE_RE,
+    GAP_SEQ_BASE,
+    RESERVED_CHANNELS,
+    VERSION,
+    Alert,
+    SchemaError,
+    Status,
+    Telemetry,
+    gap_seq,
+    parse,
+)
 from edgewatch.core.settings import (
     MqttSettings,
     close_client,
@@ -44,7 +57,7 @@ from edgewatch.core.settings import (
 from edgewatch.core.store import Store
 from edgewatch.services import discovery
 from edgewatch.services.daemon import add_service_arguments, serve_metrics, serve_until_signal
-from edgewatch.services.metrics import Devices, Metrics, setup_logging
+from edgewatch.services.metrics import OTHER, Devices, Metrics, setup_logging
 
 log = logging.getLogger("edgewatch.collector")
 
@@ -125,10 +138,15 @@ class Collector:
                  devices: frozenset[str] | None = None, batch: int = 1000, flush_ms: int = 100,
                  client_id: str | None = None, ha_discovery: bool = True, max_channels: int = 64,
                  metrics: Metrics | None = None, state_dir: str | os.PathLike | None = None,
-                 discovery_mqtt: MqttSettings | None = None):
+                 discovery_mqtt: MqttSettings | None = None, device_channels: int = 16,
+                 channels: frozenset[str] | None = None, gap_wait: float = 60.0):
         self.store, self.mqtt, self.group, self.allowed = store, mqtt, group, devices
         self.batch, self.flush_s = max(1, batch), max(0.0, flush_ms / 1000)
         self.ha_discovery, self.max_channels = ha_discovery, max_channels
+        # per device (besides temperature and humidity), and optionally only these names
+        self.device_channels, self.allow = device_channels, channels
+        if channels:
+            store.reserve_channels(sorted(channels))
         # Home Assistant's configs are retained messages. On a RabbitMQ cluster the consumer
         # is AMQP (nothing it publishes is retained), retained messages stay on the node they
         # were published through and reach no wildcard subscription (Home Assistant subscribes
@@ -160,10 +178,20 @@ class Collector:
         # thread once per batch: a Counter.inc takes a lock on every message.
         self._nrx = dict.fromkeys(self._rx, 0)
         self._nrx_flushed = dict.fromkeys(self._rx, 0)
-        # channel-name sets already known to fit the table (the same few every message)
+        # (device, channel names) already claimed: the same few every message
         self._fits: set[tuple] = set()
         # device -> (current epoch, epochs seen before it); loaded from the store on first sight
         self._epochs: dict[str, tuple[int, set]] = {}
+        # gaps: a seq missing gap_wait seconds after a later one arrived is not coming (the
+        # board's outbox replays in order); checked against the database, so collectors in a
+        # group each see every record, and raised under one key whoever raises it
+        self.gap_wait = max(0.0, gap_wait)
+        self._gap_mark: dict[tuple[str, int], int] = {}  # (device, epoch) -> last seq in order
+        self._gap_active: set[str] = set()  # devices with records since the last check
+        self._next_gap_check = 0.0
+        self._raised: dict[tuple, None] = {}  # alert keys raised here (bounded, oldest out)
+        self._dropped: dict[str, int] = {}  # device -> its dropped counter last seen
+        self._started = time.time()
         self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
                                   role="collector", prefetch=2 * self.batch)
         self.client.on_message = self._on_message
@@ -178,15 +206,6 @@ class Collector:
             rec = parse(topic, msg.payload, self.mqtt.prefix, now)
             if self.allowed is not None and rec.device not in self.allowed:
                 raise SchemaError(f"unknown device {rec.device!r}")
-            if type(rec) is Telemetry:
-                keys = tuple(rec.values)
-                if keys not in self._fits:
-                    new = {c.lower() for c in rec.values} - self.store.channels
-                    if new and len(self.store.channels | new) > self.max_channels:
-                        raise SchemaError(f"values: channel {sorted(new)[0]!r} would exceed "
-                                          f"{self.max_channels} channel columns")
-                    if not new and len(self._fits) < 4096:  # columns only ever get added
-                        self._fits.add(keys)
             self.q.put((rec, now, msg.mid, msg.qos))
         except SchemaError as exc:
             self.metrics.reject(log, topic, exc.reason)
@@ -200,11 +219,31 @@ class Collector:
     def _take(self) -> list:
         return self.q.take(self.batch, self.flush_s)
 
+    def _admit(self, rec: Telemetry) -> bool:
+        """Claim the sample's channels for its device (store.claim_channels) before its batch
+        touches the table; a refused sample is counted, logged and dropped alone."""
+        key = (rec.device, tuple(rec.values), tuple(rec.pred or ()), tuple(rec.band or ()))
+        if key in self._fits:
+            return True
+        chans = {c.lower() for c in rec.values}
+        extra = {c.lower() for c in (*(rec.pred or ()), *(rec.band or ()))} - chans
+        why = (f"pred/band: channel {sorted(extra)[0]!r} is not among the values"
+               if extra else
+               self.store.claim_channels(rec.device, chans, cap=self.max_channels,
+                                         per_device=self.device_channels, allow=self.allow))
+        if why:
+            self.metrics.reject(log, f"{self.mqtt.prefix}/{rec.device}/telemetry", why)
+            return False
+        if len(self._fits) < 4096:
+            self._fits.add(key)
+        return True
+
     def _write(self, items) -> None:
         tel = [(r, w) for r, w, _, _ in items if isinstance(r, Telemetry)]
         alerts = [(r, w) for r, w, _, _ in items if isinstance(r, Alert)]
         stats = [(r, w) for r, w, _, _ in items if isinstance(r, Status)]
         self._check_epochs(tel, alerts)
+        self._check_dropped(stats)
         t0 = time.perf_counter()
         n_t, n_a = self.store.write(tel, alerts, stats)
         self._count_alerts(alerts, all_new=n_a == len(alerts))
@@ -223,7 +262,8 @@ class Collector:
         for a, _ in alerts:
             last = self._alert_seq.get(a.device, -1)
             if all_new or a.seq > last:
-                self.metrics.alerts.labels(a.device, a.rule).inc()
+                self.metrics.alerts.labels(self.metrics.device_label(a.device) or OTHER,
+                                           a.rule).inc()
             self._alert_seq[a.device] = a.seq if all_new else max(last, a.seq)
 
     def _check_epochs(self, tel, alerts) -> None:
@@ -243,10 +283,89 @@ class Collector:
                 old.add(cur)
             self._epochs[rec.device] = (rec.epoch, old)
             self.metrics.new_epochs.inc()
+            self._raise(rec.device, rec.epoch, "epoch", 0, cur,
+                        f"new epoch {rec.epoch} (was {cur}): flash erased or outbox recreated")
             log.warning("device %s started a new epoch %d (was %d) at seq %d: its flash was "
                         "erased or its outbox recreated; its seq counts from there",
                         rec.device, rec.epoch, cur, rec.seq,
                         extra={"device": rec.device, "epoch": rec.epoch, "previous_epoch": cur})
+
+    def _raise(self, device: str, epoch: int, rule: str, first: int, value: float,
+               why: str) -> None:
+        """Publish a gap alert on the device's alert topic (stored by the collectors and sent by
+        the bridge like any alert), keyed by (device, epoch, rule, first seq)."""
+        seq = gap_seq(rule, first)
+        if (device, epoch, seq) in self._raised:
+            return
+        self._raised[(device, epoch, seq)] = None
+        if len(self._raised) > 4096:
+            self._raised.pop(next(iter(self._raised)))
+        self.metrics.gaps.labels(rule).inc()
+        # a new epoch has its own warning (_check_epochs); its alert is noted at info
+        (log.info if rule == "epoch" else log.warning)(
+            "device %s: %s (epoch %d, from seq %d); alert raised", device, why, epoch, first,
+            extra={"device": device, "rule": rule, "epoch": epoch, "first_seq": first})
+        msg = {"v": VERSION, "device": device, "epoch": epoch, "seq": seq, "t": time.time(),
+               "sample": first, "rule": rule, "channel": None, "value": float(value),
+               "band": None, "pred": None, "model": None}
+        try:
+            self.client.publish(f"{self.mqtt.prefix}/{device}/alert", json.dumps(msg), qos=1)
+        except Exception as exc:  # the metric and the log line above still tell
+            log.error("cannot publish the %s alert of %s: %s", rule, device, exc)
+
+    def _check_dropped(self, stats) -> None:
+        """A board's dropped counter (its outbox overflowed) grew: raise a `dropped` alert."""
+        for rec, _ in stats:
+            if rec.dropped is None:
+                continue
+            prev = self._dropped.get(rec.device)
+            if prev is None:
+                row = self.store.device_status(rec.device)
+                prev = (row or {}).get("dropped") or 0
+            self._dropped[rec.device] = rec.dropped
+            if rec.dropped > prev:
+                self._raise(rec.device, rec.epoch or 0, "dropped",
+                            rec.seq if rec.seq is not None else rec.dropped, rec.dropped - prev,
+                            f"outbox overflowed: {rec.dropped - prev} records dropped on the "
+                            f"board ({rec.dropped} in all)")
+
+    def _check_gaps(self) -> None:
+        """Seqs missing ``gap_wait`` s after a later one was stored become `gap` alerts."""
+        now = time.time()
+        devices, self._gap_active = self._gap_active, set()
+        for device in devices:
+            epoch = self._epochs.get(device, (0, None))[0]
+            mark = self._gap_mark.get((device, epoch))
+            ph = "{ph}"
+            both = ("SELECT seq, received FROM {telemetry} WHERE device = %s AND epoch = %s "
+                    "AND seq > %s AND seq < %s UNION ALL SELECT seq, received FROM {alerts} "
+                    "WHERE device = %s AND epoch = %s AND seq > %s AND seq < %s")
+            if mark is None:  # start where this collector's records start (recent ones only)
+                rows = self.store.query(
+                    "SELECT MIN(seq) FROM {telemetry} WHERE device = {ph} AND epoch = {ph} "
+                    "AND received >= {ph}", (device, epoch, self._started - 600))
+                if not rows or rows[0][0] is None:
+                    continue
+                mark = rows[0][0]
+            sql = both.replace("%s", ph) + " ORDER BY 1 LIMIT 10000"
+            rows = self.store.query(sql, (device, epoch, mark, GAP_SEQ_BASE) * 2)
+            expect = mark + 1
+            for seq, received in rows:
+                if seq < expect:
+                    continue
+                if seq > expect:
+                    if now - received < self.gap_wait:
+                        self._gap_active.add(device)  # may still come: look again later
+                        break
+                    self.metrics.missing.inc(seq - expect)
+                    self._raise(device, epoch, "gap", expect, seq - expect,
+                                f"{seq - expect} records never arrived (seq {expect} to "
+                                f"{seq - 1}; the board's outbox could not fill them)")
+                mark, expect = seq, seq + 1
+            self._gap_mark[(device, epoch)] = mark
+        if len(self._gap_mark) > 100_000:  # bounded: forget the oldest devices' marks
+            for k in list(self._gap_mark)[: len(self._gap_mark) // 2]:
+                del self._gap_mark[k]
 
     def _write_or_split(self, items) -> None:
         """Write a batch; if the database refuses it while reachable, find and drop the bad rows."""
@@ -261,6 +380,8 @@ class Collector:
             # the connection is gone: open a new one; the writer loop retries the batch
             self._reconnect()
             raise ConnectionError(first) from None
+        if len(items) > 1:
+            self.metrics.split.inc()
         if len(items) == 1:
             rec = items[0][0]
             self.metrics.reject(log, f"{self.mqtt.prefix}/{rec.device}/{rec.kind}",
@@ -287,16 +408,30 @@ class Collector:
     def _writer_loop(self) -> None:
         backoff = 0.5
         pending: list = []
+        good: list | None = None
         while True:
             self._flush_received()
+            if self._gap_active and time.monotonic() >= self._next_gap_check:
+                self._next_gap_check = time.monotonic() + max(0.5, min(self.gap_wait / 4, 5.0))
+                try:
+                    self._check_gaps()
+                except Exception as exc:  # the database is down: the writer says so below
+                    log.debug("gap check: %s", exc)
             if not pending:
                 if self._stop.is_set() and self.q.empty():
                     return
                 pending = self._take()
                 if not pending:
                     continue
+                good = None
             try:
-                self._write_or_split(pending)
+                if good is None:
+                    # channels claimed before the batch: a refused sample is dropped alone
+                    # (acked with the batch), never failing the batch it came in
+                    good = [it for it in pending if type(it[0]) is not Telemetry
+                            or self._admit(it[0])]
+                if good:
+                    self._write_or_split(good)
             except Exception as exc:
                 # database down: keep the batch unacknowledged and try again
                 log.error("database %s unavailable (%s); retrying in %.1f s",
@@ -310,16 +445,17 @@ class Collector:
                 continue
             backoff = 0.5
             try:
-                self._after_commit(pending)
+                self._after_commit(good, pending)
             except Exception:  # status/discovery bookkeeping must not stop the writer
                 log.exception("after storing a batch")
             pending = []
 
-    def _after_commit(self, pending) -> None:
+    def _after_commit(self, good, pending) -> None:
         last: dict[str, tuple] = {}
         readings: dict[str, Telemetry] = {}
-        for rec, when, mid, qos in pending:
+        for _, _, mid, qos in pending:
             self.client.ack(mid, qos)
+        for rec, when, _, _ in good:
             if type(rec) is Telemetry and rec.seq > self._reading_seq.get(rec.device, -1):
                 readings[rec.device] = rec  # a replayed (older) sample does not move the gauge
                 self._reading_seq[rec.device] = rec.seq
@@ -334,12 +470,16 @@ class Collector:
                 last[rec.device] = (when, rec.model, rec.epoch)
                 if isinstance(rec, Telemetry) and self.ha_discovery:
                     self._announce(rec)
+        self._gap_active.update(last)
         for device, (when, model, epoch) in last.items():  # once per device per batch
             self.devices.seen(device, when, model, epoch)
         for device, rec in readings.items():  # the newest reading of each channel
+            dev = self.metrics.device_label(device)
+            if dev is None:  # past --max-devices: no per-device series
+                continue
             for channel, value in rec.values.items():
                 if value is not None:
-                    self.metrics.reading.labels(device, channel).set(value)
+                    self.metrics.reading.labels(dev, channel).set(value)
 
     def _on_ha_status(self, _c, _u, msg) -> None:
         """Home Assistant's birth message ("online" on homeassistant/status, sent when it
@@ -403,6 +543,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--state-dir", help="folder of this instance's state (its client id); "
                         "env EDGEWATCH_STATE_DIR, default the SQLite database's folder, "
                         "else the current one")
+    parser.add_argument("--max-channels", type=int, default=64,
+                        help="channel columns the telemetry table may get in all (default 64)")
+    parser.add_argument("--device-channels", type=int, default=16,
+                        help="channels one device may add besides temperature and humidity "
+                        "(default 16)")
+    parser.add_argument("--channels", help="only these channel names (a,b,c; env "
+                        "EDGEWATCH_CHANNELS); temperature and humidity are always allowed")
+    parser.add_argument("--gap-wait", type=float, default=60.0,
+                        help="seconds a missing seq may take to arrive after a later one before "
+                        "it is a gap alert (default 60)")
     parser.add_argument("--no-discovery", action="store_true",
                         help="do not publish Home Assistant discovery configs")
     parser.add_argument("--discovery-broker", metavar="URL",
@@ -446,11 +596,24 @@ def run(args) -> int:
                                               key_file=args.key_file, prefix=args.prefix))
         if not disco.username:
             disco.username, disco.password = mqtt.username, mqtt.password
+    allow = None
+    spec = args.channels or env("EDGEWATCH_CHANNELS")
+    if spec:
+        allow = frozenset(x.strip().lower() for x in spec.split(",") if x.strip())
+        for x in sorted(allow):
+            if not CHANNEL_RE.fullmatch(x) or x in RESERVED_CHANNELS:
+                raise UserError(f"--channels: {x!r} is not a channel name (a letter, then up to "
+                                "31 of a-z 0-9 _; not a reserved name)")
+    for name in ("max_channels", "device_channels"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')}: {getattr(args, name)} is negative")
     col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
                     ha_discovery=not args.no_discovery, metrics=metrics,
                     state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url),
-                    discovery_mqtt=disco)
+                    discovery_mqtt=disco, max_channels=args.max_channels,
+                    device_channels=args.device_channels, channels=allow,
+                    gap_wait=args.gap_wait)
     serve_until_signal(col, f"collecting into {safe_url(url)} (pid {os.getpid()})")
     store.close()
     return 0

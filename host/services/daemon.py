@@ -6,8 +6,9 @@ import logging
 import signal
 import threading
 
+from edgewatch.core.errors import UserError
 from edgewatch.core.settings import add_mqtt_arguments, env
-from edgewatch.services.metrics import Metrics
+from edgewatch.services.metrics import MAX_DEVICES, OTHER, Metrics
 
 
 def add_service_arguments(parser, shares: str, drops: str, metrics: bool = True) -> None:
@@ -24,13 +25,26 @@ def add_service_arguments(parser, shares: str, drops: str, metrics: bool = True)
         parser.add_argument("--metrics-port", type=int,
                             help="serve Prometheus metrics on this port (env EDGEWATCH_METRICS_PORT)")
         parser.add_argument("--metrics-addr", default="127.0.0.1")
+        parser.add_argument("--max-devices", type=int,
+                            help="devices given their own metric series (default "
+                            f"{MAX_DEVICES}); the others share device=\"{OTHER}\" and are "
+                            "counted in edgewatch_devices_over_cap (env EDGEWATCH_MAX_DEVICES)")
     parser.add_argument("--log-level", default="info")
     add_mqtt_arguments(parser)
 
 
 def serve_metrics(name: str, args, log: logging.Logger) -> Metrics:
     """The service's metrics, served over HTTP when --metrics-port (or the env) asks for it."""
-    metrics = Metrics(name)
+    cap = getattr(args, "max_devices", None)
+    if cap is None:
+        raw = env("EDGEWATCH_MAX_DEVICES")
+        try:
+            cap = int(raw) if raw else MAX_DEVICES
+        except ValueError:
+            raise UserError(f"EDGEWATCH_MAX_DEVICES: {raw!r} is not a number") from None
+    if cap < 0:
+        raise UserError(f"--max-devices: {cap} is negative")
+    metrics = Metrics(name, max_devices=cap)
     port = args.metrics_port or (int(env("EDGEWATCH_METRICS_PORT"))
                                  if env("EDGEWATCH_METRICS_PORT") else None)
     if port is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -19,6 +20,23 @@ from edgewatch.core.settings import RedactFilter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# control characters, line/paragraph separators and the bidirectional overrides that can make
+# a log line read differently from what it holds
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+OTHER = "(other)"  # the one aggregate series of the devices past the cap (not a device id)
+MAX_DEVICES = 1000  # devices given their own series by default (--max-devices)
+
+
+def clean(text, maxlen: int = 64) -> str:
+    """``text`` made safe for a metric label or a log line: valid UTF-8 (a lone surrogate
+    becomes ``?``), control characters as ``?``, at most ``maxlen`` characters (``…`` ends a
+    shortened one). Whatever a message carried, the exposition and the log stay writable."""
+    s = text if isinstance(text, str) else str(text)
+    if len(s) > maxlen:
+        s = s[: maxlen - 1] + "\u2026"
+    if not s.isascii():
+        s = s.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub("?", s)
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,12 +44,13 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
+               "logger": record.name, "msg": clean(record.getMessage(), 2000)}
         for k, v in vars(record).items():
             if k not in _STD_ATTRS and not k.startswith("_"):
-                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+                out[clean(k)] = (v if isinstance(v, (int, float, bool, type(None)))
+                                 else clean(v, 500))
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info).splitlines()[-1]
+            out["exc"] = clean(self.formatException(record.exc_info).splitlines()[-1], 500)
         return json.dumps(out, ensure_ascii=False)
 
 
@@ -68,9 +87,18 @@ class Metrics:
     exported by the other as a row of zeros. Both track the boards' status.
     """
 
-    def __init__(self, service: str):
+    def __init__(self, service: str, max_devices: int = MAX_DEVICES):
         self.service = service
+        # Per-device series for at most max_devices devices (first come); the others share
+        # the OTHER series and are counted, so a flood of device ids cannot grow /metrics.
+        self.max_devices = max(0, max_devices)
+        self._admitted: dict[str, str] = {}  # device -> its label value
+        self._over: set[str] = set()
+        self._dev_lock = threading.Lock()
         self.registry = r = CollectorRegistry()
+        self.devices_over_cap = Counter("edgewatch_devices_over_cap",
+                                        "devices refused their own series (past --max-devices; "
+                                        f"counted in device=\"{OTHER}\")", registry=r)
         self.received = Counter("edgewatch_messages_received", "MQTT messages received",
                                 ["kind"], registry=r)
         self.rejected = Counter("edgewatch_messages_rejected",
@@ -81,6 +109,15 @@ class Metrics:
                                   ["kind"], registry=r)
             self.duplicates = Counter("edgewatch_records_duplicate",
                                       "replayed (device, epoch, seq) already stored", ["kind"], registry=r)
+            self.gaps = Counter("edgewatch_gaps",
+                                "gap alerts raised: gap (seq missing past the wait), dropped "
+                                "(a board's outbox overflowed), epoch (a new epoch)", ["kind"],
+                                registry=r)
+            self.missing = Counter("edgewatch_records_missing",
+                                   "records never received (seq gaps past the wait)", registry=r)
+            self.split = Counter("edgewatch_batches_split",
+                                 "batches the database refused, stored again row by row",
+                                 registry=r)
             self.batch_seconds = Histogram("edgewatch_write_batch_seconds",
                                            "time to write one batch", registry=r)
             self.reading = Gauge("edgewatch_reading", "the last stored reading of a channel",
@@ -115,6 +152,23 @@ class Metrics:
         self._log_window: dict[str, list] = {}
         self._log_lock = threading.Lock()
 
+    def device_label(self, device: str) -> str | None:
+        """``device`` as a label value, or None past the cap (use the OTHER aggregate)."""
+        label = self._admitted.get(device)
+        if label is not None:
+            return label
+        with self._dev_lock:
+            if device in self._admitted:
+                return self._admitted[device]
+            if len(self._admitted) < self.max_devices:
+                label = self._admitted[device] = clean(device, 32)
+                return label
+            if device not in self._over:
+                if len(self._over) < 100 * max(self.max_devices, 1000):
+                    self._over.add(device)
+                self.devices_over_cap.inc()
+        return None
+
     def serve(self, port: int, addr: str = "127.0.0.1"):
         """Serve /metrics on ``addr:port`` (0 = a free port); returns the bound port."""
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
@@ -136,8 +190,8 @@ class Metrics:
                 win[2] += 1
                 return
             win[1] += 1
-        log.warning("rejected %s: %s", topic[:120], reason,
-                    extra={"topic": topic[:120], "reason": label})
+        log.warning("rejected %s: %s", clean(topic, 120), clean(reason, 200),
+                    extra={"topic": clean(topic, 120), "reason": label})
 
     def value(self, name: str, **labels) -> float:
         """The current value of one sample (for tests and the benchmark)."""
@@ -166,7 +220,11 @@ class Devices:
             if epoch is not None:
                 d["epoch"] = epoch
         if self.metrics:
-            self.metrics.last_seen.labels(device).set(d["last_seen"])
+            dev = self.metrics.device_label(device)
+            if dev is None:
+                self.metrics.last_seen.labels(OTHER).set(d["last_seen"])
+            else:
+                self.metrics.last_seen.labels(dev).set(d["last_seen"])
 
     def status(self, rec, when: float | None = None) -> None:
         """A status message or last will (a :class:`edgewatch.core.schema.Status`)."""
@@ -183,17 +241,21 @@ class Devices:
             new = (d.get("model"), d.get("fw"))
         if self.metrics:
             m = self.metrics
-            m.online.labels(rec.device).set(1 if rec.state == "online" else 0)
-            m.last_seen.labels(rec.device).set(d["last_seen"])
+            dev = m.device_label(rec.device)
+            if dev is None:  # past the cap: only the aggregate's last seen
+                m.last_seen.labels(OTHER).set(d["last_seen"])
+                return
+            m.online.labels(dev).set(1 if rec.state == "online" else 0)
+            m.last_seen.labels(dev).set(d["last_seen"])
             if d.get("outbox") is not None:
-                m.device_outbox.labels(rec.device).set(d["outbox"])
+                m.device_outbox.labels(dev).set(d["outbox"])
             if new != old:
                 if any(old):
                     try:
-                        m.device_info.remove(rec.device, old[0] or "", old[1] or "")
+                        m.device_info.remove(dev, clean(old[0] or ""), clean(old[1] or ""))
                     except KeyError:
                         pass
-                m.device_info.labels(rec.device, new[0] or "", new[1] or "").set(1)
+                m.device_info.labels(dev, clean(new[0] or ""), clean(new[1] or "")).set(1)
 
     def get(self, device: str) -> dict | None:
         """A copy of one device's status, or None if never heard of."""
