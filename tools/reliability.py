@@ -52,6 +52,14 @@ CASES: list[tuple[str, list[str]]] = [
       "tests/training/test_blob.py::test_ota_signing_binds_version_and_device"]),
     ("4. SMS exactly once: bridge kill -9 mid-send; a provider slower than the client timeout",
      ["tests/services/test_bridge_once.py", "tests/services/test_bridge_restart.py"]),
+    ("5. hostile input cannot break /metrics or the logs (a lone surrogate in a status once "
+     "made /metrics answer 500 for good)",
+     ["tests/services/test_hostile.py"]),
+    ("6. channel columns: a rogue device's junk channels racing past the cap, PostgreSQL system "
+     "column names splitting batches",
+     ["tests/services/test_channels.py"]),
+    ("7. silent gaps: outbox overflow (dropped), a new epoch, a seq gap never filled",
+     ["tests/services/test_gaps.py"]),
     ("8. guarantees that were taken on trust: alert acked before its outbox write, "
      "messages without seq, reconnect backoff growth",
      ["tests/e2e/test_guarantees.py"]),
