@@ -109,14 +109,9 @@ class App:
         ob = cfg["outbox"]
         self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], sim_flash_opener())
         schema.EPOCH = self.outbox.epoch
-        # Samples taken without a clock (t null) carry their age when sent: the ticks + 1 at
-        # which each seq of this boot was taken (0: it has a time), a ring as long as the
-        # outbox; seqs from before this boot are not in it and go without an age.
         global NO_CLOCK
         NO_CLOCK = cfg.get("sim_no_clock") is True
-        self.taken = array("i", bytes(4 * ob["slots"]))  # MicroPython: the bytes are the buffer
-        self.boot_seq = self.outbox.next_seq
-        self.sendbuf = bytearray(ob["slot_size"] + 24)
+        self.ages(ob["slots"], ob["slot_size"])
         wlan = None
         if cfg["wifi"]:
             import network
@@ -316,6 +311,14 @@ class App:
             self.sent += 1
             if time.ticks_diff(until, time.ticks_ms()) <= 0:
                 break
+
+    def ages(self, slots, slot_size):
+        # Samples taken without a clock (t null) carry their age when sent: the ticks + 1 at
+        # which each seq of this boot was taken (0: it has a time), a ring as long as the
+        # outbox; seqs from before this boot are not in it and go without an age.
+        self.taken = array("i", bytes(4 * slots))  # MicroPython: the bytes are the buffer
+        self.boot_seq = self.outbox.next_seq
+        self.sendbuf = bytearray(slot_size + 24)
 
     def _aged(self, seq, payload):
         """The record as sent: with `"age": ms since it was taken` when it has no time and

@@ -156,6 +156,7 @@ def make_app(slots=8, slot_size=512, model='model.ewb', log=None):
     a.model = a.model_error = a.blob_crc = a.pending = None
     a._load_model()
     a.outbox = outbox.Outbox('outbox.bin', slots, slot_size)
+    a.ages(slots, slot_size)
     a.shift_run = a.samples = a.alerts = 0
     a.echo = ECHO
     gc.collect()
