@@ -35,30 +35,47 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
     dil = int(p[5])
     pad = int(p[6])
     v = int(p[7])
-    in_off = v - ((((v >> 31) & 1) << 16) << 16)
+    po = 0x80 - (v - ((((v >> 31) & 1) << 16) << 16))  # what a padded tap's byte would add
     v = int(p[8])
     out_zp = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[9])
     amin = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[10])
     amax = v - ((((v >> 31) & 1) << 16) << 16)
-    chan = 11 + nrows
+    kin = ks * in_ch
+    tail = in_ch & 3
+    ch = 11 + nrows
     for r in range(nrows):
         t = int(p[11 + r])
+        yr = t * out_ch
+        c = ch
+        wb = 0
         for oc in range(out_ch):
-            v = int(p[chan + 3 * oc])
+            v = int(p[c])
             acc = v - ((((v >> 31) & 1) << 16) << 16)
-            wb = oc * ks * in_ch
-            for k in range(ks):
-                ti = t + k * dil - pad
+            ti = t - pad
+            wk = wb
+            wb += kin
+            while wk < wb:
+                we = wk + in_ch
                 if ti >= 0:
-                    xb = ti * in_ch
-                    wk = wb + k * in_ch
-                    for ic in range(in_ch):
-                        acc += (((x[xb + ic] ^ 0x80) - 0x80) + in_off) * ((w[wk + ic] ^ 0x80) - 0x80)
-            m = int(p[chan + 3 * oc + 1])
-            v = int(p[chan + 3 * oc + 2])
+                    d = ti * in_ch - wk  # x[j + d] is the input byte that meets w[j]
+                    for j in range(wk, we - 3, 4):  # 4 at a time: a loop turn costs 3 MACs' work
+                        acc += ((x[j + d] ^ 0x80) * ((w[j] ^ 0x80) - 0x80)
+                                + (x[j + d + 1] ^ 0x80) * ((w[j + 1] ^ 0x80) - 0x80)
+                                + (x[j + d + 2] ^ 0x80) * ((w[j + 2] ^ 0x80) - 0x80)
+                                + (x[j + d + 3] ^ 0x80) * ((w[j + 3] ^ 0x80) - 0x80))
+                    for j in range(we - tail, we):
+                        acc += (x[j + d] ^ 0x80) * ((w[j] ^ 0x80) - 0x80)
+                else:
+                    for j in range(wk, we):
+                        acc += po * ((w[j] ^ 0x80) - 0x80)
+                ti += dil
+                wk = we
+            m = int(p[c + 1])
+            v = int(p[c + 2])
             s = v - ((((v >> 31) & 1) << 16) << 16)
+            c += 3
             # MultiplyByQuantizedMultiplier(acc, m, s), inlined here and in the ADD kernel on
             # purpose: a viper-to-viper call goes through the generic call path and would
             # cost more than the whole requantisation, once per output value.
@@ -71,37 +88,28 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
             if acc < 0:
                 neg = 1
                 acc = 0 - acc
-            c = 0x3FFFFFFF + 1 - neg  # 2**30 - neg; 2**30 itself is no small int on 32-bit ports
-            u0 = acc & 0x7FF
-            u1 = (acc >> 11) & 0x7FF
-            u2 = acc >> 22
-            m0 = m & 0x7FF
-            m1 = (m >> 11) & 0x7FF
-            m2 = m >> 22
-            q = u0 * m0 + (c & 0x7FF)
-            q = (q >> 11) + u0 * m1 + u1 * m0 + ((c >> 11) & 0x7FF)
-            q = (q >> 11) + u0 * m2 + u1 * m1 + u2 * m0 + (c >> 22)
-            l2 = q & 0x7FF
-            q = (q >> 11) + u1 * m2 + u2 * m1
-            l3 = q & 0x7FF
-            q = (q >> 11) + u2 * m2
-            h = (q << 13) + (l3 << 2) + (l2 >> 9)
+            # (acc * m + 2**30 - neg) >> 31 in 16/15-bit limbs: m = hb*2**30 + mh*2**15 + ml,
+            # acc = ah*2**16 + al; every product and sum stays below 2**31.
+            mh = (m >> 15) & 0x7FFF
+            ml = m & 0x7FFF
+            al = acc & 0xFFFF
+            p1 = al * mh
+            p2 = (acc >> 16) * ml
+            h = ((acc >> 16) * mh + (p1 >> 16) + (p2 >> 15)
+                 + ((((((m >> 30) & acc) + 1) << 15) + (p1 & 0xFFFF) + ((p2 & 0x7FFF) << 1)
+                     + ((al * ml - neg) >> 15)) >> 16))
+            if m >> 30:
+                h += acc >> 1
+            # RoundingDivideByPOT rounds half away from zero: on the magnitude, half up
+            h = (h + ((1 << rs) >> 1)) >> rs
             if neg:
                 h = 0 - h
-            mask = (1 << rs) - 1
-            thr = mask >> 1
-            if h < 0:
-                thr += 1
-            if (h & mask) > thr:
-                h = (h >> rs) + 1
-            else:
-                h = h >> rs
             h += out_zp
             if h < amin:
                 h = amin
             if h > amax:
                 h = amax
-            y[t * out_ch + oc] = h & 0xFF
+            y[yr + oc] = h & 0xFF
 
 
 @micropython.viper
@@ -114,7 +122,30 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
     off2 = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[4])
     out_zp = v - ((((v >> 31) & 1) << 16) << 16)
-    ls = int(p[5])
+    # An input's requantisation: acc = u << ls with |u| < 2**8, and 9 <= ls <= 22 (the
+    # engine checks; TFLM uses 20), so with m = mh*2**sh + ml, sh = 31 - ls:
+    # (acc * m + 2**30 - neg) >> 31 = u*mh + ((u*ml + 2**(sh-1) - neg) >> sh).
+    sh = 31 - int(p[5])
+    cr = 1 << (sh - 1)
+    m = int(p[6])
+    mh1 = m >> sh
+    ml1 = m & ((1 << sh) - 1)
+    v = int(p[7])
+    rs1 = 0 - (v - ((((v >> 31) & 1) << 16) << 16))  # shifts are <= 0 in ADD
+    hf1 = (1 << rs1) >> 1
+    m = int(p[8])
+    mh2 = m >> sh
+    ml2 = m & ((1 << sh) - 1)
+    v = int(p[9])
+    rs2 = 0 - (v - ((((v >> 31) & 1) << 16) << 16))
+    hf2 = (1 << rs2) >> 1
+    m = int(p[10])
+    mh = (m >> 15) & 0x7FFF
+    ml = m & 0x7FFF
+    hb = m >> 30
+    v = int(p[11])
+    rs = 0 - (v - ((((v >> 31) & 1) << 16) << 16))
+    hf = (1 << rs) >> 1
     v = int(p[12])
     amin = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[13])
@@ -122,49 +153,34 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
     for r in range(nrows):
         base = int(p[14 + r]) * cols
         for i in range(base, base + cols):
-            first = 0
-            h = 0
-            # three requantisations: input 1, input 2, then their sum
-            for j in range(3):
-                if j == 0:
-                    acc = (((a[i] ^ 0x80) - 0x80) + off1) << ls
-                elif j == 1:
-                    first = h
-                    acc = (((b[i] ^ 0x80) - 0x80) + off2) << ls
-                else:
-                    acc = first + h
-                m = int(p[6 + 2 * j])
-                v = int(p[7 + 2 * j])
-                rs = 0 - (v - ((((v >> 31) & 1) << 16) << 16))  # shifts are <= 0 in ADD
-                neg = 0
-                if acc < 0:
-                    neg = 1
-                    acc = 0 - acc
-                c = 0x3FFFFFFF + 1 - neg  # 2**30 - neg; 2**30 itself is no small int on 32-bit ports
-                u0 = acc & 0x7FF
-                u1 = (acc >> 11) & 0x7FF
-                u2 = acc >> 22
-                m0 = m & 0x7FF
-                m1 = (m >> 11) & 0x7FF
-                m2 = m >> 22
-                q = u0 * m0 + (c & 0x7FF)
-                q = (q >> 11) + u0 * m1 + u1 * m0 + ((c >> 11) & 0x7FF)
-                q = (q >> 11) + u0 * m2 + u1 * m1 + u2 * m0 + (c >> 22)
-                l2 = q & 0x7FF
-                q = (q >> 11) + u1 * m2 + u2 * m1
-                l3 = q & 0x7FF
-                q = (q >> 11) + u2 * m2
-                h = (q << 13) + (l3 << 2) + (l2 >> 9)
-                if neg:
-                    h = 0 - h
-                mask = (1 << rs) - 1
-                thr = mask >> 1
-                if h < 0:
-                    thr += 1
-                if (h & mask) > thr:
-                    h = (h >> rs) + 1
-                else:
-                    h = h >> rs
+            u = ((a[i] ^ 0x80) - 0x80) + off1
+            if u < 0:
+                u = 0 - u
+                acc = 0 - ((u * mh1 + ((u * ml1 + cr - 1) >> sh) + hf1) >> rs1)
+            else:
+                acc = (u * mh1 + ((u * ml1 + cr) >> sh) + hf1) >> rs1
+            u = ((b[i] ^ 0x80) - 0x80) + off2
+            if u < 0:
+                u = 0 - u
+                acc -= (u * mh2 + ((u * ml2 + cr - 1) >> sh) + hf2) >> rs2
+            else:
+                acc += (u * mh2 + ((u * ml2 + cr) >> sh) + hf2) >> rs2
+            # the sum's requantisation as in conv (acc = ah*2**16 + al, m in limbs)
+            neg = 0
+            if acc < 0:
+                neg = 1
+                acc = 0 - acc
+            al = acc & 0xFFFF
+            p1 = al * mh
+            p2 = (acc >> 16) * ml
+            h = ((acc >> 16) * mh + (p1 >> 16) + (p2 >> 15)
+                 + (((((hb & acc) + 1) << 15) + (p1 & 0xFFFF) + ((p2 & 0x7FFF) << 1)
+                     + ((al * ml - neg) >> 15)) >> 16))
+            if hb:
+                h += acc >> 1
+            h = (h + hf) >> rs
+            if neg:
+                h = 0 - h
             h += out_zp
             if h < amin:
                 h = amin
