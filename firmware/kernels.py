@@ -43,35 +43,50 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
     v = int(p[10])
     amax = v - ((((v >> 31) & 1) << 16) << 16)
     kin = ks * in_ch
-    tail = in_ch & 3
+    xa = int(x)  # addresses: the MAC loops walk running pointers (constant offsets are cheapest)
+    wa = int(w)
     ch = 11 + nrows
     for r in range(nrows):
         t = int(p[11 + r])
         yr = t * out_ch
+        # taps before k0 read the left padding (the input zero point)
+        k0 = 0
+        ti = t - pad
+        while ti < 0 and k0 < ks:
+            ti += dil
+            k0 += 1
+        npad = k0 * in_ch
+        if dil == 1 or ks == 1:  # the real taps' rows are adjacent: one run of bytes
+            nrun = 1
+            rlen = kin - npad
+        else:
+            nrun = ks - k0
+            rlen = in_ch
+        n4 = rlen >> 2
+        tail = rlen & 3
+        xjump = dil * in_ch - rlen
+        xs = xa + ti * in_ch
+        wp = ptr8(wa)  # weights are [out_ch][ks][in_ch]: one walk over them per row
         c = ch
-        wb = 0
         for oc in range(out_ch):
             v = int(p[c])
             acc = v - ((((v >> 31) & 1) << 16) << 16)
-            ti = t - pad
-            wk = wb
-            wb += kin
-            while wk < wb:
-                we = wk + in_ch
-                if ti >= 0:
-                    d = ti * in_ch - wk  # x[j + d] is the input byte that meets w[j]
-                    for j in range(wk, we - 3, 4):  # 4 at a time: a loop turn costs 3 MACs' work
-                        acc += ((x[j + d] ^ 0x80) * ((w[j] ^ 0x80) - 0x80)
-                                + (x[j + d + 1] ^ 0x80) * ((w[j + 1] ^ 0x80) - 0x80)
-                                + (x[j + d + 2] ^ 0x80) * ((w[j + 2] ^ 0x80) - 0x80)
-                                + (x[j + d + 3] ^ 0x80) * ((w[j + 3] ^ 0x80) - 0x80))
-                    for j in range(we - tail, we):
-                        acc += (x[j + d] ^ 0x80) * ((w[j] ^ 0x80) - 0x80)
-                else:
-                    for j in range(wk, we):
-                        acc += po * ((w[j] ^ 0x80) - 0x80)
-                ti += dil
-                wk = we
+            for j in range(npad):
+                acc += po * ((wp[j] ^ 0x80) - 0x80)
+            wp = ptr8(int(wp) + npad)
+            xp = ptr8(xs)
+            for k in range(nrun):
+                for j in range(n4):
+                    acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
+                            + (xp[1] ^ 0x80) * ((wp[1] ^ 0x80) - 0x80)
+                            + (xp[2] ^ 0x80) * ((wp[2] ^ 0x80) - 0x80)
+                            + (xp[3] ^ 0x80) * ((wp[3] ^ 0x80) - 0x80))
+                    xp = ptr8(int(xp) + 4)
+                    wp = ptr8(int(wp) + 4)
+                for j in range(tail):
+                    acc += (xp[j] ^ 0x80) * ((wp[j] ^ 0x80) - 0x80)
+                xp = ptr8(int(xp) + tail + xjump)
+                wp = ptr8(int(wp) + tail)
             m = int(p[c + 1])
             v = int(p[c + 2])
             s = v - ((((v >> 31) & 1) << 16) << 16)

@@ -4,8 +4,38 @@
 # There is one implementation, kernels.py; this module compiles its source
 # again with the @micropython.viper decorators removed. Type annotations such
 # as `p: ptr32` are ignored by the bytecode compiler, and kernels.py is written
-# so that every operation gives the same result in both worlds.
+# so that every operation gives the same result in both worlds. Its pointer
+# arithmetic (ptr8(int(buf) + n)) runs here on _Addr, a buffer and an offset.
 # Needs kernels.py as source next to this file (not only a frozen .mpy).
+
+
+class _Addr:
+    # What viper's int(buffer) and ptr8(address) give, for bytecode: a buffer and an
+    # offset into it, moved by + and read by index (slow; the fallback only).
+    def __init__(self, buf, off):
+        self.b = buf
+        self.o = off
+
+    def __add__(self, n):
+        return _Addr(self.b, self.o + n)
+
+    def __getitem__(self, i):
+        return self.b[self.o + i]
+
+
+_int = int
+
+
+def int(v):  # noqa: A001 (viper's int() of a pointer is its address)
+    if isinstance(v, _Addr):
+        return v
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return _Addr(v, 0)
+    return _int(v)
+
+
+def ptr8(a):
+    return a
 
 
 def _load():
