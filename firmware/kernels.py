@@ -43,80 +43,104 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
     v = int(p[10])
     amax = v - ((((v >> 31) & 1) << 16) << 16)
     kin = ks * in_ch
+    flat = 0
+    if dil == 1 or ks == 1:  # the real taps' rows are adjacent: one run of bytes
+        flat = 1
+    # a run: bytes of x read in a row (all taps at once when their rows are adjacent)
+    rlen0 = in_ch
+    nrun0 = ks
+    if flat:
+        rlen0 = kin
+        nrun0 = 1
+    xjump = dil * in_ch - in_ch  # from a tap's run to the next one's (runs of in_ch)
     xa = int(x)  # addresses: the MAC loops walk running pointers (constant offsets are cheapest)
-    wa = int(w)
-    ch = 11 + nrows
-    for r in range(nrows):
-        t = int(p[11 + r])
-        yr = t * out_ch
-        # taps before k0 read the left padding (the input zero point)
-        k0 = 0
-        ti = t - pad
-        while ti < 0 and k0 < ks:
-            ti += dil
-            k0 += 1
-        npad = k0 * in_ch
-        if dil == 1 or ks == 1:  # the real taps' rows are adjacent: one run of bytes
-            nrun = 1
-            rlen = kin - npad
+    wo = int(w)  # weights are [out_ch][ks][in_ch]
+    c = 11 + nrows
+    for oc in range(out_ch):
+        # this channel's constants, once for all its rows
+        v = int(p[c])
+        bias = v - ((((v >> 31) & 1) << 16) << 16)
+        m = int(p[c + 1])
+        v = int(p[c + 2])
+        s = v - ((((v >> 31) & 1) << 16) << 16)
+        c += 3
+        ls = 0
+        rs = 0
+        if s > 0:
+            ls = s
         else:
-            nrun = ks - k0
-            rlen = in_ch
-        n4 = rlen >> 2
-        tail = rlen & 3
-        xjump = dil * in_ch - rlen
-        xs = xa + ti * in_ch
-        wp = ptr8(wa)  # weights are [out_ch][ks][in_ch]: one walk over them per row
-        c = ch
-        for oc in range(out_ch):
-            v = int(p[c])
-            acc = v - ((((v >> 31) & 1) << 16) << 16)
-            for j in range(npad):
-                acc += po * ((wp[j] ^ 0x80) - 0x80)
-            wp = ptr8(int(wp) + npad)
-            xp = ptr8(xs)
-            for k in range(nrun):
-                for j in range(n4):
+            rs = 0 - s
+        rb = 0  # rounding bit: bit rs-1 of the magnitude (none when rs = 0)
+        if rs:
+            rb = 1
+        rq = rs - rb
+        mf = m >> 15
+        mh = mf & 0x7FFF
+        ml = m & 0x7FFF
+        hb = m >> 30
+        for r in range(nrows):
+            t = int(p[11 + r])
+            acc = bias
+            # taps before k0 read the left padding (the input zero point)
+            k0 = 0
+            ti = t - pad
+            while ti < 0 and k0 < ks:
+                ti += dil
+                k0 += 1
+            rlen = rlen0
+            nrun = nrun0
+            if k0:
+                wp = ptr8(wo)
+                for j in range(k0 * in_ch):
+                    acc += po * ((wp[j] ^ 0x80) - 0x80)
+                if flat:
+                    rlen = kin - k0 * in_ch
+                else:
+                    nrun = ks - k0
+            wp = ptr8(wo + k0 * in_ch)
+            xp = ptr8(xa + ti * in_ch)
+            # short loops cost more to set up than to run: 4 MACs a turn, then 2, then 1
+            while nrun > 0:
+                for j in range(rlen >> 2):
                     acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
                             + (xp[1] ^ 0x80) * ((wp[1] ^ 0x80) - 0x80)
                             + (xp[2] ^ 0x80) * ((wp[2] ^ 0x80) - 0x80)
                             + (xp[3] ^ 0x80) * ((wp[3] ^ 0x80) - 0x80))
                     xp = ptr8(int(xp) + 4)
                     wp = ptr8(int(wp) + 4)
-                for j in range(tail):
-                    acc += (xp[j] ^ 0x80) * ((wp[j] ^ 0x80) - 0x80)
-                xp = ptr8(int(xp) + tail + xjump)
-                wp = ptr8(int(wp) + tail)
-            m = int(p[c + 1])
-            v = int(p[c + 2])
-            s = v - ((((v >> 31) & 1) << 16) << 16)
-            c += 3
+                if rlen & 2:
+                    acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
+                            + (xp[1] ^ 0x80) * ((wp[1] ^ 0x80) - 0x80))
+                    xp = ptr8(int(xp) + 2)
+                    wp = ptr8(int(wp) + 2)
+                if rlen & 1:
+                    acc += (xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
+                    xp = ptr8(int(xp) + 1)
+                    wp = ptr8(int(wp) + 1)
+                xp = ptr8(int(xp) + xjump)
+                nrun -= 1
             # MultiplyByQuantizedMultiplier(acc, m, s), inlined here and in the ADD kernel on
             # purpose: a viper-to-viper call goes through the generic call path and would
             # cost more than the whole requantisation, once per output value.
-            rs = 0
-            if s > 0:
-                acc = acc << s
-            else:
-                rs = 0 - s
+            acc = acc << ls
             neg = 0
             if acc < 0:
                 neg = 1
                 acc = 0 - acc
-            # (acc * m + 2**30 - neg) >> 31 in 16/15-bit limbs: m = hb*2**30 + mh*2**15 + ml,
-            # acc = ah*2**16 + al; every product and sum stays below 2**31.
-            mh = (m >> 15) & 0x7FFF
-            ml = m & 0x7FFF
-            al = acc & 0xFFFF
-            p1 = al * mh
-            p2 = (acc >> 16) * ml
-            h = ((acc >> 16) * mh + (p1 >> 16) + (p2 >> 15)
-                 + ((((((m >> 30) & acc) + 1) << 15) + (p1 & 0xFFFF) + ((p2 & 0x7FFF) << 1)
-                     + ((al * ml - neg) >> 15)) >> 16))
-            if m >> 30:
-                h += acc >> 1
+            # (acc * m + 2**30 - neg) >> 31, every product and sum below 2**31:
+            if acc < 0x8000:  # m = mf*2**15 + ml
+                h = (acc * mf + 0x8000 + ((acc * ml - neg) >> 15)) >> 16
+            else:  # m = hb*2**30 + mh*2**15 + ml, acc = ah*2**16 + al
+                al = acc & 0xFFFF
+                p1 = al * mh
+                p2 = (acc >> 16) * ml
+                h = ((((hb & acc) + 1) << 15) + (p1 & 0xFFFF) + ((p2 & 0x7FFF) << 1)
+                     + ((al * ml - neg) >> 15)) >> 16
+                h += (acc >> 16) * mh + (p1 >> 16) + (p2 >> 15)
+                if hb:
+                    h += acc >> 1
             # RoundingDivideByPOT rounds half away from zero: on the magnitude, half up
-            h = (h + ((1 << rs) >> 1)) >> rs
+            h = (h >> rs) + ((h >> rq) & rb)  # (h + 2**(rs-1)) >> rs without overflow
             if neg:
                 h = 0 - h
             h += out_zp
@@ -124,7 +148,8 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
                 h = amin
             if h > amax:
                 h = amax
-            y[yr + oc] = h & 0xFF
+            y[t * out_ch + oc] = h & 0xFF
+        wo += kin
 
 
 @micropython.viper
@@ -147,20 +172,27 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
     ml1 = m & ((1 << sh) - 1)
     v = int(p[7])
     rs1 = 0 - (v - ((((v >> 31) & 1) << 16) << 16))  # shifts are <= 0 in ADD
-    hf1 = (1 << rs1) >> 1
+    hf1 = 0
+    if rs1:
+        hf1 = 1 << (rs1 - 1)  # (1 << 31 is negative on 32-bit words)
     m = int(p[8])
     mh2 = m >> sh
     ml2 = m & ((1 << sh) - 1)
     v = int(p[9])
     rs2 = 0 - (v - ((((v >> 31) & 1) << 16) << 16))
-    hf2 = (1 << rs2) >> 1
+    hf2 = 0
+    if rs2:
+        hf2 = 1 << (rs2 - 1)  # (1 << 31 is negative on 32-bit words)
     m = int(p[10])
     mh = (m >> 15) & 0x7FFF
     ml = m & 0x7FFF
     hb = m >> 30
     v = int(p[11])
     rs = 0 - (v - ((((v >> 31) & 1) << 16) << 16))
-    hf = (1 << rs) >> 1
+    rb = 0
+    if rs:
+        rb = 1
+    rq = rs - rb
     v = int(p[12])
     amin = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[13])
@@ -193,7 +225,7 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
                      + ((al * ml - neg) >> 15)) >> 16))
             if hb:
                 h += acc >> 1
-            h = (h + hf) >> rs
+            h = (h >> rs) + ((h >> rq) & rb)  # (h + 2**(rs-1)) >> rs without overflow
             if neg:
                 h = 0 - h
             h += out_zp

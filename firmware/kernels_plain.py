@@ -41,12 +41,25 @@ def ptr8(a):
 def _load():
     here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
     try:
-        with open(here + "/kernels.py") as fh:
-            src = fh.read()
+        fh = open(here + "/kernels.py")
     except OSError:
         raise ImportError("kernels_plain needs kernels.py as source next to it")
-    # Line-for-line replacement keeps tracebacks pointing at kernels.py's lines.
-    exec(src.replace("@micropython.viper", ""), globals())
+    # One function at a time (a heap may have no block for the whole source); blank
+    # lines in front keep tracebacks pointing at kernels.py's lines.
+    with fh:
+        start = 0
+        n = 0
+        part = []
+        for line in fh:
+            if line.startswith("@micropython.viper"):
+                if part:
+                    exec("\n" * start + "".join(part), globals())
+                part = []
+                start = n + 1
+            else:
+                part.append(line)
+            n += 1
+        exec("\n" * start + "".join(part), globals())
 
 
 _load()
