@@ -17,7 +17,10 @@
 # Parameter block of conv (also FC, as a 1x1 conv over one row):
 #   0 nrows 1 unused 2 in_ch 3 out_ch 4 kernel 5 dilation 6 pad_left
 #   7 input offset (-zp) 8 output zp 9 act min 10 act max
-#   11.. rows to compute, then per output channel: bias, multiplier, shift
+#   11.. rows to compute, then per output channel: bias, multiplier, shift,
+#   where bias = TFLM's bias + (offset - 128) * sum(weights) (engine._block): the
+#   MACs then need no offset, sum((x ^ 0x80) * w), and taps that read the left
+#   padding add (128 - offset) * sum(their weights).
 # Parameter block of add:
 #   0 nrows 1 cols 2 offset1 3 offset2 4 output zp 5 left shift 6 m1 7 s1
 #   8 m2 9 s2 10 m_out 11 s_out 12 act min 13 act max 14.. rows
@@ -89,17 +92,21 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
                 k0 += 1
             rlen = rlen0
             nrun = nrun0
-            if k0:
+            if k0:  # the padded taps' terms: po * sum(w) over them (bias has the rest)
                 wp = ptr8(wo)
-                for j in range(k0 * in_ch):
-                    acc += po * ((wp[j] ^ 0x80) - 0x80)
+                j = k0 * in_ch
+                v = 0 - (j << 7)  # sum(w) = sum(w ^ 0x80) - 128 * count
+                while j:
+                    j -= 1
+                    v += wp[j] ^ 0x80
+                acc += po * v
                 if flat:
                     rlen = kin - k0 * in_ch
                 else:
                     nrun = ks - k0
             wp = ptr8(wo + k0 * in_ch)
             xp = ptr8(xa + ti * in_ch)
-            # short loops cost more to set up than to run: 4 MACs a turn, then 2, then 1
+            # 4 MACs a turn, then one at a time
             while nrun > 0:
                 for j in range(rlen >> 2):
                     acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
@@ -108,15 +115,12 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
                             + (xp[3] ^ 0x80) * ((wp[3] ^ 0x80) - 0x80))
                     xp = ptr8(int(xp) + 4)
                     wp = ptr8(int(wp) + 4)
-                if rlen & 2:
-                    acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
-                            + (xp[1] ^ 0x80) * ((wp[1] ^ 0x80) - 0x80))
-                    xp = ptr8(int(xp) + 2)
-                    wp = ptr8(int(wp) + 2)
-                if rlen & 1:
+                j = rlen & 3
+                while j:
                     acc += (xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
                     xp = ptr8(int(xp) + 1)
                     wp = ptr8(int(wp) + 1)
+                    j -= 1
                 xp = ptr8(int(xp) + xjump)
                 nrun -= 1
             # MultiplyByQuantizedMultiplier(acc, m, s), inlined here and in the ADD kernel on
@@ -201,17 +205,22 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
         base = int(p[14 + r]) * cols
         for i in range(base, base + cols):
             u = ((a[i] ^ 0x80) - 0x80) + off1
+            n = 0
             if u < 0:
+                n = 1
                 u = 0 - u
-                acc = 0 - ((u * mh1 + ((u * ml1 + cr - 1) >> sh) + hf1) >> rs1)
-            else:
-                acc = (u * mh1 + ((u * ml1 + cr) >> sh) + hf1) >> rs1
+            acc = (u * mh1 + ((u * ml1 + cr - n) >> sh) + hf1) >> rs1
+            if n:
+                acc = 0 - acc
             u = ((b[i] ^ 0x80) - 0x80) + off2
+            n = 0
             if u < 0:
+                n = 1
                 u = 0 - u
-                acc -= (u * mh2 + ((u * ml2 + cr - 1) >> sh) + hf2) >> rs2
-            else:
-                acc += (u * mh2 + ((u * ml2 + cr) >> sh) + hf2) >> rs2
+            u = (u * mh2 + ((u * ml2 + cr - n) >> sh) + hf2) >> rs2
+            if n:
+                u = 0 - u
+            acc += u
             # the sum's requantisation as in conv (acc = ah*2**16 + al, m in limbs)
             neg = 0
             if acc < 0:

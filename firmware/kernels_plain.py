@@ -9,6 +9,9 @@
 # Needs kernels.py as source next to this file (not only a frozen .mpy).
 
 
+import gc
+
+
 class _Addr:
     # What viper's int(buffer) and ptr8(address) give, for bytecode: a buffer and an
     # offset into it, moved by + and read by index (slow; the fallback only).
@@ -38,14 +41,32 @@ def ptr8(a):
     return a
 
 
+def _squeeze(line):
+    # The same code in fewer bytes: indentation as tabs (4 spaces -> 1 tab, the same
+    # blocks), no trailing comment (kernels.py has no string literals).
+    body = line.lstrip(" ")
+    ind = "\t" * ((len(line) - len(body)) // 4)
+    i = body.find("  #")
+    if i >= 0:
+        body = body[:i] + "\n"
+    return ind + body
+
+
+def _run(start, part):
+    src = "\n" * start + "".join(part)
+    part.clear()
+    gc.collect()  # the compiler needs a few KB in one block
+    exec(src, globals())
+
+
 def _load():
     here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
     try:
         fh = open(here + "/kernels.py")
     except OSError:
         raise ImportError("kernels_plain needs kernels.py as source next to it")
-    # One function at a time (a heap may have no block for the whole source); blank
-    # lines in front keep tracebacks pointing at kernels.py's lines.
+    # One function at a time, squeezed (a heap may have no block for the whole
+    # source); blank lines in front keep tracebacks pointing at kernels.py's lines.
     with fh:
         start = 0
         n = 0
@@ -53,13 +74,14 @@ def _load():
         for line in fh:
             if line.startswith("@micropython.viper"):
                 if part:
-                    exec("\n" * start + "".join(part), globals())
-                part = []
+                    _run(start, part)
                 start = n + 1
+            elif line.lstrip().startswith("#"):
+                part.append("\n")  # comments: only their line
             else:
-                part.append(line)
+                part.append(_squeeze(line))
             n += 1
-        exec("\n" * start + "".join(part), globals())
+        _run(start, part)
 
 
 _load()
