@@ -205,22 +205,17 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
         base = int(p[14 + r]) * cols
         for i in range(base, base + cols):
             u = ((a[i] ^ 0x80) - 0x80) + off1
-            n = 0
             if u < 0:
-                n = 1
                 u = 0 - u
-            acc = (u * mh1 + ((u * ml1 + cr - n) >> sh) + hf1) >> rs1
-            if n:
-                acc = 0 - acc
+                acc = 0 - ((u * mh1 + ((u * ml1 + cr - 1) >> sh) + hf1) >> rs1)
+            else:
+                acc = (u * mh1 + ((u * ml1 + cr) >> sh) + hf1) >> rs1
             u = ((b[i] ^ 0x80) - 0x80) + off2
-            n = 0
             if u < 0:
-                n = 1
                 u = 0 - u
-            u = (u * mh2 + ((u * ml2 + cr - n) >> sh) + hf2) >> rs2
-            if n:
-                u = 0 - u
-            acc += u
+                acc -= (u * mh2 + ((u * ml2 + cr - 1) >> sh) + hf2) >> rs2
+            else:
+                acc += (u * mh2 + ((u * ml2 + cr) >> sh) + hf2) >> rs2
             # the sum's requantisation as in conv (acc = ah*2**16 + al, m in limbs)
             neg = 0
             if acc < 0:
