@@ -38,6 +38,9 @@ def _free_parser():
     b = sys.modules.get("blob")
     if b is not None and getattr(b, "__file__", "").endswith(".mpy"):
         sys.modules.pop("blob", None)
+        # and empty it: the GC scans conservatively, and one stale word pointing at
+        # the module would otherwise keep all its code (seen on RV32: 7.6 KB kept)
+        b.__dict__.clear()
 
 
 _free_parser()  # a board may run for weeks before its first model arrives
@@ -53,9 +56,12 @@ def _parse(raw, key):
         _free_parser()
 
 
-def _block(head, rows, chan=None):
+def _block(head, rows, chan=None, w=None):
     # A kernel's parameter block (array of 32-bit two's-complement words),
     # filled in place: no intermediate lists on a heap that may be nearly full.
+    # A conv's bias takes its input offset in (TFLM's optimised kernels do the
+    # same): sum((x + off) * w) = sum((x ^ 0x80) * w) + (off - 128) * sum(w), so
+    # the kernel's multiply-accumulate needs no offset (see kernels.conv).
     n = len(head) + len(rows) + (3 * len(chan[0]) // 4 if chan else 0)
     p = array.array("I", range(n))
     i = 0
@@ -67,9 +73,14 @@ def _block(head, rows, chan=None):
         i += 1
     if chan:
         bias, mult, shift = chan
+        per = len(w) // len(shift)
+        off = head[7] - 128
         for c in range(len(shift)):
+            sw = 0
+            for j in range(c * per, c * per + per):
+                sw += (w[j] ^ 0x80) - 0x80
             # (not blob.word: holding a function of the parser would keep it in memory)
-            p[i] = struct.unpack_from("<i", bias, 4 * c)[0] & _WORD
+            p[i] = (struct.unpack_from("<i", bias, 4 * c)[0] + off * sw) & _WORD
             p[i + 1] = struct.unpack_from("<i", mult, 4 * c)[0]
             p[i + 2] = ((shift[c] ^ 0x80) - 0x80) & _WORD
             i += 3
@@ -145,6 +156,7 @@ class Model:
     """A loaded int8 model: predict the next sample of every channel from a window."""
 
     def __init__(self, blob, key=None, kernels=None):
+        k = kernels or default_kernels()  # first: the fallback compiles source, a heap's largest need
         b = _parse(blob, key)
         self.window = b.window
         self.channels = b.channels
@@ -165,7 +177,6 @@ class Model:
         self.band = b.band  # the residual band's calibration (firmware/blob.py), or None
         self.still = b.still  # whole reading unchanged this many samples: stuck (0: no such rule)
         self._inv_in = 1.0 / b.in_scale
-        k = kernels or default_kernels()
         self.kernels = k
         self._copy = k.copy
         bufs = _arena(b)
@@ -180,9 +191,11 @@ class Model:
                 rows = [0]  # one row of in_ch = all input elements, whatever the shapes
             if kind == OP_CONV or kind == OP_FC:
                 p = _block((len(rows), 0, op[8], op[9], op[5], op[6], op[7], -op[10], op[11],
-                            amin, amax), rows, op[13:16])
+                            amin, amax), rows, op[13:16], op[12])
                 plan.append((k.conv, p, bufs[src], bufs[dst], op[12]))
             elif kind == OP_ADD:
+                if not 9 <= op[6] <= 22:  # kernels.add's exact input rescale needs this (TFLM: 20)
+                    raise BlobError("blob malformed: ADD left shift %d outside 9..22" % op[6])
                 p = _block((len(rows), b.tensors[dst][1], -op[7], -op[8], op[9], op[6],
                             op[10], op[13], op[11], op[14], op[12], op[15], amin, amax), rows)
                 plan.append((k.add, p, bufs[src], bufs[op[5]], bufs[dst]))
@@ -192,6 +205,7 @@ class Model:
         self._in = bufs[0]
         self._out = bufs[b.ops[-1][4]]
         self._n_in = len(self._in)
+        b.ops = b.tensors = need = None  # a conservative GC may meet stale words pointing at them
 
     def predict_q(self, xq):
         """int8 window (window*channels bytes, oldest first, channel-interleaved) -> int8 output.

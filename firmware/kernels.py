@@ -17,7 +17,10 @@
 # Parameter block of conv (also FC, as a 1x1 conv over one row):
 #   0 nrows 1 unused 2 in_ch 3 out_ch 4 kernel 5 dilation 6 pad_left
 #   7 input offset (-zp) 8 output zp 9 act min 10 act max
-#   11.. rows to compute, then per output channel: bias, multiplier, shift
+#   11.. rows to compute, then per output channel: bias, multiplier, shift,
+#   where bias = TFLM's bias + (offset - 128) * sum(weights) (engine._block): the
+#   MACs then need no offset, sum((x ^ 0x80) * w), and taps that read the left
+#   padding add (128 - offset) * sum(their weights).
 # Parameter block of add:
 #   0 nrows 1 cols 2 offset1 3 offset2 4 output zp 5 left shift 6 m1 7 s1
 #   8 m2 9 s2 10 m_out 11 s_out 12 act min 13 act max 14.. rows
@@ -35,73 +38,122 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
     dil = int(p[5])
     pad = int(p[6])
     v = int(p[7])
-    in_off = v - ((((v >> 31) & 1) << 16) << 16)
+    po = 0x80 - (v - ((((v >> 31) & 1) << 16) << 16))  # what a padded tap's byte would add
     v = int(p[8])
     out_zp = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[9])
     amin = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[10])
     amax = v - ((((v >> 31) & 1) << 16) << 16)
-    chan = 11 + nrows
-    for r in range(nrows):
-        t = int(p[11 + r])
-        for oc in range(out_ch):
-            v = int(p[chan + 3 * oc])
-            acc = v - ((((v >> 31) & 1) << 16) << 16)
-            wb = oc * ks * in_ch
-            for k in range(ks):
-                ti = t + k * dil - pad
-                if ti >= 0:
-                    xb = ti * in_ch
-                    wk = wb + k * in_ch
-                    for ic in range(in_ch):
-                        acc += (((x[xb + ic] ^ 0x80) - 0x80) + in_off) * ((w[wk + ic] ^ 0x80) - 0x80)
-            m = int(p[chan + 3 * oc + 1])
-            v = int(p[chan + 3 * oc + 2])
-            s = v - ((((v >> 31) & 1) << 16) << 16)
+    kin = ks * in_ch
+    flat = 0
+    if dil == 1 or ks == 1:  # the real taps' rows are adjacent: one run of bytes
+        flat = 1
+    # a run: bytes of x read in a row (all taps at once when their rows are adjacent)
+    rlen0 = in_ch
+    nrun0 = ks
+    if flat:
+        rlen0 = kin
+        nrun0 = 1
+    xjump = dil * in_ch - in_ch  # from a tap's run to the next one's (runs of in_ch)
+    xa = int(x)  # addresses: the MAC loops walk running pointers (constant offsets are cheapest)
+    wo = int(w)  # weights are [out_ch][ks][in_ch]
+    c = 11 + nrows
+    for oc in range(out_ch):
+        # this channel's constants, once for all its rows
+        v = int(p[c])
+        bias = v - ((((v >> 31) & 1) << 16) << 16)
+        m = int(p[c + 1])
+        v = int(p[c + 2])
+        s = v - ((((v >> 31) & 1) << 16) << 16)
+        c += 3
+        ls = 0
+        rs = 0
+        if s > 0:
+            ls = s
+        else:
+            rs = 0 - s
+        rb = 0  # rounding bit: bit rs-1 of the magnitude (none when rs = 0)
+        if rs:
+            rb = 1
+        rq = rs - rb
+        mf = m >> 15
+        mh = mf & 0x7FFF
+        ml = m & 0x7FFF
+        hb = m >> 30
+        for r in range(nrows):
+            t = int(p[11 + r])
+            acc = bias
+            # taps before k0 read the left padding (the input zero point)
+            k0 = 0
+            ti = t - pad
+            while ti < 0 and k0 < ks:
+                ti += dil
+                k0 += 1
+            rlen = rlen0
+            nrun = nrun0
+            if k0:  # the padded taps' terms: po * sum(w) over them (bias has the rest)
+                wp = ptr8(wo)
+                j = k0 * in_ch
+                v = 0 - (j << 7)  # sum(w) = sum(w ^ 0x80) - 128 * count
+                while j:
+                    j -= 1
+                    v += wp[j] ^ 0x80
+                acc += po * v
+                if flat:
+                    rlen = kin - k0 * in_ch
+                else:
+                    nrun = ks - k0
+            wp = ptr8(wo + k0 * in_ch)
+            xp = ptr8(xa + ti * in_ch)
+            # 4 MACs a turn, then one at a time
+            while nrun > 0:
+                for j in range(rlen >> 2):
+                    acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
+                            + (xp[1] ^ 0x80) * ((wp[1] ^ 0x80) - 0x80)
+                            + (xp[2] ^ 0x80) * ((wp[2] ^ 0x80) - 0x80)
+                            + (xp[3] ^ 0x80) * ((wp[3] ^ 0x80) - 0x80))
+                    xp = ptr8(int(xp) + 4)
+                    wp = ptr8(int(wp) + 4)
+                j = rlen & 3
+                while j:
+                    acc += (xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
+                    xp = ptr8(int(xp) + 1)
+                    wp = ptr8(int(wp) + 1)
+                    j -= 1
+                xp = ptr8(int(xp) + xjump)
+                nrun -= 1
             # MultiplyByQuantizedMultiplier(acc, m, s), inlined here and in the ADD kernel on
             # purpose: a viper-to-viper call goes through the generic call path and would
             # cost more than the whole requantisation, once per output value.
-            rs = 0
-            if s > 0:
-                acc = acc << s
-            else:
-                rs = 0 - s
+            acc = acc << ls
             neg = 0
             if acc < 0:
                 neg = 1
                 acc = 0 - acc
-            c = 0x3FFFFFFF + 1 - neg  # 2**30 - neg; 2**30 itself is no small int on 32-bit ports
-            u0 = acc & 0x7FF
-            u1 = (acc >> 11) & 0x7FF
-            u2 = acc >> 22
-            m0 = m & 0x7FF
-            m1 = (m >> 11) & 0x7FF
-            m2 = m >> 22
-            q = u0 * m0 + (c & 0x7FF)
-            q = (q >> 11) + u0 * m1 + u1 * m0 + ((c >> 11) & 0x7FF)
-            q = (q >> 11) + u0 * m2 + u1 * m1 + u2 * m0 + (c >> 22)
-            l2 = q & 0x7FF
-            q = (q >> 11) + u1 * m2 + u2 * m1
-            l3 = q & 0x7FF
-            q = (q >> 11) + u2 * m2
-            h = (q << 13) + (l3 << 2) + (l2 >> 9)
+            # (acc * m + 2**30 - neg) >> 31, every product and sum below 2**31:
+            if acc < 0x8000:  # m = mf*2**15 + ml
+                h = (acc * mf + 0x8000 + ((acc * ml - neg) >> 15)) >> 16
+            else:  # m = hb*2**30 + mh*2**15 + ml, acc = ah*2**16 + al
+                al = acc & 0xFFFF
+                p1 = al * mh
+                p2 = (acc >> 16) * ml
+                h = ((((hb & acc) + 1) << 15) + (p1 & 0xFFFF) + ((p2 & 0x7FFF) << 1)
+                     + ((al * ml - neg) >> 15)) >> 16
+                h += (acc >> 16) * mh + (p1 >> 16) + (p2 >> 15)
+                if hb:
+                    h += acc >> 1
+            # RoundingDivideByPOT rounds half away from zero: on the magnitude, half up
+            h = (h >> rs) + ((h >> rq) & rb)  # (h + 2**(rs-1)) >> rs without overflow
             if neg:
                 h = 0 - h
-            mask = (1 << rs) - 1
-            thr = mask >> 1
-            if h < 0:
-                thr += 1
-            if (h & mask) > thr:
-                h = (h >> rs) + 1
-            else:
-                h = h >> rs
             h += out_zp
             if h < amin:
                 h = amin
             if h > amax:
                 h = amax
             y[t * out_ch + oc] = h & 0xFF
+        wo += kin
 
 
 @micropython.viper
@@ -114,7 +166,37 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
     off2 = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[4])
     out_zp = v - ((((v >> 31) & 1) << 16) << 16)
-    ls = int(p[5])
+    # An input's requantisation: acc = u << ls with |u| < 2**8, and 9 <= ls <= 22 (the
+    # engine checks; TFLM uses 20), so with m = mh*2**sh + ml, sh = 31 - ls:
+    # (acc * m + 2**30 - neg) >> 31 = u*mh + ((u*ml + 2**(sh-1) - neg) >> sh).
+    sh = 31 - int(p[5])
+    cr = 1 << (sh - 1)
+    m = int(p[6])
+    mh1 = m >> sh
+    ml1 = m & ((1 << sh) - 1)
+    v = int(p[7])
+    rs1 = 0 - (v - ((((v >> 31) & 1) << 16) << 16))  # shifts are <= 0 in ADD
+    hf1 = 0
+    if rs1:
+        hf1 = 1 << (rs1 - 1)  # (1 << 31 is negative on 32-bit words)
+    m = int(p[8])
+    mh2 = m >> sh
+    ml2 = m & ((1 << sh) - 1)
+    v = int(p[9])
+    rs2 = 0 - (v - ((((v >> 31) & 1) << 16) << 16))
+    hf2 = 0
+    if rs2:
+        hf2 = 1 << (rs2 - 1)  # (1 << 31 is negative on 32-bit words)
+    m = int(p[10])
+    mh = (m >> 15) & 0x7FFF
+    ml = m & 0x7FFF
+    hb = m >> 30
+    v = int(p[11])
+    rs = 0 - (v - ((((v >> 31) & 1) << 16) << 16))
+    rb = 0
+    if rs:
+        rb = 1
+    rq = rs - rb
     v = int(p[12])
     amin = v - ((((v >> 31) & 1) << 16) << 16)
     v = int(p[13])
@@ -122,49 +204,34 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
     for r in range(nrows):
         base = int(p[14 + r]) * cols
         for i in range(base, base + cols):
-            first = 0
-            h = 0
-            # three requantisations: input 1, input 2, then their sum
-            for j in range(3):
-                if j == 0:
-                    acc = (((a[i] ^ 0x80) - 0x80) + off1) << ls
-                elif j == 1:
-                    first = h
-                    acc = (((b[i] ^ 0x80) - 0x80) + off2) << ls
-                else:
-                    acc = first + h
-                m = int(p[6 + 2 * j])
-                v = int(p[7 + 2 * j])
-                rs = 0 - (v - ((((v >> 31) & 1) << 16) << 16))  # shifts are <= 0 in ADD
-                neg = 0
-                if acc < 0:
-                    neg = 1
-                    acc = 0 - acc
-                c = 0x3FFFFFFF + 1 - neg  # 2**30 - neg; 2**30 itself is no small int on 32-bit ports
-                u0 = acc & 0x7FF
-                u1 = (acc >> 11) & 0x7FF
-                u2 = acc >> 22
-                m0 = m & 0x7FF
-                m1 = (m >> 11) & 0x7FF
-                m2 = m >> 22
-                q = u0 * m0 + (c & 0x7FF)
-                q = (q >> 11) + u0 * m1 + u1 * m0 + ((c >> 11) & 0x7FF)
-                q = (q >> 11) + u0 * m2 + u1 * m1 + u2 * m0 + (c >> 22)
-                l2 = q & 0x7FF
-                q = (q >> 11) + u1 * m2 + u2 * m1
-                l3 = q & 0x7FF
-                q = (q >> 11) + u2 * m2
-                h = (q << 13) + (l3 << 2) + (l2 >> 9)
-                if neg:
-                    h = 0 - h
-                mask = (1 << rs) - 1
-                thr = mask >> 1
-                if h < 0:
-                    thr += 1
-                if (h & mask) > thr:
-                    h = (h >> rs) + 1
-                else:
-                    h = h >> rs
+            u = ((a[i] ^ 0x80) - 0x80) + off1
+            if u < 0:
+                u = 0 - u
+                acc = 0 - ((u * mh1 + ((u * ml1 + cr - 1) >> sh) + hf1) >> rs1)
+            else:
+                acc = (u * mh1 + ((u * ml1 + cr) >> sh) + hf1) >> rs1
+            u = ((b[i] ^ 0x80) - 0x80) + off2
+            if u < 0:
+                u = 0 - u
+                acc -= (u * mh2 + ((u * ml2 + cr - 1) >> sh) + hf2) >> rs2
+            else:
+                acc += (u * mh2 + ((u * ml2 + cr) >> sh) + hf2) >> rs2
+            # the sum's requantisation as in conv (acc = ah*2**16 + al, m in limbs)
+            neg = 0
+            if acc < 0:
+                neg = 1
+                acc = 0 - acc
+            al = acc & 0xFFFF
+            p1 = al * mh
+            p2 = (acc >> 16) * ml
+            h = ((acc >> 16) * mh + (p1 >> 16) + (p2 >> 15)
+                 + (((((hb & acc) + 1) << 15) + (p1 & 0xFFFF) + ((p2 & 0x7FFF) << 1)
+                     + ((al * ml - neg) >> 15)) >> 16))
+            if hb:
+                h += acc >> 1
+            h = (h >> rs) + ((h >> rq) & rb)  # (h + 2**(rs-1)) >> rs without overflow
+            if neg:
+                h = 0 - h
             h += out_zp
             if h < amin:
                 h = amin

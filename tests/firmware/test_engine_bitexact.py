@@ -299,3 +299,33 @@ def test_bench_engine_tool():
     assert 0 < r["heap_engine_model_mpy_bytes"] <= r["heap_engine_model_bytes"] <= 24 * 1024
     # as deployed (.mpy, parser freed after load): within the 16 KB goal
     assert r["heap_engine_model_mpy_bytes"] <= 16 * 1024
+
+
+REFUSE = """
+import engine
+try:
+    engine.Model(open(BLOB, 'rb').read())
+    print('loaded')
+except engine.BlobError as e:
+    print('BlobError', e)
+"""
+
+
+@pytest.mark.parametrize("shift", [20, 8, 23])
+def test_add_left_shift_outside_the_exact_range_is_refused(tmp_path, shift):
+    """kernels.add rescales its inputs exactly only for left shifts 9..22 (TFLM writes 20)."""
+    import struct
+    import zlib
+
+    raw = bytearray((GOLDEN / "model.ewb").read_bytes())
+    # the first ADD: op head (2, -128, 127, in 1, out 3), then in2 = 2, left shift 20
+    i = raw.index(bytes([2, 0x80, 0x7F, 1, 3, 2, 20]))
+    raw[i + 6] = shift
+    body = len(raw) - 4  # the committed golden blob is unsigned: CRC32 last
+    raw[body:] = struct.pack("<I", zlib.crc32(raw[:body]))
+    (tmp_path / "m.ewb").write_bytes(raw)
+    out = mpy.run(code=f"BLOB={str(tmp_path / 'm.ewb')!r}\n" + REFUSE, heap=HEAP).stdout.strip()
+    if shift == 20:
+        assert out == "loaded"
+    else:
+        assert out == f"BlobError blob malformed: ADD left shift {shift} outside 9..22"
