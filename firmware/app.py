@@ -256,7 +256,7 @@ class App:
         band = d.has_band
         ob = self.outbox
         seq = ob.next_seq
-        ob.append(outbox.TELEMETRY, schema.telemetry(
+        ob.append(outbox.TELEMETRY, schema.telemetry_fast(
             self.device, seq, t, self.names, values, d.pred if band else None,
             d.lo if band else None, d.hi if band else None, faults, mid))
         if self.echo:

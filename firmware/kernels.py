@@ -177,3 +177,77 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
 def copy(src: ptr8, dst: ptr8, first: int, count: int):
     for i in range(count):
         dst[i] = src[first + i]
+
+
+
+
+
+
+# The telemetry message's text (schema.telemetry_fast). `tpl` is the message as
+# json.dumps writes it, tpl[0:2] the capacity of buf (little-endian), then bytes >= 8
+# written as they are, 0 at the end, and markers c = 1, 2, 3 each followed by a slot
+# index j: the int v = s[j] is written as an int (1), or as the shortest decimal of
+# v / 100 (2) or v / 1000 (3) when |v| < 10**6, as the int v - 2**29 when
+# 2**28 <= v < 3 * 2**28 (an int reading); v <= -2**28 writes the 0-terminated text at
+# ft[-2**28 - v] (null, the faults, ...). Returns the length, or -1 when a value is
+# none of these or buf is full: the caller then writes the message the reference way.
+@micropython.viper
+def telemetry_text(buf: ptr8, tpl: ptr8, s, ft: ptr8) -> int:
+    cap = int(tpl[0]) | (int(tpl[1]) << 8)
+    pos = 0
+    i = 2
+    while True:
+        c = int(tpl[i])
+        if pos + 16 > cap:
+            return -1
+        if c > 7:
+            buf[pos] = c
+            pos += 1
+            i += 1
+            continue
+        if c == 0:
+            return pos
+        v = int(s[int(tpl[i + 1])])
+        i += 2
+        if v <= -0x10000000:
+            a = -0x10000000 - v
+            while int(ft[a]) != 0:
+                if pos >= cap:
+                    return -1
+                buf[pos] = ft[a]
+                pos += 1
+                a += 1
+            continue
+        nd = c  # decimals
+        if c == 1:
+            nd = 0
+        elif v >= 0x10000000 and v < 0x30000000:
+            v -= 0x20000000
+            nd = 0
+        elif v >= 1000000 or v <= -1000000:
+            return -1
+        if v < 0:
+            buf[pos] = 45  # -
+            pos += 1
+            v = 0 - v
+        while nd > 1 and v % 10 == 0:  # trailing zeros of the decimals (one stays)
+            v = v // 10
+            nd -= 1
+        w = 1
+        q = v
+        while q >= 10:
+            q = q // 10
+            w += 1
+        if w <= nd:
+            w = nd + 1  # 0.05
+        if nd != 0:
+            w += 1  # the point
+        pos += w
+        e = pos
+        for d in range(w):
+            e -= 1
+            if d == nd and nd != 0:
+                buf[e] = 46  # .
+            else:
+                buf[e] = 48 + v % 10
+                v = v // 10

@@ -12,7 +12,7 @@ and the committed default-size model of tests/golden/):
 - inference: engine.Model.predict_q on an int8 window, mean of repeats;
 - detector step: Detector.step (normalise the window, inference, band, device and
   shift rules) on a replayed DHT22 reading;
-- message: schema.telemetry; outbox append: Outbox.append on the littlefs flash
+- message: schema.telemetry_fast (the app's builder); outbox append: Outbox.append on the littlefs flash
   (a C block device, as the C3's flash driver), with the default 200-slot outbox;
 - full sample: app.App.sample (read, detector step, messages, outbox records);
 - bytes allocated per detector step / message+append / full sample (gc.mem_alloc
@@ -64,7 +64,7 @@ for i in range(K):
     al = d.step(v, 0)
     t2 = T()
     m2 = gc.mem_alloc()
-    msg = schema.telemetry(a.device, a.outbox.next_seq, None, a.names, v, d.pred, d.lo, d.hi, [],
+    msg = schema.telemetry_fast(a.device, a.outbox.next_seq, None, a.names, v, d.pred, d.lo, d.hi, [],
                            a.model_id())
     t3 = T()
     m3 = gc.mem_alloc()
