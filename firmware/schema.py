@@ -24,19 +24,9 @@ def _r(v, nd):
 def telemetry(device, seq, t, names, values, pred, lo, hi, faults, model):
     """One sample. `values` None (failed read) or a list; `pred`/`lo`/`hi` None or lists.
 
-    The reference builder: telemetry_fast gives the same message for a fraction of the cost."""
-    vals, p, band = {}, None, None
-    for i in range(len(names)):
-        vals[names[i]] = None if values is None else _r(values[i], 2)
-    if pred is not None:
-        p, band = {}, {}
-        for i in range(len(names)):
-            p[names[i]] = _r(pred[i], 3)
-            band[names[i]] = [_r(lo[i], 3), _r(hi[i], 3)]
-    return json.dumps({"v": VERSION, "device": device, "epoch": EPOCH, "seq": seq, "t": t,
-                       "values": vals,
-                       "pred": p, "band": band, "anomaly": bool(faults), "faults": faults,
-                       "model": model})
+    The reference builder, in msgtpl.py (loaded for the call, then dropped):
+    telemetry_fast gives the same message for a fraction of the cost."""
+    return _tpl().telemetry(device, seq, t, names, values, pred, lo, hi, faults, model)
 
 
 def alert(device, seq, t, sample, a, model):
@@ -71,89 +61,85 @@ def will(device):
 
 
 
+
 # -- the telemetry message without json.dumps or float formatting (once per sample) ----
-# telemetry_fast writes telemetry()'s message into one buffer allocated once: a reading
-# or prediction becomes k = round(x * 10**d), what round(x, d) computes inside, written
-# with its decimal point by kernels.telemetry_text (viper; plain bytecode on ports
-# without the native emitter) into a template made by telemetry() itself, so keys come
-# in json.dumps' order on every port. A number is the shortest decimal of k / 10**d: on
-# the boards (single precision) the bytes json.dumps writes; on the unix port (double)
-# json.dumps writes some as "0.07000000000000001", the same double. NaN, |k| >= 10**6,
-# a message over _CAP and the like are written by telemetry() itself.
-try:
-    import kernels as _k
-except (ImportError, SyntaxError, ValueError):
-    import kernels_plain as _k
-
-_CAP = 500  # the largest message an outbox slot holds (512 bytes with its header)
-_S = 987650000  # the template's sentinels (telemetry() writes ints unchanged)
-_T = -0x10000000  # a slot's text in _FT: null, -0.0, false, []; or true, the faults
-_FT = b"null\0-0.0\0false\0[]\0"
-_st = None  # names, device, EPOCH, band, model, template, slots, buffer
+# telemetry_fast gives telemetry()'s bytes: a template made once by telemetry() itself
+# (so keys come in json.dumps' order on every port) is filled by one bytes % call. A
+# reading or prediction x becomes k = round(x * 10**d), what round(x, d) computes
+# inside, written as sign, integer part and decimals without trailing zeros: the
+# shortest decimal of k / 10**d. On the boards (single precision) that is the text
+# json.dumps writes; on the unix port (double) json.dumps writes some values longer
+# ("0.07000000000000001", the same double). NaN, None in a list, |k| >= 10**6 and the
+# like are written by telemetry() itself.
+_st = None  # names, device, EPOCH, band, model, int readings, template, slots, args
 
 
-def _template(device, names, band, model):
-    n = len(names)
-    N = 4 * n
-    z = [[_S + c * n + i for i in range(n)] if band or not c else None for c in range(4)]
-    t = telemetry(device, _S + N, _S + N + 1, names, z[0], z[1], z[2], z[3], ["@"], model)
-    for j in range(N + 4):  # decimals, seq, t, faults, anomaly
-        tok = str(_S + j) if j < N + 2 else '["@"]' if j < N + 3 else '"anomaly": true'
-        if n > 30 or t.count(tok) > 1:
-            return None  # a device id or model holding a sentinel: telemetry() writes
-        t = t.replace(tok, tok[:-4] * (j > N + 2) + chr(2 + (j >= n) - 2 * (j >= N)) + chr(j))
-    return bytes((_CAP & 0xFF, _CAP >> 8)) + t.encode() + b"\0"
+def _tpl():
+    # msgtpl.py: loaded when needed and dropped again, so its code stays off the heap
+    import sys
 
-
-def _odd(x, y, k):
-    # an int reading (written as it is) or a decimal that rounds to 0 (-0.0 or 0.0)
-    if k is not y:
-        return _T - 5 if y < 0 or str(y)[0] == "-" else 0
-    if type(x) is int and -0x10000000 < x < 0x10000000:
-        return x + 0x20000000
-    raise ValueError
+    import msgtpl
+    del sys.modules["msgtpl"]
+    msgtpl.EPOCH = EPOCH
+    return msgtpl
 
 
 def telemetry_fast(device, seq, t, names, values, pred, lo, hi, faults, model):
-    """telemetry() as a memoryview of bytes, valid until the next call (else as a str)."""
+    """telemetry() as bytes, for a fraction of the cost."""
     global _st
     band = pred is not None
+    ints = 2 if values is None else type(values[0]) is int  # values: null, ints, floats
     st = _st
     if st is None or st[0] is not names or st[1] != device or st[2] != EPOCH or \
-            st[3] is not band or st[4] != model:
-        _st = st = (names, device, EPOCH, band, model, _template(device, names, band, model),
-                    [0] * (4 * len(names) + 4), st[7] if st else memoryview(bytearray(_CAP)))
-    if st[5]:
+            st[3] is not band or st[4] != model or st[5] != ints:
+        _st = st = (names, device, EPOCH, band, model, ints) + (
+            _tpl().template(device, names, band, model, ints) or (None,))
+    if st[6]:
+        tpl, slot, a = st[6:]
         n = len(names)
-        s = st[6]
         rnd = round
-        ft = _FT
         try:
-            j = 0
-            m = 100
-            for c in (values, pred, lo, hi) if band else (values,):
+            if ints:  # (telemetry() writes an int reading as it is)
                 for i in range(n):
-                    if c is None:  # a failed read
-                        k = _T
-                    else:
-                        x = c[i]
-                        y = x * m
-                        k = rnd(y)  # NaN, inf, None raise: telemetry() writes them
-                        if k is y or not k:
-                            k = _odd(x, y, k)
-                    s[j + i] = k
-                j += n
+                    a[slot[i]] = b"null" if values is None else values[i]
+                    if ints is True and type(a[slot[i]]) is not int:
+                        raise TypeError
+            j = n if ints else 0
+            m = 1000 if ints else 100
+            d = 3 if ints else 2
+            for c in (pred, lo, hi) if ints else (values, pred, lo, hi):
+                if not band and j >= n:
+                    break
+                for i in range(n):
+                    b = slot[j]
+                    j += 1
+                    x = c[i]
+                    y = x * m
+                    k = rnd(y)  # NaN, inf, None raise: telemetry() writes them
+                    if k is y:
+                        raise TypeError  # an int among floats
+                    neg = k < 0 or not k and (y < 0 or str(y)[0] == "-")  # -0.0 too
+                    if neg:
+                        k = -k
+                    if k >= 1000000:
+                        raise ValueError
+                    f = k % m
+                    k //= m
+                    a[b] = (-k if k else b"-0") if neg else k
+                    w = d
+                    while w > 1 and not f % 10:
+                        f //= 10
+                        w -= 1
+                    a[b + 1] = w
+                    a[b + 2] = f
                 m = 1000
+                d = 3
             j = 4 * n
-            s[j] = seq
-            s[j + 1] = _T if t is None else t
-            s[j + 2] = _T - 16  # the faults: [] or after true
-            s[j + 3] = _T - 10  # the anomaly: false or true
-            if faults:
-                ft = b"null\0-0.0\0true\0\0" + json.dumps(faults).encode() + b"\0"
-            n = _k.telemetry_text(st[7], st[5], s, ft)
+            a[slot[j]] = seq
+            a[slot[j + 1]] = b"null" if t is None else t
+            a[slot[j + 2]] = json.dumps(faults).encode() if faults else b"[]"
+            a[slot[j + 3]] = b"true" if faults else b"false"
+            return tpl % tuple(a)
         except (TypeError, ValueError, OverflowError):
-            n = -1
-        if n >= 0:
-            return st[7][:n]
+            pass
     return telemetry(device, seq, t, names, values, pred, lo, hi, faults, model)
