@@ -32,17 +32,18 @@ def telemetry(device, seq, t, names, values, pred, lo, hi, faults, model):
 
 def template(device, names, band, model, ints):
     """(template bytes, first argument of each slot, argument list) or None."""
+    # bytes constants: str ones would stay on the heap as qstrs after this module is dropped
     n = len(names)
     N = 4 * n
     z = [[_S + c * n + i for i in range(n)] if band or not c else None for c in range(4)]
     t = telemetry(device, _S + N, _S + N + 1, names, z[0], z[1], z[2], z[3], ["@"], model)
-    t = t.replace("%", "%%")
+    t = t.encode().replace(b"%", b"%%")
+    toks = [str(_S + j).encode() for j in range(N + 2)] + [b'["@"]', b'"anomaly": true']
     at = []  # (position, slot)
     for j in range(N + 4):  # decimals, seq, t, faults, anomaly
-        tok = str(_S + j) if j < N + 2 else '["@"]' if j < N + 3 else '"anomaly": true'
-        e = t.find(tok)
+        e = t.find(toks[j])
         if e >= 0:
-            if t.find(tok, e + 1) >= 0:
+            if t.find(toks[j], e + 1) >= 0:
                 return None  # a device id or model holding a sentinel: telemetry() writes
             at.append((e, j))
     at.sort()
@@ -52,7 +53,6 @@ def template(device, names, band, model, ints):
         slot[j] = k
         k += 1 if j >= N or (ints and j < n) else 3
     for j in range(N + 4):
-        tok = str(_S + j) if j < N + 2 else '["@"]' if j < N + 3 else "true"
-        f = "%s" if j >= N or (ints and j < n) else "%s.%0*d"
-        t = t.replace(tok, f, 1) if j != N + 3 else t.replace('"anomaly": true', '"anomaly": %s')
-    return t.encode(), slot, [0] * k
+        f = b"%s" if j >= N or (ints and j < n) else b"%s.%0*d"
+        t = t.replace(toks[j], f if j < N + 3 else b'"anomaly": %s', 1)
+    return t, bytes(slot), [0] * k

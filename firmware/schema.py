@@ -101,12 +101,11 @@ def telemetry_fast(device, seq, t, names, values, pred, lo, hi, faults, model):
         try:
             if ints:  # (telemetry() writes an int reading as it is)
                 for i in range(n):
-                    a[slot[i]] = b"null" if values is None else values[i]
-                    if ints is True and type(a[slot[i]]) is not int:
+                    x = b"null" if values is None else values[i]
+                    if ints is True and type(x) is not int:
                         raise TypeError
-            j = n if ints else 0
-            m = 1000 if ints else 100
-            d = 3 if ints else 2
+                    a[slot[i]] = x
+            j, m, d = (n, 1000, 3) if ints else (0, 100, 2)  # first slot, 10**d, d
             for c in (pred, lo, hi) if ints else (values, pred, lo, hi):
                 if not band and j >= n:
                     break
