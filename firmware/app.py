@@ -266,7 +266,7 @@ class App:
         tk = 0 if t is not None else time.ticks_ms() + 1
         taken, n = self.taken, len(self.taken)
         taken[seq % n] = tk
-        ob.append(outbox.TELEMETRY, schema.telemetry(
+        ob.append(outbox.TELEMETRY, schema.telemetry_fast(
             self.device, seq, t, self.names, values, d.pred if band else None,
             d.lo if band else None, d.hi if band else None, faults, mid))
         if self.echo:
