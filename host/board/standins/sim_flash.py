@@ -7,7 +7,12 @@ import time
 
 
 class TornFile:
-    """An outbox file whose N-th record write stops after `bytes` bytes: a power cut."""
+    """An outbox file whose N-th record write stops after `bytes` bytes: a power cut.
+
+    Record writes are those that start with the record marker 0xA5 (firmware/outbox.py);
+    the counter is shared by every file opened while the simulation runs."""
+
+    count = 0
 
     def __init__(self, f, record, nbytes):
         self.f = f
@@ -16,8 +21,9 @@ class TornFile:
         self.records = 0
 
     def write(self, b):
-        if len(b) >= 12:
-            self.records += 1
+        if len(b) >= 12 and b[0] == 0xA5:
+            TornFile.count += 1
+            self.records = TornFile.count
             if self.records == self.record:
                 self.f.write(bytes(b[:self.nbytes]))
                 self.f.flush()
