@@ -7,9 +7,9 @@ millions of instructions with the firmware's files in it):
     meta   magic, version, epoch (u32), CRC: written once, when the outbox is created
     ack    first unacknowledged seq (u32), dropped (u32), CRC: 12 bytes rewritten in place
            on each PUBACK (a littlefs inline file: one metadata commit, atomic)
-    0, 1, 2, ...  segments: records appended at the end of the newest one, which is
-           rotated once it holds SEG_BYTES; a segment whose records are all acknowledged
-           (or dropped) is deleted whole.
+    1, 2, 3, ...  segments: records appended to the newest one, a new one started when
+           the next record would take it past SEG_BYTES (or at boot); a segment whose
+           records are all acknowledged (or dropped) is deleted whole.
 
 A record (16-byte header, then the payload):
 
@@ -21,9 +21,14 @@ A record (16-byte header, then the payload):
     12 CRC32 of bytes 0..11 and the payload
 
 On littlefs (copy-on-write) a write in the middle of a file rewrites the rest of the
-file, and an append after a sync copies the file's last block (byte by byte) into a
-new one: the cost of an append grows with the offset in the last block, so segments
-stay short; a record never spans two segments.
+file, and even an append at its end, after a sync, copies the file's last block into
+a new one byte by byte (about 225 instructions a byte on RV32). So the newest segment
+is short and kept whole in RAM: an append rewrites it from offset 0 in one write (a new
+block, nothing copied by littlefs) and peek reads it there. When nothing is pending
+(online, each record PUBACKed before the next sample) the newest segment starts over in
+place: no file is created or deleted then. The file never shrinks (that would copy its
+old tail): a 0 byte after the last record ends it, the bytes after are old. A record
+never spans two segments.
 
 A record torn by a power cut fails its CRC and ends the scan of its segment at boot
 (counted in `skipped`); it never reached the broker, because sending starts only after
@@ -42,6 +47,7 @@ outbox_boot.py, dropped from memory once the queue is rebuilt.
 """
 
 import struct
+from array import array
 from binascii import crc32
 
 from micropython import const
@@ -50,7 +56,7 @@ import os
 
 _REC = const(16)
 _ENTRY = const(0xA5)
-SEG_BYTES = 1024  # rotate the newest segment once it holds this much
+SEG_BYTES = 768  # the newest segment's size at most (RAM; or one record when bigger)
 TELEMETRY = const(0)
 ALERT = const(1)
 
@@ -64,17 +70,20 @@ class Outbox:
         self.opener = opener
         self.slots = slots
         self.slot_size = slot_size
-        self.wbuf = bytearray(slot_size + _REC - 12)
+        # the newest segment, whole: each append rewrites it from offset 0 (see above)
+        self.seg = bytearray(max(SEG_BYTES, slot_size + _REC - 12))
         self.rbuf = bytearray(slot_size + _REC - 12)
         self._ab = bytearray(12)
         self.skipped = 0  # torn or corrupt records found
         self.dropped = 0
-        self.f = None  # the newest segment (r+b)
+        self.f = None  # the newest segment
         self.rf = None  # an older segment being read (peek)
         self.af = None  # the ack file
         # segments: numbers first..first+n-1, the last seq of each in a ring
-        nseg = slots * (slot_size + _REC) // SEG_BYTES + 4
-        self._last = [0] * nseg
+        nseg = slots + 4  # every segment but the newest holds a pending record
+        # 16 bits of each segment's last seq (enough while fewer than 32,768 are pending)
+        self._m = 0xFFFF if slots < 30000 else 0
+        self._last = array("H" if self._m else "i", bytes((2 if self._m else 4) * nseg))
         self._seg0 = 0
         self._nseg = 0
         import sys
@@ -100,23 +109,36 @@ class Outbox:
         self.af.flush()
 
     def _push(self, last):
-        i = (self._seg0 + self._nseg) % len(self._last)
-        self._last[i] = last
         self._nseg += 1
+        self._set_last(last)
+
+    def _set_last(self, seq):
+        # the newest segment's last seq
+        i = (self._seg0 + self._nseg - 1) % len(self._last)
+        self._last[i] = seq & self._m if self._m else seq
+
+    def _last_seq(self, n):
+        # segment n's last seq, in full (the 16 bits kept, read near the tail)
+        v = self._last[n % len(self._last)]
+        if self._m:
+            t = self.tail
+            v = t + ((v - t + 0x8000) & 0xFFFF) - 0x8000
+        return v
 
     def _rotate(self):
         if self.f is not None:
             self.f.close()
+            self.f = None
         n = self._seg0 + self._nseg if self._nseg else self._seg0 + 1
         if not self._nseg:
             self._seg0 = n
         self.f = self.opener(self._name(n), "w+b")
         self._push(self.next_seq - 1)
-        self._size = 0
+        self._size = self._fsize = 0
 
     def _trim(self):
         # delete the oldest segments whose records are all behind the tail (never the newest)
-        while self._nseg > 1 and self._last[self._seg0 % len(self._last)] < self.tail:
+        while self._nseg > 1 and self._last_seq(self._seg0) < self.tail:
             n = self._seg0
             if self._rseg == n:
                 if self.rf is not None:
@@ -150,21 +172,34 @@ class Outbox:
         if self.next_seq - self.tail >= self.slots:
             self.tail += 1  # drop the oldest pending record
             self.dropped += 1
-        if self._size >= SEG_BYTES:
+        at = self._size
+        if self.tail == self.next_seq and at:
+            # nothing pending (the usual case online): the newest segment starts over in
+            # place, the acknowledged records in it are overwritten; no new file
+            at = 0
+            self._rseg, self._roff = self._seg0 + self._nseg - 1, 0
+        elif at + _REC + n > len(self.seg):
             self._rotate()
+            at = 0
         seq = self.next_seq
-        b = self.wbuf
+        b = self.seg
         mv = memoryview(b)
-        b[0] = _ENTRY
-        struct.pack_into("<BHII", b, 1, kind, n, seq, self.dropped)
-        b[_REC:_REC + n] = payload
-        struct.pack_into("<I", b, 12, crc32(mv[_REC:_REC + n], crc32(mv[0:12])))
+        b[at] = _ENTRY
+        struct.pack_into("<BHII", b, at + 1, kind, n, seq, self.dropped)
+        e = at + _REC + n
+        b[at + _REC:e] = payload
+        struct.pack_into("<I", b, at + 12, crc32(mv[at + _REC:e], crc32(mv[at:at + 12])))
+        w = e
+        if self._fsize > e:  # the file is longer (records overwritten): an end mark
+            b[e] = 0
+            w = self._fsize
         f = self.f
-        f.seek(self._size)
-        f.write(mv[:_REC + n])  # one write: a cut leaves a CRC mismatch, not a wrong record
+        f.seek(0)
+        f.write(mv[:w])  # one write: a cut leaves a CRC mismatch, not a wrong record
         f.flush()
-        self._size += _REC + n
-        self._last[(self._seg0 + self._nseg - 1) % len(self._last)] = seq
+        self._size = e
+        self._fsize = w
+        self._set_last(seq)
         self.next_seq = seq + 1
         self._trim()
         return seq
@@ -174,32 +209,38 @@ class Outbox:
 
         A record that fails its check here (flash corruption) ends its segment's reading:
         the records after it in that segment are skipped and counted."""
-        b = self.rbuf
-        mv = memoryview(b)
         while self.tail < self.next_seq:
+            b = self.rbuf
+            mv = memoryview(b)
             newest = self._seg0 + self._nseg - 1
             if self._rseg < self._seg0:
                 self._rseg, self._roff = self._seg0, 0
-            if self._rseg == newest:
-                f = self.f
+            at = self._roff
+            if self._rseg == newest:  # in RAM
+                b = self.seg
+                mv = memoryview(b)
+                k = min(_REC, self._size - at)
+                f = None
             else:
                 if self.rf is None:
                     self.rf = self.opener(self._name(self._rseg), "rb")
                 f = self.rf
-            f.seek(self._roff)
-            k = f.readinto(mv[0:_REC])
-            if k == _REC and b[0] == _ENTRY:
-                kind, length, seq, _, crc = struct.unpack_from("<BHIII", b, 1)
+                f.seek(at)
+                at = 0
+                k = f.readinto(mv[0:_REC])
+            if k == _REC and b[at] == _ENTRY:
+                kind, length, seq, _, crc = struct.unpack_from("<BHIII", b, at + 1)
                 if length <= len(b) - _REC:
                     if seq < self.tail:  # acknowledged or dropped: step over it
                         self._roff += _REC + length
                         continue
-                    if f.readinto(mv[_REC:_REC + length]) == length and \
-                            crc32(mv[_REC:_REC + length], crc32(mv[0:12])) == crc:
+                    e = at + _REC + length
+                    if (f is None or f.readinto(mv[_REC:e]) == length) and \
+                            crc32(mv[at + _REC:e], crc32(mv[at:at + 12])) == crc:
                         if seq > self.tail:  # records lost to corruption before it
                             self.skipped += seq - self.tail
                             self.tail = seq
-                        return kind, seq, mv[_REC:_REC + length]
+                        return kind, seq, mv[at + _REC:e]
             if self._rseg == newest:
                 if k:
                     self.skipped += self.next_seq - self.tail
@@ -211,7 +252,7 @@ class Outbox:
             if self.rf is not None:
                 self.rf.close()
                 self.rf = None
-            lost = self._last[self._rseg % len(self._last)] + 1
+            lost = self._last_seq(self._rseg) + 1
             if lost > self.tail:
                 self.tail = lost
             self._rseg, self._roff = self._rseg + 1, 0

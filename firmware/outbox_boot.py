@@ -7,8 +7,6 @@ import os
 import struct
 from binascii import crc32
 
-import outbox
-
 _MAGIC = b"EWO2"
 _REC = 16
 
@@ -111,9 +109,8 @@ def boot(ob):
     segs = sorted(int(n) for n in names if n.isdigit())
     names = None
     next_seq = tail
-    torn = False
     for n in segs:
-        last, size, torn = scan(ob, n)
+        last = scan(ob, n)
         if last < 0:  # nothing intact in it
             os.remove(ob._name(n))
             continue
@@ -122,28 +119,24 @@ def boot(ob):
         while ob._seg0 + ob._nseg < n:  # a segment removed above: an empty place
             ob._push(next_seq - 1)
         ob._push(last)
-        ob._size = size
         if last + 1 > next_seq:
             next_seq = last + 1
     ob.next_seq = next_seq
     ob.tail = max(tail, next_seq - ob.slots)
     ob._rseg, ob._roff = ob._seg0, 0
-    if ob._nseg and not torn and ob._size < outbox.SEG_BYTES:
-        ob.f = ob.opener(ob._name(ob._seg0 + ob._nseg - 1), "r+b")
-    else:
-        ob._rotate()
+    ob._rotate()  # appends go to a new segment (the newest is kept whole in RAM)
     ob._trim()
 
 
 def scan(ob, n):
-    """(last intact seq or -1, size of the intact part, whether it ends torn) of segment n."""
+    """The last intact seq of segment n, or -1; a torn or corrupt record ends the segment."""
     f = ob.opener(ob._name(n), "rb")
     b = ob.rbuf
     mv = memoryview(b)
-    off, last, torn = 0, -1, False
+    last = -1
     while True:
         k = f.readinto(mv[0:_REC])
-        if not k:
+        if not k or b[0] == 0:  # the end (a 0 byte: what follows is old)
             break
         ok = k == _REC and b[0] == 0xA5
         if ok:
@@ -152,14 +145,13 @@ def scan(ob, n):
                 and crc32(mv[_REC:_REC + length], crc32(mv[0:12])) == crc
         if not ok:
             ob.skipped += 1
-            torn = True
             break
-        off += _REC + length
-        last = seq
+        if seq > last:
+            last = seq
         if dropped > ob.dropped:
             ob.dropped = dropped
     f.close()
-    return last, off, torn
+    return last
 
 
 def erase(path):

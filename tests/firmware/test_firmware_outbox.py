@@ -188,5 +188,5 @@ print(ob.dropped, n_full, len(os.listdir('ob.d')))
 """)
     dropped, n_full, n_after = map(int, out)
     assert dropped == 280
-    assert n_full <= 20 * 316 // 1024 + 4  # segments of at most SEG_BYTES + one record
+    assert n_full <= 20 // 2 + 4  # segments of up to 768 B: 2 records of 316 B each
     assert n_after <= 4  # meta, ack, the newest segment (and one rotated in)
