@@ -25,12 +25,14 @@ class TornFile:
             TornFile.count += 1
             self.records = TornFile.count
             if self.records == self.record:
-                # what was on flash already (a rewrite from an earlier offset) stays; of
-                # what is new, only the first `bytes` arrive
+                # bytes equal to what is on flash already (a rewrite from an earlier
+                # offset) stay; of what changes, only the first `bytes` arrive
                 pos = self.f.tell()
-                old = self.f.seek(0, 2) - pos
+                was = self.f.read(len(b))
                 self.f.seek(pos)
-                old = old if old > 0 else 0
+                old = 0
+                while old < len(was) and was[old] == b[old]:
+                    old += 1
                 self.f.write(bytes(b[:old + self.nbytes]))
                 self.f.flush()
                 print("simboard: power cut in record write %d after %d of %d bytes"
