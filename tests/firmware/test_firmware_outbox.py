@@ -190,3 +190,25 @@ print(ob.dropped, n_full, len(os.listdir('ob.d')))
     assert dropped == 280
     assert n_full <= 20 // 2 + 4  # segments of up to 768 B: 2 records of 316 B each
     assert n_after <= 4  # meta, ack, the newest segment (and one rotated in)
+
+
+def test_online_appends_reuse_one_segment_and_reboot_clean(tmp_path):
+    # each record acked before the next (a board online): the newest segment starts over in
+    # place (no file created or removed); records shorter than the last leave old bytes
+    # after them, which a reboot must neither send nor count as torn
+    out = _run(tmp_path, """
+import os
+ob = outbox.Outbox('ob.bin', 200, 512)
+names = set()
+for i in range(30):
+    ob.append(outbox.TELEMETRY, 'r%d-' % i + 'x' * (200 - 5 * i))
+    k, s, p = ob.peek(); ob.ack()
+    for n in os.listdir('ob.d'):
+        names.add(n)
+ob.append(outbox.ALERT, 'pending')
+ob.close()
+ob = outbox.Outbox('ob.bin', 200, 512)
+k, s, p = ob.peek()
+print(sorted(names), ob.skipped, ob.next_seq, ob.depth, k, s, bytes(p).decode())
+""")
+    assert out == ["['1',", "'ack',", "'meta']", "0", "31", "1", "1", "30", "pending"]
