@@ -104,10 +104,16 @@ while ob.depth:  # online: each record sent (PUBACKed) before the next sample
     ob.ack()
 on_ap = []
 on_ak = []
+al = 0
 for i in range(WRAP):
+    gc.collect()
+    gc.disable()
+    m0 = gc.mem_alloc()
     t0 = T()
     ob.append(outbox.TELEMETRY, msg)
     t1 = T()
+    al += gc.mem_alloc() - m0
+    gc.enable()
     ob.peek()
     t2 = T()
     ob.ack()
@@ -116,6 +122,7 @@ for i in range(WRAP):
     on_ak.append(D(t3, t2))
 stats('append_online', on_ap)
 stats('ack_online', on_ak)
+print('ob alloc', al // WRAP, 0, 0)
 on_ap = on_ak = None
 ap = []  # an outage: the outbox fills, wraps and drops its oldest
 for i in range(WRAP):
@@ -214,6 +221,7 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
            ("append_online", "ack_online", "append_full", "ack_backlog")
            for i, stat in enumerate(("median", "mean", "max"))},
         "outbox_record_B": ob["len"][0],
+        "alloc_outbox_append_online_B": ob["alloc"][0],
         "outbox_runs": f"{ob['append_online'][3]} appends+acks online, then {ob['append_full'][3]} "
                        f"appends into a {SLOTS}-record outbox ({ob['len'][1]} dropped), "
                        f"{ob['ack_backlog'][3]} acks draining it",
