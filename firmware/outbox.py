@@ -57,6 +57,7 @@ import os
 _REC = const(16)
 _ENTRY = const(0xA5)
 SEG_BYTES = 768  # the newest segment's size at most (RAM; or one record when bigger)
+_RING = const(64)  # segments whose last seq is kept in RAM
 TELEMETRY = const(0)
 ALERT = const(1)
 
@@ -79,11 +80,12 @@ class Outbox:
         self.f = None  # the newest segment
         self.rf = None  # an older segment being read (peek)
         self.af = None  # the ack file
-        # segments: numbers first..first+n-1, the last seq of each in a ring
-        nseg = slots + 4  # every segment but the newest holds a pending record
-        # 16 bits of each segment's last seq (enough while fewer than 32,768 are pending)
+        # segments: numbers first..first+n-1; the last seq of the newest _RING in a ring
+        # (16 bits of it: enough while fewer than 32,768 are pending), an older one's read
+        # from its file when needed (only deep in an outage)
         self._m = 0xFFFF if slots < 30000 else 0
-        self._last = array("H" if self._m else "i", bytes((2 if self._m else 4) * nseg))
+        self._last = array("H" if self._m else "i", bytes((2 if self._m else 4) * _RING))
+        self._cn = self._cv = -1  # the older segment whose last seq was read, and that seq
         self._seg0 = 0
         self._nseg = 0
         import sys
@@ -114,16 +116,39 @@ class Outbox:
 
     def _set_last(self, seq):
         # the newest segment's last seq
-        i = (self._seg0 + self._nseg - 1) % len(self._last)
+        i = (self._seg0 + self._nseg - 1) % _RING
         self._last[i] = seq & self._m if self._m else seq
 
     def _last_seq(self, n):
         # segment n's last seq, in full (the 16 bits kept, read near the tail)
-        v = self._last[n % len(self._last)]
+        if self._seg0 + self._nseg - 1 - n >= _RING:  # out of the ring: read its file
+            if self._cn != n:
+                self._cn, self._cv = n, self._read_last(n)
+            return self._cv
+        v = self._last[n % _RING]
         if self._m:
             t = self.tail
             v = t + ((v - t + 0x8000) & 0xFFFF) - 0x8000
         return v
+
+    def _read_last(self, n):
+        # the highest seq in segment n's file (-1 when it has none)
+        last = -1
+        b = self.rbuf
+        try:
+            f = self.opener(self._name(n), "rb")
+        except OSError:  # an empty place left at boot
+            return last
+        at = 0
+        mv = memoryview(b)
+        while f.readinto(mv[0:_REC]) == _REC and b[0] == _ENTRY:
+            seq = struct.unpack_from("<I", b, 4)[0]
+            if seq > last:
+                last = seq
+            at += _REC + struct.unpack_from("<H", b, 2)[0]
+            f.seek(at)
+        f.close()
+        return last
 
     def _rotate(self):
         if self.f is not None:

@@ -212,3 +212,29 @@ k, s, p = ob.peek()
 print(sorted(names), ob.skipped, ob.next_seq, ob.depth, k, s, bytes(p).decode())
 """)
     assert out == ["['1',", "'ack',", "'meta']", "0", "31", "1", "1", "30", "pending"]
+
+
+def test_deep_backlog_beyond_the_ring_of_segments_drains_in_order(tmp_path):
+    # an outage deep enough for more segments than outbox keeps seqs of in RAM (_RING):
+    # the oldest are read from their files; nothing lost out of order, the drops counted,
+    # every drained segment deleted; a huge `slots` costs no RAM per slot
+    out = _run(tmp_path, """
+import os, gc
+ob = outbox.Outbox('ob.bin', 180, 512)
+for i in range(230):
+    ob.append(outbox.TELEMETRY, '%d:' % ob.next_seq + 'x' * 290)
+n_full = len(os.listdir('ob.d'))
+ob.close()
+ob = outbox.Outbox('ob.bin', 180, 512)   # reboot in the middle of the outage
+seqs = []
+while ob.depth:
+    k, s, p = ob.peek()
+    assert bytes(p).decode().startswith('%d:' % s)
+    seqs.append(s); ob.ack()
+print(ob.dropped, seqs == list(range(50, 230)), n_full - 2 > 64, len(os.listdir('ob.d')))
+gc.collect(); f0 = gc.mem_free()
+big = outbox.Outbox('big.bin', 100000, 512)
+gc.collect()
+print(f0 - gc.mem_free() < 4000)
+""")
+    assert out == ["50", "True", "True", "3", "True"]
