@@ -14,6 +14,9 @@ and the committed default-size model of tests/golden/):
   shift rules) on a replayed DHT22 reading;
 - message: schema.telemetry_fast (the app's builder); outbox append: Outbox.append on the littlefs flash
   (a C block device, as the C3's flash driver), with the default 200-slot outbox;
+- outbox over a run that wraps (median, mean, max instructions): append then peek + ack
+  per record while online; 2 x capacity + 50 appends with no ack (an outage: the outbox
+  fills and drops its oldest); then the acks that drain the backlog;
 - full sample: app.App.sample (read, detector step, messages, outbox records);
 - bytes allocated per detector step / message+append / full sample (gc.mem_alloc
   with collection disabled around the measured call);
@@ -36,6 +39,7 @@ from edgewatch.board import rv32
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_SAMPLE = 160_000  # instructions per full sample step (about 1 ms at 160 MHz)
+SLOTS = 200  # the default outbox (firmware/config.py)
 
 PHASES = """
 from rv32app import *
@@ -92,6 +96,52 @@ for i in range(K):
         mem[j] += y - x
 gc.collect()
 print('ready', free_ready)
+ob = a.outbox
+msg = bytes(schema.telemetry(a.device, ob.next_seq, None, a.names, a.reader.read(), d.pred, d.lo,
+                             d.hi, [], a.model_id()), 'utf-8')
+def stats(name, xs):
+    xs.sort()
+    print('ob', name, xs[len(xs) // 2], sum(xs) // len(xs), xs[-1], len(xs))
+while ob.depth:  # online: each record sent (PUBACKed) before the next sample
+    ob.peek()
+    ob.ack()
+on_ap = []
+on_ak = []
+al = 0
+for i in range(WRAP):
+    gc.collect()
+    gc.disable()
+    m0 = gc.mem_alloc()
+    t0 = T()
+    ob.append(outbox.TELEMETRY, msg)
+    t1 = T()
+    al += gc.mem_alloc() - m0
+    gc.enable()
+    ob.peek()
+    t2 = T()
+    ob.ack()
+    t3 = T()
+    on_ap.append(D(t1, t0))
+    on_ak.append(D(t3, t2))
+stats('append_online', on_ap)
+stats('ack_online', on_ak)
+print('ob alloc', al // WRAP, 0, 0)
+on_ap = on_ak = None
+ap = []  # an outage: the outbox fills, wraps and drops its oldest
+for i in range(WRAP):
+    t0 = T()
+    ob.append(outbox.TELEMETRY, msg)
+    ap.append(D(T(), t0))
+stats('append_full', ap)
+ap = None
+ak = []  # the link is back: the backlog drains
+while ob.depth:
+    ob.peek()
+    t0 = T()
+    ob.ack()
+    ak.append(D(T(), t0))
+stats('ack_backlog', ak)
+print('ob len', len(msg), ob.dropped, 0, 0)
 for j in range(n):
     print(names[j], ins[j] // K - ins[n - 1] // K, mem[j] // K)
 """
@@ -147,17 +197,21 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
     board.reset()
     resident, infer, model_id, window = board.run(f"R = {max(k, 10)}\n" + INFER).split()
     board.reset()
-    lines = board.run(f"SLOTS = 200\nWARM = 70\nK = {k}\n" + PHASES).splitlines()
+    lines = board.run(f"SLOTS = {SLOTS}\nWARM = 70\nK = {k}\nWRAP = {2 * SLOTS + 50}\n"
+                      + PHASES).splitlines()
     ph = {}
+    ob = {}
     for line in lines:
         parts = line.split()
-        if parts[0] == "ready":
+        if parts[0] == "ob":
+            ob[parts[1]] = [int(x) for x in parts[2:]]
+        elif parts[0] == "ready":
             free_ready = int(parts[1])
         elif len(parts) == 3:
             ph[parts[0]] = (int(parts[1]), int(parts[2]))
     board.reset()
     free_after = int(board.run(f"STEPS = {steps}\n" + LONG).split()[-1])
-    board.run("import os\nos.remove('outbox.bin')")
+    board.run("import outbox_boot\noutbox_boot.erase('outbox.bin')")
     sample = ph["sample"][0]
     return {
         "model": str(blob.relative_to(ROOT)) if blob.is_relative_to(ROOT) else str(blob), "model_id": model_id, "window": int(window),
@@ -166,6 +220,14 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
         "instr_read": ph["read"][0],
         "instr_message": ph["message"][0],
         "instr_outbox_append": ph["append"][0],
+        **{f"instr_outbox_{name}_{stat}": ob[name][i] for name in
+           ("append_online", "ack_online", "append_full", "ack_backlog")
+           for i, stat in enumerate(("median", "mean", "max"))},
+        "outbox_record_B": ob["len"][0],
+        "alloc_outbox_append_online_B": ob["alloc"][0],
+        "outbox_runs": f"{ob['append_online'][3]} appends+acks online, then {ob['append_full'][3]} "
+                       f"appends into a {SLOTS}-record outbox ({ob['len'][1]} dropped), "
+                       f"{ob['ack_backlog'][3]} acks draining it",
         "instr_sample": sample,
         "us_sample_at_160MHz": round(sample / rv32.CLOCK_HZ * 1e6, 1),
         "us_inference_at_160MHz": round(int(infer) / rv32.CLOCK_HZ * 1e6, 1),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import sqlite3
 
 from edgewatch.board import fwrun
@@ -48,7 +49,7 @@ def test_reflashed_board_is_stored_and_notified_not_discarded(tmp_path):
         try:
             first = _run_board(tmp_path / "flash", broker, 60, 10)
             wait_until(lambda: st.count() == 60, 20, what="first life stored")
-            (tmp_path / "flash" / "outbox.bin").unlink()  # `make flash` erases the flash
+            shutil.rmtree(tmp_path / "flash" / "outbox.d")  # `make flash` erases the flash
             second = _run_board(tmp_path / "flash", broker, 30, 10)
             assert second["next_seq"] < first["next_seq"]  # the seqs of the two lives overlap
             # the board's alerts, and the collector's one `epoch` alert (docs/messages.md, Gaps)

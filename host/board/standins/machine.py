@@ -90,10 +90,10 @@ class WDT:
 
 
 def flash_open(path, mode="r"):
-    """open() for the outbox file, tearing a write when the simulation asks for it."""
+    """open() for the outbox's files, tearing a record write when the simulation asks for it."""
     f = open(path, mode)
     torn = simboard.config().get("torn_write")
-    if torn and mode == "r+b":
+    if torn and "+" in mode:
         from sim_flash import TornFile
 
         return TornFile(f, torn["record"], torn["bytes"])
