@@ -34,6 +34,7 @@ wdt = None  # the hardware watchdog once started; main.py feeds it after a crash
 
 
 NO_CLOCK = False  # simulation: config "sim_no_clock" (a board whose clock is never set)
+AGE_RING = 256  # records whose age a board without a clock can tell (App.ages)
 
 
 def unix_time():
@@ -314,9 +315,10 @@ class App:
 
     def ages(self, slots, slot_size):
         # Samples taken without a clock (t null) carry their age when sent: the ticks + 1 at
-        # which each seq of this boot was taken (0: it has a time), a ring as long as the
-        # outbox; seqs from before this boot are not in it and go without an age.
-        self.taken = array("i", bytes(4 * slots))  # MicroPython: the bytes are the buffer
+        # which each seq of this boot was taken (0: it has a time), a ring of the newest
+        # AGE_RING seqs (1 KB; 4 h of samples at one a minute); older ones, and seqs from
+        # before this boot, go without an age (the host stamps their arrival).
+        self.taken = array("i", bytes(4 * min(slots, AGE_RING)))  # MicroPython: bytes = buffer
         self.boot_seq = self.outbox.next_seq
         self.sendbuf = bytearray(slot_size + 24)
 
@@ -325,7 +327,7 @@ class App:
         was taken in this boot (docs/messages.md), built in a buffer allocated once."""
         taken = self.taken
         tk = taken[seq % len(taken)]
-        if not tk or seq < self.boot_seq or seq >= self.outbox.next_seq:
+        if not tk or seq < self.boot_seq or seq < self.outbox.next_seq - len(taken):
             return payload
         n = len(payload)
         age = b',"age":%d}' % time.ticks_diff(time.ticks_ms() + 1, tk)
