@@ -36,11 +36,76 @@ History is kept in physical units, so a model swapped in over the air (new scale
 keeps the samples already seen. Buffers are allocated once.
 """
 
-import math
+import struct
 from array import array
 
 CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
 STUCK_FALLBACK = 120  # firmware/config.py's; for a channel no model gives a limit
+CH = 24  # words per model channel in the kernels' state block (firmware/detk.py)
+
+
+def kernels():
+    """firmware/detk.py compiled by the viper emitter, else the same code as bytecode."""
+    try:
+        import detk  # SyntaxError on ports without the native emitter
+    except (ImportError, SyntaxError, ValueError):
+        import detk_plain as detk
+    return detk
+
+
+def _ms(f, what):
+    # f (> 0) as (M, SH): f = M / 2**SH, 2**14 <= M < 2**15 (firmware/detk.py)
+    if not 0 < f < 1 << 30:
+        raise ModelMismatch("%s %r out of range" % (what, f))
+    sh = 0
+    while f * (1 << sh) < 16384 if sh >= 0 else f / (1 << -sh) < 16384:
+        sh += 1
+    while (f * (1 << sh) if sh >= 0 else f / (1 << -sh)) >= 32768:
+        sh -= 1
+    m = int(f * (1 << sh) + 0.5) if sh >= 0 else int(f / (1 << -sh) + 0.5)
+    if m >= 32768:
+        m, sh = m >> 1, sh - 1
+    return m, sh
+
+
+def _q(x, one):
+    # x in units of 1/one, rounded, clamped to +-2**28
+    v = int(x * one + (0.5 if x >= 0 else -0.5))
+    return max(-(1 << 28), min(1 << 28, v))
+
+
+def _f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+class _Phys:
+    """pred / lo / hi per sensor channel in physical units (floats made when read)."""
+
+    def __init__(self, d, k):
+        self.d, self.k = d, k
+
+    def __len__(self):
+        return len(self.d.names)
+
+    def __getitem__(self, c):
+        d = self.d
+        if not 0 <= c < len(d.names):
+            raise IndexError(c)
+        if d._order is None:
+            return 0.0
+        j = d._order.index(c)
+        m = d.model
+        return d._word(32 + CH * j + self.k) / 65536 * m.scale[j] + m.offset[j]
+
+    def __iter__(self):
+        for c in range(len(self)):
+            yield self[c]
+
+    def __eq__(self, other):
+        return list(self) == list(other)
+
+    def __repr__(self):
+        return repr(list(self))
 
 
 class ModelMismatch(Exception):
@@ -50,7 +115,7 @@ class ModelMismatch(Exception):
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
 
-    def __init__(self, names, limits, params, fallback, shiftmod=None, resmod=None):
+    def __init__(self, names, limits, params, fallback, shiftmod=None, resmod=None, kmod=None):
         self.names = names
         self.limits = limits
         n = len(names)
@@ -59,34 +124,49 @@ class Detector:
         self.dropout_n = params["dropout_periods"]
         self.gap = params.get("episode_gap") or 10
         self.resend = params.get("resend_samples") or 60
-        self.hist = array("f", bytes(4 * CAPACITY * n))
+        k = self._k = kmod or kernels()
+        self._fb = getattr(k, "fbits", None)  # the plain kernels read bits from an array('I')
+        # the history: float32 bits, physical units (a new model's scaler reads them again)
+        self.hist = array("I", bytes(4 * CAPACITY * n))
         # what enters the history: the reading, or in residual mode the last good value while
-        # the channel is flagged (firmware/residual.py)
+        # the channel is flagged
         self._in = array("f", bytes(4 * n))
+        self._inb = self._in if self._fb is None else array("I", bytes(4 * n))
+        # the kernels' state and constants (firmware/detk.py): header, channels, ring
+        self._s = array("I", bytes(4 * (32 + CH * n + CAPACITY * n)))
+        self._s[0] = n
         self.stuck_lim = [params["stuck_samples"] or STUCK_FALLBACK] * n
         self._resmod = resmod  # firmware/residual.py, imported only for a model that needs it
-        self._residual = None
         self.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
         self.send = False  # whether this sample's alerts go out as a message
         self._quiet = 1 << 20  # samples since the last flagged one
         self._sent = 0  # samples since the last message
-        self.count = 0  # valid samples in hist (up to CAPACITY)
-        self.pos = 0  # next write index
         self.last = [None] * n
         self.same = [0] * n
-        self.pred = [0.0] * n
-        self.lo = [0.0] * n
-        self.hi = [0.0] * n
+        self.pred = _Phys(self, 6)
+        self.lo = _Phys(self, 7)
+        self.hi = _Phys(self, 8)
         self.has_band = False
         self.alerts = []
         self.model = None
         self._order = None  # model channel j -> sensor channel index
-        self._win = None
+        self._q = None  # the model's int8 input window
         self.shift = None  # (window, factor, center, spread, matrix) in model channel order
         # firmware/shift.py, imported only for a model that carries the rule (CPython passes it)
         self._shiftmod = shiftmod
-        self._judge = None
         self._set_params(None)
+
+    @property
+    def count(self):  # valid samples in hist (up to CAPACITY)
+        return self._s[3]
+
+    @property
+    def pos(self):  # next write index
+        return self._s[2]
+
+    def _word(self, i):
+        v = self._s[i]
+        return v - (1 << 32) if v >= 1 << 31 else v
 
     def _set_params(self, model):
         p, f = self.params, self.fallback
@@ -110,8 +190,12 @@ class Detector:
         self.band = band
         for c in range(n):
             self.stuck_lim[c] = p["stuck_samples"] or STUCK_FALLBACK
+        s = self._s
+        if model is None:
+            s[1] = s[5] = 0
+            return
+        self._fill(model)
         if band is None:
-            self._residual = None
             return
         rm = self._resmod
         if rm is None:
@@ -123,17 +207,83 @@ class Detector:
             band = self.band = rm.setup(self, band)
         except ValueError as e:
             self.band = None
+            s[1] = s[5] = 0
             raise ModelMismatch(str(e))
-        self._residual = rm.judge
         for j in range(len(self._order)):
             c = self._order[j]
             if not p["stuck_samples"]:  # 0: the channel never moved in training: no limit
                 self.stuck_lim[c] = band[7][j] or 1 << 30
 
+    def _put(self, i, v):
+        self._s[i] = v & 0xFFFFFFFF
+
+    def _fill(self, m):
+        # the kernels' constants for model m (seed band; residual.py and shift.py add theirs)
+        order, put = self._order, self._put
+        nc = len(order)
+        w = m.window
+        put(1, nc)
+        put(4, w)
+        put(5, 1)
+        put(6, self.sigma_window)
+        put(7, 1 if m.residual else 0)
+        put(8, m.in_zp)
+        im, ish = _ms(1 / m.in_scale / 65536, "input scale")
+        if ish < 16:
+            raise ModelMismatch("input scale %r over 0.5" % m.in_scale)
+        put(9, im)
+        put(10, ish)
+        om, osh = _ms(m.out_scale * 65536, "output scale")
+        if m.out_scale > 16:
+            raise ModelMismatch("output scale %r over 16" % m.out_scale)
+        put(11, om)
+        put(12, osh)
+        put(13, m.out_zp)
+        self._k_put(self.k, "k")
+        put(16, _q(self.eps, 262144))
+        put(22, w if self.band is not None else max(w, self.sigma_window))
+        put(23, 0)
+        put(25, min(1 << 28, int(200 * m.in_scale * 65536)))
+        for j in range(nc):
+            cb = 32 + CH * j
+            for i in range(CH):
+                put(cb + i, 0)
+            put(cb, order[j])
+            bits = struct.unpack("<I", struct.pack("<f", m.offset[j]))[0]
+            e = (bits >> 23) & 0xFF
+            mo = bits & 0x7FFFFF
+            if e == 0:
+                e = 1
+            else:
+                mo |= 0x800000
+            put(cb + 1, -mo if bits >> 31 else mo)
+            put(cb + 2, e - 150)
+            mi, si = _ms(65536 / m.scale[j], "scale")
+            put(cb + 3, mi)
+            put(cb + 4, si)
+        # the ring of u (Q16) from the history, for this model's scaler
+        n = len(self.names)
+        ring = 32 + CH * nc
+        for i in range(CAPACITY):
+            for j in range(nc):
+                c = order[j]
+                x = _f32(struct.unpack("<f", struct.pack("<I", self.hist[i * n + c]))[0])
+                put(ring + i * nc + j, _q((x - m.offset[j]) / m.scale[j], 65536))
+
+    def _ms(self, f, what):
+        return _ms(f, what)
+
+    def _k_put(self, k, what):
+        if not 0 < k < 32:
+            raise ModelMismatch("%s %r: use 0 < k < 32" % (what, k))
+        km, ksh = _ms(k, what)
+        self._put(14, km)
+        self._put(15, ksh)
+
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only."""
         if model is None:
-            self.model, self._order, self._win, self.shift = None, None, None, None
+            self.model, self._order, self._q, self.shift = None, None, None, None
             self._set_params(None)
             return
         lower = [s.lower() for s in self.names]
@@ -145,6 +295,8 @@ class Detector:
             order.append(lower.index(name.lower()))
         if len(order) != len(self.names):
             raise ModelMismatch("model has %d channels, sensor %d" % (len(order), len(self.names)))
+        if len(order) > 8:
+            raise ModelMismatch("model has %d channels, at most 8" % len(order))
         sw = self.params["sigma_window"] or model.sigma_window
         if getattr(model, "band", None) is not None and self.params.get("band") != "seed":
             sw = 1  # the residual band keeps no sigma window
@@ -152,6 +304,7 @@ class Detector:
             raise ModelMismatch("window %d / sigma window %d over %d" % (model.window, sw, CAPACITY))
         f = self.params.get("shift_factor")
         sh = model.shift
+        sm = None
         if sh is not None and f != 0:
             sm = self._shiftmod
             if sm is None:
@@ -165,75 +318,40 @@ class Detector:
                 raise ModelMismatch(str(e))
             if sh[0] > CAPACITY:
                 raise ModelMismatch("shift window %d over %d" % (sh[0], CAPACITY))
-            self._judge = sm.judge
-            self._u = array("f", bytes(4 * len(order)))
             self.shift_factor = sh[1] if f is None else f
         else:
             sh = None
-        self.shift = sh
+        old = self.model, self._order, self._q, self.shift
         self._order = order
-        self._win = array("f", bytes(4 * model.window * len(order)))
+        self._q = bytearray(model.window * len(order))
         self.model = model
-        self._set_params(model)
+        self.shift = None
+        try:
+            self._set_params(model)
+            if sh is not None:
+                sm.setup(self, sh)
+                self._shiftmod = sm
+                self.shift = sh
+        except ModelMismatch:
+            self.model, self._order, self._q, self.shift = old
+            self._set_params(self.model)
+            raise
 
     def _at(self, back, ch):
         # physical value `back` samples ago (1 = newest) of sensor channel ch
         n = len(self.names)
         i = (self.pos - back) % CAPACITY
-        return self.hist[i * n + ch]
+        return struct.unpack("<f", struct.pack("<I", self.hist[i * n + ch]))[0]
 
-    def _push(self):
-        n = len(self.names)
-        base = self.pos * n
-        src = self._in  # the readings, or held values of flagged channels (residual mode)
-        for c in range(n):
-            self.hist[base + c] = src[c]
-        self.pos = (self.pos + 1) % CAPACITY
-        if self.count < CAPACITY:
-            self.count += 1
-
-    def _band(self, values):
-        m = self.model
+    def _flag(self, values, flags):
+        # alert tuples of the band rule's flags (bit j: band, 8 + j: drift; detk.post)
         order = self._order
-        w = m.window
-        need = w if self.band is not None else max(w, self.sigma_window)
-        if self.count < need:
-            return
-        win = self._win
-        nc = len(order)
-        for t in range(w):
-            for j in range(nc):
-                win[t * nc + j] = (self._at(w - t, order[j]) - m.offset[j]) / m.scale[j]
-        pred = m.predict(win)
-        if self.band is not None:
-            self._residual(self, values, pred)
-            return
-        sw = self.sigma_window
-        for j in range(nc):
+        for j in range(len(order)):
             c = order[j]
-            off, sc = m.offset[j], m.scale[j]
-            # sums of the deviations from the newest sample: sigma is shift-invariant, and
-            # E[x^2] - E[x]^2 of values far from 0 and close together (a calm room) cancels
-            # away the digits a board's single-precision floats have
-            ref = self._at(1, c)
-            s = s2 = 0.0
-            for back in range(1, sw + 1):
-                x = (self._at(back, c) - ref) / sc
-                s += x
-                s2 += x * x
-            mean = s / sw
-            var = s2 / sw - mean * mean
-            sigma = math.sqrt(var) if var > 0 else 0.0
-            half = self.k * (sigma + self.eps)
-            p = pred[j]
-            self.pred[c] = p * sc + off
-            self.lo[c] = (p - half) * sc + off
-            self.hi[c] = (p + half) * sc + off
-            v = (values[c] - off) / sc
-            if not (p - half < v < p + half):  # the seed's strict inequalities
-                self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
-                                    self.pred[c]))
-        self.has_band = True
+            for rule, bit in (("band", 1 << j), ("drift", 1 << (8 + j))):
+                if flags & bit:
+                    self.alerts.append((rule, self.names[c], values[c], self.lo[c], self.hi[c],
+                                        self.pred[c]))
 
     def step(self, values, missed=0):
         """Judge one sample. `values` is the reading list or None (failed read);
@@ -273,11 +391,19 @@ class Detector:
                 alerts.append(("stuck", None, run, None, None, None))
         # a sample that failed or is physically impossible stays out of the model's window
         if ok:
-            if self.model is not None:
-                self._band(values)
-            self._push()
+            k, s, b = self._k, self._s, self._inb
+            if self._fb is not None:
+                self._fb(self._in, b, len(self.names))
+            if self.model is not None and k.pre(s, b, self._q, 0):
+                flags = k.post(s, b, self.hist, self.model.predict_q(self._q))
+                self.has_band = True
+                if flags:
+                    self._flag(values, flags)
+            k.push(s, b, self.hist, 0)
             if self.shift is not None:
-                self._judge(self)
+                w = k.shift(s, 0)
+                if w:
+                    self._shiftmod.judge(self, w - 1)
         return self._episode(alerts)
 
     def _episode(self, alerts):

@@ -8,9 +8,9 @@
 # A flagged channel's reading stays out of the history the model reads (the last good value
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
 # in a row the channel's recent history is set to the new level (not a passing fault).
-# State is allocated once, here, when the model is set; nothing per sample.
+# The rule runs in fixed point in firmware/detk.py (post); this module parses the
+# calibration and sets the kernels' constants when the model is set; nothing per sample.
 import struct
-from array import array
 
 HEAD = "<ffffHH"  # k, CUSUM reference, CUSUM limit, adaptation rate, re-anchor, 0
 
@@ -35,69 +35,26 @@ BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, track
 
 
 def setup(d, band):
-    # -> the parsed calibration; `band` is the blob's raw section (or a parsed tuple)
+    # -> the parsed calibration; `band` is the blob's raw section (or a parsed tuple).
+    # Writes the rule's constants and state into the detector's kernel block (firmware/detk.py:
+    # the rule itself runs there, in fixed point, allocating nothing per sample).
     if not isinstance(band, tuple):
         band = parse(band, len(d._order))
-    nc = len(d._order)
-    d.s = array("f", band[5])
-    d.gp = array("f", bytes(4 * nc))
-    d.gn = array("f", bytes(4 * nc))
-    d.mu = array("f", bytes(4 * nc))  # the model's slow bias (mean residual of unflagged)
-    d.run = [0] * nc
+    kb, kr, h, alpha, re, s0, floor = band[:7]
+    put = d._put
+    put(5, 2)
+    d._k_put(kb, "band k")
+    put(17, int(kb * 1024 + 0.5))
+    put(18, int(kr * 1024 + 0.5))
+    put(19, min(1 << 28, int(h * 1024 + 0.5)))
+    put(20, int(alpha * 32768 + 0.5))
+    put(21, re)
+    top = (1 << 30) - 1
+    for j in range(len(d._order)):
+        cb = 32 + 24 * j
+        cap = min(top, int(4 * s0[j] * 1048576 + 0.5))
+        lo = min(cap, max(16, int(floor[j] * 1048576 + 0.5)))
+        put(cb + 9, max(lo, min(cap, int(s0[j] * 1048576 + 0.5))))
+        put(cb + 14, lo)
+        put(cb + 15, cap)
     return band
-
-
-def judge(self, values, pred):
-    # the residual band, CUSUM drift and masking of flagged readings (see the top)
-    self.has_band = True
-    m, order, b = self.model, self._order, self.band
-    kb, kr, h, alpha, reanchor, s0, floor = b[0], b[1], b[2], b[3], b[4], b[5], b[6]
-    for j in range(len(order)):
-        c = order[j]
-        off, sc = m.offset[j], m.scale[j]
-        p = pred[j] + self.mu[j]  # the model's forecast less its slow bias
-        r = (values[c] - off) / sc - p
-        s = self.s[j]
-        half = kb * s
-        self.pred[c] = p * sc + off
-        self.lo[c] = (p - half) * sc + off
-        self.hi[c] = (p + half) * sc + off
-        z = r / s
-        if z > kb:
-            z = kb
-        elif z < -kb:
-            z = -kb
-        gp = self.gp[j] + z - kr
-        gn = self.gn[j] - z - kr
-        self.gp[j] = gp if gp > 0 else 0.0
-        self.gn[j] = gn if gn > 0 else 0.0
-        bad = False
-        if not (-half < r < half):
-            self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
-                                self.pred[c]))
-            bad = True
-        if gp > h or gn > h:
-            self.alerts.append(("drift", self.names[c], values[c], self.lo[c], self.hi[c],
-                                self.pred[c]))
-            bad = True
-        if not bad:
-            self.run[j] = 0
-            self.mu[j] += BIAS_RATE * r
-            a = r if r > 0 else -r
-            s += alpha * (a - s)
-            lo, hi = floor[j], 4.0 * s0[j]
-            self.s[j] = lo if s < lo else (hi if s > hi else s)
-            continue
-        self.run[j] += 1
-        if self.run[j] < reanchor:
-            # the reference does not follow the anomaly: the model sees the last good value
-            self._in[c] = self._at(1, c)
-            continue
-        # flagged this long: a new level, not a passing fault; the model starts from it
-        self.run[j] = 0
-        self.gp[j] = self.gn[j] = 0.0
-        n = len(self.names)
-        cap = len(self.hist) // n
-        for back in range(1, m.window + 1):
-            self.hist[((self.pos - back) % cap) * n + c] = values[c]
-

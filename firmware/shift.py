@@ -26,28 +26,29 @@ def parse(raw, c):
     return w, f, v[:c], v[c:2 * c], v[2 * c:]
 
 
-def judge(d):
-    """Append a shift alert to d.alerts when the rolling means moved (see detector.py)."""
+def setup(d, sh):
+    """The rule's constants into the detector's kernel block (firmware/detk.py, view A)."""
+    w, _, center, spread, _ = sh
+    m, put = d.model, d._put
+    put(23, w)
+    put(24, int(d.shift_factor * 1024 + 0.5))
+    for j in range(len(d._order)):
+        cb = 32 + 24 * j
+        sp = spread[j] / m.scale[j]  # the spread in normalised units
+        put(cb + 16, max(-(1 << 28), min(1 << 28, int((center[j] - m.offset[j]) / m.scale[j] * 1024))))
+        sm, ssh = d._ms(1 / sp, "shift spread")
+        put(cb + 17, sm)
+        put(cb + 18, ssh)
+        put(cb + 20, int(min(1 << 23, (1 << 29) * min(sp, 1.0))))
+
+
+def judge(d, worst):
+    """View B (Mahalanobis) once view A fired for channel `worst` (firmware/detk.py's shift
+    left u per channel, Q10): append a shift alert to d.alerts when it holds too."""
     w, _, center, spread, mat = d.shift
-    if d.count < w:
-        return
-    order, u = d._order, d._u
-    nc = len(order)
-    top = -1.0
-    worst = mean = 0
-    for j in range(nc):
-        c = order[j]
-        s = 0.0
-        for back in range(1, w + 1):
-            s += d._at(back, c)
-        m = s / w
-        x = (m - center[j]) / spread[j]
-        u[j] = x
-        if abs(x) > top:
-            top, worst, mean = abs(x), j, m
+    nc = len(d._order)
+    u = [d._word(32 + 24 * j + 19) / 1024 for j in range(nc)]
     f = d.shift_factor
-    if top <= f:  # view A: the worst channel alone
-        return
     q = 0.0
     for i in range(nc):
         r = 0.0
@@ -56,6 +57,7 @@ def judge(d):
         q += u[i] * r
     if q <= f * f:  # view B: all channels together (Mahalanobis)
         return
-    c, h = order[worst], f * spread[worst]
+    c, h = d._order[worst], f * spread[worst]
+    mean = center[worst] + u[worst] * spread[worst]
     d.alerts.append(("shift", d.names[c], mean, center[worst] - h, center[worst] + h,
                      center[worst]))

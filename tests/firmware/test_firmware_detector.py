@@ -27,9 +27,10 @@ class M:
     scale = [23.0, 4.5]
     shift = None
     still = 0
-    def predict(self, w):
-        n = 2
-        return [w[(self.window - 1) * n + j] for j in range(n)]
+    residual = True  # an output of 0 is the newest input: a persistence forecast
+    in_scale, in_zp, out_scale, out_zp = 0.05, 0, 0.01, 0
+    def predict_q(self, xq):
+        return bytes(2)
 """
 
 PARAMS = {"k": None, "eps": None, "sigma_window": None, "stuck_samples": 1000,
@@ -55,7 +56,7 @@ d.set_model(M())
 for row in json.load(open('x.json')):
     al = d.step(row)
     b = [a[1] for a in al if a[0] == 'band']
-    print(json.dumps([b, d.lo if d.has_band else None, d.hi if d.has_band else None]))
+    print(json.dumps([b, list(d.lo) if d.has_band else None, list(d.hi) if d.has_band else None]))
 """
     out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
     offset, scale = np.array([19.0, 16.0]), np.array([4.5, 23.0])  # sensor order
