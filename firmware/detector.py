@@ -32,8 +32,11 @@ Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units
 telemetry flags every sample; the alert MESSAGE is for episodes: `send` is True on the
 first flagged sample after `episode_gap` quiet samples and every `resend_samples` while
 the episode lasts (the app sends a sample's alerts only then).
-History is kept in physical units, so a model swapped in over the air (new scaler)
-keeps the samples already seen. Buffers are allocated once.
+History is kept in physical units (float32 bits), so a model swapped in over the air
+(new scaler) keeps the samples already seen. Buffers are allocated once. The rules run in
+fixed point in viper kernels (firmware/detk.py; residual.py and shift.py for the rules a
+model may carry): a step allocates nothing unless it alerts; pred/lo/hi are made into floats
+only when read (the telemetry message).
 """
 
 import struct
@@ -42,40 +45,11 @@ from array import array
 CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
 STUCK_FALLBACK = 120  # firmware/config.py's; for a channel no model gives a limit
 CH = 24  # words per model channel in the kernels' state block (firmware/detk.py)
+BIAS = 1 << 29  # detk.py's bias of signed words
 
 
-def kernels():
-    """firmware/detk.py compiled by the viper emitter, else the same code as bytecode."""
-    try:
-        import detk  # SyntaxError on ports without the native emitter
-    except (ImportError, SyntaxError, ValueError):
-        import detk_plain as detk
-    return detk
-
-
-def _ms(f, what):
-    # f (> 0) as (M, SH): f = M / 2**SH, 2**14 <= M < 2**15 (firmware/detk.py)
-    if not 0 < f < 1 << 30:
-        raise ModelMismatch("%s %r out of range" % (what, f))
-    sh = 0
-    while f * (1 << sh) < 16384 if sh >= 0 else f / (1 << -sh) < 16384:
-        sh += 1
-    while (f * (1 << sh) if sh >= 0 else f / (1 << -sh)) >= 32768:
-        sh -= 1
-    m = int(f * (1 << sh) + 0.5) if sh >= 0 else int(f / (1 << -sh) + 0.5)
-    if m >= 32768:
-        m, sh = m >> 1, sh - 1
-    return m, sh
-
-
-def _q(x, one):
-    # x in units of 1/one, rounded, clamped to +-2**28
-    v = int(x * one + (0.5 if x >= 0 else -0.5))
-    return max(-(1 << 28), min(1 << 28, v))
-
-
-def _f32(x):
-    return struct.unpack("<f", struct.pack("<f", x))[0]
+class ModelMismatch(Exception):
+    """The model's channels or window do not fit this sensor and detector."""
 
 
 class _Phys:
@@ -108,14 +82,13 @@ class _Phys:
         return repr(list(self))
 
 
-class ModelMismatch(Exception):
-    """The model's channels or window do not fit this sensor and detector."""
-
-
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
 
-    def __init__(self, names, limits, params, fallback, shiftmod=None, resmod=None, kmod=None):
+    def __init__(self, names, limits, params, fallback, shiftmod=None, resmod=None, loader=None):
+        # shiftmod/resmod: firmware/shift.py and residual.py, imported on the board only for
+        # a model that carries them; loader: firmware/detk_plain.py, which CPython passes
+        # (no viper there): the modules are then its plain compilations
         self.names = names
         self.limits = limits
         n = len(names)
@@ -124,8 +97,9 @@ class Detector:
         self.dropout_n = params["dropout_periods"]
         self.gap = params.get("episode_gap") or 10
         self.resend = params.get("resend_samples") or 60
-        k = self._k = kmod or kernels()
-        self._fb = getattr(k, "fbits", None)  # the plain kernels read bits from an array('I')
+        self._ld = loader
+        k = self._k = self._load("detk")
+        self._fb = getattr(k, "fbits", None)  # plain kernels read the bits from an array('I')
         # the history: float32 bits, physical units (a new model's scaler reads them again)
         self.hist = array("I", bytes(4 * CAPACITY * n))
         # what enters the history: the reading, or in residual mode the last good value while
@@ -136,7 +110,9 @@ class Detector:
         self._s = array("I", bytes(4 * (32 + CH * n + CAPACITY * n)))
         self._s[0] = n
         self.stuck_lim = [params["stuck_samples"] or STUCK_FALLBACK] * n
-        self._resmod = resmod  # firmware/residual.py, imported only for a model that needs it
+        self._resmod = resmod
+        self._shiftmod = shiftmod
+        self._post = None  # the band kernel: detk.seed or residual.judge
         self.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
         self.send = False  # whether this sample's alerts go out as a message
         self._quiet = 1 << 20  # samples since the last flagged one
@@ -152,9 +128,21 @@ class Detector:
         self._order = None  # model channel j -> sensor channel index
         self._q = None  # the model's int8 input window
         self.shift = None  # (window, factor, center, spread, matrix) in model channel order
-        # firmware/shift.py, imported only for a model that carries the rule (CPython passes it)
-        self._shiftmod = shiftmod
-        self._set_params(None)
+        self._set_params(None, None)
+
+    def _load(self, name):
+        # a module of the rules: viper where the emitter exists, else plain bytecode
+        if self._ld is not None:
+            return self._ld.load(name)
+        import gc
+
+        gc.collect()  # room for the module
+        try:
+            return __import__(name)
+        except (ImportError, SyntaxError, ValueError):
+            import detk_plain
+
+            return detk_plain.load(name)
 
     @property
     def count(self):  # valid samples in hist (up to CAPACITY)
@@ -164,11 +152,10 @@ class Detector:
     def pos(self):  # next write index
         return self._s[2]
 
-    def _word(self, i):
-        v = self._s[i]
-        return v - (1 << 32) if v >= 1 << 31 else v
+    def _word(self, i):  # a biased word of the kernels' state
+        return self._s[i] - BIAS
 
-    def _set_params(self, model):
+    def _set_params(self, model, sh):
         p, f = self.params, self.fallback
 
         def pick(name):
@@ -191,100 +178,43 @@ class Detector:
         for c in range(n):
             self.stuck_lim[c] = p["stuck_samples"] or STUCK_FALLBACK
         s = self._s
+        s[1] = s[5] = 0
         if model is None:
-            s[1] = s[5] = 0
             return
-        self._fill(model)
-        if band is None:
-            return
-        rm = self._resmod
-        if rm is None:
-            import gc
-
-            gc.collect()
-            import residual as rm  # boards whose models lack the band never load it
+        ds = self._load("detset")  # the set-up code, dropped again below
         try:
-            band = self.band = rm.setup(self, band)
+            ds.fill(self, model, band)
+            if band is not None:
+                rm = self._resmod
+                if rm is None:
+                    rm = self._resmod = self._load("residual")
+                band = self.band = rm.setup(self, band, ds)
+                self._post = rm.judge
+            else:
+                self._post = self._k.seed
+            if sh is not None:
+                self._shiftmod.setup(self, sh, ds)
         except ValueError as e:
             self.band = None
             s[1] = s[5] = 0
             raise ModelMismatch(str(e))
+        finally:
+            import sys
+
+            if getattr(ds, "__file__", "").endswith(".mpy"):
+                sys.modules.pop("detset", None)  # from .mpy: loading it again compiles nothing
+        if band is None:
+            return
         for j in range(len(self._order)):
             c = self._order[j]
             if not p["stuck_samples"]:  # 0: the channel never moved in training: no limit
                 self.stuck_lim[c] = band[7][j] or 1 << 30
 
-    def _put(self, i, v):
-        self._s[i] = v & 0xFFFFFFFF
-
-    def _fill(self, m):
-        # the kernels' constants for model m (seed band; residual.py and shift.py add theirs)
-        order, put = self._order, self._put
-        nc = len(order)
-        w = m.window
-        put(1, nc)
-        put(4, w)
-        put(5, 1)
-        put(6, self.sigma_window)
-        put(7, 1 if m.residual else 0)
-        put(8, m.in_zp)
-        im, ish = _ms(1 / m.in_scale / 65536, "input scale")
-        if ish < 16:
-            raise ModelMismatch("input scale %r over 0.5" % m.in_scale)
-        put(9, im)
-        put(10, ish)
-        om, osh = _ms(m.out_scale * 65536, "output scale")
-        if m.out_scale > 16:
-            raise ModelMismatch("output scale %r over 16" % m.out_scale)
-        put(11, om)
-        put(12, osh)
-        put(13, m.out_zp)
-        self._k_put(self.k, "k")
-        put(16, _q(self.eps, 262144))
-        put(22, w if self.band is not None else max(w, self.sigma_window))
-        put(23, 0)
-        put(25, min(1 << 28, int(200 * m.in_scale * 65536)))
-        for j in range(nc):
-            cb = 32 + CH * j
-            for i in range(CH):
-                put(cb + i, 0)
-            put(cb, order[j])
-            bits = struct.unpack("<I", struct.pack("<f", m.offset[j]))[0]
-            e = (bits >> 23) & 0xFF
-            mo = bits & 0x7FFFFF
-            if e == 0:
-                e = 1
-            else:
-                mo |= 0x800000
-            put(cb + 1, -mo if bits >> 31 else mo)
-            put(cb + 2, e - 150)
-            mi, si = _ms(65536 / m.scale[j], "scale")
-            put(cb + 3, mi)
-            put(cb + 4, si)
-        # the ring of u (Q16) from the history, for this model's scaler
-        n = len(self.names)
-        ring = 32 + CH * nc
-        for i in range(CAPACITY):
-            for j in range(nc):
-                c = order[j]
-                x = _f32(struct.unpack("<f", struct.pack("<I", self.hist[i * n + c]))[0])
-                put(ring + i * nc + j, _q((x - m.offset[j]) / m.scale[j], 65536))
-
-    def _ms(self, f, what):
-        return _ms(f, what)
-
-    def _k_put(self, k, what):
-        if not 0 < k < 32:
-            raise ModelMismatch("%s %r: use 0 < k < 32" % (what, k))
-        km, ksh = _ms(k, what)
-        self._put(14, km)
-        self._put(15, ksh)
-
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only."""
         if model is None:
             self.model, self._order, self._q, self.shift = None, None, None, None
-            self._set_params(None)
+            self._set_params(None, None)
             return
         lower = [s.lower() for s in self.names]
         order = []
@@ -304,16 +234,11 @@ class Detector:
             raise ModelMismatch("window %d / sigma window %d over %d" % (model.window, sw, CAPACITY))
         f = self.params.get("shift_factor")
         sh = model.shift
-        sm = None
         if sh is not None and f != 0:
-            sm = self._shiftmod
-            if sm is None:
-                import gc
-
-                gc.collect()  # the blob parser was just freed: make room for the module
-                import shift as sm  # boards whose models lack the rule never load it
+            if self._shiftmod is None:
+                self._shiftmod = self._load("shift")  # boards whose models lack it never load it
             try:
-                sh = sm.parse(sh, len(order))
+                sh = self._shiftmod.parse(sh, len(order))
             except ValueError as e:
                 raise ModelMismatch(str(e))
             if sh[0] > CAPACITY:
@@ -327,15 +252,12 @@ class Detector:
         self.model = model
         self.shift = None
         try:
-            self._set_params(model)
-            if sh is not None:
-                sm.setup(self, sh)
-                self._shiftmod = sm
-                self.shift = sh
+            self._set_params(model, sh)
         except ModelMismatch:
             self.model, self._order, self._q, self.shift = old
-            self._set_params(self.model)
+            self._set_params(self.model, self.shift)
             raise
+        self.shift = sh
 
     def _at(self, back, ch):
         # physical value `back` samples ago (1 = newest) of sensor channel ch
@@ -344,7 +266,7 @@ class Detector:
         return struct.unpack("<f", struct.pack("<I", self.hist[i * n + ch]))[0]
 
     def _flag(self, values, flags):
-        # alert tuples of the band rule's flags (bit j: band, 8 + j: drift; detk.post)
+        # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift)
         order = self._order
         for j in range(len(order)):
             c = order[j]
@@ -395,13 +317,13 @@ class Detector:
             if self._fb is not None:
                 self._fb(self._in, b, len(self.names))
             if self.model is not None and k.pre(s, b, self._q, 0):
-                flags = k.post(s, b, self.hist, self.model.predict_q(self._q))
+                flags = self._post(s, b, self.hist, self.model.predict_q(self._q))
                 self.has_band = True
                 if flags:
                     self._flag(values, flags)
             k.push(s, b, self.hist, 0)
             if self.shift is not None:
-                w = k.shift(s, 0)
+                w = self._shiftmod.view_a(s, 0)
                 if w:
                     self._shiftmod.judge(self, w - 1)
         return self._episode(alerts)

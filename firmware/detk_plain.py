@@ -1,8 +1,9 @@
-# The detector's kernels (detk.py) as plain bytecode, for ports without the native emitter
-# and for CPython (the host's scorer runs the board's detector): detk.py's source compiled
-# again without its viper decorators, as kernels_plain.py does for kernels.py. Here the
-# reading's float bits come through fbits (a viper kernel sees an array('f') as words).
-# Needs detk.py as source next to this file.
+# The detector's kernels as plain bytecode, for ports without the native emitter and for
+# CPython (the host's scorer runs the board's detector): load(name) compiles firmware
+# module `name` (detk, residual, shift, detset) again without its viper decorators, as
+# kernels_plain.py does for kernels.py. The float bits a viper kernel reads from an
+# array('f') come here through fbits into an array('I').
+# Needs the modules as source next to this file.
 import struct
 
 
@@ -12,20 +13,26 @@ def fbits(src, dst, n):
         dst[i] = struct.unpack("<I", struct.pack("<f", src[i]))[0]
 
 
-def _load():
+class _Module:
+    pass
+
+
+def load(name):
     here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+    path = here + "/" + name + ".py"
     try:
-        with open(here + "/detk.py") as fh:
+        with open(path) as fh:
             src = fh.read()
     except OSError:
-        raise ImportError("detk_plain needs detk.py as source next to it")
-    g = globals()
-    g["ptr32"] = g["ptr8"] = None  # the annotations CPython evaluates
-    g["const"] = lambda x: x
-    # line for line, so tracebacks point at detk.py's lines
-    src = src.replace("@micropython.viper", "").replace("import micropython", "pass")
-    src = src.replace("from micropython import const", "pass")
-    exec(src, g)
-
-
-_load()
+        raise ImportError("detk_plain needs %s.py as source next to it" % name)
+    # the annotations CPython evaluates, and micropython's const
+    g = {"__name__": name, "__file__": path, "ptr32": None, "ptr8": None, "const": lambda x: x}
+    # line for line, so tracebacks point at the module's lines
+    src = src.replace("@micropython.viper", "").replace("from micropython import const", "pass")
+    exec(compile(src.replace("import micropython", "pass"), path, "exec"), g)
+    m = _Module()
+    for k in g:
+        setattr(m, k, g[k])
+    if name == "detk":
+        m.fbits = fbits
+    return m

@@ -132,7 +132,7 @@ class Scorer:
         self.detector_mod = firmware.load("detector")
         self.shift_mod = firmware.load("shift")  # the board imports it by name; here it is passed in
         self.res_mod = firmware.load("residual")
-        self.kernels = firmware.load("detk_plain")  # detk.py as plain code (no viper in CPython)
+        self.loader = firmware.load("detk_plain")  # the kernels as plain code (no viper in CPython)
         sensors = firmware.load("sensors")
         if sensor not in sensors.RANGES:
             raise UserError(f"--sensor {sensor!r}: use one of {', '.join(sorted(sensors.RANGES))}")
@@ -150,7 +150,7 @@ class Scorer:
             m = self.model
             d = self.detector_mod.Detector(self.sensor_names, self.limits, self.params,
                                            {"k": m.k, "eps": m.eps, "sigma_window": m.sigma_window},
-                                           self.shift_mod, self.res_mod, self.kernels)
+                                           self.shift_mod, self.res_mod, self.loader)
             try:
                 d.set_model(m)
             except self.detector_mod.ModelMismatch as exc:

@@ -1,0 +1,104 @@
+# The detector's set-up for a model (firmware/detector.py): the fixed-point constants and
+# state of its kernels (firmware/detk.py, residual.py, shift.py). Only run when a model is
+# set: on a board it is imported then and dropped again (detector.py), so its code does not
+# stay in the heap.
+import struct
+
+BIAS = 1 << 29  # detk.py's bias of signed words
+CH = 24  # words per model channel
+RING = 32  # first channel block
+
+
+def ms(f, what):
+    """f (> 0) as (M, SH): f = M / 2**SH, 2**14 <= M < 2**15. ValueError when out of range."""
+    if not 1e-9 < f < 1 << 30:
+        raise ValueError("%s %r out of range" % (what, f))
+    sh = 0
+    x = f
+    while x < 16384:
+        x *= 2
+        sh += 1
+    while x >= 32768:
+        x /= 2
+        sh -= 1
+    m = int(x + 0.5)
+    if m >= 32768:
+        m, sh = m >> 1, sh - 1
+    return m, sh
+
+
+def put(d, i, v):
+    d._s[i] = v  # a word the kernels read as it is (never negative)
+
+
+def sput(d, i, v):
+    d._s[i] = max(-BIAS, min(BIAS - 1, int(v))) + BIAS  # a biased word
+
+
+def fix(x, one):
+    """x in units of 1/one, rounded, clamped to +-2**28."""
+    v = int(x * one + (0.5 if x >= 0 else -0.5))
+    return max(-(1 << 28), min(1 << 28, v))
+
+
+def put_k(d, k, what):
+    if not 0 < k < 32:
+        raise ValueError("%s %r: use 0 < k < 32" % (what, k))
+    m, sh = ms(k, what)
+    put(d, 14, m)
+    put(d, 15, sh)
+
+
+def fill(d, m, band):
+    """The seed band's constants for model m, and the ring from the history."""
+    order = d._order
+    nc = len(order)
+    w = m.window
+    put(d, 1, nc)
+    put(d, 4, w)
+    put(d, 5, 1)
+    put(d, 6, d.sigma_window)
+    put(d, 7, 1 if m.residual else 0)
+    sput(d, 8, m.in_zp)
+    im, ish = ms(1 / m.in_scale / 65536, "input scale")
+    if ish < 16:
+        raise ValueError("input scale %r over 0.5" % m.in_scale)
+    put(d, 9, im)
+    put(d, 10, ish)
+    if not m.out_scale < 16:
+        raise ValueError("output scale %r over 16" % m.out_scale)
+    om, osh = ms(m.out_scale * 65536, "output scale")
+    put(d, 11, om)
+    sput(d, 12, osh)
+    sput(d, 13, m.out_zp)
+    put_k(d, d.k, "k")
+    put(d, 16, fix(d.eps, 262144) if d.eps > 0 else 0)
+    put(d, 22, w if band is not None else max(w, d.sigma_window))
+    put(d, 23, 0)
+    put(d, 25, min(1 << 28, int(200 * m.in_scale * 65536)))
+    for j in range(nc):
+        cb = RING + CH * j
+        for i in range(CH):
+            put(d, cb + i, 0)
+        put(d, cb, order[j])
+        bits = struct.unpack("<I", struct.pack("<f", m.offset[j]))[0]
+        e = (bits >> 23) & 0xFF
+        mo = bits & 0x7FFFFF
+        if e == 0:
+            e = 1
+        else:
+            mo |= 0x800000
+        sput(d, cb + 1, -mo if bits >> 31 else mo)
+        sput(d, cb + 2, e - 150)
+        mi, si = ms(65536 / m.scale[j], "scale")
+        put(d, cb + 3, mi)
+        sput(d, cb + 4, si)
+        for k in (5, 6, 7, 8, 12, 16, 19):
+            sput(d, cb + k, 0)
+    # the ring of u (Q16) from the history, for this model's scaler
+    n = len(d.names)
+    ring = RING + CH * nc
+    for i in range(64):
+        for j in range(nc):
+            x = struct.unpack("<f", struct.pack("<I", d.hist[i * n + order[j]]))[0]
+            sput(d, ring + i * nc + j, fix((x - m.offset[j]) / m.scale[j], 65536))
