@@ -128,7 +128,8 @@ class Detector:
         self._order = None  # model channel j -> sensor channel index
         self._q = None  # the model's int8 input window
         self.shift = None  # (window, factor, center, spread, matrix) in model channel order
-        self._set_params(None, None)
+        self.k, self.eps, self.sigma_window = fallback["k"], fallback["eps"], fallback["sigma_window"]
+        self.still_n = params.get("still_samples") or 0
 
     def _load(self, name):
         # a module of the rules: viper where the emitter exists, else plain bytecode
@@ -155,115 +156,17 @@ class Detector:
     def _word(self, i):  # a biased word of the kernels' state
         return self._s[i] - BIAS
 
-    def _set_params(self, model, sh):
-        p, f = self.params, self.fallback
+    def set_model(self, model):
+        """Use `model` (engine.Model) for the band rule, or None for rules only.
+        Raises ModelMismatch (the detector keeps the model it had)."""
+        import sys
 
-        def pick(name):
-            if p[name] is not None:
-                return p[name]
-            if model is not None:
-                return getattr(model, name)
-            return f[name]
-
-        self.k = float(pick("k"))
-        self.eps = float(pick("eps"))
-        self.sigma_window = int(pick("sigma_window"))
-        st = p.get("still_samples")  # None: the model's (0 without one); 0: off
-        self.still_n = (model.still if model is not None else 0) if st is None else st
-        n = len(self.names)
-        band = getattr(model, "band", None) if model is not None else None
-        if p.get("band") == "seed":
-            band = None
-        self.band = band
-        for c in range(n):
-            self.stuck_lim[c] = p["stuck_samples"] or STUCK_FALLBACK
-        s = self._s
-        s[1] = s[5] = 0
-        if model is None:
-            return
         ds = self._load("detset")  # the set-up code, dropped again below
         try:
-            ds.fill(self, model, band)
-            if band is not None:
-                rm = self._resmod
-                if rm is None:
-                    rm = self._resmod = self._load("residual")
-                band = self.band = rm.setup(self, band, ds)
-                self._post = rm.judge
-            else:
-                self._post = self._k.seed
-            if sh is not None:
-                self._shiftmod.setup(self, sh, ds)
-        except ValueError as e:
-            self.band = None
-            s[1] = s[5] = 0
-            raise ModelMismatch(str(e))
+            ds.set_model(self, model, ModelMismatch)
         finally:
-            import sys
-
             if getattr(ds, "__file__", "").endswith(".mpy"):
                 sys.modules.pop("detset", None)  # from .mpy: loading it again compiles nothing
-        if band is None:
-            return
-        for j in range(len(self._order)):
-            c = self._order[j]
-            if not p["stuck_samples"]:  # 0: the channel never moved in training: no limit
-                self.stuck_lim[c] = band[7][j] or 1 << 30
-
-    def set_model(self, model):
-        """Use `model` (engine.Model) for the band rule, or None for rules only."""
-        if model is None:
-            self.model, self._order, self._q, self.shift = None, None, None, None
-            self._set_params(None, None)
-            return
-        lower = [s.lower() for s in self.names]
-        order = []
-        for name in model.names:
-            if name.lower() not in lower:
-                raise ModelMismatch("channels %s do not match sensor %s"
-                                    % (",".join(model.names), ",".join(self.names)))
-            order.append(lower.index(name.lower()))
-        if len(order) != len(self.names):
-            raise ModelMismatch("model has %d channels, sensor %d" % (len(order), len(self.names)))
-        if len(order) > 8:
-            raise ModelMismatch("model has %d channels, at most 8" % len(order))
-        sw = self.params["sigma_window"] or model.sigma_window
-        if getattr(model, "band", None) is not None and self.params.get("band") != "seed":
-            sw = 1  # the residual band keeps no sigma window
-        if model.window > CAPACITY or sw > CAPACITY:
-            raise ModelMismatch("window %d / sigma window %d over %d" % (model.window, sw, CAPACITY))
-        f = self.params.get("shift_factor")
-        sh = model.shift
-        if sh is not None and f != 0:
-            if self._shiftmod is None:
-                self._shiftmod = self._load("shift")  # boards whose models lack it never load it
-            try:
-                sh = self._shiftmod.parse(sh, len(order))
-            except ValueError as e:
-                raise ModelMismatch(str(e))
-            if sh[0] > CAPACITY:
-                raise ModelMismatch("shift window %d over %d" % (sh[0], CAPACITY))
-            self.shift_factor = sh[1] if f is None else f
-        else:
-            sh = None
-        old = self.model, self._order, self._q, self.shift
-        self._order = order
-        self._q = bytearray(model.window * len(order))
-        self.model = model
-        self.shift = None
-        try:
-            self._set_params(model, sh)
-        except ModelMismatch:
-            self.model, self._order, self._q, self.shift = old
-            self._set_params(self.model, self.shift)
-            raise
-        self.shift = sh
-
-    def _at(self, back, ch):
-        # physical value `back` samples ago (1 = newest) of sensor channel ch
-        n = len(self.names)
-        i = (self.pos - back) % CAPACITY
-        return struct.unpack("<f", struct.pack("<I", self.hist[i * n + ch]))[0]
 
     def _flag(self, values, flags):
         # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift)

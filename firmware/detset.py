@@ -102,3 +102,114 @@ def fill(d, m, band):
         for j in range(nc):
             x = struct.unpack("<f", struct.pack("<I", d.hist[i * n + order[j]]))[0]
             sput(d, ring + i * nc + j, fix((x - m.offset[j]) / m.scale[j], 65536))
+
+
+def set_params(self, model, sh, Mismatch):
+    ds = Ds
+    p, f = self.params, self.fallback
+
+    def pick(name):
+        if p[name] is not None:
+            return p[name]
+        if model is not None:
+            return getattr(model, name)
+        return f[name]
+
+    self.k = float(pick("k"))
+    self.eps = float(pick("eps"))
+    self.sigma_window = int(pick("sigma_window"))
+    st = p.get("still_samples")  # None: the model's (0 without one); 0: off
+    self.still_n = (model.still if model is not None else 0) if st is None else st
+    n = len(self.names)
+    band = getattr(model, "band", None) if model is not None else None
+    if p.get("band") == "seed":
+        band = None
+    self.band = band
+    for c in range(n):
+        self.stuck_lim[c] = p["stuck_samples"] or 120  # detector.STUCK_FALLBACK
+    s = self._s
+    s[1] = s[5] = 0
+    if model is None:
+        return
+    try:
+        fill(self, model, band)
+        if band is not None:
+            rm = self._resmod
+            if rm is None:
+                rm = self._resmod = self._load("residual")
+            band = self.band = rm.setup(self, band, ds)
+            self._post = rm.judge
+        else:
+            self._post = self._k.seed
+        if sh is not None:
+            self._shiftmod.setup(self, sh, ds)
+    except ValueError as e:
+        self.band = None
+        s[1] = s[5] = 0
+        raise Mismatch(str(e))
+    if band is None:
+        return
+    for j in range(len(self._order)):
+        c = self._order[j]
+        if not p["stuck_samples"]:  # 0: the channel never moved in training: no limit
+            self.stuck_lim[c] = band[7][j] or 1 << 30
+
+
+def set_model(self, model, Mismatch):
+    """Use `model` (engine.Model) for the band rule, or None for rules only."""
+    if model is None:
+        self.model, self._order, self._q, self.shift = None, None, None, None
+        set_params(self, None, None, Mismatch)
+        return
+    lower = [s.lower() for s in self.names]
+    order = []
+    for name in model.names:
+        if name.lower() not in lower:
+            raise Mismatch("channels %s do not match sensor %s"
+                           % (",".join(model.names), ",".join(self.names)))
+        order.append(lower.index(name.lower()))
+    if len(order) != len(self.names):
+        raise Mismatch("model has %d channels, sensor %d" % (len(order), len(self.names)))
+    if len(order) > 8:
+        raise Mismatch("model has %d channels, at most 8" % len(order))
+    sw = self.params["sigma_window"] or model.sigma_window
+    if getattr(model, "band", None) is not None and self.params.get("band") != "seed":
+        sw = 1  # the residual band keeps no sigma window
+    if model.window > 64 or sw > 64:
+        raise Mismatch("window %d / sigma window %d over %d" % (model.window, sw, 64))
+    f = self.params.get("shift_factor")
+    sh = model.shift
+    if sh is not None and f != 0:
+        if self._shiftmod is None:
+            self._shiftmod = self._load("shift")  # boards whose models lack it never load it
+        try:
+            sh = self._shiftmod.parse(sh, len(order))
+        except ValueError as e:
+            raise Mismatch(str(e))
+        if sh[0] > 64:
+            raise Mismatch("shift window %d over 64" % sh[0])
+        self.shift_factor = sh[1] if f is None else f
+    else:
+        sh = None
+    old = self.model, self._order, self._q, self.shift
+    self._order = order
+    self._q = bytearray(model.window * len(order))
+    self.model = model
+    self.shift = None
+    try:
+        set_params(self, model, sh, Mismatch)
+    except Exception:  # Mismatch, MemoryError: the detector keeps the model it had
+        self.model, self._order, self._q, self.shift = old
+        set_params(self, self.model, self.shift, Mismatch)
+        raise
+    self.shift = sh
+
+
+class Ds:
+    """The helpers residual.setup and shift.setup use."""
+
+    put = staticmethod(put)
+    sput = staticmethod(sput)
+    ms = staticmethod(ms)
+    fix = staticmethod(fix)
+    put_k = staticmethod(put_k)
