@@ -71,16 +71,6 @@ class _Phys:
         m = d.model
         return d._word(32 + CH * j + self.k) / 65536 * m.scale[j] + m.offset[j]
 
-    def __iter__(self):
-        for c in range(len(self)):
-            yield self[c]
-
-    def __eq__(self, other):
-        return list(self) == list(other)
-
-    def __repr__(self):
-        return repr(list(self))
-
 
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
