@@ -32,15 +32,14 @@ Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units
 telemetry flags every sample; the alert MESSAGE is for episodes: `send` is True on the
 first flagged sample after `episode_gap` quiet samples and every `resend_samples` while
 the episode lasts (the app sends a sample's alerts only then).
-History is kept in physical units (float32 bits), so a model swapped in over the air
-(new scaler) keeps the samples already seen. Buffers are allocated once. The rules run in
+The history is kept normalised for the model (without one: the readings' float32 bits);
+a model swapped in over the air (new scaler) gets it converted, so it keeps the samples
+already seen. Buffers are allocated once. The rules run in
 fixed point in viper kernels (firmware/detk.py; residual.py and shift.py for the rules a
 model may carry): a step allocates nothing unless it alerts; pred/lo/hi are made into floats
 only when read (the telemetry message).
 """
 
-import struct
-from array import array
 
 CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
 STUCK_FALLBACK = 120  # firmware/config.py's; for a channel no model gives a limit
@@ -79,47 +78,24 @@ class Detector:
         # shiftmod/resmod: firmware/shift.py and residual.py, imported on the board only for
         # a model that carries them; loader: firmware/detk_plain.py, which CPython passes
         # (no viper there): the modules are then its plain compilations
-        self.names = names
-        self.limits = limits
-        n = len(names)
-        self.params = params  # config detector section: explicit values win over the blob
-        self.fallback = fallback
-        self.dropout_n = params["dropout_periods"]
-        self.gap = params.get("episode_gap") or 10
-        self.resend = params.get("resend_samples") or 60
         self._ld = loader
-        k = self._k = self._load("detk")
-        self._fb = getattr(k, "fbits", None)  # plain kernels read the bits from an array('I')
-        # the history: float32 bits, physical units (a new model's scaler reads them again)
-        self.hist = array("I", bytes(4 * CAPACITY * n))
-        # what enters the history: the reading, or in residual mode the last good value while
-        # the channel is flagged
-        self._in = array("f", bytes(4 * n))
-        self._inb = self._in if self._fb is None else array("I", bytes(4 * n))
-        # the kernels' state and constants (firmware/detk.py): header, channels, ring
-        self._s = array("I", bytes(4 * (32 + CH * n + CAPACITY * n)))
-        self._s[0] = n
-        self.stuck_lim = [params["stuck_samples"] or STUCK_FALLBACK] * n
         self._resmod = resmod
         self._shiftmod = shiftmod
-        self._post = None  # the band kernel: detk.seed or residual.judge
-        self.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
-        self.send = False  # whether this sample's alerts go out as a message
-        self._quiet = 1 << 20  # samples since the last flagged one
-        self._sent = 0  # samples since the last message
-        self.last = [None] * n
-        self.same = [0] * n
+        self._setup("init", names, limits, params, fallback)
         self.pred = _Phys(self, 6)
         self.lo = _Phys(self, 7)
         self.hi = _Phys(self, 8)
-        self.has_band = False
-        self.alerts = []
-        self.model = None
-        self._order = None  # model channel j -> sensor channel index
-        self._q = None  # the model's int8 input window
-        self.shift = None  # (window, factor, center, spread, matrix) in model channel order
-        self.k, self.eps, self.sigma_window = fallback["k"], fallback["eps"], fallback["sigma_window"]
-        self.still_n = params.get("still_samples") or 0
+
+    def _setup(self, name, *args):
+        # the set-up code (firmware/detset.py), dropped again after use
+        import sys
+
+        ds = self._load("detset")
+        try:
+            getattr(ds, name)(self, *args)
+        finally:
+            if getattr(ds, "__file__", "").endswith(".mpy"):
+                sys.modules.pop("detset", None)  # from .mpy: loading it again compiles nothing
 
     def _load(self, name):
         # a module of the rules: viper where the emitter exists, else plain bytecode
@@ -149,14 +125,7 @@ class Detector:
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only.
         Raises ModelMismatch (the detector keeps the model it had)."""
-        import sys
-
-        ds = self._load("detset")  # the set-up code, dropped again below
-        try:
-            ds.set_model(self, model, ModelMismatch)
-        finally:
-            if getattr(ds, "__file__", "").endswith(".mpy"):
-                sys.modules.pop("detset", None)  # from .mpy: loading it again compiles nothing
+        self._setup("set_model", model, ModelMismatch)
 
     def _flag(self, values, flags):
         # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift)
@@ -210,11 +179,11 @@ class Detector:
             if self._fb is not None:
                 self._fb(self._in, b, len(self.names))
             if self.model is not None and k.pre(s, b, self._q, 0):
-                flags = self._post(s, b, self.hist, self.model.predict_q(self._q))
+                flags = self._post(s, b, 0, self.model.predict_q(self._q))
                 self.has_band = True
                 if flags:
                     self._flag(values, flags)
-            k.push(s, b, self.hist, 0)
+            k.push(s, b, 0, 0)
             if self.shift is not None:
                 w = self._shiftmod.view_a(s, 0)
                 if w:

@@ -25,7 +25,8 @@
 #   10 gp 11 gn (Q10)  12 bias (Q23 [b])  13 flagged run  14 s floor 15 s cap (Q20)
 #   16 shift center (Q10 [b])  17/18 1/spread (M, SH [b])  19 shift u (Q10 [b])
 #   20 clamp before 1/spread
-#   then the ring: 64 (detector.CAPACITY) rows of nc words, u (Q16 [b]), row = position
+#   then the ring, the history: 64 (detector.CAPACITY) rows of n words, row = position:
+#   u (Q16 [b]) in model channel order with a model, else the readings' float32 bits
 import micropython
 from micropython import const
 
@@ -118,7 +119,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
 
 
 @micropython.viper
-def seed(s: ptr32, b: ptr32, h: ptr32, o: ptr8) -> int:
+def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     """The seed's band on the model's int8 output o: outside pred +- k*(sigma + eps), sigma
     the population std of the last sigma-window samples. Bit j: channel j flagged.
     Fills pred/lo/hi."""
@@ -202,14 +203,15 @@ def seed(s: ptr32, b: ptr32, h: ptr32, o: ptr8) -> int:
 
 
 @micropython.viper
-def push(s: ptr32, b: ptr32, h: ptr32, z: int) -> int:
-    """The reading (bits b, or the held values) into the history h and u now into the ring."""
+def push(s: ptr32, b: ptr32, z: int, y: int) -> int:
+    """Into the ring: u now (with a model) or the reading's bits b (without one)."""
     n = int(s[0])
     nc = int(s[1])
     pos = int(s[2])
-    for c in range(n):
-        h[pos * n + c] = b[c]
-    ring = 32 + 24 * nc + pos * nc
+    ring = 32 + 24 * n + pos * n
+    if nc == 0:
+        for c in range(n):
+            s[ring + c] = b[c]
     for j in range(nc):
         s[ring + j] = s[32 + 24 * j + 5]
     pos = (pos + 1) & 63

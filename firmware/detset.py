@@ -3,6 +3,7 @@
 # set: on a board it is imported then and dropped again (detector.py), so its code does not
 # stay in the heap.
 import struct
+from array import array
 
 BIAS = 1 << 29  # detk.py's bias of signed words
 CH = 24  # words per model channel
@@ -95,13 +96,74 @@ def fill(d, m, band):
         sput(d, cb + 4, si)
         for k in (5, 6, 7, 8, 12, 16, 19):
             sput(d, cb + k, 0)
-    # the ring of u (Q16) from the history, for this model's scaler
+    # the history, for this model's scaler: u (Q16) in its channel order
     n = len(d.names)
-    ring = RING + CH * nc
     for i in range(64):
+        row = RING + CH * n + i * n
+        x = [phys(d, row, c) for c in range(n)]
         for j in range(nc):
-            x = struct.unpack("<f", struct.pack("<I", d.hist[i * n + order[j]]))[0]
-            sput(d, ring + i * nc + j, fix((x - m.offset[j]) / m.scale[j], 65536))
+            sput(d, row + j, fix((x[order[j]] - m.offset[j]) / m.scale[j], 65536))
+    d._rep = (m.offset, m.scale, order)
+
+
+def phys(d, row, c):
+    """Sensor channel c of the history's row (its first word) in physical units."""
+    if d._rep is None:  # no model: the readings' float32 bits
+        return struct.unpack("<f", struct.pack("<I", d._s[row + c]))[0]
+    off, sc, order = d._rep
+    j = order.index(c)
+    return (d._s[row + j] - BIAS) / 65536 * sc[j] + off[j]
+
+
+def unfill(d):
+    """The history back to float32 bits in sensor order (no model to normalise for)."""
+    if d._rep is None:
+        return
+    n = len(d.names)
+    for i in range(64):
+        row = RING + CH * n + i * n
+        x = [phys(d, row, c) for c in range(n)]
+        for c in range(n):
+            d._s[row + c] = struct.unpack("<I", struct.pack("<f", x[c]))[0]
+    d._rep = None
+
+
+def init(d, names, limits, params, fallback):
+    """Detector.__init__'s state (here: its code leaves the heap after use)."""
+    d.names = names
+    d.limits = limits
+    n = len(names)
+    d.params = params  # config detector section: explicit values win over the blob
+    d.fallback = fallback
+    d.dropout_n = params["dropout_periods"]
+    d.gap = params.get("episode_gap") or 10
+    d.resend = params.get("resend_samples") or 60
+    k = d._k = d._load("detk")
+    d._fb = getattr(k, "fbits", None)  # plain kernels read the bits from an array('I')
+    # what enters the history: the reading (the kernels see its float32 bits)
+    d._in = array("f", bytes(4 * n))
+    d._inb = d._in if d._fb is None else array("I", bytes(4 * n))
+    # the kernels' state, constants and history (firmware/detk.py): header, channels, ring
+    d._s = array("I", bytes(4 * (RING + CH * n + 64 * n)))
+    d._s[0] = n
+    d._rep = None  # what the history holds: None (float32 bits) or (offset, scale, order)
+    d.stuck_lim = [params["stuck_samples"] or 120] * n
+    d._post = None  # the band kernel: detk.seed or residual.judge
+    d.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
+    d.send = False  # whether this sample's alerts go out as a message
+    d._quiet = 1 << 20  # samples since the last flagged one
+    d._sent = 0  # samples since the last message
+    d.last = [None] * n
+    d.same = [0] * n
+    d.has_band = False
+    d.alerts = []
+    d.model = None
+    d._order = None  # model channel j -> sensor channel index
+    d._q = None  # the model's int8 input window
+    d.shift = None  # (window, factor, center, spread, matrix) in model channel order
+    f = fallback
+    d.k, d.eps, d.sigma_window = f["k"], f["eps"], f["sigma_window"]
+    d.still_n = params.get("still_samples") or 0
 
 
 def set_params(self, model, sh, Mismatch):
@@ -130,6 +192,7 @@ def set_params(self, model, sh, Mismatch):
     s = self._s
     s[1] = s[5] = 0
     if model is None:
+        unfill(self)
         return
     try:
         fill(self, model, band)

@@ -65,12 +65,11 @@ def setup(d, band, ds):
 
 
 @micropython.viper
-def judge(s: ptr32, b: ptr32, h: ptr32, o: ptr8) -> int:
+def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     """The residual band, CUSUM drift and masking on the model's int8 output o (see the top),
     in fixed point (firmware/detk.py's state block and units). Bit j: channel j outside its
     band; bit 8+j: drift. Fills pred/lo/hi."""
     nc = int(s[1])
-    n = int(s[0])
     pos = int(s[2])
     ring = 32 + 24 * nc
     prev = (pos - 1) & 63
@@ -87,7 +86,6 @@ def judge(s: ptr32, b: ptr32, h: ptr32, o: ptr8) -> int:
     flags = 0
     for j in range(nc):
         cb = 32 + 24 * j
-        c = int(s[cb])
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
         if osh > 0:
             p = (p + (1 << (osh - 1))) >> osh
@@ -179,7 +177,6 @@ def judge(s: ptr32, b: ptr32, h: ptr32, o: ptr8) -> int:
         if x < int(s[21]):
             # the reference does not follow the anomaly: the model sees the last good value
             s[cb + 13] = x
-            b[c] = h[prev * n + c]
             s[cb + 5] = s[ring + prev * nc + j]
             continue
         # flagged this long: a new level, not a passing fault; the model starts from it
@@ -187,7 +184,5 @@ def judge(s: ptr32, b: ptr32, h: ptr32, o: ptr8) -> int:
         s[cb + 10] = 0
         s[cb + 11] = 0
         for k in range(int(s[4])):
-            x = (pos - 1 - k) & 63
-            h[x * n + c] = b[c]
-            s[ring + x * nc + j] = u + BIAS
+            s[ring + ((pos - 1 - k) & 63) * nc + j] = u + BIAS
     return flags
