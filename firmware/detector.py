@@ -111,14 +111,6 @@ class Detector:
 
             return detk_plain.load(name)
 
-    @property
-    def count(self):  # valid samples in hist (up to CAPACITY)
-        return self._s[3]
-
-    @property
-    def pos(self):  # next write index
-        return self._s[2]
-
     def _word(self, i):  # a biased word of the kernels' state
         return self._s[i] - BIAS
 

@@ -10,8 +10,9 @@
 # 32 or more; division only of non-negative numbers; at most 4 arguments.
 #
 # Units: u = (value - offset) / scale, the model's normalised units, as Q16 (u * 65536),
-# clamped to +-2**28. A reading enters as its float32 bits (an array('f') seen as words):
-# value - offset is taken on the aligned mantissas, then times 65536/scale. A constant
+# clamped to +-2**28. A reading enters as its float32 bits (an array('f') seen as words),
+# as an integer in the channel's units of 2**E (E set so that offset +- 4096 scales stay
+# under 2**29), less the offset in those units, times 65536/scale. A constant
 # factor f is (M, SH): f = M / 2**SH, 2**14 <= M < 2**15 (detector.py's _ms).
 #
 # State block s (detector.py lays it out; [b]: biased):
@@ -20,8 +21,8 @@
 #   11/12 out_scale*65536 (M, SH [b])  13 output zp [b]  14/15 k (M, SH)  16 eps (Q18)
 #   17 k (Q10)  18 CUSUM ref (Q10)  19 CUSUM limit (Q10)  20 alpha (Q15)  21 re-anchor
 #   22 need  23 shift window  24 shift factor (Q10)  25 u clamp before quantising
-#   32.. per model channel j, 24 words: 0 sensor channel  1/2 offset mantissa, exponent [b]
-#   3/4 65536/scale (M, SH [b])  5 u now [b]  6 pred 7 lo 8 hi (Q16 [b])  9 s (Q20)
+#   32.. per model channel j, 24 words: 0 sensor channel  1 offset in units of 2**E [b]
+#   2 E [b]  3/4 65536/scale as M and the shift from units of 2**E (SH - 15 - E) [b]  5 u now [b]  6 pred 7 lo 8 hi (Q16 [b])  9 s (Q20)
 #   10 gp 11 gn (Q10)  12 bias (Q23 [b])  13 flagged run  14 s floor 15 s cap (Q20)
 #   16 shift center (Q10 [b])  17/18 1/spread (M, SH [b])  19 shift u (Q10 [b])
 #   20 clamp before 1/spread
@@ -50,37 +51,29 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
             mv = mv | 0x800000
         if (v >> 31) & 1:
             mv = 0 - mv
-        ev = e - 150
-        eo = int(s[cb + 2]) - BIAS
-        ee = ev
-        if eo > ee:
-            ee = eo
-        ee -= 5
-        a = ev - ee
+        # the value in the channel's units of 2**E (under 2**29 for any plausible value)
+        a = e - 150 - (int(s[cb + 2]) - BIAS)
         x = 0
-        if a >= 0:
+        if a > 5:
+            x = lim << 1
+            if mv < 0:
+                x = 0 - x
+        elif a >= 0:
             x = mv << a
         elif a > -31:
             x = mv >> (0 - a)
-        a = eo - ee
-        y = int(s[cb + 1]) - BIAS
-        if a >= 0:
-            y = y << a
-        elif a > -31:
-            y = y >> (0 - a)
-        else:
-            y = 0
-        d = x - y
+        d = x - (int(s[cb + 1]) - BIAS)
         mi = int(s[cb + 3])
         t = (d >> 15) * mi + (((d & 0x7FFF) * mi) >> 15)
-        sh = ee - (int(s[cb + 4]) - BIAS) + 15
+        sh = int(s[cb + 4]) - BIAS
         u = 0
-        if e == 255 or (sh >= 0 and (sh > 28 or t > (lim >> sh) or t < 0 - (lim >> sh))):
-            u = lim
-            if mv < 0 or (e != 255 and t < 0):
+        if sh >= 0:
+            if sh > 28 or t > (lim >> sh):
+                u = lim
+            elif t < 0 - (lim >> sh):
                 u = 0 - lim
-        elif sh >= 0:
-            u = t << sh
+            else:
+                u = t << sh
         elif sh > -31:
             sh = 0 - sh
             u = (t + (1 << (sh - 1))) >> sh
@@ -146,26 +139,31 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             p = p << (0 - osh)
         if int(s[7]):
             p += int(s[newest + j]) - BIAS
-        # deviations from the window's minimum (sigma is shift-invariant), in 13 bits
+        # deviations from the window's minimum (sigma is shift-invariant), in 13 bits:
+        # pass 0 the range, 1 the mean, 2 the variance
         lo = 1 << 29
         hi = 0 - lo
-        for k in range(sw):
-            w = int(s[ring + ((pos - 1 - k) & 63) * nc + j])
-            if w < lo:
-                lo = w
-            if w > hi:
-                hi = w
         sh = 0
-        while ((hi - lo) >> sh) >= 8192:
-            sh += 1
         tot = 0
-        for k in range(sw):
-            tot += (int(s[ring + ((pos - 1 - k) & 63) * nc + j]) - lo) >> sh
-        mean = (tot << 2) // sw
         v2 = 0
-        for k in range(sw):
-            dv = (((int(s[ring + ((pos - 1 - k) & 63) * nc + j]) - lo) >> sh) << 2) - mean
-            v2 += (dv * dv) >> 6
+        for ph in range(3):
+            for k in range(sw):
+                w = int(s[ring + ((pos - 1 - k) & 63) * nc + j])
+                if ph == 0:
+                    if w < lo:
+                        lo = w
+                    if w > hi:
+                        hi = w
+                elif ph == 1:
+                    tot += (w - lo) >> sh
+                else:
+                    w = (((w - lo) >> sh) << 2) - tot
+                    v2 += (w * w) >> 6
+            if ph == 0:
+                while ((hi - lo) >> sh) >= 8192:
+                    sh += 1
+            elif ph == 1:
+                tot = (tot << 2) // sw  # the mean, Q2
         v2 = ((v2 + (sw >> 1)) // sw) << 4
         r = 0
         bit = 1 << 28

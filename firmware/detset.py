@@ -82,18 +82,18 @@ def fill(d, m, band):
         for i in range(CH):
             put(d, cb + i, 0)
         put(d, cb, order[j])
-        bits = struct.unpack("<I", struct.pack("<f", m.offset[j]))[0]
-        e = (bits >> 23) & 0xFF
-        mo = bits & 0x7FFFFF
-        if e == 0:
-            e = 1
-        else:
-            mo |= 0x800000
-        sput(d, cb + 1, -mo if bits >> 31 else mo)
-        sput(d, cb + 2, e - 150)
-        mi, si = ms(65536 / m.scale[j], "scale")
+        off, sc = m.offset[j], m.scale[j]
+        big = abs(off) + 4096 * sc  # a plausible reading is within this
+        e = 0
+        while big >= 2.0 ** (29 + e):
+            e += 1
+        while e > -149 and big < 2.0 ** (28 + e):
+            e -= 1
+        sput(d, cb + 1, int(off / 2.0 ** e + (0.5 if off >= 0 else -0.5)))
+        sput(d, cb + 2, e)
+        mi, si = ms(65536 / sc, "scale")
         put(d, cb + 3, mi)
-        sput(d, cb + 4, si)
+        sput(d, cb + 4, e - si + 15)
         for k in (5, 6, 7, 8, 12, 16, 19):
             sput(d, cb + k, 0)
     # the history, for this model's scaler: u (Q16) in its channel order
@@ -256,7 +256,10 @@ def set_model(self, model, Mismatch):
         sh = None
     old = self.model, self._order, self._q, self.shift
     self._order = order
-    self._q = bytearray(model.window * len(order))
+    # the model's input window: the engine's own input buffer when it has one (no copy)
+    q = getattr(model, "_in", None)
+    self._q = q if q is not None and len(q) == model.window * len(order) else \
+        bytearray(model.window * len(order))
     self.model = model
     self.shift = None
     try:
