@@ -170,12 +170,11 @@ class Detector:
             k, s, b = self._k, self._s, self._inb
             if self._fb is not None:
                 self._fb(self._in, b, len(self.names))
-            if self.model is not None and k.pre(s, b, self._q, 0):
+            if k.pre(s, b, self._q, 0):  # the model's window is full
                 flags = self._post(s, b, 0, self.model.predict_q(self._q))
                 self.has_band = True
                 if flags:
                     self._flag(values, flags)
-            k.push(s, b, 0, 0)
             if self.shift is not None:
                 w = self._shiftmod.view_a(s, 0)
                 if w:

@@ -37,18 +37,16 @@ BIAS = const(536870912)  # 2**29
 @micropython.viper
 def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     """u now of every model channel from the reading's bits b; the int8 window into q
-    (oldest first) when the history is long enough: then 1, else 0."""
+    (oldest first) when the history is long enough: then 1 (the band kernel, seed or
+    residual.judge, then puts the sample into the history), else 0 (the sample goes
+    into the history here)."""
     nc = int(s[1])
     lim = 1 << 28
     for j in range(nc):
         cb = 32 + 24 * j
         v = int(b[int(s[cb])])
         e = (v >> 23) & 0xFF
-        mv = v & 0x7FFFFF
-        if e == 0:
-            e = 1
-        else:
-            mv = mv | 0x800000
+        mv = (v & 0x7FFFFF) | 0x800000  # (a denormal reads as 2**-126: no matter here)
         if (v >> 31) & 1:
             mv = 0 - mv
         # the value in the channel's units of 2**E (under 2**29 for any plausible value)
@@ -82,10 +80,21 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
         elif u < 0 - lim:
             u = 0 - lim
         s[cb + 5] = u + BIAS
+    pos = int(s[2])
     if nc == 0 or int(s[3]) < int(s[22]):
+        # no band this sample: the reading goes into the history now (else after the band)
+        n = int(s[0])
+        r = 32 + 24 * n + pos * n
+        if nc == 0:
+            for c in range(n):
+                s[r + c] = b[c]
+        for j in range(nc):
+            s[r + j] = s[32 + 24 * j + 5]
+        s[2] = (pos + 1) & 63
+        if int(s[3]) < 64:
+            s[3] = int(s[3]) + 1
         return 0
     wn = int(s[4])
-    pos = int(s[2])
     ring = 32 + 24 * nc
     zp = int(s[8]) - BIAS
     im = int(s[9])
@@ -197,23 +206,10 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         u = int(s[cb + 5]) - BIAS
         if not (p - half < u and u < p + half):
             flags |= 1 << j
-    return flags
-
-
-@micropython.viper
-def push(s: ptr32, b: ptr32, z: int, y: int) -> int:
-    """Into the ring: u now (with a model) or the reading's bits b (without one)."""
-    n = int(s[0])
-    nc = int(s[1])
-    pos = int(s[2])
-    ring = 32 + 24 * n + pos * n
-    if nc == 0:
-        for c in range(n):
-            s[ring + c] = b[c]
+    # the reading into the history
     for j in range(nc):
-        s[ring + j] = s[32 + 24 * j + 5]
-    pos = (pos + 1) & 63
-    s[2] = pos
+        s[ring + pos * nc + j] = s[32 + 24 * j + 5]
+    s[2] = (pos + 1) & 63
     if int(s[3]) < 64:
         s[3] = int(s[3]) + 1
-    return pos
+    return flags

@@ -159,7 +159,7 @@ def init(d, names, limits, params, fallback):
     d.alerts = []
     d.model = None
     d._order = None  # model channel j -> sensor channel index
-    d._q = None  # the model's int8 input window
+    d._q = bytearray(1)  # the model's int8 input window
     d.shift = None  # (window, factor, center, spread, matrix) in model channel order
     f = fallback
     d.k, d.eps, d.sigma_window = f["k"], f["eps"], f["sigma_window"]
@@ -221,7 +221,7 @@ def set_params(self, model, sh, Mismatch):
 def set_model(self, model, Mismatch):
     """Use `model` (engine.Model) for the band rule, or None for rules only."""
     if model is None:
-        self.model, self._order, self._q, self.shift = None, None, None, None
+        self.model, self._order, self._q, self.shift = None, None, bytearray(1), None
         set_params(self, None, None, Mismatch)
         return
     lower = [s.lower() for s in self.names]

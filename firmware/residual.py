@@ -185,4 +185,10 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         s[cb + 11] = 0
         for k in range(int(s[4])):
             s[ring + ((pos - 1 - k) & 63) * nc + j] = u + BIAS
+    # the reading (or the held value) into the history
+    for j in range(nc):
+        s[ring + pos * nc + j] = s[32 + 24 * j + 5]
+    s[2] = (pos + 1) & 63
+    if int(s[3]) < 64:
+        s[3] = int(s[3]) + 1
     return flags
