@@ -5,9 +5,8 @@
 import struct
 from array import array
 
-BIAS = 1 << 29  # detk.py's bias of signed words
-CH = 24  # words per model channel
-RING = 32  # first channel block
+# (detk.py's layout: the channel blocks from word 32, 24 words each; signed words biased
+# by 2**29)
 
 
 def ms(f, what):
@@ -33,7 +32,7 @@ def put(d, i, v):
 
 
 def sput(d, i, v):
-    d._s[i] = max(-BIAS, min(BIAS - 1, int(v))) + BIAS  # a biased word
+    d._s[i] = max(-(1 << 29), min((1 << 29) - 1, int(v))) + (1 << 29)  # a biased word
 
 
 def fix(x, one):
@@ -44,7 +43,7 @@ def fix(x, one):
 
 def put_k(d, k, what):
     if not 0 < k < 32:
-        raise ValueError("%s %r: use 0 < k < 32" % (what, k))
+        raise ValueError("%s %r out of range" % (what, k))
     m, sh = ms(k, what)
     put(d, 14, m)
     put(d, 15, sh)
@@ -63,11 +62,11 @@ def fill(d, m, band):
     sput(d, 8, m.in_zp)
     im, ish = ms(1 / m.in_scale / 65536, "input scale")
     if ish < 16:
-        raise ValueError("input scale %r over 0.5" % m.in_scale)
+        raise ValueError("%s %r out of range" % ("input scale", m.in_scale))
     put(d, 9, im)
     put(d, 10, ish)
     if not m.out_scale < 16:
-        raise ValueError("output scale %r over 16" % m.out_scale)
+        raise ValueError("%s %r out of range" % ("output scale", m.out_scale))
     om, osh = ms(m.out_scale * 65536, "output scale")
     put(d, 11, om)
     sput(d, 12, osh)
@@ -78,8 +77,8 @@ def fill(d, m, band):
     put(d, 23, 0)
     put(d, 25, min(1 << 28, int(200 * m.in_scale * 65536)))
     for j in range(nc):
-        cb = RING + CH * j
-        for i in range(CH):
+        cb = 32 + 24 * j
+        for i in range(24):
             put(d, cb + i, 0)
         put(d, cb, order[j])
         off, sc = m.offset[j], m.scale[j]
@@ -99,7 +98,7 @@ def fill(d, m, band):
     # the history, for this model's scaler: u (Q16) in its channel order
     n = len(d.names)
     for i in range(64):
-        row = RING + CH * n + i * n
+        row = 32 + 24 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for j in range(nc):
             sput(d, row + j, fix((x[order[j]] - m.offset[j]) / m.scale[j], 65536))
@@ -112,7 +111,7 @@ def phys(d, row, c):
         return struct.unpack("<f", struct.pack("<I", d._s[row + c]))[0]
     off, sc, order = d._rep
     j = order.index(c)
-    return (d._s[row + j] - BIAS) / 65536 * sc[j] + off[j]
+    return (d._s[row + j] - (1 << 29)) / 65536 * sc[j] + off[j]
 
 
 def unfill(d):
@@ -121,7 +120,7 @@ def unfill(d):
         return
     n = len(d.names)
     for i in range(64):
-        row = RING + CH * n + i * n
+        row = 32 + 24 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for c in range(n):
             d._s[row + c] = struct.unpack("<I", struct.pack("<f", x[c]))[0]
@@ -144,7 +143,7 @@ def init(d, names, limits, params, fallback):
     d._in = array("f", bytes(4 * n))
     d._inb = d._in if d._fb is None else array("I", bytes(4 * n))
     # the kernels' state, constants and history (firmware/detk.py): header, channels, ring
-    d._s = array("I", bytes(4 * (RING + CH * n + 64 * n)))
+    d._s = array("I", bytes(4 * (32 + 24 * n + 64 * n)))
     d._s[0] = n
     d._rep = None  # what the history holds: None (float32 bits) or (offset, scale, order)
     d.stuck_lim = [params["stuck_samples"] or 120] * n
@@ -231,10 +230,8 @@ def set_model(self, model, Mismatch):
             raise Mismatch("channels %s do not match sensor %s"
                            % (",".join(model.names), ",".join(self.names)))
         order.append(lower.index(name.lower()))
-    if len(order) != len(self.names):
+    if len(order) != len(self.names) or len(order) > 8:  # (8: the kernels' flag bits)
         raise Mismatch("model has %d channels, sensor %d" % (len(order), len(self.names)))
-    if len(order) > 8:
-        raise Mismatch("model has %d channels, at most 8" % len(order))
     sw = self.params["sigma_window"] or model.sigma_window
     if getattr(model, "band", None) is not None and self.params.get("band") != "seed":
         sw = 1  # the residual band keeps no sigma window
@@ -250,7 +247,7 @@ def set_model(self, model, Mismatch):
         except ValueError as e:
             raise Mismatch(str(e))
         if sh[0] > 64:
-            raise Mismatch("shift window %d over 64" % sh[0])
+            raise Mismatch("%s %r out of range" % ("shift window", sh[0]))
         self.shift_factor = sh[1] if f is None else f
     else:
         sh = None
