@@ -18,9 +18,10 @@
 # State block s (detector.py lays it out; [b]: biased):
 #   0 n  1 nc  2 pos  3 count  4 window  5 mode (0 none, 1 seed, 2 residual)  6 sigma window
 #   7 residual model (adds the newest input)  8 input zp [b]  9/10 1/in_scale/65536 (M, SH)
-#   11/12 out_scale*65536 (M, SH [b])  13 output zp [b]  14/15 k (M, SH)  16 eps (Q18)
+#   11/12 out_scale*65536 (M, SH [b])  13 output zp [b]  14/15 k (M, SH; k < 16384)  16 eps (Q18)
 #   17 k (Q10)  18 CUSUM ref (Q10)  19 CUSUM limit (Q10)  20 alpha (Q15)  21 re-anchor
 #   22 need  23 shift window  24 shift factor (Q10)  25 u clamp before quantising
+#   26 the largest s or sigma + eps (Q18) that k multiplies within 32 bits
 #   32.. per model channel j, 24 words: 0 sensor channel  1 offset in units of 2**E [b]
 #   2 E [b]  3/4 65536/scale as M and the shift from units of 2**E (SH - 15 - E) [b]  5 u now [b]  6 pred 7 lo 8 hi (Q16 [b])  9 s (Q20)
 #   10 gp 11 gn (Q10)  12 bias (Q23 [b])  13 flagged run  14 s floor 15 s cap (Q20)
@@ -187,11 +188,12 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             bit >>= 2
         if v2 > r:
             r += 1  # to the nearest
-        sig = 1 << 25  # sigma + eps, Q18
+        w = int(s[26])  # the largest sigma + eps that k can multiply
+        sig = w  # sigma + eps, Q18
         if sh < 12:
             sig = (r << (sh + 1)) + int(s[16])
-        if sig > (1 << 25):
-            sig = 1 << 25
+        if sig > w:
+            sig = w
         half = (sig >> ka) * km + (((sig & ((1 << ka) - 1)) * km) >> ka)
         if ksh > 15:
             half = (half + (1 << (ksh - 16))) >> (ksh - 15)

@@ -42,11 +42,12 @@ def fix(x, one):
 
 
 def put_k(d, k, what):
-    if not 0 < k < 32:
+    if not 0 < k < 16384:
         raise ValueError("%s %r out of range" % (what, k))
     m, sh = ms(k, what)
     put(d, 14, m)
     put(d, 15, sh)
+    put(d, 26, min(1 << 25, int(((1 << 30) - 1) / k)))  # k * this stays within 32 bits
 
 
 def fill(d, m, band):

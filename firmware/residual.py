@@ -103,8 +103,8 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         r = u - p
         s20 = int(s[cb + 9])
         x = s20 >> 2  # s, Q18
-        if x > (1 << 25):
-            x = 1 << 25
+        if x > int(s[26]):
+            x = int(s[26])
         half = (x >> ka) * km + (((x & ((1 << ka) - 1)) * km) >> ka)
         if ksh > 15:
             half = (half + (1 << (ksh - 16))) >> (ksh - 15)
