@@ -41,10 +41,8 @@ only when read (the telemetry message).
 """
 
 
-CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
-STUCK_FALLBACK = 120  # firmware/config.py's; for a channel no model gives a limit
-CH = 24  # words per model channel in the kernels' state block (firmware/detk.py)
-BIAS = 1 << 29  # detk.py's bias of signed words
+# History: 64 samples (the largest model window / sigma window accepted); kernel state
+# words: firmware/detk.py. Stuck limit for a channel no model gives one: 120 (config.py's).
 
 
 class ModelMismatch(Exception):
@@ -57,9 +55,6 @@ class _Phys:
     def __init__(self, d, k):
         self.d, self.k = d, k
 
-    def __len__(self):
-        return len(self.d.names)
-
     def __getitem__(self, c):
         d = self.d
         if not 0 <= c < len(d.names):
@@ -68,7 +63,7 @@ class _Phys:
             return 0.0
         j = d._order.index(c)
         m = d.model
-        return d._word(32 + CH * j + self.k) / 65536 * m.scale[j] + m.offset[j]
+        return (d._s[32 + 24 * j + self.k] - (1 << 29)) / 65536 * m.scale[j] + m.offset[j]
 
 
 class Detector:
@@ -110,9 +105,6 @@ class Detector:
             import detk_plain
 
             return detk_plain.load(name)
-
-    def _word(self, i):  # a biased word of the kernels' state
-        return self._s[i] - BIAS
 
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only.

@@ -18,7 +18,7 @@
 # State block s (detector.py lays it out; [b]: biased):
 #   0 n  1 nc  2 pos  3 count  4 window  5 mode (0 none, 1 seed, 2 residual)  6 sigma window
 #   7 residual model (adds the newest input)  8 input zp [b]  9/10 1/in_scale/65536 (M, SH)
-#   11/12 out_scale*65536 (M, SH [b])  13 output zp [b]  14/15 k (M, SH; k < 16384)  16 eps (Q18)
+#   11/12 out_scale*65536 (M, SH >= 1 [b])  13 output zp [b]  14/15 k (M, SH <= 15; k < 16384)  16 eps (Q18)
 #   17 k (Q10)  18 CUSUM ref (Q10)  19 CUSUM limit (Q10)  20 alpha (Q15)  21 re-anchor
 #   22 need  23 shift window  24 shift factor (Q10)  25 u clamp before quantising
 #   26 the largest s or sigma + eps (Q18) that k multiplies within 32 bits
@@ -131,22 +131,16 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     ring = 32 + 24 * nc
     newest = ring + ((pos - 1) & 63) * nc
     om = int(s[11])
-    osh = int(s[12]) - BIAS
+    osh = int(s[12]) - BIAS  # >= 1
     ozp = int(s[13]) - BIAS
     km = int(s[14])
     ksh = int(s[15])
-    ka = ksh
-    if ka > 15:
-        ka = 15
     sw = int(s[6])
     flags = 0
     for j in range(nc):
         cb = 32 + 24 * j
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
-        if osh > 0:
-            p = (p + (1 << (osh - 1))) >> osh
-        elif osh < 0:
-            p = p << (0 - osh)
+        p = (p + (1 << (osh - 1))) >> osh
         if int(s[7]):
             p += int(s[newest + j]) - BIAS
         # deviations from the window's minimum (sigma is shift-invariant), in 13 bits:
@@ -194,9 +188,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             sig = (r << (sh + 1)) + int(s[16])
         if sig > w:
             sig = w
-        half = (sig >> ka) * km + (((sig & ((1 << ka) - 1)) * km) >> ka)
-        if ksh > 15:
-            half = (half + (1 << (ksh - 16))) >> (ksh - 15)
+        half = (sig >> ksh) * km + (((sig & ((1 << ksh) - 1)) * km) >> ksh)
         half = (half + 2) >> 2
         if p > (1 << 28):
             p = 1 << 28

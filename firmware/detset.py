@@ -45,6 +45,8 @@ def put_k(d, k, what):
     if not 0 < k < 16384:
         raise ValueError("%s %r out of range" % (what, k))
     m, sh = ms(k, what)
+    if sh > 15:  # the kernels take SH <= 15: a k under 0.5 keeps fewer bits
+        m, sh = int(k * 32768 + 0.5), 15
     put(d, 14, m)
     put(d, 15, sh)
     put(d, 26, min(1 << 25, int(((1 << 30) - 1) / k)))  # k * this stays within 32 bits
@@ -69,6 +71,8 @@ def fill(d, m, band):
     if not m.out_scale < 16:
         raise ValueError("%s %r out of range" % ("output scale", m.out_scale))
     om, osh = ms(m.out_scale * 65536, "output scale")
+    if osh < 1:  # the kernels take SH >= 1: a larger M (255 * M stays within 32 bits)
+        om, osh = int(m.out_scale * 131072 + 0.5), 1
     put(d, 11, om)
     sput(d, 12, osh)
     sput(d, 13, m.out_zp)

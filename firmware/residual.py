@@ -74,23 +74,17 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     ring = 32 + 24 * nc
     prev = (pos - 1) & 63
     om = int(s[11])
-    osh = int(s[12]) - BIAS
+    osh = int(s[12]) - BIAS  # >= 1
     ozp = int(s[13]) - BIAS
     km = int(s[14])
     ksh = int(s[15])
-    ka = ksh
-    if ka > 15:
-        ka = 15
     kb = int(s[17])
     kr = int(s[18])
     flags = 0
     for j in range(nc):
         cb = 32 + 24 * j
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
-        if osh > 0:
-            p = (p + (1 << (osh - 1))) >> osh
-        elif osh < 0:
-            p = p << (0 - osh)
+        p = (p + (1 << (osh - 1))) >> osh
         if int(s[7]):
             p += int(s[ring + prev * nc + j]) - BIAS
         mu = int(s[cb + 12]) - BIAS  # the slow bias, Q23
@@ -105,9 +99,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         x = s20 >> 2  # s, Q18
         if x > int(s[26]):
             x = int(s[26])
-        half = (x >> ka) * km + (((x & ((1 << ka) - 1)) * km) >> ka)
-        if ksh > 15:
-            half = (half + (1 << (ksh - 16))) >> (ksh - 15)
+        half = (x >> ksh) * km + (((x & ((1 << ksh) - 1)) * km) >> ksh)
         half = (half + 2) >> 2
         s[cb + 6] = p + BIAS
         s[cb + 7] = p - half + BIAS

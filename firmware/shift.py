@@ -102,7 +102,7 @@ def judge(d, worst):
     d.alerts when it holds too (floats: only on this rare path)."""
     w, _, center, spread, mat = d.shift
     nc = len(d._order)
-    u = [d._word(32 + 24 * j + 19) / 1024 for j in range(nc)]
+    u = [(d._s[32 + 24 * j + 19] - BIAS) / 1024 for j in range(nc)]
     f = d.shift_factor
     q = 0.0
     for i in range(nc):
