@@ -63,7 +63,7 @@ class _Phys:
             return 0.0
         j = d._order.index(c)
         m = d.model
-        return (d._s[32 + 24 * j + self.k] - (1 << 29)) / 65536 * m.scale[j] + m.offset[j]
+        return (d._s[27 + 21 * j + self.k] - (1 << 29)) / 65536 * m.scale[j] + m.offset[j]
 
 
 class Detector:

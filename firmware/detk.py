@@ -15,14 +15,14 @@
 # under 2**29), less the offset in those units, times 65536/scale. A constant
 # factor f is (M, SH): f = M / 2**SH, 2**14 <= M < 2**15 (detector.py's _ms).
 #
-# State block s (detector.py lays it out; [b]: biased):
+# State block s (detector.py lays it out; [b]: biased; header words 0..26):
 #   0 n  1 nc  2 pos  3 count  4 window  5 mode (0 none, 1 seed, 2 residual)  6 sigma window
 #   7 residual model (adds the newest input)  8 input zp [b]  9/10 1/in_scale/65536 (M, SH)
 #   11/12 out_scale*65536 (M, SH >= 1 [b])  13 output zp [b]  14/15 k (M, SH <= 15; k < 16384)  16 eps (Q18)
 #   17 k (Q10)  18 CUSUM ref (Q10)  19 CUSUM limit (Q10)  20 alpha (Q15)  21 re-anchor
 #   22 need  23 shift window  24 shift factor (Q10)  25 u clamp before quantising
 #   26 the largest s or sigma + eps (Q18) that k multiplies within 32 bits
-#   32.. per model channel j, 24 words: 0 sensor channel  1 offset in units of 2**E [b]
+#   27.. per model channel j, 21 words: 0 sensor channel  1 offset in units of 2**E [b]
 #   2 E [b]  3/4 65536/scale as M and the shift from units of 2**E (SH - 15 - E) [b]  5 u now [b]  6 pred 7 lo 8 hi (Q16 [b])  9 s (Q20)
 #   10 gp 11 gn (Q10)  12 bias (Q23 [b])  13 flagged run  14 s floor 15 s cap (Q20)
 #   16 shift center (Q10 [b])  17/18 1/spread (M, SH [b])  19 shift u (Q10 [b])
@@ -44,7 +44,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     nc = int(s[1])
     lim = 1 << 28
     for j in range(nc):
-        cb = 32 + 24 * j
+        cb = 27 + 21 * j
         v = int(b[int(s[cb])])
         e = (v >> 23) & 0xFF
         mv = (v & 0x7FFFFF) | 0x800000  # (a denormal reads as 2**-126: no matter here)
@@ -85,18 +85,18 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     if nc == 0 or int(s[3]) < int(s[22]):
         # no band this sample: the reading goes into the history now (else after the band)
         n = int(s[0])
-        r = 32 + 24 * n + pos * n
+        r = 27 + 21 * n + pos * n
         if nc == 0:
             for c in range(n):
                 s[r + c] = b[c]
         for j in range(nc):
-            s[r + j] = s[32 + 24 * j + 5]
+            s[r + j] = s[27 + 21 * j + 5]
         s[2] = (pos + 1) & 63
         if int(s[3]) < 64:
             s[3] = int(s[3]) + 1
         return 0
     wn = int(s[4])
-    ring = 32 + 24 * nc
+    ring = 27 + 21 * nc
     zp = int(s[8]) - BIAS
     im = int(s[9])
     ish = int(s[10]) - 15
@@ -128,7 +128,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     Fills pred/lo/hi."""
     nc = int(s[1])
     pos = int(s[2])
-    ring = 32 + 24 * nc
+    ring = 27 + 21 * nc
     newest = ring + ((pos - 1) & 63) * nc
     om = int(s[11])
     osh = int(s[12]) - BIAS  # >= 1
@@ -138,7 +138,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     sw = int(s[6])
     flags = 0
     for j in range(nc):
-        cb = 32 + 24 * j
+        cb = 27 + 21 * j
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
         p = (p + (1 << (osh - 1))) >> osh
         if int(s[7]):
@@ -202,7 +202,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             flags |= 1 << j
     # the reading into the history
     for j in range(nc):
-        s[ring + pos * nc + j] = s[32 + 24 * j + 5]
+        s[ring + pos * nc + j] = s[27 + 21 * j + 5]
     s[2] = (pos + 1) & 63
     if int(s[3]) < 64:
         s[3] = int(s[3]) + 1

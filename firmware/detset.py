@@ -5,7 +5,7 @@
 import struct
 from array import array
 
-# (detk.py's layout: the channel blocks from word 32, 24 words each; signed words biased
+# (detk.py's layout: the channel blocks from word 27, 21 words each; signed words biased
 # by 2**29)
 
 
@@ -82,8 +82,8 @@ def fill(d, m, band):
     put(d, 23, 0)
     put(d, 25, min(1 << 28, int(200 * m.in_scale * 65536)))
     for j in range(nc):
-        cb = 32 + 24 * j
-        for i in range(24):
+        cb = 27 + 21 * j
+        for i in range(21):
             put(d, cb + i, 0)
         put(d, cb, order[j])
         off, sc = m.offset[j], m.scale[j]
@@ -103,7 +103,7 @@ def fill(d, m, band):
     # the history, for this model's scaler: u (Q16) in its channel order
     n = len(d.names)
     for i in range(64):
-        row = 32 + 24 * n + i * n
+        row = 27 + 21 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for j in range(nc):
             sput(d, row + j, fix((x[order[j]] - m.offset[j]) / m.scale[j], 65536))
@@ -125,7 +125,7 @@ def unfill(d):
         return
     n = len(d.names)
     for i in range(64):
-        row = 32 + 24 * n + i * n
+        row = 27 + 21 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for c in range(n):
             d._s[row + c] = struct.unpack("<I", struct.pack("<f", x[c]))[0]
@@ -148,7 +148,7 @@ def init(d, names, limits, params, fallback):
     d._in = array("f", bytes(4 * n))
     d._inb = d._in if d._fb is None else array("I", bytes(4 * n))
     # the kernels' state, constants and history (firmware/detk.py): header, channels, ring
-    d._s = array("I", bytes(4 * (32 + 24 * n + 64 * n)))
+    d._s = array("I", bytes(4 * (27 + 21 * n + 64 * n)))
     d._s[0] = n
     d._rep = None  # what the history holds: None (float32 bits) or (offset, scale, order)
     d.stuck_lim = [params["stuck_samples"] or 120] * n

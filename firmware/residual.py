@@ -55,7 +55,7 @@ def setup(d, band, ds):
     ds.put(d, 21, re)
     top = (1 << 29) - 1
     for j in range(len(d._order)):
-        cb = 32 + 24 * j
+        cb = 27 + 21 * j
         cap = min(top, int(4 * s0[j] * 1048576 + 0.5))
         lo = min(cap, max(16, int(floor[j] * 1048576 + 0.5)))
         ds.put(d, cb + 9, max(lo, min(cap, int(s0[j] * 1048576 + 0.5))))
@@ -71,7 +71,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     band; bit 8+j: drift. Fills pred/lo/hi."""
     nc = int(s[1])
     pos = int(s[2])
-    ring = 32 + 24 * nc
+    ring = 27 + 21 * nc
     prev = (pos - 1) & 63
     om = int(s[11])
     osh = int(s[12]) - BIAS  # >= 1
@@ -82,7 +82,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     kr = int(s[18])
     flags = 0
     for j in range(nc):
-        cb = 32 + 24 * j
+        cb = 27 + 21 * j
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
         p = (p + (1 << (osh - 1))) >> osh
         if int(s[7]):
@@ -179,7 +179,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             s[ring + ((pos - 1 - k) & 63) * nc + j] = u + BIAS
     # the reading (or the held value) into the history
     for j in range(nc):
-        s[ring + pos * nc + j] = s[32 + 24 * j + 5]
+        s[ring + pos * nc + j] = s[27 + 21 * j + 5]
     s[2] = (pos + 1) & 63
     if int(s[3]) < 64:
         s[3] = int(s[3]) + 1

@@ -40,7 +40,7 @@ def setup(d, sh, ds):
     ds.put(d, 23, w)
     ds.put(d, 24, int(d.shift_factor * 1024 + 0.5))
     for j in range(len(d._order)):
-        cb = 32 + 24 * j
+        cb = 27 + 21 * j
         sp = spread[j] / m.scale[j]  # the spread in normalised units
         ds.sput(d, cb + 16, ds.fix((center[j] - m.offset[j]) / m.scale[j], 1024))
         sm, ssh = ds.ms(1 / sp, "shift spread")
@@ -58,11 +58,11 @@ def view_a(s: ptr32, z: int) -> int:
     if int(s[3]) < wn:
         return 0
     pos = int(s[2])
-    ring = 32 + 24 * nc
+    ring = 27 + 21 * nc
     top = -1
     worst = 0
     for j in range(nc):
-        cb = 32 + 24 * j
+        cb = 27 + 21 * j
         tot = 0
         for k in range(wn):
             tot += (int(s[ring + ((pos - 1 - k) & 63) * nc + j]) - BIAS) >> 6
@@ -102,7 +102,7 @@ def judge(d, worst):
     d.alerts when it holds too (floats: only on this rare path)."""
     w, _, center, spread, mat = d.shift
     nc = len(d._order)
-    u = [(d._s[32 + 24 * j + 19] - BIAS) / 1024 for j in range(nc)]
+    u = [(d._s[27 + 21 * j + 19] - BIAS) / 1024 for j in range(nc)]
     f = d.shift_factor
     q = 0.0
     for i in range(nc):
