@@ -50,15 +50,14 @@ class ModelMismatch(Exception):
 
 
 class _Phys:
-    """pred / lo / hi per sensor channel in physical units (floats made when read)."""
+    """pred / lo / hi per sensor channel in physical units (floats made when read):
+    index 0..n-1 only (no len, no iteration)."""
 
     def __init__(self, d, k):
         self.d, self.k = d, k
 
     def __getitem__(self, c):
         d = self.d
-        if not 0 <= c < len(d.names):
-            raise IndexError(c)
         if d._order is None:
             return 0.0
         j = d._order.index(c)
