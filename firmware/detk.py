@@ -29,13 +29,12 @@
 #   20 clamp before 1/spread
 #   then the ring, the history: 64 (detector.CAPACITY) rows of n words, row = position:
 #   u (Q16 [b]) in model channel order with a model, else the readings' float32 bits
-import micropython
-from micropython import const
+# (micropython.viper and const are the compiler's own: no import, no module globals; the
+# underscore keeps the constant out of the module's dict)
+_BIAS = const(536870912)  # noqa: F821 -- 2**29
 
-BIAS = const(536870912)  # 2**29
 
-
-@micropython.viper
+@micropython.viper  # noqa: F821
 def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     """u now of every model channel from the reading's bits b; the int8 window into q
     (oldest first) when the history is long enough: then 1 (the band kernel, seed or
@@ -51,7 +50,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
         if (v >> 31) & 1:
             mv = 0 - mv
         # the value in the channel's units of 2**E (under 2**29 for any plausible value)
-        a = e - 150 - (int(s[cb + 2]) - BIAS)
+        a = e - 150 - (int(s[cb + 2]) - _BIAS)
         x = 0
         if a > 5:
             x = lim << 1
@@ -61,10 +60,10 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
             x = mv << a
         elif a > -31:
             x = mv >> (0 - a)
-        d = x - (int(s[cb + 1]) - BIAS)
+        d = x - (int(s[cb + 1]) - _BIAS)
         mi = int(s[cb + 3])
         t = (d >> 15) * mi + (((d & 0x7FFF) * mi) >> 15)
-        sh = int(s[cb + 4]) - BIAS
+        sh = int(s[cb + 4]) - _BIAS
         u = 0
         if sh >= 0:
             if sh > 28 or t > (lim >> sh):
@@ -80,7 +79,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
             u = lim
         elif u < 0 - lim:
             u = 0 - lim
-        s[cb + 5] = u + BIAS
+        s[cb + 5] = u + _BIAS
     pos = int(s[2])
     if nc == 0 or int(s[3]) < int(s[22]):
         # no band this sample: the reading goes into the history now (else after the band)
@@ -97,7 +96,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
         return 0
     wn = int(s[4])
     ring = 27 + 21 * nc
-    zp = int(s[8]) - BIAS
+    zp = int(s[8]) - _BIAS
     im = int(s[9])
     ish = int(s[10]) - 15
     uq = int(s[25])
@@ -105,7 +104,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     for t in range(wn):
         r = ring + ((pos - wn + t) & 63) * nc
         for j in range(nc):
-            x = int(s[r + j]) - BIAS
+            x = int(s[r + j]) - _BIAS
             if x > uq:
                 x = uq
             elif x < 0 - uq:
@@ -121,7 +120,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     return 1
 
 
-@micropython.viper
+@micropython.viper  # noqa: F821
 def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     """The seed's band on the model's int8 output o: outside pred +- k*(sigma + eps), sigma
     the population std of the last sigma-window samples. Bit j: channel j flagged.
@@ -131,8 +130,8 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     ring = 27 + 21 * nc
     newest = ring + ((pos - 1) & 63) * nc
     om = int(s[11])
-    osh = int(s[12]) - BIAS  # >= 1
-    ozp = int(s[13]) - BIAS
+    osh = int(s[12]) - _BIAS  # >= 1
+    ozp = int(s[13]) - _BIAS
     km = int(s[14])
     ksh = int(s[15])
     sw = int(s[6])
@@ -142,7 +141,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
         p = (p + (1 << (osh - 1))) >> osh
         if int(s[7]):
-            p += int(s[newest + j]) - BIAS
+            p += int(s[newest + j]) - _BIAS
         # deviations from the window's minimum (sigma is shift-invariant), in 13 bits:
         # pass 0 the range, 1 the mean, 2 the variance
         lo = 1 << 29
@@ -194,10 +193,10 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             p = 1 << 28
         elif p < 0 - (1 << 28):
             p = 0 - (1 << 28)
-        s[cb + 6] = p + BIAS
-        s[cb + 7] = p - half + BIAS
-        s[cb + 8] = p + half + BIAS
-        u = int(s[cb + 5]) - BIAS
+        s[cb + 6] = p + _BIAS
+        s[cb + 7] = p - half + _BIAS
+        s[cb + 8] = p + half + _BIAS
+        u = int(s[cb + 5]) - _BIAS
         if not (p - half < u and u < p + half):
             flags |= 1 << j
     # the reading into the history

@@ -52,11 +52,11 @@ def load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"_edgewatch_fw_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     src = path.read_text()
-    if re.search(r"^\s*@micropython\.viper\s*$", src, re.M):
+    if re.search(r"^\s*@micropython\.viper\b", src, re.M):
         # viper kernels run here as plain code, as firmware/detk_plain.py runs them on a port
         # without the native emitter (the same source, line for line, the decorators out)
         mod.__dict__.update(ptr32=None, ptr8=None, const=lambda x: x)
-        src = re.sub(r"^(\s*)@micropython\.viper\s*$", "", src, flags=re.M)
+        src = re.sub(r"^(\s*)@micropython\.viper\b.*$", "", src, flags=re.M)
         src = re.sub(r"^(import micropython|from micropython import const)\s*$", "pass", src, flags=re.M)
         exec(compile(src, str(path), "exec"), mod.__dict__)
         return mod
