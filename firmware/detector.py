@@ -158,10 +158,8 @@ class Detector:
                 alerts.append(("stuck", None, run, None, None, None))
         # a sample that failed or is physically impossible stays out of the model's window
         if ok:
-            k, s, b = self._k, self._s, self._inb
-            if self._fb is not None:
-                self._fb(self._in, b, len(self.names))
-            if k.pre(s, b, self._q, 0):  # the model's window is full
+            s, b = self._s, self._in
+            if self._k.pre(s, b, self._q, 0):  # the model's window is full
                 flags = self._post(s, b, 0, self.model.predict_q(self._q))
                 self.has_band = True
                 if flags:

@@ -2,9 +2,10 @@
 # CPython (the host's scorer runs the board's detector): load(name) compiles firmware
 # module `name` (detk, residual, shift, detset) again without its viper decorators, as
 # kernels_plain.py does for kernels.py. The float bits a viper kernel reads from an
-# array('f') come here through fbits into an array('I').
+# array('f') come here through fbits into an array('I') (detk.pre is wrapped so).
 # Needs the modules as source next to this file.
 import struct
+from array import array
 
 
 def fbits(src, dst, n):
@@ -34,5 +35,15 @@ def load(name):
     for k in g:
         setattr(m, k, g[k])
     if name == "detk":
-        m.fbits = fbits
+        m.pre = _bits_first(m.pre)
     return m
+
+
+def _bits_first(pre):
+    # a viper kernel reads the reading's array('f') as words; plain code gets the words here
+    def bits_pre(s, b, q, z):
+        w = array("I", bytes(4 * len(b)))
+        fbits(b, w, len(b))
+        return pre(s, w, q, z)
+
+    return bits_pre

@@ -142,11 +142,9 @@ def init(d, names, limits, params, fallback):
     d.dropout_n = params["dropout_periods"]
     d.gap = params.get("episode_gap") or 10
     d.resend = params.get("resend_samples") or 60
-    k = d._k = d._load("detk")
-    d._fb = getattr(k, "fbits", None)  # plain kernels read the bits from an array('I')
+    d._k = d._load("detk")
     # what enters the history: the reading (the kernels see its float32 bits)
     d._in = array("f", bytes(4 * n))
-    d._inb = d._in if d._fb is None else array("I", bytes(4 * n))
     # the kernels' state, constants and history (firmware/detk.py): header, channels, ring
     d._s = array("I", bytes(4 * (27 + 21 * n + 64 * n)))
     d._s[0] = n

@@ -189,3 +189,31 @@ for st in (None, 0):
     assert fired == {i: [["stuck", None, r, None, None, None]]
                      for i, r in [(4, 4), (5, 5), (6, 6), (7, 7), (8, 8), (13, 4), (14, 5)]}
     assert not any(off)
+
+
+def test_plain_fallback_gives_the_viper_kernels_verdicts(tmp_path):
+    """Ports without the native emitter run the same kernels as bytecode (detk_plain.py):
+    the same alerts and bands, row for row, as the viper kernels."""
+    rows = list(csv.reader(open(OCCUPANCY)))[1 + 2000:1 + 2200]
+    x = np.array([[float(r[2]), float(r[3])] for r in rows], dtype=np.float32)
+    x[50, 0] += 1.5
+    x[150, 1] -= 4.0
+    (tmp_path / "x.json").write_text(json.dumps(x.tolist()))
+    code = MODEL + """
+import detector, detk_plain, sensors, json
+for loader in (None, detk_plain):
+    d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], PARAMS, FALLBACK, loader=loader)
+    d.set_model(M())
+    print(type(d._k.pre).__name__)
+    for row in json.load(open('x.json')):
+        al = d.step(row)
+        print(json.dumps([[list(a) for a in al], [d.lo[c] for c in range(2)] if d.has_band else None]))
+"""
+    code = code.replace("PARAMS", json.dumps(PARAMS).replace("null", "None"))
+    code = code.replace("FALLBACK", json.dumps(FALLBACK))
+    lines = mpy.run(code=code, heap="512K", cwd=tmp_path).stdout.splitlines()
+    half = len(lines) // 2
+    assert lines[0] != lines[half]  # the native kernel, then the bytecode one
+    viper, plain = [json.loads(x) for x in lines[1:half]], [json.loads(x) for x in lines[half + 1:]]
+    assert len(viper) == len(x) and viper == plain
+    assert sum(len(r[0]) for r in viper) >= 2  # the spikes were flagged
