@@ -64,8 +64,9 @@ def fill(d, m, band):
     put(d, 7, 1 if m.residual else 0)
     sput(d, 8, m.in_zp)
     im, ish = ms(1 / m.in_scale / 65536, "input scale")
-    if ish < 16:
-        raise ValueError("%s %r out of range" % ("input scale", m.in_scale))
+    uq = min(1 << 28, int(200 * m.in_scale * 65536))
+    if ish < 16:  # an input step under 2**-15 (a flat training series): every input at zp
+        im, ish, uq = 16384, 16, 0
     put(d, 9, im)
     put(d, 10, ish)
     if not m.out_scale < 16:
@@ -80,7 +81,7 @@ def fill(d, m, band):
     put(d, 16, fix(d.eps, 262144) if d.eps > 0 else 0)
     put(d, 22, w if band is not None else max(w, d.sigma_window))
     put(d, 23, 0)
-    put(d, 25, min(1 << 28, int(200 * m.in_scale * 65536)))
+    put(d, 25, uq)
     for j in range(nc):
         cb = 27 + 21 * j
         for i in range(21):

@@ -43,7 +43,8 @@ def setup(d, sh, ds):
         cb = 27 + 21 * j
         sp = spread[j] / m.scale[j]  # the spread in normalised units
         ds.sput(d, cb + 16, ds.fix((center[j] - m.offset[j]) / m.scale[j], 1024))
-        sm, ssh = ds.ms(1 / sp, "shift spread")
+        # (a spread of ~0, a flat fit series: any move is a shift; clamped to what fits)
+        sm, ssh = ds.ms(max(1e-6, min(1 / sp, 1 << 20)), "shift spread")
         ds.put(d, cb + 17, sm)
         ds.sput(d, cb + 18, ssh)
         ds.put(d, cb + 20, int(min(1 << 23, (1 << 28) * min(sp, 1.0))))
