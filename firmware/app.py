@@ -112,7 +112,7 @@ class App:
         schema.EPOCH = self.outbox.epoch
         global NO_CLOCK
         NO_CLOCK = cfg.get("sim_no_clock") is True
-        self.ages(ob["slots"], ob["slot_size"])
+        self.ages(ob["slots"])
         wlan = None
         if cfg["wifi"]:
             import network
@@ -267,7 +267,7 @@ class App:
         tk = 0 if t is not None else time.ticks_ms() + 1
         taken, n = self.taken, len(self.taken)
         taken[seq % n] = tk
-        ob.append(outbox.TELEMETRY, schema.telemetry_fast(
+        ob.append(outbox.TELEMETRY, schema.telemetry(
             self.device, seq, t, self.names, values, d.pred if band else None,
             d.lo if band else None, d.hi if band else None, faults, mid))
         if self.echo:
@@ -313,30 +313,26 @@ class App:
             if time.ticks_diff(until, time.ticks_ms()) <= 0:
                 break
 
-    def ages(self, slots, slot_size):
+    def ages(self, slots):
         # Samples taken without a clock (t null) carry their age when sent: the ticks + 1 at
         # which each seq of this boot was taken (0: it has a time), a ring of the newest
         # AGE_RING seqs (1 KB; 4 h of samples at one a minute); older ones, and seqs from
         # before this boot, go without an age (the host stamps their arrival).
         self.taken = array("i", bytes(4 * min(slots, AGE_RING)))  # MicroPython: bytes = buffer
         self.boot_seq = self.outbox.next_seq
-        self.sendbuf = bytearray(slot_size + 24)
 
     def _aged(self, seq, payload):
         """The record as sent: with `"age": ms since it was taken` when it has no time and
-        was taken in this boot (docs/messages.md), built in a buffer allocated once."""
+        was taken in this boot and is among its newest AGE_RING (docs/messages.md)."""
         taken = self.taken
         tk = taken[seq % len(taken)]
         if not tk or seq < self.boot_seq or seq < self.outbox.next_seq - len(taken):
             return payload
         n = len(payload)
-        age = b',"age":%d}' % time.ticks_diff(time.ticks_ms() + 1, tk)
-        buf = self.sendbuf
-        if n < 2 or payload[n - 1] != 125 or n + len(age) > len(buf):  # 125: "}"
+        if n < 2 or payload[n - 1] != 125:  # 125: "}"
             return payload
-        buf[:n - 1] = payload[:n - 1]
-        buf[n - 1:n - 1 + len(age)] = age
-        return memoryview(buf)[:n - 1 + len(age)]
+        # short-lived (a board without a clock only): no buffer kept for the board's life
+        return bytes(payload[:n - 1]) + b',"age":%d}' % time.ticks_diff(time.ticks_ms() + 1, tk)
 
     # -- loop ------------------------------------------------------------------
     def run(self):

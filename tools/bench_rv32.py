@@ -48,6 +48,9 @@ import schema
 import time
 T = time.ticks_cpu
 D = time.ticks_diff
+from array import array
+X1 = array('i', bytes(4 * WRAP))  # the outbox run's counts, before the app cuts up the heap
+X2 = array('i', bytes(4 * WRAP))
 a = make_app(slots=SLOTS)
 for i in range(WARM):  # fill the detector's history (window, sigma window), no records yet
     a.det.step(a.reader.read(), 0)
@@ -55,7 +58,7 @@ gc.collect()
 free_ready = gc.mem_free()
 d = a.det
 # the message builder's template is made once (first sample): not part of the per-message cost
-schema.telemetry_fast(a.device, 0, None, a.names, a.reader.read(), d.pred, d.lo, d.hi, [], a.model_id())
+schema.telemetry(a.device, 0, None, a.names, a.reader.read(), d.pred, d.lo, d.hi, [], a.model_id())
 names = ('read', 'step', 'message', 'append', 'sample', 'none')
 n = len(names)
 ins = [0] * n
@@ -78,7 +81,7 @@ for i in range(K):
     t2 = T()
     m2 = gc.mem_alloc()
     u2 = T()
-    msg = schema.telemetry_fast(a.device, a.outbox.next_seq, None, a.names, v, d.pred, d.lo, d.hi, [],
+    msg = schema.telemetry(a.device, a.outbox.next_seq, None, a.names, v, d.pred, d.lo, d.hi, [],
                            a.model_id())
     t3 = T()
     m3 = gc.mem_alloc()
@@ -107,14 +110,14 @@ print('ready', free_ready)
 ob = a.outbox
 msg = bytes(schema.telemetry(a.device, ob.next_seq, None, a.names, a.reader.read(), d.pred, d.lo,
                              d.hi, [], a.model_id()), 'utf-8')
-def stats(name, xs):
-    xs.sort()
-    print('ob', name, xs[len(xs) // 2], sum(xs) // len(xs), xs[-1], len(xs))
+def stats(name, xs, k):  # the raw counts: median, mean and max are taken on the host
+    print('obraw', name, end='')
+    for i in range(k):
+        print('', xs[i], end='')
+    print()
 while ob.depth:  # online: each record sent (PUBACKed) before the next sample
     ob.peek()
     ob.ack()
-on_ap = []
-on_ak = []
 al = 0
 for i in range(WRAP):
     gc.collect()
@@ -129,26 +132,24 @@ for i in range(WRAP):
     t2 = T()
     ob.ack()
     t3 = T()
-    on_ap.append(D(t1, t0))
-    on_ak.append(D(t3, t2))
-stats('append_online', on_ap)
-stats('ack_online', on_ak)
+    X1[i] = D(t1, t0)
+    X2[i] = D(t3, t2)
+stats('append_online', X1, WRAP)
+stats('ack_online', X2, WRAP)
 print('ob alloc', al // WRAP, 0, 0)
-on_ap = on_ak = None
-ap = []  # an outage: the outbox fills, wraps and drops its oldest
-for i in range(WRAP):
+for i in range(WRAP):  # an outage: the outbox fills, wraps and drops its oldest
     t0 = T()
     ob.append(outbox.TELEMETRY, msg)
-    ap.append(D(T(), t0))
-stats('append_full', ap)
-ap = None
-ak = []  # the link is back: the backlog drains
+    X1[i] = D(T(), t0)
+stats('append_full', X1, WRAP)
+k = 0  # the link is back: the backlog drains
 while ob.depth:
     ob.peek()
     t0 = T()
     ob.ack()
-    ak.append(D(T(), t0))
-stats('ack_backlog', ak)
+    X2[k] = D(T(), t0)
+    k += 1
+stats('ack_backlog', X2, k)
 print('ob len', len(msg), ob.dropped, 0, 0)
 for j in range(n):
     print(names[j], ins[j] // K - ins[n - 1] // K, mem[j] // K)
@@ -213,6 +214,9 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
         parts = line.split()
         if parts[0] == "ob":
             ob[parts[1]] = [int(x) for x in parts[2:]]
+        elif parts[0] == "obraw":
+            xs = sorted(int(x) for x in parts[2:])
+            ob[parts[1]] = [xs[len(xs) // 2], sum(xs) // len(xs), xs[-1], len(xs)]
         elif parts[0] == "ready":
             free_ready = int(parts[1])
         elif len(parts) == 3:

@@ -86,7 +86,7 @@ STANDINS = {"socket.py": "# the QEMU board has no network (edgewatch.board.rv32)
 
 # The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
 APP_MODULES = ["blob", "kernels", "engine", "detk", "detset", "residual", "detector", "shift", "outbox",
-               "outbox_boot", "outbox_v1", "schema", "msgtpl", "sensors",
+               "outbox_boot", "outbox_v1", "schema", "sensors",
                "config", "link", "app"]
 
 # The firmware's per-sample path on a board without pins or network: the real app.App,
@@ -153,11 +153,12 @@ def make_app(slots=8, slot_size=512, model='model.ewb', log=None):
     a.log = log or (lambda s: None)
     a.device = 'rv32'
     a.names = list(sensors.NAMES)
+    # the outbox first, as App does: its boot code's allocations before the model's pieces
+    a.outbox = outbox.Outbox('outbox.bin', slots, slot_size)
+    a.ages(slots)
     a.det = detector.Detector(a.names, sensors.RANGES['dht22'], DET, FALLBACK)
     a.model = a.model_error = a.blob_crc = a.pending = None
     a._load_model()
-    a.outbox = outbox.Outbox('outbox.bin', slots, slot_size)
-    a.ages(slots, slot_size)
     a.shift_run = a.samples = a.alerts = 0
     a.echo = ECHO
     gc.collect()
