@@ -12,10 +12,12 @@ board computes them), with robust quantiles, never the maximum:
 - CUSUM: reference ``REF`` (in units of s0) and limit h = ``H_MARGIN`` × the ``TAIL``
   quantile of the two-sided CUSUM statistic over the fit rows, at least ``H_MIN``:
   the ordinary autocorrelated wander of the residuals stays under it;
-- adaptation rate ``ALPHA`` of s on the board: a time constant of 256 samples (about 4 h at
-  one a minute), twice the longest fault the rules must not learn (a 2-hour stuck channel;
-  only unflagged samples adapt s), short enough to follow the day's regimes (an occupied
-  room's readings move more than an empty one's);
+- adaptation rate ``ALPHA`` of s on the board: a time constant of 512 samples (about 8.5 h at
+  one a minute), four times the longest fault the rules must not learn (a 2-hour stuck
+  channel; only unflagged samples adapt s), short enough to follow the day's regimes (an
+  occupied room's readings move more than an empty one's). Measured (docs/benchmarks_detect.md
+  run): 1/1024 -> fault false alarms 2.06/day, drift delay 32.5 min, NAB 44.1; 1/512 -> 1.77,
+  25.5, 43.1; 1/256 -> 1.47, 20, 41.7;
 - stuck limit per channel: the run length of equal readings that the fit rows' runs exceed
   at an extrapolated rate of ``BUDGET`` per sample (:func:`tail_level`, Pareto tail: a run
   lasts about resolution / |rate of change| and slow rates are common, so long runs have a
@@ -42,7 +44,7 @@ K_MARGIN = 1.5
 REF = 0.5
 H_MIN = 10.0
 H_MARGIN = 1.5
-ALPHA = 1.0 / 256  # per-sample rate at which the board adapts s from unflagged residuals
+ALPHA = 1.0 / 512  # per-sample rate at which the board adapts s from unflagged residuals
 BIAS_RATE = 1.0 / 128  # firmware/detector.py's: the model's slow bias, taken off each forecast
 REANCHOR = 30  # flagged samples in a row after which a channel accepts the new level
 STUCK_MIN = 10
