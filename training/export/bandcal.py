@@ -12,9 +12,22 @@ board computes them), with robust quantiles, never the maximum:
 - CUSUM: reference ``REF`` (in units of s0) and limit h = ``H_MARGIN`` × the ``TAIL``
   quantile of the two-sided CUSUM statistic over the fit rows, at least ``H_MIN``:
   the ordinary autocorrelated wander of the residuals stays under it;
-- stuck limit per channel: ``STUCK_MARGIN`` × the longest run of equal readings of that
-  channel in the fit rows (+1), at least ``STUCK_MIN``; 0 (no stuck rule) for a channel
-  that never changed in the fit rows.
+- adaptation rate ``ALPHA`` of s on the board: a time constant of 512 samples (about 8.5 h at
+  one a minute), four times the longest fault the rules must not learn (a 2-hour stuck
+  channel; only unflagged samples adapt s), short enough to follow the day's regimes (an
+  occupied room's readings move more than an empty one's). Measured (docs/benchmarks_detect.md
+  run): 1/1024 -> fault false alarms 2.06/day, drift delay 32.5 min, NAB 44.1; 1/512 -> 1.77,
+  25.5, 43.1; 1/256 -> 1.47, 20, 41.7;
+- stuck limit per channel: the run length of equal readings that the fit rows' runs exceed
+  at an extrapolated rate of ``BUDGET`` per sample (:func:`tail_level`, Pareto tail: a run
+  lasts about resolution / |rate of change| and slow rates are common, so long runs have a
+  polynomial tail, not an exponential one) +1, at most ``STUCK_CAP`` × the longest run seen
+  (the extrapolation is trusted that far: convert warns beyond 3×), at least ``STUCK_MIN``;
+  with too few runs to model the tail, ``STUCK_MARGIN`` × the longest run +1; 0 (no stuck
+  rule) for a channel that never changed in the fit rows.
+
+The false-alarm ``BUDGET`` is the issue's goal (0.5 false alarms a day at one sample a
+minute) shared by the 8 rule × channel pairs of a two-channel sensor.
 
 One set of these constants serves every file and suite (docs/benchmarks.md).
 """
@@ -31,11 +44,18 @@ K_MARGIN = 1.5
 REF = 0.5
 H_MIN = 10.0
 H_MARGIN = 1.5
-ALPHA = 1.0 / 1024  # per-sample rate at which the board adapts s from unflagged residuals
+ALPHA = 1.0 / 512  # per-sample rate at which the board adapts s from unflagged residuals
 BIAS_RATE = 1.0 / 128  # firmware/detector.py's: the model's slow bias, taken off each forecast
 REANCHOR = 30  # flagged samples in a row after which a channel accepts the new level
 STUCK_MIN = 10
-STUCK_MARGIN = 1.2
+STUCK_MARGIN = 1.2  # × the longest run, when the fit rows hold too few runs to model the tail
+STUCK_CAP = 3  # × the longest run of the fit rows: how far the run-length tail is extrapolated
+# false-alarm budget per sample, per rule and channel: 0.5 episodes a day at one sample a
+# minute, shared by the 8 rule x channel pairs of a two-channel sensor (band, CUSUM and stuck
+# per channel, whole-reading stuck, shift)
+BUDGET = 0.5 / 1440 / 8
+TOP = 0.1  # peaks over threshold: the top 10 % of the episodes model the tail
+TOP_MIN = 5  # ... at least this many; fewer peaks than TOP_MIN + 1: no tail model
 
 
 @dataclass
@@ -77,6 +97,67 @@ def resolution(rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def excursion_peaks(x: np.ndarray) -> np.ndarray:
+    """Peaks of the excursions of a non-negative path ``x`` above 0 (one per maximal run of
+    x > 0): the episodes a rule firing above some level would see, in time order."""
+    x = np.asarray(x, np.float64)
+    pos = x > 0
+    if not pos.any():
+        return np.zeros(0)
+    edges = np.diff(np.concatenate([[0], pos.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return np.array([x[a:b].max() for a, b in zip(starts, ends, strict=True)])
+
+
+def run_lengths(x: np.ndarray) -> np.ndarray:
+    """Lengths (repeats of the previous reading) of every run of equal consecutive values."""
+    return excursion_peaks(_count_up(np.diff(np.asarray(x, np.float64)) == 0))
+
+
+def _count_up(flags: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(flags))
+    cur = 0
+    for i, f in enumerate(flags):
+        cur = cur + 1 if f else 0
+        out[i] = cur
+    return out
+
+
+def tail_level(peaks: np.ndarray, n: int, budget: float = BUDGET) -> float | None:
+    """The level the episode ``peaks`` of a statistic (seen over ``n`` samples) exceed at an
+    extrapolated rate of ``budget`` episodes per sample (peaks over threshold, Pareto tail).
+
+    The threshold u0 is the (m+1)-th largest peak, m = the top ``TOP`` share of the peaks (at
+    least ``TOP_MIN``); the m peaks above u0 arrive at rate m / n, and their tail index comes
+    from Hill's estimator (the mean log excess: one outlier moves it by its log, not by its
+    size). Meant for run lengths of equal readings, whose tail is polynomial: a run lasts
+    about resolution / |rate of change| and slow rates are common. None when there are too
+    few peaks to model the tail (the caller falls back)."""
+    p = np.asarray(peaks, np.float64)
+    p = np.sort(p[np.isfinite(p)])[::-1]
+    m = max(TOP_MIN, int(np.ceil(TOP * len(p))))
+    if len(p) <= m or n <= 0 or p[m] <= 0:
+        return None
+    u0 = float(p[m])
+    xi = float(np.mean(np.log(p[:m] / u0)))
+    return u0 * float(np.exp(xi * max(0.0, float(np.log(m / n / budget)))))
+
+
+def stuck_limit(x: np.ndarray, budget: float = BUDGET) -> int:
+    """Equal readings in a row (counting the first) that make channel ``x`` [N] stuck: the
+    run length its runs exceed at an extrapolated ``budget`` per sample (Pareto tail), +1,
+    within [STUCK_MIN, STUCK_CAP × its longest run] (at most 65535, the blob's field)."""
+    x = np.asarray(x, np.float64)
+    runs = run_lengths(x)
+    longest = int(runs.max()) if len(runs) else 0
+    lv = tail_level(runs, len(x), budget)
+    if lv is None:
+        lim = int(np.ceil(STUCK_MARGIN * longest)) + 1
+    else:
+        lim = min(int(np.ceil(lv)) + 1, STUCK_CAP * max(longest, 1))
+    return int(min(max(STUCK_MIN, lim), 65535))
+
+
 def cusum(z: np.ndarray, ref: float) -> np.ndarray:
     """Two-sided CUSUM max(S+, S-) of z [N] with reference ``ref``, as the board runs it."""
     gp = gn = 0.0
@@ -103,6 +184,7 @@ def calibrate(resid: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> BandCal
     physical fit rows ``rows`` [N, C]; ``scale`` is the scaler's per-channel scale."""
     resid = debias(np.asarray(resid, np.float64))
     c = resid.shape[1]
+    rows = np.asarray(rows, np.float64)
     floor = 0.5 * resolution(rows) / np.asarray(scale, np.float64)
     s0, ks, hs = np.zeros(c), [], []
     for j in range(c):
@@ -121,8 +203,7 @@ def calibrate(resid: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> BandCal
         hs.append(float(np.quantile(cusum(z, REF), TAIL)))
     h = max(H_MIN, H_MARGIN * max(hs)) if hs else H_MIN
     runs = longest_runs(rows)
-    stuck = np.maximum(STUCK_MIN, np.ceil(STUCK_MARGIN * runs).astype(int) + 1)
-    stuck = np.minimum(stuck, 65535)
+    stuck = np.array([stuck_limit(rows[:, j]) for j in range(rows.shape[1])], dtype=int)
     # a channel that never changed in the fit rows gives no evidence of what stuck is: off (0)
     stuck[runs >= len(rows) - 1] = 0
     return BandCal(float(k), REF, float(h), ALPHA, REANCHOR, [float(v) for v in s0],
