@@ -93,6 +93,12 @@ def _once_each(sink, n):
     return bodies, dups, n - len(set(bodies))
 
 
+
+def _record(case: str, dups: int, lost: int) -> None:
+    """The counts make reliability reports for a case (tests/support/figures.py)."""
+    record(f"{case}: duplicate SMS", dups)
+    record(f"{case}: alerts without SMS", lost)
+
 def test_kill_9_after_the_provider_created_the_sms_sends_no_duplicate(tmp_path, broker, sink):
     """The worst moment: the provider has the SMS, the bridge has not recorded it. 4 kills."""
     run = Run(tmp_path, _env(broker, sink, TWILIO_TIMEOUT="30"))
@@ -128,8 +134,7 @@ def test_kill_9_after_the_provider_created_the_sms_sends_no_duplicate(tmp_path, 
         # each SMS created without its answer recorded was found, not sent again
         assert held >= 9 and unrecorded >= 1 and found >= held
         assert any(q.get("Page") for q in sink.lookups)  # pages after the first were read
-        record("kill -9 mid-send: duplicate SMS", dups)
-        record("kill -9 mid-send: alerts without SMS", lost)
+        _record("kill -9 mid-send", dups, lost)
         assert (dups, lost, len(bodies)) == (0, 0, n)
         # the list was asked as the docs say: To, From and DateSent>=, pages followed
         assert all(q["To"] == TO and q["From"] == "+15005550006" and "DateSent>" in q
@@ -156,8 +161,7 @@ def test_provider_slower_than_the_client_timeout_sends_each_sms_once(tmp_path, b
         print(f"provider 3 s vs timeout 1 s: {n} alerts, {len(bodies)} SMS, duplicates {dups}, "
               f"lost {lost}, timeouts {text.count('ReadTimeout')}, 'not listed yet' "
               f"{text.count('not listed yet')}, found {text.count('found at the provider')}")
-        record("provider 3 s vs client timeout 1 s: duplicate SMS", dups)
-        record("provider 3 s vs client timeout 1 s: alerts without SMS", lost)
+        _record("provider 3 s vs client timeout 1 s", dups, lost)
         assert (dups, lost, len(bodies)) == (0, 0, n)
         assert text.count("ReadTimeout") >= n  # every first attempt timed out
         assert run.states() == {"sent": n}
@@ -191,8 +195,7 @@ def test_sms_the_provider_never_created_is_sent_once_the_created_ones_not_again(
         print(f"no answer, half created: {n} alerts, {len(bodies)} SMS, duplicates {dups}, "
               f"lost {lost}, found {text.count('found at the provider')}, resent after "
               f"{resent} empty lookups")
-        record("no answer, half created by the provider: duplicate SMS", dups)
-        record("no answer, half created by the provider: alerts without SMS", lost)
+        _record("no answer, half created by the provider", dups, lost)
         assert (dups, lost, len(bodies)) == (0, 0, n)
         assert resent == n // 2 and len(sink.refused) == n // 2
     finally:
@@ -217,8 +220,7 @@ def test_no_alert_is_acknowledged_before_it_is_in_the_outbox(tmp_path, broker, s
         bodies, dups, lost = _once_each(sink, n)
         print(f"kill -9 between arrival and outbox: {n} alerts, {len(bodies)} SMS after the "
               f"restart, duplicates {dups}, lost {lost}")
-        record("kill -9 between arrival and outbox write: duplicate SMS", dups)
-        record("kill -9 between arrival and outbox write: alerts without SMS", lost)
+        _record("kill -9 between arrival and outbox write", dups, lost)
         assert (dups, lost, len(bodies)) == (0, 0, n)
     finally:
         run.close()
