@@ -32,208 +32,93 @@ Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units
 telemetry flags every sample; the alert MESSAGE is for episodes: `send` is True on the
 first flagged sample after `episode_gap` quiet samples and every `resend_samples` while
 the episode lasts (the app sends a sample's alerts only then).
-History is kept in physical units, so a model swapped in over the air (new scaler)
-keeps the samples already seen. Buffers are allocated once.
+The history is kept normalised for the model (without one: the readings' float32 bits);
+a model swapped in over the air (new scaler) gets it converted, so it keeps the samples
+already seen. Buffers are allocated once. The rules run in
+fixed point in viper kernels (firmware/detk.py; residual.py and shift.py for the rules a
+model may carry): a step allocates nothing unless it alerts; pred/lo/hi are made into floats
+only when read (the telemetry message).
 """
 
-import math
-from array import array
 
-CAPACITY = 64  # samples of history: the largest model window / sigma window accepted
-STUCK_FALLBACK = 120  # firmware/config.py's; for a channel no model gives a limit
+# History: 64 samples (the largest model window / sigma window accepted); kernel state
+# words: firmware/detk.py. Stuck limit for a channel no model gives one: 120 (config.py's).
 
 
 class ModelMismatch(Exception):
     """The model's channels or window do not fit this sensor and detector."""
 
 
+class _Phys:
+    """pred / lo / hi per sensor channel in physical units (floats made when read):
+    index 0..n-1 only (no len, no iteration)."""
+
+    def __init__(self, d, k):
+        self.d, self.k = d, k
+
+    def __getitem__(self, c):
+        d = self.d
+        if d._order is None:
+            return 0.0
+        j = d._order.index(c)
+        m = d.model
+        return (d._s[27 + 21 * j + self.k] - (1 << 29)) / 65536 * m.scale[j] + m.offset[j]
+
+
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
 
-    def __init__(self, names, limits, params, fallback, shiftmod=None, resmod=None):
-        self.names = names
-        self.limits = limits
-        n = len(names)
-        self.params = params  # config detector section: explicit values win over the blob
-        self.fallback = fallback
-        self.dropout_n = params["dropout_periods"]
-        self.gap = params.get("episode_gap") or 10
-        self.resend = params.get("resend_samples") or 60
-        self.hist = array("f", bytes(4 * CAPACITY * n))
-        # what enters the history: the reading, or in residual mode the last good value while
-        # the channel is flagged (firmware/residual.py)
-        self._in = array("f", bytes(4 * n))
-        self.stuck_lim = [params["stuck_samples"] or STUCK_FALLBACK] * n
-        self._resmod = resmod  # firmware/residual.py, imported only for a model that needs it
-        self._residual = None
-        self.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
-        self.send = False  # whether this sample's alerts go out as a message
-        self._quiet = 1 << 20  # samples since the last flagged one
-        self._sent = 0  # samples since the last message
-        self.count = 0  # valid samples in hist (up to CAPACITY)
-        self.pos = 0  # next write index
-        self.last = [None] * n
-        self.same = [0] * n
-        self.pred = [0.0] * n
-        self.lo = [0.0] * n
-        self.hi = [0.0] * n
-        self.has_band = False
-        self.alerts = []
-        self.model = None
-        self._order = None  # model channel j -> sensor channel index
-        self._win = None
-        self.shift = None  # (window, factor, center, spread, matrix) in model channel order
-        # firmware/shift.py, imported only for a model that carries the rule (CPython passes it)
+    def __init__(self, names, limits, params, fallback, shiftmod=None, resmod=None, loader=None):
+        # shiftmod/resmod: firmware/shift.py and residual.py, imported on the board only for
+        # a model that carries them; loader: firmware/detk_plain.py, which CPython passes
+        # (no viper there): the modules are then its plain compilations
+        self._ld = loader
+        self._resmod = resmod
         self._shiftmod = shiftmod
-        self._judge = None
-        self._set_params(None)
+        self._setup("init", names, limits, params, fallback)
+        self.pred = _Phys(self, 6)
+        self.lo = _Phys(self, 7)
+        self.hi = _Phys(self, 8)
 
-    def _set_params(self, model):
-        p, f = self.params, self.fallback
+    def _setup(self, name, *args):
+        # the set-up code (firmware/detset.py), dropped again after use
+        import sys
 
-        def pick(name):
-            if p[name] is not None:
-                return p[name]
-            if model is not None:
-                return getattr(model, name)
-            return f[name]
-
-        self.k = float(pick("k"))
-        self.eps = float(pick("eps"))
-        self.sigma_window = int(pick("sigma_window"))
-        st = p.get("still_samples")  # None: the model's (0 without one); 0: off
-        self.still_n = (model.still if model is not None else 0) if st is None else st
-        n = len(self.names)
-        band = getattr(model, "band", None) if model is not None else None
-        if p.get("band") == "seed":
-            band = None
-        self.band = band
-        for c in range(n):
-            self.stuck_lim[c] = p["stuck_samples"] or STUCK_FALLBACK
-        if band is None:
-            self._residual = None
-            return
-        rm = self._resmod
-        if rm is None:
-            import gc
-
-            gc.collect()
-            import residual as rm  # boards whose models lack the band never load it
+        ds = self._load("detset")
         try:
-            band = self.band = rm.setup(self, band)
-        except ValueError as e:
-            self.band = None
-            raise ModelMismatch(str(e))
-        self._residual = rm.judge
-        for j in range(len(self._order)):
-            c = self._order[j]
-            if not p["stuck_samples"]:  # 0: the channel never moved in training: no limit
-                self.stuck_lim[c] = band[7][j] or 1 << 30
+            getattr(ds, name)(self, *args)
+        finally:
+            if getattr(ds, "__file__", "").endswith(".mpy"):
+                sys.modules.pop("detset", None)  # from .mpy: loading it again compiles nothing
+
+    def _load(self, name):
+        # a module of the rules: viper where the emitter exists, else plain bytecode
+        if self._ld is not None:
+            return self._ld.load(name)
+        import gc
+
+        gc.collect()  # room for the module
+        try:
+            return __import__(name)
+        except (ImportError, SyntaxError, ValueError):
+            import detk_plain
+
+            return detk_plain.load(name)
 
     def set_model(self, model):
-        """Use `model` (engine.Model) for the band rule, or None for rules only."""
-        if model is None:
-            self.model, self._order, self._win, self.shift = None, None, None, None
-            self._set_params(None)
-            return
-        lower = [s.lower() for s in self.names]
-        order = []
-        for name in model.names:
-            if name.lower() not in lower:
-                raise ModelMismatch("channels %s do not match sensor %s"
-                                    % (",".join(model.names), ",".join(self.names)))
-            order.append(lower.index(name.lower()))
-        if len(order) != len(self.names):
-            raise ModelMismatch("model has %d channels, sensor %d" % (len(order), len(self.names)))
-        sw = self.params["sigma_window"] or model.sigma_window
-        if getattr(model, "band", None) is not None and self.params.get("band") != "seed":
-            sw = 1  # the residual band keeps no sigma window
-        if model.window > CAPACITY or sw > CAPACITY:
-            raise ModelMismatch("window %d / sigma window %d over %d" % (model.window, sw, CAPACITY))
-        f = self.params.get("shift_factor")
-        sh = model.shift
-        if sh is not None and f != 0:
-            sm = self._shiftmod
-            if sm is None:
-                import gc
+        """Use `model` (engine.Model) for the band rule, or None for rules only.
+        Raises ModelMismatch (the detector keeps the model it had)."""
+        self._setup("set_model", model, ModelMismatch)
 
-                gc.collect()  # the blob parser was just freed: make room for the module
-                import shift as sm  # boards whose models lack the rule never load it
-            try:
-                sh = sm.parse(sh, len(order))
-            except ValueError as e:
-                raise ModelMismatch(str(e))
-            if sh[0] > CAPACITY:
-                raise ModelMismatch("shift window %d over %d" % (sh[0], CAPACITY))
-            self._judge = sm.judge
-            self._u = array("f", bytes(4 * len(order)))
-            self.shift_factor = sh[1] if f is None else f
-        else:
-            sh = None
-        self.shift = sh
-        self._order = order
-        self._win = array("f", bytes(4 * model.window * len(order)))
-        self.model = model
-        self._set_params(model)
-
-    def _at(self, back, ch):
-        # physical value `back` samples ago (1 = newest) of sensor channel ch
-        n = len(self.names)
-        i = (self.pos - back) % CAPACITY
-        return self.hist[i * n + ch]
-
-    def _push(self):
-        n = len(self.names)
-        base = self.pos * n
-        src = self._in  # the readings, or held values of flagged channels (residual mode)
-        for c in range(n):
-            self.hist[base + c] = src[c]
-        self.pos = (self.pos + 1) % CAPACITY
-        if self.count < CAPACITY:
-            self.count += 1
-
-    def _band(self, values):
-        m = self.model
+    def _flag(self, values, flags):
+        # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift)
         order = self._order
-        w = m.window
-        need = w if self.band is not None else max(w, self.sigma_window)
-        if self.count < need:
-            return
-        win = self._win
-        nc = len(order)
-        for t in range(w):
-            for j in range(nc):
-                win[t * nc + j] = (self._at(w - t, order[j]) - m.offset[j]) / m.scale[j]
-        pred = m.predict(win)
-        if self.band is not None:
-            self._residual(self, values, pred)
-            return
-        sw = self.sigma_window
-        for j in range(nc):
+        for j in range(len(order)):
             c = order[j]
-            off, sc = m.offset[j], m.scale[j]
-            # sums of the deviations from the newest sample: sigma is shift-invariant, and
-            # E[x^2] - E[x]^2 of values far from 0 and close together (a calm room) cancels
-            # away the digits a board's single-precision floats have
-            ref = self._at(1, c)
-            s = s2 = 0.0
-            for back in range(1, sw + 1):
-                x = (self._at(back, c) - ref) / sc
-                s += x
-                s2 += x * x
-            mean = s / sw
-            var = s2 / sw - mean * mean
-            sigma = math.sqrt(var) if var > 0 else 0.0
-            half = self.k * (sigma + self.eps)
-            p = pred[j]
-            self.pred[c] = p * sc + off
-            self.lo[c] = (p - half) * sc + off
-            self.hi[c] = (p + half) * sc + off
-            v = (values[c] - off) / sc
-            if not (p - half < v < p + half):  # the seed's strict inequalities
-                self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
-                                    self.pred[c]))
-        self.has_band = True
+            for rule, bit in (("band", 1 << j), ("drift", 1 << (8 + j))):
+                if flags & bit:
+                    self.alerts.append((rule, self.names[c], values[c], self.lo[c], self.hi[c],
+                                        self.pred[c]))
 
     def step(self, values, missed=0):
         """Judge one sample. `values` is the reading list or None (failed read);
@@ -273,11 +158,16 @@ class Detector:
                 alerts.append(("stuck", None, run, None, None, None))
         # a sample that failed or is physically impossible stays out of the model's window
         if ok:
-            if self.model is not None:
-                self._band(values)
-            self._push()
+            s, b = self._s, self._in
+            if self._k.pre(s, b, self._q, 0):  # the model's window is full
+                flags = self._post(s, b, 0, self.model.predict_q(self._q))
+                self.has_band = True
+                if flags:
+                    self._flag(values, flags)
             if self.shift is not None:
-                self._judge(self)
+                w = self._shiftmod.view_a(s, 0)
+                if w:
+                    self._shiftmod.judge(self, w - 1)
         return self._episode(alerts)
 
     def _episode(self, alerts):

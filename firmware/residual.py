@@ -8,9 +8,15 @@
 # A flagged channel's reading stays out of the history the model reads (the last good value
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
 # in a row the channel's recent history is set to the new level (not a passing fault).
-# State is allocated once, here, when the model is set; nothing per sample.
+# Fixed point (firmware/detk.py's units and state block): s as Q20, the CUSUM sums and
+# z as Q10, the bias as Q23; nothing is allocated per sample. Written for viper and plain
+# bytecode alike (firmware/detk_plain.py loads it without the emitter).
 import struct
-from array import array
+
+import micropython
+from micropython import const
+
+BIAS = const(536870912)  # detk.py's bias of signed words, 2**29
 
 HEAD = "<ffffHH"  # k, CUSUM reference, CUSUM limit, adaptation rate, re-anchor, 0
 
@@ -34,70 +40,147 @@ def parse(raw, c):
 BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, tracked this fast
 
 
-def setup(d, band):
-    # -> the parsed calibration; `band` is the blob's raw section (or a parsed tuple)
+def setup(d, band, ds):
+    # -> the parsed calibration; `band` is the blob's raw section (or a parsed tuple).
+    # The rule's constants and state into the detector's kernel block (ds: firmware/detset.py).
     if not isinstance(band, tuple):
         band = parse(band, len(d._order))
-    nc = len(d._order)
-    d.s = array("f", band[5])
-    d.gp = array("f", bytes(4 * nc))
-    d.gn = array("f", bytes(4 * nc))
-    d.mu = array("f", bytes(4 * nc))  # the model's slow bias (mean residual of unflagged)
-    d.run = [0] * nc
+    kb, kr, h, alpha, re, s0, floor = band[:7]
+    ds.put(d, 5, 2)
+    ds.put_k(d, kb, "band k")
+    ds.put(d, 17, int(kb * 1024 + 0.5))
+    ds.put(d, 18, int(kr * 1024 + 0.5))
+    ds.put(d, 19, min(1 << 28, int(h * 1024 + 0.5)))
+    ds.put(d, 20, int(alpha * 32768 + 0.5))
+    ds.put(d, 21, re)
+    top = (1 << 29) - 1
+    for j in range(len(d._order)):
+        cb = 27 + 21 * j
+        cap = min(top, int(4 * s0[j] * 1048576 + 0.5))
+        lo = min(cap, max(16, int(floor[j] * 1048576 + 0.5)))
+        ds.put(d, cb + 9, max(lo, min(cap, int(s0[j] * 1048576 + 0.5))))
+        ds.put(d, cb + 14, lo)
+        ds.put(d, cb + 15, cap)
     return band
 
 
-def judge(self, values, pred):
-    # the residual band, CUSUM drift and masking of flagged readings (see the top)
-    self.has_band = True
-    m, order, b = self.model, self._order, self.band
-    kb, kr, h, alpha, reanchor, s0, floor = b[0], b[1], b[2], b[3], b[4], b[5], b[6]
-    for j in range(len(order)):
-        c = order[j]
-        off, sc = m.offset[j], m.scale[j]
-        p = pred[j] + self.mu[j]  # the model's forecast less its slow bias
-        r = (values[c] - off) / sc - p
-        s = self.s[j]
-        half = kb * s
-        self.pred[c] = p * sc + off
-        self.lo[c] = (p - half) * sc + off
-        self.hi[c] = (p + half) * sc + off
-        z = r / s
-        if z > kb:
-            z = kb
-        elif z < -kb:
-            z = -kb
-        gp = self.gp[j] + z - kr
-        gn = self.gn[j] - z - kr
-        self.gp[j] = gp if gp > 0 else 0.0
-        self.gn[j] = gn if gn > 0 else 0.0
-        bad = False
-        if not (-half < r < half):
-            self.alerts.append(("band", self.names[c], values[c], self.lo[c], self.hi[c],
-                                self.pred[c]))
-            bad = True
-        if gp > h or gn > h:
-            self.alerts.append(("drift", self.names[c], values[c], self.lo[c], self.hi[c],
-                                self.pred[c]))
-            bad = True
+@micropython.viper
+def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
+    """The residual band, CUSUM drift and masking on the model's int8 output o (see the top),
+    in fixed point (firmware/detk.py's state block and units). Bit j: channel j outside its
+    band; bit 8+j: drift. Fills pred/lo/hi."""
+    nc = int(s[1])
+    pos = int(s[2])
+    ring = 27 + 21 * nc
+    prev = (pos - 1) & 63
+    om = int(s[11])
+    osh = int(s[12]) - BIAS  # >= 1
+    ozp = int(s[13]) - BIAS
+    km = int(s[14])
+    ksh = int(s[15])
+    kb = int(s[17])
+    kr = int(s[18])
+    flags = 0
+    for j in range(nc):
+        cb = 27 + 21 * j
+        p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
+        p = (p + (1 << (osh - 1))) >> osh
+        if int(s[7]):
+            p += int(s[ring + prev * nc + j]) - BIAS
+        mu = int(s[cb + 12]) - BIAS  # the slow bias, Q23
+        p += (mu + 64) >> 7
+        if p > (1 << 28):
+            p = 1 << 28
+        elif p < 0 - (1 << 28):
+            p = 0 - (1 << 28)
+        u = int(s[cb + 5]) - BIAS
+        r = u - p
+        s20 = int(s[cb + 9])
+        x = s20 >> 2  # s, Q18
+        if x > int(s[26]):
+            x = int(s[26])
+        half = (x >> ksh) * km + (((x & ((1 << ksh) - 1)) * km) >> ksh)
+        half = (half + 2) >> 2
+        s[cb + 6] = p + BIAS
+        s[cb + 7] = p - half + BIAS
+        s[cb + 8] = p + half + BIAS
+        # z = r / s clipped to +-k, Q10
+        a = r
+        if a < 0:
+            a = 0 - r
+        z = kb
+        if a < half:
+            x = s20 >> 4
+            if x < 1:
+                x = 1
+            while x >= 16384:
+                x >>= 1
+                a >>= 1
+            z = (a << 10) // x
+            if z > kb:
+                z = kb
+        if r < 0:
+            z = 0 - z
+        gp = int(s[cb + 10]) + z - kr
+        gn = int(s[cb + 11]) - z - kr
+        bad = 0
+        if not (0 - half < r and r < half):
+            flags |= 1 << j
+            bad = 1
+        x = int(s[19])
+        if gp > x or gn > x:
+            flags |= 1 << (8 + j)
+            bad = 1
+        if gp < 0:
+            gp = 0
+        elif gp > (1 << 28):
+            gp = 1 << 28
+        if gn < 0:
+            gn = 0
+        elif gn > (1 << 28):
+            gn = 1 << 28
+        s[cb + 10] = gp
+        s[cb + 11] = gn
         if not bad:
-            self.run[j] = 0
-            self.mu[j] += BIAS_RATE * r
-            a = r if r > 0 else -r
-            s += alpha * (a - s)
-            lo, hi = floor[j], 4.0 * s0[j]
-            self.s[j] = lo if s < lo else (hi if s > hi else s)
+            s[cb + 13] = 0
+            mu += r  # += r/128 in Q16
+            if mu > (1 << 28):
+                mu = 1 << 28
+            elif mu < 0 - (1 << 28):
+                mu = 0 - (1 << 28)
+            s[cb + 12] = mu + BIAS
+            a = r
+            if a < 0:
+                a = 0 - r
+            if a > (1 << 25):
+                a = 1 << 25
+            x = (a << 4) - s20
+            a = int(s[20])
+            s20 += (x >> 15) * a + (((x & 0x7FFF) * a) >> 15)
+            x = int(s[cb + 14])
+            if s20 < x:
+                s20 = x
+            x = int(s[cb + 15])
+            if s20 > x:
+                s20 = x
+            s[cb + 9] = s20
             continue
-        self.run[j] += 1
-        if self.run[j] < reanchor:
+        x = int(s[cb + 13]) + 1
+        if x < int(s[21]):
             # the reference does not follow the anomaly: the model sees the last good value
-            self._in[c] = self._at(1, c)
+            s[cb + 13] = x
+            s[cb + 5] = s[ring + prev * nc + j]
             continue
         # flagged this long: a new level, not a passing fault; the model starts from it
-        self.run[j] = 0
-        self.gp[j] = self.gn[j] = 0.0
-        n = len(self.names)
-        cap = len(self.hist) // n
-        for back in range(1, m.window + 1):
-            self.hist[((self.pos - back) % cap) * n + c] = values[c]
-
+        s[cb + 13] = 0
+        s[cb + 10] = 0
+        s[cb + 11] = 0
+        for k in range(int(s[4])):
+            s[ring + ((pos - 1 - k) & 63) * nc + j] = u + BIAS
+    # the reading (or the held value) into the history
+    for j in range(nc):
+        s[ring + pos * nc + j] = s[27 + 21 * j + 5]
+    s[2] = (pos + 1) & 63
+    if int(s[3]) < 64:
+        s[3] = int(s[3]) + 1
+    return flags

@@ -4,8 +4,15 @@
 # worst channel's |u| > f (view A) and u'Mu > f*f (view B, Mahalanobis). The constants
 # come from the model blob's shift section (docs/model_blob.md); edgewatch.training.export.shiftcal
 # calibrates them on the training rows and computes the same test in numpy.
+# View A runs in fixed point (firmware/detk.py's units and state block), view B in float
+# only once view A fired. Written for viper and plain bytecode alike (detk_plain.py).
 import struct
 from array import array
+
+import micropython
+from micropython import const
+
+BIAS = const(536870912)  # detk.py's bias of signed words, 2**29
 
 
 def parse(raw, c):
@@ -26,28 +33,78 @@ def parse(raw, c):
     return w, f, v[:c], v[c:2 * c], v[2 * c:]
 
 
-def judge(d):
-    """Append a shift alert to d.alerts when the rolling means moved (see detector.py)."""
-    w, _, center, spread, mat = d.shift
-    if d.count < w:
-        return
-    order, u = d._order, d._u
-    nc = len(order)
-    top = -1.0
-    worst = mean = 0
+def setup(d, sh, ds):
+    """The rule's constants into the detector's kernel block (ds: firmware/detset.py)."""
+    w, _, center, spread, _ = sh
+    m = d.model
+    ds.put(d, 23, w)
+    ds.put(d, 24, int(d.shift_factor * 1024 + 0.5))
+    for j in range(len(d._order)):
+        cb = 27 + 21 * j
+        sp = spread[j] / m.scale[j]  # the spread in normalised units
+        ds.sput(d, cb + 16, ds.fix((center[j] - m.offset[j]) / m.scale[j], 1024))
+        # (a spread of ~0, a flat fit series: any move is a shift; clamped to what fits)
+        sm, ssh = ds.ms(max(1e-6, min(1 / sp, 1 << 20)), "shift spread")
+        ds.put(d, cb + 17, sm)
+        ds.sput(d, cb + 18, ssh)
+        ds.put(d, cb + 20, int(min(1 << 23, (1 << 28) * min(sp, 1.0))))
+
+
+@micropython.viper
+def view_a(s: ptr32, z: int) -> int:
+    """View A in fixed point (firmware/detk.py's state): per channel u = (rolling mean -
+    center) / spread, Q10; 1 + the worst channel when its |u| is over the factor, else 0."""
+    nc = int(s[1])
+    wn = int(s[23])
+    if int(s[3]) < wn:
+        return 0
+    pos = int(s[2])
+    ring = 27 + 21 * nc
+    top = -1
+    worst = 0
     for j in range(nc):
-        c = order[j]
-        s = 0.0
-        for back in range(1, w + 1):
-            s += d._at(back, c)
-        m = s / w
-        x = (m - center[j]) / spread[j]
-        u[j] = x
-        if abs(x) > top:
-            top, worst, mean = abs(x), j, m
+        cb = 27 + 21 * j
+        tot = 0
+        for k in range(wn):
+            tot += (int(s[ring + ((pos - 1 - k) & 63) * nc + j]) - BIAS) >> 6
+        if tot < 0:
+            x = 0 - ((0 - tot) // wn)
+        else:
+            x = tot // wn
+        x -= int(s[cb + 16]) - BIAS
+        m = int(s[cb + 20])
+        if x > m:
+            x = m
+        elif x < 0 - m:
+            x = 0 - m
+        m = int(s[cb + 17])
+        sh = int(s[cb + 18]) - BIAS
+        if sh >= 15:
+            x = (x >> 15) * m + (((x & 0x7FFF) * m) >> 15)
+            if sh > 15:
+                x = (x + (1 << (sh - 16))) >> (sh - 15)
+        elif sh >= 0:
+            x = (x >> sh) * m + (((x & ((1 << sh) - 1)) * m) >> sh)
+        else:
+            x = (x * m) << (0 - sh)
+        s[cb + 19] = x + BIAS
+        if x < 0:
+            x = 0 - x
+        if x > top:
+            top = x
+            worst = j
+    if top > int(s[24]):
+        return worst + 1
+    return 0
+
+
+def judge(d, worst):
+    """View B (Mahalanobis) once view A fired for channel `worst`: append a shift alert to
+    d.alerts when it holds too (floats: only on this rare path)."""
+    w, _, center, spread, mat = d.shift
+    nc = len(d._order)
+    u = [(d._s[27 + 21 * j + 19] - BIAS) / 1024 for j in range(nc)]
     f = d.shift_factor
-    if top <= f:  # view A: the worst channel alone
-        return
     q = 0.0
     for i in range(nc):
         r = 0.0
@@ -56,6 +113,7 @@ def judge(d):
         q += u[i] * r
     if q <= f * f:  # view B: all channels together (Mahalanobis)
         return
-    c, h = order[worst], f * spread[worst]
+    c, h = d._order[worst], f * spread[worst]
+    mean = center[worst] + u[worst] * spread[worst]
     d.alerts.append(("shift", d.names[c], mean, center[worst] - h, center[worst] + h,
                      center[worst]))

@@ -85,8 +85,8 @@ STANDINS = {"socket.py": "# the QEMU board has no network (edgewatch.board.rv32)
             "usocket.py": "from socket import *  # noqa\n"}
 
 # The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
-APP_MODULES = ["blob", "kernels", "engine", "residual", "detector", "shift", "outbox", "outbox_boot",
-               "outbox_v1", "schema", "sensors",
+APP_MODULES = ["blob", "kernels", "engine", "detk", "detset", "residual", "detector", "shift", "outbox",
+               "outbox_boot", "outbox_v1", "schema", "sensors",
                "config", "link", "app"]
 
 # The firmware's per-sample path on a board without pins or network: the real app.App,

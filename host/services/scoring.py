@@ -85,6 +85,8 @@ class HostModel:
         self.sigma_window = spec.detector.sigma_window
         self.model_id = spec.model_id
         self.quant = (spec.in_scale, spec.in_zp, spec.out_scale, spec.out_zp)
+        # the engine's quantisation, which the board's detector reads (firmware/detk.py)
+        self.in_scale, self.in_zp, self.out_scale, self.out_zp = self.quant
         # the int8 net may predict the change from the newest sample (docs/model_blob.md)
         self.residual = bool(getattr(spec, "residual", False))
         # the sustained-shift section as the engine hands it over (raw; the detector parses it)
@@ -93,6 +95,17 @@ class HostModel:
         # the residual band's raw section, as firmware/blob.py hands it to the board's detector
         self.band = None if spec.band is None else blob.band_section(spec.band, self.channels)
         self.lock = threading.Lock()
+
+    def predict_q(self, xq) -> bytes:
+        """int8 window (window*channels bytes, oldest first) -> int8 output bytes, as the
+        board's engine.Model.predict_q."""
+        import numpy as np
+
+        x = np.frombuffer(bytes(xq), np.int8).reshape(1, self.window, self.channels)
+        with self.lock:  # one interpreter, its tensors are shared state
+            self.interp.set_input(x, 0)
+            self.interp.invoke()
+            return np.array(self.interp.get_output(0), np.int8).reshape(-1).tobytes()
 
     def predict(self, norm_window) -> list[float]:
         """Normalised window (window*channels, oldest first) -> normalised prediction per channel."""
@@ -119,6 +132,7 @@ class Scorer:
         self.detector_mod = firmware.load("detector")
         self.shift_mod = firmware.load("shift")  # the board imports it by name; here it is passed in
         self.res_mod = firmware.load("residual")
+        self.loader = firmware.load("detk_plain")  # the kernels as plain code (no viper in CPython)
         sensors = firmware.load("sensors")
         if sensor not in sensors.RANGES:
             raise UserError(f"--sensor {sensor!r}: use one of {', '.join(sorted(sensors.RANGES))}")
@@ -136,7 +150,7 @@ class Scorer:
             m = self.model
             d = self.detector_mod.Detector(self.sensor_names, self.limits, self.params,
                                            {"k": m.k, "eps": m.eps, "sigma_window": m.sigma_window},
-                                           self.shift_mod, self.res_mod)
+                                           self.shift_mod, self.res_mod, self.loader)
             try:
                 d.set_model(m)
             except self.detector_mod.ModelMismatch as exc:

@@ -114,3 +114,67 @@ def test_heap_at_c3_budget_holds_over_many_samples(rv32_runtime):
     assert growth <= 0, f"{growth} bytes retained over 150 samples on RV32"
     assert free >= 8 * 1024, f"only {free} bytes of the C3's heap left"
     assert depth == 16 and dropped > 150  # the outbox wrapped: every path ran
+
+
+# Detector.step alone, 1,000 steps with collection disabled: not one byte may be allocated
+# (fixed-point kernels, firmware/detk.py). The readings are floats made beforehand and put
+# into one reused list, so the measured loop makes none itself; real occupancy rows played
+# forwards and backwards (no jump where the replay turns), so no rule alerts (an alert
+# tuple is the one thing a step may allocate).
+ZERO_ALLOC = """
+from rv32app import *
+a = make_app(slots=16)
+d = a.det
+T = %s
+H = %s
+m = len(T)
+v = [T[0], H[0]]
+for i in range(2 * m):  # the model's window and sigma window fill
+    j = i %% (2 * m)
+    j = j if j < m else 2 * m - 1 - j
+    v[0] = T[j]
+    v[1] = H[j]
+    d.step(v, 0)
+n = bands = a0 = a1 = 0  # every global exists before: a new one grows the globals dict
+gc.collect()
+gc.disable()
+a0 = gc.mem_alloc()
+for i in range(1000):
+    j = i %% (2 * m)
+    j = j if j < m else 2 * m - 1 - j
+    v[0] = T[j]
+    v[1] = H[j]
+    n += len(d.step(v, 0))
+    bands += d.has_band
+a1 = gc.mem_alloc()
+gc.enable()
+print(a1 - a0, n, bands)
+"""
+
+
+def zero_alloc_code() -> str:
+    x = samples()[:95].astype(np.float64)
+    return ZERO_ALLOC % (repr([round(float(t), 1) for t in x[:, 0]]),
+                         repr([round(float(h), 1) for h in x[:, 1]]))
+
+
+def check_zero_alloc(out: str, where: str) -> None:
+    alloc, alerts, bands = map(int, out.split()[-3:])
+    assert bands == 1000, f"{where}: the band rule ran on {bands} of 1,000 steps"
+    assert alerts == 0, f"{where}: {alerts} alerts (the replay must be quiet for this test)"
+    assert alloc == 0, f"{where}: Detector.step allocated {alloc} bytes over 1,000 steps"
+
+
+def test_detector_step_allocates_nothing_on_rv32(rv32_runtime):
+    with rv32mod.Board.start(rv32_runtime) as b:
+        b.put_app((mpy.ROOT / "tests" / "golden" / "model.ewb").read_bytes(), samples().tobytes())
+        check_zero_alloc(b.run(zero_alloc_code()), "RV32")
+
+
+def test_detector_step_allocates_nothing_on_the_unix_port(tmp_path):
+    (tmp_path / "rv32app.py").write_text(rv32mod.APP_SETUP)
+    (tmp_path / "samples.bin").write_bytes(samples().tobytes())
+    (tmp_path / "model.ewb").write_bytes((mpy.ROOT / "tests" / "golden" / "model.ewb").read_bytes())
+    res = mpy.run(code=zero_alloc_code(), cwd=tmp_path, extra_path=[tmp_path, *fwrun.build_mpy()],
+                  heap="96K")
+    check_zero_alloc(res.stdout, "unix port")

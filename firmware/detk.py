@@ -1,0 +1,208 @@
+# Fixed-point kernels of the detector (firmware/detector.py): the per-sample rules in
+# 32-bit integers, so a step allocates nothing (every float operation allocates a boxed
+# float on the boards' MicroPython). The residual band's kernel is in residual.py and the
+# shift rule's in shift.py, loaded only for a model that carries them.
+#
+# Written once, run two ways (as kernels.py): compiled by the viper emitter, or as plain
+# bytecode by detk_plain.py (ports without the emitter, and CPython for the host's scorer).
+# So: every intermediate stays within signed 32 bits; a state word that can be negative is
+# stored biased, v + 2**29 (never negative: the same in array('I') everywhere); no shift by
+# 32 or more; division only of non-negative numbers; at most 4 arguments.
+#
+# Units: u = (value - offset) / scale, the model's normalised units, as Q16 (u * 65536),
+# clamped to +-2**28. A reading enters as its float32 bits (an array('f') seen as words),
+# as an integer in the channel's units of 2**E (E set so that offset +- 4096 scales stay
+# under 2**29), less the offset in those units, times 65536/scale. A constant
+# factor f is (M, SH): f = M / 2**SH, 2**14 <= M < 2**15 (detector.py's _ms).
+#
+# State block s (detector.py lays it out; [b]: biased; header words 0..26):
+#   0 n  1 nc  2 pos  3 count  4 window  5 mode (0 none, 1 seed, 2 residual)  6 sigma window
+#   7 residual model (adds the newest input)  8 input zp [b]  9/10 1/in_scale/65536 (M, SH)
+#   11/12 out_scale*65536 (M, SH >= 1 [b])  13 output zp [b]  14/15 k (M, SH <= 15; k < 16384)  16 eps (Q18)
+#   17 k (Q10)  18 CUSUM ref (Q10)  19 CUSUM limit (Q10)  20 alpha (Q15)  21 re-anchor
+#   22 need  23 shift window  24 shift factor (Q10)  25 u clamp before quantising
+#   26 the largest s or sigma + eps (Q18) that k multiplies within 32 bits
+#   27.. per model channel j, 21 words: 0 sensor channel  1 offset in units of 2**E [b]
+#   2 E [b]  3/4 65536/scale as M and the shift from units of 2**E (SH - 15 - E) [b]  5 u now [b]  6 pred 7 lo 8 hi (Q16 [b])  9 s (Q20)
+#   10 gp 11 gn (Q10)  12 bias (Q23 [b])  13 flagged run  14 s floor 15 s cap (Q20)
+#   16 shift center (Q10 [b])  17/18 1/spread (M, SH [b])  19 shift u (Q10 [b])
+#   20 clamp before 1/spread
+#   then the ring, the history: 64 (detector.CAPACITY) rows of n words, row = position:
+#   u (Q16 [b]) in model channel order with a model, else the readings' float32 bits
+# (micropython.viper and const are the compiler's own: no import, no module globals; the
+# underscore keeps the constant out of the module's dict)
+_BIAS = const(536870912)  # noqa: F821 -- 2**29
+
+
+@micropython.viper  # noqa: F821
+def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
+    """u now of every model channel from the reading's bits b; the int8 window into q
+    (oldest first) when the history is long enough: then 1 (the band kernel, seed or
+    residual.judge, then puts the sample into the history), else 0 (the sample goes
+    into the history here)."""
+    nc = int(s[1])
+    lim = 1 << 28
+    for j in range(nc):
+        cb = 27 + 21 * j
+        v = int(b[int(s[cb])])
+        e = (v >> 23) & 0xFF
+        mv = (v & 0x7FFFFF) | 0x800000  # (a denormal reads as 2**-126: no matter here)
+        if (v >> 31) & 1:
+            mv = 0 - mv
+        # the value in the channel's units of 2**E (under 2**29 for any plausible value)
+        a = e - 150 - (int(s[cb + 2]) - _BIAS)
+        x = 0
+        if a > 5:
+            x = lim << 1
+            if mv < 0:
+                x = 0 - x
+        elif a >= 0:
+            x = mv << a
+        elif a > -31:
+            x = mv >> (0 - a)
+        d = x - (int(s[cb + 1]) - _BIAS)
+        mi = int(s[cb + 3])
+        t = (d >> 15) * mi + (((d & 0x7FFF) * mi) >> 15)
+        sh = int(s[cb + 4]) - _BIAS
+        u = 0
+        if sh >= 0:
+            if sh > 28 or t > (lim >> sh):
+                u = lim
+            elif t < 0 - (lim >> sh):
+                u = 0 - lim
+            else:
+                u = t << sh
+        elif sh > -31:
+            sh = 0 - sh
+            u = (t + (1 << (sh - 1))) >> sh
+        if u > lim:
+            u = lim
+        elif u < 0 - lim:
+            u = 0 - lim
+        s[cb + 5] = u + _BIAS
+    pos = int(s[2])
+    if nc == 0 or int(s[3]) < int(s[22]):
+        # no band this sample: the reading goes into the history now (else after the band)
+        n = int(s[0])
+        r = 27 + 21 * n + pos * n
+        if nc == 0:
+            for c in range(n):
+                s[r + c] = b[c]
+        for j in range(nc):
+            s[r + j] = s[27 + 21 * j + 5]
+        s[2] = (pos + 1) & 63
+        if int(s[3]) < 64:
+            s[3] = int(s[3]) + 1
+        return 0
+    wn = int(s[4])
+    ring = 27 + 21 * nc
+    zp = int(s[8]) - _BIAS
+    im = int(s[9])
+    ish = int(s[10]) - 15
+    uq = int(s[25])
+    i = 0
+    for t in range(wn):
+        r = ring + ((pos - wn + t) & 63) * nc
+        for j in range(nc):
+            x = int(s[r + j]) - _BIAS
+            if x > uq:
+                x = uq
+            elif x < 0 - uq:
+                x = 0 - uq
+            x = (x >> 15) * im + (((x & 0x7FFF) * im) >> 15)
+            x = ((x + (1 << (ish - 1))) >> ish) + zp
+            if x < -128:
+                x = -128
+            elif x > 127:
+                x = 127
+            q[i] = x & 0xFF
+            i += 1
+    return 1
+
+
+@micropython.viper  # noqa: F821
+def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
+    """The seed's band on the model's int8 output o: outside pred +- k*(sigma + eps), sigma
+    the population std of the last sigma-window samples. Bit j: channel j flagged.
+    Fills pred/lo/hi."""
+    nc = int(s[1])
+    pos = int(s[2])
+    ring = 27 + 21 * nc
+    newest = ring + ((pos - 1) & 63) * nc
+    om = int(s[11])
+    osh = int(s[12]) - _BIAS  # >= 1
+    ozp = int(s[13]) - _BIAS
+    km = int(s[14])
+    ksh = int(s[15])
+    sw = int(s[6])
+    flags = 0
+    for j in range(nc):
+        cb = 27 + 21 * j
+        p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
+        p = (p + (1 << (osh - 1))) >> osh
+        if int(s[7]):
+            p += int(s[newest + j]) - _BIAS
+        # deviations from the window's minimum (sigma is shift-invariant), in 13 bits:
+        # pass 0 the range, 1 the mean, 2 the variance
+        lo = 1 << 29
+        hi = 0 - lo
+        sh = 0
+        tot = 0
+        v2 = 0
+        for ph in range(3):
+            for k in range(sw):
+                w = int(s[ring + ((pos - 1 - k) & 63) * nc + j])
+                if ph == 0:
+                    if w < lo:
+                        lo = w
+                    if w > hi:
+                        hi = w
+                elif ph == 1:
+                    tot += (w - lo) >> sh
+                else:
+                    w = (((w - lo) >> sh) << 2) - tot
+                    v2 += (w * w) >> 6
+            if ph == 0:
+                while ((hi - lo) >> sh) >= 8192:
+                    sh += 1
+            elif ph == 1:
+                tot = (tot << 2) // sw  # the mean, Q2
+        v2 = ((v2 + (sw >> 1)) // sw) << 4
+        r = 0
+        bit = 1 << 28
+        while bit > v2:
+            bit >>= 2
+        while bit:
+            if v2 >= r + bit:
+                v2 -= r + bit
+                r = (r >> 1) + bit
+            else:
+                r >>= 1
+            bit >>= 2
+        if v2 > r:
+            r += 1  # to the nearest
+        w = int(s[26])  # the largest sigma + eps that k can multiply
+        sig = w  # sigma + eps, Q18
+        if sh < 12:
+            sig = (r << (sh + 1)) + int(s[16])
+        if sig > w:
+            sig = w
+        half = (sig >> ksh) * km + (((sig & ((1 << ksh) - 1)) * km) >> ksh)
+        half = (half + 2) >> 2
+        if p > (1 << 28):
+            p = 1 << 28
+        elif p < 0 - (1 << 28):
+            p = 0 - (1 << 28)
+        s[cb + 6] = p + _BIAS
+        s[cb + 7] = p - half + _BIAS
+        s[cb + 8] = p + half + _BIAS
+        u = int(s[cb + 5]) - _BIAS
+        if not (p - half < u and u < p + half):
+            flags |= 1 << j
+    # the reading into the history
+    for j in range(nc):
+        s[ring + pos * nc + j] = s[27 + 21 * j + 5]
+    s[2] = (pos + 1) & 63
+    if int(s[3]) < 64:
+        s[3] = int(s[3]) + 1
+    return flags
