@@ -18,6 +18,34 @@ try:
     import engine
 except ImportError:
     engine = None
+try:
+    # the rules' viper kernels next, also long-lived, while the heap is in one piece: their
+    # native code is one 2 KB block, too big for the holes the set-up leaves (the detector
+    # finds the module in sys.modules)
+    import detk  # noqa: F401
+except (ImportError, SyntaxError, ValueError):  # no viper emitter: plain code when needed
+    pass
+
+
+def _intern(name):
+    # load a set-up module once now and drop it: the names it interns stay (the qstr pool
+    # never shrinks), allocated here while the heap is in one piece rather than between the
+    # model's and the detector's pieces when the module is loaded again (.mpy only: from
+    # source the module stays, as the detector keeps it)
+    import sys
+
+    try:
+        m = __import__(name)
+    except ImportError:
+        return
+    if getattr(m, "__file__", "").endswith(".mpy"):
+        sys.modules.pop(name, None)
+        m.__dict__.clear()  # a stale word pointing at it would keep its code (see detector)
+
+
+_intern("detset")
+_intern("outbox_boot")  # the outbox's boot code, dropped after boot (outbox.py)
+gc.collect()
 
 import detector  # noqa: E402 (after the engine, on purpose)
 import machine  # noqa: E402
@@ -96,23 +124,16 @@ class App:
         kind = cfg["sensor"]
         self.device = dev = cfg["device"]
         self.names = list(sensors.NAMES)
-        self.det = detector.Detector(self.names, sensors.RANGES[kind], cfg["detector"],
-                                     cfg["fallback"])
-        self.model = None
-        self.model_error = None
-        self.pending = None  # (size, crc32, error) of a model received into model.new
-        self.blob_crc = None
-        self._load_model()
+        ob = cfg["outbox"]
+        self.setup(sensors.RANGES[kind], cfg["detector"], cfg["fallback"], ob["file"],
+                   ob["slots"], ob["slot_size"], sim_flash_opener())
+        schema.EPOCH = self.outbox.epoch
+        global NO_CLOCK
+        NO_CLOCK = cfg.get("sim_no_clock") is True
         if wdt is None and board.get("wdt_timeout_ms"):
             wdt = machine.WDT(timeout=board["wdt_timeout_ms"])
         self.reader = sensors.Reader(sensors.make_sensor(kind, board, machine), kind,
                                      cfg["read_retries"], cfg["retry_ms"], feed=feed)
-        ob = cfg["outbox"]
-        self.outbox = outbox.Outbox(ob["file"], ob["slots"], ob["slot_size"], sim_flash_opener())
-        schema.EPOCH = self.outbox.epoch
-        global NO_CLOCK
-        NO_CLOCK = cfg.get("sim_no_clock") is True
-        self.ages(ob["slots"])
         wlan = None
         if cfg["wifi"]:
             import network
@@ -139,6 +160,22 @@ class App:
         log("app: %s fw %s board %s sensor %s model %s outbox %d pending, epoch %d next seq %d"
             % (dev, FW_VERSION, board.get("name"), kind, self.model_id(), self.outbox.depth,
                self.outbox.epoch, self.outbox.next_seq))
+
+    def setup(self, limits, params, fallback, path, slots, slot_size, opener=open):
+        """Detector, model and outbox, in the order that fits a fragmented 80 KB heap (also
+        host/board/rv32.py's make_app, the RV32 bench and tests): the long-lived blocks first
+        (the ages ring, the detector's state), then the model (its file's bytes, the parser
+        and the detector's set-up code come and go), then the outbox (its boot code comes
+        and goes)."""
+        self.ages(slots)
+        self.det = detector.Detector(self.names, limits, params, fallback)
+        self.model = None
+        self.model_error = None
+        self.pending = None  # (size, crc32, error) of a model received into model.new
+        self.blob_crc = None
+        self._load_model()
+        self.outbox = outbox.Outbox(path, slots, slot_size, opener)
+        self.boot_seq = self.outbox.next_seq
 
     # -- model -----------------------------------------------------------------
     def model_id(self):
@@ -318,8 +355,8 @@ class App:
         # which each seq of this boot was taken (0: it has a time), a ring of the newest
         # AGE_RING seqs (1 KB; 4 h of samples at one a minute); older ones, and seqs from
         # before this boot, go without an age (the host stamps their arrival).
+        # (the first seq of this boot: self.boot_seq, set once the outbox is read)
         self.taken = array("i", bytes(4 * min(slots, AGE_RING)))  # MicroPython: bytes = buffer
-        self.boot_seq = self.outbox.next_seq
 
     def _aged(self, seq, payload):
         """The record as sent: with `"age": ms since it was taken` when it has no time and

@@ -45,6 +45,9 @@ only when read (the telemetry message).
 # words: firmware/detk.py. Stuck limit for a channel no model gives one: 120 (config.py's).
 
 
+from array import array
+
+
 class ModelMismatch(Exception):
     """The model's channels or window do not fit this sensor and detector."""
 
@@ -75,10 +78,16 @@ class Detector:
         self._ld = loader
         self._resmod = resmod
         self._shiftmod = shiftmod
-        self._setup("init", names, limits, params, fallback)
         self.pred = _Phys(self, 6)
         self.lo = _Phys(self, 7)
         self.hi = _Phys(self, 8)
+        # the kernels' state, constants and history (firmware/detk.py: header, channels,
+        # ring) and what enters the history (the reading, as float32 bits): allocated before
+        # the set-up code is loaded, whose pieces would leave no room for them after
+        n = len(names)
+        self._s = array("I", bytes(4 * (27 + 21 * n + 64 * n)))
+        self._in = array("f", bytes(4 * n))
+        self._setup("init", names, limits, params, fallback)
 
     def _setup(self, name, *args):
         # the set-up code (firmware/detset.py), dropped again after use
@@ -90,6 +99,9 @@ class Detector:
         finally:
             if getattr(ds, "__file__", "").endswith(".mpy"):
                 sys.modules.pop("detset", None)  # from .mpy: loading it again compiles nothing
+                # and empty it: the GC scans conservatively, and one stale word pointing at
+                # the module would otherwise keep all its code (as engine._free_parser)
+                ds.__dict__.clear()
 
     def _load(self, name):
         # a module of the rules: viper where the emitter exists, else plain bytecode

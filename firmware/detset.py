@@ -144,10 +144,7 @@ def init(d, names, limits, params, fallback):
     d.gap = params.get("episode_gap") or 10
     d.resend = params.get("resend_samples") or 60
     d._k = d._load("detk")
-    # what enters the history: the reading (the kernels see its float32 bits)
-    d._in = array("f", bytes(4 * n))
-    # the kernels' state, constants and history (firmware/detk.py): header, channels, ring
-    d._s = array("I", bytes(4 * (27 + 21 * n + 64 * n)))
+    # d._in (the reading) and d._s (the kernels' state): allocated by Detector.__init__
     d._s[0] = n
     d._rep = None  # what the history holds: None (float32 bits) or (offset, scale, order)
     d.stuck_lim = [params["stuck_samples"] or 120] * n

@@ -153,12 +153,8 @@ def make_app(slots=8, slot_size=512, model='model.ewb', log=None):
     a.log = log or (lambda s: None)
     a.device = 'rv32'
     a.names = list(sensors.NAMES)
-    # the outbox first, as App does: its boot code's allocations before the model's pieces
-    a.outbox = outbox.Outbox('outbox.bin', slots, slot_size)
-    a.ages(slots)
-    a.det = detector.Detector(a.names, sensors.RANGES['dht22'], DET, FALLBACK)
-    a.model = a.model_error = a.blob_crc = a.pending = None
-    a._load_model()
+    # App.__init__'s set-up, in its order (App.setup)
+    a.setup(sensors.RANGES['dht22'], DET, FALLBACK, 'outbox.bin', slots, slot_size)
     a.shift_run = a.samples = a.alerts = 0
     a.echo = ECHO
     gc.collect()
