@@ -52,6 +52,8 @@ from array import array
 X1 = array('i', bytes(4 * WRAP))  # the outbox run's counts, before the app cuts up the heap
 X2 = array('i', bytes(4 * WRAP))
 a = make_app(slots=SLOTS)
+if a.model_error:  # refused (e.g. no room left at set-up): no figure without the model
+    raise RuntimeError(a.model_error)
 for i in range(WARM):  # fill the detector's history (window, sigma window), no records yet
     a.det.step(a.reader.read(), 0)
 gc.collect()
