@@ -169,6 +169,7 @@ class App:
         and goes)."""
         self.ages(slots)
         self.det = detector.Detector(self.names, limits, params, fallback)
+        self._rule_kernels(params)
         self.model = None
         self.model_error = None
         self.pending = None  # (size, crc32, error) of a model received into model.new
@@ -176,6 +177,25 @@ class App:
         self._load_model()
         self.outbox = outbox.Outbox(path, slots, slot_size, opener)
         self.boot_seq = self.outbox.next_seq
+
+    def _rule_kernels(self, params):
+        # the kernels of the rules the model on flash carries (its header's flags:
+        # blob.FLAG_BAND 32, FLAG_SHIFT 4), loaded before the model is read: their native code
+        # is one block each (residual's band 2.7 KB, shift 1.2 KB), which the holes left once
+        # the model is parsed do not hold. Other boards never load them.
+        try:
+            with open(self.cfg["model_file"], "rb") as f:
+                h = f.read(8)
+        except OSError:
+            return
+        if engine is None or len(h) < 8 or h[:4] != b"EWMB":
+            return
+        flags = h[6] | h[7] << 8
+        d = self.det
+        if flags & 32 and params.get("band") != "seed" and d._resmod is None:
+            d._resmod = d._load("residual")
+        if flags & 4 and params.get("shift_factor") != 0 and d._shiftmod is None:
+            d._shiftmod = d._load("shift")
 
     # -- model -----------------------------------------------------------------
     def model_id(self):
