@@ -178,3 +178,30 @@ def test_detector_step_allocates_nothing_on_the_unix_port(tmp_path):
     res = mpy.run(code=zero_alloc_code(), cwd=tmp_path, extra_path=[tmp_path, *fwrun.build_mpy()],
                   heap="96K")
     check_zero_alloc(res.stdout, "unix port")
+
+
+FITS = """
+from rv32app import *
+a = make_app(slots=200)
+for i in range(30):
+    a.sample(0)
+    gc.collect()
+print(repr(a.model_error), a.det.band is not None, a.det.shift is not None, gc.mem_free())
+"""
+
+
+def test_model_with_band_and_shift_fits_the_c3_heap_at_set_up(rv32_runtime, tiny_model_dir):
+    """A model carrying the residual band and a shift calibration (the rules' largest
+    kernels, one native block each) is kept by App's set-up (App.setup, as make_app runs it)
+    with the default 200-slot outbox at 80 KiB, not refused as not fitting in memory."""
+    from edgewatch.training.export import blob
+    from edgewatch.training.export.shiftcal import ShiftCal
+
+    spec = blob.read((tiny_model_dir / "model.ewb").read_bytes())
+    spec.shift = ShiftCal(10, 3.0, np.array([0.0, 0.0]), np.array([1.0, 1.0]), np.eye(2))
+    with rv32mod.Board.start(rv32_runtime) as b:
+        b.put_app(blob.write(spec), samples().tobytes())
+        err, band, shift, free = b.run(FITS).split()
+    assert err == "None", err
+    assert band == "True" and shift == "True"
+    assert int(free) >= 8 * 1024, f"only {free} bytes of the C3's heap left"
