@@ -175,8 +175,10 @@ def test_detector_step_allocates_nothing_on_the_unix_port(tmp_path):
     (tmp_path / "rv32app.py").write_text(rv32mod.APP_SETUP)
     (tmp_path / "samples.bin").write_bytes(samples().tobytes())
     (tmp_path / "model.ewb").write_bytes((mpy.ROOT / "tests" / "golden" / "model.ewb").read_bytes())
+    # (the C3's heap budget is checked on RV32 above; on this 64-bit port the script's 190
+    # boxed float literals and the set-up no longer fit 96K together, so a little more)
     res = mpy.run(code=zero_alloc_code(), cwd=tmp_path, extra_path=[tmp_path, *fwrun.build_mpy()],
-                  heap="96K")
+                  heap="112K")
     check_zero_alloc(res.stdout, "unix port")
 
 
