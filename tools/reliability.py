@@ -186,7 +186,8 @@ def poison_throughput(messages: int, db_url: str | None = None) -> dict:
 
 
 def write(out_dir: Path, results: dict, recorded: list[dict], wall: float, poison: dict,
-          cmd: str) -> Path:
+          cmd: str, tests_run: str | None = None) -> Path:
+    """The page and its JSON; ``tests_run``: when the tests ran (None: now)."""
     from tools.bench import machine
 
     m = machine()
@@ -197,8 +198,9 @@ def write(out_dir: Path, results: dict, recorded: list[dict], wall: float, poiso
              "before asserting on them (tests/support/figures.py); where a test records "
              "none, its assertions are the figure (e.g. every sample stored exactly once).", ""]
     if results:
+        when = tests_run or m["date"]
         lines += [f"Tests: {sum(v[0] == 'passed' for v in results.values())} passed of "
-                  f"{len(results)} in {wall:.0f} s.", "",
+                  f"{len(results)} in {wall:.0f} s (run {when}).", "",
                   "| attack or fault | test | verdict | s | measured |", "|---|---|---|---|---|"]
         for what, nodes in CASES:
             first = True
@@ -232,7 +234,8 @@ def write(out_dir: Path, results: dict, recorded: list[dict], wall: float, poiso
     path = out_dir / "reliability.md"
     path.write_text("\n".join(lines))
     (out_dir / "reliability.json").write_text(json.dumps(
-        {"machine": m, "tests": results, "figures": recorded, "poison": poison}, indent=1))
+        {"machine": m, "tests": results, "figures": recorded, "tests_seconds": wall,
+         "tests_run": tests_run or m["date"], "poison": poison}, indent=1))
     return path
 
 
@@ -240,16 +243,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.reliability", description=__doc__.split("\n")[0])
     p.add_argument("--out-dir", default=str(ROOT / "docs"))
     p.add_argument("--poison-messages", type=int, default=20_000)
-    p.add_argument("--skip-tests", action="store_true", help="only the throughput part")
+    p.add_argument("--skip-tests", action="store_true",
+                   help="only the throughput part; the page keeps the last run's test table, "
+                        "dated")
     p.add_argument("--postgresql", default="postgresql://postgres@127.0.0.1:5432/test",
                    help="PostgreSQL for the throughput part ('none': SQLite only)")
     args = p.parse_args(argv)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, recorded, wall = {}, [], 0.0
+    results, recorded, wall, tests_run = {}, [], 0.0, None
     if not args.skip_tests:
         with tempfile.TemporaryDirectory() as tmp:
             results, recorded, wall = run_tests(Path(tmp))
+    elif (out_dir / "reliability.json").exists():  # keep the last run's test table, say so
+        last = json.loads((out_dir / "reliability.json").read_text())
+        results = {k: tuple(v) for k, v in last["tests"].items()}
+        recorded, wall = last["figures"], last.get("tests_seconds", 0.0)
+        tests_run = last.get("tests_run") or last["machine"]["date"]
     poison = {}
     if args.poison_messages:
         poison["SQLite"] = poison_throughput(args.poison_messages)
@@ -257,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             poison["PostgreSQL"] = poison_throughput(args.poison_messages, args.postgresql)
     cmd = "make reliability" if argv is None and len(sys.argv) == 1 else \
         "python -m tools.reliability " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(write(out_dir, results, recorded, wall, poison, cmd))
+    print(write(out_dir, results, recorded, wall, poison, cmd, tests_run))
     return 0 if all(v[0] in ("passed", "skipped") for v in results.values()) else 1
 
 
