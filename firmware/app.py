@@ -43,6 +43,7 @@ def _intern(name):
         m.__dict__.clear()  # a stale word pointing at it would keep its code (see detector)
 
 
+_intern("plan")  # the engine's planner, loaded with each model (engine.py)
 _intern("detset")
 _intern("outbox_boot")  # the outbox's boot code, dropped after boot (outbox.py)
 gc.collect()

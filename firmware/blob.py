@@ -158,6 +158,109 @@ class _Reader:
         return self.mv[p : p + n]
 
 
+def _parse(self, blob, key):
+    end = check(blob, key)
+    r = _Reader(blob, end)
+    h = r.unpack(HEADER, "header")
+    self.version = h[1]
+    self.flags = h[2]
+    if h[2] & ~FLAGS_KNOWN:
+        raise BlobError("blob uses flags 0x%x, which this engine does not know" % h[2])
+    self.residual = bool(h[2] & FLAG_RESIDUAL)
+    self.model_id = binascii.hexlify(h[4]).decode()
+    self.window = h[5]
+    c = self.channels = h[6]
+    nt = h[7]
+    nops = h[8]
+    if self.window < 1 or c < 1 or nt < 2 or nops < 1:
+        raise BlobError("blob malformed: window, channels, tensors and ops must be >= 1")
+    self.in_scale, self.in_zp, self.out_scale, self.out_zp = r.unpack(IOQ, "io quantisation")
+    names = []
+    for _ in range(c):
+        (ln,) = r.unpack("<B", "channel name")
+        try:
+            names.append(bytes(r.view(ln, "channel name")).decode())
+        except UnicodeError:
+            raise BlobError("blob malformed: channel name is not UTF-8")
+    self.names = names
+    self.offset = r.array("f", c, "scaler")
+    self.scale = r.array("f", c, "scaler")
+    self.k, self.eps, self.sigma_window, self.stuck_samples = r.unpack(DETECTOR, "detector")
+    self.tensors = [r.unpack("<HH", "tensor table") for _ in range(nt)]
+    ops = []
+    for i in range(nops):
+        head = r.unpack(OP_HEAD, "op %d" % i)
+        op, src, dst = head[0], head[3], head[4]
+        if src >= nt or dst >= nt:
+            raise BlobError("blob malformed: op %d names a tensor out of range" % i)
+        if op == OP_CONV or op == OP_FC:
+            t = r.unpack(CONV_TAIL, "op %d" % i)
+            ks, oc = t[0], t[4]
+            w = r.view(oc * ks * t[3], "op %d weights" % i)
+            # views into the blob, not lists: a load must fit a busy board's heap
+            rest = (w, r.view(4 * oc, "op %d bias" % i), r.view(4 * oc, "op %d" % i),
+                    r.view(oc, "op %d" % i))
+        elif op == OP_ADD:
+            t = r.unpack(ADD_TAIL, "op %d" % i)
+            if t[0] >= nt:
+                raise BlobError("blob malformed: op %d names a tensor out of range" % i)
+            rest = ()
+        elif op == OP_SLICE:
+            t = r.unpack(SLICE_TAIL, "op %d" % i)
+            rest = ()
+        else:
+            raise BlobError("blob uses op type %d, which this engine does not know" % op)
+        ops.append(head + t + rest)
+    # the sustained-shift calibration stays raw bytes here: firmware/shift.py parses
+    # and checks it when a detector takes the model (boards without it never pay)
+    self.shift = r.view(6 + 4 * (2 * c + c * c), "shift") if h[2] & FLAG_SHIFT else None
+    self.still = r.unpack("<H", "still")[0] if h[2] & FLAG_STILL else 0
+    # the residual band's calibration stays raw bytes here: firmware/residual.py parses
+    # and checks it when a detector takes the model
+    self.band = r.view(20 + 10 * c, "band") if h[2] & FLAG_BAND else None
+    if r.pos != end:
+        raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
+    self.ops = ops
+    _check_shapes(self)
+
+
+def _check_shapes(self):
+    # The engine's inner loops index raw buffers without bounds checks, so
+    # every size they will use is checked here, once, against the tensor table.
+    t = self.tensors
+    size = 0
+    for r, c in t:
+        size += r * c
+    if size > MAX_ACTIVATIONS:
+        raise BlobError("blob malformed: %d bytes of activations, at most %d" % (size, MAX_ACTIVATIONS))
+    if t[0] != (self.window, self.channels):
+        raise BlobError("blob malformed: input tensor is not window x channels")
+    for i, op in enumerate(self.ops):
+        kind, amin, amax, src, dst = op[:5]
+        (r_in, c_in), (r_out, c_out) = t[src], t[dst]
+        ok = amin <= amax
+        if kind == OP_CONV:
+            ks, dil, pad, in_ch, out_ch = op[5:10]
+            ok = ok and ks >= 1 and dil >= 1 and c_in == in_ch and c_out == out_ch
+            ok = ok and r_out == r_in + pad - dil * (ks - 1) and r_out >= 1
+        elif kind == OP_FC:
+            ok = ok and op[5] == 1 and r_in * c_in == op[8] and r_out * c_out == op[9]
+        elif kind == OP_ADD:
+            ok = ok and t[op[5]] == t[src] == t[dst] and op[6] <= 30
+        else:
+            ok = ok and op[5] + op[6] <= r_in * c_in and r_out * c_out == op[6]
+        if kind in (OP_CONV, OP_FC):
+            n = op[9]
+            ok = ok and all(-31 <= s <= 30 for s in struct.unpack("<%db" % n, op[15]))
+            ok = ok and all(m >= 0 for m in struct.unpack("<%di" % n, op[14]))
+        elif kind == OP_ADD:
+            ok = ok and all(-31 <= s <= 0 for s in op[13:16]) and min(op[10:13]) >= 0
+        if not ok:
+            raise BlobError("blob malformed: op %d does not fit its tensors" % i)
+    if t[self.ops[-1][4]] != (1, self.channels):
+        raise BlobError("blob malformed: the last op does not give one value per channel")
+
+
 class Blob:
     """A checked, parsed blob: header fields, scaler, detector, tensors and ops.
 
@@ -170,102 +273,6 @@ class Blob:
     """
 
     def __init__(self, blob, key=None):
-        end = check(blob, key)
-        r = _Reader(blob, end)
-        h = r.unpack(HEADER, "header")
-        self.version = h[1]
-        self.flags = h[2]
-        if h[2] & ~FLAGS_KNOWN:
-            raise BlobError("blob uses flags 0x%x, which this engine does not know" % h[2])
-        self.residual = bool(h[2] & FLAG_RESIDUAL)
-        self.model_id = binascii.hexlify(h[4]).decode()
-        self.window = h[5]
-        c = self.channels = h[6]
-        nt = h[7]
-        nops = h[8]
-        if self.window < 1 or c < 1 or nt < 2 or nops < 1:
-            raise BlobError("blob malformed: window, channels, tensors and ops must be >= 1")
-        self.in_scale, self.in_zp, self.out_scale, self.out_zp = r.unpack(IOQ, "io quantisation")
-        names = []
-        for _ in range(c):
-            (ln,) = r.unpack("<B", "channel name")
-            try:
-                names.append(bytes(r.view(ln, "channel name")).decode())
-            except UnicodeError:
-                raise BlobError("blob malformed: channel name is not UTF-8")
-        self.names = names
-        self.offset = r.array("f", c, "scaler")
-        self.scale = r.array("f", c, "scaler")
-        self.k, self.eps, self.sigma_window, self.stuck_samples = r.unpack(DETECTOR, "detector")
-        self.tensors = [r.unpack("<HH", "tensor table") for _ in range(nt)]
-        ops = []
-        for i in range(nops):
-            head = r.unpack(OP_HEAD, "op %d" % i)
-            op, src, dst = head[0], head[3], head[4]
-            if src >= nt or dst >= nt:
-                raise BlobError("blob malformed: op %d names a tensor out of range" % i)
-            if op == OP_CONV or op == OP_FC:
-                t = r.unpack(CONV_TAIL, "op %d" % i)
-                ks, oc = t[0], t[4]
-                w = r.view(oc * ks * t[3], "op %d weights" % i)
-                # views into the blob, not lists: a load must fit a busy board's heap
-                rest = (w, r.view(4 * oc, "op %d bias" % i), r.view(4 * oc, "op %d" % i),
-                        r.view(oc, "op %d" % i))
-            elif op == OP_ADD:
-                t = r.unpack(ADD_TAIL, "op %d" % i)
-                if t[0] >= nt:
-                    raise BlobError("blob malformed: op %d names a tensor out of range" % i)
-                rest = ()
-            elif op == OP_SLICE:
-                t = r.unpack(SLICE_TAIL, "op %d" % i)
-                rest = ()
-            else:
-                raise BlobError("blob uses op type %d, which this engine does not know" % op)
-            ops.append(head + t + rest)
-        # the sustained-shift calibration stays raw bytes here: firmware/shift.py parses
-        # and checks it when a detector takes the model (boards without it never pay)
-        self.shift = r.view(6 + 4 * (2 * c + c * c), "shift") if h[2] & FLAG_SHIFT else None
-        self.still = r.unpack("<H", "still")[0] if h[2] & FLAG_STILL else 0
-        # the residual band's calibration stays raw bytes here: firmware/residual.py parses
-        # and checks it when a detector takes the model
-        self.band = r.view(20 + 10 * c, "band") if h[2] & FLAG_BAND else None
-        if r.pos != end:
-            raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
-        self.ops = ops
-        self._check_shapes()
-
-    def _check_shapes(self):
-        # The engine's inner loops index raw buffers without bounds checks, so
-        # every size they will use is checked here, once, against the tensor table.
-        t = self.tensors
-        size = 0
-        for r, c in t:
-            size += r * c
-        if size > MAX_ACTIVATIONS:
-            raise BlobError("blob malformed: %d bytes of activations, at most %d" % (size, MAX_ACTIVATIONS))
-        if t[0] != (self.window, self.channels):
-            raise BlobError("blob malformed: input tensor is not window x channels")
-        for i, op in enumerate(self.ops):
-            kind, amin, amax, src, dst = op[:5]
-            (r_in, c_in), (r_out, c_out) = t[src], t[dst]
-            ok = amin <= amax
-            if kind == OP_CONV:
-                ks, dil, pad, in_ch, out_ch = op[5:10]
-                ok = ok and ks >= 1 and dil >= 1 and c_in == in_ch and c_out == out_ch
-                ok = ok and r_out == r_in + pad - dil * (ks - 1) and r_out >= 1
-            elif kind == OP_FC:
-                ok = ok and op[5] == 1 and r_in * c_in == op[8] and r_out * c_out == op[9]
-            elif kind == OP_ADD:
-                ok = ok and t[op[5]] == t[src] == t[dst] and op[6] <= 30
-            else:
-                ok = ok and op[5] + op[6] <= r_in * c_in and r_out * c_out == op[6]
-            if kind in (OP_CONV, OP_FC):
-                n = op[9]
-                ok = ok and all(-31 <= s <= 30 for s in struct.unpack("<%db" % n, op[15]))
-                ok = ok and all(m >= 0 for m in struct.unpack("<%di" % n, op[14]))
-            elif kind == OP_ADD:
-                ok = ok and all(-31 <= s <= 0 for s in op[13:16]) and min(op[10:13]) >= 0
-            if not ok:
-                raise BlobError("blob malformed: op %d does not fit its tensors" % i)
-        if t[self.ops[-1][4]] != (1, self.channels):
-            raise BlobError("blob malformed: the last op does not give one value per channel")
+        # the parse is module code: the board drops the module (engine._free_parser) and
+        # keeps only this object's fields and a class without code
+        _parse(self, blob, key)

@@ -41,7 +41,7 @@ only when read (the telemetry message).
 """
 
 
-# History: 64 samples (the largest model window / sigma window accepted); kernel state
+# History: 128 samples (the largest model window / sigma window accepted); kernel state
 # words: firmware/detk.py. Stuck limit for a channel no model gives one: 120 (config.py's).
 
 
@@ -85,7 +85,7 @@ class Detector:
         # ring) and what enters the history (the reading, as float32 bits): allocated before
         # the set-up code is loaded, whose pieces would leave no room for them after
         n = len(names)
-        self._s = array("I", bytes(4 * (27 + 21 * n + 64 * n)))
+        self._s = array("I", bytes(4 * (27 + 21 * n + 128 * n)))
         self._in = array("f", bytes(4 * n))
         self._setup("init", names, limits, params, fallback)
 

@@ -27,7 +27,7 @@
 #   10 gp 11 gn (Q10)  12 bias (Q23 [b])  13 flagged run  14 s floor 15 s cap (Q20)
 #   16 shift center (Q10 [b])  17/18 1/spread (M, SH [b])  19 shift u (Q10 [b])
 #   20 clamp before 1/spread
-#   then the ring, the history: 64 (detector.CAPACITY) rows of n words, row = position:
+#   then the ring, the history: 128 (detector.py) rows of n words, row = position:
 #   u (Q16 [b]) in model channel order with a model, else the readings' float32 bits
 # (micropython.viper and const are the compiler's own: no import, no module globals; the
 # underscore keeps the constant out of the module's dict)
@@ -90,8 +90,8 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
                 s[r + c] = b[c]
         for j in range(nc):
             s[r + j] = s[27 + 21 * j + 5]
-        s[2] = (pos + 1) & 63
-        if int(s[3]) < 64:
+        s[2] = (pos + 1) & 127
+        if int(s[3]) < 128:
             s[3] = int(s[3]) + 1
         return 0
     wn = int(s[4])
@@ -102,7 +102,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     uq = int(s[25])
     i = 0
     for t in range(wn):
-        r = ring + ((pos - wn + t) & 63) * nc
+        r = ring + ((pos - wn + t) & 127) * nc
         for j in range(nc):
             x = int(s[r + j]) - _BIAS
             if x > uq:
@@ -128,7 +128,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     nc = int(s[1])
     pos = int(s[2])
     ring = 27 + 21 * nc
-    newest = ring + ((pos - 1) & 63) * nc
+    newest = ring + ((pos - 1) & 127) * nc
     om = int(s[11])
     osh = int(s[12]) - _BIAS  # >= 1
     ozp = int(s[13]) - _BIAS
@@ -151,7 +151,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         v2 = 0
         for ph in range(3):
             for k in range(sw):
-                w = int(s[ring + ((pos - 1 - k) & 63) * nc + j])
+                w = int(s[ring + ((pos - 1 - k) & 127) * nc + j])
                 if ph == 0:
                     if w < lo:
                         lo = w
@@ -202,7 +202,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     # the reading into the history
     for j in range(nc):
         s[ring + pos * nc + j] = s[27 + 21 * j + 5]
-    s[2] = (pos + 1) & 63
-    if int(s[3]) < 64:
+    s[2] = (pos + 1) & 127
+    if int(s[3]) < 128:
         s[3] = int(s[3]) + 1
     return flags

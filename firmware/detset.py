@@ -103,7 +103,7 @@ def fill(d, m, band):
             sput(d, cb + k, 0)
     # the history, for this model's scaler: u (Q16) in its channel order
     n = len(d.names)
-    for i in range(64):
+    for i in range(128):
         row = 27 + 21 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for j in range(nc):
@@ -125,7 +125,7 @@ def unfill(d):
     if d._rep is None:
         return
     n = len(d.names)
-    for i in range(64):
+    for i in range(128):
         row = 27 + 21 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for c in range(n):
@@ -236,8 +236,8 @@ def set_model(self, model, Mismatch):
     sw = self.params["sigma_window"] or model.sigma_window
     if getattr(model, "band", None) is not None and self.params.get("band") != "seed":
         sw = 1  # the residual band keeps no sigma window
-    if model.window > 64 or sw > 64:
-        raise Mismatch("window %d / sigma window %d over %d" % (model.window, sw, 64))
+    if model.window > 128 or sw > 128:
+        raise Mismatch("window %d / sigma window %d over %d" % (model.window, sw, 128))
     f = self.params.get("shift_factor")
     sh = model.shift
     if sh is not None and f != 0:

@@ -6,20 +6,22 @@
 # only the floats it is given and returns. The int8 results equal TensorFlow
 # Lite Micro's bit for bit (tests/firmware/test_engine_bitexact.py).
 #
-# Only the time steps the output depends on are computed: with the default
-# causal TCN that is about a quarter of the convolution work.
-import array
-import struct
+# Streaming: when the window covers the model's receptive field (edgewatch convert
+# refuses a model whose window is shorter), each tensor keeps only the newest rows its
+# readers need (a ring) and a step computes only the newest row of every op. A window
+# that is the previous one moved by one sample costs one step; any other window (the
+# first, or a history the caller rewrote) is replayed row by row. Both give the windowed
+# result bit for bit: no row a step reads ever depended on the window's left padding.
+# A model whose output reads the padding runs windowed, computing only the time steps
+# the output depends on.
 import sys
 
-from blob import OP_ADD, OP_CONV, OP_FC, BlobError
+from blob import BlobError
 
 try:
     import kernels as _fast  # SyntaxError on ports without the native emitter
 except (ImportError, SyntaxError, ValueError):
     _fast = None
-
-_WORD = 0xFFFFFFFF
 
 
 def default_kernels():
@@ -31,125 +33,47 @@ def default_kernels():
     return kernels_plain
 
 
+def _drop(name):
+    # a precompiled set-up module out of the heap until it is needed again: popped, and
+    # emptied (the GC scans conservatively, and one stale word pointing at the module would
+    # otherwise keep all its code). From source (the host tests) it stays: recompiling it
+    # for every model would need the compiler's peak each time.
+    mod = sys.modules.get(name)
+    if mod is not None and getattr(mod, "__file__", "").endswith(".mpy"):
+        sys.modules.pop(name, None)
+        mod.__dict__.clear()
+
+
 def _free_parser():
     # On the board the parser is precompiled (.mpy, edgewatch.board.deploy): loading it
     # again for the next model compiles nothing, so free its ~9 KB until then.
     # From source (the host tests) it stays: recompiling needs a ~40 KB peak.
-    b = sys.modules.get("blob")
-    if b is not None and getattr(b, "__file__", "").endswith(".mpy"):
-        sys.modules.pop("blob", None)
-        # and empty it: the GC scans conservatively, and one stale word pointing at
-        # the module would otherwise keep all its code (seen on RV32: 7.6 KB kept)
-        b.__dict__.clear()
+    _drop("blob")  # (seen on RV32: a stale word kept 7.6 KB of its code)
 
 
 _free_parser()  # a board may run for weeks before its first model arrives
 
 
-def _parse(raw, key):
-    import blob
+def _parse(raw, key, m, k):
+    # the blob parsed and checked, and m's plan on kernels k (plan.py, dropped after use).
+    # The planner's code first, while the heap is in fewer pieces; the parser's code is
+    # dropped before the plan is built, whose buffers take the room it leaves.
+    import plan
 
-    blob.BlobError = BlobError  # a re-imported parser raises the class callers catch
     try:
-        return blob.Blob(raw, key)
+        import blob
+
+        blob.BlobError = BlobError  # a re-imported parser raises the class callers catch
+        try:
+            b = blob.Blob(raw, key)
+        finally:
+            _free_parser()
+        blob = None
+        plan.build(m, b, k)
     finally:
-        _free_parser()
-
-
-def _block(head, rows, chan=None, w=None):
-    # A kernel's parameter block (array of 32-bit two's-complement words),
-    # filled in place: no intermediate lists on a heap that may be nearly full.
-    # A conv's bias takes its input offset in (TFLM's optimised kernels do the
-    # same): sum((x + off) * w) = sum((x ^ 0x80) * w) + (off - 128) * sum(w), so
-    # the kernel's multiply-accumulate needs no offset (see kernels.conv).
-    n = len(head) + len(rows) + (3 * len(chan[0]) // 4 if chan else 0)
-    p = array.array("I", range(n))
-    i = 0
-    for v in head:
-        p[i] = v & _WORD
-        i += 1
-    for v in rows:
-        p[i] = v
-        i += 1
-    if chan:
-        bias, mult, shift = chan
-        per = len(w) // len(shift)
-        off = head[7] - 128
-        for c in range(len(shift)):
-            sw = 0
-            for j in range(c * per, c * per + per):
-                sw += (w[j] ^ 0x80) - 0x80
-            # (not blob.word: holding a function of the parser would keep it in memory)
-            p[i] = (struct.unpack_from("<i", bias, 4 * c)[0] + off * sw) & _WORD
-            p[i + 1] = struct.unpack_from("<i", mult, 4 * c)[0]
-            p[i + 2] = ((shift[c] ^ 0x80) - 0x80) & _WORD
-            i += 3
-    return p
-
-
-def _arena(b):
-    # One buffer for all activations; a tensor reuses the bytes of tensors whose
-    # last reader has run (first fit over [producer, last reader] intervals).
-    ops = b.ops
-    life = [[-1, -1] for _ in b.tensors]
-    for j in range(len(ops)):
-        op = ops[j]
-        life[op[4]][0] = j
-        for t in (op[3], op[5]) if op[0] == OP_ADD else (op[3],):
-            life[t][1] = j
-    life[0][0] = -1
-    life[ops[-1][4]][1] = len(ops)
-    place = []
-    top = 0
-    for t in range(len(b.tensors)):
-        size = b.tensors[t][0] * b.tensors[t][1]
-        s0, e0 = life[t]
-        off = 0
-        moved = True
-        while moved:
-            moved = False
-            for u in range(t):
-                s1, e1 = life[u]
-                o1 = place[u]
-                size1 = b.tensors[u][0] * b.tensors[u][1]
-                if s0 <= e1 and s1 <= e0 and off < o1 + size1 and o1 < off + size:
-                    off = o1 + size1
-                    moved = True
-        place.append(off)
-        top = max(top, off + size)
-    mv = memoryview(bytearray(top))
-    return [mv[place[t]:place[t] + b.tensors[t][0] * b.tensors[t][1]] for t in range(len(place))]
-
-
-def _needed_rows(b):
-    # Walk the graph backwards: which rows (time steps) of each tensor does the
-    # output depend on? A causal conv reads rows t - pad + k*dilation.
-    need = [None] * len(b.tensors)
-    last = b.ops[-1][4]
-    need[last] = set(range(b.tensors[last][0]))
-    for op in reversed(b.ops):
-        kind, src, dst = op[0], op[3], op[4]
-        rows = need[dst]
-        if not rows:
-            continue
-        got = need[src] if need[src] is not None else set()
-        if kind == OP_CONV:
-            for t in rows:
-                for k in range(op[5]):
-                    ti = t + k * op[6] - op[7]
-                    if ti >= 0:
-                        got.add(ti)
-        elif kind == OP_ADD:
-            got |= rows
-            other = need[op[5]] if need[op[5]] is not None else set()
-            need[op[5]] = other | rows
-        elif kind == OP_FC:
-            got |= set(range(b.tensors[src][0]))
-        else:  # SLICE: element range -> rows
-            cols = b.tensors[src][1]
-            got |= set(range(op[5] // cols, (op[5] + op[6] - 1) // cols + 1))
-        need[src] = got
-    return need
+        _drop("plan")
+    b.ops = b.tensors = None  # a conservative GC may meet stale words pointing at them
+    return b
 
 
 class Model:
@@ -157,7 +81,7 @@ class Model:
 
     def __init__(self, blob, key=None, kernels=None):
         k = kernels or default_kernels()  # first: the fallback compiles source, a heap's largest need
-        b = _parse(blob, key)
+        b = _parse(blob, key, self, k)
         self.window = b.window
         self.channels = b.channels
         self.names = b.names
@@ -179,33 +103,7 @@ class Model:
         self._inv_in = 1.0 / b.in_scale
         self.kernels = k
         self._copy = k.copy
-        bufs = _arena(b)
-        need = _needed_rows(b)
-        plan = []
-        for op in b.ops:
-            kind, amin, amax, src, dst = op[:5]
-            rows = sorted(need[dst] or ())
-            if not rows:
-                continue  # nothing downstream reads this op
-            if kind == OP_FC:
-                rows = [0]  # one row of in_ch = all input elements, whatever the shapes
-            if kind == OP_CONV or kind == OP_FC:
-                p = _block((len(rows), 0, op[8], op[9], op[5], op[6], op[7], -op[10], op[11],
-                            amin, amax), rows, op[13:16], op[12])
-                plan.append((k.conv, p, bufs[src], bufs[dst], op[12]))
-            elif kind == OP_ADD:
-                if not 9 <= op[6] <= 22:  # kernels.add's exact input rescale needs this (TFLM: 20)
-                    raise BlobError("blob malformed: ADD left shift %d outside 9..22" % op[6])
-                p = _block((len(rows), b.tensors[dst][1], -op[7], -op[8], op[9], op[6],
-                            op[10], op[13], op[11], op[14], op[12], op[15], amin, amax), rows)
-                plan.append((k.add, p, bufs[src], bufs[op[5]], bufs[dst]))
-            else:
-                plan.append((k.copy, bufs[src], bufs[dst], op[5], op[6]))
-        self._plan = plan
-        self._in = bufs[0]
-        self._out = bufs[b.ops[-1][4]]
         self._n_in = len(self._in)
-        b.ops = b.tensors = need = None  # a conservative GC may meet stale words pointing at them
 
     def predict_q(self, xq):
         """int8 window (window*channels bytes, oldest first, channel-interleaved) -> int8 output.
@@ -215,11 +113,35 @@ class Model:
         """
         if len(xq) != self._n_in:
             raise ValueError("predict_q wants %d int8 values" % self._n_in)
+        n = self._n_in
         if xq is not self._in:
-            self._copy(xq, self._in, 0, self._n_in)
+            self._copy(xq, self._in, 0, n)
+        if not self.streaming:
+            for step in self._plan:
+                step[0](step[1], step[2], step[3], step[4])
+            return self._out
+        c = self.channels
+        if self._warm and self._same(self._prev, self._in, c, n - c):
+            self._step(n - c)  # the last window moved by one sample
+        else:
+            i = 0
+            while i < n:  # another window: replay it (a range with a step would allocate)
+                self._step(i)
+                i += c
+            self._warm = True
+            self.replays += 1
+        self._copy(self._in, self._prev, 0, n)
+        return self._out
+
+    def _step(self, first):
+        # one streaming step: every ring moves one row back, the input row at `first`
+        # enters, then each op computes its newest row
+        sh = self._shift
+        for m in self._moves:
+            sh(m[0], m[1], m[2])
+        self._copy(self._in, self._row0, first, self.channels)
         for step in self._plan:
             step[0](step[1], step[2], step[3], step[4])
-        return self._out
 
     def predict(self, norm_window):
         """Normalised window (window*channels floats, oldest first) -> list of normalised predictions."""

@@ -244,3 +244,27 @@ def add(p: ptr32, a: ptr8, b: ptr8, y: ptr8):
 def copy(src: ptr8, dst: ptr8, first: int, count: int):
     for i in range(count):
         dst[i] = src[first + i]
+
+
+@micropython.viper
+def shift(x: ptr8, step: int, count: int):
+    # x[i] = x[step + i] for i < count, four bytes a turn (count: a multiple of 4): a
+    # streaming ring's rows move one row back (engine.Model)
+    d = ptr8(int(x))
+    s = ptr8(int(x) + step)
+    for i in range(count >> 2):
+        d[0] = s[0]
+        d[1] = s[1]
+        d[2] = s[2]
+        d[3] = s[3]
+        d = ptr8(int(d) + 4)
+        s = ptr8(int(s) + 4)
+
+
+@micropython.viper
+def same(a: ptr8, b: ptr8, first: int, count: int) -> int:
+    # 1 when a[first + i] == b[i] for every i < count, else 0
+    for i in range(count):
+        if a[first + i] != b[i]:
+            return 0
+    return 1

@@ -25,6 +25,9 @@ class _Addr:
     def __getitem__(self, i):
         return self.b[self.o + i]
 
+    def __setitem__(self, i, v):
+        self.b[self.o + i] = v
+
 
 _int = int
 

@@ -72,7 +72,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     nc = int(s[1])
     pos = int(s[2])
     ring = 27 + 21 * nc
-    prev = (pos - 1) & 63
+    prev = (pos - 1) & 127
     om = int(s[11])
     osh = int(s[12]) - BIAS  # >= 1
     ozp = int(s[13]) - BIAS
@@ -176,11 +176,11 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         s[cb + 10] = 0
         s[cb + 11] = 0
         for k in range(int(s[4])):
-            s[ring + ((pos - 1 - k) & 63) * nc + j] = u + BIAS
+            s[ring + ((pos - 1 - k) & 127) * nc + j] = u + BIAS
     # the reading (or the held value) into the history
     for j in range(nc):
         s[ring + pos * nc + j] = s[27 + 21 * j + 5]
-    s[2] = (pos + 1) & 63
-    if int(s[3]) < 64:
+    s[2] = (pos + 1) & 127
+    if int(s[3]) < 128:
         s[3] = int(s[3]) + 1
     return flags

@@ -66,7 +66,7 @@ def view_a(s: ptr32, z: int) -> int:
         cb = 27 + 21 * j
         tot = 0
         for k in range(wn):
-            tot += (int(s[ring + ((pos - 1 - k) & 63) * nc + j]) - BIAS) >> 6
+            tot += (int(s[ring + ((pos - 1 - k) & 127) * nc + j]) - BIAS) >> 6
         if tot < 0:
             x = 0 - ((0 - tot) // wn)
         else:

@@ -79,7 +79,7 @@ def _run(blob: Path, heap: str, repeats: int, plain: int, path: Path | None = No
 
 def _mpy_dir(tmp: Path) -> Path:
     exe = Path(mpy.micropython_binary()).with_name("mpy-cross")
-    for name in ("engine", "blob", "kernels"):
+    for name in ("engine", "blob", "plan", "plan_window", "kernels"):
         subprocess.run([str(exe), "-march=x64", "-o", str(tmp / f"{name}.mpy"),
                         str(mpy.FIRMWARE / f"{name}.py")], check=True, capture_output=True)
     return tmp

@@ -9,7 +9,10 @@ same on any host, unlike microseconds. Implied time assumes the ESP32-C3 at
 and flash cache misses cost more). Per model (models/default when converted,
 and the committed default-size model of tests/golden/):
 
-- inference: engine.Model.predict_q on an int8 window, mean of repeats;
+- inference: engine.Model.predict_q on the window the detector writes, each the last one
+  moved by a sample (a streaming model computes the newest row of every layer), mean of
+  repeats; replay: one window that is not (the first, or a history rewritten), which a
+  streaming model replays row by row;
 - detector step: Detector.step (normalise the window, inference, band, device and
   shift rules) on a replayed DHT22 reading; rules: the step less the inference;
 - message: schema.telemetry_fast (the app's builder); outbox append: Outbox.append on the littlefs flash
@@ -48,9 +51,6 @@ import schema
 import time
 T = time.ticks_cpu
 D = time.ticks_diff
-from array import array
-X1 = array('i', bytes(4 * WRAP))  # the outbox run's counts, before the app cuts up the heap
-X2 = array('i', bytes(4 * WRAP))
 a = make_app(slots=SLOTS)
 if a.model_error:  # refused (e.g. no room left at set-up): no figure without the model
     raise RuntimeError(a.model_error)
@@ -112,6 +112,27 @@ print('ready', free_ready)
 ob = a.outbox
 msg = bytes(schema.telemetry(a.device, ob.next_seq, None, a.names, a.reader.read(), d.pred, d.lo,
                              d.hi, [], a.model_id()), 'utf-8')
+import binascii
+print('msg', binascii.hexlify(msg).decode())
+for j in range(n):
+    print(names[j], ins[j] // K - ins[n - 1] // K, mem[j] // K)
+"""
+
+# The outbox over a run that wraps, with the telemetry record PHASES built (MSG, hex), on an
+# app without a model: the counts' arrays need room the model's app does not leave
+OUTBOX = """
+from rv32app import *
+import binascii
+import time
+T = time.ticks_cpu
+D = time.ticks_diff
+from array import array
+X1 = array('i', bytes(4 * WRAP))
+X2 = array('i', bytes(4 * WRAP))
+a = make_app(slots=SLOTS, model='none.ewb')
+msg = binascii.unhexlify(MSG)
+ob = a.outbox
+t0 = t1 = t2 = t3 = m0 = 0
 def stats(name, xs, k):  # the raw counts: median, mean and max are taken on the host
     print('obraw', name, end='')
     for i in range(k):
@@ -153,8 +174,6 @@ while ob.depth:
     k += 1
 stats('ack_backlog', X2, k)
 print('ob len', len(msg), ob.dropped, 0, 0)
-for j in range(n):
-    print(names[j], ins[j] // K - ins[n - 1] // K, mem[j] // K)
 """
 
 INFER = """
@@ -165,19 +184,31 @@ import engine
 m = engine.Model(open('model.ewb', 'rb').read())
 gc.collect()
 a1 = gc.mem_alloc()
-buf = bytearray(m.window * m.channels)
-for i in range(len(buf)):
-    buf[i] = (i * 37) & 0xFF
-m.predict_q(buf)
+c = m.channels
+n = m.window * c
+buf = m._in  # where the detector writes the window (firmware/detk.py pre)
+seq = bytearray(n + R * c)  # a series: each window is the last one moved by a sample
+for i in range(len(seq)):
+    seq[i] = (i * 37 + (i * i) // 7) & 0xFF
 T = time.ticks_cpu
-t0 = T()
+D = time.ticks_diff
+m._copy(seq, buf, 0, n)
+m.predict_q(buf)
+tot = t0 = t1 = 0
 for i in range(R):
+    m._copy(seq, buf, (i + 1) * c, n)  # the next window, written as the detector does
+    t0 = T()
     m.predict_q(buf)
+    tot += D(T(), t0)
+for i in range(R):  # the timer's own cost
+    t0 = T()
+    tot -= D(T(), t0)
+# a window that is not the last one moved by a sample (the first, or a rewritten history)
+m._copy(seq, buf, 0, n)
+t0 = T()
+m.predict_q(buf)
 t1 = T()
-for i in range(R):
-    pass
-t2 = T()
-print(a1 - a0, (time.ticks_diff(t1, t0) - time.ticks_diff(t2, t1)) // R, m.model_id, m.window)
+print(a1 - a0, tot // R, m.model_id, m.window, D(t1, t0), getattr(m, 'streaming', False))
 """
 
 LONG = """
@@ -206,14 +237,22 @@ def default_models() -> list[Path]:
 def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
     board.put_app(blob.read_bytes(), _samples())
     board.reset()
-    resident, infer, model_id, window = board.run(f"R = {max(k, 10)}\n" + INFER).split()
+    resident, infer, model_id, window, replay, streaming = board.run(
+        f"R = {max(k, 10)}\n" + INFER).split()
     board.reset()
-    lines = board.run(f"SLOTS = {SLOTS}\nWARM = 70\nK = {k}\nWRAP = {2 * SLOTS + 50}\n"
+    # the detector's history filled (the model's window, the sigma window) before counting
+    lines = board.run(f"SLOTS = {SLOTS}\nWARM = {int(window) + 10}\nK = {k}\n"
                       + PHASES).splitlines()
+    msg = next(line.split()[1] for line in lines if line.startswith("msg "))
+    board.reset()
+    lines += board.run(f"SLOTS = {SLOTS}\nWRAP = {2 * SLOTS + 50}\nMSG = {msg!r}\n"
+                       + OUTBOX).splitlines()
     ph = {}
     ob = {}
     for line in lines:
         parts = line.split()
+        if parts[0] == "msg":
+            continue
         if parts[0] == "ob":
             ob[parts[1]] = [int(x) for x in parts[2:]]
         elif parts[0] == "obraw":
@@ -229,7 +268,10 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
     sample = ph["sample"][0]
     return {
         "model": str(blob.relative_to(ROOT)) if blob.is_relative_to(ROOT) else str(blob), "model_id": model_id, "window": int(window),
+        "streaming": streaming == "True",
         "instr_inference": int(infer),
+        # a window that is not the last one moved by a sample: replayed row by row (streaming)
+        "instr_inference_replay": int(replay),
         "instr_detector_step": ph["step"][0],
         # the rules (window, band, device and shift rules): the step less the inference
         "instr_rules": ph["step"][0] - int(infer),

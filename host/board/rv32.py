@@ -26,7 +26,7 @@ mpremote's raw REPL (raw-paste mode). Packages (Debian): gcc-riscv64-unknown-elf
 picolibc-riscv64-unknown-elf, qemu-system-misc (Makefile APT_PKGS).
 
     b = Board.start()               # builds first if needed
-    b.put_firmware(["engine", "kernels", "blob"])   # .mpy (-march=rv32imc) to flash
+    b.put_firmware(["engine", "kernels", "blob", "plan", "plan_window"])   # .mpy (-march=rv32imc) to flash
     print(b.run("import engine; print(engine)"))
     b.close()
 """
@@ -85,7 +85,7 @@ STANDINS = {"socket.py": "# the QEMU board has no network (edgewatch.board.rv32)
             "usocket.py": "from socket import *  # noqa\n"}
 
 # The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
-APP_MODULES = ["blob", "kernels", "engine", "detk", "detset", "residual", "detector", "shift", "outbox",
+APP_MODULES = ["blob", "plan", "plan_window", "kernels", "engine", "detk", "detset", "residual", "detector", "shift", "outbox",
                "outbox_boot", "outbox_v1", "schema", "sensors",
                "config", "link", "app"]
 

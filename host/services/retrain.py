@@ -35,6 +35,7 @@ import numpy as np
 from edgewatch.core.errors import UserError
 from edgewatch.training.forecast import data as tdata
 from edgewatch.training.forecast.data import db_devices, is_db
+from edgewatch.training.forecast.train import DEFAULT_WINDOW
 
 DEFAULT_REGISTRY = "models/registry"
 MIN_HOLDOUT_WINDOWS = 5
@@ -54,7 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help=f"registry folder (default {DEFAULT_REGISTRY})")
     p.add_argument("--work", default="runs/retrain", help="scratch folder (default runs/retrain)")
     p.add_argument("--arch", default="tcn", help="architecture when nothing is deployed (default tcn)")
-    p.add_argument("--window", type=int, default=10, help="window when nothing is deployed (default 10)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help=f"window when nothing is deployed (default {DEFAULT_WINDOW})")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--publish", action="store_true", help="deploy an approved model over the air")
@@ -177,7 +179,7 @@ def holdout_error(model_dir: Path, hold: tdata.Series, start: int) -> dict:
 # ---------------------------------------------------------------- the pipeline
 
 def retrain(source: str, registry, work, device: str | None = None, days: float = 30.0,
-            holdout: float = 0.2, margin: float = 0.05, arch: str = "tcn", window: int = 10,
+            holdout: float = 0.2, margin: float = 0.05, arch: str = "tcn", window: int = DEFAULT_WINDOW,
             epochs: int = 10, seed: int = 42) -> dict:
     """Pull, clean, train, convert, evaluate against the deployed model, approve, record.
 

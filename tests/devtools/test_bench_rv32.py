@@ -32,7 +32,7 @@ def test_instruction_counts_are_deterministic(rv32_runtime):
     counts = []
     for _ in range(2):
         with rv32.Board.start(rv32_runtime) as b:
-            b.put_firmware(["blob", "kernels", "engine"])
+            b.put_firmware(["blob", "plan", "plan_window", "kernels", "engine"])
             b.put(GOLDEN.read_bytes(), "model.ewb")
             counts.append(b.instructions(
                 "m.predict_q(buf)", repeat=3,

@@ -29,7 +29,7 @@ from test_engine_bitexact import (
     reference_requant,
 )
 
-ENGINE = ["blob", "kernels", "engine"]
+ENGINE = ["blob", "plan", "plan_window", "kernels", "engine"]
 
 RUN = """
 if MODE == 'plain':  # first: it compiles kernels.py's source, the heap's largest need
@@ -212,7 +212,9 @@ def test_engine_heap_from_mpy_at_c3_budget(rv32_runtime, tiny_model_dir):
         resident, growth, free = map(int, b.run(MEMORY).split())
     assert rv32_runtime.heap == 81920
     assert growth == 0, f"predict_q allocated {growth} bytes over 200 calls on RV32"
-    assert 0 < resident <= 16 * 1024, resident
+    # 17 KB (was 16): the streaming step's code (engine._step, kernels.shift/same) is ~0.7 KB;
+    # the model itself is smaller than the window-10 one (the app's figure: tools/bench_rv32)
+    assert 0 < resident <= 17 * 1024, resident
     assert free >= 48 * 1024, free
 
 

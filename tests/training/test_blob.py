@@ -18,6 +18,7 @@ import pytest
 from edgewatch.core import mpy
 from edgewatch.training.export import blob, shiftcal
 from edgewatch.training.forecast.data import Scaler
+from edgewatch.training.forecast.models import default_sizes
 
 KEY = b"ota-test-key-not-a-secret"
 
@@ -43,14 +44,16 @@ def test_round_trip_write_read_write(model):
     back = blob.read(written)
     assert back == spec
     assert blob.write(back) == written
-    assert back.names == ["temperature", "humidity"] and back.window == 10
+    assert back.names == ["temperature", "humidity"] and back.window == cfg["window"] == 128
     assert (back.detector.sigma_window, back.detector.stuck_samples) == (12, 40)
     assert back.detector.k == 2.5 and abs(back.detector.eps - 0.02) < 1e-9
     assert np.allclose(back.offset, scaler.offset, rtol=1e-6)
     assert back.model_id == blob.model_id_of(tflite)
     assert back.residual is True
     kinds = [op.kind for op in back.ops]
-    assert kinds.count(blob.OP_CONV) == 4 and blob.OP_FC in kinds and blob.OP_ADD in kinds
+    # one conv per dilation and the first block's 1x1 projection
+    n_conv = len(default_sizes("tcn")["dilations"]) + 1
+    assert kinds.count(blob.OP_CONV) == n_conv and blob.OP_FC in kinds and blob.OP_ADD in kinds
 
 
 def test_host_ops_are_named_records_in_the_boards_field_order(model):
@@ -191,7 +194,7 @@ def test_tampered_blobs_refused_on_the_board(model, tmp_path, compiled):
     if compiled:
         exe = Path(mpy.micropython_binary()).with_name("mpy-cross")
         (tmp_path / "mpy").mkdir()
-        for name in ("engine", "blob", "kernels"):
+        for name in ("engine", "blob", "plan", "plan_window", "kernels"):
             subprocess.run([str(exe), "-march=x64", "-o", str(tmp_path / "mpy" / f"{name}.mpy"),
                             str(mpy.FIRMWARE / f"{name}.py")], check=True, capture_output=True)
         extra = [tmp_path / "mpy"]

@@ -41,7 +41,8 @@ def test_converted_folder(tiny_model_dir):
     tflite = (d / "model.tflite").read_bytes()
     ops, t_in, t_out, schema = _ops_and_io(tflite)
     # batch fixed to 1, full-integer in and out
-    assert list(t_in.shape) == [1, 10, 2] and list(t_out.shape) == [1, 2]
+    window = json.loads((d / "config.json").read_text())["window"]
+    assert list(t_in.shape) == [1, window, 2] and list(t_out.shape) == [1, 2]
     assert t_in.type == t_out.type == schema.TensorType.INT8
     # the small op set the board engine implements; no SPACE_TO_BATCH_ND around dilated convs
     assert set(ops) <= ALLOWED_OPS, set(ops) - ALLOWED_OPS
@@ -94,7 +95,8 @@ def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
     assert re.search(r"temperature: float [\d.]+ +int8 [\d.]+", proc.stdout)
     raw = (out / "model.ewb").read_bytes()
     spec = blob.read(raw, bytes.fromhex(key_hex))
-    assert spec.detector.stuck_samples == 12 and spec.detector.sigma_window == 10
+    window = json.loads((tiny_model_dir / "config.json").read_text())["window"]
+    assert spec.detector.stuck_samples == 12 and spec.detector.sigma_window == window
     assert spec.detector.k == 2.5
     with pytest.raises(blob.BlobError):
         blob.read(raw, b"wrong")
@@ -181,3 +183,23 @@ def test_k_is_raised_to_the_worst_training_window(tiny_model_dir):
     assert calibrate_k(tfl, spec.residual, x, y, 0.5, 0.01, cfg["window"]) == pytest.approx(1.5 * k)
     assert calibrate_k(tfl, spec.residual, x, y, 50.0, 0.01, cfg["window"]) == 50.0
     assert spec.detector.k == np.float32(max(3.0, 1.5 * k))  # what convert wrote (floor 3)
+
+
+def test_window_shorter_than_receptive_field_is_refused_in_one_line(tmp_path):
+    """The board streams a TCN (one position per layer per sample): that equals the windowed
+    result only when the window covers the receptive field, so convert refuses a shorter one,
+    in one line naming both, exit status 2, and writes no blob."""
+    from edgewatch.training.forecast.data import shared_data
+
+    data = str(shared_data() / "occupancy" / "datatraining.txt")
+    out = tmp_path / "short"
+    r = subprocess.run([EDGEWATCH, "train", "--data", data, "--epochs", "1", "--window", "40",
+                        "--out", str(out), "--no-plots"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([EDGEWATCH, "convert", "--model", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    err = [line for line in r.stderr.splitlines() if line.startswith("edgewatch convert:")]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(err) == 1 and "window 40 is shorter than the model's receptive field 125" in err[0], err
+    assert "--window 125" in err[0] and "Traceback" not in r.stderr
+    assert not (out / "model.ewb").exists()

@@ -22,6 +22,7 @@ from edgewatch.training.forecast.data import (
     require_rows,
     shared_data,
 )
+from edgewatch.training.forecast.train import DEFAULT_WINDOW
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 DATA = shared_data()
@@ -185,7 +186,7 @@ BAD = {
                     [], ["line 32", "humidity", "'wet'"]),
     "out_of_order": (HEADER + _rows(40) + "2026-01-01 00:10:30,20.0,50.0\n" + _rows(10, 41),
                      [], ["line 42", "backwards", "line 41"]),
-    "too_few_rows": (HEADER + _rows(12), [], ["line 13", "only 12 usable rows", "window of 10"]),
+    "too_few_rows": (HEADER + _rows(12), [], ["line 13", "only 12 usable rows", f"window of {DEFAULT_WINDOW}"]),
     "missing_column": (HEADER + _rows(40), ["--channels", "temperature,pressure"],
                        ["line 1", "no channel 'pressure'"]),
     "ragged_row": (HEADER + _rows(20) + "2026-01-01 00:20:00,21.0\n", [], ["line 22", "2 fields"]),

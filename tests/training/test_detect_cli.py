@@ -24,14 +24,15 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def _user_csv(path, rows=240):
+def _user_csv(path, rows=390):
     """Real occupancy rows with a spike, a failed read and a 5-minute gap; returns their lines."""
     lines = (OCC / "datatest.txt").read_text().splitlines()
     header, body = lines[0], lines[1:rows + 1]
     cells = [b.split(",") for b in body]
-    cells[150][2] = str(float(cells[150][2]) + 5.0)         # temperature spike, +5 °C
-    cells[170][3] = ""                                      # failed humidity read
-    del cells[200:205]                                      # 5 samples never arrived
+    # (after the model's window of 128 has filled)
+    cells[300][2] = str(float(cells[300][2]) + 5.0)         # temperature spike, +5 °C
+    cells[320][3] = ""                                      # failed humidity read
+    del cells[350:355]                                      # 5 samples never arrived
     path.write_text("\n".join([header] + [",".join(c) for c in cells]) + "\n")
     return cells
 
@@ -46,17 +47,17 @@ def test_one_verdict_per_row_with_rule_channel_value_band(tmp_path, model_dir, c
     assert "anomalous" in capsys.readouterr().out
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(cells)
-    spike = rows[150]
+    spike = rows[300]
     assert spike["anomaly"] == "1" and spike["rule"] == "band" and spike["channel"] == "temperature"
     assert not (float(spike["lo"]) < float(spike["value"]) < float(spike["hi"]))
     assert all(len(r["value"]) <= 8 for r in rows)  # 6 significant digits, no float32 noise
-    assert rows[170]["rule"] == "read" and rows[170]["channel"] == "humidity"
-    assert rows[200]["rule"] == "dropout"
+    assert rows[320]["rule"] == "read" and rows[320]["channel"] == "humidity"
+    assert rows[350]["rule"] == "dropout"
     # the alert column: rows on which the board sends a message, one per episode
     sent = [i for i, r in enumerate(rows) if r["alert"] == "1"]
-    assert 150 in sent and all(rows[i]["anomaly"] == "1" for i in sent)
-    assert not any(rows[i]["alert"] == "1" for i in range(151, 160) if rows[i]["anomaly"] == "1")
-    quiet = [r for r in rows[20:140] if r["anomaly"] == "0"]
+    assert 300 in sent and all(rows[i]["anomaly"] == "1" for i in sent)
+    assert not any(rows[i]["alert"] == "1" for i in range(301, 310) if rows[i]["anomaly"] == "1")
+    quiet = [r for r in rows[150:290] if r["anomaly"] == "0"]
     assert len(quiet) > 30
     for r in quiet:
         assert float(r["temperature_lo"]) < float(r["temperature_pred"]) < float(r["temperature_hi"])
@@ -78,7 +79,7 @@ def test_database_source_with_device(tmp_path, model_dir, capsys):
 
     url = f"sqlite:///{tmp_path}/ew.db"
     store = Store(url)
-    occ = (OCC / "datatest.txt").read_text().splitlines()[1:60]
+    occ = (OCC / "datatest.txt").read_text().splitlines()[1:201]  # more than the window (128)
     recs = []
     for dev in ("gh-01", "gh-02"):
         for seq, line in enumerate(occ):

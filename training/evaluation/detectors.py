@@ -31,6 +31,7 @@ import numpy as np
 from edgewatch.training.export import shiftcal
 from edgewatch.training.export.shiftcal import longest_constant_run, stuck_limit  # noqa: F401
 from edgewatch.training.forecast.data import Scaler
+from edgewatch.training.forecast.train import DEFAULT_WINDOW
 
 SEED = 42
 K, EPS = 3.0, 0.01   # the seed's is_anomalie rule
@@ -522,7 +523,7 @@ class BoardDetector(ForecastDetector):
 
     on_board = "yes: this is the firmware's own code (MicroPython unix port)"
 
-    def __init__(self, window: int = 10, epochs: int = 10, seed: int = SEED, rules: str = "band",
+    def __init__(self, window: int = DEFAULT_WINDOW, epochs: int = 10, seed: int = SEED, rules: str = "band",
                  limits=None, stuck_samples: int | None = None, band: str = "residual",
                  count: str = "alerts"):
         super().__init__("tcn", window, epochs, seed)
@@ -554,8 +555,8 @@ class BoardDetector(ForecastDetector):
                          fit_rows=values[:n_fit], y_fit=y_fit, band=self.band)
         everything = self.rules == "all"
         # The board boots with the model just before the first judged row: feeding it
-        # the whole fit span would only cost time (its history holds 64 samples).
-        start = max(0, n_fit - 64)
+        # the whole fit span would only cost time (its history holds 128 samples).
+        start = max(0, n_fit - 128)
         miss = None if missed is None else np.asarray(missed)[start:]
         bv = run_firmware(raw, names, values[start:], miss,
                           limits=self.limits if everything else None,

@@ -144,6 +144,14 @@ def load_model_dir(model_dir: Path):
     if shape != (window, len(names)):
         raise UserError(f"{model_dir / 'model.keras'}: takes {shape}, config.json says "
                         f"({window}, {len(names)})")
+    from edgewatch.training.forecast.models import receptive_field
+
+    rf = receptive_field(model)
+    if window < rf:
+        # the board streams a TCN (one position per layer per sample), which equals the
+        # windowed result only when no output reads the window's zero padding
+        raise UserError(f"{model_dir / 'model.keras'}: window {window} is shorter than the "
+                        f"model's receptive field {rf}: train with --window {rf} or more")
     return model, config, scaler
 
 
@@ -522,7 +530,7 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
 
 
 def quick_model(out, data=None, rows: int = 2000, epochs: int = 2, channels=None,
-                window: int = 10, arch: str = "tcn", sizes: dict | None = None,
+                window: int | None = None, arch: str = "tcn", sizes: dict | None = None,
                 max_eval: int = 400) -> Path:
     """Train a small model on the first `rows` rows of `data` and convert it into `out`.
 
@@ -530,11 +538,12 @@ def quick_model(out, data=None, rows: int = 2000, epochs: int = 2, channels=None
     few epochs: for tests and benchmarks that need a real model fast.
     """
     from edgewatch.training.forecast.data import load, shared_data
-    from edgewatch.training.forecast.train import train
+    from edgewatch.training.forecast.train import DEFAULT_WINDOW, train
 
     data = data or shared_data() / "occupancy" / "datatraining.txt"
     series = load(data, channels=channels)
-    train(series.take(slice(0, rows)), arch, epochs, window, out, sizes=sizes, plots=False)
+    train(series.take(slice(0, rows)), arch, epochs, window or DEFAULT_WINDOW, out, sizes=sizes,
+          plots=False)
     convert(out, out, max_eval=max_eval)
     return Path(out)
 

@@ -37,10 +37,16 @@ from pathlib import Path
 
 from edgewatch.core.errors import UserError
 from edgewatch.training.forecast.data import Series, unit
-from edgewatch.training.forecast.train import ARCHS, add_common, load_for_training, train
+from edgewatch.training.forecast.train import (
+    ARCHS,
+    DEFAULT_WINDOW,
+    add_common,
+    load_for_training,
+    train,
+)
 
 
-def compare(series: Series, epochs: int = 10, window: int = 10, seed: int = 42,
+def compare(series: Series, epochs: int = 10, window: int = DEFAULT_WINDOW, seed: int = 42,
             batch_size: int = 32, out_dir=None, archs=ARCHS, verbose=0, repeat: int = 1,
             seeds: int = 1) -> dict:
     """Train every arch in ``archs`` on ``series``; return the table as a dict.

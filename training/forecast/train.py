@@ -35,7 +35,7 @@ from edgewatch.training.forecast.data import (
 ARCHS = ("tcn", "lstm", "gru")
 DEFAULT_SEED = 42  # the same default as edgewatch.training.forecast.models, so CLI and API agree
 DEFAULT_EPOCHS = 10
-DEFAULT_WINDOW = 10
+DEFAULT_WINDOW = 128  # covers the default TCN's receptive field (125)
 DEFAULT_BATCH = 32
 TRAIN_FRACTION = 0.8
 # Files `edgewatch convert` derives from a trained model (removed when retraining in place).
