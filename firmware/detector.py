@@ -37,7 +37,7 @@ a model swapped in over the air (new scaler) gets it converted, so it keeps the 
 already seen. Buffers are allocated once. The rules run in
 fixed point in viper kernels (firmware/detk.py; residual.py and shift.py for the rules a
 model may carry): a step allocates nothing unless it alerts; pred/lo/hi are made into floats
-only when read (the telemetry message).
+only when read, as integers (Detector.fixed: the telemetry's, and the alerts').
 """
 
 
@@ -52,22 +52,6 @@ class ModelMismatch(Exception):
     """The model's channels or window do not fit this sensor and detector."""
 
 
-class _Phys:
-    """pred / lo / hi per sensor channel in physical units (floats made when read):
-    index 0..n-1 only (no len, no iteration)."""
-
-    def __init__(self, d, k):
-        self.d, self.k = d, k
-
-    def __getitem__(self, c):
-        d = self.d
-        if d._order is None:
-            return 0.0
-        j = d._order.index(c)
-        m = d.model
-        return (d._s[27 + 21 * j + self.k] - (1 << 29)) / 65536 * m.scale[j] + m.offset[j]
-
-
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
 
@@ -78,9 +62,7 @@ class Detector:
         self._ld = loader
         self._resmod = resmod
         self._shiftmod = shiftmod
-        self.pred = _Phys(self, 6)
-        self.lo = _Phys(self, 7)
-        self.hi = _Phys(self, 8)
+        self.ints = [0] * (3 * len(names) + 2)  # fixed(); 2 more: the telemetry's (schema)
         # the kernels' state, constants and history (firmware/detk.py: header, channels,
         # ring) and what enters the history (the reading, as float32 bits): allocated before
         # the set-up code is loaded, whose pieces would leave no room for them after
@@ -117,6 +99,26 @@ class Detector:
 
             return detk_plain.load(name)
 
+    def fixed(self):
+        """pred, lo, hi of every sensor channel c as integers round(x * 1000), x in
+        physical units, into self.ints[c], [n + 2 c], [n + 2 c + 1] (two float operations
+        each; the telemetry's numbers, schema.telemetry). Returns self.ints."""
+        m = self.model
+        s = self._s
+        order = self._order
+        out = self.ints
+        n = len(self.names)
+        for j in range(len(order)):
+            f = m.scale[j] * 0.0152587890625  # 1000 / 65536
+            o = m.offset[j] * 1000
+            c = order[j]
+            w = 33 + 21 * j  # pred, lo, hi: Q16, biased by 2**29
+            out[c] = round((s[w] - 536870912) * f + o)
+            c = n + 2 * c
+            out[c] = round((s[w + 1] - 536870912) * f + o)
+            out[c + 1] = round((s[w + 2] - 536870912) * f + o)
+        return out
+
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only.
         Raises ModelMismatch (the detector keeps the model it had)."""
@@ -125,12 +127,14 @@ class Detector:
     def _flag(self, values, flags):
         # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift)
         order = self._order
+        k = self.fixed()
+        n = len(self.names)
         for j in range(len(order)):
             c = order[j]
             for rule, bit in (("band", 1 << j), ("drift", 1 << (8 + j))):
                 if flags & bit:
-                    self.alerts.append((rule, self.names[c], values[c], self.lo[c], self.hi[c],
-                                        self.pred[c]))
+                    self.alerts.append((rule, self.names[c], values[c], k[n + 2 * c] / 1000,
+                                        k[n + 2 * c + 1] / 1000, k[c] / 1000))
 
     def step(self, values, missed=0):
         """Judge one sample. `values` is the reading list or None (failed read);
