@@ -45,14 +45,16 @@ def _intern(name):
 
 _intern("detset")
 _intern("outbox_boot")  # the outbox's boot code, dropped after boot (outbox.py)
+_intern("schema")  # its names only: the module is imported again after the model (App.setup)
 gc.collect()
 
 import detector  # noqa: E402 (after the engine, on purpose)
 import machine  # noqa: E402
 import outbox  # noqa: E402
-schema = None  # imported by App.setup, after the model (below)
 import sensors  # noqa: E402
 from link import Link  # noqa: E402
+
+schema = None  # the message builders: imported by App.setup, after the model
 
 FW_VERSION = "0.1.0"
 _SLACK_MS = 5  # stop sending this long before the next sample is due
@@ -166,7 +168,7 @@ class App:
         host/board/rv32.py's make_app, the RV32 bench and tests): the long-lived blocks first
         (the ages ring, the detector's state), then the model (its file's bytes, the parser
         and the detector's set-up code come and go), then the outbox (its boot code comes
-        and goes), then the message builders (schema)."""
+        and goes); the message builders (schema) between the model and the outbox."""
         self.ages(slots)
         self.det = detector.Detector(self.names, limits, params, fallback)
         self._rule_kernels(params)
@@ -175,12 +177,13 @@ class App:
         self.pending = None  # (size, crc32, error) of a model received into model.new
         self.blob_crc = None
         self._load_model()
+        # the message builders after the model: their code goes into the room its parser
+        # leaves, not between the pieces the parser needs in one
+        global schema
+        if schema is None:
+            import schema
         self.outbox = outbox.Outbox(path, slots, slot_size, opener)
         self.boot_seq = self.outbox.next_seq
-        # the message builders last: their code goes into the holes the model's set-up
-        # leaves, not between the pieces the model's parser needs in one
-        global schema
-        import schema
 
     def _rule_kernels(self, params):
         # the kernels of the rules the model on flash carries (its header's flags:

@@ -62,7 +62,6 @@ class Detector:
         self._ld = loader
         self._resmod = resmod
         self._shiftmod = shiftmod
-        self.ints = [0] * (3 * len(names) + 2)  # fixed(); 2 more: the telemetry's (schema)
         # the kernels' state, constants and history (firmware/detk.py: header, channels,
         # ring) and what enters the history (the reading, as float32 bits): allocated before
         # the set-up code is loaded, whose pieces would leave no room for them after
@@ -70,6 +69,7 @@ class Detector:
         self._s = array("I", bytes(4 * (27 + 21 * n + 64 * n)))
         self._in = array("f", bytes(4 * n))
         self._setup("init", names, limits, params, fallback)
+        self.ints = [0] * (3 * n)  # fixed()
 
     def _setup(self, name, *args):
         # the set-up code (firmware/detset.py), dropped again after use
@@ -105,18 +105,16 @@ class Detector:
         each; the telemetry's numbers, schema.telemetry). Returns self.ints."""
         m = self.model
         s = self._s
-        order = self._order
         out = self.ints
         n = len(self.names)
-        for j in range(len(order)):
+        for j in range(len(self._order)):
             f = m.scale[j] * 0.0152587890625  # 1000 / 65536
             o = m.offset[j] * 1000
-            c = order[j]
+            c = self._order[j]
             w = 33 + 21 * j  # pred, lo, hi: Q16, biased by 2**29
-            out[c] = round((s[w] - 536870912) * f + o)
-            c = n + 2 * c
-            out[c] = round((s[w + 1] - 536870912) * f + o)
-            out[c + 1] = round((s[w + 2] - 536870912) * f + o)
+            for i in (c, n + 2 * c, n + 2 * c + 1):
+                out[i] = round((s[w] - 536870912) * f + o)
+                w += 1
         return out
 
     def set_model(self, model):

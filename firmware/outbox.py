@@ -213,11 +213,9 @@ class Outbox:
         b[at] = _ENTRY
         struct.pack_into("<BHII", b, at + 1, kind, n, seq, self.dropped)
         e = at + _REC + n
-        if more:
-            e -= len(more)
-            b[e:e + len(more)] = more
-        b[at + _REC:e] = payload
-        e = at + _REC + n
+        w = e - len(more)
+        b[at + _REC:w] = payload
+        b[w:e] = more
         struct.pack_into("<I", b, at + 12, crc32(mv[at + _REC:e], crc32(mv[at:at + 12])))
         w = e
         if self._fsize > e:  # the file is longer (records overwritten): an end mark

@@ -29,33 +29,28 @@ def _r(v, nd):
 
 
 # the telemetry's two parts, for the channels of sensors.NAMES
-_HEAD = (b'{"v":1,"device":"%s","epoch":%d,"seq":%d,"t":%s,"model":%s,'
-         b'"values":{"temperature":%s,"humidity":%s}')
+_HEAD = (b'{"v":1,"device":"%s","epoch":%d,"seq":%d,"t":%s,"model":%s%s%s,"anomaly":%s,'
+         b'"faults":%s,"values":{"temperature":%s%s,"humidity":%s%s}')
 _BAND = (b',"pred":{"temperature":%de-3,"humidity":%de-3},"band":{"temperature":[%de-3,%de-3],'
-         b'"humidity":[%de-3,%de-3]},"anomaly":%s,"faults":%s}')
-
-
-def _v(values, i):
-    # reading i: round(x, 2) as 2146e-2, or null (no reading, NaN, an infinity)
-    try:
-        return b"%de-2" % round(values[i] * 100)
-    except (TypeError, ValueError, OverflowError):
-        return b"null"
+         b'"humidity":[%de-3,%de-3]}}')
 
 
 def telemetry(device, seq, t, values, k, faults, model):
     """One sample, as two bytes (the message is the one, then the other). `values` None
     (failed read) or the list of the sensors.NAMES channels; `k` None (no prediction) or
-    the detector's list of 8 (Detector.fixed: pred, then lo, hi per channel, x 1000)."""
-    a = b"true" if faults else b"false"
-    f = json.dumps(faults).encode() if faults else b"[]"
-    h = _HEAD % (device, EPOCH, seq, b"null" if t is None else t,
-                 b"null" if model is None else b'"%s"' % model, _v(values, 0), _v(values, 1))
-    if k is None:
-        return h, b',"pred":null,"band":null,"anomaly":%s,"faults":%s}' % (a, f)
-    k[6] = a
-    k[7] = f
-    return h, _BAND % tuple(k)
+    Detector.fixed's list: pred, then lo, hi per channel, x 1000."""
+    q = '"'
+    if model is None:
+        q = ""
+        model = "null"
+    w = [device, EPOCH, seq, "null" if t is None else t, q, model, q,
+         "true" if faults else "false", json.dumps(faults) if faults else "[]"]
+    for i in range(2):  # round(x, 2) as 2146e-2, or null (no reading, NaN, an infinity)
+        try:
+            w += (round(values[i] * 100), "e-2")
+        except Exception:  # TypeError, ValueError, OverflowError
+            w += ("null", "")
+    return _HEAD % tuple(w), b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
 
 
 def alert(device, seq, t, sample, a, model):
