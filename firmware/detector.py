@@ -36,8 +36,9 @@ The history is kept normalised for the model (without one: the readings' float32
 a model swapped in over the air (new scaler) gets it converted, so it keeps the samples
 already seen. Buffers are allocated once. The rules run in
 fixed point in viper kernels (firmware/detk.py; residual.py and shift.py for the rules a
-model may carry): a step allocates nothing unless it alerts; pred/lo/hi are made into floats
-only when read, as integers (Detector.fixed: the telemetry's, and the alerts').
+model may carry): a step allocates nothing unless it alerts; pred/lo/hi leave the kernels'
+state only when read, as integers x 1000 (Detector.fixed: the telemetry's numbers, and
+the alerts' floats).
 """
 
 

@@ -1,16 +1,16 @@
 """Builders of the MQTT messages of docs/messages.md (the host parses them in edgewatch.core.schema).
 
-Each builder returns the JSON text of one message. Readings are rounded to 2
-decimals and predictions/bands to 3, which bounds a telemetry message to about
-400 bytes (one outbox slot) and keeps single-precision noise out of the data.
-A missing reading is null: JSON has no NaN.
+Readings are rounded to 2 decimals and predictions/bands to 3, which bounds a telemetry
+message to about 400 bytes (one outbox slot) and keeps single-precision noise out of the
+data. A missing reading is null: JSON has no NaN.
 
-The telemetry of every sample (telemetry_parts) is two bytes % formats, no dicts,
-json.dumps or float formatting (a float's text costs ~20k instructions on the boards):
-each number is an integer with a decimal exponent, the JSON number 2146e-2 for 21.46. A
-reading x is k = round(x * 100), what round(x, 2) computes inside; a prediction or band
-limit round(x * 1000) from the detector's fixed-point state (Detector.fixed, within the
-last place of the float). The same numbers as telemetry() writes, parsed.
+The telemetry (once a sample) is written with two bytes % formats, without dicts,
+json.dumps or float formatting (a float's text alone costs ~20k instructions on the
+C3): each number is an integer with a decimal exponent, the JSON number 2146e-2 for
+21.46. A reading x is written as round(x * 100), what round(x, 2) computes inside (NaN
+or infinite: null); a prediction or band limit as round(x * 1000) from the detector's
+fixed-point state (Detector.fixed, to the last place of the float it replaces). Alerts
+and status (rare) are dicts through json.dumps.
 """
 
 import json

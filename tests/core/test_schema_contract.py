@@ -23,7 +23,7 @@ out('telemetry', tel(D, 0, None, [21.456, 48.2], None, [], None))
 out('telemetry', tel(D, 1, 1732372000, None, None, ['read', 'dropout'], 'abcdef01'))
 # pred, lo, hi as Detector.fixed gives them: x 1000, pred per channel, then lo, hi per channel
 out('telemetry', tel(D, 4294967295, 1732372000, [-39.99, 100.0],
-    [-123457, 99999, -130123, -117000, 95500, 104444, 0, 0],
+    [-123457, 99999, -130123, -117000, 95500, 104444],
     ['band', 'range', 'stuck', 'dropout', 'read'], '3f2a9c1e'))
 out('telemetry', tel(D, 2, None, [float('nan'), -0.004], None, [], None))
 for i, a in enumerate([('band', 'temperature', 35.2, 21.1, 21.7, 21.4), ('stuck', 'humidity', 40.0, None, None, None),
