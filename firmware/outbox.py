@@ -215,8 +215,11 @@ class Outbox:
         e = at + _REC + n
         w = e - len(more)
         b[at + _REC:w] = payload
-        b[w:e] = more
-        struct.pack_into("<I", b, at + 12, crc32(mv[at + _REC:e], crc32(mv[at:at + 12])))
+        c = crc32(payload, crc32(mv[at:at + 12]))  # the parts as they are: no slice of b
+        if more:
+            b[w:e] = more
+            c = crc32(more, c)
+        struct.pack_into("<I", b, at + 12, c)
         w = e
         if self._fsize > e:  # the file is longer (records overwritten): an end mark
             b[e] = 0

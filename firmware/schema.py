@@ -43,14 +43,23 @@ def telemetry(device, seq, t, values, k, faults, model):
     if model is None:
         q = ""
         model = "null"
-    w = [device, EPOCH, seq, "null" if t is None else t, q, model, q,
-         "true" if faults else "false", json.dumps(faults) if faults else "[]"]
-    for i in range(2):  # round(x, 2) as 2146e-2, or null (no reading, NaN, an infinity)
-        try:
-            w += (round(values[i] * 100), "e-2")
-        except Exception:  # TypeError, ValueError, OverflowError
-            w += ("null", "")
-    return _HEAD % tuple(w), b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
+    # round(x, 2) as 2146e-2, or null (no reading, NaN, an infinity)
+    v0 = v1 = "null"
+    e0 = e1 = ""
+    try:
+        v0 = round(values[0] * 100)
+        e0 = "e-2"
+    except Exception:  # TypeError, ValueError, OverflowError
+        pass
+    try:
+        v1 = round(values[1] * 100)
+        e1 = "e-2"
+    except Exception:
+        pass
+    return _HEAD % (device, EPOCH, seq, "null" if t is None else t, q, model, q,
+                    "true" if faults else "false", json.dumps(faults) if faults else "[]",
+                    v0, e0, v1, e1), \
+        b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
 
 
 def alert(device, seq, t, sample, a, model):
