@@ -60,7 +60,7 @@ for i in range(WARM):  # fill the detector's history (window, sigma window), no 
 gc.collect()
 free_ready = gc.mem_free()
 d = a.det
-# the message's constant parts are made once (first sample): not part of the per-message cost
+# one message before the measured ones, as the app's first sample
 schema.telemetry(a.device, 0, None, a.reader.read(), d.fixed(), [], a.model_id())
 names = ('read', 'step', 'message', 'append', 'sample', 'none')
 n = len(names)
