@@ -46,14 +46,16 @@ def _intern(name):
 _intern("plan")  # the engine's planner, loaded with each model (engine.py)
 _intern("detset")
 _intern("outbox_boot")  # the outbox's boot code, dropped after boot (outbox.py)
+_intern("schema")  # its names only: the module is imported again after the model (App.setup)
 gc.collect()
 
 import detector  # noqa: E402 (after the engine, on purpose)
 import machine  # noqa: E402
 import outbox  # noqa: E402
-import schema  # noqa: E402
 import sensors  # noqa: E402
 from link import Link  # noqa: E402
+
+schema = None  # the message builders: imported by App.setup, after the model
 
 FW_VERSION = "0.1.0"
 _SLACK_MS = 5  # stop sending this long before the next sample is due
@@ -167,7 +169,7 @@ class App:
         host/board/rv32.py's make_app, the RV32 bench and tests): the long-lived blocks first
         (the ages ring, the detector's state), then the model (its file's bytes, the parser
         and the detector's set-up code come and go), then the outbox (its boot code comes
-        and goes)."""
+        and goes); the message builders (schema) between the model and the outbox."""
         self.ages(slots)
         self.det = detector.Detector(self.names, limits, params, fallback)
         self._rule_kernels(params)
@@ -176,6 +178,11 @@ class App:
         self.pending = None  # (size, crc32, error) of a model received into model.new
         self.blob_crc = None
         self._load_model()
+        # the message builders after the model: their code goes into the room its parser
+        # leaves, not between the pieces the parser needs in one
+        global schema
+        if schema is None:
+            import schema
         self.outbox = outbox.Outbox(path, slots, slot_size, opener)
         self.boot_seq = self.outbox.next_seq
 
@@ -325,9 +332,9 @@ class App:
         tk = 0 if t is not None else time.ticks_ms() + 1
         taken, n = self.taken, len(self.taken)
         taken[seq % n] = tk
-        ob.append(outbox.TELEMETRY, schema.telemetry(
-            self.device, seq, t, self.names, values, d.pred if band else None,
-            d.lo if band else None, d.hi if band else None, faults, mid))
+        m = schema.telemetry(self.device, seq, t, values, d.fixed() if band else None, faults,
+                             mid)
+        ob.append(outbox.TELEMETRY, m[0], m[1])
         if self.echo:
             self._echo(seq, t, values, band, faults)
         if d.send:
@@ -350,8 +357,10 @@ class App:
         for i in range(len(self.names)):
             v = None if values is None else values[i]
             out.append("%s=%s" % (self.names[i], "-" if v is None else "%.2f" % v))
-            if band:
-                out.append("pred=%.2f band=%.2f..%.2f" % (d.pred[i], d.lo[i], d.hi[i]))
+            if band:  # Detector.fixed's, made for the telemetry
+                k = d.ints
+                j = len(self.names) + 2 * i
+                out.append("pred=%.2f band=%.2f..%.2f" % (k[i] / 1000, k[j] / 1000, k[j + 1] / 1000))
         out.append("ANOMALY " + ",".join(faults) if faults else "ok")
         self.log(" ".join(out))
 

@@ -36,8 +36,9 @@ The history is kept normalised for the model (without one: the readings' float32
 a model swapped in over the air (new scaler) gets it converted, so it keeps the samples
 already seen. Buffers are allocated once. The rules run in
 fixed point in viper kernels (firmware/detk.py; residual.py and shift.py for the rules a
-model may carry): a step allocates nothing unless it alerts; pred/lo/hi are made into floats
-only when read (the telemetry message).
+model may carry): a step allocates nothing unless it alerts; pred/lo/hi leave the kernels'
+state only when read, as integers x 1000 (Detector.fixed: the telemetry's numbers, and
+the alerts' floats).
 """
 
 
@@ -52,22 +53,6 @@ class ModelMismatch(Exception):
     """The model's channels or window do not fit this sensor and detector."""
 
 
-class _Phys:
-    """pred / lo / hi per sensor channel in physical units (floats made when read):
-    index 0..n-1 only (no len, no iteration)."""
-
-    def __init__(self, d, k):
-        self.d, self.k = d, k
-
-    def __getitem__(self, c):
-        d = self.d
-        if d._order is None:
-            return 0.0
-        j = d._order.index(c)
-        m = d.model
-        return (d._s[27 + 21 * j + self.k] - (1 << 29)) / 65536 * m.scale[j] + m.offset[j]
-
-
 class Detector:
     """Holds the recent history of one sensor and judges each new sample."""
 
@@ -78,9 +63,6 @@ class Detector:
         self._ld = loader
         self._resmod = resmod
         self._shiftmod = shiftmod
-        self.pred = _Phys(self, 6)
-        self.lo = _Phys(self, 7)
-        self.hi = _Phys(self, 8)
         # the kernels' state, constants and history (firmware/detk.py: header, channels,
         # ring) and what enters the history (the reading, as float32 bits): allocated before
         # the set-up code is loaded, whose pieces would leave no room for them after
@@ -88,6 +70,7 @@ class Detector:
         self._s = array("I", bytes(4 * (27 + 21 * n + 128 * n)))
         self._in = array("f", bytes(4 * n))
         self._setup("init", names, limits, params, fallback)
+        self.ints = [0] * (3 * n)  # fixed()
 
     def _setup(self, name, *args):
         # the set-up code (firmware/detset.py), dropped again after use
@@ -117,6 +100,24 @@ class Detector:
 
             return detk_plain.load(name)
 
+    def fixed(self):
+        """pred, lo, hi of every sensor channel c as integers round(x * 1000), x in
+        physical units, into self.ints[c], [n + 2 c], [n + 2 c + 1] (two float operations
+        each; the telemetry's numbers, schema.telemetry). Returns self.ints."""
+        m = self.model
+        s = self._s
+        out = self.ints
+        n = len(self.names)
+        for j in range(len(self._order)):
+            f = m.scale[j] * 0.0152587890625  # 1000 / 65536
+            o = m.offset[j] * 1000
+            c = self._order[j]
+            w = 33 + 21 * j  # pred, lo, hi: Q16, biased by 2**29
+            for i in (c, n + 2 * c, n + 2 * c + 1):
+                out[i] = round((s[w] - 536870912) * f + o)
+                w += 1
+        return out
+
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only.
         Raises ModelMismatch (the detector keeps the model it had)."""
@@ -125,12 +126,14 @@ class Detector:
     def _flag(self, values, flags):
         # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift)
         order = self._order
+        k = self.fixed()
+        n = len(self.names)
         for j in range(len(order)):
             c = order[j]
             for rule, bit in (("band", 1 << j), ("drift", 1 << (8 + j))):
                 if flags & bit:
-                    self.alerts.append((rule, self.names[c], values[c], self.lo[c], self.hi[c],
-                                        self.pred[c]))
+                    self.alerts.append((rule, self.names[c], values[c], k[n + 2 * c] / 1000,
+                                        k[n + 2 * c + 1] / 1000, k[c] / 1000))
 
     def step(self, values, missed=0):
         """Judge one sample. `values` is the reading list or None (failed read);

@@ -187,11 +187,12 @@ class Outbox:
         """Seq of the last record queued (0 when none yet)."""
         return self.next_seq - 1 if self.next_seq else 0
 
-    def append(self, kind, payload):
-        """Write `payload` (str/bytes holding seq == self.next_seq) durably; return its seq."""
+    def append(self, kind, payload, more=b""):
+        """Write `payload` + `more` (str/bytes holding seq == self.next_seq) durably;
+        return its seq."""
         if isinstance(payload, str):
             payload = payload.encode()
-        n = len(payload)
+        n = len(payload) + len(more)
         if 12 + n > self.slot_size:
             raise ValueError("outbox: record of %d bytes over slot size %d" % (n, self.slot_size))
         if self.next_seq - self.tail >= self.slots:
@@ -212,8 +213,13 @@ class Outbox:
         b[at] = _ENTRY
         struct.pack_into("<BHII", b, at + 1, kind, n, seq, self.dropped)
         e = at + _REC + n
-        b[at + _REC:e] = payload
-        struct.pack_into("<I", b, at + 12, crc32(mv[at + _REC:e], crc32(mv[at:at + 12])))
+        w = e - len(more)
+        b[at + _REC:w] = payload
+        c = crc32(payload, crc32(mv[at:at + 12]))  # the parts as they are: no slice of b
+        if more:
+            b[w:e] = more
+            c = crc32(more, c)
+        struct.pack_into("<I", b, at + 12, c)
         w = e
         if self._fsize > e:  # the file is longer (records overwritten): an end mark
             b[e] = 0

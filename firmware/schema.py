@@ -1,9 +1,16 @@
 """Builders of the MQTT messages of docs/messages.md (the host parses them in edgewatch.core.schema).
 
-Each builder returns the JSON text of one message. Readings are rounded to 2
-decimals and predictions/bands to 3, which bounds a telemetry message to about
-400 bytes (one outbox slot) and keeps single-precision noise out of the data.
-A missing reading is null: JSON has no NaN.
+Readings are rounded to 2 decimals and predictions/bands to 3, which bounds a telemetry
+message to about 400 bytes (one outbox slot) and keeps single-precision noise out of the
+data. A missing reading is null: JSON has no NaN.
+
+The telemetry (once a sample) is written with two bytes % formats, without dicts,
+json.dumps or float formatting (a float's text alone costs ~20k instructions on the
+C3): each number is an integer with a decimal exponent, the JSON number 2146e-2 for
+21.46. A reading x is written as round(x * 100), what round(x, 2) computes inside (NaN
+or infinite: null); a prediction or band limit as round(x * 1000) from the detector's
+fixed-point state (Detector.fixed, to the last place of the float it replaces). Alerts
+and status (rare) are dicts through json.dumps.
 """
 
 import json
@@ -21,20 +28,38 @@ def _r(v, nd):
     return None if v is None else round(v, nd)
 
 
-def telemetry(device, seq, t, names, values, pred, lo, hi, faults, model):
-    """One sample. `values` None (failed read) or a list; `pred`/`lo`/`hi` None or lists."""
-    vals, p, band = {}, None, None
-    for i in range(len(names)):
-        vals[names[i]] = None if values is None else _r(values[i], 2)
-    if pred is not None:
-        p, band = {}, {}
-        for i in range(len(names)):
-            p[names[i]] = _r(pred[i], 3)
-            band[names[i]] = [_r(lo[i], 3), _r(hi[i], 3)]
-    return json.dumps({"v": VERSION, "device": device, "epoch": EPOCH, "seq": seq, "t": t,
-                       "values": vals,
-                       "pred": p, "band": band, "anomaly": bool(faults), "faults": faults,
-                       "model": model})
+# the telemetry's two parts, for the channels of sensors.NAMES
+_HEAD = (b'{"v":1,"device":"%s","epoch":%d,"seq":%d,"t":%s,"model":%s%s%s,"anomaly":%s,'
+         b'"faults":%s,"values":{"temperature":%s%s,"humidity":%s%s}')
+_BAND = (b',"pred":{"temperature":%de-3,"humidity":%de-3},"band":{"temperature":[%de-3,%de-3],'
+         b'"humidity":[%de-3,%de-3]}}')
+
+
+def telemetry(device, seq, t, values, k, faults, model):
+    """One sample, as two bytes (the message is the one, then the other). `values` None
+    (failed read) or the list of the sensors.NAMES channels; `k` None (no prediction) or
+    Detector.fixed's list: pred, then lo, hi per channel, x 1000."""
+    q = '"'
+    if model is None:
+        q = ""
+        model = "null"
+    # round(x, 2) as 2146e-2, or null (no reading, NaN, an infinity)
+    v0 = v1 = "null"
+    e0 = e1 = ""
+    try:
+        v0 = round(values[0] * 100)
+        e0 = "e-2"
+    except Exception:  # TypeError, ValueError, OverflowError
+        pass
+    try:
+        v1 = round(values[1] * 100)
+        e1 = "e-2"
+    except Exception:
+        pass
+    return _HEAD % (device, EPOCH, seq, "null" if t is None else t, q, model, q,
+                    "true" if faults else "false", json.dumps(faults) if faults else "[]",
+                    v0, e0, v1, e1), \
+        b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
 
 
 def alert(device, seq, t, sample, a, model):

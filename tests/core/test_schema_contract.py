@@ -16,10 +16,16 @@ D = {DEV!r}
 N = ['temperature', 'humidity']
 def out(kind, msg):
     print(schema.topic('edgewatch', D, kind) + '\\t' + msg)
-out('telemetry', schema.telemetry(D, 0, None, N, [21.456, 48.2], None, None, None, [], None))
-out('telemetry', schema.telemetry(D, 1, 1732372000, N, None, None, None, None, ['read', 'dropout'], 'abcdef01'))
-out('telemetry', schema.telemetry(D, 4294967295, 1732372000, N, [-39.99, 100.0], [-123.4567, 99.999],
-    [-130.1234, 95.5], [-117.0001, 104.4444], ['band', 'range', 'stuck', 'dropout', 'read'], '3f2a9c1e'))
+def tel(*args):  # the telemetry comes in two parts (the outbox record is the one, then the other)
+    m = schema.telemetry(*args)
+    return (m[0] + m[1]).decode()
+out('telemetry', tel(D, 0, None, [21.456, 48.2], None, [], None))
+out('telemetry', tel(D, 1, 1732372000, None, None, ['read', 'dropout'], 'abcdef01'))
+# pred, lo, hi as Detector.fixed gives them: x 1000, pred per channel, then lo, hi per channel
+out('telemetry', tel(D, 4294967295, 1732372000, [-39.99, 100.0],
+    [-123457, 99999, -130123, -117000, 95500, 104444],
+    ['band', 'range', 'stuck', 'dropout', 'read'], '3f2a9c1e'))
+out('telemetry', tel(D, 2, None, [float('nan'), -0.004], None, [], None))
 for i, a in enumerate([('band', 'temperature', 35.2, 21.1, 21.7, 21.4), ('stuck', 'humidity', 40.0, None, None, None),
           ('range', 'temperature', 150.0, -40.0, 80.0, None), ('dropout', None, 12, None, None, None),
           ('read', None, None, None, None, None), ('read', 'humidity', None, None, None, None)]):
@@ -32,7 +38,7 @@ print(schema.topic('edgewatch', D, 'status') + '\\t' + schema.will(D))
 
 def test_every_firmware_message_passes_the_host_parser():
     out = mpy.run(code=BUILD, heap=heap_budget("esp32-devkitc-dht22")).stdout.splitlines()
-    assert len(out) == 12
+    assert len(out) == 13
     recs = []
     for line in out:
         topic, payload = line.split("\t")
@@ -42,6 +48,9 @@ def test_every_firmware_message_passes_the_host_parser():
     assert tel[0].values == {"temperature": 21.46, "humidity": 48.2} and tel[0].pred is None
     assert tel[1].values == {"temperature": None, "humidity": None} and tel[1].anomaly
     assert tel[2].band["temperature"] == (-130.123, -117.0) and tel[2].seq == 4294967295
+    assert tel[2].pred == {"temperature": -123.457, "humidity": 99.999}
+    assert tel[2].band["humidity"] == (95.5, 104.444) and tel[2].values["temperature"] == -39.99
+    assert tel[3].values == {"temperature": None, "humidity": 0.0}  # NaN: null, as no reading
     alerts = [r for r, _ in recs if r.kind == "alert"]
     assert [a.rule for a in alerts] == ["band", "stuck", "range", "dropout", "read", "read"]
     assert alerts[0].band == (21.1, 21.7) and alerts[0].pred == 21.4 and alerts[0].sample == 9

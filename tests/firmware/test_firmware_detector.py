@@ -56,8 +56,8 @@ d.set_model(M())
 for row in json.load(open('x.json')):
     al = d.step(row)
     b = [a[1] for a in al if a[0] == 'band']
-    print(json.dumps([b, [d.lo[c] for c in range(2)] if d.has_band else None,
-                  [d.hi[c] for c in range(2)] if d.has_band else None]))
+    print(json.dumps([b, [d.fixed()[2 + 2 * c] / 1000 for c in range(2)] if d.has_band else None,
+                  [d.fixed()[3 + 2 * c] / 1000 for c in range(2)] if d.has_band else None]))
 """
     out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
     offset, scale = np.array([19.0, 16.0]), np.array([4.5, 23.0])  # sensor order
@@ -207,7 +207,7 @@ for loader in (None, detk_plain):
     print(type(d._k.pre).__name__)
     for row in json.load(open('x.json')):
         al = d.step(row)
-        print(json.dumps([[list(a) for a in al], [d.lo[c] for c in range(2)] if d.has_band else None]))
+        print(json.dumps([[list(a) for a in al], [d.fixed()[2 + 2 * c] / 1000 for c in range(2)] if d.has_band else None]))
 """
     code = code.replace("PARAMS", json.dumps(PARAMS).replace("null", "None"))
     code = code.replace("FALLBACK", json.dumps(FALLBACK))

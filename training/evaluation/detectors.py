@@ -395,6 +395,15 @@ cfg = %r
 m = engine.Model(open(cfg["blob"], "rb").read())
 d = detector.Detector(cfg["names"], cfg["limits"], cfg["params"], cfg["fallback"])
 d.set_model(m)
+
+
+def phys(d, c, k):
+    # pred (k 0), lo (1), hi (2) of sensor channel c as a float, from the detector's
+    # fixed-point state (the firmware itself takes them as integers: Detector.fixed)
+    j = d._order.index(c)
+    return (d._s[33 + 21 * j + k] - (1 << 29)) / 65536 * d.model.scale[j] + d.model.offset[j]
+
+
 f = open(cfg["data"], "rb")
 n, c = struct.unpack("<II", f.read(8))
 buf = bytearray(4 * (c + 1))
@@ -412,7 +421,8 @@ for i in range(n):
         parts.append("%%s:%%s:%%s:%%s:%%s" %% (a[0], a[1], a[2], a[3], a[4]))
     band = ""
     if d.has_band:
-        band = ",".join("%%r,%%r,%%r" %% (d.pred[j], d.lo[j], d.hi[j]) for j in range(c))
+        band = ",".join("%%r,%%r,%%r" %% (phys(d, j, 0), phys(d, j, 1), phys(d, j, 2))
+                        for j in range(c))
     out.write("%%d|%%s|%%s|%%d\n" %% (i, ";".join(parts), band, d.send))
 """
 
