@@ -174,8 +174,17 @@ class Detector:
         # a sample that failed or is physically impossible stays out of the model's window
         if ok:
             s, b = self._s, self._in
-            if self._k.pre(s, b, self._q, 0):  # the model's window is full
-                flags = self._post(s, b, 0, self.model.predict_q(self._q))
+            # a streaming model's window moves by one sample per step unless the history was
+            # rewritten (a model set, a re-anchor): then only the newest row is written and
+            # the engine steps without checking (firmware/engine.py)
+            moved = self._moves
+            if self._k.pre(s, b, self._q, moved):  # the model's window is full
+                m = self.model
+                flags = self._post(s, b, 0, m.predict_q(self._q, 1) if moved else m.predict_q(self._q))
+                self._moves = self._streams
+                if flags & 65536:  # residual.judge re-anchored a channel: the history changed
+                    self._moves = 0
+                    flags &= 65535
                 self.has_band = True
                 if flags:
                     self._flag(values, flags)

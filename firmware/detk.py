@@ -37,7 +37,8 @@ _BIAS = const(536870912)  # noqa: F821 -- 2**29
 @micropython.viper  # noqa: F821
 def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     """u now of every model channel from the reading's bits b; the int8 window into q
-    (oldest first) when the history is long enough: then 1 (the band kernel, seed or
+    (oldest first; z = 1: only its newest row, for a streaming model whose last window
+    this one moves by a sample) when the history is long enough: then 1 (the band kernel, seed or
     residual.judge, then puts the sample into the history), else 0 (the sample goes
     into the history here)."""
     nc = int(s[1])
@@ -101,7 +102,11 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     ish = int(s[10]) - 15
     uq = int(s[25])
     i = 0
-    for t in range(wn):
+    t0 = 0
+    if z:
+        t0 = wn - 1
+        i = t0 * nc
+    for t in range(t0, wn):
         r = ring + ((pos - wn + t) & 127) * nc
         for j in range(nc):
             x = int(s[r + j]) - _BIAS

@@ -160,6 +160,7 @@ def init(d, names, limits, params, fallback):
     d.model = None
     d._order = None  # model channel j -> sensor channel index
     d._q = bytearray(1)  # the model's int8 input window
+    d._streams = d._moves = 0  # a streaming model / its next window moves the last by a sample
     d.shift = None  # (window, factor, center, spread, matrix) in model channel order
     f = fallback
     d.k, d.eps, d.sigma_window = f["k"], f["eps"], f["sigma_window"]
@@ -260,6 +261,8 @@ def set_model(self, model, Mismatch):
         bytearray(model.window * len(order))
     self.model = model
     self.shift = None
+    self._streams = 1 if getattr(model, "streaming", False) else 0
+    self._moves = 0  # the first window after a model is set: written whole, checked
     try:
         set_params(self, model, sh, Mismatch)
     except Exception:  # Mismatch, MemoryError: the detector keeps the model it had

@@ -105,11 +105,13 @@ class Model:
         self._copy = k.copy
         self._n_in = len(self._in)
 
-    def predict_q(self, xq):
+    def predict_q(self, xq, moved=0):
         """int8 window (window*channels bytes, oldest first, channel-interleaved) -> int8 output.
 
         Returns a view of the model's own output buffer (`channels` int8
-        values as bytes), overwritten by the next call.
+        values as bytes), overwritten by the next call. `moved`: the caller vouches that
+        the window is the last one moved by a sample (only its newest row is read then;
+        the detector's window, firmware/detector.py); without it the engine checks.
         """
         if len(xq) != self._n_in:
             raise ValueError("predict_q wants %d int8 values" % self._n_in)
@@ -121,7 +123,11 @@ class Model:
                 step[0](step[1], step[2], step[3], step[4])
             return self._out
         c = self.channels
-        if self._warm and self._same(self._prev, self._in, c, n - c):
+        if moved and self._warm:
+            self._step(n - c)
+            self._held = False  # _prev is no longer the window the rings were built from
+            return self._out
+        if self._warm and self._held and self._same(self._prev, self._in, c, n - c):
             self._step(n - c)  # the last window moved by one sample
         else:
             i = 0
@@ -131,6 +137,7 @@ class Model:
             self._warm = True
             self.replays += 1
         self._copy(self._in, self._prev, 0, n)
+        self._held = True
         return self._out
 
     def _step(self, first):

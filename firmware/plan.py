@@ -178,7 +178,8 @@ def _stream_plan(m, b, k, keep, lo):
     m._in = bytearray(b.window * b.channels)  # the window as given
     m._prev = bytearray(len(m._in))  # the window of the last step
     m._row0 = _newest(ring[0], b.channels)  # where the newest input row enters
-    m._warm = False
+    m._warm = False  # the rings hold a window's rows
+    m._held = False  # _prev holds that window
     m.replays = 0  # windows that were not the last one moved by a sample
     m._shift = k.shift
     m._same = k.same

@@ -177,6 +177,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         s[cb + 11] = 0
         for k in range(int(s[4])):
             s[ring + ((pos - 1 - k) & 127) * nc + j] = u + BIAS
+        flags |= 1 << 16  # the history was rewritten: the model's next window is not a move
     # the reading (or the held value) into the history
     for j in range(nc):
         s[ring + pos * nc + j] = s[27 + 21 * j + 5]

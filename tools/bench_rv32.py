@@ -10,9 +10,10 @@ and flash cache misses cost more). Per model (models/default when converted,
 and the committed default-size model of tests/golden/):
 
 - inference: engine.Model.predict_q on the window the detector writes, each the last one
-  moved by a sample (a streaming model computes the newest row of every layer), mean of
-  repeats; replay: one window that is not (the first, or a history rewritten), which a
-  streaming model replays row by row;
+  moved by a sample, as the detector calls it (vouching for that: a streaming model
+  computes the newest row of every layer), mean of repeats; checked: the same windows
+  unvouched (the engine compares each with the last); replay: one window that is not
+  (the first, or a history rewritten), which a streaming model replays row by row;
 - detector step: Detector.step (normalise the window, inference, band, device and
   shift rules) on a replayed DHT22 reading; rules: the step less the inference;
 - message: schema.telemetry with Detector.fixed (the app's builder); outbox append:
@@ -113,7 +114,10 @@ ob = a.outbox
 msg = schema.telemetry(a.device, ob.next_seq, None, a.reader.read(), d.fixed(), [], a.model_id())
 msg = msg[0] + msg[1]
 import binascii
-print('msg', binascii.hexlify(msg).decode())
+print('msg', end='')
+for j in range(0, len(msg), 32):  # in small pieces: the heap has no big block to spare
+    print('', binascii.hexlify(msg[j:j + 32]).decode(), end='')
+print()
 for j in range(n):
     print(names[j], ins[j] // K - ins[n - 1] // K, mem[j] // K)
 """
@@ -194,21 +198,30 @@ T = time.ticks_cpu
 D = time.ticks_diff
 m._copy(seq, buf, 0, n)
 m.predict_q(buf)
-tot = t0 = t1 = 0
-for i in range(R):
+tot = chk = t0 = t1 = 0
+for i in range(R):  # as the detector calls it: it vouches that the window moved by a sample
     m._copy(seq, buf, (i + 1) * c, n)  # the next window, written as the detector does
     t0 = T()
-    m.predict_q(buf)
+    m.predict_q(buf, 1)
     tot += D(T(), t0)
+m._copy(seq, buf, 0, n)
+m.predict_q(buf)
+for i in range(R):  # unvouched: the engine compares the window with the last one
+    m._copy(seq, buf, (i + 1) * c, n)
+    t0 = T()
+    m.predict_q(buf)
+    chk += D(T(), t0)
 for i in range(R):  # the timer's own cost
     t0 = T()
-    tot -= D(T(), t0)
+    t1 = D(T(), t0)
+    tot -= t1
+    chk -= t1
 # a window that is not the last one moved by a sample (the first, or a rewritten history)
 m._copy(seq, buf, 0, n)
 t0 = T()
 m.predict_q(buf)
 t1 = T()
-print(a1 - a0, tot // R, m.model_id, m.window, D(t1, t0), getattr(m, 'streaming', False))
+print(a1 - a0, tot // R, m.model_id, m.window, D(t1, t0), getattr(m, 'streaming', False), chk // R)
 """
 
 LONG = """
@@ -235,15 +248,16 @@ def default_models() -> list[Path]:
 
 
 def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
+    board.reset()  # a fresh heap for the file transfer (the last model's app may fill it)
     board.put_app(blob.read_bytes(), _samples())
     board.reset()
-    resident, infer, model_id, window, replay, streaming = board.run(
+    resident, infer, model_id, window, replay, streaming, checked = board.run(
         f"R = {max(k, 10)}\n" + INFER).split()
     board.reset()
     # the detector's history filled (the model's window, the sigma window) before counting
     lines = board.run(f"SLOTS = {SLOTS}\nWARM = {int(window) + 10}\nK = {k}\n"
                       + PHASES).splitlines()
-    msg = next(line.split()[1] for line in lines if line.startswith("msg "))
+    msg = "".join(next(line.split()[1:] for line in lines if line.startswith("msg ")))
     board.reset()
     lines += board.run(f"SLOTS = {SLOTS}\nWRAP = {2 * SLOTS + 50}\nMSG = {msg!r}\n"
                        + OUTBOX).splitlines()
@@ -270,6 +284,8 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
         "model": str(blob.relative_to(ROOT)) if blob.is_relative_to(ROOT) else str(blob), "model_id": model_id, "window": int(window),
         "streaming": streaming == "True",
         "instr_inference": int(infer),
+        # the window compared with the last one by the engine (a caller that does not vouch)
+        "instr_inference_checked": int(checked),
         # a window that is not the last one moved by a sample: replayed row by row (streaming)
         "instr_inference_replay": int(replay),
         "instr_detector_step": ph["step"][0],

@@ -98,7 +98,8 @@ class HostModel:
 
     def predict_q(self, xq) -> bytes:
         """int8 window (window*channels bytes, oldest first) -> int8 output bytes, as the
-        board's engine.Model.predict_q."""
+        board's engine.Model.predict_q (it does not stream: the detector hands it whole
+        windows)."""
         import numpy as np
 
         x = np.frombuffer(bytes(xq), np.int8).reshape(1, self.window, self.channels)
