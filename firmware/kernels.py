@@ -248,17 +248,24 @@ def copy(src: ptr8, dst: ptr8, first: int, count: int):
 
 @micropython.viper
 def shift(x: ptr8, step: int, count: int):
-    # x[i] = x[step + i] for i < count, four bytes a turn (count: a multiple of 4): a
-    # streaming ring's rows move one row back (engine.Model)
-    d = ptr8(int(x))
-    s = ptr8(int(x) + step)
-    for i in range(count >> 2):
-        d[0] = s[0]
-        d[1] = s[1]
-        d[2] = s[2]
-        d[3] = s[3]
-        d = ptr8(int(d) + 4)
-        s = ptr8(int(s) + 4)
+    # x[i] = x[step + i] for i < count (count: a multiple of 4): a streaming ring's rows
+    # move one row back (engine.Model). Word by word when step is a multiple of 4 (the
+    # rings start 4-byte aligned), else four bytes a turn.
+    if step & 3:
+        d = ptr8(int(x))
+        s = ptr8(int(x) + step)
+        for i in range(count >> 2):
+            d[0] = s[0]
+            d[1] = s[1]
+            d[2] = s[2]
+            d[3] = s[3]
+            d = ptr8(int(d) + 4)
+            s = ptr8(int(s) + 4)
+    else:
+        dw = ptr32(int(x))
+        sw = ptr32(int(x) + step)
+        for i in range(count >> 2):
+            dw[i] = sw[i]
 
 
 @micropython.viper

@@ -44,6 +44,27 @@ def ptr8(a):
     return a
 
 
+class _Words:
+    # viper's ptr32 for bytecode: little-endian 32-bit words at an _Addr
+    def __init__(self, a):
+        self.a = a
+
+    def __getitem__(self, i):
+        b, o = self.a.b, self.a.o + 4 * i
+        return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
+
+    def __setitem__(self, i, v):
+        b, o = self.a.b, self.a.o + 4 * i
+        b[o] = v & 0xFF
+        b[o + 1] = (v >> 8) & 0xFF
+        b[o + 2] = (v >> 16) & 0xFF
+        b[o + 3] = (v >> 24) & 0xFF
+
+
+def ptr32(a):
+    return _Words(a)
+
+
 def _squeeze(line):
     # The same code in fewer bytes: indentation as tabs (4 spaces -> 1 tab, the same
     # blocks), no trailing comment (kernels.py has no string literals).
