@@ -93,6 +93,7 @@ sim: setup  ## simulated boards (real firmware, unix port) publishing to BROKER:
 	$(EW) sim --devices $(DEVICES) $(if $(BROKER),--broker "$(BROKER)") $(SIM_ARGS)
 
 bench-detect: setup  ## detection benchmarks (fault suite, all NAB files; board vs streaming baseline) -> docs/benchmarks_detect.md
+	nice -n 10 $(BIN)/python -m tools.bench_detect --context long --out docs/benchmarks_detect_long
 	nice -n 10 $(BIN)/python -m tools.bench_detect
 
 cluster: setup  ## 3 local RabbitMQ nodes (quorum queues, MQTT): make cluster [USERS=devices.txt] (docs/scaling.md)

@@ -3,7 +3,7 @@
     python -m tools.bench_training [--fast]
 
 Runs ``edgewatch compare --data ../shared/data/occupancy/datatraining.txt``
-itself (10 epochs, window 10, seed 42, chronological 80/20 split; each model
+itself (10 epochs, the default window of 128, seed 42, chronological 80/20 split; each model
 three times in turns, the median reported: one timing on this shared virtual
 machine can be 30 % off the next) in a fresh
 process: `make bench` has used TensorFlow before it gets here (the detector

@@ -275,8 +275,11 @@ def test_memory_allocated_once(tiny_model_dir):
     # short-lived floats (MicroPython boxes each one: one per input value, a few per output,
     # 32-byte blocks on this 64-bit port) and the returned list, no buffers.
     assert per_predict <= 32 * n_in + 512, (per_predict, n_in)
-    # engine + parser + model + blob bytes, compiled from source (docs/model_blob.md, Memory)
-    assert resident <= 24 * 1024, resident
+    # engine + parser + planner + model + blob bytes, compiled from source (docs/model_blob.md,
+    # Memory). 28 KB (was 24): the streaming planner (plan.py) stays compiled from source, as
+    # the parser does; the board drops both once a model is loaded (RV32 from .mpy: <= 17 KB,
+    # tests/firmware/test_rv32_engine.py)
+    assert resident <= 28 * 1024, resident
 
 
 def test_fallback_when_the_port_has_no_native_emitter(tiny_model_dir, tmp_path):
@@ -343,7 +346,8 @@ def test_bench_engine_tool():
     assert r["heap_growth_during_inference_bytes"] == 0
     assert 0 < r["us_per_inference_viper"] < r["us_per_inference_plain"]
     assert r["us_per_inference_viper"] < 5000  # goal 1000; slack for a loaded CI machine
-    assert 0 < r["heap_engine_model_mpy_bytes"] <= r["heap_engine_model_bytes"] <= 24 * 1024
+    # from source 28 KB (was 24): the planner stays compiled from source, as the parser does
+    assert 0 < r["heap_engine_model_mpy_bytes"] <= r["heap_engine_model_bytes"] <= 28 * 1024
     # as deployed (.mpy, parser freed after load): within the 16 KB goal
     assert r["heap_engine_model_mpy_bytes"] <= 16 * 1024
 

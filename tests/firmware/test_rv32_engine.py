@@ -212,9 +212,10 @@ def test_engine_heap_from_mpy_at_c3_budget(rv32_runtime, tiny_model_dir):
         resident, growth, free = map(int, b.run(MEMORY).split())
     assert rv32_runtime.heap == 81920
     assert growth == 0, f"predict_q allocated {growth} bytes over 200 calls on RV32"
-    # 17 KB (was 16): the streaming step's code (engine._step, kernels.shift/same) is ~0.7 KB;
-    # the model itself is smaller than the window-10 one (the app's figure: tools/bench_rv32)
-    assert 0 < resident <= 17 * 1024, resident
+    # 18 KB (was 16): the streaming step's code (engine._step, kernels.shift/same, ~0.7 KB)
+    # and the default model's rings and last window (~1 KB) replace the windowed arena
+    # (the app's figure with every module: tools/bench_rv32)
+    assert 0 < resident <= 18 * 1024, resident
     assert free >= 48 * 1024, free
 
 

@@ -44,7 +44,7 @@ def test_round_trip_write_read_write(model):
     back = blob.read(written)
     assert back == spec
     assert blob.write(back) == written
-    assert back.names == ["temperature", "humidity"] and back.window == cfg["window"] == 128
+    assert back.names == ["temperature", "humidity"] and back.window == cfg["window"]
     assert (back.detector.sigma_window, back.detector.stuck_samples) == (12, 40)
     assert back.detector.k == 2.5 and abs(back.detector.eps - 0.02) < 1e-9
     assert np.allclose(back.offset, scaler.offset, rtol=1e-6)

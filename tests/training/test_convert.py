@@ -193,13 +193,13 @@ def test_window_shorter_than_receptive_field_is_refused_in_one_line(tmp_path):
 
     data = str(shared_data() / "occupancy" / "datatraining.txt")
     out = tmp_path / "short"
-    r = subprocess.run([EDGEWATCH, "train", "--data", data, "--epochs", "1", "--window", "40",
+    r = subprocess.run([EDGEWATCH, "train", "--data", data, "--epochs", "1", "--window", "8",
                         "--out", str(out), "--no-plots"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([EDGEWATCH, "convert", "--model", str(out)], capture_output=True, text=True,
                        timeout=600)
     err = [line for line in r.stderr.splitlines() if line.startswith("edgewatch convert:")]
     assert r.returncode == 2, r.stderr[-2000:]
-    assert len(err) == 1 and "window 40 is shorter than the model's receptive field 125" in err[0], err
-    assert "--window 125" in err[0] and "Traceback" not in r.stderr
+    assert len(err) == 1 and "window 8 is shorter than the model's receptive field 15" in err[0], err
+    assert "--window 15" in err[0] and "Traceback" not in r.stderr
     assert not (out / "model.ewb").exists()

@@ -308,8 +308,9 @@ class ForecastDetector(Detector):
     on_board = "no (float)"
 
     def __init__(self, arch: str = "tcn", window: int = 10, epochs: int = 10, seed: int = SEED,
-                 batch_size: int = 64):
+                 batch_size: int = 64, sizes: dict | None = None):
         self.arch = arch
+        self.sizes = dict(sizes or {})  # build_model's size options (train --context's)
         self.batch_size = batch_size
         self.window = window
         self.epochs = epochs
@@ -335,14 +336,15 @@ class ForecastDetector(Detector):
 
         fit_values = fill_missing(fit_values)
         n, c = fit_values.shape
-        key = (self.arch, self.epochs, self.window, self.seed, self.batch_size,
+        frozen = tuple(sorted((k, str(v)) for k, v in self.sizes.items()))
+        key = (self.arch, self.epochs, self.window, self.seed, self.batch_size, frozen,
                hashlib.sha1(np.ascontiguousarray(fit_values, np.float32).tobytes()).hexdigest())
         if key in _TRAINED:
             self.trained = _TRAINED[key]
             return self.trained
-        mkey = (self.arch, self.window, c, self.seed)
+        mkey = (self.arch, self.window, c, self.seed, frozen)
         if mkey not in _MODELS:
-            model = build_model(self.arch, self.window, c, seed=self.seed)
+            model = build_model(self.arch, self.window, c, seed=self.seed, **self.sizes)
             _MODELS[mkey] = (model, model.get_weights())
         model, initial = _MODELS[mkey]
         model.set_weights(initial)
@@ -535,8 +537,8 @@ class BoardDetector(ForecastDetector):
 
     def __init__(self, window: int = DEFAULT_WINDOW, epochs: int = 10, seed: int = SEED, rules: str = "band",
                  limits=None, stuck_samples: int | None = None, band: str = "residual",
-                 count: str = "alerts"):
-        super().__init__("tcn", window, epochs, seed)
+                 count: str = "alerts", sizes: dict | None = None):
+        super().__init__("tcn", window, epochs, seed, sizes=sizes)
         self.name = "board"
         self.description = (f"int8 TCN (window {window}, {epochs} epochs; converted as `edgewatch convert` "
                             "does: the int8 net predicts the change, the board adds the newest reading "

@@ -35,7 +35,17 @@ from edgewatch.training.forecast.data import (
 ARCHS = ("tcn", "lstm", "gru")
 DEFAULT_SEED = 42  # the same default as edgewatch.training.forecast.models, so CLI and API agree
 DEFAULT_EPOCHS = 10
-DEFAULT_WINDOW = 128  # covers the default TCN's receptive field (125)
+DEFAULT_WINDOW = 16  # covers the default TCN's receptive field (15): the board streams it
+# `train --context`: (window, TCN sizes). long: two hours of context at one sample a minute
+# (receptive field 125, window 128), three blocks of 8 filters so that its blob, parameter
+# blocks and per-layer history fit the C3's 80 KB heap. Measured against the default on the
+# detection suites (docs/benchmarks_detect.md, "Context"): it follows slow drifts (a ramp
+# it has learned to continue) and alarms more on a room's real ramps, so it is not the
+# default.
+CONTEXTS = {
+    "short": (DEFAULT_WINDOW, {}),
+    "long": (128, {"filters": 8, "kernel": 5, "dilations": (1, 5, 25)}),
+}
 DEFAULT_BATCH = 32
 TRAIN_FRACTION = 0.8
 # Files `edgewatch convert` derives from a trained model (removed when retraining in place).
@@ -248,6 +258,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="models/default", help="model folder (default models/default)")
     p.add_argument("--size", action="append", metavar="KEY=VALUE",
                    help="model size option, e.g. filters=16 or dilations=1,2,4 (repeatable)")
+    p.add_argument("--context", default="short", choices=sorted(CONTEXTS),
+                   help="TCN context: short (receptive field 15, window 16; the default) or "
+                        "long (two hours: receptive field 125, window 128, 8 filters); --size "
+                        "and a --window other than the default still apply")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--fit-rows", type=int, default=None, metavar="N",
                    help="train (and let convert calibrate) on the first N rows of the file only "
@@ -262,6 +276,11 @@ def run(args) -> int:
     if args.arch not in ARCHS:
         raise UserError(f"--arch: unknown '{args.arch}' (choose from {', '.join(ARCHS)})")
     sizes = parse_sizes(args.size)
+    ctx_window, ctx_sizes = CONTEXTS[getattr(args, "context", "short")]
+    if args.arch == "tcn":
+        sizes = {**ctx_sizes, **sizes}
+        if args.window == DEFAULT_WINDOW:
+            args.window = ctx_window
     from edgewatch.training.forecast.data import fit_selection
 
     series = load(args.data, channels=args.channels, device=getattr(args, "device", None))
