@@ -335,8 +335,9 @@ class App:
         m = schema.telemetry(self.device, seq, t, values, d.fixed() if band else None, faults,
                              mid)
         ob.append(outbox.TELEMETRY, m[0], m[1])
-        if self.echo:
-            self._echo(seq, t, values, band, faults)
+        if self.echo:  # the console line, as `edgewatch logs` prints it from MQTT
+            self.log(schema.line(self.device, seq, t, values, d.ints if band else None, faults,
+                                 self.names))
         if d.send:
             # one message per episode (detector.py): at its start and every resend_samples
             # while it lasts; the telemetry above flags every sample of it
@@ -349,39 +350,6 @@ class App:
                     a[0], a[1] or "device", "" if a[2] is None else " value=%s" % r(a[2]),
                     "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
-
-    def _echo(self, seq, t, values, band, faults):
-        """The sample's console line, as `edgewatch logs` prints it from MQTT, without float
-        text (~20k instructions a number on the C3): integer hundredths, a reading's
-        round(x * 100) as in the telemetry, the prediction's and band's from
-        Detector.fixed's thousandths; one % format builds the line."""
-        a = [0] * 16  # value, pred, lo, hi per channel: units and hundredths
-        k = self.det.ints
-        for j in b"\0\1\2\3\4\5\6\7" if band else b"\0\4":
-            if j & 3:
-                h = (k[b"\0\0\2\3\0\1\4\5"[j]] + 5) // 10
-            else:
-                try:
-                    h = round(values[j >> 2] * 100)
-                except Exception:  # no reading (None), NaN, an infinity
-                    a[2 * j], a[2 * j + 1] = "-", ""
-                    continue
-            f = h
-            if h < 0:
-                f = -h
-                h = -(f // 100) if f >= 100 else "-0"
-            else:
-                h //= 100
-            a[2 * j], a[2 * j + 1] = h, ".%02d" % (f % 100) if j & 3 == 0 else f % 100
-        v = "ANOMALY " + ",".join(faults) if faults else "ok"
-        t = "-" if t is None else t
-        n = self.names
-        self.log("%s #%d t=%s %s=%s%s pred=%s.%02d band=%s.%02d..%s.%02d %s=%s%s pred=%s.%02d "
-                 "band=%s.%02d..%s.%02d %s" % (
-                     self.device, seq, t, n[0], a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
-                     n[1], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], v)
-                 if band else "%s #%d t=%s %s=%s%s %s=%s%s %s" % (
-                     self.device, seq, t, n[0], a[0], a[1], n[1], a[8], a[9], v))
 
     def drain(self, until):
         """Send queued records oldest first until `until` (ticks) or the link fails."""
