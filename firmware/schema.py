@@ -69,19 +69,15 @@ def line(device, seq, t, values, k, faults, names):
     None: no band). One % format: every str built costs a look-up of the qstr pool."""
     v = "ANOMALY " + ",".join(faults) if faults else "ok"
     t = "-" if t is None else t
-    a = [0] * 16  # value, pred, lo, hi per channel: units and hundredths
     try:
-        a[0] = round(values[0] * 100)
-        a[8] = round(values[1] * 100)
+        a = [round(values[0] * 100), 0, 0, 0, 0, 0, 0, 0, round(values[1] * 100), 0, 0, 0, 0, 0,
+             0, 0]  # value, pred, lo, hi per channel: units and hundredths
     except Exception:  # a failed read (None; NaN, an infinity: null in the telemetry)
         return "%s #%d t=%s %s=- %s=- %s" % (device, seq, t, names[0], names[1], v)
-    if k:
-        a[2], a[10], a[4], a[6], a[12], a[14] = k[0] + 5, k[1] + 5, k[2] + 5, k[3] + 5, \
-            k[4] + 5, k[5] + 5
-    for j in (0, 2, 4, 6, 8, 10, 12, 14) if k else (0, 8):
+    for j in b"\0\2\4\6\x08\x0a\x0c\x0e" if k else b"\0\x08":
         h = a[j]
-        if j & 7:  # thousandths, + 5: to hundredths
-            h //= 10
+        if j & 7:  # thousandths to hundredths: pred 0, lo 0, hi 0, pred 1, lo 1, hi 1
+            h = (k[b"\0\0\2\3\0\1\4\5"[j >> 1]] + 5) // 10
         f = -h if h < 0 else h
         a[j] = f // 100 if h >= 0 else -(f // 100) if f >= 100 else "-0"
         a[j + 1] = f % 100
