@@ -335,8 +335,9 @@ class App:
         m = schema.telemetry(self.device, seq, t, values, d.fixed() if band else None, faults,
                              mid)
         ob.append(outbox.TELEMETRY, m[0], m[1])
-        if self.echo:
-            self._echo(seq, t, values, band, faults)
+        if self.echo:  # the console line, as `edgewatch logs` prints it from MQTT
+            self.log(schema.line(self.device, seq, t, values, d.ints if band else None, faults,
+                                 self.names))
         if d.send:
             # one message per episode (detector.py): at its start and every resend_samples
             # while it lasts; the telemetry above flags every sample of it
@@ -349,20 +350,6 @@ class App:
                     a[0], a[1] or "device", "" if a[2] is None else " value=%s" % r(a[2]),
                     "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
-
-    def _echo(self, seq, t, values, band, faults):
-        """The sample's console line, as `edgewatch logs` prints it from MQTT."""
-        d = self.det
-        out = [self.device, "#%d" % seq, "t=%s" % ("-" if t is None else t)]
-        for i in range(len(self.names)):
-            v = None if values is None else values[i]
-            out.append("%s=%s" % (self.names[i], "-" if v is None else "%.2f" % v))
-            if band:  # Detector.fixed's, made for the telemetry
-                k = d.ints
-                j = len(self.names) + 2 * i
-                out.append("pred=%.2f band=%.2f..%.2f" % (k[i] / 1000, k[j] / 1000, k[j + 1] / 1000))
-        out.append("ANOMALY " + ",".join(faults) if faults else "ok")
-        self.log(" ".join(out))
 
     def drain(self, until):
         """Send queued records oldest first until `until` (ticks) or the link fails."""

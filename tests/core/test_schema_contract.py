@@ -74,3 +74,31 @@ def test_messages_without_epoch_are_epoch_0_and_a_bad_epoch_is_refused():
     for bad in (-1, 2**32, "7", 1.5, True):
         with pytest.raises(SchemaError, match="epoch"):
             parse_telemetry({**telemetry("gh-01", 5), "epoch": bad})
+
+
+LINES = """
+import schema
+N = ('temperature', 'humidity')
+K = [-123457, 99999, -130123, -117000, 95504, 104444]
+for v, k, f in (([21.456, 48.2], None, []), (None, None, ['read']), ([-39.99, 100.0], K, ['band']),
+                ([-0.04, 0.0], K, []), ([float('nan'), 3.0], None, [])):
+    m = schema.telemetry('gh-01', 7, 1732372000, v, k, f, None)
+    print((m[0] + m[1]).decode() + '\\t' + schema.line('gh-01', 7, 1732372000, v, k, f, N))
+"""
+
+
+def test_the_console_line_is_what_edgewatch_logs_prints():
+    """schema.line (the board's console, integer arithmetic) against `edgewatch logs`'s line
+    of the same telemetry (floats): the same fields, to the hundredth."""
+    from edgewatch.services.logs import line
+
+    out = mpy.run(code=LINES, heap=heap_budget("esp32-devkitc-dht22")).stdout.splitlines()
+    assert len(out) == 5
+    for i, ln in enumerate(out):
+        payload, console = ln.split("\t")
+        host = line(parse("edgewatch/gh-01/telemetry", payload.encode()))
+        head, _, rest = console.partition(" t=1732372000 ")
+        if i == 4:  # one channel NaN (null): the board prints its whole reading as failed
+            assert rest == "temperature=- humidity=- ok" and "humidity=3.00" in host
+            continue
+        assert host.split(" ", 2)[2] == head + " " + rest, (host, console)
