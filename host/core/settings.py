@@ -297,6 +297,20 @@ def mqtt_client(s: MqttSettings, client_id: str, *, persistent: bool = False,
     return c
 
 
+def service_client(s: MqttSettings, role: str, client_id: str | None,
+                   state_dir: str | os.PathLike | None, group: str | None, prefetch: int):
+    """``(client id, client)`` of a service that must not lose a message (collector, bridge).
+
+    The id is ``client_id``, else :func:`service_client_id`'s (stable across restarts);
+    the session is persistent and acknowledgements manual, so a message the service
+    received but did not acknowledge (handled) is delivered again. Free the id with
+    :func:`close_client`.
+    """
+    client_id = client_id or service_client_id(role, state_dir, group)
+    return client_id, mqtt_client(s, client_id, persistent=True, manual_ack=True, role=role,
+                                  prefetch=prefetch)
+
+
 def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
             timeout: float = 10.0) -> None:
     """Connect ``client`` (loop in a background thread) and subscribe, again after each reconnect.

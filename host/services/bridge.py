@@ -48,10 +48,9 @@ from edgewatch.core.settings import (
     close_client,
     connect,
     env,
-    mqtt_client,
     mqtt_settings,
     safe_url,
-    service_client_id,
+    service_client,
 )
 from edgewatch.core.store import Store
 from edgewatch.services.collector import parse_devices
@@ -486,16 +485,15 @@ class Bridge:
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self.metrics = metrics or Metrics("bridge")
         self.devices = Devices(self.metrics)
-        # 128 random bits kept next to the outbox (or in state_dir): stable across restarts,
-        # unguessable, never logged (host.settings.service_client_id)
-        self.client_id = client_id or service_client_id(
-            "bridge", state_dir if state_dir is not None else Path(outbox.path).parent, group)
         self.q: queue.Queue = queue.Queue()
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
-                                  role="bridge", prefetch=400)
+        # 128 random bits kept next to the outbox (or in state_dir): stable across restarts,
+        # unguessable, never logged (host.settings.service_client_id)
+        self.client_id, self.client = service_client(
+            mqtt, "bridge", client_id,
+            state_dir if state_dir is not None else Path(outbox.path).parent, group, prefetch=400)
         self.client.on_message = self._on_message
         self.workers = max(1, workers)
         self.results = results  # the shared database, where each outcome is recorded
