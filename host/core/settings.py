@@ -159,6 +159,12 @@ def add_mqtt_arguments(parser) -> None:
     parser.add_argument("--env-file", help="read settings from this file (default ./.env)")
 
 
+def add_client_arguments(parser, log_level: str = "info") -> None:
+    """The options of a service that talks to the broker: ``--log-level``, then the MQTT ones."""
+    parser.add_argument("--log-level", default=log_level)
+    add_mqtt_arguments(parser)
+
+
 def mqtt_settings(args) -> MqttSettings:
     """MqttSettings from parsed options, then the environment; UserError on a bad URL or file."""
     load_env(getattr(args, "env_file", None))
