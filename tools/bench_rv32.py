@@ -193,15 +193,19 @@ stats('ack_backlog', X2, k)
 print('ob len', len(msg), ob.dropped, 0, 0)
 """
 
-INFER = """
-import gc, time
-gc.collect()
+# The engine and the flash's model.ewb loaded on a collected heap (after `import gc`):
+# a1 - a0 is what stays resident (tests/firmware/test_rv32_engine.py measures it too).
+LOAD = """gc.collect()
 a0 = gc.mem_alloc()
 import engine
 m = engine.Model(open('model.ewb', 'rb').read())
 gc.collect()
 a1 = gc.mem_alloc()
-c = m.channels
+"""
+
+INFER = """
+import gc, time
+""" + LOAD + """c = m.channels
 n = m.window * c
 buf = m._in  # where the detector writes the window (firmware/detk.py pre)
 seq = bytearray(n + R * c)  # a series: each window is the last one moved by a sample

@@ -66,10 +66,25 @@ class SchemaError(ValueError):
 
 
 @dataclass(frozen=True)
-class Telemetry:
-    """One sample: readings (None = failed read), prediction and band when the model ran."""
+class Record:
+    """What every message is: about one device, and of one kind (its topic's last level).
+
+    A record class names its kind, ``class Alert(Record, kind="alert")``: a field set
+    after the class's own ones, shown and compared as they are, never passed in.
+    """
 
     device: str
+
+    def __init_subclass__(cls, kind: str, **kw):
+        super().__init_subclass__(**kw)
+        cls.__annotations__["kind"] = "str"
+        cls.kind = field(default=kind, init=False)
+
+
+@dataclass(frozen=True)
+class Telemetry(Record, kind="telemetry"):
+    """One sample: readings (None = failed read), prediction and band when the model ran."""
+
     seq: int
     t: float | None
     values: dict[str, float | None]
@@ -79,14 +94,12 @@ class Telemetry:
     faults: tuple[str, ...] = ()
     model: str | None = None
     epoch: int = 0
-    kind: str = field(default="telemetry", init=False)
 
 
 @dataclass(frozen=True)
-class Alert:
+class Alert(Record, kind="alert"):
     """One rule that fired on one sample (``sample`` is that telemetry record's seq)."""
 
-    device: str
     seq: int
     t: float | None
     sample: int
@@ -97,14 +110,12 @@ class Alert:
     pred: float | None
     model: str | None
     epoch: int = 0
-    kind: str = field(default="alert", init=False)
 
 
 @dataclass(frozen=True)
-class Status:
+class Status(Record, kind="status"):
     """A board's retained status, or its last will (state offline, most fields None)."""
 
-    device: str
     state: str
     seq: int | None = None
     t: float | None = None
@@ -116,7 +127,6 @@ class Status:
     uptime: float | None = None
     error: str | None = None
     epoch: int | None = None
-    kind: str = field(default="status", init=False)
 
 
 # ---------------------------------------------------------------- primitives

@@ -159,6 +159,12 @@ def add_mqtt_arguments(parser) -> None:
     parser.add_argument("--env-file", help="read settings from this file (default ./.env)")
 
 
+def add_client_arguments(parser, log_level: str = "info") -> None:
+    """The options of a service that talks to the broker: ``--log-level``, then the MQTT ones."""
+    parser.add_argument("--log-level", default=log_level)
+    add_mqtt_arguments(parser)
+
+
 def mqtt_settings(args) -> MqttSettings:
     """MqttSettings from parsed options, then the environment; UserError on a bad URL or file."""
     load_env(getattr(args, "env_file", None))
@@ -295,6 +301,20 @@ def mqtt_client(s: MqttSettings, client_id: str, *, persistent: bool = False,
     c.max_queued_messages_set(0)
     c.reconnect_delay_set(min_delay=1, max_delay=30)
     return c
+
+
+def service_client(s: MqttSettings, role: str, client_id: str | None,
+                   state_dir: str | os.PathLike | None, group: str | None, prefetch: int):
+    """``(client id, client)`` of a service that must not lose a message (collector, bridge).
+
+    The id is ``client_id``, else :func:`service_client_id`'s (stable across restarts);
+    the session is persistent and acknowledgements manual, so a message the service
+    received but did not acknowledge (handled) is delivered again. Free the id with
+    :func:`close_client`.
+    """
+    client_id = client_id or service_client_id(role, state_dir, group)
+    return client_id, mqtt_client(s, client_id, persistent=True, manual_ack=True, role=role,
+                                  prefetch=prefetch)
 
 
 def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],

@@ -38,6 +38,7 @@ import socket
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgewatch.core.errors import UserError
@@ -47,10 +48,9 @@ from edgewatch.core.settings import (
     close_client,
     connect,
     env,
-    mqtt_client,
     mqtt_settings,
     safe_url,
-    service_client_id,
+    service_client,
 )
 from edgewatch.core.store import Store
 from edgewatch.services.collector import parse_devices
@@ -222,31 +222,39 @@ class Outbox:
             self._local.conn = c
         return c
 
+    @contextmanager
+    def _transaction(self, db):
+        """One write transaction (the caller holds ``wlock``): committed when the block ends;
+        on any error rolled back, and the outcome rows recorded inside it dropped with it."""
+        db.execute("BEGIN IMMEDIATE")
+        mark = len(self.records)
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            del self.records[mark:]
+            raise
+
     def _migrate(self) -> None:
         """An outbox of a version before epochs: key ``seen`` by (device, epoch, seq), in place."""
         db = self.db
-        with self.wlock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                cols = [r[1] for r in db.execute("PRAGMA table_info(seen)")]
-                if "epoch" not in cols:
-                    log.warning("outbox %s: migrating seen alerts to the (device, epoch, seq) key",
-                                self.path)
-                    db.execute("ALTER TABLE seen RENAME TO seen_premigrate")
-                    db.execute("DROP INDEX IF EXISTS seen_received")
-                    for stmt in SCHEMA.split(";")[:2]:
-                        db.execute(stmt)
-                    db.execute("INSERT INTO seen (device, epoch, seq, received, outcome) "
-                               "SELECT device, 0, seq, received, outcome FROM seen_premigrate")
-                    db.execute("DROP TABLE seen_premigrate")
-                have = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
-                for name, kind in OUTBOX_ADDED:
-                    if name not in have:
-                        db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.wlock, self._transaction(db):
+            cols = [r[1] for r in db.execute("PRAGMA table_info(seen)")]
+            if "epoch" not in cols:
+                log.warning("outbox %s: migrating seen alerts to the (device, epoch, seq) key",
+                            self.path)
+                db.execute("ALTER TABLE seen RENAME TO seen_premigrate")
+                db.execute("DROP INDEX IF EXISTS seen_received")
+                for stmt in SCHEMA.split(";")[:2]:
+                    db.execute(stmt)
+                db.execute("INSERT INTO seen (device, epoch, seq, received, outcome) "
+                           "SELECT device, 0, seq, received, outcome FROM seen_premigrate")
+                db.execute("DROP TABLE seen_premigrate")
+            have = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+            for name, kind in OUTBOX_ADDED:
+                if name not in have:
+                    db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
 
     def _release_dead_leases(self) -> None:
         """Rows leased by a process of this host that no longer runs are free again at once."""
@@ -286,9 +294,7 @@ class Outbox:
             return self._add_alerts(db, out, items, notifiers)
 
     def _add_alerts(self, db, out, items, notifiers) -> list[str]:
-        db.execute("BEGIN IMMEDIATE")
-        mark = len(self.records)
-        try:
+        with self._transaction(db):
             for a, received in items:
                 cur = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?, ?, NULL)",
                                  (a.device, a.epoch, a.seq, received))
@@ -307,11 +313,6 @@ class Outbox:
                 db.execute("UPDATE seen SET outcome = ? WHERE device = ? AND epoch = ? AND seq = ?",
                            (outcome, a.device, a.epoch, a.seq))
                 out.append(outcome)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            del self.records[mark:]
-            raise
         return out
 
     def _rate_full(self, db, now: float) -> bool:
@@ -360,9 +361,8 @@ class Outbox:
             return self._queue_digests(self.db, notifiers, now)
 
     def _queue_digests(self, db, notifiers, now) -> int:
-        db.execute("BEGIN IMMEDIATE")
-        n, mark = 0, len(self.records)
-        try:
+        n = 0
+        with self._transaction(db):
             rows = db.execute("SELECT device, rule, suppressed, since, last FROM cooldown "
                               "WHERE until <= ? AND suppressed > 0", (now,)).fetchall()
             for device, rule, count, since, last in rows:
@@ -382,11 +382,6 @@ class Outbox:
                 db.execute("UPDATE cooldown SET until = ?, suppressed = 0, since = NULL "
                            "WHERE device = ? AND rule = ?", (now + self.cooldown, device, rule))
                 n += 1
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            del self.records[mark:]
-            raise
         return n
 
     # sending -------------------------------------------------------------
@@ -397,8 +392,7 @@ class Outbox:
             return self._claim(self.db, limit, now)
 
     def _claim(self, db, limit, now) -> list[dict]:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(db):
             rows = db.execute("SELECT id, notifier, recipient, subject, body, data, received, "
                               "attempts, created, key, ref, inflight, first_try FROM outbox WHERE state = 'pending' AND "
                               "next_try <= ? AND lease_until <= ? ORDER BY id LIMIT ?",
@@ -406,10 +400,6 @@ class Outbox:
             if rows:
                 db.executemany("UPDATE outbox SET lease_until = ?, owner = ? WHERE id = ?",
                                [(now + self.lease, self.owner, r[0]) for r in rows])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         keys = ("id", "notifier", "recipient", "subject", "body", "data", "received", "attempts",
                 "created", "key", "ref", "inflight", "first_try")
         return [dict(zip(keys, r, strict=True)) for r in rows]
@@ -495,16 +485,15 @@ class Bridge:
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self.metrics = metrics or Metrics("bridge")
         self.devices = Devices(self.metrics)
-        # 128 random bits kept next to the outbox (or in state_dir): stable across restarts,
-        # unguessable, never logged (host.settings.service_client_id)
-        self.client_id = client_id or service_client_id(
-            "bridge", state_dir if state_dir is not None else Path(outbox.path).parent, group)
         self.q: queue.Queue = queue.Queue()
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
-                                  role="bridge", prefetch=400)
+        # 128 random bits kept next to the outbox (or in state_dir): stable across restarts,
+        # unguessable, never logged (host.settings.service_client_id)
+        self.client_id, self.client = service_client(
+            mqtt, "bridge", client_id,
+            state_dir if state_dir is not None else Path(outbox.path).parent, group, prefetch=400)
         self.client.on_message = self._on_message
         self.workers = max(1, workers)
         self.results = results  # the shared database, where each outcome is recorded

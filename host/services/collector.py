@@ -52,6 +52,7 @@ from edgewatch.core.settings import (
     mqtt_client,
     mqtt_settings,
     safe_url,
+    service_client,
     service_client_id,
 )
 from edgewatch.core.store import Store
@@ -160,9 +161,6 @@ class Collector:
             self.ha_discovery = False
         self.metrics = metrics or Metrics("collector")
         self.devices = Devices(self.metrics)
-        # stable across restarts (the broker keeps the session) but unguessable: 128 random
-        # bits kept in the state directory, never logged (host.settings.service_client_id)
-        self.client_id = client_id or service_client_id("collector", state_dir, group)
         self.q = _Handoff()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -192,8 +190,10 @@ class Collector:
         self._raised: dict[tuple, None] = {}  # alert keys raised here (bounded, oldest out)
         self._dropped: dict[str, int] = {}  # device -> its dropped counter last seen
         self._started = time.time()
-        self.client = mqtt_client(mqtt, self.client_id, persistent=True, manual_ack=True,
-                                  role="collector", prefetch=2 * self.batch)
+        # stable across restarts (the broker keeps the session) but unguessable: 128 random
+        # bits kept in the state directory, never logged (host.settings.service_client_id)
+        self.client_id, self.client = service_client(mqtt, "collector", client_id, state_dir,
+                                                     group, prefetch=2 * self.batch)
         self.client.on_message = self._on_message
 
     # ------------------------------------------------------------ intake (paho thread)

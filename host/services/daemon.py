@@ -7,7 +7,7 @@ import signal
 import threading
 
 from edgewatch.core.errors import UserError
-from edgewatch.core.settings import add_mqtt_arguments, env
+from edgewatch.core.settings import add_client_arguments, env
 from edgewatch.services.metrics import MAX_DEVICES, OTHER, Metrics
 
 
@@ -29,8 +29,7 @@ def add_service_arguments(parser, shares: str, drops: str, metrics: bool = True)
                             help="devices given their own metric series (default "
                             f"{MAX_DEVICES}); the others share device=\"{OTHER}\" and are "
                             "counted in edgewatch_devices_over_cap (env EDGEWATCH_MAX_DEVICES)")
-    parser.add_argument("--log-level", default="info")
-    add_mqtt_arguments(parser)
+    add_client_arguments(parser)
 
 
 def serve_metrics(name: str, args, log: logging.Logger) -> Metrics:

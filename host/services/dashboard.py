@@ -35,7 +35,7 @@ from pathlib import Path
 from edgewatch.core.errors import UserError
 from edgewatch.core.schema import DEVICE_RE, SchemaError, parse, to_json
 from edgewatch.core.settings import (
-    add_mqtt_arguments,
+    add_client_arguments,
     add_secret,
     connect,
     env,
@@ -450,8 +450,7 @@ def add_arguments(parser) -> None:
                         "models/registry)")
     parser.add_argument("--no-live", action="store_true",
                         help="do not connect to the broker (no live updates)")
-    parser.add_argument("--log-level", default="warning")
-    add_mqtt_arguments(parser)
+    add_client_arguments(parser, log_level="warning")
 
 
 def run(args) -> int:

@@ -34,7 +34,7 @@ from edgewatch.core import firmware
 from edgewatch.core.errors import UserError
 from edgewatch.core.schema import SchemaError, Telemetry, parse, parse_alert
 from edgewatch.core.settings import (
-    add_mqtt_arguments,
+    add_client_arguments,
     connect,
     mqtt_client,
     mqtt_settings,
@@ -198,8 +198,7 @@ def add_arguments(parser) -> None:
                              "keeps impossible readings out of the history, as on the board")
     parser.add_argument("--all", action="store_true",
                         help="also score telemetry of boards that run a model themselves")
-    parser.add_argument("--log-level", default="info")
-    add_mqtt_arguments(parser)
+    add_client_arguments(parser)
 
 
 def run(args) -> int:

@@ -217,9 +217,8 @@ print(bytes(y).hex())
 """
 
 
-@pytest.mark.parametrize("mode", ["kernels", "kernels_plain"])
-def test_requantisation_matches_tflite_arithmetic(mode):
-    """The 11-bit-limb requantisation equals the 64-bit reference, edge cases included."""
+def requant_cases() -> list[tuple[int, int, int]]:
+    """(accumulator, multiplier, shift): edge values crossed, then 1,500 random in range."""
     rng = random.Random(3)
     cases = []
     for acc in (0, 1, -1, 2, -2, (1 << 31) - 1, -(1 << 31) + 1, 1 << 30, -(1 << 30), 12345, -12345):
@@ -230,6 +229,13 @@ def test_requantisation_matches_tflite_arithmetic(mode):
         s = rng.choice([rng.randint(-31, 0), rng.randint(1, 6)])
         lim = (1 << 31) >> max(s, 0)  # C would overflow int32 beyond this
         cases.append((rng.randint(-lim + 1, lim - 1), rng.randint(1 << 30, (1 << 31) - 1), s))
+    return cases
+
+
+@pytest.mark.parametrize("mode", ["kernels", "kernels_plain"])
+def test_requantisation_matches_tflite_arithmetic(mode):
+    """The 11-bit-limb requantisation equals the 64-bit reference, edge cases included."""
+    cases = requant_cases()
     out = mpy.run(code=f"MODE={mode!r}\nCASES={cases!r}\n" + REQUANT, heap="4M").stdout.strip()
     got = bytes.fromhex(out)
     want = bytes((reference_requant(*c) & 0xFF) for c in cases)
@@ -239,8 +245,25 @@ def test_requantisation_matches_tflite_arithmetic(mode):
 
 # ---------------------------------------------------------------- memory, fallback, float path
 
+# predict_q on CALLS windows of m (a byte changed each time), the collector off: a3 - a2
+# is what it allocates. Its globals (i, a2, a3) must exist before: a new global grows the dict.
+PREDICT_Q_GROWTH = """
+buf = bytearray(m.window * m.channels)
+m.predict_q(buf)
+gc.collect()
+gc.disable()
+a2 = gc.mem_alloc()
+for i in range(CALLS):
+    buf[i % len(buf)] = (i * 37) & 0xFF
+    m.predict_q(buf)
+a3 = gc.mem_alloc()
+gc.enable()
+"""
+
 MEMORY = """
 import gc
+i = a2 = a3 = a4 = a5 = win = buf = 0  # create the globals now: a new global grows the dict
+CALLS = 500
 gc.collect()
 a0 = gc.mem_alloc()
 import engine
@@ -248,15 +271,7 @@ blob = open(BLOB, 'rb').read()
 m = engine.Model(blob)
 gc.collect()
 a1 = gc.mem_alloc()
-buf = bytearray(m.window * m.channels)
-m.predict_q(buf)
-i = a2 = a3 = a4 = a5 = win = 0  # create the globals now: a new global grows the dict
-gc.collect()
-a2 = gc.mem_alloc()
-for i in range(500):
-    buf[i % len(buf)] = (i * 37) & 0xFF
-    m.predict_q(buf)
-a3 = gc.mem_alloc()
+""" + PREDICT_Q_GROWTH + """
 win = [0.5] * len(buf)
 m.predict(win)
 gc.collect()

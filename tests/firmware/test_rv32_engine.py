@@ -23,11 +23,15 @@ from edgewatch.training.forecast.data import Scaler
 from test_engine_bitexact import (
     GOLDEN,
     OCC_TEST,
+    PREDICT_Q_GROWTH,
     assert_same,
     golden_vectors,
     random_windows,
     reference_requant,
+    requant_cases,
 )
+
+from tools.bench_rv32 import LOAD
 
 ENGINE = ["blob", "plan", "plan_window", "kernels", "engine"]
 
@@ -103,18 +107,9 @@ def test_real_and_random_windows(board, tiny_model_dir):
 
 # ---------------------------------------------------------------- requantisation
 
-def requant_cases() -> list[tuple[int, int, int]]:
+def rv32_requant_cases() -> list[tuple[int, int, int]]:
     """tests/test_engine_bitexact.py's cases, then edges of the 32-bit words."""
-    rng = random.Random(3)
-    cases = []
-    for acc in (0, 1, -1, 2, -2, (1 << 31) - 1, -(1 << 31) + 1, 1 << 30, -(1 << 30), 12345, -12345):
-        for m in (0, 1 << 30, (1 << 31) - 1, 1518500250):
-            for s in (0, -1, -7, -31, -20):
-                cases.append((acc, m, s))
-    for _ in range(1500):
-        s = rng.choice([rng.randint(-31, 0), rng.randint(1, 6)])
-        lim = (1 << 31) >> max(s, 0)
-        cases.append((rng.randint(-lim + 1, lim - 1), rng.randint(1 << 30, (1 << 31) - 1), s))
+    cases = requant_cases()
     # 32-bit edges: accumulators at powers of two and one off them (sign and limb
     # boundaries), multipliers at both ends of [2**30, 2**31), every shift
     rng = random.Random(32)
@@ -165,7 +160,7 @@ def requant_on_board(board, mode: str, cases, chunk: int = 400) -> bytes:
 
 @pytest.mark.parametrize("mode", ["kernels", "kernels_plain"])
 def test_requantisation_on_32_bit_words(board, mode):
-    cases = requant_cases()
+    cases = rv32_requant_cases()
     if mode == "kernels_plain":
         cases = cases[::5]  # bytecode has unbounded ints: the viper path is the one at risk
     got = requant_on_board(board, mode, cases)
@@ -180,23 +175,9 @@ def test_requantisation_on_32_bit_words(board, mode):
 
 MEMORY = """
 import gc
-gc.collect()
-a0 = gc.mem_alloc()
-import engine
-m = engine.Model(open('model.ewb', 'rb').read())
-gc.collect()
-a1 = gc.mem_alloc()
-buf = bytearray(m.window * m.channels)
-m.predict_q(buf)
-i = a2 = a3 = 0
-gc.collect()
-gc.disable()
-a2 = gc.mem_alloc()
-for i in range(200):
-    buf[i % len(buf)] = (i * 37) & 0xFF
-    m.predict_q(buf)
-a3 = gc.mem_alloc()
-gc.enable()
+i = a2 = a3 = buf = 0
+CALLS = 200
+""" + LOAD + PREDICT_Q_GROWTH + """
 gc.collect()
 print(a1 - a0, a3 - a2, gc.mem_free())
 """

@@ -67,6 +67,9 @@ class Run:
         with sqlite3.connect(self.outbox) as db:
             return dict(db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
 
+    def wait_sent(self, n: int, timeout: float = 30) -> None:
+        wait_until(lambda: self.states() == {"sent": n}, timeout=timeout, what=f"{n} rows sent")
+
     def close(self):
         for p in self.procs:
             if p.poll() is None:
@@ -87,17 +90,16 @@ def _publish(broker, seqs, device="gh-01"):
         dev.close()
 
 
-def _once_each(sink, n):
+def _each_sms_once(sink, n: int, case: str, figures: str = "") -> None:
+    """Each of the n alerts reached the phone as one SMS: the counts printed (with the case's
+    own ``figures``), kept for the reliability reports (tests/support/figures.py), checked."""
     bodies = sink.bodies()
-    dups = len(bodies) - len(set(bodies))
-    return bodies, dups, n - len(set(bodies))
-
-
-
-def _record(case: str, dups: int, lost: int) -> None:
-    """The counts make reliability reports for a case (tests/support/figures.py)."""
+    dups, lost = len(bodies) - len(set(bodies)), n - len(set(bodies))
+    print(f"{case}: {n} alerts, {len(bodies)} SMS, duplicates {dups}, lost {lost}{figures}")
     record(f"{case}: duplicate SMS", dups)
     record(f"{case}: alerts without SMS", lost)
+    assert (dups, lost, len(bodies)) == (0, 0, n)
+
 
 def test_kill_9_after_the_provider_created_the_sms_sends_no_duplicate(tmp_path, broker, sink):
     """The worst moment: the provider has the SMS, the bridge has not recorded it. 4 kills."""
@@ -124,18 +126,15 @@ def test_kill_9_after_the_provider_created_the_sms_sends_no_duplicate(tmp_path, 
         assert p.wait(20) == -signal.SIGKILL
         unrecorded = len(sink.requests) - run.states().get("sent", 0)
         run.start()
-        wait_until(lambda: run.states() == {"sent": n}, timeout=30, what=f"{n} rows sent")
-        bodies, dups, lost = _once_each(sink, n)
-        text = run.log.read_text()
-        found = text.count("found at the provider")
-        print(f"kill -9 x4 mid-send: {n} alerts, {held} SMS created with their answers held "
-              f"when killed (3 kills), {unrecorded} answered but not recorded (1 kill), {len(bodies)} SMS, duplicates {dups}, lost {lost}, found by lookup "
-              f"{found}, list requests {len(sink.lookups)}")
+        run.wait_sent(n)
+        found = run.log.read_text().count("found at the provider")
+        _each_sms_once(sink, n, "kill -9 mid-send",
+                       f"; {held} SMS created with their answers held when killed (3 kills), "
+                       f"{unrecorded} answered but not recorded (1 kill), found by lookup "
+                       f"{found}, list requests {len(sink.lookups)}")
         # each SMS created without its answer recorded was found, not sent again
         assert held >= 9 and unrecorded >= 1 and found >= held
         assert any(q.get("Page") for q in sink.lookups)  # pages after the first were read
-        _record("kill -9 mid-send", dups, lost)
-        assert (dups, lost, len(bodies)) == (0, 0, n)
         # the list was asked as the docs say: To, From and DateSent>=, pages followed
         assert all(q["To"] == TO and q["From"] == "+15005550006" and "DateSent>" in q
                    for q in sink.lookups)
@@ -152,17 +151,14 @@ def test_provider_slower_than_the_client_timeout_sends_each_sms_once(tmp_path, b
         run.start()
         _publish(broker, range(1, n + 1))
         try:
-            wait_until(lambda: run.states() == {"sent": n}, timeout=25, what=f"{n} rows sent")
+            run.wait_sent(n, timeout=25)
         except TimeoutError:
             pass  # the figures below say what went wrong
         time.sleep(0.5)
-        bodies, dups, lost = _once_each(sink, n)
         text = run.log.read_text()
-        print(f"provider 3 s vs timeout 1 s: {n} alerts, {len(bodies)} SMS, duplicates {dups}, "
-              f"lost {lost}, timeouts {text.count('ReadTimeout')}, 'not listed yet' "
-              f"{text.count('not listed yet')}, found {text.count('found at the provider')}")
-        _record("provider 3 s vs client timeout 1 s", dups, lost)
-        assert (dups, lost, len(bodies)) == (0, 0, n)
+        _each_sms_once(sink, n, "provider 3 s vs client timeout 1 s",
+                       f"; timeouts {text.count('ReadTimeout')}, 'not listed yet' "
+                       f"{text.count('not listed yet')}, found {text.count('found at the provider')}")
         assert text.count("ReadTimeout") >= n  # every first attempt timed out
         assert run.states() == {"sent": n}
     finally:
@@ -187,16 +183,13 @@ def test_sms_the_provider_never_created_is_sent_once_the_created_ones_not_again(
     try:
         run.start()
         _publish(broker, range(1, n + 1))
-        wait_until(lambda: run.states() == {"sent": n}, timeout=30, what=f"{n} rows sent")
+        run.wait_sent(n)
         time.sleep(0.5)
-        bodies, dups, lost = _once_each(sink, n)
         text = run.log.read_text()
         resent = text.count("never created; sending again")
-        print(f"no answer, half created: {n} alerts, {len(bodies)} SMS, duplicates {dups}, "
-              f"lost {lost}, found {text.count('found at the provider')}, resent after "
-              f"{resent} empty lookups")
-        _record("no answer, half created by the provider", dups, lost)
-        assert (dups, lost, len(bodies)) == (0, 0, n)
+        _each_sms_once(sink, n, "no answer, half created by the provider",
+                       f"; found {text.count('found at the provider')}, resent after "
+                       f"{resent} empty lookups")
         assert resent == n // 2 and len(sink.refused) == n // 2
     finally:
         run.close()
@@ -217,10 +210,6 @@ def test_no_alert_is_acknowledged_before_it_is_in_the_outbox(tmp_path, broker, s
         except TimeoutError:
             pass  # the figures below say what went wrong
         time.sleep(0.5)
-        bodies, dups, lost = _once_each(sink, n)
-        print(f"kill -9 between arrival and outbox: {n} alerts, {len(bodies)} SMS after the "
-              f"restart, duplicates {dups}, lost {lost}")
-        _record("kill -9 between arrival and outbox write", dups, lost)
-        assert (dups, lost, len(bodies)) == (0, 0, n)
+        _each_sms_once(sink, n, "kill -9 between arrival and outbox write")
     finally:
         run.close()

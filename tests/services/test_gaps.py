@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import ExitStack
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -49,24 +50,25 @@ class AlertTap:
 
 @pytest.fixture
 def setup(tmp_path):
-    with Broker(tmp_path / "mq", users={"edgewatch": HOST_PW}) as broker:
+    # each part's clean-up registered as it is made: undone last first, also when a later
+    # part fails to start
+    with Broker(tmp_path / "mq", users={"edgewatch": HOST_PW}) as broker, ExitStack() as undo:
         url = f"sqlite:///{tmp_path}/ew.db"
         stores = [Store(url), Store(url)]
+        for s in stores:
+            undo.callback(s.close)
         mq = MqttSettings(port=broker.port, username="edgewatch", password=HOST_PW)
-        cols = [Collector(s, mq, group="g", client_id=f"col-{i}", ha_discovery=False,
-                          flush_ms=10, gap_wait=WAIT).start() for i, s in enumerate(stores)]
+        cols = []
+        for i, s in enumerate(stores):
+            cols.append(Collector(s, mq, group="g", client_id=f"col-{i}", ha_discovery=False,
+                                  flush_ms=10, gap_wait=WAIT).start())
+            undo.callback(cols[-1].stop)
         tap = AlertTap(broker)
+        undo.callback(tap.close)
         host = Board(broker, "edgewatch", HOST_PW)
+        undo.callback(host.close)
         time.sleep(0.3)
-        try:
-            yield host, tap, cols, stores[0]
-        finally:
-            host.close()
-            tap.close()
-            for c in cols:
-                c.stop()
-            for s in stores:
-                s.close()
+        yield host, tap, cols, stores[0]
 
 
 def _send(host, device, seqs, epoch=7):
