@@ -119,20 +119,19 @@ class Model:
         if xq is not self._in:
             self._copy(xq, self._in, 0, n)
         if not self.streaming:
-            for step in self._plan:
-                step[0](step[1], step[2], step[3], step[4])
+            self._go(0)
             return self._out
         c = self.channels
         if moved and self._warm:
-            self._step(n - c)
+            self._go(n - c)
             self._held = False  # _prev is no longer the window the rings were built from
             return self._out
         if self._warm and self._held and self._same(self._prev, self._in, c, n - c):
-            self._step(n - c)  # the last window moved by one sample
+            self._go(n - c)  # the last window moved by one sample
         else:
             i = 0
             while i < n:  # another window: replay it (a range with a step would allocate)
-                self._step(i)
+                self._go(i)
                 i += c
             self._warm = True
             self.replays += 1
@@ -140,15 +139,16 @@ class Model:
         self._held = True
         return self._out
 
-    def _step(self, first):
-        # one streaming step: every ring moves one row back, the input row at `first`
-        # enters, then each op computes its newest row
-        sh = self._shift
-        for m in self._moves:
-            sh(m[0], m[1], m[2])
-        self._copy(self._in, self._row0, first, self.channels)
-        for step in self._plan:
-            step[0](step[1], step[2], step[3], step[4])
+    def _go(self, first):
+        # one streaming step: every ring moves one row back and the input row at `first`
+        # enters (kernels.rings, one call), then each op computes its newest row; a
+        # windowed plan (no rings) computes every row it needs. (Unpacking a record is
+        # cheaper than indexing it.)
+        r = self._ring
+        if r is not None:
+            r[0](r[1], r[2], r[3], first)
+        for f, a, b, c, d in self._plan:
+            f(a, b, c, d)
 
     def predict(self, norm_window):
         """Normalised window (window*channels floats, oldest first) -> list of normalised predictions."""

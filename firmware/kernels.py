@@ -30,7 +30,7 @@ import micropython
 
 
 @micropython.viper
-def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
+def conv(x: ptr8, w: ptr8, p: ptr32, y: ptr8):
     nrows = int(p[0])
     in_ch = int(p[2])
     out_ch = int(p[3])
@@ -93,35 +93,35 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
             rlen = rlen0
             nrun = nrun0
             if k0:  # the padded taps' terms: po * sum(w) over them (bias has the rest)
-                wp = ptr8(wo)
+                w = ptr8(wo)
                 j = k0 * in_ch
                 v = 0 - (j << 7)  # sum(w) = sum(w ^ 0x80) - 128 * count
                 while j:
                     j -= 1
-                    v += wp[j] ^ 0x80
+                    v += w[j] ^ 0x80
                 acc += po * v
                 if flat:
                     rlen = kin - k0 * in_ch
                 else:
                     nrun = ks - k0
-            wp = ptr8(wo + k0 * in_ch)
-            xp = ptr8(xa + ti * in_ch)
+            w = ptr8(wo + k0 * in_ch)
+            x = ptr8(xa + ti * in_ch)
             # 4 MACs a turn, then one at a time
             while nrun > 0:
                 for j in range(rlen >> 2):
-                    acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
-                            + (xp[1] ^ 0x80) * ((wp[1] ^ 0x80) - 0x80)
-                            + (xp[2] ^ 0x80) * ((wp[2] ^ 0x80) - 0x80)
-                            + (xp[3] ^ 0x80) * ((wp[3] ^ 0x80) - 0x80))
-                    xp = ptr8(int(xp) + 4)
-                    wp = ptr8(int(wp) + 4)
+                    acc += ((x[0] ^ 0x80) * ((w[0] ^ 0x80) - 0x80)
+                            + (x[1] ^ 0x80) * ((w[1] ^ 0x80) - 0x80)
+                            + (x[2] ^ 0x80) * ((w[2] ^ 0x80) - 0x80)
+                            + (x[3] ^ 0x80) * ((w[3] ^ 0x80) - 0x80))
+                    x = ptr8(int(x) + 4)
+                    w = ptr8(int(w) + 4)
                 j = rlen & 3
                 while j:
-                    acc += (xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
-                    xp = ptr8(int(xp) + 1)
-                    wp = ptr8(int(wp) + 1)
+                    acc += (x[0] ^ 0x80) * ((w[0] ^ 0x80) - 0x80)
+                    x = ptr8(int(x) + 1)
+                    w = ptr8(int(w) + 1)
                     j -= 1
-                xp = ptr8(int(xp) + xjump)
+                x = ptr8(int(x) + xjump)
                 nrun -= 1
             # MultiplyByQuantizedMultiplier(acc, m, s), inlined here and in the ADD kernel on
             # purpose: a viper-to-viper call goes through the generic call path and would
@@ -247,25 +247,33 @@ def copy(src: ptr8, dst: ptr8, first: int, count: int):
 
 
 @micropython.viper
-def shift(x: ptr8, step: int, count: int):
-    # x[i] = x[step + i] for i < count (count: a multiple of 4): a streaming ring's rows
-    # move one row back (engine.Model). Word by word when step is a multiple of 4 (the
-    # rings start 4-byte aligned), else four bytes a turn.
-    if step & 3:
-        d = ptr8(int(x))
-        s = ptr8(int(x) + step)
-        for i in range(count >> 2):
-            d[0] = s[0]
-            d[1] = s[1]
-            d[2] = s[2]
-            d[3] = s[3]
-            d = ptr8(int(d) + 4)
-            s = ptr8(int(s) + 4)
-    else:
-        dw = ptr32(int(x))
-        sw = ptr32(int(x) + step)
-        for i in range(count >> 2):
-            dw[i] = sw[i]
+def rings(a: ptr8, src: ptr8, d: ptr32, first: int):
+    # A streaming step's start (engine.Model), in one call: every ring moves one row back,
+    # then the input row at `first` of the window src enters. d (plan.py): the number of
+    # moves; per move the ring's offset in a, its row's bytes (step) and the bytes to move
+    # (count, a multiple of 4): a[o + i] = a[o + step + i] for i < count; then the newest
+    # input row's offset in a and its bytes. Word by word when step is a multiple of 4
+    # (the rings start 4-byte aligned), else byte by byte (the input's few bytes).
+    n = int(d[0])
+    k = 1
+    while n > 0:
+        o = int(a) + int(d[k])
+        step = int(d[k + 1])
+        count = int(d[k + 2])
+        k += 3
+        n -= 1
+        if step & 3:
+            x = ptr8(o)
+            for i in range(count):
+                x[i] = x[step + i]
+        else:
+            dw = ptr32(o)
+            sw = ptr32(o + step)
+            for i in range(count >> 2):
+                dw[i] = sw[i]
+    x = ptr8(int(a) + int(d[k]))
+    for i in range(int(d[k + 1])):
+        x[i] = src[first + i]
 
 
 @micropython.viper
@@ -275,3 +283,4 @@ def same(a: ptr8, b: ptr8, first: int, count: int) -> int:
         if a[first + i] != b[i]:
             return 0
     return 1
+
