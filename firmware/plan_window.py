@@ -101,7 +101,6 @@ def _window_plan(m, b, k, need, _block):
         else:
             plan.append((k.copy, bufs[src], bufs[dst], op[5], op[6]))
     m._plan = plan
-    m._ring = None
     m._in = bufs[0]
     m._out = bufs[b.ops[-1][4]]
     m.replays = 0
