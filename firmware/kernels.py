@@ -18,9 +18,11 @@
 #   0 nrows 1 unused 2 in_ch 3 out_ch 4 kernel 5 dilation 6 pad_left
 #   7 input offset (-zp) 8 output zp 9 act min 10 act max
 #   11.. rows to compute, then per output channel: bias, multiplier, shift,
-#   where bias = TFLM's bias + (offset - 128) * sum(weights) (engine._block): the
-#   MACs then need no offset, sum((x ^ 0x80) * w), and taps that read the left
-#   padding add (128 - offset) * sum(their weights).
+#   where bias = TFLM's bias + (offset - 128) * sum(weights) (plan._block): the
+#   MACs then need no offset, sum((x ^ 0x80) * w), computed as
+#   sum((x ^ 0x80) * (w ^ 0x80)) - 128 * sum(x ^ 0x80) (the second sum once per row,
+#   for every output channel), and taps that read the left padding add
+#   (128 - offset) * sum(their weights).
 # Parameter block of add:
 #   0 nrows 1 cols 2 offset1 3 offset2 4 output zp 5 left shift 6 m1 7 s1
 #   8 m2 9 s2 10 m_out 11 s_out 12 act min 13 act max 14.. rows
@@ -30,7 +32,7 @@ import micropython
 
 
 @micropython.viper
-def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
+def conv(x: ptr8, w: ptr8, p: ptr32, y: ptr8):
     nrows = int(p[0])
     in_ch = int(p[2])
     out_ch = int(p[3])
@@ -57,72 +59,85 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
         nrun0 = 1
     xjump = dil * in_ch - in_ch  # from a tap's run to the next one's (runs of in_ch)
     xa = int(x)  # addresses: the MAC loops walk running pointers (constant offsets are cheapest)
-    wo = int(w)  # weights are [out_ch][ks][in_ch]
-    c = 11 + nrows
-    for oc in range(out_ch):
-        # this channel's constants, once for all its rows
-        v = int(p[c])
-        bias = v - ((((v >> 31) & 1) << 16) << 16)
-        m = int(p[c + 1])
-        v = int(p[c + 2])
-        s = v - ((((v >> 31) & 1) << 16) << 16)
-        c += 3
-        ls = 0
-        rs = 0
-        if s > 0:
-            ls = s
-        else:
-            rs = 0 - s
-        rb = 0  # rounding bit: bit rs-1 of the magnitude (none when rs = 0)
-        if rs:
-            rb = 1
-        rq = rs - rb
-        mf = m >> 15
-        mh = mf & 0x7FFF
-        ml = m & 0x7FFF
-        hb = m >> 30
-        for r in range(nrows):
-            t = int(p[11 + r])
-            acc = bias
-            # taps before k0 read the left padding (the input zero point)
-            k0 = 0
-            ti = t - pad
-            while ti < 0 and k0 < ks:
-                ti += dil
-                k0 += 1
-            rlen = rlen0
-            nrun = nrun0
+    w0 = int(w)  # weights are [out_ch][ks][in_ch]
+    for r in range(nrows):
+        # this row's taps, the same for every output channel: taps before k0 read the left
+        # padding (the input zero point); the real ones are nrun runs of rlen bytes from xs
+        t = int(p[11 + r])
+        k0 = 0
+        ti = t - pad
+        while ti < 0 and k0 < ks:
+            ti += dil
+            k0 += 1
+        rlen = rlen0
+        nrun = nrun0
+        if k0:
+            if flat:
+                rlen = kin - k0 * in_ch
+            else:
+                nrun = ks - k0
+        xs = xa + ti * in_ch
+        # sum((x ^ 0x80) * w) = sum((x ^ 0x80) * (w ^ 0x80)) - 128 * sum(x ^ 0x80): the
+        # second sum once for the row, so a MAC needs no sign of its weight
+        x = ptr8(xs)
+        sx = 0
+        j = nrun
+        while j > 0:
+            for i in range(rlen):
+                sx += x[i] ^ 0x80
+            x = ptr8(int(x) + rlen + xjump)
+            j -= 1
+        sx = sx << 7
+        wo = w0
+        c = 11 + nrows
+        for oc in range(out_ch):
+            v = int(p[c])
+            acc = v - ((((v >> 31) & 1) << 16) << 16) - sx  # the bias
+            m = int(p[c + 1])
+            v = int(p[c + 2])
+            s = v - ((((v >> 31) & 1) << 16) << 16)
+            c += 3
             if k0:  # the padded taps' terms: po * sum(w) over them (bias has the rest)
-                wp = ptr8(wo)
+                w = ptr8(wo)
                 j = k0 * in_ch
                 v = 0 - (j << 7)  # sum(w) = sum(w ^ 0x80) - 128 * count
                 while j:
                     j -= 1
-                    v += wp[j] ^ 0x80
+                    v += w[j] ^ 0x80
                 acc += po * v
-                if flat:
-                    rlen = kin - k0 * in_ch
-                else:
-                    nrun = ks - k0
-            wp = ptr8(wo + k0 * in_ch)
-            xp = ptr8(xa + ti * in_ch)
+            w = ptr8(wo + k0 * in_ch)
+            x = ptr8(xs)
             # 4 MACs a turn, then one at a time
-            while nrun > 0:
-                for j in range(rlen >> 2):
-                    acc += ((xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
-                            + (xp[1] ^ 0x80) * ((wp[1] ^ 0x80) - 0x80)
-                            + (xp[2] ^ 0x80) * ((wp[2] ^ 0x80) - 0x80)
-                            + (xp[3] ^ 0x80) * ((wp[3] ^ 0x80) - 0x80))
-                    xp = ptr8(int(xp) + 4)
-                    wp = ptr8(int(wp) + 4)
-                j = rlen & 3
-                while j:
-                    acc += (xp[0] ^ 0x80) * ((wp[0] ^ 0x80) - 0x80)
-                    xp = ptr8(int(xp) + 1)
-                    wp = ptr8(int(wp) + 1)
-                    j -= 1
-                xp = ptr8(int(xp) + xjump)
-                nrun -= 1
+            j = nrun
+            while j > 0:
+                for i in range(rlen >> 2):
+                    acc += ((x[0] ^ 0x80) * (w[0] ^ 0x80) + (x[1] ^ 0x80) * (w[1] ^ 0x80)
+                            + (x[2] ^ 0x80) * (w[2] ^ 0x80) + (x[3] ^ 0x80) * (w[3] ^ 0x80))
+                    x = ptr8(int(x) + 4)
+                    w = ptr8(int(w) + 4)
+                i = rlen & 3
+                while i:
+                    acc += (x[0] ^ 0x80) * (w[0] ^ 0x80)
+                    x = ptr8(int(x) + 1)
+                    w = ptr8(int(w) + 1)
+                    i -= 1
+                x = ptr8(int(x) + xjump)
+                j -= 1
+            wo += kin
+            ls = 0
+            rs = 0
+            if s > 0:
+                ls = s
+            else:
+                rs = 0 - s
+            rb = 0  # rounding bit: bit rs-1 of the magnitude (none when rs = 0)
+            if rs:
+                rb = 1
+            rq = rs - rb
+            mf = m >> 15
+            mh = mf & 0x7FFF
+            ml = m & 0x7FFF
+            hb = m >> 30
             # MultiplyByQuantizedMultiplier(acc, m, s), inlined here and in the ADD kernel on
             # purpose: a viper-to-viper call goes through the generic call path and would
             # cost more than the whole requantisation, once per output value.
@@ -153,7 +168,6 @@ def conv(p: ptr32, x: ptr8, y: ptr8, w: ptr8):
             if h > amax:
                 h = amax
             y[t * out_ch + oc] = h & 0xFF
-        wo += kin
 
 
 @micropython.viper
@@ -247,25 +261,51 @@ def copy(src: ptr8, dst: ptr8, first: int, count: int):
 
 
 @micropython.viper
-def shift(x: ptr8, step: int, count: int):
-    # x[i] = x[step + i] for i < count (count: a multiple of 4): a streaming ring's rows
-    # move one row back (engine.Model). Word by word when step is a multiple of 4 (the
-    # rings start 4-byte aligned), else four bytes a turn.
-    if step & 3:
-        d = ptr8(int(x))
-        s = ptr8(int(x) + step)
-        for i in range(count >> 2):
-            d[0] = s[0]
-            d[1] = s[1]
-            d[2] = s[2]
-            d[3] = s[3]
-            d = ptr8(int(d) + 4)
-            s = ptr8(int(s) + 4)
-    else:
-        dw = ptr32(int(x))
-        sw = ptr32(int(x) + step)
-        for i in range(count >> 2):
-            dw[i] = sw[i]
+def rings(x: ptr32, y: ptr32, d: ptr32, first: int):
+    # A streaming step's start (engine.Model), in one call: every ring moves one row back,
+    # then the input row at `first` of the window y enters. x: the rings' buffer; d
+    # (plan.py): the number of moves; per move the ring's offset in x, its row's bytes
+    # (step) and the bytes to move (count, a multiple of 4): a[o + i] = a[o + step + i]
+    # for i < count; then the newest input row's offset in x and its bytes. Word by word
+    # when step is a multiple of 4 (the rings start 4-byte aligned), four words a turn on
+    # x and y (the two locals the emitter keeps in registers), else byte by byte (the
+    # input's few bytes).
+    a = int(x)
+    src = int(y)
+    n = int(d[0])
+    k = 1
+    while n > 0:
+        o = a + int(d[k])
+        step = int(d[k + 1])
+        count = int(d[k + 2])
+        k += 3
+        n -= 1
+        if step & 3:
+            b = ptr8(o)
+            for i in range(count):
+                b[i] = b[step + i]
+        else:
+            x = ptr32(o)
+            y = ptr32(o + step)
+            i = count >> 4
+            while i > 0:
+                x[0] = y[0]
+                x[1] = y[1]
+                x[2] = y[2]
+                x[3] = y[3]
+                x = ptr32(int(x) + 16)
+                y = ptr32(int(y) + 16)
+                i -= 1
+            i = (count >> 2) & 3
+            while i > 0:
+                x[0] = y[0]
+                x = ptr32(int(x) + 4)
+                y = ptr32(int(y) + 4)
+                i -= 1
+    b = ptr8(a + int(d[k]))
+    q = ptr8(src + first)
+    for i in range(int(d[k + 1])):
+        b[i] = q[i]
 
 
 @micropython.viper
@@ -275,3 +315,4 @@ def same(a: ptr8, b: ptr8, first: int, count: int) -> int:
         if a[first + i] != b[i]:
             return 0
     return 1
+

@@ -35,6 +35,8 @@ _int = int
 def int(v):  # noqa: A001 (viper's int() of a pointer is its address)
     if isinstance(v, _Addr):
         return v
+    if isinstance(v, _Words):
+        return v.a
     if isinstance(v, (bytes, bytearray, memoryview)):
         return _Addr(v, 0)
     return _int(v)

@@ -119,7 +119,8 @@ def _rings(b, lo):
 
 def _stream(b, keep, lo):
     # The rings (one buffer, each 4-byte aligned; a slice's output is a view of its
-    # input's newest rows) and, per ring that keeps more than one row, its move.
+    # input's newest rows) and the moves' block for kernels.rings: per ring that keeps
+    # more than one row, its offset, row bytes and bytes moved; then the input's newest row.
     t = b.tensors
     views = set(op[4] for op in b.ops if op[0] > OP_FC and lo[op[4]] is not None)
     off = []
@@ -134,9 +135,22 @@ def _stream(b, keep, lo):
         if op[4] in views:
             src = ring[op[3]]
             ring[op[4]] = src[len(src) - op[6]:]
-    moves = [(ring[i], t[i][1], ((keep[i] - 1) * t[i][1] + 3) & ~3)
-             for i in range(len(t)) if i not in views and keep[i] > 1]
-    return ring, moves
+    n = 0
+    for i in range(len(t)):
+        if i not in views and keep[i] > 1:
+            n += 1
+    d = array.array("I", range(3 * n + 3))
+    d[0] = n
+    j = 1
+    for i in range(len(t)):
+        if i not in views and keep[i] > 1:
+            d[j] = off[i]
+            d[j + 1] = t[i][1]
+            d[j + 2] = ((keep[i] - 1) * t[i][1] + 3) & ~3
+            j += 3
+    d[j] = off[0] + (keep[0] - 1) * t[0][1]
+    d[j + 1] = t[0][1]
+    return ring, mv, d
 
 
 def _newest(r, cols, n=1):
@@ -144,9 +158,11 @@ def _newest(r, cols, n=1):
 
 
 def _stream_plan(m, b, k, keep, lo):
+    # The step's start, one call (kernels.rings: the rings' moves and the input row), then
+    # one record per op, (kernel, a, b, c, d) for kernel(a, b, c, d): its newest row.
     t = b.tensors
     ops = b.ops
-    ring, m._moves = _stream(b, keep, lo)
+    ring, arena, d = _stream(b, keep, lo)
     m._out = ring[ops[-1][4]]
     # one list of the exact size (no regrowth), and each op's record let go once planned
     plan = [None] * sum(1 for op in ops if lo[op[4]] is not None and op[0] <= OP_FC)
@@ -162,11 +178,11 @@ def _stream_plan(m, b, k, keep, lo):
             x = _newest(ring[src], t[src][1], (op[5] - 1) * op[6] + 1)
             p = _block((1, 0, op[8], op[9], op[5], op[6], 0, -op[10], op[11], amin, amax),
                        (0,), op[13:16], op[12])
-            plan[n] = (k.conv, p, x, y, op[12])
+            plan[n] = (k.conv, x, op[12], p, y)
         elif kind == OP_FC:
             p = _block((1, 0, op[8], op[9], op[5], op[6], op[7], -op[10], op[11], amin, amax),
                        (0,), op[13:16], op[12])
-            plan[n] = (k.conv, p, ring[src], y, op[12])
+            plan[n] = (k.conv, ring[src], op[12], p, y)
         else:
             if not 9 <= op[6] <= 22:  # kernels.add's exact input rescale needs this (TFLM: 20)
                 raise BlobError("blob malformed: ADD left shift %d outside 9..22" % op[6])
@@ -177,9 +193,8 @@ def _stream_plan(m, b, k, keep, lo):
     m._plan = plan
     m._in = bytearray(b.window * b.channels)  # the window as given
     m._prev = bytearray(len(m._in))  # the window of the last step
-    m._row0 = _newest(ring[0], b.channels)  # where the newest input row enters
+    m._ring = (k.rings, arena, m._in, d)
     m._warm = False  # the rings hold a window's rows
     m._held = False  # _prev holds that window
     m.replays = 0  # windows that were not the last one moved by a sample
-    m._shift = k.shift
     m._same = k.same

@@ -91,7 +91,7 @@ def _window_plan(m, b, k, need, _block):
         if kind == OP_CONV or kind == OP_FC:
             p = _block((len(rows), 0, op[8], op[9], op[5], op[6], op[7], -op[10], op[11],
                         amin, amax), rows, op[13:16], op[12])
-            plan.append((k.conv, p, bufs[src], bufs[dst], op[12]))
+            plan.append((k.conv, bufs[src], op[12], p, bufs[dst]))
         elif kind == OP_ADD:
             if not 9 <= op[6] <= 22:  # kernels.add's exact input rescale needs this (TFLM: 20)
                 raise BlobError("blob malformed: ADD left shift %d outside 9..22" % op[6])

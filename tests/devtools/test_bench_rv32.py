@@ -19,8 +19,10 @@ def test_bench_rv32_figures_and_their_section(rv32_runtime):
     # the detector step holds the inference; the full sample holds the step
     assert row["instr_inference"] < row["instr_detector_step"] < row["instr_sample"]
     assert row["us_sample_at_160MHz"] == round(row["instr_sample"] / 160, 1)
-    # (17 KB, was 16: the streaming step's code, ~0.7 KB, is resident for every model)
-    assert 0 < row["heap_engine_model_mpy_B"] <= 17 * 1024
+    # (18 KB as tests/firmware/test_rv32_engine.py, was 17, 16: the streaming step's code,
+    # ~0.7 KB, then the faster kernels (one ring-move call, the row's input sum, ~0.3 KB)
+    # are resident for every model; the free heap below is the budget that matters)
+    assert 0 < row["heap_engine_model_mpy_B"] <= 18 * 1024
     assert row["heap_free_after_10_samples_B"] >= 8 * 1024
     for key in ("alloc_detector_step_B", "alloc_message_append_B", "alloc_sample_B"):
         assert row[key] >= 0

@@ -212,7 +212,7 @@ p = [1, 0, 1, n, 1, 1, 0, 0, 0, w(-(1 << 31)), (1 << 31) - 1, 0]
 for acc, m, s in cases:
     p += [w(acc), m, w(s)]
 y = bytearray(n)
-K.conv(array.array('I', p), bytearray(1), y, bytearray(n))
+K.conv(bytearray(1), bytearray(n), array.array('I', p), y)
 print(bytes(y).hex())
 """
 

@@ -135,7 +135,7 @@ x = bytearray(1)
 w = bytearray(n)
 with open('cases.bin', 'rb') as f:
     while f.readinto(p):
-        K.conv(p, x, y, w)
+        K.conv(x, w, p, y)
         print(y[:p[3]].hex(), end='')
 print()
 """
