@@ -38,6 +38,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from edgewatch.core.errors import UserError
@@ -200,6 +201,12 @@ class Outbox:
         self.cooldown, self.max_per_minute = cooldown, max_per_minute
         self.lease, self.max_age = lease, max_age
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside a commit and
+        # fsyncs: up to ~200 ms here, with the outbox's write lock held. A running bridge
+        # sets 0 for its threads' connections and checkpoints from its own thread
+        # (Bridge._checkpoint_loop). A commit is in the WAL file either way: on disk for a
+        # kill -9 before any request goes out.
+        self.autocheckpoint = 1000
         self._local = threading.local()
         # One writer at a time inside this process: SQLite's own busy handler
         # would make a blocked thread sleep in growing steps (up to 100 ms).
@@ -219,8 +226,14 @@ class Outbox:
             c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=NORMAL")
+            c.execute(f"PRAGMA wal_autocheckpoint={int(self.autocheckpoint)}")
             self._local.conn = c
         return c
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file as far as readers allow, without waiting for
+        anyone and without the outbox's write lock (PASSIVE)."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _migrate(self) -> None:
         """An outbox of a version before epochs: key ``seen`` by (device, epoch, seq), in place."""
@@ -532,9 +545,11 @@ class Bridge:
         self.results = results  # the shared database, where each outcome is recorded
         # outcome rows are written by one thread, in batches, off the alert's path: it
         # looks every RECORD_EVERY s (a wake-up per row would cost each alert thread switches)
-        self._recq: list = []
+        self._recq: deque = deque()  # append and popleft are atomic
         self._rec_stop = threading.Event()
         self._rec_thread: threading.Thread | None = None
+        self._ckpt_stop = threading.Event()
+        self._ckpt_thread: threading.Thread | None = None
 
     RECORD_EVERY = 0.1
 
@@ -550,12 +565,28 @@ class Bridge:
     def _record_loop(self) -> None:
         """Write queued outcome rows, all that wait in one transaction; a failure there never
         holds back an alert."""
+        q = self._recq
         while True:
             stopping = self._rec_stop.wait(self.RECORD_EVERY)
-            items, self._recq = self._recq, []
+            items = []
+            while q:
+                items.append(q.popleft())
             if items:
                 self._write_records(items)
-            if stopping and not self._recq:
+            if stopping and not q:
+                return
+
+    CHECKPOINT_EVERY = 1.0
+
+    def _checkpoint_loop(self) -> None:
+        """The outbox's WAL checkpoints, off the alert's path (Outbox.autocheckpoint)."""
+        while True:
+            stopping = self._ckpt_stop.wait(self.CHECKPOINT_EVERY)
+            try:
+                self.outbox.checkpoint()
+            except Exception as exc:  # busy or gone: the next one catches up
+                log.debug("outbox %s: checkpoint: %s", self.outbox.path, exc)
+            if stopping:
                 return
 
     def _write_records(self, items: list) -> None:
@@ -830,6 +861,10 @@ class Bridge:
 
     # lifecycle ---------------------------------------------------------
     def start(self) -> Bridge:
+        self.outbox.autocheckpoint = 0  # for the connections of the threads started here
+        self._ckpt_thread = threading.Thread(target=self._checkpoint_loop,
+                                             name="bridge-checkpoint", daemon=True)
+        self._ckpt_thread.start()
         loops = [(self._intake_loop, "bridge-intake"), (self._sender_loop, "bridge-send")]
         if self.workers > 1:
             loops += [(self._worker_loop, f"bridge-send-{k}") for k in range(self.workers)]
@@ -859,6 +894,9 @@ class Bridge:
         self._rec_stop.set()  # after the loops that queue outcome rows
         if self._rec_thread is not None:
             self._rec_thread.join(15)
+        self._ckpt_stop.set()
+        if self._ckpt_thread is not None:
+            self._ckpt_thread.join(15)
         close_client(self.client, self.client_id)
 
 
