@@ -12,10 +12,13 @@ safe in a topic, a file name and an SQL value, and nothing over 4096 bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from dataclasses import dataclass, field
+
+import orjson
 
 VERSION = 1
 MAX_PAYLOAD = 4096
@@ -136,6 +139,7 @@ def _reject_constant(name: str):
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_loads = orjson.loads
 # Memos of checks already passed: the same few channel names, channel sets,
 # device ids and topics arrive in every message, so each is checked in full
 # once and then recognised by a set/dict lookup (the collector's hot path).
@@ -150,8 +154,10 @@ _TOPICS: dict[tuple[str, str], tuple[str, str]] = {}
 _isfinite = math.isfinite
 
 
-def decode(payload: bytes | str) -> dict:
-    """The JSON object of a payload: size, UTF-8, strict JSON (no NaN/Infinity), an object."""
+def decode(payload: bytes | str, strict: bool = False) -> dict:
+    """The JSON object of a payload: size, UTF-8, strict JSON (no NaN/Infinity), an object.
+
+    ``strict``: read by the standard library's decoder only (see ``_strict_retry``)."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     if len(payload) > MAX_PAYLOAD:
@@ -161,11 +167,21 @@ def decode(payload: bytes | str) -> dict:
     except UnicodeDecodeError as exc:
         raise SchemaError(f"not UTF-8: byte {exc.start}") from None
     try:
-        obj = _DECODER.decode(text)
-    except SchemaError:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise SchemaError(f"not JSON: {str(exc).splitlines()[0][:80]}") from None
+        # orjson first (about 4x faster): it accepts no more than the strict decoder below
+        # (no NaN/Infinity, no 1e999); what it refuses (also a lone surrogate escape) goes to
+        # the strict decoder, which accepts or explains it as before. It reads an integer
+        # past 64 bits as a float: a message refused after orjson is read again by the strict
+        # decoder (_strict_retry), so the reason given is the one it always was
+        if strict:
+            raise ValueError
+        obj = _loads(payload)
+    except ValueError:
+        try:
+            obj = _DECODER.decode(text)
+        except SchemaError:
+            raise
+        except (ValueError, RecursionError) as exc:
+            raise SchemaError(f"not JSON: {str(exc).splitlines()[0][:80]}") from None
     if not isinstance(obj, dict):
         raise SchemaError(f"not a JSON object: {type(obj).__name__}")
     return obj
@@ -288,6 +304,21 @@ def _model(obj: dict) -> str | None:
 
 # ---------------------------------------------------------------- messages
 
+def _strict_retry(fn):
+    """A parser whose refusal of a payload read by orjson is checked again on the strict
+    decoder's reading (refusals are rare: the common case pays nothing)."""
+    @functools.wraps(fn)
+    def parse_checked(payload, device: str | None = None, received: float | None = None):
+        try:
+            return fn(payload, device, received)
+        except SchemaError:
+            if isinstance(payload, dict):
+                raise
+            return fn(decode(payload, strict=True), device, received)
+    return parse_checked
+
+
+@_strict_retry
 def parse_telemetry(payload, device: str | None = None,
                     received: float | None = None) -> Telemetry:
     """A telemetry message; ``device`` (from the topic) must match the payload's."""
@@ -356,6 +387,7 @@ def _telemetry(device, seq, t, values, pred, band, anomaly, faults, model, epoch
     return rec
 
 
+@_strict_retry
 def parse_alert(payload, device: str | None = None, received: float | None = None) -> Alert:
     """An alert message; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload
@@ -373,6 +405,7 @@ def parse_alert(payload, device: str | None = None, received: float | None = Non
                  _number(obj, "pred", nullable=True), _model(obj), epoch or 0)
 
 
+@_strict_retry
 def parse_status(payload, device: str | None = None, received: float | None = None) -> Status:
     """A status message or last will; ``device`` (from the topic) must match the payload's."""
     obj = decode(payload) if not isinstance(payload, dict) else payload

@@ -38,6 +38,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -200,6 +201,12 @@ class Outbox:
         self.cooldown, self.max_per_minute = cooldown, max_per_minute
         self.lease, self.max_age = lease, max_age
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside a commit and
+        # fsyncs: up to ~200 ms here, with the outbox's write lock held. A running bridge
+        # sets 0 for its threads' connections and checkpoints from its own thread
+        # (Bridge._checkpoint_loop). A commit is in the WAL file either way: on disk for a
+        # kill -9 before any request goes out.
+        self.autocheckpoint = 1000
         self._local = threading.local()
         # One writer at a time inside this process: SQLite's own busy handler
         # would make a blocked thread sleep in growing steps (up to 100 ms).
@@ -219,6 +226,7 @@ class Outbox:
             c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=NORMAL")
+            c.execute(f"PRAGMA wal_autocheckpoint={int(self.autocheckpoint)}")
             self._local.conn = c
         return c
 
@@ -235,6 +243,11 @@ class Outbox:
             db.execute("ROLLBACK")
             del self.records[mark:]
             raise
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file as far as readers allow, without waiting for
+        anyone and without the outbox's write lock (PASSIVE)."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _migrate(self) -> None:
         """An outbox of a version before epochs: key ``seen`` by (device, epoch, seq), in place."""
@@ -385,13 +398,21 @@ class Outbox:
         return n
 
     # sending -------------------------------------------------------------
-    def claim(self, limit: int = 20, now: float | None = None) -> list[dict]:
-        """Lease up to ``limit`` due notifications for this process (others skip leased rows)."""
+    def claim(self, limit: int = 20, now: float | None = None,
+              mark: frozenset[str] = frozenset()) -> list[dict]:
+        """Lease up to ``limit`` due notifications for this process (others skip leased rows).
+
+        ``mark``: notifiers whose rows are to be sent right away; a row of one of them
+        without an earlier unknown outcome is marked in flight in the same transaction
+        (``sending`` for the whole batch: one commit before any of its requests; its dict
+        says ``marked``). A row marked so that is not sent (the process died first) is
+        looked up at the provider on a restart, like any send with an unknown outcome.
+        """
         now = time.time() if now is None else now
         with self.wlock:
-            return self._claim(self.db, limit, now)
+            return self._claim(self.db, limit, now, mark)
 
-    def _claim(self, db, limit, now) -> list[dict]:
+    def _claim(self, db, limit, now, mark=frozenset()) -> list[dict]:
         with self._transaction(db):
             rows = db.execute("SELECT id, notifier, recipient, subject, body, data, received, "
                               "attempts, created, key, ref, inflight, first_try FROM outbox WHERE state = 'pending' AND "
@@ -400,9 +421,14 @@ class Outbox:
             if rows:
                 db.executemany("UPDATE outbox SET lease_until = ?, owner = ? WHERE id = ?",
                                [(now + self.lease, self.owner, r[0]) for r in rows])
+                marked = [r[0] for r in rows if r[1] in mark and r[11] is None]
+                if marked:
+                    db.executemany("UPDATE outbox SET inflight = ?, first_try = COALESCE("
+                                   "first_try, ?) WHERE id = ?", [(now, now, i) for i in marked])
         keys = ("id", "notifier", "recipient", "subject", "body", "data", "received", "attempts",
                 "created", "key", "ref", "inflight", "first_try")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [dict(zip(keys, r, strict=True), marked=r[1] in mark and r[11] is None)
+                for r in rows]
 
     def sending(self, row_id: int) -> None:
         """Mark a send as started, durably, BEFORE its request: found on a restart, the row is
@@ -496,23 +522,77 @@ class Bridge:
             state_dir if state_dir is not None else Path(outbox.path).parent, group, prefetch=400)
         self.client.on_message = self._on_message
         self.workers = max(1, workers)
+        # claimed rows go to `workers` long-lived sender threads, at most one row each
+        # (so at most `workers` rows are marked in flight and not yet requested)
+        self._work: queue.Queue = queue.Queue()
+        self._busy = 0
+        self._starved = False  # rows may be due that no thread was free for
+        self._busy_lock = threading.Lock()
+        self._sender_done = threading.Event()
+        # notifiers whose rows the claim marks in flight for the whole batch at once
+        self._mark = frozenset(n.name for n in notifiers if n.can_lookup)
         self.results = results  # the shared database, where each outcome is recorded
-        self._rlock = threading.Lock()
+        # outcome rows are written by one thread, in batches, off the alert's path: it
+        # looks every RECORD_EVERY s (a wake-up per row would cost each alert thread switches)
+        self._recq: deque = deque()  # append and popleft are atomic
+        self._rec_stop = threading.Event()
+        self._rec_thread: threading.Thread | None = None
+        self._ckpt_stop = threading.Event()
+        self._ckpt_thread: threading.Thread | None = None
+
+    RECORD_EVERY = 0.1
 
     def _record(self, rows: list[dict]) -> None:
-        """Write outcome rows to the shared database; a failure there never holds back an alert."""
-        if self.results is None or not rows:
-            return
+        """Queue outcome rows for the shared database (written by ``_record_loop``)."""
+        if self.results is not None and rows:
+            self._recq.append(rows)  # list.append is atomic
+
+    def _record_row(self, row: dict, state: str, ref=None, error=None, attempts=0) -> None:
+        if self.results is not None:
+            self._recq.append((row, state, time.time(), ref, error, attempts))
+
+    def _record_loop(self) -> None:
+        """Write queued outcome rows, all that wait in one transaction; a failure there never
+        holds back an alert."""
+        q = self._recq
+        while True:
+            stopping = self._rec_stop.wait(self.RECORD_EVERY)
+            items = []
+            while q:
+                items.append(q.popleft())
+            if items:
+                self._write_records(items)
+            if stopping and not q:
+                return
+
+    CHECKPOINT_EVERY = 1.0
+
+    def _checkpoint_loop(self) -> None:
+        """The outbox's WAL checkpoints, off the alert's path (Outbox.autocheckpoint)."""
+        while True:
+            stopping = self._ckpt_stop.wait(self.CHECKPOINT_EVERY)
+            try:
+                self.outbox.checkpoint()
+            except Exception as exc:  # busy or gone: the next one catches up
+                log.debug("outbox %s: checkpoint: %s", self.outbox.path, exc)
+            if stopping:
+                return
+
+    def _write_records(self, items: list) -> None:
+        rows = []
+        for it in items:
+            if isinstance(it, list):
+                rows.extend(it)
+            else:
+                row, state, when, ref, error, attempts = it
+                rows.append(outcome_row(row["key"], json.loads(row["data"] or "{}"),
+                                        row["notifier"], row["recipient"], state, when, ref,
+                                        error, attempts))
         try:
-            with self._rlock:
-                self.results.write_notifications(rows)
+            self.results.write_notifications(rows)
         except Exception as exc:
             log.error("notifications to %s not recorded: %s", safe_url(self.results.url),
                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-    def _record_row(self, row: dict, state: str, ref=None, error=None, attempts=0) -> None:
-        self._record([outcome_row(row["key"], json.loads(row["data"] or "{}"), row["notifier"],
-                                  row["recipient"], state, time.time(), ref, error, attempts)])
 
     # intake ------------------------------------------------------------
     def _on_message(self, client, _userdata, msg) -> None:
@@ -561,7 +641,14 @@ class Bridge:
                     if self._stop.wait(1.0):
                         return  # not acked: the broker delivers them again
             self._record(self.outbox.take_records())
-            self.wake.set()
+            if self.workers > 1:
+                try:
+                    self._dispatch()  # straight to an idle sender thread
+                except Exception as exc:
+                    log.error("outbox %s: %s", self.outbox.path, exc)
+                    self.wake.set()
+            else:
+                self.wake.set()
             for (a, when, mid, qos), outcome in zip(items, outcomes, strict=True):
                 self.client.ack(mid, qos)
                 self.devices.seen(a.device, when, a.model)
@@ -592,7 +679,7 @@ class Bridge:
         if n.can_lookup and row.get("inflight") is not None and not self._look_up(n, row, msg):
             return
         try:
-            if n.can_lookup:
+            if n.can_lookup and not row.get("marked"):
                 self.outbox.sending(row["id"])
             ref = n.send(row["recipient"], msg)
             if CRASH_POINT == "after-send":  # test hook: the provider has it, the outbox not
@@ -669,58 +756,115 @@ class Bridge:
         return True
 
     def _sender_loop(self) -> None:
+        """Claim due rows, as many as there are idle sender threads, and hand them over.
+
+        A slow provider must not hold back the other recipients: up to ``workers`` requests
+        run at once, and a row is claimed as soon as a thread is free (no batch waits for
+        its slowest request). The claim marks the batch in flight in one commit.
+        """
         last_digest = last_prune = 0.0
-        while not self._stop.is_set():
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.wake.clear()  # before looking: a wake from now on is not lost
+                    if time.monotonic() - last_digest >= 1.0:
+                        last_digest = time.monotonic()
+                        self.outbox.queue_digests(self.notifiers)
+                        self._record(self.outbox.take_records())
+                    if time.monotonic() - last_prune >= 3600:
+                        last_prune = time.monotonic()
+                        self.outbox.prune()
+                    if self.workers == 1:
+                        rows = self.outbox.claim(limit=1, mark=self._mark)
+                        for r in rows:
+                            self._send_one(r)
+                        n = len(rows)
+                    else:
+                        n = self._dispatch()
+                        if n < 0:  # all busy: the first to finish claims what is due
+                            self.wake.wait(1.0)
+                            continue
+                    if n:
+                        continue
+                    self.metrics.outbox_depth.set(self.outbox.depth())
+                    due = self.outbox.next_due()
+                    wait = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
+                    self.wake.wait(wait)
+                except Exception as exc:  # keep sending whatever one row or the file did
+                    log.error("outbox %s: %s", self.outbox.path, exc)
+                    self._stop.wait(1.0)
+        finally:
+            self._sender_done.set()
+
+    def _dispatch(self) -> int:
+        """Claim due rows for the idle sender threads and hand them over; how many (the
+        intake, the sender loop and a thread that has just finished all call it); -1: none
+        is idle. Nothing is claimed once the bridge stops (a claimed row is marked in flight:
+        it must be requested)."""
+        if self._stop.is_set():
+            return 0
+        with self._busy_lock:
+            free = self.workers - self._busy
+            if free <= 0:
+                self._starved = True
+                return -1
+            self._busy += free  # reserved while claiming
+        rows: list[dict] = []
+        try:
+            rows = self.outbox.claim(limit=free, mark=self._mark)
+        finally:
+            with self._busy_lock:
+                self._busy -= free - len(rows)
+                if len(rows) == free:
+                    self._starved = True  # more may be due
+        for r in rows:
+            self._work.put(r)
+        return len(rows)
+
+    def _worker_loop(self) -> None:
+        """Send the rows handed over by ``_dispatch``; exit once the sender loop has ended and
+        none is claimed or waiting (a row claimed is always requested: it is marked in flight)."""
+        while True:
             try:
-                if time.monotonic() - last_digest >= 1.0:
-                    last_digest = time.monotonic()
-                    self.outbox.queue_digests(self.notifiers)
-                    self._record(self.outbox.take_records())
-                if time.monotonic() - last_prune >= 3600:
-                    last_prune = time.monotonic()
-                    self.outbox.prune()
-                rows = self.outbox.claim(limit=self.workers * 8)
-                if rows:
-                    self._send_rows(rows)
-                    continue
-                self.metrics.outbox_depth.set(self.outbox.depth())
-                due = self.outbox.next_due()
-                wait = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
-                self.wake.wait(wait)
-                self.wake.clear()
-            except Exception as exc:  # keep sending whatever one row or the file did
-                log.error("outbox %s: %s", self.outbox.path, exc)
-                self._stop.wait(1.0)
-
-    def _send_rows(self, rows: list[dict]) -> None:
-        if self.workers == 1 or len(rows) == 1:
-            for r in rows:
-                self._send_one(r)
-            return
-        # a slow provider must not hold back the other recipients: a few in parallel
-        it = iter(rows)
-        lock = threading.Lock()
-
-        def work():
-            while True:
-                with lock:
-                    r = next(it, None)
-                if r is None:
+                row = self._work.get(timeout=0.2)
+            except queue.Empty:
+                with self._busy_lock:
+                    idle = self._busy == 0  # nothing claimed for a thread, nothing being sent
+                if self._sender_done.is_set() and idle and self._work.empty():
                     return
-                self._send_one(r)
-
-        ts = [threading.Thread(target=work, daemon=True) for _ in range(min(self.workers, len(rows)))]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+                continue
+            try:
+                self._send_one(row)
+            except Exception as exc:  # the row stays leased, then is looked up and sent again
+                log.error("outbox %s: %s", self.outbox.path, exc)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+                    again, self._starved = self._starved, False
+            if again and not self._stop.is_set():
+                try:
+                    self._dispatch()
+                except Exception as exc:
+                    log.error("outbox %s: %s", self.outbox.path, exc)
+                    self.wake.set()
 
     # lifecycle ---------------------------------------------------------
     def start(self) -> Bridge:
-        for target, name in ((self._intake_loop, "bridge-intake"), (self._sender_loop, "bridge-send")):
+        self.outbox.autocheckpoint = 0  # for the connections of the threads started here
+        self._ckpt_thread = threading.Thread(target=self._checkpoint_loop,
+                                             name="bridge-checkpoint", daemon=True)
+        self._ckpt_thread.start()
+        loops = [(self._intake_loop, "bridge-intake"), (self._sender_loop, "bridge-send")]
+        if self.workers > 1:
+            loops += [(self._worker_loop, f"bridge-send-{k}") for k in range(self.workers)]
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        if self.results is not None:
+            self._rec_thread = threading.Thread(target=self._record_loop, name="bridge-record",
+                                                daemon=True)
+            self._rec_thread.start()
         share = f"$share/{self.group}/" if self.group else ""
         connect(self.client, self.mqtt, [(f"{share}{self.mqtt.prefix}/+/alert", 1),
                                          (f"{self.mqtt.prefix}/+/status", 1)])
@@ -736,6 +880,12 @@ class Bridge:
         self.wake.set()
         for t in self._threads:
             t.join(15)
+        self._rec_stop.set()  # after the loops that queue outcome rows
+        if self._rec_thread is not None:
+            self._rec_thread.join(15)
+        self._ckpt_stop.set()
+        if self._ckpt_thread is not None:
+            self._ckpt_thread.join(15)
         close_client(self.client, self.client_id)
 
 

@@ -479,7 +479,7 @@ class Collector:
                 continue
             for channel, value in rec.values.items():
                 if value is not None:
-                    self.metrics.reading.labels(dev, channel).set(value)
+                    self.metrics.series(self.metrics.reading, dev, channel).set(value)
 
     def _on_ha_status(self, _c, _u, msg) -> None:
         """Home Assistant's birth message ("online" on homeassistant/status, sent when it

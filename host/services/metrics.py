@@ -151,6 +151,18 @@ class Metrics:
                                  ["device", "model", "fw"], registry=r)
         self._log_window: dict[str, list] = {}
         self._log_lock = threading.Lock()
+        self._series: dict[tuple, object] = {}
+
+    def series(self, metric, *labels):
+        """``metric.labels(*labels)``, looked up once per process: the collector sets the same
+        series for every message (``labels`` takes a lock, checks and builds its key on each
+        call). Bounded as the labels are (--max-devices, channels); not for a series that is
+        ever removed (device_info)."""
+        key = (metric._name, labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*labels)
+        return child
 
     def device_label(self, device: str) -> str | None:
         """``device`` as a label value, or None past the cap (use the OTHER aggregate)."""
@@ -220,11 +232,8 @@ class Devices:
             if epoch is not None:
                 d["epoch"] = epoch
         if self.metrics:
-            dev = self.metrics.device_label(device)
-            if dev is None:
-                self.metrics.last_seen.labels(OTHER).set(d["last_seen"])
-            else:
-                self.metrics.last_seen.labels(dev).set(d["last_seen"])
+            m = self.metrics
+            m.series(m.last_seen, m.device_label(device) or OTHER).set(d["last_seen"])
 
     def status(self, rec, when: float | None = None) -> None:
         """A status message or last will (a :class:`edgewatch.core.schema.Status`)."""

@@ -119,6 +119,34 @@ class Notifier:
         return None  # pragma: no cover
 
 
+def _twilio_http_client(timeout: float):
+    """twilio's own HTTP client (requests), with the settings it reads from the environment
+    on every request (proxies, CA bundle: ``Session.merge_environment_settings``, about a
+    fifth of a send's CPU time) read once per scheme and host: the environment of a running
+    bridge does not change."""
+    from twilio.http.http_client import TwilioHttpClient
+
+    class HttpClient(TwilioHttpClient):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self._settings: dict[str, dict] = {}
+            if self.session is not None:
+                merge = self.session.merge_environment_settings
+
+                def merged(url, proxies, stream, verify, cert):
+                    if stream is not None or verify is not None or cert is not None:
+                        return merge(url, proxies, stream, verify, cert)
+                    origin = "/".join(url.split("/", 3)[:3])
+                    got = self._settings.get(origin)
+                    if got is None:
+                        got = self._settings[origin] = merge(url, proxies, None, None, None)
+                    return dict(got)
+
+                self.session.merge_environment_settings = merged
+
+    return HttpClient(timeout=timeout)
+
+
 class TwilioSMS(Notifier):
     """SMS through the real twilio client (Messages API)."""
 
@@ -127,14 +155,12 @@ class TwilioSMS(Notifier):
 
     def __init__(self, account_sid: str, auth_token: str, from_: str, to: list[str],
                  api_base: str | None = None, timeout: float = 10.0, max_latency: float = 300.0):
-        from twilio.http.http_client import TwilioHttpClient
         from twilio.rest import Client
 
         add_secret(auth_token)
         self.recipients = list(to)
         self.from_ = from_
-        self.client = Client(account_sid, auth_token,
-                             http_client=TwilioHttpClient(timeout=timeout))
+        self.client = Client(account_sid, auth_token, http_client=_twilio_http_client(timeout))
         if api_base:
             # The Api domain's base URL is what every Messages API request is built on.
             self.client.api.base_url = api_base.rstrip("/")
