@@ -394,8 +394,10 @@ import struct, sys
 from array import array
 import engine, detector
 cfg = %r
-m = engine.Model(open(cfg["blob"], "rb").read())
+# the detector's state first, as the app does (App.setup): its block (4.9 KB for SKAB's
+# eight channels) finds no room once the model's buffers have split the heap
 d = detector.Detector(cfg["names"], cfg["limits"], cfg["params"], cfg["fallback"])
+m = engine.Model(open(cfg["blob"], "rb").read())
 d.set_model(m)
 
 
