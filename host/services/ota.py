@@ -156,12 +156,18 @@ class Publisher:
 
         self.s = settings
         self.status: dict[str, dict] = {}
+        self.models: dict[str, bytes] = {}  # the retained model of each device
         self._cond = threading.Condition()
         self.client = mqtt_client(settings, service_client_id("ota", None))  # unguessable
         self.client.on_message = self._on_message
-        connect(self.client, settings, [(f"{settings.prefix}/+/status", 1)])
+        connect(self.client, settings, [(f"{settings.prefix}/+/status", 1),
+                                        (f"{settings.prefix}/+/model", 1)])
 
     def _on_message(self, _c, _u, msg) -> None:
+        if msg.topic.endswith("/model"):
+            with self._cond:
+                self.models[msg.topic.split("/")[-2]] = bytes(msg.payload)
+            return
         try:
             obj = json.loads(msg.payload)
         except ValueError:
@@ -215,17 +221,37 @@ class Publisher:
         self.client.loop_stop()
 
 
+def _retained_version(payload: bytes, key: bytes, device: str) -> int:
+    """The OTA version of a retained model that this fleet key signed for ``device``, else 0
+    (anything else on the topic, e.g. a forged blob, must not steer the next version)."""
+    from edgewatch.training.export import blob as tblob
+
+    try:
+        tblob.read(payload, tblob.derive_key(key, device, key_version()))
+    except (tblob.BlobError, ValueError):
+        return 0
+    return tblob.ota_version(payload) or 0
+
+
 def publish_model(settings, devices: list[str], blob: bytes, key: bytes,
                   wait_s: float = 0.0, ota_version: int | None = None) -> tuple[str, dict[str, str]]:
     """Sign ``blob`` for each of ``devices`` and publish it; ``(model id, per-device outcome)``."""
     version = ota_version if ota_version is not None else int(time.time())
     for d in devices:
         topic(settings.prefix, d)  # every id checked before anything is published
-    blobs = {d: sign_blob(blob, key, d, version) for d in devices}
+    blobs = {d: sign_blob(blob, key, d, version) for d in devices}  # refused before connecting
     model_id = next(iter(blobs.values()))[1] if blobs else sign_blob(blob, key)[1]
     pub = Publisher(settings)
     try:
-        before = pub.snapshot() if wait_s > 0 else {}
+        before = pub.snapshot()  # statuses and retained models
+        if ota_version is None:
+            # newer than every model still retained for these devices too: two publishes
+            # within one second must not carry the same version (the board refuses the
+            # second as a rollback)
+            last = [_retained_version(pub.models[d], key, d) for d in devices if d in pub.models]
+            if last and max(last) >= version:
+                version = max(last) + 1
+                blobs = {d: sign_blob(blob, key, d, version) for d in devices}
         for d in devices:
             pub.publish(d, blobs[d][0])
             log.info("published model %s version %d (%d bytes) to %s", model_id, version,

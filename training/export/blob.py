@@ -541,6 +541,14 @@ def _band_cal(raw, c: int) -> BandCal:
     return BandCal(v[0], v[1], v[2], v[3], v[4], list(v[5]), list(v[6]), list(v[7]))
 
 
+def ota_version(blob: bytes) -> int | None:
+    """The OTA version a signed blob carries (see sign), or None; read without the key, only
+    to choose the next version: the board checks the HMAC."""
+    if len(blob) < 16 + fw.MAC_LEN or not struct.unpack_from("<H", blob, 6)[0] & fw.FLAG_OTA:
+        return None
+    return struct.unpack_from("<I", blob, len(blob) - fw.MAC_LEN - 8)[0]
+
+
 def is_signed(blob: bytes) -> bool:
     """Whether the blob carries an HMAC trailer (flag bit 0)."""
     return len(blob) >= 8 and bool(struct.unpack_from("<H", blob, 6)[0] & fw.FLAG_SIGNED)
