@@ -158,7 +158,7 @@ class Metrics:
         series for every message (``labels`` takes a lock, checks and builds its key on each
         call). Bounded as the labels are (--max-devices, channels); not for a series that is
         ever removed (device_info)."""
-        key = (metric._name, labels)
+        key = (metric, labels)
         child = self._series.get(key)
         if child is None:
             child = self._series[key] = metric.labels(*labels)
