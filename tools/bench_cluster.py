@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.harness import service_env, wait_until
+from tools.harness import board_telemetry, service_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,10 +40,7 @@ def spawn(args: list[str], env: dict, log: Path):
 
 
 def _payload(dev: str, seq: int) -> bytes:
-    return json.dumps({"v": 1, "device": dev, "seq": seq, "t": None,
-                       "values": {"temperature": 20.0 + seq % 7, "humidity": 40.0 + seq % 5},
-                       "pred": None, "band": None, "anomaly": False, "faults": [],
-                       "model": None}).encode()
+    return board_telemetry(dev, seq, None, 20.0 + seq % 7, 40.0 + seq % 5)
 
 
 def _publisher(port: int, user: str | None, pw: str | None, devices: list[str], per_device: int,

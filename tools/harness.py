@@ -20,6 +20,29 @@ def service_env(**extra) -> dict:
     return env
 
 
+_FW_SCHEMA = None
+
+
+def board_telemetry(device: str, seq: int, t: int | None, temperature: float, humidity: float,
+                    epoch: int = 1, model: str = "4de3408a") -> bytes:
+    """The bytes a board publishes for one sample with a band (firmware/schema.py's own
+    builder, run here): the load the benchmarks put on the services is the fleet's, e-notation
+    numbers, prediction and band included. Its templates are bytes, which MicroPython's %
+    fills with str and CPython's does not: run here on the same templates as str."""
+    global _FW_SCHEMA
+    if _FW_SCHEMA is None:
+        from edgewatch.core.firmware import load
+
+        _FW_SCHEMA = load("schema")
+        _FW_SCHEMA._HEAD = _FW_SCHEMA._HEAD.decode()
+        _FW_SCHEMA._BAND = _FW_SCHEMA._BAND.decode()
+    _FW_SCHEMA.EPOCH = epoch
+    p0, p1 = round(temperature * 1000) + 12, round(humidity * 1000) - 30
+    head, band = _FW_SCHEMA.telemetry(device, seq, t, [temperature, humidity],
+                                      [p0, p1, p0 - 400, p0 + 400, p1 - 900, p1 + 900], [], model)
+    return (head + band).encode()
+
+
 def wait_until(cond, timeout: float = 30.0, step: float = 0.05, what: str = "condition"):
     """Poll ``cond()`` until truthy; its value, or TimeoutError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -113,6 +113,7 @@ def poison_throughput(messages: int, db_url: str | None = None) -> dict:
     from edgewatch.services.broker import Broker, free_port
 
     from tools.bench_host import Fleet, _env, _metric, _service, _stop, _wait_started
+    from tools.harness import board_telemetry
 
     poison = [
         b"{not json",
@@ -146,11 +147,10 @@ def poison_throughput(messages: int, db_url: str | None = None) -> dict:
                                                      body, qos=1)
                             continue
                         good += 1
-                        fleet.publish(i, "telemetry", {
-                            "v": 1, "device": f"dev-{i:05d}", "seq": k, "t": 1.7e9 + k,
-                            "values": {"temperature": 20 + (i + k) % 50 / 10, "humidity": 45.0},
-                            "pred": None, "band": None, "anomaly": False, "faults": [],
-                            "model": None})
+                        fleet.clients[i].publish(
+                            f"{fleet.prefix}/dev-{i:05d}/telemetry",
+                            board_telemetry(f"dev-{i:05d}", k, 1_700_000_000 + k,
+                                            20 + (i + k) % 50 / 10, 45.0), qos=1)
                     fleet.pump(timeout=0.0)
                 sent = messages // len(fleet.clients) * len(fleet.clients)
                 fleet.pump(until=lambda s=sent: fleet.acked >= s, timeout=180)

@@ -150,6 +150,7 @@ _MEMO_MAX = 4096
 _GOOD_CHANNELS: set[str] = set()
 _GOOD_KEYSETS: set[tuple] = set()  # channel-name tuples: valid, distinct ignoring case
 _GOOD_DEVICES: set[str] = set()
+_GOOD_MODELS: set[str] = set()  # model ids seen valid
 _TOPICS: dict[tuple[str, str], tuple[str, str]] = {}
 _isfinite = math.isfinite
 
@@ -297,9 +298,13 @@ def _time(obj: dict, received: float | None = None) -> float | None:
 
 
 def _model(obj: dict) -> str | None:
-    if obj.get("model") is None:
-        return None
-    return _str(obj, "model", pattern=MODEL_RE, maxlen=8)
+    m = obj.get("model")
+    if m is None or (type(m) is str and m in _GOOD_MODELS):
+        return m
+    m = _str(obj, "model", pattern=MODEL_RE, maxlen=8)
+    if len(_GOOD_MODELS) < _MEMO_MAX:
+        _GOOD_MODELS.add(m)
+    return m
 
 
 # ---------------------------------------------------------------- messages
@@ -350,14 +355,28 @@ def parse_telemetry(payload, device: str | None = None,
     if pred is not None:
         if not isinstance(pred, dict):
             raise SchemaError("pred: expected an object or null")
-        pred = {_channel(k, "pred"): _number(pred, k, nullable=True, where="pred.")
-                for k in pred}
+        if tuple(pred) in _GOOD_KEYSETS:  # names checked before: only the numbers
+            pred = {k: x if type(x) is float and _isfinite(x)
+                    else _number(pred, k, nullable=True, where="pred.") for k, x in pred.items()}
+        else:
+            pred = {_channel(k, "pred"): _number(pred, k, nullable=True, where="pred.")
+                    for k in pred}
     band = obj.get("band")
     if band is not None:
         if not isinstance(band, dict):
             raise SchemaError("band: expected an object or null")
-        band = {_channel(k, "band"): (None if b is None else _pair(b, f"band.{k}"))
-                for k, b in band.items()}
+        known = tuple(band) in _GOOD_KEYSETS
+        out = {}
+        for k, b in band.items():
+            # the common case (two finite floats, in order) without the general checks
+            if known and type(b) is list and len(b) == 2:
+                lo, hi = b
+                if (type(lo) is float and type(hi) is float and _isfinite(lo) and _isfinite(hi)
+                        and lo <= hi):
+                    out[k] = (lo, hi)
+                    continue
+            out[_channel(k, "band")] = None if b is None else _pair(b, f"band.{k}")
+        band = out
     anomaly = obj.get("anomaly", False)
     if not isinstance(anomaly, bool):
         raise SchemaError(f"anomaly: expected true/false, got {type(anomaly).__name__}")
