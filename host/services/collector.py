@@ -46,6 +46,7 @@ from edgewatch.core.schema import (
 )
 from edgewatch.core.settings import (
     MqttSettings,
+    ack_all,
     close_client,
     connect,
     env,
@@ -453,8 +454,7 @@ class Collector:
     def _after_commit(self, good, pending) -> None:
         last: dict[str, tuple] = {}
         readings: dict[str, Telemetry] = {}
-        for _, _, mid, qos in pending:
-            self.client.ack(mid, qos)
+        ack_all(self.client, [(mid, qos) for _, _, mid, qos in pending])
         for rec, when, _, _ in good:
             if type(rec) is Telemetry and rec.seq > self._reading_seq.get(rec.device, -1):
                 readings[rec.device] = rec  # a replayed (older) sample does not move the gauge
@@ -479,7 +479,7 @@ class Collector:
                 continue
             for channel, value in rec.values.items():
                 if value is not None:
-                    self.metrics.series(self.metrics.reading, dev, channel).set(value)
+                    self.metrics.reading.set(value, dev, channel)
 
     def _on_ha_status(self, _c, _u, msg) -> None:
         """Home Assistant's birth message ("online" on homeassistant/status, sent when it
