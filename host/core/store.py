@@ -58,6 +58,9 @@ EPOCH_COL = "epoch BIGINT NOT NULL DEFAULT 0"
 ALERT_COLS = ("device", "epoch", "seq", "t", "received", "sample", "rule", "channel", "value", "lo", "hi",
               "pred", "model")
 TELEMETRY_META = ("device", "epoch", "seq", "t", "received", "anomaly", "faults", "model")
+# their types as PostgreSQL names them (Postgres.rows: a batch as one array per column)
+TELEMETRY_META_TYPES = ("text", "int8", "int8", "float8", "float8", "int2", "text", "text")
+SEEN_TYPES = ("text", "text", "float8", "text", "int8")  # device, state, last_seen, model, epoch
 DEVICE_COLS = ("device", "state", "last_seen", "status_seq", "fw", "model", "outbox", "heap_free",
                "dropped", "uptime", "error", "epoch")
 NOTIFY_COLS = ("nkey", "device", "alert_seq", "kind", "notifier", "recipient", "state", "ref",
@@ -104,24 +107,70 @@ class Dialect:
         """The quoted column list and the matching placeholders of an INSERT."""
         return ", ".join(self.q(x) for x in cols), ", ".join([self.ph] * len(cols))
 
-    def insert_new(self, table: str, cols) -> str:
-        c, v = self.columns(cols)
-        return self.insert_new_sql.format(table=table, c=c, v=v)
+    def rows(self, n: int, types=None) -> str:
+        """The rows of an INSERT: one row of ``n`` placeholders (``executemany``)."""
+        return f"VALUES ({', '.join([self.ph] * n)})"
 
-    def upsert(self, table: str, cols, key: str, merge: dict[str, str]) -> str:
+    def insert_new(self, table: str, cols, types=None) -> str:
+        c, _ = self.columns(cols)
+        return self.insert_new_sql.replace("VALUES ({v})", self.rows(len(cols), types)).format(
+            table=table, c=c)
+
+    def upsert(self, table: str, cols, key: str, merge: dict[str, str], types=None) -> str:
         """Insert or update ``cols``; ``merge`` maps a column to an expression of old/new."""
-        c, v = self.columns(cols)
+        c, _ = self.columns(cols)
         sets = ", ".join(
             f"{self.q(k)} = "
             f"{e.format(old=self.old_sql.format(table=table, col=self.q(k)), new=self.new_sql.format(col=self.q(k)))}"
             for k, e in merge.items())
-        return f"INSERT INTO {table} ({c}) VALUES ({v}) {self.on_key_sql.format(key=self.q(key))} {sets}"
+        return (f"INSERT INTO {table} ({c}) {self.rows(len(cols), types)} "
+                f"{self.on_key_sql.format(key=self.q(key))} {sets}")
+
+    def many(self, conn, sql, rows: list, types=None):
+        """Run ``sql(types)`` (a statement of :meth:`insert_new`/:meth:`upsert`) for ``rows``;
+        the cursor, whose rowcount is the rows inserted or updated."""
+        cur = conn.cursor()
+        cur.executemany(sql(None), rows)
+        return cur
 
 
 class Postgres(Dialect):
+    """With ``types`` (one SQL type per column), a batch goes in by COPY: into a temporary
+    table of those types (one per session and type list, emptied at each commit), then one
+    ``INSERT ... SELECT`` with the same conflict rules. psycopg's ``executemany`` binds each
+    row in Python, about 12 us of the collector's CPU per row; ``copy.write_row`` formats
+    it in C, about 1.5 us. Same rows, same rowcount (inserted or updated)."""
+
     name = "postgresql"
     ph = "%s"
     greatest = "GREATEST"
+
+    @staticmethod
+    def staging(types) -> str:
+        import hashlib
+
+        return "ew_in_" + hashlib.sha1(",".join(types).encode()).hexdigest()[:12]
+
+    def rows(self, n: int, types=None) -> str:
+        if not types:
+            return super().rows(n)
+        return f"SELECT * FROM {self.staging(types)}"
+
+    def many(self, conn, sql, rows: list, types=None):
+        if not types or not rows:
+            return super().many(conn, sql, rows)
+        name = self.staging(types)
+        cols = ", ".join(f"c{i} {t}" for i, t in enumerate(types))
+        cur = conn.cursor()
+        # in the batch's transaction: rolled back with it, made again by the next batch
+        cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({cols}) ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY {name} FROM STDIN") as cp:
+            write = cp.write_row
+            for row in rows:
+                write(row)
+        # emptied at once as well: a second use in the same transaction starts empty
+        cur.execute(f"{sql(types)}; DELETE FROM {name}")
+        return cur
 
 
 class MySQL(Dialect):
@@ -500,8 +549,9 @@ class Store:
                     b = band.get(n) or (None, None)
                     row += (pred.get(n), b[0], b[1])
             rows.append(row)
-        cur = self.conn.cursor()
-        cur.executemany(self.d.insert_new(self.t_tel, cols), rows)
+        types = TELEMETRY_META_TYPES + ("float8",) * (len(cols) - len(TELEMETRY_META))
+        cur = self.d.many(self.conn, lambda ty: self.d.insert_new(self.t_tel, cols, ty), rows,
+                          types)
         return max(cur.rowcount, 0)
 
     def _write_alerts(self, items) -> int:
@@ -540,14 +590,16 @@ class Store:
             merge = {"latest": newer.format(old_t=o_t, new_t=n_t, val="{new}", old="{old}"),
                      "latest_t": newer.format(old_t=o_t, new_t=n_t, val="{new}", old="{old}"),
                      **seen_merge}
-            sql = self.d.upsert(self.t_dev, (*seen_cols, "latest_t", "latest"), "device", merge)
-            cur.executemany(sql, [(dev, "online", *seen[dev], t, latest_json(rec))
-                                  for dev, (t, rec) in sorted(latest.items())])
+            self.d.many(self.conn, lambda ty: self.d.upsert(
+                self.t_dev, (*seen_cols, "latest_t", "latest"), "device", merge, ty),
+                [(dev, "online", *seen[dev], t, latest_json(rec))
+                 for dev, (t, rec) in sorted(latest.items())], SEEN_TYPES + ("float8", "text"))
         only_seen = sorted((dev, v) for dev, v in seen.items() if dev not in latest)
         if only_seen:
-            sql = self.d.upsert(self.t_dev, seen_cols, "device", seen_merge)
-            cur.executemany(sql, [(dev, "online", when, model, epoch)
-                                  for dev, (when, model, epoch) in only_seen])
+            self.d.many(self.conn, lambda ty: self.d.upsert(self.t_dev, seen_cols, "device",
+                                                            seen_merge, ty),
+                        [(dev, "online", when, model, epoch)
+                         for dev, (when, model, epoch) in only_seen], SEEN_TYPES)
         if statuses:
             merge = {c: "COALESCE({new}, {old})" for c in DEVICE_COLS[1:]}
             merge["state"] = "{new}"

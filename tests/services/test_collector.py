@@ -269,3 +269,44 @@ def test_handoff_between_threads_loses_nothing_and_keeps_order():
     t0 = time.monotonic()
     assert q.take(batch=10, flush_s=0.0, idle_s=0.1) == []  # nothing: waits idle_s, then []
     assert 0.05 < time.monotonic() - t0 < 2
+
+
+def test_batch_write_stores_every_float_bit_exact_and_counts_new_rows(store):
+    """Store.write's batch path (PostgreSQL: COPY into a staging table, then one INSERT ...
+    SELECT) keeps every value exactly and reports only new rows: a replayed batch, a batch
+    mixing new and replayed rows, two batches in one run of the same staging table."""
+    import random
+
+    from edgewatch.core.schema import parse
+
+    rnd = random.Random(7)
+    specials = [0.1, 1 / 3, 2.0**-1022, 5e-324, 1.7976931348623157e308, -21.46, 1e-310]
+
+    def rec(dev, seq):
+        x = specials[seq % len(specials)] if seq % 3 == 0 else rnd.uniform(-1e6, 1e6)
+        y = rnd.uniform(-50, 50)
+        msg = {"v": 1, "device": dev, "epoch": 9, "seq": seq, "t": 1.7e9 + seq / 7,
+               "values": {"temperature": x, "humidity": y},
+               "pred": {"temperature": y / 3, "humidity": None},
+               "band": {"temperature": [y / 3 - 1, y / 3 + 1], "humidity": None},
+               "anomaly": seq % 5 == 0, "faults": ["band"] if seq % 5 == 0 else [],
+               "model": "3f2a9c1e"}
+        return parse(f"edgewatch/{dev}/telemetry", json.dumps(msg).encode(), "edgewatch", 1.8e9)
+
+    first = [(rec(f"d{i % 7}", i), 1.8e9 + i) for i in range(300)]
+    assert store.write(first, []) == (300, 0)
+    assert store.write(first, []) == (0, 0)  # replayed: nothing new
+    mixed = first[100:150] + [(rec(f"d{i % 7}", i), 1.8e9 + i) for i in range(300, 340)]
+    assert store.write(mixed, []) == (40, 0)
+    want = {(r.device, r.seq): r for r, _ in first + mixed}
+    rows = store.query("SELECT device, seq, temperature, humidity, _pred_temperature, "
+                       "_lo_temperature, _hi_temperature, _pred_humidity, anomaly, faults, t "
+                       "FROM {telemetry}", ())
+    assert len(rows) == 340
+    for dev, seq, temp, hum, p, lo, hi, ph, anomaly, faults, t in rows:
+        r = want[(dev, seq)]
+        assert (temp, hum, p, lo, hi, ph, t) == (
+            r.values["temperature"], r.values["humidity"], r.pred["temperature"],
+            *r.band["temperature"], None, r.t)
+        assert repr(temp) == repr(r.values["temperature"])  # the same bits
+        assert (bool(anomaly), faults) == (r.anomaly, ",".join(r.faults))
