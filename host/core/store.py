@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -67,6 +68,7 @@ NOTIFY_COLS = ("nkey", "device", "alert_seq", "kind", "notifier", "recipient", "
                "error", "attempts", "updated")
 BAND = ("_pred_", "_lo_", "_hi_")  # column prefixes of a channel's prediction and band
 KNOWN_CHANNELS = ("temperature", "humidity")  # every board's sensors: never refused
+DEVICE_ROWS_EVERY = 1.0  # seconds between device-row writes while batches queue (Store.write)
 
 
 def band_columns(channel: str) -> tuple[str, str, str]:
@@ -164,7 +166,8 @@ class Postgres(Dialect):
         cur = conn.cursor()
         # in the batch's transaction: rolled back with it, made again by the next batch
         cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({cols}) ON COMMIT DELETE ROWS")
-        with cur.copy(f"COPY {name} FROM STDIN") as cp:
+        with cur.copy(f"COPY {name} FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types(list(types))  # binary: a float's 8 bytes, not its decimal text
             write = cp.write_row
             for row in rows:
                 write(row)
@@ -240,6 +243,9 @@ class Store:
         self.url = url
         self.conn, self.d = connect(url, create)
         self.lock = threading.Lock()
+        # device rows deferred by write(defer_devices=True): (seen, latest), due time
+        self._dev_pending: tuple[dict, dict] = ({}, {})
+        self._dev_due = 0.0
         q = self.d.q
         self.t_tel = q(f"{table_prefix}telemetry")
         self.t_alert = q(f"{table_prefix}alerts")
@@ -504,26 +510,42 @@ class Store:
 
     # ------------------------------------------------------------ writes
     def write(self, telemetry: list[tuple[Telemetry, float]], alerts: list[tuple[Alert, float]],
-              statuses: list[tuple[Status, float]] = ()) -> tuple[int, int]:
+              statuses: list[tuple[Status, float]] = (), defer_devices: bool = False
+              ) -> tuple[int, int]:
         """Store one batch in one transaction; (new telemetry rows, new alert rows).
 
         Each item is (record, arrival Unix time). Rows whose (device, epoch, seq) is
         already stored are skipped by the database, not by this process, so
         several collectors may write to one database.
+
+        The devices table (last seen, newest sample) is written with the batch, or, with
+        ``defer_devices`` (the collector has more batches waiting), at most once per
+        ``DEVICE_ROWS_EVERY`` seconds: a device in every batch of a backlog costs one row
+        update per second, not one per batch. A batch with a status (online, offline)
+        writes them all first, so a device's rows keep the order its messages came in;
+        :meth:`flush_devices` writes what is left.
         """
         with self.lock:
             if telemetry:
                 self._ensure_channels({c.lower() for rec, _ in telemetry for c in rec.values},
                                       {c.lower() for rec, _ in telemetry if rec.pred
                                        for c in rec.pred})
+            seen, latest = self._device_rows(telemetry, alerts)
+            now = time.monotonic()
+            flush = not defer_devices or bool(statuses) or now >= self._dev_due
             try:
                 n_t = self._write_telemetry(telemetry) if telemetry else 0
                 n_a = self._write_alerts(alerts) if alerts else 0
-                self._write_devices(telemetry, alerts, statuses)
+                if flush:
+                    self._write_devices(seen, latest, statuses)
                 self.conn.commit()
             except Exception:
                 self.conn.rollback()
                 raise
+            if flush:
+                self._dev_pending, self._dev_due = ({}, {}), now + DEVICE_ROWS_EVERY
+            else:  # committed: the batch's device rows wait for a later one
+                self._dev_pending = (seen, latest)
         return n_t, n_a
 
     def _write_telemetry(self, items) -> int:
@@ -562,18 +584,36 @@ class Store:
         cur.executemany(self.d.insert_new(self.t_alert, ALERT_COLS), rows)
         return max(cur.rowcount, 0)
 
-    def _write_devices(self, telemetry, alerts, statuses) -> None:
-        g = self.d.greatest
-        seen: dict[str, tuple[float, str | None, int]] = {}
+    def _device_rows(self, telemetry, alerts) -> tuple[dict, dict]:
+        """Each device's last seen (time, model, epoch) and newest sample, over the rows not
+        yet written (deferred by earlier batches) and this batch's."""
+        seen: dict[str, tuple[float, str | None, int]] = dict(self._dev_pending[0])
         for rec, when in list(telemetry) + list(alerts):
             last, model, _ = seen.get(rec.device, (0.0, None, 0))
             seen[rec.device] = (max(last, when), rec.model or model, rec.epoch)
-        cur = self.conn.cursor()
-        latest: dict[str, tuple[float, Telemetry]] = {}
+        latest: dict[str, tuple[float, Telemetry]] = dict(self._dev_pending[1])
         for rec, when in telemetry:
             t = rec.t if rec.t is not None else when
             if rec.device not in latest or t >= latest[rec.device][0]:
                 latest[rec.device] = (t, rec)
+        return seen, latest
+
+    def flush_devices(self) -> None:
+        """Write the device rows deferred by :meth:`write` (a stopping collector calls it)."""
+        with self.lock:
+            if not self._dev_pending[0]:
+                return
+            try:
+                self._write_devices(*self._dev_pending, ())
+                self.conn.commit()
+            except Exception:
+                self.conn.rollback()
+                raise
+            self._dev_pending = ({}, {})
+
+    def _write_devices(self, seen, latest, statuses) -> None:
+        g = self.d.greatest
+        cur = self.conn.cursor()
         seen_cols = ("device", "state", "last_seen", "model", "epoch")
         seen_merge = {"state": "{new}", "last_seen": g + "(COALESCE({old}, 0), {new})",
                       "model": "COALESCE({new}, {old})", "epoch": "{new}"}

@@ -246,7 +246,8 @@ class Collector:
         self._check_epochs(tel, alerts)
         self._check_dropped(stats)
         t0 = time.perf_counter()
-        n_t, n_a = self.store.write(tel, alerts, stats)
+        # more batches waiting (a backlog, a burst): the devices table can wait for them
+        n_t, n_a = self.store.write(tel, alerts, stats, defer_devices=not self.q.empty())
         self._count_alerts(alerts, all_new=n_a == len(alerts))
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self.metrics.stored.labels("telemetry").inc(n_t)
@@ -398,6 +399,7 @@ class Collector:
             self.store = Store(old.url, old.names["telemetry"][: -len("telemetry")])
         except Exception as exc:
             raise ConnectionError(str(exc)) from None
+        self.store._dev_pending = old._dev_pending  # committed batches' deferred device rows
         log.info("reconnected to %s", safe_url(old.url))
 
     def _flush_received(self) -> None:
@@ -525,6 +527,10 @@ class Collector:
         self._stop.set()
         if self._writer:
             self._writer.join(timeout + 1)
+        try:
+            self.store.flush_devices()
+        except Exception as exc:  # the database is down: the next message refreshes them
+            log.error("device rows not written at stop: %s", exc)
         self._flush_received()
         close_client(self.client, self.client_id)
         if self._disco is not None:

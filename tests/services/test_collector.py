@@ -310,3 +310,42 @@ def test_batch_write_stores_every_float_bit_exact_and_counts_new_rows(store):
             *r.band["temperature"], None, r.t)
         assert repr(temp) == repr(r.values["temperature"])  # the same bits
         assert (bool(anomaly), faults) == (r.anomaly, ",".join(r.faults))
+
+
+def test_deferred_device_rows_keep_the_order_of_messages(store, monkeypatch):
+    """Store.write(defer_devices=True) (a collector with a backlog) writes the devices table
+    at most once a second; what it holds back comes out before a later status (an offline
+    will after them stays offline), with flush_devices, and never as an older sample."""
+    from edgewatch.core.schema import parse
+
+    def tel(seq, t, temp):
+        msg = {"v": 1, "device": "d1", "epoch": 2, "seq": seq, "t": t,
+               "values": {"temperature": temp, "humidity": 40.0}, "model": "3f2a9c1e"}
+        return parse("edgewatch/d1/telemetry", json.dumps(msg).encode(), "edgewatch", 1.8e9), 1.8e9 + seq
+
+    def latest():
+        rows = store.query("SELECT state, latest_t, last_seen, latest FROM {devices} "
+                           "WHERE device = {ph}", ("d1",))
+        return rows[0] if rows else None
+
+    monkeypatch.setattr("edgewatch.core.store.DEVICE_ROWS_EVERY", 3600.0)  # none falls due
+    assert store.write([tel(1, 100.0, 20.0)], [], defer_devices=True) == (1, 0)
+    assert latest()[1] == 100.0  # the first write is due: written
+    store.write([tel(2, 101.0, 21.0)], [], defer_devices=True)
+    store.write([tel(4, 103.0, 23.0), tel(3, 102.0, 22.0)], [], defer_devices=True)
+    assert latest()[1] == 100.0  # held back (the telemetry rows are stored)
+    assert len(store.query("SELECT seq FROM {telemetry}", ())) == 4
+    store.flush_devices()
+    state, t, seen, row = latest()
+    assert (state, t, seen) == ("online", 103.0, 1.8e9 + 4)
+    assert json.loads(row)["values"]["temperature"] == 23.0  # the newest, not the last to come
+    store.flush_devices()  # nothing pending: nothing written, nothing fails
+    # a sample held back, then the board's last will: offline wins, the sample is kept
+    store.write([tel(5, 104.0, 24.0)], [], defer_devices=True)
+    will = parse("edgewatch/d1/status", b'{"v": 1, "device": "d1", "state": "offline"}',
+                 "edgewatch", 1.8e9 + 6)
+    store.write([], [], [(will, 1.8e9 + 6)], defer_devices=True)
+    state, t, seen, _ = latest()
+    assert (state, t, seen) == ("offline", 104.0, 1.8e9 + 6)
+    store.write([tel(6, 105.0, 25.0)], [])  # not deferred: written with the batch
+    assert latest()[:2] == ("online", 105.0)
