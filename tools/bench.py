@@ -117,6 +117,7 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     L += rv32_section((speed or {}).get("bench_rv32"))
     L += training_goals((speed or {}).get("bench_training", {}).get("result"))
     L += dashboard_goals((speed or {}).get("bench_dashboard", {}).get("result"))
+    L += host_goals((speed or {}).get("bench_host", {}).get("result"))
     L += goals(res, seconds)
     dets = res.get("detectors", {})
     if dets:
@@ -274,6 +275,41 @@ def dashboard_goals(d) -> list[str]:
     return (["## Goals (issue 15)", "", "Command: `python -m tools.bench_dashboard` (medians, SQL "
              "and HTTP requests taking turns; server time from the dashboard's Server-Timing "
              "header).", "", "| goal | measured | |", "|---|---|---|"] + rows + [""])
+
+
+def host_goals(h) -> list[str]:
+    """Issue 18's service goals from `tools/bench_host.py`'s result (computed, not typed)."""
+    if not h or "bare_subscriber_cpu_s_per_1000" not in h:
+        return []
+    rows = []
+    n = h.get("peers_messages", 0)
+    for db, key in (("SQLite", ""), ("PostgreSQL", "postgresql_")):
+        for mode, k in (("live", ""), ("backlog", "backlog_")):
+            ratio = h.get(f"collector_{key}{k}cpu_ratio")
+            if ratio is None:
+                skipped = h.get(f"collector_{db.lower()}_skipped")
+                if skipped:
+                    rows.append(f"| collector into {db} ({mode}) | {skipped} | **not measured** |")
+                continue
+            rows.append(_goal_row(
+                f"collector into {db}, {mode}: CPU per 1,000 stored ≤ 1.5 × a bare paho "
+                f"subscriber's per 1,000 received",
+                f"{1000 * h[f'collector_{key}{k}cpu_s_per_1000']:.1f} ms vs "
+                f"{1000 * h[f'bare_subscriber_{k}cpu_s_per_1000']:.1f} ms ({ratio:.2f} ×)",
+                ratio <= 1.5))
+    if h.get("bridge_p99_ratio") is not None:
+        rows.append(_goal_row(
+            f"bridge p99 alert → SMS request at {h['peers_alert_rate_per_s']:.0f} alerts/s "
+            f"≤ 3 × a bare subscriber posting the same request",
+            f"{h['bridge_p99_ms_at_rate']:.1f} ms vs {h['bare_poster_p99_ms_at_rate']:.1f} ms "
+            f"({h['bridge_p99_ratio']:.2f} ×)", h["bridge_p99_ratio"] <= 3))
+    return (["## Goals (issue 18, services)", "",
+             f"Command: `python -m tools.bench_host` (one run; {n:,} messages of the firmware's "
+             "own telemetry bytes from 1,000 simulated boards on a private Mosquitto; each "
+             "service and its bare peer (tools/bare_peers.py) measured in the same run; CPU "
+             "from the scheduler's per-thread counters). *live*: the fleet publishing while "
+             "the collector stores; *backlog*: draining what the broker kept while it was "
+             "stopped.", "", "| goal | measured | |", "|---|---|---|"] + rows + [""])
 
 
 def _seed_spread(sd) -> list[str]:

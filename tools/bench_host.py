@@ -33,6 +33,7 @@ import paho.mqtt.client as mqtt
 from edgewatch.core.schema import DEFAULT_PREFIX
 from edgewatch.services.broker import Broker, free_port
 
+from tools.harness import board_telemetry
 from tools.twilio_sink import TwilioSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,10 +142,8 @@ def _publish_rounds(fleet: Fleet, rounds: range) -> int:
     fleet.acked = 0
     for k in rounds:
         for i in range(n):
-            fleet.publish(i, "telemetry", {
-                "v": 1, "device": f"dev-{i:05d}", "seq": k, "t": 1.7e9 + k,
-                "values": {"temperature": 20 + (i + k) % 50 / 10, "humidity": 45.0},
-                "pred": None, "band": None, "anomaly": False, "faults": [], "model": None})
+            fleet.clients[i].publish(f"{fleet.prefix}/dev-{i:05d}/telemetry", board_telemetry(
+                f"dev-{i:05d}", k, 1_700_000_000 + k, 20 + (i + k) % 50 / 10, 45.0), qos=1)
         fleet.pump(timeout=0.0)
     total = n * len(rounds)
     # the broker PUBACKs each publish once it holds it (also for a paused subscriber)
@@ -326,19 +325,87 @@ def _bare(role: str, broker: Broker, count: int, *extra: str, env: dict | None =
 CPU_POLL = 0.1
 
 
+DATABASES = ("sqlite", "postgresql")
+POSTGRESQL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class _NoDatabase(Exception):
+    pass
+
+
+def _collector_cpu(folder: Path, broker: Broker, fleet: Fleet, per_device: int, total: int,
+                   db: str) -> tuple[float, float]:
+    """The collector's CPU seconds per 1,000 stored into ``db``: live (the fleet publishing
+    while it runs, start-up excluded) and backlog (paused with SIGSTOP while the fleet
+    publishes, then draining what the broker kept; the same process, no start-up)."""
+    import uuid
+
+    from edgewatch.core.store import Store
+
+    prefix = f"bench{uuid.uuid4().hex[:8]}_"
+    url = f"sqlite:///{folder / f'cpu-{prefix}.db'}" if db == "sqlite" else POSTGRESQL
+    try:
+        Store(url, prefix).close()  # reachable, tables made before the clock starts
+    except Exception as exc:
+        raise _NoDatabase(f"{db} not reachable: {str(exc).splitlines()[0][:100]}") from None
+    port = 0
+
+    def collector(tag: str):
+        nonlocal port
+        port = free_port()
+        log = folder / f"collector-{db}-{tag}.log"
+        proc = _service(["collect", "--db", url, "--table-prefix", prefix, "--metrics-port",
+                         str(port), "--client-id", f"bench-collector-cpu-{db}", "--no-discovery",
+                         "--log-level", "warning"], _env(broker), log)
+        _wait_started(log, proc, "collecting into")
+        return proc
+
+    try:
+        proc = collector("live")
+        try:
+            time.sleep(0.5)
+            cpu0 = _cpu_seconds(proc.pid)
+            _publish_rounds(fleet, range(2 * 10**5, 2 * 10**5 + per_device))
+            stored, _ = _wait_stored(port, total, poll=CPU_POLL)
+            live = _cpu_seconds(proc.pid) - cpu0
+        finally:
+            _stop(proc)
+        proc = collector("backlog")
+        try:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGSTOP)
+            cpu0 = _cpu_seconds(proc.pid)
+            _publish_rounds(fleet, range(3 * 10**5, 3 * 10**5 + per_device))
+            proc.send_signal(signal.SIGCONT)
+            stored2, _ = _wait_stored(port, total, poll=CPU_POLL)
+            backlog = _cpu_seconds(proc.pid) - cpu0
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            _stop(proc)
+    finally:
+        if db != "sqlite":
+            store = Store(url, prefix)
+            try:
+                for table in store.names.values():
+                    store.conn.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+                store.conn.commit()
+            finally:
+                store.close()
+    return round(1000 * live / max(stored, 1), 4), round(1000 * backlog / max(stored2, 1), 4)
+
+
 def bench_peers(folder: Path, broker: Broker, fleet: Fleet, per_device: int, alerts: int,
                 rate: float = 500.0) -> dict:
     """The services against their bare peers, in the same run (issue 18's ratios).
 
-    - collector: CPU seconds per 1,000 telemetry messages stored (SQLite), against a bare
-      paho subscriber's per 1,000 received: *live*, while the same fleet publishes the same
-      messages (startup excluded), and *backlog*, each draining the same number of messages
-      the broker kept for its stopped session (less what a start with nothing queued costs);
+    - collector: CPU seconds per 1,000 telemetry messages (the firmware's bytes) stored into
+      SQLite, then PostgreSQL, against a bare paho subscriber's per 1,000 received: *live*,
+      while the same fleet publishes the same messages (startup excluded), and *backlog*,
+      each draining the same number of messages the broker kept for its stopped session;
     - bridge: p99 from an alert's publish to its SMS request at ``rate`` alerts/s, against a
       bare subscriber that POSTs the same request for each alert (tools/bare_peers.py)."""
     n = len(fleet.clients)
     total = n * per_device
-    port = 0
     out = {"peers_messages": total}
     # live: the fleet publishes while each runs (the bare peer times itself from its CONNACK)
     bare = _bare("subscribe", broker, total)
@@ -346,42 +413,16 @@ def bench_peers(folder: Path, broker: Broker, fleet: Fleet, per_device: int, ale
     bare_cpu = float(bare.stdout.readline().split()[1])
     bare.wait(30)
 
-    def collector(tag: str):
-        nonlocal port
-        port = free_port()
-        log = folder / f"collector-{tag}.log"
-        proc = _service(["collect", "--db", f"sqlite:///{folder / 'cpu.db'}", "--metrics-port",
-                         str(port), "--client-id", "bench-collector-cpu", "--no-discovery",
-                         "--log-level", "warning"], _env(broker), log)
-        _wait_started(log, proc, "collecting into")
-        return proc
-
-    proc = collector("cpu-live")
-    try:
-        time.sleep(0.5)
-        cpu0 = _cpu_seconds(proc.pid)
-        _publish_rounds(fleet, range(2 * 10**5, 2 * 10**5 + per_device))
-        stored, _ = _wait_stored(port, total, poll=CPU_POLL)
-        col_cpu = _cpu_seconds(proc.pid) - cpu0
-    finally:
-        _stop(proc)
-    out["collector_cpu_s_per_1000"] = round(1000 * col_cpu / max(stored, 1), 4)
+    for db in DATABASES:
+        try:
+            live, backlog = _collector_cpu(folder, broker, fleet, per_device, total, db)
+        except _NoDatabase as exc:
+            out[f"collector_{db}_skipped"] = str(exc)
+            continue
+        key = "" if db == "sqlite" else f"{db}_"
+        out[f"collector_{key}cpu_s_per_1000"] = live
+        out[f"collector_{key}backlog_cpu_s_per_1000"] = backlog
     out["bare_subscriber_cpu_s_per_1000"] = round(1000 * bare_cpu / total, 4)
-    # backlog: each is paused (SIGSTOP) while the fleet publishes `total` messages, then
-    # resumed: it drains what the broker queued as fast as it can; CPU read from outside,
-    # from the pause to the last message (same process: no start-up in the figure)
-    proc = collector("cpu-backlog")
-    try:
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGSTOP)
-        cpu0 = _cpu_seconds(proc.pid)
-        _publish_rounds(fleet, range(3 * 10**5, 3 * 10**5 + per_device))
-        proc.send_signal(signal.SIGCONT)
-        stored2, _ = _wait_stored(port, total, poll=CPU_POLL)
-        col_back = _cpu_seconds(proc.pid) - cpu0
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        _stop(proc)
     bare = _bare("subscribe", broker, total, "--stay")
     try:
         bare.send_signal(signal.SIGSTOP)
@@ -394,12 +435,14 @@ def bench_peers(folder: Path, broker: Broker, fleet: Fleet, per_device: int, ale
     finally:
         bare.kill()
         bare.wait(10)
-    out["collector_backlog_cpu_s_per_1000"] = round(1000 * col_back / max(stored2, 1), 4)
     out["bare_subscriber_backlog_cpu_s_per_1000"] = round(1000 * bare_back / total, 4)
-    for k in ("", "backlog_"):
-        out[f"collector_{k}cpu_ratio"] = round(out[f"collector_{k}cpu_s_per_1000"]
-                                               / max(out[f"bare_subscriber_{k}cpu_s_per_1000"],
-                                                     1e-9), 2)
+    for db in DATABASES:
+        key = "" if db == "sqlite" else f"{db}_"
+        for k in ("", "backlog_"):
+            if f"collector_{key}{k}cpu_s_per_1000" in out:
+                out[f"collector_{key}{k}cpu_ratio"] = round(
+                    out[f"collector_{key}{k}cpu_s_per_1000"]
+                    / max(out[f"bare_subscriber_{k}cpu_s_per_1000"], 1e-9), 2)
     with _sink() as sink:
         proc = _bridge(folder, broker, sink, "peers")
         try:
