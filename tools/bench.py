@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEED_MODULES = ("tools.bench_rv32", "tools.bench_engine", "tools.bench_training",
-                 "tools.bench_host", "tools.bench_dashboard")
+                 "tools.bench_host", "tools.bench_dashboard", "tools.bench_cluster")
 PLOT_FILES = ("valve1/0", "other/8", "valve2/1")
 
 
@@ -118,6 +118,7 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     L += training_goals((speed or {}).get("bench_training", {}).get("result"))
     L += dashboard_goals((speed or {}).get("bench_dashboard", {}).get("result"))
     L += host_goals((speed or {}).get("bench_host", {}).get("result"))
+    L += cluster_section((speed or {}).get("bench_cluster", {}).get("result"))
     L += goals(res, seconds)
     dets = res.get("detectors", {})
     if dets:
@@ -183,8 +184,8 @@ def markdown(res: dict, speed: dict, mach: dict, command: str, seconds: float) -
     if speed:
         L += ["## Speed", "", "From `bench()` of " + ", ".join(f"`tools/{k}.py`" for k in speed) + ".", ""]
         for name, r in speed.items():
-            if name == "bench_rv32" and "error" not in r:
-                continue  # its own section leads the page
+            if name in ("bench_rv32", "bench_cluster") and "error" not in r:
+                continue  # its own section above
             L.append(f"### {name}")
             L.append("")
             if "error" in r:
@@ -310,6 +311,29 @@ def host_goals(h) -> list[str]:
              "from the scheduler's per-thread counters). *live*: the fleet publishing while "
              "the collector stores; *backlog*: draining what the broker kept while it was "
              "stopped.", "", "| goal | measured | |", "|---|---|---|"] + rows + [""])
+
+
+def cluster_section(c) -> list[str]:
+    """Issue 18's cluster figures from `tools/bench_cluster.py`'s result."""
+    if not c or not c.get("records"):
+        return []
+    rows = [f"| {r['boards']:,} | {r['messages']:,} | {r['setup']} | {r['connect_s']:.1f} | "
+            f"{r['pubacked_per_s']:,} | {r['stored_per_s']:,} | {r['cpu_s_per_1000']:.3f} |"
+            for r in c["records"]]
+    return (["## The fleet on one Mosquitto and on the RabbitMQ cluster (issue 18)", "",
+             f"Command: `python -m tools.bench_cluster` (docs/scaling.md). Each board is its "
+             f"own MQTT connection (client id, QoS 1, the firmware's telemetry bytes), "
+             f"{c.get('procs')} publisher processes; the collectors are stopped while the "
+             "boards publish (PUBACKed msg/s: what the broker confirms), then drain it "
+             "(stored msg/s and CPU from the first stored row to the last, SQLite). The three "
+             "nodes, the publishers and the collectors share this machine's "
+             f"{c.get('cores')} cores: CPU per message shows the scaling shape, not the "
+             f"engine's capacity. Cluster formed in {c.get('cluster_up_s')} s.", "",
+             "| boards | messages | setup | connect s | PUBACKed msg/s | stored msg/s | "
+             "collector CPU s per 1,000 |", "|---|---|---|---|---|---|---|"] + rows +
+            ["", f"Node loss (-9 on the node the boards, a collector and the queues' leader "
+             f"use; 4 firmware boards at 20 samples/s, two collectors): the longest pause in "
+             f"stored samples was {c.get('node_loss_longest_pause_s')} s.", ""])
 
 
 def _seed_spread(sd) -> list[str]:

@@ -1,15 +1,17 @@
 """Ingest on the RabbitMQ cluster beside one Mosquitto: publish rate, collector rate and CPU.
 
-    .venv/bin/python -m tools.bench_cluster [--messages 20000] [--devices 200] [--procs 2]
+    .venv/bin/python -m tools.bench_cluster [--boards 1000,10000] [--messages 20000] [--procs 4]
 
-For each setup the boards' messages (the firmware's telemetry format, QoS 1, from
-``--procs`` publisher processes spread over the nodes) are published first, with the
-collectors stopped, so the publish phase measures what the broker PUBACKs per second
-and the drain phase what the collectors store per second, with their CPU seconds per
-1,000 stored messages (on 2 cores the publishers and the services compete, so CPU per
-message shows the scaling shape where the machine is the limit). Setups: one collector
-on Mosquitto, one and two collectors on the three-node cluster; then the time samples
-take to flow again after the node the publishers use is killed with -9.
+Each simulated board is its own MQTT connection (client id, QoS 1, the firmware's own
+telemetry bytes), ``--procs`` publisher processes holding ``boards / procs`` connections
+each on one thread (tools.bench_host.Fleet), spread over the nodes. The collectors are
+stopped while the boards publish, so the publish phase measures what the broker PUBACKs
+per second and the drain phase what the collectors store per second, with their CPU
+seconds per 1,000 stored messages (on 2 cores the publishers, the nodes and the services
+compete: CPU per message shows the scaling shape where the machine is the limit). Setups,
+for each fleet size: one collector on Mosquitto, one and two collectors on the three-node
+cluster; then the time samples take to flow again after the node the boards use is
+killed with -9 (real firmware boards, unix port).
 """
 
 from __future__ import annotations
@@ -43,45 +45,94 @@ def _payload(dev: str, seq: int) -> bytes:
     return board_telemetry(dev, seq, None, 20.0 + seq % 7, 40.0 + seq % 5)
 
 
-def _publisher(port: int, user: str | None, pw: str | None, devices: list[str], per_device: int,
-               seq0: int, out) -> None:
-    import paho.mqtt.client as mqtt
+def _raise_fd_limit() -> None:
+    """Thousands of connections: the soft limit on open files up to the hard one (brokers
+    started after this inherit it)."""
+    import resource
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}")
-    if user:
-        c.username_pw_set(user, pw)
-    c.max_inflight_messages_set(1000)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _fleet_worker(ports: list[int], user: str, pw: str, first: int, n: int, per_board: int,
+                  go, stop, out) -> None:
+    """Boards ``first`` .. ``first + n - 1``, one connection each; for each event in ``go``:
+    ``per_board`` messages per board, then report the seconds until all are PUBACKed."""
+    _raise_fd_limit()
+    from tools.bench_host import Fleet
+
     t0 = time.monotonic()
-    last = None
-    for s in range(seq0, seq0 + per_device):
-        for d in devices:
-            last = c.publish(f"edgewatch/{d}/telemetry", _payload(d, s), qos=1)
-    last.wait_for_publish(600)
-    while c._out_messages:  # every PUBACK in
-        time.sleep(0.01)
-    out.put(time.monotonic() - t0)
-    c.disconnect()
-    c.loop_stop()
+    try:
+        fleet = Fleet(ports, n, user=user, password=pw, first=first, timeout=600)
+    except Exception as exc:
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    out.put(("connected", time.monotonic() - t0))
+    names = [f"dev-{first + j:05d}" for j in range(n)]
+    for r, ev in enumerate(go):
+        ev.wait()
+        if stop.is_set():
+            break
+        fleet.acked = 0
+        t = time.monotonic()
+        for k in range(per_board):
+            seq = r * per_board + k
+            for c, dev in zip(fleet.clients, names, strict=True):
+                c.publish(f"edgewatch/{dev}/telemetry", _payload(dev, seq), qos=1)
+            fleet.pump(timeout=0.0)
+        fleet.pump(until=lambda: fleet.acked >= n * per_board, timeout=900)
+        out.put(("done", time.monotonic() - t))
+    fleet.close()
 
 
-def publish(ports: list[int], user, pw, devices: list[str], per_device: int, procs: int,
-            seq0: int = 0) -> float:
-    """Publish per_device messages for each device from `procs` processes; PUBACKed msg/s."""
-    q = mp.Queue()
-    ps = []
-    for k in range(procs):
-        mine = devices[k::procs]
-        ps.append(mp.Process(target=_publisher, args=(ports[k % len(ports)], user, pw, mine,
-                                                      per_device, seq0, q)))
-    t0 = time.monotonic()
-    for p in ps:
-        p.start()
-    for p in ps:
-        p.join()
-    dt = time.monotonic() - t0
-    return len(devices) * per_device / dt
+class Boards:
+    """``boards`` simulated boards in ``procs`` processes, connected before the clock starts;
+    :meth:`publish` runs one round (every board ``per_board`` messages)."""
+
+    def __init__(self, ports: list[int], user: str, pw: str, boards: int, per_board: int,
+                 procs: int, rounds: int):
+        ctx = mp.get_context("fork")
+        self.out = ctx.Queue()
+        self.go = [ctx.Event() for _ in range(rounds)]
+        self.stop = ctx.Event()
+        self.round = 0
+        self.boards, self.per_board = boards, per_board
+        share = [boards // procs + (k < boards % procs) for k in range(procs)]
+        firsts = [sum(share[:k]) for k in range(procs)]
+        self.ps = [ctx.Process(target=_fleet_worker, daemon=True,
+                               args=(ports, user, pw, firsts[k], share[k], per_board, self.go,
+                                     self.stop, self.out)) for k in range(procs) if share[k]]
+        t0 = time.monotonic()
+        for p in self.ps:
+            p.start()
+        for _ in self.ps:
+            kind, v = self.out.get(timeout=900)
+            if kind == "error":
+                self.close()
+                raise RuntimeError(f"a publisher could not connect its boards: {v}")
+        self.connect_s = time.monotonic() - t0
+
+    def publish(self) -> float:
+        """One round; PUBACKed messages per second (the slowest process's time)."""
+        self.go[self.round].set()
+        self.round += 1
+        times = []
+        for _ in self.ps:
+            kind, v = self.out.get(timeout=1800)
+            if kind != "done":
+                raise RuntimeError(f"a publisher failed: {v}")
+            times.append(v)
+        return self.boards * self.per_board / max(times)
+
+    def close(self) -> None:
+        self.stop.set()  # rounds not run are not published
+        for ev in self.go:
+            ev.set()
+        for p in self.ps:
+            p.join(60)
+            if p.is_alive():
+                p.kill()
 
 
 def _cpu(pid: int) -> float:
@@ -103,21 +154,57 @@ def _count(db: Path) -> int:
 
 def drain(broker_args: list[str], env: dict, folder: Path, n_collectors: int, total: int,
           tag: str) -> dict:
-    """Start the collectors on a filled queue; stored msg/s and collector CPU s per 1,000."""
+    """Start the collectors on a filled queue; stored msg/s and collector CPU s per 1,000,
+    from the first stored row to the last (a collector's start-up is not ingest)."""
     db = folder / f"{tag}.db"
     procs = []
-    t0 = time.monotonic()
+    t_spawn = time.monotonic()
     for k in range(n_collectors):
         log = folder / f"{tag}-{k}.log"
         procs.append(spawn(["collect", "--db", f"sqlite:///{db}", "--no-discovery",
                             "--client-id", f"bench-{tag}", *broker_args[k]], env, log))
-    wait_until(lambda: _count(db) >= total, timeout=900, step=0.2, what=f"{tag}: {total} stored")
-    dt = time.monotonic() - t0
-    cpu = sum(_cpu(p.pid) for p in procs)
+    def first_row():
+        for k, p in enumerate(procs):
+            if p.poll() is not None:
+                raise RuntimeError(f"{tag}: collector {k} exited: "
+                                   f"{(folder / f'{tag}-{k}.log').read_text()[-300:]}")
+        return _count(db)
+
+    first = wait_until(first_row, timeout=300, step=0.02, what=f"{tag}: a first row")
+    t0 = time.monotonic()
+    cpu0 = sum(_cpu(p.pid) for p in procs)
+    wait_until(lambda: _count(db) >= total, timeout=900, step=0.1, what=f"{tag}: {total} stored")
+    t_end = time.monotonic()
+    cpu_end = sum(_cpu(p.pid) for p in procs)
     for p in procs:
         p.send_signal(signal.SIGTERM)
         p.wait(30)
-    return {"stored_per_s": total / dt, "cpu_s_per_1000": 1000 * cpu / total, "seconds": dt}
+    n, dt, cpu = total - first, t_end - t0, cpu_end - cpu0
+    if n < total // 2:  # most of it in the first batch: time it from the start (start-up in)
+        n, dt, cpu = total, t_end - t_spawn, cpu_end
+    return {"stored_per_s": round(n / dt), "cpu_s_per_1000": round(1000 * cpu / n, 3),
+            "drain_s": round(dt, 2)}
+
+
+def _queued(cl, queue: str) -> int:
+    """Messages in ``queue`` (rabbitmqctl list_queues on the first node); 0 if unknown."""
+    out = cl.ctl(0, "list_queues", "--quiet", "name", "messages", check=False, timeout=60)
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == queue and parts[1].isdigit():
+            return int(parts[1])
+    return 0
+
+
+def _amqp_settled(cl) -> None:
+    """Each node accepts an AMQP connection (however long that takes now)."""
+    import pika
+
+    creds = pika.PlainCredentials("edgewatch", cl.state["password"])
+    for i in range(3):
+        pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", cl.amqp_port(i), credentials=creds, socket_timeout=120,
+            stack_timeout=180, blocked_connection_timeout=180)).close()
 
 
 def node_loss(cl, orders, env: dict, tmp: Path, boards: int = 4) -> float:
@@ -157,44 +244,48 @@ def node_loss(cl, orders, env: dict, tmp: Path, boards: int = 4) -> float:
     return max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=float("nan"))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=20000)
-    ap.add_argument("--devices", type=int, default=200)
-    ap.add_argument("--procs", type=int, default=2)
-    ap.add_argument("--json", help="also write the figures here")
-    a = ap.parse_args(argv)
-    if a.messages < a.devices or a.devices < 1 or a.procs < 1:
-        print("bench_cluster: --messages must be >= --devices >= 1, --procs >= 1", file=sys.stderr)
-        return 2
+def bench(boards=(1000, 10000), messages: int = 20000, procs: int = 4, fast: bool = False) -> dict:
+    """The figures for `make bench` (records: one per fleet size and setup): ``messages``
+    per setup, from every board alike."""
+    if fast:
+        boards, messages = tuple(min(b, 1000) for b in boards), min(messages, 4000)
     from edgewatch.services.broker import Broker
     from edgewatch.services.cluster import Cluster
 
-    per = a.messages // a.devices
-    total = per * a.devices
-    devices = [f"bench-{i:05d}" for i in range(a.devices)]
-    rows = {}
+    _raise_fd_limit()
+    records = []
+    out = {"records": records}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         tmp = Path(tmp)
         env = service_env()
-        # --- Mosquitto: the collector's persistent session first, then publish, then drain
-        with Broker(tmp / "mosq") as b:
-            url = [["--broker", f"mqtt://127.0.0.1:{b.port}"]]
-            log = tmp / "mosq-prime.log"
-            p = spawn(["collect", "--db", f"sqlite:///{tmp}/prime.db", "--no-discovery",
-                       "--client-id", "bench-mosq", *url[0]], env, log)
-            wait_until(lambda: "collecting into" in log.read_text(), timeout=60)
-            p.send_signal(signal.SIGTERM)
-            p.wait(30)
-            pub = publish([b.port], None, None, devices, per, a.procs)
-            rows["mosquitto, 1 collector"] = {"published_per_s": pub,
-                                              **drain(url, env, tmp, 1, total, "mosq")}
+        for n in boards:
+            per_board = max(1, messages // n)
+            total = n * per_board
+            # --- Mosquitto: the collector's persistent session first, then publish, drain
+            with Broker(tmp / f"mosq{n}") as b:
+                url = [["--broker", f"mqtt://127.0.0.1:{b.port}"]]
+                log = tmp / f"mosq{n}-prime.log"
+                p = spawn(["collect", "--db", f"sqlite:///{tmp}/prime{n}.db", "--no-discovery",
+                           "--client-id", f"bench-mosq{n}", *url[0]], env, log)
+                wait_until(lambda log=log: "collecting into" in log.read_text(), timeout=60)
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+                # no users on this broker: any name and password are let in
+                fleet = Boards([b.port], "edgewatch", "unused", n, per_board, procs, 1)
+                try:
+                    pub = fleet.publish()
+                finally:
+                    fleet.close()
+                records.append({"boards": n, "messages": total, "setup": "Mosquitto, 1 collector",
+                                "connect_s": round(fleet.connect_s, 1),
+                                "pubacked_per_s": round(pub),
+                                **drain(url, env, tmp, 1, total, f"mosq{n}")})
         # --- the cluster
         cl = Cluster(tmp / "cluster")
         try:
             t = time.monotonic()
             cl.up()
-            up_s = time.monotonic() - t
+            out["cluster_up_s"] = round(time.monotonic() - t, 1)
             amqp = cl.amqp_url()
             head, hosts = amqp.rsplit("@", 1)
             hosts = hosts.split(",")
@@ -202,27 +293,67 @@ def main(argv=None) -> int:
                       for k in range(2)]
             ports = [cl.mqtt_port(i) for i in range(3)]
             pw = cl.state["password"]
-            for n in (1, 2):
-                pub = publish(ports, "edgewatch", pw, devices, per, a.procs, seq0=n * per)
-                rows[f"cluster, {n} collector{'s' if n > 1 else ''}"] = {
-                    "published_per_s": pub, **drain(orders[:n], env, tmp, n, total, f"cl{n}")}
+            for n in boards:
+                per_board = max(1, messages // n)
+                total = n * per_board
+                fleet = Boards(ports, "edgewatch", pw, n, per_board, procs, 2)
+                try:
+                    for k in (1, 2):
+                        pub = fleet.publish()
+                        # the nodes settle (every message in the collectors' queue) before the
+                        # collectors connect: right after 10,000 boards' burst on 2 cores a node
+                        # took longer than a service's 30 s start to accept an AMQP connection
+                        wait_until(lambda total=total: _queued(cl, "edgewatch.collector") >= total,
+                                   timeout=600, step=1.0, what=f"{total} messages queued")
+                        _amqp_settled(cl)
+                        records.append({"boards": n, "messages": total,
+                                        "setup": f"cluster (3 nodes), {k} collector"
+                                                 f"{'s' if k > 1 else ''}",
+                                        "connect_s": round(fleet.connect_s, 1),
+                                        "pubacked_per_s": round(pub),
+                                        **drain(orders[:k], env, tmp, k, total, f"cl{k}-{n}")})
+                finally:
+                    fleet.close()
             # recovery: real boards (firmware, unix port) on the node list, two collectors;
             # the boards' node (also a collector's and the queues' leader) killed with -9;
             # recovery = the longest pause in stored samples' arrival around the kill
-            recover = node_loss(cl, orders, env, tmp)
+            out["node_loss_longest_pause_s"] = round(node_loss(cl, orders, env, tmp), 2)
         finally:
             cl.down()
-    print(f"messages {total} ({a.devices} devices x {per}), {a.procs} publisher processes, "
-          f"{os.cpu_count()} cores; cluster up in {up_s:.0f} s")
-    print(f"{'setup':<26} {'PUBACKed msg/s':>15} {'stored msg/s':>13} {'collector CPU s/1000':>21}")
-    for name, r in rows.items():
-        print(f"{name:<26} {r['published_per_s']:>15.0f} {r['stored_per_s']:>13.0f} "
-              f"{r['cpu_s_per_1000']:>21.3f}")
+    out.update(procs=procs, cores=os.cpu_count())
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boards", default="1000,10000",
+                    help="fleet sizes, comma-separated (one MQTT connection per board)")
+    ap.add_argument("--messages", type=int, default=20000, help="messages per setup")
+    ap.add_argument("--procs", type=int, default=4, help="publisher processes")
+    ap.add_argument("--json", help="also write the figures here")
+    a = ap.parse_args(argv)
+    try:
+        boards = tuple(int(x) for x in a.boards.split(","))
+    except ValueError:
+        boards = ()
+    if not boards or min(boards) < 1 or a.messages < 1 or a.procs < 1:
+        print(f"bench_cluster: --boards {a.boards!r}: positive integers, comma-separated; "
+              "--messages and --procs >= 1", file=sys.stderr)
+        return 2
+    r = bench(boards, a.messages, a.procs)
+    print(f"{r['procs']} publisher processes, {r['cores']} cores; cluster up in "
+          f"{r['cluster_up_s']:.0f} s")
+    print(f"{'boards':>7} {'messages':>8} {'setup':<34} {'connect s':>9} {'PUBACKed msg/s':>15} "
+          f"{'stored msg/s':>13} {'collector CPU s/1000':>21}")
+    for x in r["records"]:
+        print(f"{x['boards']:>7} {x['messages']:>8} {x['setup']:<34} {x['connect_s']:>9.1f} "
+              f"{x['pubacked_per_s']:>15.0f} {x['stored_per_s']:>13.0f} "
+              f"{x['cpu_s_per_1000']:>21.3f}")
     print(f"node loss (-9 on the boards' node, a collector's node and the queues' leader; "
-          f"4 simulated boards at 20 samples/s): longest pause in stored samples {recover:.1f} s")
+          f"4 simulated boards at 20 samples/s): longest pause in stored samples "
+          f"{r['node_loss_longest_pause_s']:.1f} s")
     if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "recover_s": recover,
-                                            "cluster_up_s": up_s, "messages": total}, indent=1))
+        Path(a.json).write_text(json.dumps(r, indent=1))
     return 0
 
 

@@ -43,21 +43,26 @@ HOST_PW = "bench-host-pw"
 class Fleet:
     """``n`` device connections on one thread (paho external loop over a selector)."""
 
-    def __init__(self, port: int, n: int, prefix: str = DEFAULT_PREFIX):
+    def __init__(self, port: int | list[int], n: int, prefix: str = DEFAULT_PREFIX,
+                 user: str = "edgewatch", password: str = HOST_PW, first: int = 0,
+                 timeout: float = 30):
+        """Devices ``first`` .. ``first + n - 1`` (client ids ``bench-dev-NNNNN``), spread
+        over ``port`` (one, or a node list: device i on port i mod len)."""
+        ports = port if isinstance(port, list) else [port]
         self.sel = selectors.DefaultSelector()
         self.clients: list[mqtt.Client] = []
         self.acked = 0
         self.prefix = prefix
-        for i in range(n):
+        for i in range(first, first + n):
             c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-dev-{i:05d}")
-            c.username_pw_set("edgewatch", HOST_PW)
+            c.username_pw_set(user, password)
             c.max_inflight_messages_set(100)
             c.max_queued_messages_set(0)
             c.on_publish = self._on_publish
-            c.connect("127.0.0.1", port, keepalive=120)
+            c.connect("127.0.0.1", ports[i % len(ports)], keepalive=300)
             self.sel.register(c.socket(), selectors.EVENT_READ, c)
             self.clients.append(c)
-        self.pump(until=lambda: all(c.is_connected() for c in self.clients), timeout=30)
+        self.pump(until=lambda: all(c.is_connected() for c in self.clients), timeout=timeout)
 
     def _on_publish(self, *_args):
         self.acked += 1

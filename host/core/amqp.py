@@ -121,7 +121,10 @@ class AmqpClient:
             host=node.host, port=node.port, virtual_host=self.vhost,
             credentials=pika.PlainCredentials(self.username or "guest", self.password or ""),
             ssl_options=ssl_options, heartbeat=10, blocked_connection_timeout=30,
-            connection_attempts=1, socket_timeout=5)
+            # 15 s: a node busy with thousands of MQTT connections took 5-7 s to accept an
+            # AMQP connection on 2 cores (tools/bench_cluster.py, 10,000 boards); a dead node
+            # refuses at once whatever this is
+            connection_attempts=1, socket_timeout=15)
 
     def _run(self) -> None:
         import pika
