@@ -14,8 +14,9 @@ band     mode "residual" (a model whose blob carries the band calibration): the 
          pred +- k*(sigma + eps), sigma the population std of the channel's last
          `sigma_window` samples (the seed's is_anomalie uses numpy .std())
 drift    mode "residual": two-sided CUSUM of z = r/s (clipped to +-k), reference `ref`;
-         fires while either sum is above the calibrated `h` (a drift or level shift
-         while it develops, before any single sample leaves the band)
+         fires when either sum passes the calibrated `h` (a drift or level shift while it
+         develops, before any single sample leaves the band), then both restart from 0
+         (Page's CUSUM: a lasting drift fires again as it accumulates)
 stuck    one channel unchanged for its stuck limit (the blob's per-channel limit from the
          training rows and the sensor's resolution, or `stuck_samples`): every sample
          from then on while it stays; and, channel None, the whole reading repeated
