@@ -14,8 +14,9 @@ band     mode "residual" (a model whose blob carries the band calibration): the 
          pred +- k*(sigma + eps), sigma the population std of the channel's last
          `sigma_window` samples (the seed's is_anomalie uses numpy .std())
 drift    mode "residual": two-sided CUSUM of z = r/s (clipped to +-k), reference `ref`;
-         fires while either sum is above the calibrated `h` (a drift or level shift
-         while it develops, before any single sample leaves the band)
+         fires when either sum passes the calibrated `h` (a drift or level shift while it
+         develops, before any single sample leaves the band), then both restart from 0
+         (Page's CUSUM: a lasting drift fires again as it accumulates)
 stuck    one channel unchanged for its stuck limit (the blob's per-channel limit from the
          training rows and the sensor's resolution, or `stuck_samples`): every sample
          from then on while it stays; and, channel None, the whole reading repeated
@@ -26,7 +27,10 @@ read     the sensor gave no value after its bounded retries
 shift    a sustained shift (when the blob carries a shift calibration): the rolling mean
          of the last W samples, per channel u = (mean - center) / spread, fires when
          both max|u| > f and u'Mu > f*f (M: the fit rows' inverse covariance, scaled) --
-         the host's ms-ensemble view, calibrated by edgewatch.training.export.shiftcal
+         the host's ms-ensemble view, calibrated by edgewatch.training.export.shiftcal;
+         after `shift_rebase` shifted samples in a row the level is accepted (the center
+         moves to the rolling mean): a lasting change is a bounded episode, not an alarm
+         for ever
 
 Alerts are tuples (rule, channel or None, value, lo, hi, pred) in physical units. The
 telemetry flags every sample; the alert MESSAGE is for episodes: `send` is True on the
@@ -190,8 +194,13 @@ class Detector:
                     self._flag(values, flags)
             if self.shift is not None:
                 w = self._shiftmod.view_a(s, 0)
-                if w:
-                    self._shiftmod.judge(self, w - 1)
+                if w and self._shiftmod.judge(self, w - 1):
+                    self._shrun += 1
+                    if self._shrun >= self.shift_rebase:  # shifted this long: the new level
+                        self._shiftmod.rebase(self)
+                        self._shrun = 0
+                else:
+                    self._shrun = 0
         return self._episode(alerts)
 
     def _episode(self, alerts):

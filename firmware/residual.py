@@ -4,7 +4,8 @@
 # Per model channel: r = reading - (prediction + slow bias), normalised units.
 #   band   |r| >= k*s; s the model's own error scale (mean |r|), adapted from unflagged
 #          samples only at rate alpha, kept within [floor, 4 x calibrated]
-#   drift  two-sided CUSUM of z = r/s (clipped to +-k), reference ref, fires above h
+#   drift  two-sided CUSUM of z = r/s (clipped to +-k), reference ref, fires above h and
+#          restarts from 0 (Page's CUSUM): a lasting drift fires again, a passing one once
 # A flagged channel's reading stays out of the history the model reads (the last good value
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
 # in a row the channel's recent history is set to the new level (not a passing fault).
@@ -131,6 +132,8 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         if gp > x or gn > x:
             flags |= 1 << (8 + j)
             bad = 1
+            gp = 0  # Page's CUSUM restarts at its alarm: a lasting drift fires again
+            gn = 0
         if gp < 0:
             gp = 0
         elif gp > (1 << 28):

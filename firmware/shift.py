@@ -5,7 +5,9 @@
 # come from the model blob's shift section (docs/model_blob.md); edgewatch.training.export.shiftcal
 # calibrates them on the training rows and computes the same test in numpy.
 # View A runs in fixed point (firmware/detk.py's units and state block), view B in float
-# only once view A fired. Written for viper and plain bytecode alike (detk_plain.py).
+# only once view A fired. A shift that lasts long is a new level, not a passing fault: after
+# the config's `shift_rebase` shifted samples in a row the center moves to the current
+# rolling mean (rebase), so a lasting change is not re-reported for ever. Written for viper and plain bytecode alike (detk_plain.py).
 import struct
 from array import array
 
@@ -98,9 +100,37 @@ def view_a(s: ptr32, z: int) -> int:
     return 0
 
 
+def rebase(d):
+    """The new level: every channel's center := its current rolling mean (floats: only when
+    a shift has lasted a whole window)."""
+    _rebase(d._s, 0)
+    m, center = d.model, d.shift[2]
+    for j in range(len(d._order)):
+        center[j] = m.offset[j] + m.scale[j] * (d._s[27 + 21 * j + 16] - BIAS) / 1024
+
+
+@micropython.viper
+def _rebase(s: ptr32, z: int) -> int:
+    # the centers (Q10 [b]) := the rolling means, as view_a computes them
+    nc = int(s[1])
+    wn = int(s[23])
+    pos = int(s[2])
+    ring = 27 + 21 * nc
+    for j in range(nc):
+        tot = 0
+        for k in range(wn):
+            tot += (int(s[ring + ((pos - 1 - k) & 127) * nc + j]) - BIAS) >> 6
+        if tot < 0:
+            x = 0 - ((0 - tot) // wn)
+        else:
+            x = tot // wn
+        s[27 + 21 * j + 16] = x + BIAS
+    return 0
+
+
 def judge(d, worst):
     """View B (Mahalanobis) once view A fired for channel `worst`: append a shift alert to
-    d.alerts when it holds too (floats: only on this rare path)."""
+    d.alerts when it holds too (floats: only on this rare path); 1 if it did, else 0."""
     w, _, center, spread, mat = d.shift
     nc = len(d._order)
     u = [(d._s[27 + 21 * j + 19] - BIAS) / 1024 for j in range(nc)]
@@ -112,8 +142,9 @@ def judge(d, worst):
             r += mat[i * nc + j] * u[j]
         q += u[i] * r
     if q <= f * f:  # view B: all channels together (Mahalanobis)
-        return
+        return 0
     c, h = d._order[worst], f * spread[worst]
     mean = center[worst] + u[worst] * spread[worst]
     d.alerts.append(("shift", d.names[c], mean, center[worst] - h, center[worst] + h,
                      center[worst]))
+    return 1

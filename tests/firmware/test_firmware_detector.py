@@ -121,18 +121,25 @@ print(d.model.model_id)
     assert out == ["5.0", "0.01", "4", "refused", "abcdef01"]
 
 
-def test_shift_rule_is_the_hosts_ms_ensemble_test(tmp_path):
+@pytest.mark.parametrize("rebase", [None, 60])
+def test_shift_rule_is_the_hosts_ms_ensemble_test(tmp_path, rebase):
     """The board's shift rule (rolling means, the blob's calibration) gives the host's verdicts
-    row for row, names the channel that moved, and is off with shift_factor=0."""
+    row for row, names the channel that moved, and is off with shift_factor=0. A shift lasting
+    shift_rebase samples (default: shiftcal.REBASE, longer than this step) is then the new
+    level, on the board as on the host: the episode ends, and the step back is a new one."""
     from edgewatch.training.export import shiftcal
+
+    params = PARAMS if rebase is None else dict(PARAMS, shift_rebase=rebase)
 
     rows = list(csv.reader(open(OCCUPANCY)))[1:1 + 1100]
     x = np.array([[float(r[2]), float(r[3])] for r in rows], dtype=np.float32)  # temp, hum
     x[700:900, 0] += 5.0  # a heater left on: a sustained step, no spike at any single row
     x = x.astype(np.float64)
     cal = shiftcal.calibrate(x[:400])
-    want = shiftcal.score(cal, x)
+    want = shiftcal.score(cal, x) if rebase is None else shiftcal.score(cal, x, rebase)
     assert want[700:900].any() and not want[:700].any()  # the test itself can fail
+    if rebase is not None:  # bounded: accepted after `rebase` rows; the return is a new episode
+        assert not want[700 + rebase + shiftcal.WINDOW:900].any() and want[900:].any()
     # blob channel order (humidity, temperature) differs from the sensor's
     perm = [1, 0]
     flat = [*cal.center[perm], *cal.spread[perm], *cal.matrix[np.ix_(perm, perm)].reshape(-1)]
@@ -156,7 +163,7 @@ for tag, params in (('on', PARAMS), ('off', OFF)):
             if a[0] == 'shift':
                 print(tag, i, json.dumps(list(a)))
 """
-    code = (f"PARAMS = {json.dumps(PARAMS)}\nOFF = {json.dumps(dict(PARAMS, shift_factor=0))}\n"
+    code = (f"PARAMS = {json.dumps(params)}\nOFF = {json.dumps(dict(params, shift_factor=0))}\n"
             f"FALLBACK = {json.dumps(FALLBACK)}\n").replace("null", "None") + f"BAD = {bytes(bad)!r}\n" + code
     lines = [line.split(" ", 2) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
     assert lines[0] == ["refused", "0", json.dumps("shift calibration: value 2 is -1.0")]

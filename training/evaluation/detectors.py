@@ -266,7 +266,9 @@ class StreamingBaseline(Detector):
             e = np.clip(r / s, -k, k)
             gp = np.maximum(0.0, gp + e - kr)
             gn = np.maximum(0.0, gn - e - kr)
-            bad = (np.abs(r) >= k * s) | (gp > h) | (gn > h)
+            drift = (gp > h) | (gn > h)
+            bad = (np.abs(r) >= k * s) | drift
+            gp[drift] = gn[drift] = 0.0  # Page's CUSUM restarts at its alarm (residual.py)
             ok = ~bad
             mu[ok] += rate * r[ok]
             s[ok] = np.clip(s[ok] + cal.alpha * (np.abs(r[ok]) - s[ok]), floor[ok], 4 * s0[ok])

@@ -28,6 +28,8 @@ import numpy as np
 
 WINDOW = 40    # rows in the rolling mean
 FACTOR = 3.0   # × the fit rows' most unusual moment, on both views
+REBASE = 512   # shifted rows in a row after which the level is accepted (firmware config
+               # detector.shift_rebase: the residual scale's adaptation time constant)
 
 
 @dataclass
@@ -87,10 +89,26 @@ def views(cal: ShiftCal, values: np.ndarray) -> np.ndarray:
     return np.stack([a, np.sqrt(np.maximum(q, 0.0))], axis=1)
 
 
-def score(cal: ShiftCal, values: np.ndarray) -> np.ndarray:
-    """Boolean verdict per row: both views above the factor (False while the mean fills)."""
+def score(cal: ShiftCal, values: np.ndarray, rebase: int = REBASE) -> np.ndarray:
+    """Boolean verdict per row: both views above the factor (False while the mean fills).
+
+    As the board (firmware/shift.py rebase): after ``rebase`` shifted rows in a row the level
+    is accepted, the center moves to the rolling mean of that row, and later rows are judged
+    against it (a lasting change is one episode, not an alarm for the rest of the series)."""
     out = np.all(views(cal, values) > cal.factor, axis=1)
     out[: min(cal.window - 1, len(out))] = False  # as the board: judged once W samples are in
+    if not out.any():
+        return out
+    m = rolling_mean(values, cal.window)
+    center = np.array(cal.center, np.float64)
+    run = 0
+    for i in range(min(cal.window - 1, len(out)), len(out)):
+        u = (m[i] - center) / cal.spread
+        out[i] = bool(np.max(np.abs(u)) > cal.factor
+                      and np.sqrt(max(float(u @ cal.matrix @ u), 0.0)) > cal.factor)
+        run = run + 1 if out[i] else 0
+        if rebase and run >= rebase:
+            center, run = m[i].copy(), 0
     return out
 
 
