@@ -111,7 +111,9 @@ def rebase(d):
 
 @micropython.viper
 def _rebase(s: ptr32, z: int) -> int:
-    # the centers (Q10 [b]) := the rolling means, as view_a computes them
+    # the centers (Q10 [b]) := the rolling means, as view_a computes them inline: the same
+    # lines on purpose (a shared viper call per channel on view_a's every-sample path costs
+    # more than they do; a plain-code rebase did not find its heap block at the C3's 80 KB)
     nc = int(s[1])
     wn = int(s[23])
     pos = int(s[2])
