@@ -62,34 +62,6 @@ def telemetry(device, seq, t, values, k, faults, model):
         b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
 
 
-def line(device, seq, t, values, k, faults, names):
-    """The sample's console line (App.sample), the fields `edgewatch logs` prints from
-    MQTT, without float text: integer hundredths, a reading's round(x * 100) as in the
-    telemetry, the prediction's and band's from `k` (Detector.fixed's thousandths, or
-    None: no band). One % format: every str built costs a look-up of the qstr pool."""
-    v = "ANOMALY " + ",".join(faults) if faults else "ok"
-    t = "-" if t is None else t
-    try:
-        a = [round(values[0] * 100), 0, 0, 0, 0, 0, 0, 0, round(values[1] * 100), 0, 0, 0, 0, 0,
-             0, 0]  # value, pred, lo, hi per channel: units and hundredths
-    except Exception:  # a failed read (None; NaN, an infinity: null in the telemetry)
-        return "%s #%d t=%s %s=- %s=- %s" % (device, seq, t, names[0], names[1], v)
-    for j in b"\0\2\4\6\x08\x0a\x0c\x0e" if k else b"\0\x08":
-        h = a[j]
-        if j & 7:  # thousandths to hundredths: pred 0, lo 0, hi 0, pred 1, lo 1, hi 1
-            h = (k[b"\0\0\2\3\0\1\4\5"[j >> 1]] + 5) // 10
-        f = -h if h < 0 else h
-        a[j] = f // 100 if h >= 0 else -(f // 100) if f >= 100 else "-0"
-        a[j + 1] = f % 100
-    if k:
-        return ("%s #%d t=%s %s=%s.%02d pred=%s.%02d band=%s.%02d..%s.%02d %s=%s.%02d "
-                "pred=%s.%02d band=%s.%02d..%s.%02d %s" % (
-                    device, seq, t, names[0], a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
-                    names[1], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], v))
-    return "%s #%d t=%s %s=%s.%02d %s=%s.%02d %s" % (device, seq, t, names[0], a[0], a[1],
-                                                  names[1], a[8], a[9], v)
-
-
 def alert(device, seq, t, sample, a, model):
     """One alert from a detector tuple `a` = (rule, channel, value, lo, hi, pred)."""
     rule, channel, value, lo, hi, pred = a
