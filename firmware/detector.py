@@ -70,7 +70,7 @@ class Detector:
         self._s = array("I", bytes(4 * (27 + 21 * n + 128 * n)))
         self._in = array("f", bytes(4 * n))
         self._setup("init", names, limits, params, fallback)
-        self.ints = [0] * (3 * n)  # fixed()
+        self.ints = array("i", bytes(12 * n))  # fixed() (detk.put reads it as words)
 
     def _setup(self, name, *args):
         # the set-up code (firmware/detset.py), dropped again after use

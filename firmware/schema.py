@@ -10,7 +10,11 @@ C3): each number is an integer with a decimal exponent, the JSON number 2146e-2 
 21.46. A reading x is written as round(x * 100), what round(x, 2) computes inside (NaN
 or infinite: null); a prediction or band limit as round(x * 1000) from the detector's
 fixed-point state (Detector.fixed, to the last place of the float it replaces). Alerts
-and status (rare) are dicts through json.dumps.
+and status (rare) are dicts through json.dumps. A sample with a reading, a prediction and
+no fault (nearly every one) is not formatted at all on a board: App.message has detk.put
+write head()'s text and _BAND's with the numbers in decimal (the same bytes; % formats
+cost ~30 k instructions each on RV32, mostly the result's growing buffer on a fragmented
+heap). seq and epoch are %s: the same digits for an int, and "%d" marks for head().
 """
 
 import json
@@ -29,7 +33,7 @@ def _r(v, nd):
 
 
 # the telemetry's two parts, for the channels of sensors.NAMES
-_HEAD = (b'{"v":1,"device":"%s","epoch":%d,"seq":%d,"t":%s,"model":%s%s%s,"anomaly":%s,'
+_HEAD = (b'{"v":1,"device":"%s","epoch":%s,"seq":%s,"t":%s,"model":%s%s%s,"anomaly":%s,'
          b'"faults":%s,"values":{"temperature":%s%s,"humidity":%s%s}')
 _BAND = (b',"pred":{"temperature":%de-3,"humidity":%de-3},"band":{"temperature":[%de-3,%de-3],'
          b'"humidity":[%de-3,%de-3]}}')
@@ -60,6 +64,19 @@ def telemetry(device, seq, t, values, k, faults, model):
                     "true" if faults else "false", json.dumps(faults) if faults else "[]",
                     v0, e0, v1, e1), \
         b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
+
+
+def head(device, t, model):
+    """The telemetry's first part for a sample with a reading and no fault, with "%d" where
+    seq, then t (not None), then each reading x 100 go; its second part is _BAND, with
+    Detector.fixed's numbers. detk.put fills both in (App.message): the same bytes as
+    telemetry(). Made again only when the model or whether the clock is set changes."""
+    q = '"'
+    if model is None:
+        q = ""
+        model = "null"
+    return _HEAD % (device, EPOCH, "%d", "null" if t is None else "%d", q, model, q, "false",
+                    "[]", "%d", "e-2", "%d", "e-2")
 
 
 def alert(device, seq, t, sample, a, model):

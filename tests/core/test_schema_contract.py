@@ -111,3 +111,36 @@ def test_the_console_line_is_the_record_edgewatch_logs_prints():
         "gh-01 #7 temperature=-0.04 pred=-123.46 band=-130.12..-117.00 humidity=0.00 pred=100.00 "
         "band=95.50..104.44 ok",
         "gh-01 #7 temperature=- humidity=3.00 ok"], rendered
+
+
+FILLED = f"""
+import schema, detk
+from array import array
+schema.EPOCH = 2147483647
+D = {DEV!r}
+buf = bytearray(516)
+K = array('i', [-123457, 99999, -130123, -117000, 95504, 104444])
+for seq, t, model, v in ((7, None, None, [21.456, 48.2]), (2**30 - 1, 2**31 - 1, '3f2a9c1e', [-39.99, 100.0]),
+                         (0, 1732372000, 'abcdef01', [-0.04, 0.0]), (10, None, '0123abcd', [0.0, -5.5])):
+    h = schema.head(D, t, model)
+    a = array('i', [seq] + ([] if t is None else [t]) + [round(v[0] * 100), round(v[1] * 100)])
+    n = detk.put(buf, h, a, len(h))
+    n += detk.put(memoryview(buf)[n:], schema._BAND, K, len(schema._BAND))
+    m = schema.telemetry(D, seq, t, v, K, [], model)
+    print(bytes(buf[:n]) == m[0] + m[1], bytes(buf[:n]).decode())
+"""
+
+
+def test_the_filled_telemetry_is_the_formatted_one():
+    """App.message's path for a sample with a reading, a prediction and no fault: detk.put
+    fills schema.head's text and schema._BAND's with the numbers (negative ones, the
+    largest seq and t it takes, the longest device id), byte for byte the
+    telemetry schema.telemetry formats, which the host parses."""
+    out = mpy.run(code=FILLED, heap=heap_budget("esp32-devkitc-dht22")).stdout.splitlines()
+    assert len(out) == 4
+    for ln in out:
+        same, payload = ln.split(" ", 1)
+        assert same == "True", ln
+        rec = parse(f"edgewatch/{DEV}/telemetry", payload.encode())
+        assert rec.pred and rec.band and not rec.faults
+    assert '"temperature":-3999e-2' in out[1] and '"seq":1073741823,"t":2147483647' in out[1]
