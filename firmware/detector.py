@@ -108,14 +108,16 @@ class Detector:
         s = self._s
         out = self.ints
         n = len(self.names)
-        for j in range(len(self._order)):
+        order = self._order
+        for j in range(len(order)):
             f = m.scale[j] * 0.0152587890625  # 1000 / 65536
             o = m.offset[j] * 1000
-            c = self._order[j]
+            c = order[j]
             w = 33 + 21 * j  # pred, lo, hi: Q16, biased by 2**29
-            for i in (c, n + 2 * c, n + 2 * c + 1):
-                out[i] = round((s[w] - 536870912) * f + o)
-                w += 1
+            out[c] = round((s[w] - 536870912) * f + o)
+            c = n + 2 * c  # (written out: a tuple of the three places allocated)
+            out[c] = round((s[w + 1] - 536870912) * f + o)
+            out[c + 1] = round((s[w + 2] - 536870912) * f + o)
         return out
 
     def set_model(self, model):
