@@ -74,7 +74,7 @@ class Detector:
         self._s = array("I", bytes(4 * (27 + 21 * n + 128 * n)))
         self._in = array("f", bytes(4 * n))
         self._setup("init", names, limits, params, fallback)
-        self.ints = [0] * (3 * n)  # fixed()
+        self.ints = array("i", bytes(12 * n))  # fixed() (detk.put reads it as words)
 
     def _setup(self, name, *args):
         # the set-up code (firmware/detset.py), dropped again after use
@@ -112,14 +112,16 @@ class Detector:
         s = self._s
         out = self.ints
         n = len(self.names)
-        for j in range(len(self._order)):
+        order = self._order
+        for j in range(len(order)):
             f = m.scale[j] * 0.0152587890625  # 1000 / 65536
             o = m.offset[j] * 1000
-            c = self._order[j]
+            c = order[j]
             w = 33 + 21 * j  # pred, lo, hi: Q16, biased by 2**29
-            for i in (c, n + 2 * c, n + 2 * c + 1):
-                out[i] = round((s[w] - 536870912) * f + o)
-                w += 1
+            out[c] = round((s[w] - 536870912) * f + o)
+            c = n + 2 * c  # (written out: a tuple of the three places allocated)
+            out[c] = round((s[w + 1] - 536870912) * f + o)
+            out[c + 1] = round((s[w + 2] - 536870912) * f + o)
         return out
 
     def set_model(self, model):

@@ -73,6 +73,8 @@ class Outbox:
         self.slot_size = slot_size
         # the newest segment, whole: each append rewrites it from offset 0 (see above)
         self.seg = bytearray(max(SEG_BYTES, slot_size + _REC - 12))
+        # a record read from an older segment (peek, _read_last); between peeks the app
+        # writes the next telemetry in it (App.message), which append copies into seg
         self.rbuf = bytearray(slot_size + _REC - 12)
         self._ab = bytearray(12)
         self.skipped = 0  # torn or corrupt records found

@@ -10,7 +10,11 @@ C3): each number is an integer with a decimal exponent, the JSON number 2146e-2 
 21.46. A reading x is written as round(x * 100), what round(x, 2) computes inside (NaN
 or infinite: null); a prediction or band limit as round(x * 1000) from the detector's
 fixed-point state (Detector.fixed, to the last place of the float it replaces). Alerts
-and status (rare) are dicts through json.dumps.
+and status (rare) are dicts through json.dumps. A sample with a reading, a prediction and
+no fault (nearly every one) is not formatted at all on a board: App.message has detk.put
+write head()'s text and _BAND's with the numbers in decimal (the same bytes; % formats
+cost ~30 k instructions each on RV32, mostly the result's growing buffer on a fragmented
+heap). seq and epoch are %s: the same digits for an int, and "%d" marks for head().
 """
 
 import json
@@ -29,7 +33,7 @@ def _r(v, nd):
 
 
 # the telemetry's two parts, for the channels of sensors.NAMES
-_HEAD = (b'{"v":1,"device":"%s","epoch":%d,"seq":%d,"t":%s,"model":%s%s%s,"anomaly":%s,'
+_HEAD = (b'{"v":1,"device":"%s","epoch":%s,"seq":%s,"t":%s,"model":%s%s%s,"anomaly":%s,'
          b'"faults":%s,"values":{"temperature":%s%s,"humidity":%s%s}')
 _BAND = (b',"pred":{"temperature":%de-3,"humidity":%de-3},"band":{"temperature":[%de-3,%de-3],'
          b'"humidity":[%de-3,%de-3]}}')
@@ -62,32 +66,17 @@ def telemetry(device, seq, t, values, k, faults, model):
         b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
 
 
-def line(device, seq, t, values, k, faults, names):
-    """The sample's console line (App.sample), the fields `edgewatch logs` prints from
-    MQTT, without float text: integer hundredths, a reading's round(x * 100) as in the
-    telemetry, the prediction's and band's from `k` (Detector.fixed's thousandths, or
-    None: no band). One % format: every str built costs a look-up of the qstr pool."""
-    v = "ANOMALY " + ",".join(faults) if faults else "ok"
-    t = "-" if t is None else t
-    try:
-        a = [round(values[0] * 100), 0, 0, 0, 0, 0, 0, 0, round(values[1] * 100), 0, 0, 0, 0, 0,
-             0, 0]  # value, pred, lo, hi per channel: units and hundredths
-    except Exception:  # a failed read (None; NaN, an infinity: null in the telemetry)
-        return "%s #%d t=%s %s=- %s=- %s" % (device, seq, t, names[0], names[1], v)
-    for j in b"\0\2\4\6\x08\x0a\x0c\x0e" if k else b"\0\x08":
-        h = a[j]
-        if j & 7:  # thousandths to hundredths: pred 0, lo 0, hi 0, pred 1, lo 1, hi 1
-            h = (k[b"\0\0\2\3\0\1\4\5"[j >> 1]] + 5) // 10
-        f = -h if h < 0 else h
-        a[j] = f // 100 if h >= 0 else -(f // 100) if f >= 100 else "-0"
-        a[j + 1] = f % 100
-    if k:
-        return ("%s #%d t=%s %s=%s.%02d pred=%s.%02d band=%s.%02d..%s.%02d %s=%s.%02d "
-                "pred=%s.%02d band=%s.%02d..%s.%02d %s" % (
-                    device, seq, t, names[0], a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
-                    names[1], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], v))
-    return "%s #%d t=%s %s=%s.%02d %s=%s.%02d %s" % (device, seq, t, names[0], a[0], a[1],
-                                                  names[1], a[8], a[9], v)
+def head(device, t, model):
+    """The telemetry's first part for a sample with a reading and no fault, with "%d" where
+    seq, then t (not None), then each reading x 100 go; its second part is _BAND, with
+    Detector.fixed's numbers. detk.put fills both in (App.message): the same bytes as
+    telemetry(). Made again only when the model or whether the clock is set changes."""
+    q = '"'
+    if model is None:
+        q = ""
+        model = "null"
+    return _HEAD % (device, EPOCH, "%d", "null" if t is None else "%d", q, model, q, "false",
+                    "[]", "%d", "e-2", "%d", "e-2")
 
 
 def alert(device, seq, t, sample, a, model):

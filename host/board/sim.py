@@ -99,13 +99,35 @@ def rows_needed(kinds: list[str], start: int = WARMUP_ROWS) -> int:
     return (plan[-1]["row"] + plan[-1].get("count", 1) + GAP_ROWS) if plan else start
 
 
+def sample_record(line: str, device: str):
+    """The telemetry record of a board's per-sample console line (the firmware prints the
+    record as queued: the JSON MQTT carries), or None for any other line."""
+    if not line.startswith('{"v":'):
+        return None
+    from edgewatch.core.schema import DEFAULT_PREFIX, SchemaError, parse
+
+    try:
+        return parse(f"{DEFAULT_PREFIX}/{device}/telemetry", line.encode())
+    except SchemaError:
+        return None
+
+
+def console_text(line: str, device: str) -> str:
+    """A console line for people: a per-sample record as `edgewatch logs` prints it."""
+    rec = sample_record(line, device)
+    if rec is None:
+        return line
+    from edgewatch.services.logs import line as log_line
+
+    return log_line(rec)
+
+
 def faults_seen(console: list[str], device: str) -> list[dict]:
     """Per planned fault that spans rows, read from a board's console (simboard's begin/end
     lines around the firmware's per-sample lines): the samples it covered (its rows plus the
     one after, where a fault's end is judged), how many of them the board flagged, and after
     how many samples the first flag came (1 = on its first row; None = never while present)."""
     out, open_, closing = [], [], []
-    sample = f"{device} #"
     for line in console:
         if line.startswith("sim: ") and line.endswith(" fault begins"):
             ep = {"kind": line.split()[1], "samples": 0, "flagged": 0, "first": None}
@@ -118,10 +140,10 @@ def faults_seen(console: list[str], device: str) -> list[dict]:
                     open_.remove(ep)
                     closing.append(ep)  # judged on one more sample
                     break
-        elif line.startswith(sample):
+        elif (rec := sample_record(line, device)) is not None:
             for ep in open_ + closing:
                 ep["samples"] += 1
-                if " ANOMALY " in line:
+                if rec.anomaly:
                     ep["flagged"] += 1
                     if ep["first"] is None:
                         ep["first"] = ep["samples"]
@@ -331,16 +353,17 @@ class Fleet:
         return self
 
     def _pump(self, d: Device) -> None:
-        sample_line = f"{d.device} #"
         with open(d.folder / "console.log", "w") as logf:
             for raw in d.proc.stdout:
                 line = raw.decode(errors="replace").rstrip()
-                if not line.startswith(sample_line):  # per-sample lines: console.log only
+                sample = line.startswith('{"v":')  # a per-sample record: console.log only
+                if not sample:
                     d.log.append(line)
                 logf.write(line + "\n")
                 logf.flush()
-                if self.echo:
-                    print(f"[{d.device}] {line}", flush=True)
+                if self.echo:  # the records as `edgewatch logs` prints them
+                    print(f"[{d.device}] {console_text(line, d.device) if sample else line}",
+                          flush=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every board to finish (``--samples``); False on timeout."""

@@ -16,6 +16,7 @@ from edgewatch.board.sim import Fleet, faults_seen, plan_faults, rows_needed, wa
 from edgewatch.core.schema import Alert, Telemetry
 from edgewatch.services.broker import Broker
 from edgewatch.services.mqtt_watch import Watch
+from hostkit import telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 EW = str(Path(sys.executable).parent / "edgewatch")
@@ -38,11 +39,16 @@ def test_faults_start_after_the_models_window_and_a_console_tells_which_samples_
     assert start >= window + 30 and warmup_rows(None) == 40
     plan = plan_faults(["spike", "drift"], start)
     assert plan[0]["row"] == start and plan[1]["kind"] == "drift" and plan[1]["count"] >= 30
-    console = ["sim: drift fault begins", "gh-02 #5 ... ok", "gh-02 #6 ... ANOMALY drift",
-               "other line", "gh-02 #7 ... ANOMALY drift", "sim: drift fault ends",
-               "gh-02 #8 ... ANOMALY band", "gh-02 #9 ... ok",
-               "sim: spike fault begins", "gh-02 #10 ... ok", "sim: spike fault ends",
-               "gh-02 #11 ... ok"]
+
+    def rec(seq, *faults, device="gh-02"):  # the firmware's per-sample line: the record
+        return json.dumps({**telemetry(device, seq), "anomaly": bool(faults),
+                           "faults": list(faults)}, separators=(",", ":"))
+
+    console = ["sim: drift fault begins", rec(5), rec(6, "drift"),
+               "other line", rec(7, "drift"), rec(3, "band", device="gh-01"),
+               "sim: drift fault ends", rec(8, "band"), rec(9),
+               "sim: spike fault begins", rec(10), "sim: spike fault ends",
+               rec(11), '{"v":1, not a record']
     assert faults_seen(console, "gh-02") == [
         {"kind": "drift", "samples": 4, "flagged": 3, "first": 2},  # its 3 rows + the one after
         {"kind": "spike", "samples": 2, "flagged": 0, "first": None}]

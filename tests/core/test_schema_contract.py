@@ -76,29 +76,71 @@ def test_messages_without_epoch_are_epoch_0_and_a_bad_epoch_is_refused():
             parse_telemetry({**telemetry("gh-01", 5), "epoch": bad})
 
 
-LINES = """
-import schema
-N = ('temperature', 'humidity')
+CONSOLE = """
+import app, schema
+w = app._write  # App.sample's console writer (stdout, bytes as they are)
 K = [-123457, 99999, -130123, -117000, 95504, 104444]
 for v, k, f in (([21.456, 48.2], None, []), (None, None, ['read']), ([-39.99, 100.0], K, ['band']),
                 ([-0.04, 0.0], K, []), ([float('nan'), 3.0], None, [])):
     m = schema.telemetry('gh-01', 7, 1732372000, v, k, f, None)
-    print((m[0] + m[1]).decode() + '\\t' + schema.line('gh-01', 7, 1732372000, v, k, f, N))
+    w(m[0])
+    w(m[1])
+    w(b'\\n')
+    print('|' + (m[0] + m[1]).decode())
 """
 
 
-def test_the_console_line_is_what_edgewatch_logs_prints():
-    """schema.line (the board's console, integer arithmetic) against `edgewatch logs`'s line
-    of the same telemetry (floats): the same fields, to the hundredth."""
+def test_the_console_line_is_the_record_edgewatch_logs_prints():
+    """App's per-sample console line (App.sample, app._write) is the telemetry record as queued, byte
+    for byte: the host parses it, and `edgewatch logs` (and the simulator's echo) renders it
+    with the fields to the hundredth."""
     from edgewatch.services.logs import line
 
-    out = mpy.run(code=LINES, heap=heap_budget("esp32-devkitc-dht22")).stdout.splitlines()
-    assert len(out) == 5
-    for i, ln in enumerate(out):
-        payload, console = ln.split("\t")
-        host = line(parse("edgewatch/gh-01/telemetry", payload.encode()))
-        head, _, rest = console.partition(" t=1732372000 ")
-        if i == 4:  # one channel NaN (null): the board prints its whole reading as failed
-            assert rest == "temperature=- humidity=- ok" and "humidity=3.00" in host
-            continue
-        assert host.split(" ", 2)[2] == head + " " + rest, (host, console)
+    # (app.py from source: its compilation needs more than a board's heap)
+    out = mpy.run(code=CONSOLE, heap="1M").stdout.splitlines()
+    assert len(out) == 10
+    rendered = []
+    for console, sent in zip(out[0::2], out[1::2], strict=True):
+        assert sent == "|" + console  # nothing formatted a second time
+        rendered.append(line(parse("edgewatch/gh-01/telemetry", console.encode())).split(" ", 2)[2])
+    assert rendered == [
+        "gh-01 #7 temperature=21.46 humidity=48.20 ok",
+        "gh-01 #7 temperature=- humidity=- ANOMALY read",
+        "gh-01 #7 temperature=-39.99 pred=-123.46 band=-130.12..-117.00 humidity=100.00 pred=100.00 "
+        "band=95.50..104.44 ANOMALY band",
+        "gh-01 #7 temperature=-0.04 pred=-123.46 band=-130.12..-117.00 humidity=0.00 pred=100.00 "
+        "band=95.50..104.44 ok",
+        "gh-01 #7 temperature=- humidity=3.00 ok"], rendered
+
+
+FILLED = f"""
+import schema, detk
+from array import array
+schema.EPOCH = 2147483647
+D = {DEV!r}
+buf = bytearray(516)
+K = array('i', [-123457, 99999, -130123, -117000, 95504, 104444])
+for seq, t, model, v in ((7, None, None, [21.456, 48.2]), (2**30 - 1, 2**31 - 1, '3f2a9c1e', [-39.99, 100.0]),
+                         (0, 1732372000, 'abcdef01', [-0.04, 0.0]), (10, None, '0123abcd', [0.0, -5.5])):
+    h = schema.head(D, t, model)
+    a = array('i', [seq] + ([] if t is None else [t]) + [round(v[0] * 100), round(v[1] * 100)])
+    n = detk.put(buf, h, a, len(h))
+    n += detk.put(memoryview(buf)[n:], schema._BAND, K, len(schema._BAND))
+    m = schema.telemetry(D, seq, t, v, K, [], model)
+    print(bytes(buf[:n]) == m[0] + m[1], bytes(buf[:n]).decode())
+"""
+
+
+def test_the_filled_telemetry_is_the_formatted_one():
+    """App.message's path for a sample with a reading, a prediction and no fault: detk.put
+    fills schema.head's text and schema._BAND's with the numbers (negative ones, the
+    largest seq and t it takes, the longest device id), byte for byte the
+    telemetry schema.telemetry formats, which the host parses."""
+    out = mpy.run(code=FILLED, heap=heap_budget("esp32-devkitc-dht22")).stdout.splitlines()
+    assert len(out) == 4
+    for ln in out:
+        same, payload = ln.split(" ", 1)
+        assert same == "True", ln
+        rec = parse(f"edgewatch/{DEV}/telemetry", payload.encode())
+        assert rec.pred and rec.band and not rec.faults
+    assert '"temperature":-3999e-2' in out[1] and '"seq":1073741823,"t":2147483647' in out[1]

@@ -18,7 +18,9 @@ def test_bench_rv32_figures_and_their_section(rv32_runtime):
     assert 100_000 < row["instr_inference"] < 5_000_000
     # the detector step holds the inference; the full sample holds the step
     assert row["instr_inference"] < row["instr_detector_step"] < row["instr_sample"]
-    assert row["us_sample_at_160MHz"] == round(row["instr_sample"] / 160, 1)
+    # (to the rounding: the bench divides by 160e6 and multiplies by 1e6, so a count ending in
+    # ...5 may round either way: 445,784 gives 2786.1 there, 2786.2 as / 160)
+    assert abs(row["us_sample_at_160MHz"] - row["instr_sample"] / 160) <= 0.05 + 1e-9
     # (18 KB as tests/firmware/test_rv32_engine.py, was 17, 16: the streaming step's code,
     # ~0.7 KB, then the faster kernels (one ring-move call, the row's input sum, ~0.3 KB)
     # are resident for every model; the free heap below is the budget that matters)

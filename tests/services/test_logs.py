@@ -1,4 +1,4 @@
-"""`edgewatch logs` and the firmware's per-sample console line, against a simulated board
+"""`edgewatch logs` and the firmware's per-sample console line (the record as queued), against a simulated board
 (the real firmware in the MicroPython unix port) and a real Mosquitto."""
 
 from __future__ import annotations
@@ -8,13 +8,12 @@ import subprocess
 import threading
 from pathlib import Path
 
-from edgewatch.board.sim import Fleet
+from edgewatch.board.sim import Fleet, console_text, sample_record
 from edgewatch.services.broker import Broker
 from hostkit import Board, alert, edgewatch, service_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = str(ROOT / "tests/golden/model.ewb")
-BOARD_LINE = re.compile(r"^sim-01 #(\d+) t=\d+ (.*) (ok|ANOMALY \S+)$")
 HOST_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d sim-01 #(\d+) (.*) (ok|ANOMALY \S+)$")
 CHANNEL = re.compile(r"(\w+)=(-?\d+\.\d\d) pred=(-?\d+\.\d\d) band=(-?\d+\.\d\d)\.\.(-?\d+\.\d\d)")
 
@@ -59,16 +58,19 @@ def test_logs_follow_a_board_and_match_its_console_line(tmp_path):
     assert not any("sim-09" in ln for ln in lines)
     alert_ln = next(ln for ln in lines if "sample=#98" in ln)
     assert "sim-01 ALERT band temperature value=35.20 band=21.10..21.70 pred=21.40" in alert_ln
-    # the board printed the same sample on its console: same seq, values and verdict
+    # the board printed each sample's record on its console (the JSON it queued, no age):
+    # the same record MQTT carried, so the same line once rendered (as the sim's echo does)
     console = (tmp_path / "fleet" / "sim-01" / "console.log").read_text().splitlines()
-    board = {int(m.group(1)): _sample(m) for ln in console if (m := BOARD_LINE.match(ln))}
+    recs = [r for ln in console if (r := sample_record(ln, "sim-01")) is not None]
+    assert len(recs) == 30 and [r.seq for r in recs] == list(range(30)), console[:5]
+    rendered = [console_text(ln, "sim-01") for ln in console if ln.startswith('{"v":')]
+    board = {int(m.group(1)): _sample(m) for ln in rendered if (m := HOST_LINE.match(ln))}
     board = {k: v for k, v in board.items() if v}
     assert len(board) >= 15, console[:20]
     same = set(board) & set(host)
     assert len(same) >= 15
     for seq in same:
         assert board[seq] == host[seq], (seq, board[seq], host[seq])
-    assert len([ln for ln in console if ln.startswith("sim-01 #")]) == 30  # one per sample
 
 
 def test_log_quiet_prints_no_sample_lines(tmp_path):
@@ -82,7 +84,7 @@ def test_log_quiet_prints_no_sample_lines(tmp_path):
             fleet.stop()
     console = (tmp_path / "fleet" / "sim-01" / "console.log").read_text()
     assert "app: done samples=10" in console
-    assert "sim-01 #" not in console
+    assert "sim-01 #" not in console and '{"v":' not in console
 
 
 def test_logs_bad_device_id_is_one_line(tmp_path):
