@@ -188,6 +188,21 @@ class MySQL(Dialect):
     on_key_sql = "ON DUPLICATE KEY UPDATE"
 
 
+def _sqlite_wal(conn, wait: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting out another process that holds the file: two
+    collectors opening one new file at once got "database is locked" at once (the switch
+    to WAL does not always go through SQLite's busy handler)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def connect(url: str, create: bool = True):
     """(DB-API connection, Dialect) for a database URL; ``create`` makes a missing SQLite file."""
     u = urlparse(url)
@@ -210,7 +225,7 @@ def connect(url: str, create: bool = True):
             # process being killed (kill -9, a crash), not against power loss or an OS
             # crash, which may lose the last acked batches; use PostgreSQL/MariaDB (or
             # synchronous=FULL) where that matters.
-            conn.execute("PRAGMA journal_mode=WAL")
+            _sqlite_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn, Dialect()
         if scheme in ("postgresql", "postgres"):
