@@ -331,6 +331,11 @@ def cluster_section(c) -> list[str]:
              f"engine's capacity. Cluster formed in {c.get('cluster_up_s')} s.", "",
              "| boards | messages | setup | connect s | PUBACKed msg/s | stored msg/s | "
              "collector CPU s per 1,000 |", "|---|---|---|---|---|---|---|"] + rows +
+            [""] + [f"Alert → SMS request through {w} (one bridge, 50 boards, "
+                    f"{a['alerts']:,} alerts at {a['rate_per_s']:.0f}/s, Twilio stand-in): "
+                    f"{a['sms']:,} SMS, p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms."
+                    for w, a in (("one Mosquitto", c.get("alerts_mosquitto")),
+                                 ("the cluster", c.get("alerts_cluster"))) if a] +
             ["", f"Node loss (-9 on the node the boards, a collector and the queues' leader "
              f"use; 4 firmware boards at 20 samples/s, two collectors): the longest pause in "
              f"stored samples was {c.get('node_loss_longest_pause_s')} s.", ""])

@@ -186,6 +186,37 @@ def drain(broker_args: list[str], env: dict, folder: Path, n_collectors: int, to
             "drain_s": round(dt, 2)}
 
 
+def alert_p99(broker_args: list[str], ports: list[int], user: str, pw: str, folder: Path,
+              tag: str, alerts: int = 1000, rate: float = 100.0) -> dict:
+    """One `edgewatch bridge` on ``broker_args``; 50 boards on ``ports`` publish ``alerts``
+    alerts at ``rate``/s: latency from each publish to its SMS request (Twilio stand-in)."""
+    from tools.bench_host import Fleet, _alert_latency, _sink
+
+    with _sink() as sink:
+        log = folder / f"bridge-{tag}.log"
+        env = service_env(TWILIO_ACCOUNT_SID=sink.account_sid, TWILIO_AUTH_TOKEN=sink.auth_token,
+                          TWILIO_FROM="+15005550006", TWILIO_TO="+15551230001",
+                          TWILIO_API_BASE=sink.url, EDGEWATCH_COOLDOWN="0",
+                          EDGEWATCH_MAX_PER_MINUTE="0")
+        proc = spawn(["bridge", "--outbox", str(folder / f"outbox-{tag}.db"), "--log-level",
+                      "warning", *broker_args], env, log)
+        fleet = None
+        try:
+            wait_until(lambda: "bridge running" in log.read_text() or proc.poll() is not None,
+                       timeout=120)
+            if proc.poll() is not None:
+                raise RuntimeError(f"{tag}: the bridge exited: {log.read_text()[-300:]}")
+            fleet = Fleet(ports, 50, user=user, password=pw, first=90000, timeout=120)
+            r = _alert_latency(fleet, sink, alerts, rate)
+        finally:
+            if fleet is not None:
+                fleet.close()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    return {"alerts": alerts, "rate_per_s": rate, "sms": r["sms_requests"],
+            "p50_ms": r["latency_ms_p50"], "p99_ms": r["latency_ms_p99"]}
+
+
 def _queued(cl, queue: str) -> int:
     """Messages in ``queue`` (rabbitmqctl list_queues on the first node); 0 if unknown."""
     out = cl.ctl(0, "list_queues", "--quiet", "name", "messages", check=False, timeout=60)
@@ -258,6 +289,9 @@ def bench(boards=(1000, 10000), messages: int = 20000, procs: int = 4, fast: boo
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         tmp = Path(tmp)
         env = service_env()
+        with Broker(tmp / "mosq-alerts") as b:
+            out["alerts_mosquitto"] = alert_p99(["--broker", f"mqtt://127.0.0.1:{b.port}"],
+                                                [b.port], "edgewatch", "unused", tmp, "mosq")
         for n in boards:
             per_board = max(1, messages // n)
             total = n * per_board
@@ -314,6 +348,7 @@ def bench(boards=(1000, 10000), messages: int = 20000, procs: int = 4, fast: boo
                                         **drain(orders[:k], env, tmp, k, total, f"cl{k}-{n}")})
                 finally:
                     fleet.close()
+            out["alerts_cluster"] = alert_p99(orders[0], ports, "edgewatch", pw, tmp, "cluster")
             # recovery: real boards (firmware, unix port) on the node list, two collectors;
             # the boards' node (also a collector's and the queues' leader) killed with -9;
             # recovery = the longest pause in stored samples' arrival around the kill
@@ -349,6 +384,11 @@ def main(argv=None) -> int:
         print(f"{x['boards']:>7} {x['messages']:>8} {x['setup']:<34} {x['connect_s']:>9.1f} "
               f"{x['pubacked_per_s']:>15.0f} {x['stored_per_s']:>13.0f} "
               f"{x['cpu_s_per_1000']:>21.3f}")
+    for where in ("mosquitto", "cluster"):
+        a = r[f"alerts_{where}"]
+        print(f"alert -> SMS request through {where}: {a['alerts']} alerts at "
+              f"{a['rate_per_s']:.0f}/s, {a['sms']} SMS, p50 {a['p50_ms']} ms, "
+              f"p99 {a['p99_ms']} ms")
     print(f"node loss (-9 on the boards' node, a collector's node and the queues' leader; "
           f"4 simulated boards at 20 samples/s): longest pause in stored samples "
           f"{r['node_loss_longest_pause_s']:.1f} s")
