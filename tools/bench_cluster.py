@@ -385,10 +385,10 @@ def main(argv=None) -> int:
               f"{x['pubacked_per_s']:>15.0f} {x['stored_per_s']:>13.0f} "
               f"{x['cpu_s_per_1000']:>21.3f}")
     for where in ("mosquitto", "cluster"):
-        a = r[f"alerts_{where}"]
-        print(f"alert -> SMS request through {where}: {a['alerts']} alerts at "
-              f"{a['rate_per_s']:.0f}/s, {a['sms']} SMS, p50 {a['p50_ms']} ms, "
-              f"p99 {a['p99_ms']} ms")
+        al = r[f"alerts_{where}"]
+        print(f"alert -> SMS request through {where}: {al['alerts']} alerts at "
+              f"{al['rate_per_s']:.0f}/s, {al['sms']} SMS, p50 {al['p50_ms']} ms, "
+              f"p99 {al['p99_ms']} ms")
     print(f"node loss (-9 on the boards' node, a collector's node and the queues' leader; "
           f"4 simulated boards at 20 samples/s): longest pause in stored samples "
           f"{r['node_loss_longest_pause_s']:.1f} s")
