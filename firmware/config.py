@@ -37,11 +37,6 @@ DEFAULTS = {
         "stuck_samples": None,
         "dropout_periods": 1,
         "shift_factor": None,  # None: from the model blob; 0: the shift rule off
-        # a shift that lasts this many samples in a row is the new level: the shift rule's
-        # center moves to it (firmware/shift.py rebase; 0: never). 512 = the residual scale's
-        # adaptation time constant (training/export/bandcal.py ALPHA), longer than any fault
-        # the rules must keep reporting (SKAB's anomalies last <= 586 samples)
-        "shift_rebase": 512,
         "still_samples": None,  # whole reading repeated: None from the model blob; 0 off
         # "residual": the model's own error scale (blob); "seed": pred +- k*(window sigma + eps);
         # None: residual when the model carries its calibration

@@ -28,7 +28,7 @@ shift    a sustained shift (when the blob carries a shift calibration): the roll
          of the last W samples, per channel u = (mean - center) / spread, fires when
          both max|u| > f and u'Mu > f*f (M: the fit rows' inverse covariance, scaled) --
          the host's ms-ensemble view, calibrated by edgewatch.training.export.shiftcal;
-         after `shift_rebase` shifted samples in a row the level is accepted (the center
+         after 512 shifted samples in a row the level is accepted (the center
          moves to the rolling mean): a lasting change is a bounded episode, not an alarm
          for ever
 
@@ -198,7 +198,13 @@ class Detector:
                 w = self._shiftmod.view_a(s, 0)
                 if w and self._shiftmod.judge(self, w - 1):
                     self._shrun += 1
-                    if self._shrun >= self.shift_rebase:  # shifted this long: the new level
+                    # shifted 512 samples in a row: the new level (the shift rule's center
+                    # moves to it). 512 = the residual scale's adaptation time constant
+                    # (training/export/bandcal.py ALPHA), longer than any fault the rules
+                    # must keep reporting (SKAB's anomalies last <= 586 samples); the host's
+                    # training/export/shiftcal.py REBASE. A fixed number: reading it from
+                    # the config cost the C3's 80 KB heap the ~200 B it no longer had
+                    if self._shrun >= 512:
                         self._shiftmod.rebase(self)
                         self._shrun = 0
                 else:

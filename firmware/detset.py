@@ -174,8 +174,7 @@ def init(d, names, limits, params, fallback):
     d._q = bytearray(1)  # the model's int8 input window
     d._streams = d._moves = 0  # a streaming model / its next window moves the last by a sample
     d.shift = None  # (window, factor, center, spread, matrix) in model channel order
-    d._shrun = 0  # shifted samples in a row (shift.rebase after shift_rebase of them)
-    d.shift_rebase = params.get("shift_rebase", 512) or (1 << 30)
+    d._shrun = 0  # shifted samples in a row (the new level after 512 of them: detector.py)
     f = fallback
     d.k, d.eps, d.sigma_window = f["k"], f["eps"], f["sigma_window"]
     d.still_n = params.get("still_samples") or 0

@@ -6,7 +6,7 @@
 # calibrates them on the training rows and computes the same test in numpy.
 # View A runs in fixed point (firmware/detk.py's units and state block), view B in float
 # only once view A fired. A shift that lasts long is a new level, not a passing fault: after
-# the config's `shift_rebase` shifted samples in a row the center moves to the current
+# 512 shifted samples in a row (detector.py) the center moves to the current
 # rolling mean (rebase), so a lasting change is not re-reported for ever. Written for viper and plain bytecode alike (detk_plain.py).
 import struct
 from array import array
@@ -55,7 +55,8 @@ def setup(d, sh, ds):
 @micropython.viper
 def view_a(s: ptr32, z: int) -> int:
     """View A in fixed point (firmware/detk.py's state): per channel u = (rolling mean -
-    center) / spread, Q10; 1 + the worst channel when its |u| is over the factor, else 0."""
+    center) / spread, Q10; 1 + the worst channel when its |u| is over the factor, else 0.
+    With ``z`` 1 (rebase), each channel's center first becomes its rolling mean."""
     nc = int(s[1])
     wn = int(s[23])
     if int(s[3]) < wn:
@@ -73,6 +74,8 @@ def view_a(s: ptr32, z: int) -> int:
             x = 0 - ((0 - tot) // wn)
         else:
             x = tot // wn
+        if z:  # rebase: the rolling mean is the new center
+            s[cb + 16] = x + BIAS
         x -= int(s[cb + 16]) - BIAS
         m = int(s[cb + 20])
         if x > m:
@@ -101,33 +104,12 @@ def view_a(s: ptr32, z: int) -> int:
 
 
 def rebase(d):
-    """The new level: every channel's center := its current rolling mean (floats: only when
-    a shift has lasted a whole window)."""
-    _rebase(d._s, 0)
+    """The new level: every channel's center := its current rolling mean (view_a with z 1;
+    floats: only when a shift has lasted 512 samples in a row)."""
+    view_a(d._s, 1)
     m, center = d.model, d.shift[2]
     for j in range(len(d._order)):
         center[j] = m.offset[j] + m.scale[j] * (d._s[27 + 21 * j + 16] - BIAS) / 1024
-
-
-@micropython.viper
-def _rebase(s: ptr32, z: int) -> int:
-    # the centers (Q10 [b]) := the rolling means, as view_a computes them inline: the same
-    # lines on purpose (a shared viper call per channel on view_a's every-sample path costs
-    # more than they do; a plain-code rebase did not find its heap block at the C3's 80 KB)
-    nc = int(s[1])
-    wn = int(s[23])
-    pos = int(s[2])
-    ring = 27 + 21 * nc
-    for j in range(nc):
-        tot = 0
-        for k in range(wn):
-            tot += (int(s[ring + ((pos - 1 - k) & 127) * nc + j]) - BIAS) >> 6
-        if tot < 0:
-            x = 0 - ((0 - tot) // wn)
-        else:
-            x = tot // wn
-        s[27 + 21 * j + 16] = x + BIAS
-    return 0
 
 
 def judge(d, worst):

@@ -226,7 +226,7 @@ def markdown(res: dict) -> str:
               "with the 0.999 quantile itself extrapolated, fault false alarms 5.89/day); CUSUM margin 2 instead of "
               "1.5 (all files 47.4, fault false alarms 1.18/day, but drift delay 38.5 min > 30). "
               "Lasting changes are bounded episodes: the shift rule accepts a level that has lasted "
-              "512 samples (firmware config shift_rebase) and the CUSUM restarts at its alarm.", ""]
+              "512 samples (firmware/detector.py, training/export/shiftcal.py REBASE) and the CUSUM restarts at its alarm.", ""]
     return "\n".join(lines) + "\n"
 
 

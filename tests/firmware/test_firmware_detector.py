@@ -121,25 +121,25 @@ print(d.model.model_id)
     assert out == ["5.0", "0.01", "4", "refused", "abcdef01"]
 
 
-@pytest.mark.parametrize("rebase", [None, 60])
-def test_shift_rule_is_the_hosts_ms_ensemble_test(tmp_path, rebase):
+@pytest.mark.parametrize("step", [200, 700])
+def test_shift_rule_is_the_hosts_ms_ensemble_test(tmp_path, step):
     """The board's shift rule (rolling means, the blob's calibration) gives the host's verdicts
     row for row, names the channel that moved, and is off with shift_factor=0. A shift lasting
-    shift_rebase samples (default: shiftcal.REBASE, longer than this step) is then the new
-    level, on the board as on the host: the episode ends, and the step back is a new one."""
+    512 samples in a row (shiftcal.REBASE; the 200-row step is shorter) is then the new level,
+    on the board as on the host: the episode ends, and the step back is a new one."""
     from edgewatch.training.export import shiftcal
 
-    params = PARAMS if rebase is None else dict(PARAMS, shift_rebase=rebase)
-
-    rows = list(csv.reader(open(OCCUPANCY)))[1:1 + 1100]
+    params = PARAMS
+    end = 700 + step
+    rows = list(csv.reader(open(OCCUPANCY)))[1:1 + end + 300]
     x = np.array([[float(r[2]), float(r[3])] for r in rows], dtype=np.float32)  # temp, hum
-    x[700:900, 0] += 5.0  # a heater left on: a sustained step, no spike at any single row
+    x[700:end, 0] += 5.0  # a heater left on: a sustained step, no spike at any single row
     x = x.astype(np.float64)
     cal = shiftcal.calibrate(x[:400])
-    want = shiftcal.score(cal, x) if rebase is None else shiftcal.score(cal, x, rebase)
-    assert want[700:900].any() and not want[:700].any()  # the test itself can fail
-    if rebase is not None:  # bounded: accepted after `rebase` rows; the return is a new episode
-        assert not want[700 + rebase + shiftcal.WINDOW:900].any() and want[900:].any()
+    want = shiftcal.score(cal, x)
+    assert want[700:end].any() and not want[:700].any()  # the test itself can fail
+    if step > shiftcal.REBASE + shiftcal.WINDOW:  # bounded: the level accepted, the return new
+        assert not want[700 + shiftcal.REBASE + shiftcal.WINDOW:end].any() and want[end:].any()
     # blob channel order (humidity, temperature) differs from the sensor's
     perm = [1, 0]
     flat = [*cal.center[perm], *cal.spread[perm], *cal.matrix[np.ix_(perm, perm)].reshape(-1)]

@@ -28,8 +28,8 @@ import numpy as np
 
 WINDOW = 40    # rows in the rolling mean
 FACTOR = 3.0   # × the fit rows' most unusual moment, on both views
-REBASE = 512   # shifted rows in a row after which the level is accepted (firmware config
-               # detector.shift_rebase: the residual scale's adaptation time constant)
+REBASE = 512   # shifted rows in a row after which the level is accepted (firmware/detector.py's
+               # fixed 512: the residual scale's adaptation time constant)
 
 
 @dataclass
