@@ -325,7 +325,7 @@ def cluster_section(c) -> list[str]:
              f"own MQTT connection (client id, QoS 1, the firmware's telemetry bytes), "
              f"{c.get('procs')} publisher processes; the collectors are stopped while the "
              "boards publish (PUBACKed msg/s: what the broker confirms), then drain it "
-             "(stored msg/s and CPU from the first stored row to the last, SQLite). The three "
+             "(stored msg/s and CPU to the last row, SQLite: on the cluster from the collectors being up, on Mosquitto from their start less a start with nothing queued; tools/bench_cluster.py drain). The three "
              "nodes, the publishers and the collectors share this machine's "
              f"{c.get('cores')} cores: CPU per message shows the scaling shape, not the "
              f"engine's capacity. Cluster formed in {c.get('cluster_up_s')} s.", "",
