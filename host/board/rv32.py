@@ -288,15 +288,19 @@ class Runtime:
     heap: int
     version: str  # MicroPython version string of this build
 
-    def compile(self, src: Path, dest: Path) -> Path:
+    def compile(self, src: Path, dest: Path, name: str | None = None) -> Path:
         """`mpy-cross -march=rv32imc` (no Zba/Zcmp, as for the C3), cached while the source
-        keeps the modification time the object was built from (see mpy.is_fresh)."""
+        keeps the modification time the object was built from (see mpy.is_fresh). The
+        source name embedded is ``name`` (default the file's own), as `make deploy` embeds
+        it: not the checkout's absolute path, whose length would move every heap figure
+        (each module's name is a string on the board's heap: a fresh clone in /tmp left
+        272 B less free than /work/main)."""
         if mpy.is_fresh(src, dest):
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([str(self.mpy_cross), "-march=rv32imc", "-o", str(tmp), str(src)],
-                       check=True, capture_output=True)
+        subprocess.run([str(self.mpy_cross), "-march=rv32imc", "-s", name or src.name, "-o",
+                        str(tmp), str(src)], check=True, capture_output=True)
         mpy.stamp(src, tmp)
         os.replace(tmp, dest)
         return dest
@@ -479,7 +483,7 @@ class Board:
             if name.endswith(".py"):  # a source file as such (kernels.py for kernels_plain)
                 self.put((FIRMWARE / name).read_bytes(), dest + name)
                 continue
-            mpy = self.runtime.compile(FIRMWARE / f"{name}.py", BUILD / "mpy" / f"{name}.mpy")
+            mpy = self.runtime.compile(FIRMWARE / f"{name}.py", BUILD / "mpy-s" / f"{name}.mpy")
             self.put(mpy.read_bytes(), f"{dest}{name}.mpy")
 
     def put_app(self, model: bytes | None, samples: bytes) -> None:
@@ -492,7 +496,8 @@ class Board:
             from edgewatch.board.fetch_mplib import fetch
 
             fetch(str(umqtt.parent.parent))
-        self.put(self.runtime.compile(umqtt, BUILD / "mpy" / "umqtt" / "simple.mpy").read_bytes(),
+        self.put(self.runtime.compile(umqtt, BUILD / "mpy-s" / "umqtt" / "simple.mpy",
+                                      "umqtt/simple.py").read_bytes(),
                  "umqtt/simple.mpy")
         self.put_firmware(APP_MODULES)
         # the harness as .mpy too: code compiled on the board would fragment the heap first
@@ -500,7 +505,7 @@ class Board:
         if not src.exists() or src.read_text() != APP_SETUP:
             src.parent.mkdir(parents=True, exist_ok=True)
             src.write_text(APP_SETUP)
-        self.put(self.runtime.compile(src, BUILD / "mpy" / "rv32app.mpy").read_bytes(),
+        self.put(self.runtime.compile(src, BUILD / "mpy-s" / "rv32app.mpy").read_bytes(),
                  "rv32app.mpy")
         if model is not None:
             self.put(model, "model.ewb")
