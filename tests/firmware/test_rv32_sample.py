@@ -50,11 +50,18 @@ def app_board(rv32):
 
 
 def records(text: str) -> list[dict]:
+    """The records a run printed, one per line; a record behind other output on its line
+    (a port's warning without a newline) still counts."""
     out = []
     for line in text.splitlines():
-        if line.startswith("{"):
-            out.append(schema.decode(line))
+        i = line.find("{")
+        if i >= 0:
+            out.append(schema.decode(line[i:]))
     return out
+
+
+def _others(text: str) -> list[str]:
+    return [line[:120] for line in text.splitlines() if not line.startswith("{")][:5]
 
 
 def unix_records(tmp_path) -> list[dict]:
@@ -63,14 +70,20 @@ def unix_records(tmp_path) -> list[dict]:
     (tmp_path / "model.ewb").write_bytes((mpy.ROOT / "tests" / "golden" / "model.ewb").read_bytes())
     res = mpy.run(code=f"N = {N}\n" + RUN, cwd=tmp_path, extra_path=[tmp_path, *fwrun.build_mpy()],
                   heap="96K")
+    unix_records.others = _others(res.stdout)  # what else it printed, for a failure's message
     return records(res.stdout)
 
 
 def test_sample_path_matches_the_unix_port(app_board, tmp_path):
     app_board.reset()
-    got = records(app_board.run(f"N = {N}\n" + RUN))
+    out = app_board.run(f"N = {N}\n" + RUN)
+    got = records(out)
     want = unix_records(tmp_path)
-    assert len(got) == len(want) > N, (len(got), len(want))
+    # seen once per fresh-clone run (2 of 2), never alone: 142 against 141; the message says
+    # which records and what else each side printed
+    assert len(got) == len(want) > N, (len(got), len(want), _others(out), unix_records.others,
+                                       sorted({(r["seq"], r.get("rule")) for r in got}
+                                              ^ {(r["seq"], r.get("rule")) for r in want}))
     kinds = [sorted(r.get("faults") or [r.get("rule")]) for r in got]
     assert kinds == [sorted(r.get("faults") or [r.get("rule")]) for r in want]
     assert {"range", "band"} <= {k for ks in kinds for k in ks}, kinds
