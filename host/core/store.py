@@ -59,7 +59,7 @@ EPOCH_COL = "epoch BIGINT NOT NULL DEFAULT 0"
 ALERT_COLS = ("device", "epoch", "seq", "t", "received", "sample", "rule", "channel", "value", "lo", "hi",
               "pred", "model")
 TELEMETRY_META = ("device", "epoch", "seq", "t", "received", "anomaly", "faults", "model")
-# their types as PostgreSQL names them (Postgres.rows: a batch as one array per column)
+# their types as PostgreSQL names them (Postgres.many: the staging table a batch is copied into)
 TELEMETRY_META_TYPES = ("text", "int8", "int8", "float8", "float8", "int2", "text", "text")
 SEEN_TYPES = ("text", "text", "float8", "text", "int8")  # device, state, last_seen, model, epoch
 DEVICE_COLS = ("device", "state", "last_seen", "status_seq", "fw", "model", "outbox", "heap_free",
