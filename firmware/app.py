@@ -197,8 +197,8 @@ class App:
 
     def _rule_kernels(self, params):
         # the kernels of the rules the model on flash carries (its header's flags:
-        # blob.FLAG_BAND 32, FLAG_SHIFT 4), loaded before the model is read: their native code
-        # is one block each (residual's band 2.7 KB, shift 1.2 KB), which the holes left once
+        # blob.FLAG_BAND 32, FLAG_SHIFT 4; without the band, seedband's), loaded before the model
+        # is read: their native code is one block each (residual's band 2.7 KB, shift 1.2 KB), which the holes left once
         # the model is parsed do not hold. Other boards never load them.
         try:
             with open(self.cfg["model_file"], "rb") as f:
@@ -211,6 +211,8 @@ class App:
         d = self.det
         if flags & 32 and params.get("band") != "seed" and d._resmod is None:
             d._resmod = d._load("residual")
+        elif not flags & 32 or params.get("band") == "seed":
+            d._load("seedband")  # the seed's band (kept in sys.modules for the set-up)
         if flags & 4 and params.get("shift_factor") != 0 and d._shiftmod is None:
             d._shiftmod = d._load("shift")
 

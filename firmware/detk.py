@@ -1,7 +1,8 @@
 # Fixed-point kernels of the detector (firmware/detector.py): the per-sample rules in
 # 32-bit integers, so a step allocates nothing (every float operation allocates a boxed
-# float on the boards' MicroPython). The residual band's kernel is in residual.py and the
-# shift rule's in shift.py, loaded only for a model that carries them.
+# float on the boards' MicroPython). The residual band's kernel is in residual.py, the
+# shift rule's in shift.py and the seed's band in seedband.py, each loaded only for a model
+# that uses it.
 #
 # Written once, run two ways (as kernels.py): compiled by the viper emitter, or as plain
 # bytecode by detk_plain.py (ports without the emitter, and CPython for the host's scorer).
@@ -126,91 +127,40 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
 
 
 @micropython.viper  # noqa: F821
-def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
-    """The seed's band on the model's int8 output o: outside pred +- k*(sigma + eps), sigma
-    the population std of the last sigma-window samples. Bit j: channel j flagged.
-    Fills pred/lo/hi."""
-    nc = int(s[1])
-    pos = int(s[2])
-    ring = 27 + 21 * nc
-    newest = ring + ((pos - 1) & 127) * nc
-    om = int(s[11])
-    osh = int(s[12]) - _BIAS  # >= 1
-    ozp = int(s[13]) - _BIAS
-    km = int(s[14])
-    ksh = int(s[15])
-    sw = int(s[6])
-    flags = 0
-    for j in range(nc):
+def milli(s: ptr32, k: ptr32):
+    """pred, lo, hi of every model channel as integers round(x * 1000), x in physical
+    units, into k (Detector.fixed's layout: pred at the sensor channel c, lo and hi at
+    n + 2c and n + 2c + 1) from their Q16 words, by the per-channel factors detset.milli
+    put after them (k[3n + 3j ...]: M, F + 32, O [b]): (u * M / 2**30 + O) / 2**F rounded,
+    where M / 2**30 = scale * 1000 / 65536 * 2**F and O = offset * 1000 * 2**F; the product
+    in 15-bit limbs, each part rounded, every intermediate within 32 bits: the same on
+    every port. Within 2**-F of the exact value when F > 0 (a scale under 32 units; 2**-F
+    thousandths, the sum's own step, above)."""
+    n = int(s[0])
+    for j in range(int(s[1])):
         cb = 27 + 21 * j
-        p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
-        p = (p + (1 << (osh - 1))) >> osh
-        if int(s[7]):
-            p += int(s[newest + j]) - _BIAS
-        # deviations from the window's minimum (sigma is shift-invariant), in 13 bits:
-        # pass 0 the range, 1 the mean, 2 the variance
-        lo = 1 << 29
-        hi = 0 - lo
-        sh = 0
-        tot = 0
-        v2 = 0
-        for ph in range(3):
-            for k in range(sw):
-                w = int(s[ring + ((pos - 1 - k) & 127) * nc + j])
-                if ph == 0:
-                    if w < lo:
-                        lo = w
-                    if w > hi:
-                        hi = w
-                elif ph == 1:
-                    tot += (w - lo) >> sh
-                else:
-                    w = (((w - lo) >> sh) << 2) - tot
-                    v2 += (w * w) >> 6
-            if ph == 0:
-                while ((hi - lo) >> sh) >= 8192:
-                    sh += 1
-            elif ph == 1:
-                tot = (tot << 2) // sw  # the mean, Q2
-        v2 = ((v2 + (sw >> 1)) // sw) << 4
-        r = 0
-        bit = 1 << 28
-        while bit > v2:
-            bit >>= 2
-        while bit:
-            if v2 >= r + bit:
-                v2 -= r + bit
-                r = (r >> 1) + bit
+        p = 3 * n + 3 * j
+        m = int(k[p])
+        mh = m >> 15
+        ml = m & 0x7FFF
+        f = int(k[p + 1]) - 32
+        o = int(k[p + 2]) - _BIAS
+        if f > 0:
+            o += 1 << (f - 1)
+        c = int(s[cb])
+        d = n + 2 * c - 1
+        for i in range(3):
+            x = int(s[cb + 6 + i]) - _BIAS
+            t = (x >> 15) * ml + ((((x & 0x7FFF) * ml) + 0x4000) >> 15)
+            x = (x >> 15) * mh + ((((x & 0x7FFF) * mh) + 0x4000) >> 15) + ((t + 0x4000) >> 15) + o
+            if f > 0:
+                x = x >> f
             else:
-                r >>= 1
-            bit >>= 2
-        if v2 > r:
-            r += 1  # to the nearest
-        w = int(s[26])  # the largest sigma + eps that k can multiply
-        sig = w  # sigma + eps, Q18
-        if sh < 12:
-            sig = (r << (sh + 1)) + int(s[16])
-        if sig > w:
-            sig = w
-        half = (sig >> ksh) * km + (((sig & ((1 << ksh) - 1)) * km) >> ksh)
-        half = (half + 2) >> 2
-        if p > (1 << 28):
-            p = 1 << 28
-        elif p < 0 - (1 << 28):
-            p = 0 - (1 << 28)
-        s[cb + 6] = p + _BIAS
-        s[cb + 7] = p - half + _BIAS
-        s[cb + 8] = p + half + _BIAS
-        u = int(s[cb + 5]) - _BIAS
-        if not (p - half < u and u < p + half):
-            flags |= 1 << j
-    # the reading into the history
-    for j in range(nc):
-        s[ring + pos * nc + j] = s[27 + 21 * j + 5]
-    s[2] = (pos + 1) & 127
-    if int(s[3]) < 128:
-        s[3] = int(s[3]) + 1
-    return flags
+                x = x << (0 - f)
+            if i:
+                k[d + i] = x
+            else:
+                k[c] = x
 
 
 @micropython.viper  # noqa: F821

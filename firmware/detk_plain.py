@@ -1,6 +1,6 @@
 # The detector's kernels as plain bytecode, for ports without the native emitter and for
 # CPython (the host's scorer runs the board's detector): load(name) compiles firmware
-# module `name` (detk, residual, shift, detset) again without its viper decorators, as
+# module `name` (detk, seedband, residual, shift, detset) again without its viper decorators, as
 # kernels_plain.py does for kernels.py. The float bits a viper kernel reads from an
 # array('f') come here through fbits into an array('I') (detk.pre is wrapped so).
 # Needs the modules as source next to this file.

@@ -160,7 +160,7 @@ def init(d, names, limits, params, fallback):
     d._s[0] = n
     d._rep = None  # what the history holds: None (float32 bits) or (offset, scale, order)
     d.stuck_lim = [params["stuck_samples"] or 120] * n
-    d._post = None  # the band kernel: detk.seed or residual.judge
+    d._post = None  # the band kernel: seedband.seed or residual.judge
     d.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
     d.send = False  # whether this sample's alerts go out as a message
     d._quiet = 1 << 20  # samples since the last flagged one
@@ -210,6 +210,7 @@ def set_params(self, model, sh, Mismatch):
         return
     try:
         fill(self, model, band)
+        milli(self, model)
         if band is not None:
             rm = self._resmod
             if rm is None:
@@ -217,7 +218,7 @@ def set_params(self, model, sh, Mismatch):
             band = self.band = rm.setup(self, band, ds)
             self._post = rm.judge
         else:
-            self._post = self._k.seed
+            self._post = self._load("seedband").seed
         if sh is not None:
             self._shiftmod.setup(self, sh, ds)
     except ValueError as e:
@@ -290,6 +291,25 @@ def set_model(self, model, Mismatch):
         set_params(self, self.model, self.shift, Mismatch)
         raise
     self.shift = sh
+
+
+def milli(d, m):
+    """detk.milli's factors for model m (Detector.fixed), after its 3n numbers in d.ints:
+    per channel M, F + 32, O (biased) with F the most fraction bits (-24 ... 24) that keep
+    M < 2**30 and |O| < 2**29. In integers from the float32 scale and offset scaled by
+    2**24 (exact): the same factors on every port, float32 or double."""
+    k = d.ints
+    n = len(d._order)
+    for j in range(n):
+        a = int(m.scale[j] * 16777216) * 1000  # scale * 1000 * 2**24
+        b = int(m.offset[j] * 16777216) * 1000  # offset * 1000 * 2**24
+        e = -24
+        while e < 24 and a << 24 + e + 1 < 1 << 64 and abs(b) << 24 + e + 1 < 1 << 77:
+            e += 1
+        p = 3 * n + 3 * j
+        k[p] = ((a << 24 + e) + (1 << 33)) >> 34  # scale * 1000 / 65536 * 2**(F + 30)
+        k[p + 1] = e + 32
+        k[p + 2] = (((b << 24 + e) + (1 << 47)) >> 48) + (1 << 29)  # biased (detk.py)
 
 
 class Ds:

@@ -42,7 +42,7 @@ _BAND = (b',"pred":{"temperature":%de-3,"humidity":%de-3},"band":{"temperature":
 def telemetry(device, seq, t, values, k, faults, model):
     """One sample, as two bytes (the message is the one, then the other). `values` None
     (failed read) or the list of the sensors.NAMES channels; `k` None (no prediction) or
-    Detector.fixed's list: pred, then lo, hi per channel, x 1000."""
+    Detector.fixed's list: pred, then lo, hi per channel, x 1000 (its first six numbers)."""
     q = '"'
     if model is None:
         q = ""
@@ -63,7 +63,7 @@ def telemetry(device, seq, t, values, k, faults, model):
     return _HEAD % (device, EPOCH, seq, "null" if t is None else t, q, model, q,
                     "true" if faults else "false", json.dumps(faults) if faults else "[]",
                     v0, e0, v1, e1), \
-        b',"pred":null,"band":null}' if k is None else _BAND % tuple(k)
+        b',"pred":null,"band":null}' if k is None else _BAND % tuple(k[:6])
 
 
 def head(device, t, model):

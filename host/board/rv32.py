@@ -85,7 +85,7 @@ STANDINS = {"socket.py": "# the QEMU board has no network (edgewatch.board.rv32)
             "usocket.py": "from socket import *  # noqa\n"}
 
 # The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
-APP_MODULES = ["blob", "plan", "plan_window", "kernels", "engine", "detk", "detset", "residual", "detector", "shift", "outbox",
+APP_MODULES = ["blob", "plan", "plan_window", "kernels", "engine", "detk", "detset", "seedband", "residual", "detector", "shift", "outbox",
                "outbox_boot", "outbox_v1", "schema", "sensors",
                "config", "link", "app"]
 

@@ -224,3 +224,57 @@ for loader in (None, detk_plain):
     viper, plain = [json.loads(x) for x in lines[1:half]], [json.loads(x) for x in lines[half + 1:]]
     assert len(viper) == len(x) and viper == plain
     assert sum(len(r[0]) for r in viper) >= 2  # the spikes were flagged
+
+
+MILLI = """
+d.set_model(M())
+s, n = d._s, 2
+for line in open('x.txt'):
+    d.step([float(v) for v in line.split()])
+    if not d.has_band:
+        continue
+    k = d.fixed()
+    m = d.model
+    worst = 0
+    for j in range(2):  # the float formula the integers replace
+        f, o, c = m.scale[j] * 1000 / 65536, m.offset[j] * 1000, d._order[j]
+        for w, at in ((0, c), (1, n + 2 * c), (2, n + 2 * c + 1)):
+            worst = max(worst, abs(k[at] - round((s[33 + 21 * j + w] - 536870912) * f + o)))
+    print(k[0], k[1], k[2], k[3], k[4], k[5], worst)
+"""
+
+
+@pytest.mark.parametrize("scale,offset,bound", [
+    ((23.0, 4.5), (16.0, 19.0), 1),        # the stand-in's
+    ((5.1, 0.37), (41.7, 22.3), 1),        # occupancy-like
+    ((0.013, 31.9), (-250.0, 1e5), 1),     # a tiny scale; a large offset
+    ((300.0, 4.5), (16.0, 19.0), 8),       # a scale over 32 units: steps of 2**-F = 8
+])
+def test_fixed_in_integers_matches_the_float_formula_and_cpython(tmp_path, scale, offset, bound):
+    """Detector.fixed's numbers (the telemetry's pred/lo/hi x 1000) come from detk.milli in
+    32-bit integers (nothing allocated, the same on every port): within one thousandth of
+    the float formula (a scale over 32 units: the integers' coarser step), and equal on the
+    MicroPython unix port and in CPython (detk_plain, the host's scorer)."""
+    import os
+    import subprocess
+    import sys
+
+    rows = list(csv.reader(open(OCCUPANCY)))[1 + 2000:1 + 2200]
+    x = [[float(r[2]), float(r[3])] for r in rows]
+    for i in (50, 120):
+        x[i][0] += 1.5
+    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in x))
+    model = MODEL.replace("offset = [16.0, 19.0]", f"offset = {list(offset)}").replace(
+        "scale = [23.0, 4.5]", f"scale = {list(scale)}")
+    code = (model + "import detector, sensors\n"
+            f"d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], "
+            f"{json.dumps(PARAMS).replace('null', 'None')}, {json.dumps(FALLBACK)}{{}})\n" + MILLI)
+    out = mpy.run(code=code.replace("{}", ""), heap=HEAP, cwd=tmp_path).stdout.split("\n")
+    rows = [[int(v) for v in line.split()] for line in out if line]
+    assert len(rows) > 150
+    assert max(r[6] for r in rows) <= bound, [r for r in rows if r[6] > bound][:3]
+    res = subprocess.run([sys.executable, "-c", "import detk_plain\n" + code.replace(
+        "{}", ", loader=detk_plain")], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(mpy.ROOT) / "firmware")})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n") == out  # the same integers in CPython
