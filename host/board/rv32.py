@@ -164,8 +164,18 @@ def make_app(slots=8, slot_size=512, model='model.ewb', log=None):
     return a
 """
 
+# Compiled as MicroPython's esp32 port compiles the C3's image: -O2 (its
+# boards/sdkconfig.base sets CONFIG_COMPILER_OPTIMIZATION_PERF, "use -O2 ... to improve
+# performance") and the bytecode VM's computed goto (its mpconfigport.h); the QEMU port's
+# own defaults are -Os and no computed goto, which would count more instructions per
+# bytecode than the board runs
+COPT = "-O2 -DNDEBUG"
+
 # Source patches of the extracted tree (test runtime only): (file, old, new)
 PATCHES = (
+    ("ports/qemu/mpconfigport.h", "#define MICROPY_CONFIG_ROM_LEVEL    (MICROPY_CONFIG_ROM_LEVEL_EXTRA_FEATURES)",
+     "#define MICROPY_CONFIG_ROM_LEVEL    (MICROPY_CONFIG_ROM_LEVEL_EXTRA_FEATURES)\n"
+     "#define MICROPY_OPT_COMPUTED_GOTO   (1)"),
     # time.time() and time.gmtime(), as the C3's build has them (the firmware's clock); this
     # board has no clock: it reads 0 ("not set", the firmware then leaves stamping to the host)
     ("ports/qemu/mpconfigport.h", '#define MICROPY_PY_MACHINE_INCLUDEFILE "ports/qemu/modmachine.c"',
@@ -322,7 +332,7 @@ def _key(tar: Path, heap: int) -> str:
     with open(tar, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    h.update(json.dumps([heap, PATCHES, NEW_FILES, FLASH_MODULE, QEMU_CPU]).encode())
+    h.update(json.dumps([heap, PATCHES, NEW_FILES, FLASH_MODULE, QEMU_CPU, COPT]).encode())
     return h.hexdigest()[:16]
 
 
@@ -393,7 +403,8 @@ def build(force: bool = False) -> Runtime:
                 _make(["-C", "mpy-cross"], src, log)
                 _make(["-C", "ports/qemu", "BOARD=VIRT_RV32", f"MICROPY_HEAP_SIZE={heap}",
                        "MICROPY_VFS_LFS2=1", f"FROZEN_MANIFEST={frozen / 'manifest.py'}",
-                       "MPY_CROSS_FLAGS=-march=rv32imc", f"MPY_LIB_DIR={nolib}", f"LIBS={_libgcc()}"], src, log)
+                       "MPY_CROSS_FLAGS=-march=rv32imc", f"MPY_LIB_DIR={nolib}", f"LIBS={_libgcc()}",
+                       f"COPT={COPT}"], src, log)
             version = _version(src, tar)
             stamp.write_text(json.dumps({"key": key, "heap": heap, "version": version,
                                          "build_seconds": round(time.monotonic() - t0, 1)}))
