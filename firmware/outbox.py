@@ -197,31 +197,30 @@ class Outbox:
         n = len(payload) + len(more)
         if 12 + n > self.slot_size:
             raise ValueError("outbox: record of %d bytes over slot size %d" % (n, self.slot_size))
-        if self.next_seq - self.tail >= self.slots:
+        seq = self.next_seq
+        if seq - self.tail >= self.slots:
             self.tail += 1  # drop the oldest pending record
             self.dropped += 1
         at = self._size
-        if self.tail == self.next_seq and at:
+        b = self.seg
+        if self.tail == seq and at:
             # nothing pending (the usual case online): the newest segment starts over in
             # place, the acknowledged records in it are overwritten; no new file
             at = 0
-            self._rseg, self._roff = self._seg0 + self._nseg - 1, 0
-        elif at + _REC + n > len(self.seg):
+            self._rseg = self._seg0 + self._nseg - 1
+            self._roff = 0
+        elif at + _REC + n > len(b):
             self._rotate()
             at = 0
-        seq = self.next_seq
-        b = self.seg
         mv = memoryview(b)
-        b[at] = _ENTRY
-        struct.pack_into("<BHII", b, at + 1, kind, n, seq, self.dropped)
         e = at + _REC + n
         w = e - len(more)
+        struct.pack_into("<BBHII", b, at, _ENTRY, kind, n, seq, self.dropped)
         b[at + _REC:w] = payload
-        c = crc32(payload, crc32(mv[at:at + 12]))  # the parts as they are: no slice of b
         if more:
             b[w:e] = more
-            c = crc32(more, c)
-        struct.pack_into("<I", b, at + 12, c)
+        # the CRC of the header and the record as they lie in the segment (no slice copied)
+        struct.pack_into("<I", b, at + 12, crc32(mv[at + _REC:e], crc32(mv[at:at + 12])))
         w = e
         if self._fsize > e:  # the file is longer (records overwritten): an end mark
             b[e] = 0
@@ -234,7 +233,8 @@ class Outbox:
         self._fsize = w
         self._set_last(seq)
         self.next_seq = seq + 1
-        self._trim()
+        if self._nseg > 1:  # (one segment: nothing to trim)
+            self._trim()
         return seq
 
     def peek(self):
