@@ -1,7 +1,8 @@
 """Run the real firmware (firmware/main.py) as a simulated board under the MicroPython unix port.
 
 The firmware runs as a board runs it: main.py as source, every other module
-precompiled by mpy-cross (`build_mpy`). A folder plays the board's flash: config.json, board.json (resolved by
+precompiled by mpy-cross (`build_mpy`), copied into a folder that plays the board's flash
+(`flash`; the process runs from it with a board's sys.path), with config.json, board.json (resolved by
 host/board/catalog.py, as `make deploy` writes it), optionally model.ewb and the
 simulation description sim.json read by the stand-ins in host/board/standins/
 (replayed CSV, injected faults). The process runs with the board's heap budget.
@@ -38,7 +39,7 @@ def build_mpy(dest: Path = BUILD) -> list[Path]:
     This is what `make deploy` puts on a board (and what `mpremote mip` installs for
     umqtt): bytecode that loads without the compiler's parse-tree peak, which at a
     96 KB heap decides whether the app and the engine fit. Rebuilt when a source is
-    newer. Returns the folders for MICROPYPATH, before the source folders."""
+    newer. Returns the folders (stand-ins, firmware, umqtt) that `flash` copies to a board."""
     march = _MARCH.get(platform.machine())
     if not (mpy.MPLIB / "umqtt" / "simple.py").exists():  # `make setup` normally did this
         from edgewatch.board.fetch_mplib import fetch
@@ -71,15 +72,36 @@ def build_mpy(dest: Path = BUILD) -> list[Path]:
     return out
 
 
+def flash(folder) -> Path:
+    """Put build_mpy's modules (the firmware with main.py, the stand-ins, umqtt) into the
+    board's flash folder, as `make deploy` puts them on a board; a board runs from there with
+    sys.path ['', '.frozen', 'lib'] (FLASH_ENV), a board's own. So no module path and no module's
+    __file__ names a host folder: each is a string on MicroPython's heap, and with the
+    checkout's absolute path in them the heap's layout, and what fits at a board's budget,
+    depended on where the repository was cloned (tests/firmware/test_rv32_sample.py)."""
+    folder = Path(folder)
+    for built in build_mpy():
+        shutil.copytree(built, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.tmp"))
+    return folder
+
+
+# a board's sys.path after its flash folder (''): the frozen modules, then /lib (mip's place)
+FLASH_ENV = {"MICROPYPATH": os.pathsep.join((".frozen", "lib"))}
+
+
 @functools.lru_cache(maxsize=1)
 def standins_heap() -> int:
     """Bytes of MicroPython heap the host stand-ins (machine, dht, network, ...) take once loaded.
 
-    On a board these are C modules outside the heap; measured here in one short run."""
+    On a board these are C modules outside the heap; measured here in one short run, from a
+    flash folder as the boards run."""
+    import tempfile
+
     code = ("import gc\ngc.collect()\na = gc.mem_alloc()\n"
             "import machine, dht, network, simboard, sim_flash, sim_i2c\n"
             "gc.collect()\nprint(gc.mem_alloc() - a)\n")
-    out = mpy.run(code=code, heap="256K", extra_path=build_mpy(), timeout=60)
+    with tempfile.TemporaryDirectory() as d:
+        out = mpy.run(code=code, heap="256K", cwd=flash(d), timeout=60, **FLASH_ENV)
     return int(out.stdout.split()[-1])
 
 
@@ -111,12 +133,11 @@ def start(folder, board: str, heap: str | None = None, sim_file: str = "sim.json
 
     The board's console (stdout+stderr) goes to `folder/log` (appended), so a long run
     never blocks on a full pipe; read it with `console(folder)`."""
-    folder = Path(folder)
+    folder = flash(folder)
     out = open(folder / log, "ab")
     try:
-        paths = build_mpy()
-        return subprocess.Popen(mpy.command(paths[1] / "main.py", heap=heap or sim_heap(load_board(board)["heap_budget"])),
-                                cwd=folder, env=mpy.env(paths, EDGEWATCH_SIM=str(folder / sim_file)),
+        return subprocess.Popen(mpy.command(folder / "main.py", heap=heap or sim_heap(load_board(board)["heap_budget"])),
+                                cwd=folder, env=mpy.env(None, EDGEWATCH_SIM=str(folder / sim_file), **FLASH_ENV),
                                 stdout=out, stderr=subprocess.STDOUT)
     finally:
         out.close()
@@ -197,8 +218,6 @@ class Listener:
 
 def run(folder, board: str, timeout: float = 120, heap: str | None = None) -> subprocess.CompletedProcess:
     """Run the firmware to completion (config `stop_after`); return the CompletedProcess."""
-    folder = Path(folder)
-    paths = build_mpy()
-    return mpy.run(script=paths[1] / "main.py", heap=heap or sim_heap(load_board(board)["heap_budget"]), cwd=folder,
-                   timeout=timeout, extra_path=paths, check=False,
-                   EDGEWATCH_SIM=str(folder / "sim.json"))
+    folder = flash(folder)
+    return mpy.run(script=folder / "main.py", heap=heap or sim_heap(load_board(board)["heap_budget"]), cwd=folder,
+                   timeout=timeout, check=False, EDGEWATCH_SIM=str(folder / "sim.json"), **FLASH_ENV)

@@ -343,12 +343,15 @@ class Fleet:
         """Start every board's firmware process (precompiled, as deployed to a board)."""
         code = self.build()
         heap = fwrun.sim_heap(self.board["heap_budget"])
+        standins = fwrun.build_mpy()[0]
         for i, d in enumerate(self.devices):
             self._prepare(i, d)
-            # the precompiled firmware and /lib come first, as on a board's flash
-            d.proc = mpy.spawn(script=code / "main.py", heap=heap, cwd=d.folder,
-                               extra_path=[code, code / "lib"],
-                               EDGEWATCH_SIM=str(d.folder / "sim.json"))
+            # the precompiled firmware and /lib on the board's flash, with the stand-ins of its
+            # C modules, run from there (fwrun.flash: no host folder on the heap)
+            for src in (code, standins):
+                shutil.copytree(src, d.folder, dirs_exist_ok=True)
+            d.proc = mpy.spawn(script=d.folder / "main.py", heap=heap, cwd=d.folder,
+                               EDGEWATCH_SIM=str(d.folder / "sim.json"), **fwrun.FLASH_ENV)
             threading.Thread(target=self._pump, args=(d,), daemon=True).start()
         return self
 
