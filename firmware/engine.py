@@ -19,13 +19,19 @@ import sys
 from blob import BlobError
 
 try:
-    import kernels as _fast  # SyntaxError on ports without the native emitter
-except (ImportError, SyntaxError, ValueError):
-    _fast = None
+    # the kernels in C (firmware/native/ewkern.c, a native .mpy built for rv32imc, the
+    # ESP32-C3): only where deployed; the viper module is then never loaded (heap)
+    import ewkern as _fast
+except (ImportError, ValueError):  # absent, or an .mpy of another architecture
+    try:
+        import kernels as _fast  # SyntaxError on ports without the native emitter
+    except (ImportError, SyntaxError, ValueError):
+        _fast = None
 
 
 def default_kernels():
-    """viper kernels where the emitter exists, else the same code as bytecode."""
+    """The C kernels where deployed (ewkern), else viper kernels where the emitter exists,
+    else the same code as bytecode."""
     if _fast is not None:
         return _fast
     import kernels_plain
