@@ -187,6 +187,30 @@ static mp_obj_t same(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(same_obj, 4, 4, same);
 
+// run(plan, _, _, _): every record (f, a, b, c, d) of the list plan, f(a, b, c, d), in one
+// call from the engine (plan.py hands it the ops' records as one record): a call from
+// bytecode costs hundreds of instructions on RV32, more than a small op's work
+static mp_obj_t run(size_t n_args, const mp_obj_t *args) {
+    size_t n, k;
+    mp_obj_t *plan, *rec;
+    mp_obj_get_array(args[0], &n, &plan);
+    for (size_t i = 0; i < n; i++) {
+        mp_obj_get_array(plan[i], &k, &rec);
+        if (k != 5) {
+            mp_raise_ValueError(MP_ERROR_TEXT("run: records are (f, a, b, c, d)"));
+        }
+        if (rec[0] == MP_OBJ_FROM_PTR(&conv_obj)) {
+            conv(4, rec + 1);
+        } else if (rec[0] == MP_OBJ_FROM_PTR(&add_obj)) {
+            add(4, rec + 1);
+        } else {
+            mp_call_function_n_kw(rec[0], 4, 0, rec + 1);
+        }
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(run_obj, 4, 4, run);
+
 mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
     MP_DYNRUNTIME_INIT_ENTRY
     mp_store_global(MP_QSTR_conv, MP_OBJ_FROM_PTR(&conv_obj));
@@ -194,5 +218,6 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
     mp_store_global(MP_QSTR_copy, MP_OBJ_FROM_PTR(&copy_obj));
     mp_store_global(MP_QSTR_rings, MP_OBJ_FROM_PTR(&rings_obj));
     mp_store_global(MP_QSTR_same, MP_OBJ_FROM_PTR(&same_obj));
+    mp_store_global(MP_QSTR_run, MP_OBJ_FROM_PTR(&run_obj));
     MP_DYNRUNTIME_INIT_EXIT
 }
