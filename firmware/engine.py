@@ -23,6 +23,14 @@ try:
     # ESP32-C3): only where deployed; the viper module is then never loaded (heap)
     import ewkern as _fast
 except (ImportError, ValueError):  # absent, or an .mpy of another architecture
+    _fast = None
+if _fast is None:
+    # the failed import's garbage collected first: the viper code is long-lived, and
+    # placed behind that garbage it would leave a hole (2.5 KB less free after set-up on
+    # RV32); outside the except clause, whose exception would be kept alive
+    import gc
+
+    gc.collect()
     try:
         import kernels as _fast  # SyntaxError on ports without the native emitter
     except (ImportError, SyntaxError, ValueError):
