@@ -29,6 +29,7 @@ def build(m, b, k):
 
         try:
             plan_window.build(m, b, k, _block)
+            m._plan = runner(k, m._plan)
         finally:
             import sys
 
@@ -153,6 +154,14 @@ def _stream(b, keep, lo):
     return ring, mv, d
 
 
+def runner(k, plan):
+    # the engine calls each record of its plan: where the kernels can run a whole plan in
+    # one call (ewkern.run, C), one record doing so (a call from bytecode costs ~700
+    # instructions on RV32, more than a small op's work)
+    run = getattr(k, "run", None)
+    return plan if run is None else [(run, plan, 0, 0, 0)]
+
+
 def _newest(r, cols, n=1):
     return r[len(r) - n * cols:]
 
@@ -190,7 +199,7 @@ def _stream_plan(m, b, k, keep, lo):
                         op[14], op[12], op[15], amin, amax), (0,))
             plan[n] = (k.add, p, _newest(ring[src], t[src][1]), _newest(ring[op[5]], t[op[5]][1]), y)
         n += 1
-    m._plan = plan
+    m._plan = runner(k, plan)
     m._in = bytearray(b.window * b.channels)  # the window as given
     m._prev = bytearray(len(m._in))  # the window of the last step
     m._ring = (k.rings, arena, m._in, d)

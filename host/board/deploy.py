@@ -10,7 +10,9 @@ Steps, in order, so that nothing is written to the board before every input is k
    the native architecture), over the same tool that copies;
 3. stage the files in a private temporary folder: firmware/*.py precompiled with mpy-cross for
    that architecture (``main.py`` and ``boot.py`` stay source: the board runs them by name),
-   the model blob, ``config.json``, and umqtt from ``--umqtt-from DIR`` when given;
+   the model blob, ``config.json``, and umqtt from ``--umqtt-from DIR`` when given; for an
+   rv32imc board (the ESP32-C3) also the engine's kernels in C, ``ewkern.mpy``
+   (edgewatch.board.natmod; other boards run the viper kernels);
 4. copy them with mpremote (``AMPY=1``/``--ampy``: adafruit-ampy), remove stale ``.py`` twins of
    the copied ``.mpy`` (a .py would shadow the new .mpy), install umqtt with
    ``mpremote mip install umqtt.simple`` unless ``--umqtt-from`` was given, and reset the board.
@@ -229,10 +231,41 @@ def stage_code(out: Path, arch: str | None, compile_mpy: bool, umqtt_from: str |
     return files
 
 
+def stage_native(out: Path, say=print) -> list[str]:
+    """The engine's kernels in C (firmware/native/ewkern.c, edgewatch.board.natmod) as
+    ``ewkern.mpy`` under `out`, for an rv32imc board (the ESP32-C3); [] when it cannot be
+    built here (no RISC-V toolchain, MicroPython source or pyelftools): the board then runs
+    the viper kernels, as every other board does."""
+    from edgewatch.board import natmod
+    from edgewatch.board.rv32 import BuildError
+
+    try:
+        mpy_file = natmod.build()
+    except (BuildError, OSError, subprocess.CalledProcessError) as e:
+        say(f"deploy: the C kernels ({natmod.NAME}.mpy) could not be built ({str(e).splitlines()[0]}); "
+            "the board runs the viper kernels")
+        return []
+    shutil.copy(mpy_file, out / f"{natmod.NAME}.mpy")
+    return [f"{natmod.NAME}.mpy"]
+
+
+def native_fits(mpy_info: int) -> bool:
+    """The board takes the natmod: rv32imc and the .mpy version and sub-version it was
+    built with (a native .mpy must match both: py/persistentcode.c)."""
+    from edgewatch.board import natmod
+
+    arch, version = arch_of(mpy_info)
+    return arch == natmod.ARCH and (version, (mpy_info >> 8) & 3) == natmod.MPY_VERSION
+
+
 def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, config: dict,
-          board: dict, umqtt_from: str | None, ca_file: str | None = None) -> list[str]:
-    """Write every file the board gets under `out`; returns their board-relative paths."""
+          board: dict, umqtt_from: str | None, ca_file: str | None = None,
+          native: bool = False, say=print) -> list[str]:
+    """Write every file the board gets under `out`; returns their board-relative paths.
+    `native`: the C kernels too (stage_native; rv32imc boards)."""
     files = stage_code(out, arch, compile_mpy, umqtt_from)
+    if native:
+        files += stage_native(out, say)
     if blob:
         shutil.copy(blob, out / MODEL_NAME)
         files.append(MODEL_NAME)
@@ -462,7 +495,8 @@ def deploy(port: str, board_name: str, model: str | None, device_id: str | None 
         raise UserError("ampy cannot install packages: pass --umqtt-from build/mplib "
                         "(make build/mplib/.stamp fetches umqtt)")
     tool = Ampy(port) if ampy else Mpremote(port)
-    arch, version = arch_of(tool.mpy_info())
+    info = tool.mpy_info()
+    arch, version = arch_of(info)
     compile_mpy = not source
     if compile_mpy and version != mpy_cross_version():
         say(f"deploy: the board's .mpy version {version} differs from mpy-cross's; copying sources")
@@ -470,8 +504,10 @@ def deploy(port: str, board_name: str, model: str | None, device_id: str | None 
     with tempfile.TemporaryDirectory(prefix="edgewatch-deploy-") as tmp:
         out = Path(tmp)
         files = stage(out, arch or None, compile_mpy, blob, config, board, umqtt_from,
-                      secrets.get("ca"))
+                      secrets.get("ca"), compile_mpy and native_fits(info), say)
         stale = [f[:-4] + ".py" for f in files if f.endswith(".mpy")]
+        if "ewkern.mpy" not in files:  # a C kernels module of an earlier deploy would shadow kernels.py
+            stale.append("ewkern.mpy")
         size = sum((out / f).stat().st_size for f in files)
         say(f"deploy: {len(files)} files, {size} bytes to {port} with {tool.name}"
             f" ({'mpy-cross -march=' + (arch or 'none') if compile_mpy else 'sources'};"

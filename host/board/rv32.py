@@ -26,7 +26,7 @@ mpremote's raw REPL (raw-paste mode). Packages (Debian): gcc-riscv64-unknown-elf
 picolibc-riscv64-unknown-elf, qemu-system-misc (Makefile APT_PKGS).
 
     b = Board.start()               # builds first if needed
-    b.put_firmware(["engine", "kernels", "blob", "plan", "plan_window"])   # .mpy (-march=rv32imc) to flash
+    b.put_firmware(["engine", "kernels", "ewkern", "blob", "plan", "plan_window"])   # .mpy (-march=rv32imc) to flash
     print(b.run("import engine; print(engine)"))
     b.close()
 """
@@ -85,9 +85,14 @@ STANDINS = {"socket.py": "# the QEMU board has no network (edgewatch.board.rv32)
             "usocket.py": "from socket import *  # noqa\n"}
 
 # The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
-APP_MODULES = ["blob", "plan", "plan_window", "kernels", "engine", "detk", "detset", "seedband", "residual", "detector", "shift", "outbox",
+# ("ewkern": the kernels in C, a native .mpy built by edgewatch.board.natmod; the engine
+# prefers it to the viper `kernels`, which stay deployed as a board without it runs them)
+APP_MODULES = ["blob", "plan", "plan_window", "kernels", "ewkern", "engine", "detk", "detset", "seedband", "residual", "detector", "shift", "outbox",
                "outbox_boot", "outbox_v1", "schema", "sensors",
                "config", "link", "app"]
+
+# Modules in C (firmware/native/), deployed as the native .mpy edgewatch.board.natmod builds
+NATIVE = ("ewkern",)
 
 # The firmware's per-sample path on a board without pins or network: the real app.App,
 # whose sample() (read, detector step with inference and every rule, telemetry and alert
@@ -491,6 +496,11 @@ class Board:
     def put_firmware(self, names, dest: str = "") -> None:
         """Copy firmware modules as .mpy compiled for RV32 (as `make deploy` copies .mpy)."""
         for name in names:
+            if name in NATIVE:  # a dynamic native module (C), built for rv32imc
+                from edgewatch.board import natmod
+
+                self.put(natmod.build(runtime=self.runtime).read_bytes(), f"{dest}{name}.mpy")
+                continue
             if name.endswith(".py"):  # a source file as such (kernels.py for kernels_plain)
                 self.put((FIRMWARE / name).read_bytes(), dest + name)
                 continue

@@ -182,3 +182,20 @@ def test_bad_inputs_are_one_line_and_nothing_is_sent(tmp_path, tiny_model_dir):
         assert r.returncode != 0 and "/dev/edgewatch-none does not exist" in r.stderr
         assert vb.received == 0
         assert list(vb.flash.iterdir()) == []
+
+
+def test_the_c_kernels_ship_to_rv32imc_boards_only(tmp_path, rv32):
+    """ewkern.mpy (firmware/native/ewkern.c) goes to a board whose sys.implementation._mpy
+    is rv32imc with the natmod's .mpy version and sub-version (the QEMU RV32 build's is),
+    never to another architecture (the ESP32's xtensawin, the unix port's x64)."""
+    from edgewatch.board import deploy, natmod
+
+    info = int(rv32.run("import sys\nprint(sys.implementation._mpy)"))
+    assert deploy.arch_of(info)[0] == "rv32imc" and deploy.native_fits(info)
+    assert not deploy.native_fits((10 << 10) | (3 << 8) | 6)  # xtensawin (ESP32)
+    assert not deploy.native_fits((2 << 10) | (3 << 8) | 6)  # x64 (the unix port)
+    assert not deploy.native_fits((11 << 10) | (2 << 8) | 6)  # rv32imc, another ABI
+    said = []
+    assert deploy.stage_native(tmp_path, said.append) == ["ewkern.mpy"] and not said
+    head = (tmp_path / "ewkern.mpy").read_bytes()[:3]
+    assert (head[1], head[2] & 3, head[2] >> 2) == (*natmod.MPY_VERSION, 11)

@@ -14,8 +14,9 @@ def test_bench_rv32_figures_and_their_section(rv32_runtime):
     r = bench_rv32.bench(fast=True, models=[GOLDEN], k=2, steps=10)
     (row,) = r["records"]
     assert r["heap"] == 81920 and r["micropython"].startswith("1.29.0")
-    # a default-size model's inference: hundreds of thousands of instructions on RV32
-    assert 100_000 < row["instr_inference"] < 5_000_000
+    # the committed model's inference (windowed): ~60k instructions on RV32 with the C
+    # kernels the bench deploys (firmware/native/ewkern.c), ~240k with the viper ones
+    assert 20_000 < row["instr_inference"] < 5_000_000
     # the detector step holds the inference; the full sample holds the step
     assert row["instr_inference"] < row["instr_detector_step"] < row["instr_sample"]
     # (to the rounding: the bench divides by 160e6 and multiplies by 1e6, so a count ending in

@@ -4,9 +4,12 @@ The unix port's viper ints are 64-bit words, so it cannot see arithmetic that
 overflows 32 bits; this build (edgewatch.board.rv32: RV32IMC viper, the C3's 80 KiB heap,
 littlefs flash) can. Firmware is deployed as on a board: .mpy from
 `mpy-cross -march=rv32imc`, copied to the flash. Every output must equal
-tflite-micro's bit for bit: golden vectors (viper and plain), the committed
+tflite-micro's bit for bit: golden vectors (C, viper and plain), the committed
 golden vectors, the real occupancy test windows, random windows, and the
-requantisation cases of tests/test_engine_bitexact.py plus 32-bit edge cases.
+requantisation cases of tests/test_engine_bitexact.py plus 32-bit edge cases. The
+kernels in C (firmware/native/ewkern.c, the native .mpy edgewatch.board.natmod builds,
+which the engine prefers) and the viper kernels each go through every input set; a C
+build with a deliberately wrong requantisation must fail them.
 """
 
 from __future__ import annotations
@@ -33,17 +36,21 @@ from test_engine_bitexact import (
 
 from tools.bench_rv32 import LOAD
 
-ENGINE = ["blob", "plan", "plan_window", "kernels", "engine"]
+ENGINE = ["blob", "plan", "plan_window", "kernels", "ewkern", "engine"]
+# the engine's kernels: its default (the C module when on the flash), or a module by name
+KERNELS = [("default", "ewkern"), ("kernels", "kernels")]
 
 RUN = """
 if MODE == 'plain':  # first: it compiles kernels.py's source, the heap's largest need
     import kernels_plain
 import engine
 blob = open(BLOB, 'rb').read()
+K = None  # the engine's default
 if MODE == 'plain':
-    m = engine.Model(blob, kernels=kernels_plain)
-else:
-    m = engine.Model(blob)
+    K = kernels_plain
+elif MODE != 'default':
+    K = __import__(MODE)
+m = engine.Model(blob, kernels=K)
 del blob
 buf = bytearray(m.window * m.channels)
 out = bytearray(m.channels)
@@ -65,7 +72,7 @@ def board(rv32):
     return rv32
 
 
-def rv32_outputs(board, blob: Path, x_q: np.ndarray, mode: str = "viper") -> tuple[np.ndarray, str]:
+def rv32_outputs(board, blob: Path, x_q: np.ndarray, mode: str = "default") -> tuple[np.ndarray, str]:
     """int8 windows [N, W, C] through firmware/engine.py on the RV32 board -> ([N, C] int8, kernels)."""
     x_q = np.ascontiguousarray(x_q, np.int8)
     board.put(blob.read_bytes(), "model.ewb")
@@ -78,21 +85,24 @@ def rv32_outputs(board, blob: Path, x_q: np.ndarray, mode: str = "viper") -> tup
     return y, used
 
 
-def test_golden_vectors_viper_and_plain(board, tiny_model_dir):
+def test_golden_vectors_c_viper_and_plain(board, tiny_model_dir):
     x, y = golden_vectors(tiny_model_dir)
-    for mode, name in (("viper", "kernels"), ("plain", "kernels_plain")):
+    for mode, name in KERNELS + [("plain", "kernels_plain")]:
         got, used = rv32_outputs(board, tiny_model_dir / "model.ewb", x, mode)
         assert used == name
         assert_same(got, y, f"RV32 golden vectors, {mode}")
 
 
-def test_committed_golden_vectors(board):
+@pytest.mark.parametrize("mode,name", KERNELS)
+def test_committed_golden_vectors(board, mode, name):
     x, y = golden_vectors(GOLDEN)
-    got, _ = rv32_outputs(board, GOLDEN / "model.ewb", x)
-    assert_same(got, y, "RV32 committed golden vectors")
+    got, used = rv32_outputs(board, GOLDEN / "model.ewb", x, mode)
+    assert used == name
+    assert_same(got, y, f"RV32 committed golden vectors, {name}")
 
 
-def test_real_and_random_windows(board, tiny_model_dir):
+@pytest.mark.parametrize("mode,name", KERNELS)
+def test_real_and_random_windows(board, tiny_model_dir, mode, name):
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
     scaler = Scaler.load(tiny_model_dir / "scaler.json")
     s_in, z_in = json.loads((tiny_model_dir / "convert.json").read_text())["input_quant"]
@@ -100,9 +110,10 @@ def test_real_and_random_windows(board, tiny_model_dir):
     x_q = np.concatenate([quantize(x, s_in, z_in),
                           random_windows(500, cfg["window"], len(cfg["channels"]))])
     assert len(x_q) >= 1500
-    got, _ = rv32_outputs(board, tiny_model_dir / "model.ewb", x_q)
+    got, used = rv32_outputs(board, tiny_model_dir / "model.ewb", x_q, mode)
+    assert used == name
     assert_same(got, tflm_run((tiny_model_dir / "model.tflite").read_bytes(), x_q),
-                f"RV32: {len(x_q) - 500} occupancy test windows + 500 random windows")
+                f"RV32 {name}: {len(x_q) - 500} occupancy test windows + 500 random windows")
 
 
 # ---------------------------------------------------------------- requantisation
@@ -158,7 +169,7 @@ def requant_on_board(board, mode: str, cases, chunk: int = 400) -> bytes:
     return bytes.fromhex(out)
 
 
-@pytest.mark.parametrize("mode", ["kernels", "kernels_plain"])
+@pytest.mark.parametrize("mode", ["ewkern", "kernels", "kernels_plain"])
 def test_requantisation_on_32_bit_words(board, mode):
     cases = rv32_requant_cases()
     if mode == "kernels_plain":
@@ -169,6 +180,28 @@ def test_requantisation_on_32_bit_words(board, mode):
     bad = [i for i in range(len(cases)) if got[i] != want[i]]
     assert not bad, (f"RV32 {mode}: {len(bad)} of {len(cases)} cases differ, first "
                      f"{cases[bad[0]]}: {got[bad[0]]} vs {want[bad[0]]}")
+
+
+def test_a_broken_c_requantisation_fails_the_checks(board, tiny_model_dir):
+    """The checks above catch a C kernel whose requantisation is wrong: ewkern.c built with
+    EWKERN_BROKEN (issue 17's broken multiply: the product kept to 32 bits) differs on the
+    requantisation cases and on the golden vectors."""
+    from edgewatch.board import natmod
+
+    board.put(natmod.build(broken=True, runtime=board.runtime).read_bytes(), "ewkern_broken.mpy")
+    try:
+        cases = rv32_requant_cases()
+        got = requant_on_board(board, "ewkern_broken", cases)
+        want = bytes((reference_requant(*c) & 0xFF) for c in cases)
+        assert len(got) == len(cases)
+        assert sum(got[i] != want[i] for i in range(len(cases))) > len(cases) // 2
+        x, y = golden_vectors(tiny_model_dir)
+        got, used = rv32_outputs(board, tiny_model_dir / "model.ewb", x, "ewkern_broken")
+        assert used == "ewkern_broken"
+        with pytest.raises(AssertionError):
+            assert_same(got, y, "RV32 golden vectors, broken C requantisation")
+    finally:
+        board.run("import os\nos.remove('ewkern_broken.mpy')")
 
 
 # ---------------------------------------------------------------- memory
