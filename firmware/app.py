@@ -173,7 +173,8 @@ class App:
         and the detector's set-up code come and go), then the outbox (its boot code comes
         and goes); the message builders (schema) between the model and the outbox."""
         self.ages(slots)
-        self._tk = self._th = None  # the telemetry's head with its key: App.message
+        # the telemetry's head, the model and clock state it was made for, detk.put: App.message
+        self._th = self._tm = self._tn = self._tp = None
         self.det = detector.Detector(self.names, limits, params, fallback)
         self._rule_kernels(params)
         # a hole kept for the outbox's read buffer while the model is parsed: made last, it
@@ -379,17 +380,18 @@ class App:
         between samples; the append that follows copies the record out of it. The others,
         and a port without the kernel, through schema.telemetry."""
         d = self.det
-        put = getattr(d._k, "put", None)
-        if d.has_band and not faults and put and seq < 1 << 30 and (t is None or t < 1 << 31):
-            key = (mid, t is None)
-            if key != self._tk:  # a new model, or the clock set: a new head (rare)
+        if d.has_band and not faults and seq < 1 << 30 and (t is None or t < 1 << 31):
+            # (compared by identity: model_id() hands back the model's own string)
+            if mid is not self._tm or (t is None) is not self._tn:  # a new model, or the clock set: a new head (rare)
                 self._th = None
                 self._th = schema.head(self.device, t, mid)
-                self._tk = key
+                self._tm, self._tn = mid, t is None
+                self._tp = getattr(d._k, "put", None)
             h = self._th
+            put = self._tp
             b = schema._BAND
             buf = self.outbox.rbuf
-            if len(h) + len(b) + 110 <= len(buf):  # 10 numbers of at most 11 characters
+            if put and len(h) + len(b) + 110 <= len(buf):  # 10 numbers of at most 11 characters
                 a = _MW
                 a[0] = seq
                 i = 1
