@@ -12,7 +12,7 @@ Steps, in order, so that nothing is written to the board before every input is k
    that architecture (``main.py`` and ``boot.py`` stay source: the board runs them by name),
    the model blob, ``config.json``, and umqtt from ``--umqtt-from DIR`` when given; for an
    rv32imc board (the ESP32-C3) also the engine's kernels in C, ``ewkern.mpy``
-   (edgewatch.board.natmod; other boards run the viper kernels);
+   (edgewatch.board.rv32.build_natmod; other boards run the viper kernels);
 4. copy them with mpremote (``AMPY=1``/``--ampy``: adafruit-ampy), remove stale ``.py`` twins of
    the copied ``.mpy`` (a .py would shadow the new .mpy), install umqtt with
    ``mpremote mip install umqtt.simple`` unless ``--umqtt-from`` was given, and reset the board.
@@ -232,30 +232,30 @@ def stage_code(out: Path, arch: str | None, compile_mpy: bool, umqtt_from: str |
 
 
 def stage_native(out: Path, say=print) -> list[str]:
-    """The engine's kernels in C (firmware/native/ewkern.c, edgewatch.board.natmod) as
+    """The engine's kernels in C (firmware/native/ewkern.c, edgewatch.board.rv32.build_natmod) as
     ``ewkern.mpy`` under `out`, for an rv32imc board (the ESP32-C3); [] when it cannot be
     built here (no RISC-V toolchain, MicroPython source or pyelftools): the board then runs
     the viper kernels, as every other board does."""
-    from edgewatch.board import natmod
+    from edgewatch.board import rv32
     from edgewatch.board.rv32 import BuildError
 
     try:
-        mpy_file = natmod.build()
+        mpy_file = rv32.build_natmod()
     except (BuildError, OSError, subprocess.CalledProcessError) as e:
-        say(f"deploy: the C kernels ({natmod.NAME}.mpy) could not be built ({str(e).splitlines()[0]}); "
+        say(f"deploy: the C kernels ({rv32.NATMOD_NAME}.mpy) could not be built ({str(e).splitlines()[0]}); "
             "the board runs the viper kernels")
         return []
-    shutil.copy(mpy_file, out / f"{natmod.NAME}.mpy")
-    return [f"{natmod.NAME}.mpy"]
+    shutil.copy(mpy_file, out / f"{rv32.NATMOD_NAME}.mpy")
+    return [f"{rv32.NATMOD_NAME}.mpy"]
 
 
 def native_fits(mpy_info: int) -> bool:
     """The board takes the natmod: rv32imc and the .mpy version and sub-version it was
     built with (a native .mpy must match both: py/persistentcode.c)."""
-    from edgewatch.board import natmod
+    from edgewatch.board import rv32
 
     arch, version = arch_of(mpy_info)
-    return arch == natmod.ARCH and (version, (mpy_info >> 8) & 3) == natmod.MPY_VERSION
+    return arch == rv32.NATMOD_ARCH and (version, (mpy_info >> 8) & 3) == rv32.NATMOD_MPY_VERSION
 
 
 def stage(out: Path, arch: str | None, compile_mpy: bool, blob: Path | None, config: dict,

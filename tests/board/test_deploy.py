@@ -188,7 +188,8 @@ def test_the_c_kernels_ship_to_rv32imc_boards_only(tmp_path, rv32):
     """ewkern.mpy (firmware/native/ewkern.c) goes to a board whose sys.implementation._mpy
     is rv32imc with the natmod's .mpy version and sub-version (the QEMU RV32 build's is),
     never to another architecture (the ESP32's xtensawin, the unix port's x64)."""
-    from edgewatch.board import deploy, natmod
+    from edgewatch.board import deploy
+    from edgewatch.board.rv32 import NATMOD_MPY_VERSION
 
     info = int(rv32.run("import sys\nprint(sys.implementation._mpy)"))
     assert deploy.arch_of(info)[0] == "rv32imc" and deploy.native_fits(info)
@@ -198,4 +199,4 @@ def test_the_c_kernels_ship_to_rv32imc_boards_only(tmp_path, rv32):
     said = []
     assert deploy.stage_native(tmp_path, said.append) == ["ewkern.mpy"] and not said
     head = (tmp_path / "ewkern.mpy").read_bytes()[:3]
-    assert (head[1], head[2] & 3, head[2] >> 2) == (*natmod.MPY_VERSION, 11)
+    assert (head[1], head[2] & 3, head[2] >> 2) == (*NATMOD_MPY_VERSION, 11)

@@ -7,7 +7,7 @@ littlefs flash) can. Firmware is deployed as on a board: .mpy from
 tflite-micro's bit for bit: golden vectors (C, viper and plain), the committed
 golden vectors, the real occupancy test windows, random windows, and the
 requantisation cases of tests/test_engine_bitexact.py plus 32-bit edge cases. The
-kernels in C (firmware/native/ewkern.c, the native .mpy edgewatch.board.natmod builds,
+kernels in C (firmware/native/ewkern.c, the native .mpy edgewatch.board.rv32.build_natmod builds,
 which the engine prefers) and the viper kernels each go through every input set; a C
 build with a deliberately wrong requantisation must fail them.
 """
@@ -186,9 +186,9 @@ def test_a_broken_c_requantisation_fails_the_checks(board, tiny_model_dir):
     """The checks above catch a C kernel whose requantisation is wrong: ewkern.c built with
     EWKERN_BROKEN (issue 17's broken multiply: the product kept to 32 bits) differs on the
     requantisation cases and on the golden vectors."""
-    from edgewatch.board import natmod
+    from edgewatch.board import rv32
 
-    board.put(natmod.build(broken=True, runtime=board.runtime).read_bytes(), "ewkern_broken.mpy")
+    board.put(rv32.build_natmod(broken=True, runtime=board.runtime).read_bytes(), "ewkern_broken.mpy")
     try:
         cases = rv32_requant_cases()
         got = requant_on_board(board, "ewkern_broken", cases)
