@@ -27,6 +27,12 @@ except (ImportError, SyntaxError, ValueError):  # no viper emitter: plain code w
     pass
 
 _MW = array("i", bytes(16))  # detk.put's numbers of the telemetry's head (App.message)
+try:
+    # a board with the C kernels (rv32imc, engine.py) writes the telemetry's record with one
+    # call of the C module (App.sample, outbox.Outbox.append_tel)
+    from ewkern import tel as _tel
+except ImportError:
+    _tel = None
 
 
 def _intern(name):
@@ -174,7 +180,7 @@ class App:
         and goes); the message builders (schema) between the model and the outbox."""
         self.ages(slots)
         # the telemetry's head, the model and clock state it was made for, detk.put: App.message
-        self._th = self._tm = self._tn = self._tp = None
+        self._th = self._tt = self._tm = self._tn = self._tp = None
         self.det = detector.Detector(self.names, limits, params, fallback)
         self._rule_kernels(params)
         # a hole kept for the outbox's read buffer while the model is parsed: made last, it
@@ -343,7 +349,14 @@ class App:
         tk = 0 if t is not None else time.ticks_ms() + 1
         taken, n = self.taken, len(self.taken)
         taken[seq % n] = tk
-        m = self.message(seq, t, values, faults, mid)
+        if _tel is not None and self._nums(seq, t, values, faults, mid) \
+                and len(self._tt) + 122 <= ob.slot_size:
+            # the record written by the C module straight into the outbox (append_tel):
+            # nothing formatted in bytecode, no copy; the console line is its payload
+            at, e = ob.append_tel(_tel, self._tt, len(self._th), _MW, d.fixed())
+            m = (memoryview(ob.seg)[at:e], b"")
+        else:
+            m = self.message(seq, t, values, faults, mid)
         if self.echo:
             # the console's line per sample: the telemetry record about to be queued (before
             # the append, which may reuse the buffer message wrote it in), the JSON MQTT
@@ -358,7 +371,9 @@ class App:
                 w(m[0])
                 w(m[1])
                 w(b"\n")
-        ob.append(outbox.TELEMETRY, m[0], m[1])
+        if ob.next_seq == seq:  # (not queued by append_tel)
+            ob.append(outbox.TELEMETRY, m[0], m[1])
+        m = None
         if d.send:
             # one message per episode (detector.py): at its start and every resend_samples
             # while it lasts; the telemetry above flags every sample of it
@@ -380,32 +395,41 @@ class App:
         between samples; the append that follows copies the record out of it. The others,
         and a port without the kernel, through schema.telemetry."""
         d = self.det
-        if d.has_band and not faults and seq < 1 << 30 and (t is None or t < 1 << 31):
-            # (compared by identity: model_id() hands back the model's own string)
-            if mid is not self._tm or (t is None) is not self._tn:  # a new model, or the clock set: a new head (rare)
-                self._th = None
-                self._th = schema.head(self.device, t, mid)
-                self._tm, self._tn = mid, t is None
-                self._tp = getattr(d._k, "put", None)
+        if self._nums(seq, t, values, faults, mid):
             h = self._th
             put = self._tp
             b = schema._BAND
             buf = self.outbox.rbuf
             if put and len(h) + len(b) + 110 <= len(buf):  # 10 numbers of at most 11 characters
-                a = _MW
-                a[0] = seq
-                i = 1
-                if t is not None:
-                    a[1] = t
-                    i = 2
-                # in the sensor's range (no fault): a small integer
-                a[i] = round(values[0] * 100)
-                a[i + 1] = round(values[1] * 100)
                 mv = memoryview(buf)
-                n = put(buf, h, a, len(h))
+                n = put(buf, h, _MW, len(h))
                 return mv[:n], mv[n:n + put(mv[n:], b, d.fixed(), len(b))]
         return schema.telemetry(self.device, seq, t, values, d.fixed() if d.has_band else None,
                                 faults, mid)
+
+    def _nums(self, seq, t, values, faults, mid):
+        # For a sample with a reading, a prediction and no fault (nearly every one): the
+        # head's numbers into _MW (seq, t when set, the readings x 100) and the head made
+        # for this model and clock state (rare: compared by identity, model_id() hands back
+        # the model's own string); True. Else False (schema.telemetry formats it).
+        if not self.det.has_band or faults or seq >= 1 << 30 or (t is not None and t >= 1 << 31):
+            return False
+        if mid is not self._tm or (t is None) is not self._tn:
+            self._th = self._tt = None
+            self._th = schema.head(self.device, t, mid)
+            self._tt = self._th + schema._BAND  # the whole text, for the C module (sample)
+            self._tm, self._tn = mid, t is None
+            self._tp = getattr(self.det._k, "put", None)
+        a = _MW
+        a[0] = seq
+        i = 1
+        if t is not None:
+            a[1] = t
+            i = 2
+        # in the sensor's range (no fault): a small integer
+        a[i] = round(values[0] * 100)
+        a[i + 1] = round(values[1] * 100)
+        return True
 
     def drain(self, until):
         """Send queued records oldest first until `until` (ticks) or the link fails."""

@@ -195,23 +195,9 @@ class Outbox:
         if isinstance(payload, str):
             payload = payload.encode()
         n = len(payload) + len(more)
-        if 12 + n > self.slot_size:
-            raise ValueError("outbox: record of %d bytes over slot size %d" % (n, self.slot_size))
         seq = self.next_seq
-        if seq - self.tail >= self.slots:
-            self.tail += 1  # drop the oldest pending record
-            self.dropped += 1
-        at = self._size
+        at = self._place(n)
         b = self.seg
-        if self.tail == seq and at:
-            # nothing pending (the usual case online): the newest segment starts over in
-            # place, the acknowledged records in it are overwritten; no new file
-            at = 0
-            self._rseg = self._seg0 + self._nseg - 1
-            self._roff = 0
-        elif at + _REC + n > len(b):
-            self._rotate()
-            at = 0
         mv = memoryview(b)
         e = at + _REC + n
         w = e - len(more)
@@ -221,9 +207,47 @@ class Outbox:
             b[w:e] = more
         # the CRC of the header and the record as they lie in the segment (no slice copied)
         struct.pack_into("<I", b, at + 12, crc32(mv[at + _REC:e], crc32(mv[at:at + 12])))
+        self._commit(mv, e, seq)
+        return seq
+
+    def append_tel(self, tel, tpl, lh, head, band):
+        """append(TELEMETRY, ...) of a message that `tel` (ewkern.tel, C) writes straight
+        into the segment, record header and CRC included: tpl's text with its "%d" filled
+        from the array('i') head (in its first lh bytes), then band (App.sample on a board
+        with the C module). The same bytes on flash as append's. Returns the payload's
+        (start, end) in self.seg."""
+        seq = self.next_seq
+        at = self._place(len(tpl) + 110)  # at most 10 numbers of 11 characters
+        e = tel(self.seg, at, tpl, lh, head, band, TELEMETRY, seq, self.dropped)
+        self._commit(memoryview(self.seg), e, seq)
+        return at + _REC, e
+
+    def _place(self, n):
+        # where in the newest segment a record of n bytes goes (the oldest pending record
+        # dropped when the outbox is full; a new segment when this one has no room)
+        if 12 + n > self.slot_size:
+            raise ValueError("outbox: record of %d bytes over slot size %d" % (n, self.slot_size))
+        seq = self.next_seq
+        if seq - self.tail >= self.slots:
+            self.tail += 1  # drop the oldest pending record
+            self.dropped += 1
+        at = self._size
+        if self.tail == seq and at:
+            # nothing pending (the usual case online): the newest segment starts over in
+            # place, the acknowledged records in it are overwritten; no new file
+            at = 0
+            self._rseg = self._seg0 + self._nseg - 1
+            self._roff = 0
+        elif at + _REC + n > len(self.seg):
+            self._rotate()
+            at = 0
+        return at
+
+    def _commit(self, mv, e, seq):
+        # the newest segment, with record seq ending at e, written out durably
         w = e
         if self._fsize > e:  # the file is longer (records overwritten): an end mark
-            b[e] = 0
+            mv[e] = 0
             w = self._fsize
         f = self.f
         f.seek(0)
@@ -235,7 +259,6 @@ class Outbox:
         self.next_seq = seq + 1
         if self._nseg > 1:  # (one segment: nothing to trim)
             self._trim()
-        return seq
 
     def peek(self):
         """(kind, seq, memoryview payload) of the oldest pending record, or None.

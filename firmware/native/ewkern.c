@@ -211,6 +211,110 @@ static mp_obj_t run(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(run_obj, 4, 4, run);
 
+// CRC-32 of zlib (binascii.crc32's) over n bytes, continuing c, a nibble at a time
+static uint32_t crc32n(uint32_t c, const uint8_t *p, size_t n) {
+    static const uint32_t nib[16] = {
+        0x00000000, 0x1db71064, 0x3b6e20c8, 0x26d930ac, 0x76dc4190, 0x6b6b51f4, 0x4db26158,
+        0x5005713c, 0xedb88320, 0xf00f9344, 0xd6d6a3e8, 0xcb61b38c, 0x9b64c2b0, 0x86d3d2d4,
+        0xa00ae278, 0xbdbdf21c};
+    c = ~c;
+    while (n--) {
+        c ^= *p++;
+        c = (c >> 4) ^ nib[c & 15];
+        c = (c >> 4) ^ nib[c & 15];
+    }
+    return ~c;
+}
+
+static inline void le32(uint8_t *o, uint32_t v) {
+    o[0] = v;
+    o[1] = v >> 8;
+    o[2] = v >> 16;
+    o[3] = v >> 24;
+}
+
+// tel(seg, at, tpl, lh, head, band, kind, seq, dropped) -> end: the outbox record of one
+// telemetry message written straight into the segment seg at `at` (firmware/outbox.py's
+// layout: 0xA5, kind, length u16, seq u32, dropped u32, CRC-32 u32 of those 12 bytes and
+// the payload, then the payload): the payload is tpl's text with each "%d" replaced by the
+// next number in decimal, from the array('i') head while in tpl's first lh bytes, then from
+// band (detk.put's job, and App.message's, in one call). Returns the payload's end in seg.
+static mp_obj_t tel(size_t n_args, const mp_obj_t *args) {
+    mp_buffer_info_t sb, tb, hb, bb;
+    mp_get_buffer_raise(args[0], &sb, MP_BUFFER_WRITE);
+    mp_int_t at = mp_obj_get_int(args[1]);
+    mp_get_buffer_raise(args[2], &tb, MP_BUFFER_READ);
+    mp_int_t lh = mp_obj_get_int(args[3]);
+    mp_get_buffer_raise(args[4], &hb, MP_BUFFER_READ);
+    mp_get_buffer_raise(args[5], &bb, MP_BUFFER_READ);
+    if (at < 0 || (size_t)at + 16 > sb.len) {
+        mp_raise_ValueError(MP_ERROR_TEXT("tel: record outside the segment"));
+    }
+    uint8_t *rec = (uint8_t *)sb.buf + at;
+    uint8_t *o = rec + 16;
+    uint8_t *end = (uint8_t *)sb.buf + sb.len;
+    const uint8_t *t = tb.buf;
+    const int32_t *hv = hb.buf, *bv = bb.buf;
+    size_t nh = hb.len / 4, nb = bb.len / 4, ih = 0, ib = 0;
+    for (size_t i = 0; i < tb.len; i++) {
+        uint8_t c = t[i];
+        if (c != '%') {
+            if (o >= end) {
+                goto full;
+            }
+            *o++ = c;
+            continue;
+        }
+        int32_t v;
+        if ((mp_int_t)i < lh) {
+            if (ih >= nh) {
+                goto many;
+            }
+            v = hv[ih++];
+        } else {
+            if (ib >= nb) {
+                goto many;
+            }
+            v = bv[ib++];
+        }
+        i++;  // its "d"
+        if (end - o < 11) {
+            goto full;
+        }
+        uint32_t u = (uint32_t)v;
+        if (v < 0) {
+            *o++ = '-';
+            u = 0u - u;
+        }
+        uint8_t d[10];
+        int k = 0;
+        do {
+            d[k++] = '0' + u % 10;
+            u /= 10;
+        } while (u);
+        while (k) {
+            *o++ = d[--k];
+        }
+    }
+    size_t n = o - (rec + 16);
+    if (n > 0xFFFF) {
+        goto full;
+    }
+    rec[0] = 0xA5;
+    rec[1] = mp_obj_get_int(args[6]);
+    rec[2] = n;
+    rec[3] = n >> 8;
+    le32(rec + 4, mp_obj_get_int(args[7]));
+    le32(rec + 8, mp_obj_get_int(args[8]));
+    le32(rec + 12, crc32n(crc32n(0, rec, 12), rec + 16, n));
+    return MP_OBJ_NEW_SMALL_INT(at + 16 + n);
+full:
+    mp_raise_ValueError(MP_ERROR_TEXT("tel: record over the segment"));
+many:
+    mp_raise_ValueError(MP_ERROR_TEXT("tel: more %d than numbers"));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(tel_obj, 9, 9, tel);
+
 mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
     MP_DYNRUNTIME_INIT_ENTRY
     mp_store_global(MP_QSTR_conv, MP_OBJ_FROM_PTR(&conv_obj));
@@ -219,5 +323,6 @@ mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *a
     mp_store_global(MP_QSTR_rings, MP_OBJ_FROM_PTR(&rings_obj));
     mp_store_global(MP_QSTR_same, MP_OBJ_FROM_PTR(&same_obj));
     mp_store_global(MP_QSTR_run, MP_OBJ_FROM_PTR(&run_obj));
+    mp_store_global(MP_QSTR_tel, MP_OBJ_FROM_PTR(&tel_obj));
     MP_DYNRUNTIME_INIT_EXIT
 }
