@@ -11,7 +11,14 @@ board computes them), with robust quantiles, never the maximum:
   a clean sample leaves the band with a probability well below 1 - TAIL;
 - CUSUM: reference ``REF`` (in units of s0) and limit h = ``H_MARGIN`` × the ``TAIL``
   quantile of the two-sided CUSUM statistic over the fit rows, at least ``H_MIN``:
-  the ordinary autocorrelated wander of the residuals stays under it;
+  the ordinary autocorrelated wander of the residuals stays under it. REF = 1: s is the mean
+  |residual|, so a clean residual's |z| averages 1 and a reference below it lets the
+  ordinary wander of a near-persistence forecast (a room warming as people come in)
+  accumulate; at 1 the sums grow only while the residuals stay above their usual size,
+  which a drift of >= 2 s per sample does (Page's reference: half the shift to detect).
+  Measured (make bench-detect run): REF 0.5 -> 1 fault false alarms 2.36 -> 1.47/day, drift
+  delay 22 -> 21 min, NAB 46.5 -> 48.8, SKAB F1 0.800 -> 0.803 (FAR 12.65 -> 11.60 %);
+  1.5 and 2 delay drifts (29.5, 87 min) for no fewer false alarms;
 - adaptation rate ``ALPHA`` of s on the board: a time constant of 512 samples (about 8.5 h at
   one a minute), four times the longest fault the rules must not learn (a 2-hour stuck
   channel; only unflagged samples adapt s), short enough to follow the day's regimes (an
@@ -41,7 +48,7 @@ import numpy as np
 TAIL = 0.999
 K_MIN = 4.0
 K_MARGIN = 1.5
-REF = 0.5
+REF = 1.0  # CUSUM reference, units of s (see the top)
 H_MIN = 10.0
 H_MARGIN = 1.5
 ALPHA = 1.0 / 512  # per-sample rate at which the board adapts s from unflagged residuals
