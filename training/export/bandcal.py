@@ -63,6 +63,17 @@ ALPHA = 1.0 / 512  # per-sample rate at which the board adapts s from unflagged 
 BIAS_RATE = 1.0 / 128  # firmware/detector.py's: the model's slow bias, taken off each forecast
 REANCHOR = 30  # flagged samples in a row after which a channel accepts the new level
 STUCK_MIN = 10
+# the board's whole-reading stuck limit (blob `still`): this x the longest run of the whole
+# reading repeated in the fit rows, +1 (training/export/shiftcal.py stuck_limit). Such runs
+# need every channel flat at once: too rare in a few fit days for a tail model (the
+# occupancy fit: 393 runs, longest 21; an exponential tail puts the budget level at 27, a
+# Pareto one at 134, and the clean span 1.5 fit-spans long holds a run of 35). The longest
+# run grows with the span watched, so 1.5x (the host's best detector) is thin for a board
+# that runs for weeks: 2x. Measured (fault suite): 1.5 -> 2: false alarms 1.18 -> 0.88 per
+# clean day (the clean span's 35-sample flat no longer fires), whole-reading stuck faults
+# (53-109 samples) still all caught, median stuck delay 31 -> 42 min; a whole reading stuck
+# for less than 2x the fit's longest flat (43 min there) is missed.
+STILL_MARGIN = 2.0
 STUCK_MARGIN = 1.2  # × the longest run, when the fit rows hold too few runs to model the tail
 STUCK_CAP = 3  # × the longest run of the fit rows: how far the run-length tail is extrapolated
 # false-alarm budget per sample, per rule and channel: 0.5 episodes a day at one sample a
