@@ -263,7 +263,7 @@ class StreamingBaseline(Detector):
         for i in range(n_fit, n):
             x = z[i]
             r = x - (ref + mu)
-            e = np.clip(r / s, -k, k)
+            e = np.clip(r / s, -bandcal.ZCLIP, bandcal.ZCLIP)  # residual.py's clip
             gp = np.maximum(0.0, gp + e - kr)
             gn = np.maximum(0.0, gn - e - kr)
             drift = (gp > h) | (gn > h)
