@@ -106,7 +106,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         s[cb + 6] = p + BIAS
         s[cb + 7] = p - half + BIAS
         s[cb + 8] = p + half + BIAS
-        # z = r / s clipped to +-k, Q10
+        # z = r / s clipped to +-3 (s[17], set by setup), Q10
         a = r
         if a < 0:
             a = 0 - r
