@@ -41,7 +41,7 @@ DEFAULTS = {
         # "residual": the model's own error scale (blob); "seed": pred +- k*(window sigma + eps);
         # None: residual when the model carries its calibration
         "band": None,
-        "episode_gap": 10,  # alerts fewer samples apart than this are one episode (one message)
+        "episode_gap": 20,  # alerts fewer samples apart than this are one episode (one message)
         "resend_samples": 60,  # a lasting episode's alert is sent again this often
     },
     "outbox": {"file": "outbox.bin", "slots": 200, "slot_size": 512},

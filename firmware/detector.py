@@ -13,7 +13,7 @@ band     mode "residual" (a model whose blob carries the band calibration): the 
          mode "seed" (or a blob without the calibration): value outside
          pred +- k*(sigma + eps), sigma the population std of the channel's last
          `sigma_window` samples (the seed's is_anomalie uses numpy .std())
-drift    mode "residual": two-sided CUSUM of z = r/s (clipped to +-k), reference `ref`;
+drift    mode "residual": two-sided CUSUM of z = r/s (clipped to +-3), reference `ref`;
          fires when either sum passes the calibrated `h` (a drift or level shift while it
          develops, before any single sample leaves the band), then both restart from 0
          (Page's CUSUM: a lasting drift fires again as it accumulates)

@@ -153,7 +153,7 @@ def init(d, names, limits, params, fallback):
     d.params = params  # config detector section: explicit values win over the blob
     d.fallback = fallback
     d.dropout_n = params["dropout_periods"]
-    d.gap = params.get("episode_gap") or 10
+    d.gap = params.get("episode_gap") or 20
     d.resend = params.get("resend_samples") or 60
     d._k = d._load("detk")
     # d._in (the reading) and d._s (the kernels' state): allocated by Detector.__init__

@@ -4,7 +4,8 @@
 # Per model channel: r = reading - (prediction + slow bias), normalised units.
 #   band   |r| >= k*s; s the model's own error scale (mean |r|), adapted from unflagged
 #          samples only at rate alpha, kept within [floor, 4 x calibrated]
-#   drift  two-sided CUSUM of z = r/s (clipped to +-k), reference ref, fires above h and
+#   drift  two-sided CUSUM of z = r/s (clipped to +-3: one large residual is the band's to
+#          flag, the sums add up the lasting small ones), reference ref, fires above h and
 #          restarts from 0 (Page's CUSUM): a lasting drift fires again, a passing one once
 # A flagged channel's reading stays out of the history the model reads (the last good value
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
@@ -49,7 +50,7 @@ def setup(d, band, ds):
     kb, kr, h, alpha, re, s0, floor = band[:7]
     ds.put(d, 5, 2)
     ds.put_k(d, kb, "band k")
-    ds.put(d, 17, int(kb * 1024 + 0.5))
+    ds.put(d, 17, 3072)  # the CUSUM's z clipped to +-3 (Q10; training/export/bandcal.py ZCLIP)
     ds.put(d, 18, int(kr * 1024 + 0.5))
     ds.put(d, 19, min(1 << 28, int(h * 1024 + 0.5)))
     ds.put(d, 20, int(alpha * 32768 + 0.5))
@@ -105,7 +106,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         s[cb + 6] = p + BIAS
         s[cb + 7] = p - half + BIAS
         s[cb + 8] = p + half + BIAS
-        # z = r / s clipped to +-k, Q10
+        # z = r / s clipped to +-3 (s[17], set by setup), Q10
         a = r
         if a < 0:
             a = 0 - r

@@ -52,7 +52,8 @@ class Device:
 
 STUCK_ROWS = 45  # longer than the sim's stuck_samples (30), so a stuck sensor alerts
 PROGRESS_S = 5.0  # seconds between progress lines of a --quiet run
-GAP_ROWS = 15  # quiet rows after each fault, so each alert is attributable
+GAP_ROWS = 25  # quiet rows after each fault, more than the detector's episode_gap (20): each
+# fault is its own episode, so its alert is sent and attributable
 
 
 DRIFT_ROWS = 60  # a slow drift: the reading walks away from the truth over this many samples

@@ -236,7 +236,7 @@ class StreamingBaseline(Detector):
     description = ("persistence forecast + the board's residual band, CUSUM, masking and episode "
                    "alerts (calibrated on the fit rows as convert does)")
 
-    def __init__(self, gap: int = 10, resend: int = 60, count: str = "alerts"):
+    def __init__(self, gap: int = 20, resend: int = 60, count: str = "alerts"):
         self.gap, self.resend, self.count = gap, resend, count
         self.flags = self.sends = None
 
@@ -263,7 +263,7 @@ class StreamingBaseline(Detector):
         for i in range(n_fit, n):
             x = z[i]
             r = x - (ref + mu)
-            e = np.clip(r / s, -k, k)
+            e = np.clip(r / s, -bandcal.ZCLIP, bandcal.ZCLIP)  # residual.py's clip
             gp = np.maximum(0.0, gp + e - kr)
             gn = np.maximum(0.0, gn - e - kr)
             drift = (gp > h) | (gn > h)

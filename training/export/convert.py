@@ -233,7 +233,8 @@ def calibrate_detector(tflite: bytes, residual: bool, detector, x_fit=None, y_fi
         except ValueError as exc:  # too few rows for the rolling mean
             note = f"shift rule left out: {exc}"
         # a reading that never changed in the fit rows gives no evidence of what stuck is
-        still = stuck_limit(fit_rows) if longest_constant_run(fit_rows) < len(fit_rows) - 1 else 0
+        still = (stuck_limit(fit_rows, margin=bandcal.STILL_MARGIN)
+                 if longest_constant_run(fit_rows) < len(fit_rows) - 1 else 0)
     if y_fit is not None and len(x_fit):
         pred = int8_predictions(tflite, residual, x_fit)
         if not fixed_k:

@@ -122,7 +122,8 @@ def longest_constant_run(values: np.ndarray) -> int:
     return best
 
 
-def stuck_limit(fit_values: np.ndarray, min_stuck: int = 5) -> int:
-    """Repeats of the whole reading that make it stuck: 1.5x the longest such run in the fit
-    rows, at least ``min_stuck`` (the best detector's view 3; the board's blob carries it)."""
-    return max(min_stuck, int(1.5 * longest_constant_run(np.asarray(fit_values))) + 1)
+def stuck_limit(fit_values: np.ndarray, min_stuck: int = 5, margin: float = 1.5) -> int:
+    """Repeats of the whole reading that make it stuck: ``margin`` x the longest such run in
+    the fit rows, at least ``min_stuck`` (the best detector's view 3 takes 1.5x; the board's
+    blob carries training/export/bandcal.py STILL_MARGIN x)."""
+    return max(min_stuck, int(margin * longest_constant_run(np.asarray(fit_values))) + 1)
