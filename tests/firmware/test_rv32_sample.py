@@ -244,3 +244,39 @@ def test_model_with_band_and_shift_fits_the_c3_heap_at_set_up(rv32_runtime, tiny
     assert err == "None", err
     assert band == "True" and shift == "True"
     assert int(free) >= 8 * 1024, f"only {free} bytes of the C3's heap left"
+
+
+TEL = """
+import ewkern, schema, struct
+from array import array
+from binascii import crc32
+seg = bytearray(768)
+for t in (None, 1700000000):
+    h = schema.head('gh-01', t, 'abcd1234')
+    tpl = h + schema._BAND
+    head = array('i', [70000] + ([] if t is None else [t]) + [-1234, 9999])
+    band = array('i', [-1, 2147483647, -2147483647, 0, 12, -13, 99, 98, 97])
+    e = ewkern.tel(seg, 100, tpl, len(h), head, band, 0, 70000, 7)
+    want = tpl % (tuple(head) + tuple(band[:6]))
+    hdr = struct.pack('<BBHII', 0xA5, 0, len(want), 70000, 7)
+    print(bytes(seg[116:e]) == want, bytes(seg[100:112]) == hdr,
+          struct.unpack_from('<I', seg, 112)[0] == crc32(want, crc32(hdr)))
+for args in ((seg, 700, tpl, len(h), head, band), (seg, 100, tpl + b'%d', len(h), head, band[:6])):
+    try:
+        ewkern.tel(*args, 0, 1, 0)
+        print('no error')
+    except ValueError as x:
+        print('ValueError', x)
+"""
+
+
+def test_c_telemetry_record_equals_the_python_formatting(app_board):
+    """ewkern.tel (C; App.sample's path on a board with the C module) writes the outbox record
+    the Python path writes: the text with every number in decimal (signs, 32-bit extremes,
+    with and without a clock), the header and zlib's CRC-32 of both; a record that would
+    leave the segment, or a template with more numbers than given, is a ValueError."""
+    app_board.reset()
+    out = app_board.run(TEL).split("\n")
+    assert out[:2] == ["True True True"] * 2, out
+    assert out[2] == "ValueError tel: record over the segment", out
+    assert out[3] == "ValueError tel: more %d than numbers", out
