@@ -24,6 +24,9 @@ tests/golden/, and the default TCN and `train --context long`'s, trained briefly
   (Unacknowledged, the records pile up and every second one of ~290 B starts a new
   segment file, ~300k instructions on littlefs: an outage's cost, the append_full
   figures below, not a sample's online);
+- message + append in C: what App.sample runs instead of those two on a board with the C
+  module (rv32imc): _nums, Detector.fixed, Outbox.append_tel (one ewkern.tel writing the
+  record, header and CRC into the segment; the littlefs write as append's);
 - outbox over a run that wraps (median, mean, max instructions): append then peek + ack
   per record while online; 2 x capacity + 50 appends with no ack (an outage: the outbox
   fills and drops its oldest); then the acks that drain the backlog;
@@ -62,11 +65,12 @@ D = time.ticks_diff
 # blocks in the heap the app has split (a new name grows the globals dict), and every
 # global the loop sets exists before it (growing the dict inside a measured phase would be
 # charged to it)
-names = ('read', 'step', 'message', 'append', 'sample', 'none')
+names = ('read', 'step', 'message', 'append', 'tel', 'sample', 'none')
 n = len(names)
 ins = [0] * n
 mem = [0] * n
-t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = u1 = u2 = u3 = m0 = m1 = m2 = m3 = m4 = m5 = m6 = 0
+t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = t9 = t10 = u1 = u2 = u3 = m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = m8 = 0
+TEL = app._tel  # the C module's record writer (rv32imc boards), or None
 v = al = msg = j = x = y = d = free_ready = ob = i = None
 import binascii
 a = make_app(slots=SLOTS)
@@ -102,9 +106,24 @@ for i in range(K):
     a.outbox.append(outbox.TELEMETRY, msg[0], msg[1])
     t4 = T()
     m4 = gc.mem_alloc()
-    msg = v = al = None
+    msg = al = None
     gc.enable()
     while a.outbox.depth:  # online, as App.run: each record sent (PUBACKed) before the next
+        a.outbox.peek()
+        a.outbox.ack()
+    # message + append as App.sample does them on a board with the C module: one ewkern.tel
+    gc.collect()
+    if GCOFF:
+        gc.disable()
+    m7 = gc.mem_alloc()
+    t9 = T()
+    if TEL is not None and a._nums(a.outbox.next_seq, None, v, (), a.model_id()):
+        a.outbox.append_tel(TEL, a._tt, len(a._th), app._MW, d.fixed())
+    t10 = T()
+    m8 = gc.mem_alloc()
+    v = None
+    gc.enable()
+    while a.outbox.depth:
         a.outbox.peek()
         a.outbox.ack()
     gc.collect()
@@ -121,9 +140,9 @@ for i in range(K):
     while a.outbox.depth:
         a.outbox.peek()
         a.outbox.ack()
-    for j, (x, y) in enumerate(((t0, t1), (u1, t2), (u2, t3), (u3, t4), (t5, t6), (t7, t8))):
+    for j, (x, y) in enumerate(((t0, t1), (u1, t2), (u2, t3), (u3, t4), (t9, t10), (t5, t6), (t7, t8))):
         ins[j] += D(y, x)
-    for j, (x, y) in enumerate(((m0, m1), (m1, m2), (m2, m3), (m3, m4), (m5, m6))):
+    for j, (x, y) in enumerate(((m0, m1), (m1, m2), (m2, m3), (m3, m4), (m7, m8), (m5, m6))):
         mem[j] += y - x
 gc.collect()
 print('ready', free_ready)
@@ -376,6 +395,9 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
         "instr_read": ph["read"][0],
         "instr_message": ph["message"][0],
         "instr_outbox_append": ph["append"][0],
+        # both in one C call (ewkern.tel, Outbox.append_tel), as App.sample writes a record on
+        # an rv32imc board with the C module; None without it (the ESP32's path is the two above)
+        "instr_message_append_c": ph["tel"][0] if ph["tel"][0] > 0 else None,
         **{f"instr_outbox_{name}_{stat}": ob[name][i] for name in
            ("append_online", "ack_online", "append_full", "ack_backlog")
            for i, stat in enumerate(("median", "mean", "max"))},
