@@ -207,8 +207,12 @@ def rv32_section(r) -> list[str]:
     if not rows:
         return []
     L = ["## On the board's instruction set: RV32 (ESP32-C3) under QEMU", "",
-         f"MicroPython {res['micropython']} built for RV32IMC (viper, no Zba/Zcmp) with the C3's "
-         f"{res['heap']} B heap and a littlefs flash; firmware deployed as `.mpy`. Counts are guest "
+         f"MicroPython {res['micropython']} built for RV32IMC (viper, no Zba/Zcmp; -O2 and computed "
+         "goto, as the esp32 port builds the C3's image) with the C3's "
+         f"{res['heap']} B heap and a littlefs flash; firmware deployed as `.mpy`, the engine's "
+         "kernels and the telemetry record writer as C (firmware/native/ewkern.c, a native `.mpy` "
+         "for rv32imc; `message`/`outbox_append`: the bytecode path of a board without it, "
+         "`message_append_c`: the C one App.sample takes). Counts are guest "
          "instructions under `qemu -icount shift=0`: exact, the same on any machine. Time at "
          "160 MHz assumes one instruction per cycle (a lower bound). "
          "Xtensa (ESP32) is not emulated here (compile-only check). "
