@@ -349,17 +349,18 @@ class App:
         tk = 0 if t is not None else time.ticks_ms() + 1
         taken, n = self.taken, len(self.taken)
         taken[seq % n] = tk
-        if _tel is not None and self._nums(seq, t, values, faults, mid) \
-                and len(self._tt) + 122 <= ob.slot_size:
+        at = None
+        if _tel is not None and self._nums(seq, t, values, faults, mid):
             # the record written by the C module straight into the outbox (append_tel):
             # nothing formatted in bytecode, no copy; the console line is its payload
-            at, e = ob.append_tel(_tel, self._tt, len(self._th), _MW, d.fixed())
-            m = (memoryview(ob.seg)[at:e], b"")
+            at = ob.append_tel(_tel, self._tt, len(self._th), _MW, d.fixed())
+        if at is not None:
+            m = (memoryview(ob.seg)[at[0]:at[1]], b"")
         else:
             m = self.message(seq, t, values, faults, mid)
         if self.echo:
-            # the console's line per sample: the telemetry record about to be queued (before
-            # the append, which may reuse the buffer message wrote it in), the JSON MQTT
+            # the console's line per sample: the telemetry record (before the append, which
+            # may reuse the buffer message wrote it in), the JSON MQTT
             # carries (no age), its bytes written to stdout as they are (MicroPython's takes
             # bytes): no second line formatted, no str built (each new str costs a search of
             # the interned names; the human line cost ~70 k instructions on RV32, 45% of the
@@ -369,9 +370,10 @@ class App:
                 self.log((bytes(m[0]) + m[1]).decode())
             else:
                 w(m[0])
-                w(m[1])
+                if m[1]:
+                    w(m[1])
                 w(b"\n")
-        if ob.next_seq == seq:  # (not queued by append_tel)
+        if at is None:  # (else queued by append_tel)
             ob.append(outbox.TELEMETRY, m[0], m[1])
         m = None
         if d.send:

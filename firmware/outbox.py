@@ -215,9 +215,13 @@ class Outbox:
         into the segment, record header and CRC included: tpl's text with its "%d" filled
         from the array('i') head (in its first lh bytes), then band (App.sample on a board
         with the C module). The same bytes on flash as append's. Returns the payload's
-        (start, end) in self.seg."""
+        (start, end) in self.seg, or None, nothing queued, when the text with at most 10
+        numbers of 11 characters could exceed a slot (the caller appends it another way)."""
+        n = len(tpl) + 110
+        if 12 + n > self.slot_size:
+            return None
         seq = self.next_seq
-        at = self._place(len(tpl) + 110)  # at most 10 numbers of 11 characters
+        at = self._place(n)
         e = tel(self.seg, at, tpl, lh, head, band, TELEMETRY, seq, self.dropped)
         self._commit(memoryview(self.seg), e, seq)
         return at + _REC, e

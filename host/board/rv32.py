@@ -572,7 +572,7 @@ class Board:
 
 NATMOD_NAME = "ewkern"
 NATMOD_ARCH = "rv32imc"
-NATMOD_MPY_VERSION = (6, 3)  # .mpy version and sub-version of the source's natmods (checked by build())
+NATMOD_MPY_VERSION = (6, 3)  # .mpy version and sub-version of the source's natmods (checked by build_natmod())
 NATMOD_SOURCE = FIRMWARE / "native" / f"{NATMOD_NAME}.c"
 NATMOD_BUILD = BUILD / "natmod"
 # -O2: the MAC loops and the requantisation inlined (the code is still ~1.5 KB);
