@@ -17,6 +17,9 @@ drift    mode "residual": two-sided CUSUM of z = r/s (clipped to +-3), reference
          fires when either sum passes the calibrated `h` (a drift or level shift while it
          develops, before any single sample leaves the band), then both restart from 0
          (Page's CUSUM: a lasting drift fires again as it accumulates)
+burst    mode "residual", a blob with a burst limit: one-sided CUSUM of |z| (up to k) with
+         reference 3: several large residuals close together, of either sign (a noise
+         burst, repeated jumps), none of which leaves the band alone; restarts at its alarm
 stuck    one channel unchanged for its stuck limit (the blob's per-channel limit from the
          training rows and the sensor's resolution, or `stuck_samples`): every sample
          from then on while it stays; and, channel None, the whole reading repeated
@@ -71,7 +74,7 @@ class Detector:
         # ring) and what enters the history (the reading, as float32 bits): allocated before
         # the set-up code is loaded, whose pieces would leave no room for them after
         n = len(names)
-        self._s = array("I", bytes(4 * (27 + 21 * n + 128 * n)))
+        self._s = array("I", bytes(4 * (27 + 22 * n + 128 * n)))
         self._in = array("f", bytes(4 * n))
         self._setup("init", names, limits, params, fallback)
         self.ints = array("i", bytes(24 * n))  # fixed(), then detk.milli's factors (put reads it)
@@ -118,13 +121,13 @@ class Detector:
         self._setup("set_model", model, ModelMismatch)
 
     def _flag(self, values, flags):
-        # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift)
+        # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift, 16 + j: burst)
         order = self._order
         k = self.fixed()
         n = len(self.names)
         for j in range(len(order)):
             c = order[j]
-            for rule, bit in (("band", 1 << j), ("drift", 1 << (8 + j))):
+            for rule, bit in (("band", 1 << j), ("drift", 1 << (8 + j)), ("burst", 1 << (16 + j))):
                 if flags & bit:
                     self.alerts.append((rule, self.names[c], values[c], k[n + 2 * c] / 1000,
                                         k[n + 2 * c + 1] / 1000, k[c] / 1000))
@@ -176,9 +179,9 @@ class Detector:
                 m = self.model
                 flags = self._post(s, b, 0, m.predict_q(self._q, 1) if moved else m.predict_q(self._q))
                 self._moves = self._streams
-                if flags & 65536:  # residual.judge re-anchored a channel: the history changed
+                if flags & 16777216:  # residual.judge re-anchored a channel: the history changed
                     self._moves = 0
-                    flags &= 65535
+                    flags &= 16777215
                 self.has_band = True
                 if flags:
                     self._flag(values, flags)

@@ -19,15 +19,15 @@
 # State block s (detector.py lays it out; [b]: biased; header words 0..26):
 #   0 n  1 nc  2 pos  3 count  4 window  5 mode (0 none, 1 seed, 2 residual)  6 sigma window
 #   7 residual model (adds the newest input)  8 input zp [b]  9/10 1/in_scale/65536 (M, SH)
-#   11/12 out_scale*65536 (M, SH >= 1 [b])  13 output zp [b]  14/15 k (M, SH <= 15; k < 16384)  16 eps (Q18)
+#   11/12 out_scale*65536 (M, SH >= 1 [b])  13 output zp [b]  14/15 k (M, SH <= 15; k < 16384)  16 eps (Q18; mode 2: the burst limit, Q10)
 #   17 k (Q10)  18 CUSUM ref (Q10)  19 CUSUM limit (Q10)  20 alpha (Q15)  21 re-anchor
 #   22 need  23 shift window  24 shift factor (Q10)  25 u clamp before quantising
 #   26 the largest s or sigma + eps (Q18) that k multiplies within 32 bits
-#   27.. per model channel j, 21 words: 0 sensor channel  1 offset in units of 2**E [b]
+#   27.. per model channel j, 22 words: 0 sensor channel  1 offset in units of 2**E [b]
 #   2 E [b]  3/4 65536/scale as M and the shift from units of 2**E (SH - 15 - E) [b]  5 u now [b]  6 pred 7 lo 8 hi (Q16 [b])  9 s (Q20)
 #   10 gp 11 gn (Q10)  12 bias (Q23 [b])  13 flagged run  14 s floor 15 s cap (Q20)
 #   16 shift center (Q10 [b])  17/18 1/spread (M, SH [b])  19 shift u (Q10 [b])
-#   20 clamp before 1/spread
+#   20 clamp before 1/spread  21 burst CUSUM (Q10)
 #   then the ring, the history: 128 (detector.py) rows of n words, row = position:
 #   u (Q16 [b]) in model channel order with a model, else the readings' float32 bits
 # (micropython.viper and const are the compiler's own: no import, no module globals; the
@@ -45,7 +45,7 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     nc = int(s[1])
     lim = 1 << 28
     for j in range(nc):
-        cb = 27 + 21 * j
+        cb = 27 + 22 * j
         v = int(b[int(s[cb])])
         e = (v >> 23) & 0xFF
         mv = (v & 0x7FFFFF) | 0x800000  # (a denormal reads as 2**-126: no matter here)
@@ -86,18 +86,18 @@ def pre(s: ptr32, b: ptr32, q: ptr8, z: int) -> int:
     if nc == 0 or int(s[3]) < int(s[22]):
         # no band this sample: the reading goes into the history now (else after the band)
         n = int(s[0])
-        r = 27 + 21 * n + pos * n
+        r = 27 + 22 * n + pos * n
         if nc == 0:
             for c in range(n):
                 s[r + c] = b[c]
         for j in range(nc):
-            s[r + j] = s[27 + 21 * j + 5]
+            s[r + j] = s[27 + 22 * j + 5]
         s[2] = (pos + 1) & 127
         if int(s[3]) < 128:
             s[3] = int(s[3]) + 1
         return 0
     wn = int(s[4])
-    ring = 27 + 21 * nc
+    ring = 27 + 22 * nc
     zp = int(s[8]) - _BIAS
     im = int(s[9])
     ish = int(s[10]) - 15
@@ -138,7 +138,7 @@ def milli(s: ptr32, k: ptr32):
     thousandths, the sum's own step, above)."""
     n = int(s[0])
     for j in range(int(s[1])):
-        cb = 27 + 21 * j
+        cb = 27 + 22 * j
         p = 3 * n + 3 * j
         m = int(k[p])
         mh = m >> 15

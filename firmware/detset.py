@@ -5,7 +5,7 @@
 import struct
 from array import array
 
-# (detk.py's layout: the channel blocks from word 27, 21 words each; signed words biased
+# (detk.py's layout: the channel blocks from word 27, 22 words each; signed words biased
 # by 2**29)
 
 
@@ -92,7 +92,7 @@ def fill(d, m, band):
 # parse has split the heap (a 779-byte fill found no hole on the C3's 80 KB)
 def channel(d, m, order, j):
     """Model channel j's constants (fill)."""
-    cb = 27 + 21 * j
+    cb = 27 + 22 * j
     for i in range(21):
         put(d, cb + i, 0)
     put(d, cb, order[j])
@@ -117,7 +117,7 @@ def ring(d, m, order):
     n = len(d.names)
     nc = len(order)
     for i in range(128):
-        row = 27 + 21 * n + i * n
+        row = 27 + 22 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for j in range(nc):
             sput(d, row + j, fix((x[order[j]] - m.offset[j]) / m.scale[j], 65536))
@@ -138,7 +138,7 @@ def unfill(d):
         return
     n = len(d.names)
     for i in range(128):
-        row = 27 + 21 * n + i * n
+        row = 27 + 22 * n + i * n
         x = [phys(d, row, c) for c in range(n)]
         for c in range(n):
             d._s[row + c] = struct.unpack("<I", struct.pack("<f", x[c]))[0]
@@ -161,7 +161,7 @@ def init(d, names, limits, params, fallback):
     d._rep = None  # what the history holds: None (float32 bits) or (offset, scale, order)
     d.stuck_lim = [params["stuck_samples"] or 120] * n
     d._post = None  # the band kernel: seedband.seed or residual.judge
-    d.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck) in residual mode
+    d.band = None  # (k, ref, h, alpha, reanchor, scale0, floor, stuck, burst) in residual mode
     d.send = False  # whether this sample's alerts go out as a message
     d._quiet = 1 << 20  # samples since the last flagged one
     d._sent = 0  # samples since the last message

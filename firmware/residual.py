@@ -7,6 +7,9 @@
 #   drift  two-sided CUSUM of z = r/s (clipped to +-3: one large residual is the band's to
 #          flag, the sums add up the lasting small ones), reference ref, fires above h and
 #          restarts from 0 (Page's CUSUM): a lasting drift fires again, a passing one once
+#   burst  one-sided CUSUM of |z| (up to k) with reference 3: a run of residuals over 3 s of
+#          either sign (a noise burst, repeated jumps) none of which leaves the band alone;
+#          fires above the blob's burst limit and restarts from 0
 # A flagged channel's reading stays out of the history the model reads (the last good value
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
 # in a row the channel's recent history is set to the new level (not a passing fault).
@@ -20,16 +23,17 @@ from micropython import const
 
 BIAS = const(536870912)  # detk.py's bias of signed words, 2**29
 
-HEAD = "<ffffHH"  # k, CUSUM reference, CUSUM limit, adaptation rate, re-anchor, 0
+HEAD = "<ffffHH"  # k, CUSUM reference, CUSUM limit, adaptation rate, re-anchor, burst limit
 
 
 def parse(raw, c):
-    """(k, ref, h, alpha, reanchor, scale[c], floor[c], stuck[c]) from a blob's band section.
+    """(k, ref, h, alpha, reanchor, scale[c], floor[c], stuck[c], burst) from a blob's band
+    section (burst 0: a blob from before the burst rule, which then stays off).
 
     Raises ValueError naming what is wrong: the detector refuses such a model."""
     if len(raw) != 20 + 10 * c:
         raise ValueError("band calibration: %d bytes, %d channels need %d" % (len(raw), c, 20 + 10 * c))
-    kb, kr, h, alpha, re, _ = struct.unpack_from(HEAD, raw, 0)
+    kb, kr, h, alpha, re, burst = struct.unpack_from(HEAD, raw, 0)
     v = struct.unpack_from("<%df%dH" % (2 * c, c), raw, 20)
     scale, floor, stuck = v[:c], v[c:2 * c], v[2 * c:]
     ok = kb > 0 and kr >= 0 and h > 0 and 0 <= alpha < 1 and re >= 1
@@ -37,7 +41,7 @@ def parse(raw, c):
         ok = ok and scale[i] > 0 and floor[i] >= 0 and scale[i] - scale[i] == 0
     if not (ok and kb - kb == 0 and h - h == 0):
         raise ValueError("band calibration out of range")
-    return kb, kr, h, alpha, re, scale, floor, stuck
+    return kb, kr, h, alpha, re, scale, floor, stuck, burst
 
 BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, tracked this fast
 
@@ -55,9 +59,10 @@ def setup(d, band, ds):
     ds.put(d, 19, min(1 << 28, int(h * 1024 + 0.5)))
     ds.put(d, 20, int(alpha * 32768 + 0.5))
     ds.put(d, 21, re)
+    ds.put(d, 16, band[8] * 1024)  # the burst limit (word 16, the seed band's eps), Q10
     top = (1 << 29) - 1
     for j in range(len(d._order)):
-        cb = 27 + 21 * j
+        cb = 27 + 22 * j
         cap = min(top, int(4 * s0[j] * 1048576 + 0.5))
         lo = min(cap, max(16, int(floor[j] * 1048576 + 0.5)))
         ds.put(d, cb + 9, max(lo, min(cap, int(s0[j] * 1048576 + 0.5))))
@@ -73,7 +78,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     band; bit 8+j: drift. Fills pred/lo/hi."""
     nc = int(s[1])
     pos = int(s[2])
-    ring = 27 + 21 * nc
+    ring = 27 + 22 * nc
     prev = (pos - 1) & 127
     om = int(s[11])
     osh = int(s[12]) - BIAS  # >= 1
@@ -82,9 +87,11 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     ksh = int(s[15])
     kb = int(s[17])
     kr = int(s[18])
+    hb = int(s[16])  # the burst limit (Q10; 0: no burst rule)
+    kq = km << 10 >> ksh  # k, Q10 (km < 2**15, ksh <= 15)
     flags = 0
     for j in range(nc):
-        cb = 27 + 21 * j
+        cb = 27 + 22 * j
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
         p = (p + (1 << (osh - 1))) >> osh
         if int(s[7]):
@@ -110,7 +117,7 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         a = r
         if a < 0:
             a = 0 - r
-        z = kb
+        za = kq  # |z|, Q10: k outside the band
         if a < half:
             x = s20 >> 4
             if x < 1:
@@ -118,9 +125,10 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             while x >= 16384:
                 x >>= 1
                 a >>= 1
-            z = (a << 10) // x
-            if z > kb:
-                z = kb
+            za = (a << 10) // x
+        z = za
+        if z > kb:
+            z = kb
         if r < 0:
             z = 0 - z
         gp = int(s[cb + 10]) + z - kr
@@ -135,6 +143,17 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             bad = 1
             gp = 0  # Page's CUSUM restarts at its alarm: a lasting drift fires again
             gn = 0
+        if hb:
+            # burst: CUSUM of |z| (up to k) over the clip, a run of large residuals of
+            # either sign that no single one of them puts outside the band
+            x = int(s[cb + 21]) + za - kb
+            if x < 0:
+                x = 0
+            if x > hb:
+                flags |= 1 << (16 + j)
+                bad = 1
+                x = 0
+            s[cb + 21] = x
         if gp < 0:
             gp = 0
         elif gp > (1 << 28):
@@ -179,12 +198,13 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         s[cb + 13] = 0
         s[cb + 10] = 0
         s[cb + 11] = 0
+        s[cb + 21] = 0
         for k in range(int(s[4])):
             s[ring + ((pos - 1 - k) & 127) * nc + j] = u + BIAS
-        flags |= 1 << 16  # the history was rewritten: the model's next window is not a move
+        flags |= 1 << 24  # the history was rewritten: the model's next window is not a move
     # the reading (or the held value) into the history
     for j in range(nc):
-        s[ring + pos * nc + j] = s[27 + 21 * j + 5]
+        s[ring + pos * nc + j] = s[27 + 22 * j + 5]
     s[2] = (pos + 1) & 127
     if int(s[3]) < 128:
         s[3] = int(s[3]) + 1

@@ -16,7 +16,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     Fills pred/lo/hi."""
     nc = int(s[1])
     pos = int(s[2])
-    ring = 27 + 21 * nc
+    ring = 27 + 22 * nc
     newest = ring + ((pos - 1) & 127) * nc
     om = int(s[11])
     osh = int(s[12]) - _BIAS  # >= 1
@@ -26,7 +26,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
     sw = int(s[6])
     flags = 0
     for j in range(nc):
-        cb = 27 + 21 * j
+        cb = 27 + 22 * j
         p = (((int(o[j]) ^ 0x80) - 0x80) - ozp) * om
         p = (p + (1 << (osh - 1))) >> osh
         if int(s[7]):
@@ -90,7 +90,7 @@ def seed(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             flags |= 1 << j
     # the reading into the history
     for j in range(nc):
-        s[ring + pos * nc + j] = s[27 + 21 * j + 5]
+        s[ring + pos * nc + j] = s[27 + 22 * j + 5]
     s[2] = (pos + 1) & 127
     if int(s[3]) < 128:
         s[3] = int(s[3]) + 1

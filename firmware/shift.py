@@ -42,7 +42,7 @@ def setup(d, sh, ds):
     ds.put(d, 23, w)
     ds.put(d, 24, int(d.shift_factor * 1024 + 0.5))
     for j in range(len(d._order)):
-        cb = 27 + 21 * j
+        cb = 27 + 22 * j
         sp = spread[j] / m.scale[j]  # the spread in normalised units
         ds.sput(d, cb + 16, ds.fix((center[j] - m.offset[j]) / m.scale[j], 1024))
         # (a spread of ~0, a flat fit series: any move is a shift; clamped to what fits)
@@ -62,11 +62,11 @@ def view_a(s: ptr32, z: int) -> int:
     if int(s[3]) < wn:
         return 0
     pos = int(s[2])
-    ring = 27 + 21 * nc
+    ring = 27 + 22 * nc
     top = -1
     worst = 0
     for j in range(nc):
-        cb = 27 + 21 * j
+        cb = 27 + 22 * j
         tot = 0
         for k in range(wn):
             tot += (int(s[ring + ((pos - 1 - k) & 127) * nc + j]) - BIAS) >> 6
@@ -109,7 +109,7 @@ def rebase(d):
     view_a(d._s, 1)
     m, center = d.model, d.shift[2]
     for j in range(len(d._order)):
-        center[j] = m.offset[j] + m.scale[j] * (d._s[27 + 21 * j + 16] - BIAS) / 1024
+        center[j] = m.offset[j] + m.scale[j] * (d._s[27 + 22 * j + 16] - BIAS) / 1024
 
 
 def judge(d, worst):
@@ -117,7 +117,7 @@ def judge(d, worst):
     d.alerts when it holds too (floats: only on this rare path); 1 if it did, else 0."""
     w, _, center, spread, mat = d.shift
     nc = len(d._order)
-    u = [(d._s[27 + 21 * j + 19] - BIAS) / 1024 for j in range(nc)]
+    u = [(d._s[27 + 22 * j + 19] - BIAS) / 1024 for j in range(nc)]
     f = d.shift_factor
     q = 0.0
     for i in range(nc):

@@ -24,7 +24,7 @@ VERSION = 1
 MAX_PAYLOAD = 4096
 DEFAULT_PREFIX = "edgewatch"
 KINDS = ("telemetry", "alert", "status")
-RULES = ("band", "drift", "shift", "stuck", "range", "dropout", "read")
+RULES = ("band", "drift", "burst", "shift", "stuck", "range", "dropout", "read")
 # Alerts the collector raises about the records themselves (docs/messages.md, "Gaps"):
 # a seq gap the outbox did not fill, the board's dropped counter growing, a new epoch.
 HOST_RULES = ("gap", "dropped", "epoch")

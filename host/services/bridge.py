@@ -125,6 +125,8 @@ def alert_text(a: Alert) -> str:
         detail = f"{what} {num(a.value)} outside {num(a.band[0])}..{num(a.band[1])}"
     elif a.rule == "drift" and a.band:
         detail = f"{what} {num(a.value)} drifting from {num(a.pred)}"
+    elif a.rule == "burst" and a.band:
+        detail = f"{what} {num(a.value)} erratic around {num(a.pred)}"
     elif a.rule == "shift" and a.band:
         detail = f"{what} mean {num(a.value)} shifted outside {num(a.band[0])}..{num(a.band[1])}"
     elif a.rule == "range":

@@ -47,7 +47,7 @@ log = logging.getLogger("edgewatch.score")
 HOST_SEQ_BASE = 2**62
 # The largest sample seq whose alert seqs still fit the contract's 63-bit range.
 MAX_SAMPLE = (2**63 - 1 - HOST_SEQ_BASE) // 16
-MODEL_RULES = ("band", "drift", "shift")  # the rules that need the model; the board runs the rest itself
+MODEL_RULES = ("band", "drift", "burst", "shift")  # the rules that need the model; the board runs the rest itself
 
 
 def alert_seq(sample: int, index: int) -> int:

@@ -239,7 +239,7 @@ for line in open('x.txt'):
     for j in range(2):  # the float formula the integers replace
         f, o, c = m.scale[j] * 1000 / 65536, m.offset[j] * 1000, d._order[j]
         for w, at in ((0, c), (1, n + 2 * c), (2, n + 2 * c + 1)):
-            worst = max(worst, abs(k[at] - round((s[33 + 21 * j + w] - 536870912) * f + o)))
+            worst = max(worst, abs(k[at] - round((s[33 + 22 * j + w] - 536870912) * f + o)))
     print(k[0], k[1], k[2], k[3], k[4], k[5], worst)
 """
 

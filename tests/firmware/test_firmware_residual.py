@@ -20,12 +20,12 @@ def _series():
     return np.column_stack([t, h])
 
 
-def _run(tmp_path, rows, band_mode=None):
+def _run(tmp_path, rows, band_mode=None, burst=0, k=6.0):
     clean = _series()
     # the model's own error scale: mean |residual| of the persistence forecast on clean rows
     s = np.mean(np.abs(np.diff(clean, axis=0)), axis=0) / np.array([SCALE, 23.0])
     # model channel order is (Humidity, Temperature); per channel stuck limit 30 / 30
-    band = (6.0, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30])
+    band = (k, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30], burst)
     (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in rows.tolist()))
     params = dict(PARAMS, stuck_samples=None, band=band_mode)
     code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
@@ -37,7 +37,7 @@ for line in open('x.txt'):
     print(json.dumps([[a[0], a[1]] for a in al] + [int(d.send)]))
 """.replace("null", "None")
     out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
-    return [o[:-1] for o in out], [bool(o[-1]) for o in out]
+    return [o[:-1] for o in out], [bool(o[-1]) for o in out], s[0] * SCALE
 
 
 def _flagged(alerts, rule, channel="temperature"):
@@ -46,13 +46,13 @@ def _flagged(alerts, rule, channel="temperature"):
 
 def test_residual_band_holds_its_reference_catches_drift_and_single_stuck(tmp_path):
     x = _series()
-    clean, _ = _run(tmp_path, x)
+    clean, _, _ = _run(tmp_path, x)
     assert not any(clean[20:]), [i for i, a in enumerate(clean) if a][:10]
     y = x.copy()
     y[100:120, 0] += 1.0                       # a level step of 20 samples
     y[200:300, 0] += 0.03 * np.arange(1, 101)  # a slow drift: 0.03 °C a sample
     y[400:450, 1] = y[399, 1]                  # humidity alone stuck for 50 samples
-    alerts, send = _run(tmp_path, y)
+    alerts, send, _ = _run(tmp_path, y)
     # the step: flagged on every sample while it lasts (the model never sees it)
     assert _flagged(alerts, "band")[:20] == list(range(100, 120))
     # one episode, one message: sent on its first sample only
@@ -70,9 +70,27 @@ def test_seed_mode_follows_the_anomaly(tmp_path):
     """The seed's rule, kept as a mode: the reference follows the step (the contrast above)."""
     y = _series()
     y[100:120, 0] += 1.0
-    alerts, _ = _run(tmp_path, y, band_mode="seed")
+    alerts, _, _ = _run(tmp_path, y, band_mode="seed")
     flagged = _flagged(alerts, "band")
     assert 100 in flagged and not set(range(103, 119)) & set(flagged)
+
+
+def test_burst_adds_up_residuals_the_band_and_the_drift_cusum_let_pass(tmp_path):
+    """Temperature jumps 6 s up and back every other sample (k = 10): no residual leaves the
+    band and their signs alternate, so the drift CUSUM stays low; the burst CUSUM (|z| over
+    3, limit 10 s) flags it within a few samples, and only with a burst limit in the blob."""
+    x = _series()
+    clean, _, s_phys = _run(tmp_path, x, burst=10, k=10.0)
+    assert not any(clean[20:]), [i for i, a in enumerate(clean) if a][:10]
+    y = x.copy()
+    y[101:141:2, 0] += 6 * s_phys
+    alerts, send, _ = _run(tmp_path, y, burst=10, k=10.0)
+    burst = _flagged(alerts, "burst")
+    assert burst and 100 < burst[0] <= 112 and all(b < 142 for b in burst), burst
+    assert not _flagged(alerts, "band") and not _flagged(alerts, "drift")
+    assert send[burst[0]]
+    off, _, _ = _run(tmp_path, y, burst=0, k=10.0)  # a blob from before the rule: off
+    assert not any(off[20:])
 
 
 VOUCHED = """

@@ -304,6 +304,8 @@ def test_alert_text_rounds_to_the_sensor_resolution():
     assert "temperature 23.0 outside 0.0..23.0" in alert_text(a)
     a = Alert("gh-01", 7, 0.0, 6, "stuck", None, 40, None, None, "m1")
     assert "readings unchanged for 40 samples" in alert_text(a) and "None" not in alert_text(a)
+    a = Alert("gh-01", 7, 0.0, 6, "burst", "temperature", 21.849, (20.1, 22.9), 21.52, "m1")
+    assert "temperature 21.8 erratic around 21.5" in alert_text(a)
 
 
 def test_dry_run_sms_counted_as_dry_run_and_only_bridge_series(tmp_path, broker):

@@ -70,3 +70,23 @@ def test_stuck_limit_extrapolation_stops_at_three_times_the_longest_run():
     longest = int(runs.max())
     assert bandcal.tail_level(bandcal.run_lengths(x), len(x)) > bandcal.STUCK_CAP * longest
     assert bandcal.stuck_limit(x) == bandcal.STUCK_CAP * longest
+
+
+def test_burst_limit_stays_over_the_fit_rows_bursts_and_the_blob_carries_it():
+    from edgewatch.training.export import blob
+
+    rng = np.random.default_rng(5)
+    rows = np.stack([_room(3000, 1), _room(3000, 2)], axis=1)
+    resid = rng.normal(0, 0.01, (3000, 2))
+    cal = bandcal.calibrate(resid, rows, np.array([1.0, 1.0]))
+    assert isinstance(cal.burst, int) and cal.burst >= bandcal.H_MIN
+    # fit residuals with bursts of five 6 s residuals: the limit sits above what they add up
+    for at in range(200, 3000, 400):
+        resid[at:at + 5, 0] = 6 * cal.scale[0] * np.where(np.arange(5) % 2, 1, -1)
+    noisy = bandcal.calibrate(resid, rows, np.array([1.0, 1.0]))
+    z = bandcal.debias(resid)[:, 0] / noisy.scale[0]
+    assert noisy.burst > bandcal.burst_path(z, noisy.k).max() > cal.burst
+    # the blob's band section keeps it (u16, rounded up)
+    raw = blob.band_section(noisy, 2)
+    assert blob._band_cal(raw, 2).burst == noisy.burst
+    assert bandcal.burst_limit(12.2) == 13 and bandcal.burst_limit(1e9) == 65535

@@ -233,7 +233,7 @@ class StreamingBaseline(Detector):
 
     name = "baseline"
     on_board = "yes in principle (the board's rules with a last-value forecast); numpy here"
-    description = ("persistence forecast + the board's residual band, CUSUM, masking and episode "
+    description = ("persistence forecast + the board's residual band, drift and burst CUSUMs, masking and episode "
                    "alerts (calibrated on the fit rows as convert does)")
 
     def __init__(self, gap: int = 20, resend: int = 60, count: str = "alerts"):
@@ -252,7 +252,7 @@ class StreamingBaseline(Detector):
         n, c = z.shape
         s = np.array(cal.scale, np.float64)
         s0, floor = s.copy(), np.array(cal.floor)
-        gp, gn, mu = np.zeros(c), np.zeros(c), np.zeros(c)
+        gp, gn, gb, mu = np.zeros(c), np.zeros(c), np.zeros(c), np.zeros(c)
         run = np.zeros(c, dtype=int)
         ref = z[max(0, n_fit - 1)].copy()  # the model input: last good value per channel
         flags = np.zeros(n, dtype=bool)
@@ -266,9 +266,12 @@ class StreamingBaseline(Detector):
             e = np.clip(r / s, -bandcal.ZCLIP, bandcal.ZCLIP)  # residual.py's clip
             gp = np.maximum(0.0, gp + e - kr)
             gn = np.maximum(0.0, gn - e - kr)
+            gb = np.maximum(0.0, gb + np.minimum(np.abs(r / s), k) - bandcal.ZCLIP)
             drift = (gp > h) | (gn > h)
-            bad = (np.abs(r) >= k * s) | drift
+            burst = gb > cal.burst if cal.burst else np.zeros(c, dtype=bool)
+            bad = (np.abs(r) >= k * s) | drift | burst
             gp[drift] = gn[drift] = 0.0  # Page's CUSUM restarts at its alarm (residual.py)
+            gb[burst] = 0.0
             ok = ~bad
             mu[ok] += rate * r[ok]
             s[ok] = np.clip(s[ok] + cal.alpha * (np.abs(r[ok]) - s[ok]), floor[ok], 4 * s0[ok])
@@ -276,7 +279,7 @@ class StreamingBaseline(Detector):
             run[bad] += 1
             re = bad & (run >= cal.reanchor)
             run[re] = 0
-            gp[re] = gn[re] = 0.0
+            gp[re] = gn[re] = gb[re] = 0.0
             nxt = np.where(bad & ~re, ref, x)
             ref = nxt
             flags[i] = bool(bad.any())
@@ -407,7 +410,7 @@ def phys(d, c, k):
     # pred (k 0), lo (1), hi (2) of sensor channel c as a float, from the detector's
     # fixed-point state (the firmware itself takes them as integers: Detector.fixed)
     j = d._order.index(c)
-    return (d._s[33 + 21 * j + k] - (1 << 29)) / 65536 * d.model.scale[j] + d.model.offset[j]
+    return (d._s[33 + 22 * j + k] - (1 << 29)) / 65536 * d.model.scale[j] + d.model.offset[j]
 
 
 f = open(cfg["data"], "rb")

@@ -457,7 +457,7 @@ def shift_section(sh: ShiftCal, channels: int) -> bytes:
 def band_section(b: BandCal, channels: int) -> bytes:
     """The blob's band section (docs/model_blob.md), as firmware/residual.py parses it."""
     c = channels
-    return (struct.pack(fw_res.HEAD, b.k, b.ref, b.h, b.alpha, b.reanchor, 0)
+    return (struct.pack(fw_res.HEAD, b.k, b.ref, b.h, b.alpha, b.reanchor, b.burst)
             + struct.pack(f"<{c}f{c}f{c}H", *b.scale, *b.floor, *b.stuck))
 
 
@@ -538,7 +538,7 @@ def _band_cal(raw, c: int) -> BandCal:
         v = fw_res.parse(raw, c)
     except ValueError as exc:
         raise BlobError(f"blob malformed: {exc}") from None
-    return BandCal(v[0], v[1], v[2], v[3], v[4], list(v[5]), list(v[6]), list(v[7]))
+    return BandCal(v[0], v[1], v[2], v[3], v[4], list(v[5]), list(v[6]), list(v[7]), v[8])
 
 
 def ota_version(blob: bytes) -> int | None:

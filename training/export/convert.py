@@ -493,7 +493,7 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     report["k"] = det.k
     report["band"] = None if cal is None else {
         "k": cal.k, "ref": cal.ref, "h": cal.h, "alpha": cal.alpha, "reanchor": cal.reanchor,
-        "scale": dict(zip(names, cal.scale, strict=True)),
+        "burst": cal.burst, "scale": dict(zip(names, cal.scale, strict=True)),
         "scale_phys": {n: v * float(sc) for n, v, sc in zip(names, cal.scale, scaler.scale, strict=True)},
         "stuck": dict(zip(names, cal.stuck, strict=True))}
     report["warnings"] = calibration_warnings(cal, rows, names)
@@ -571,7 +571,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="detector: identical samples that make a stuck sensor (default 30)")
     p.add_argument("--band", choices=("residual", "seed"), default="residual",
                    help="residual (default): band k*s on the model's own error scale s, calibrated "
-                        "on the training residuals and adapted on the board, CUSUM drift rule and "
+                        "on the training residuals and adapted on the board, CUSUM drift and burst rules and "
                         "per-channel stuck limits; seed: the seed's pred +- k*(window sigma + eps)")
     p.add_argument("--sign-key-env", default=None, metavar="VAR",
                    help="sign the blob for OTA with the key in environment variable VAR")
