@@ -122,7 +122,9 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             x = s20 >> 4
             if x < 1:
                 x = 1
-            while x >= 16384:
+            # a << 10 within 32 bits (a < 2**21), x under 2**14; a / x = |z| < k < 2**14
+            # stays, so x stays >= 64
+            while x >= 16384 or a >= 2097152:
                 x >>= 1
                 a >>= 1
             za = (a << 10) // x
