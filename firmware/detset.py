@@ -93,7 +93,7 @@ def fill(d, m, band):
 def channel(d, m, order, j):
     """Model channel j's constants (fill)."""
     cb = 27 + 22 * j
-    for i in range(21):
+    for i in range(22):
         put(d, cb + i, 0)
     put(d, cb, order[j])
     off, sc = m.offset[j], m.scale[j]

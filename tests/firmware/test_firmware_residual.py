@@ -93,6 +93,28 @@ def test_burst_adds_up_residuals_the_band_and_the_drift_cusum_let_pass(tmp_path)
     assert not any(off[20:])
 
 
+def test_a_new_model_starts_its_burst_sum_from_zero(tmp_path):
+    """A model set over the air mid-burst: the CUSUM sums of the old one do not carry over."""
+    x = _series()[:104]
+    s = np.mean(np.abs(np.diff(_series(), axis=0)), axis=0) / np.array([SCALE, 23.0])
+    x[99:104:2, 0] += 6 * s[0] * SCALE  # two jumps: the burst sum has grown, not fired
+    band = (10.0, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30], 100)
+    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in x.tolist()))
+    code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
+import detector, sensors
+d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {dict(PARAMS, stuck_samples=None)!r}, {FALLBACK!r})
+d.set_model(M())
+for line in open('x.txt'):
+    d.step([float(v) for v in line.split()])
+w = 27 + 22 * 1 + 21  # model channel 1: temperature
+print(d._s[w])
+d.set_model(M())
+print(d._s[w])
+"""
+    before, after = map(int, mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split())
+    assert before > 0 and after == 0, (before, after)
+
+
 VOUCHED = """
 import engine, detector, sensors
 ds = []
