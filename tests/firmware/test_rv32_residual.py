@@ -50,5 +50,5 @@ def test_residual_kernel_on_rv32_equals_the_unix_port(rv32, tmp_path):
     # the unix port: the jumps are under the band, the burst CUSUM adds them up
     rules = [r for row in unix for r in row[0]]
     assert "burst" in rules and "band" not in rules, rules
-    diff = [(i, u, b) for i, (u, b) in enumerate(zip(unix, board)) if u != b]
+    diff = [(i, u, b) for i, (u, b) in enumerate(zip(unix, board, strict=True)) if u != b]
     assert not diff, diff[:3]
