@@ -550,11 +550,18 @@ class BoardDetector(ForecastDetector):
         self.description = (f"int8 TCN (window {window}, {epochs} epochs; converted as `edgewatch convert` "
                             "does: the int8 net predicts the change, the board adds the newest reading "
                             f"in float; int8 ranges calibrated on the fit rows ± {HEADROOM:.0%} headroom) "
-                            f"+ band ε={EPS:g}, k = {K:g} raised to the fit windows' largest band ratio "
-                            "+ the shift rule (ms-ensemble's test, calibrated on the fit rows, in the "
+                            + ("+ the residual band k·s (s the model's own error scale), the drift "
+                               "and burst CUSUMs and per-channel stuck limits, calibrated on the fit "
+                               "rows' residuals as convert does (training/export/bandcal.py), "
+                               "flagged readings kept out of the model's input "
+                               if band == "residual" else
+                               f"+ the seed's band ε={EPS:g}, k = {K:g} raised to the fit windows' "
+                               "largest band ratio ")
+                            + "+ the shift rule (ms-ensemble's test, calibrated on the fit rows, in the "
                             "blob); on the fault suite also the device rules, whole-reading stuck "
                             "limit from the blob (best's view 3); run by firmware/engine.py + "
-                            "detector.py + shift.py under MicroPython")
+                            f"detector.py + {'residual' if band == 'residual' else 'seedband'}.py + "
+                            "shift.py under MicroPython")
         self.rules = rules
         self.limits = limits
         self.stuck_samples = stuck_samples
