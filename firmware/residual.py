@@ -8,8 +8,8 @@
 #          flag, the sums add up the lasting small ones), reference ref, fires above h and
 #          restarts from 0 (Page's CUSUM): a lasting drift fires again, a passing one once
 #   burst  one-sided CUSUM of |z| (up to k) with reference 3: a run of residuals over 3 s of
-#          either sign (a noise burst, repeated jumps) none of which leaves the band alone;
-#          fires above the blob's burst limit and restarts from 0
+#          either sign (a noise burst, repeated jumps), also when none of them leaves the
+#          band; fires above the blob's burst limit and restarts from 0
 # A flagged channel's reading stays out of the history the model reads (the last good value
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
 # in a row the channel's recent history is set to the new level (not a passing fault).
@@ -73,9 +73,10 @@ def setup(d, band, ds):
 
 @micropython.viper
 def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
-    """The residual band, CUSUM drift and masking on the model's int8 output o (see the top),
-    in fixed point (firmware/detk.py's state block and units). Bit j: channel j outside its
-    band; bit 8+j: drift. Fills pred/lo/hi."""
+    """The residual band, CUSUM drift and burst, and masking on the model's int8 output o (see
+    the top), in fixed point (firmware/detk.py's state block and units). Bit j: channel j
+    outside its band; bit 8+j: drift; bit 16+j: burst; 1 << 24: a channel re-anchored (the
+    history was rewritten). Fills pred/lo/hi."""
     nc = int(s[1])
     pos = int(s[2])
     ring = 27 + 22 * nc
@@ -117,7 +118,9 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
         a = r
         if a < 0:
             a = 0 - r
-        za = kq  # |z|, Q10: k outside the band
+        # |z| in Q10: za up to k (the burst's), z up to the clip (the drift's)
+        za = kq
+        z = kb
         if a < half:
             x = s20 >> 4
             if x < 1:
@@ -127,10 +130,11 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             while x >= 16384 or a >= 2097152:
                 x >>= 1
                 a >>= 1
-            za = (a << 10) // x
-        z = za
-        if z > kb:
-            z = kb
+            x = (a << 10) // x
+            if x < za:  # (the divisor's floors can carry it past k)
+                za = x
+            if x < z:
+                z = x
         if r < 0:
             z = 0 - z
         gp = int(s[cb + 10]) + z - kr

@@ -160,7 +160,7 @@ class Scorer:
         return d
 
     def step(self, rec: Telemetry) -> list[dict]:
-        """The model's alerts (band, shift; message dicts) for one telemetry record, in arrival order per device.
+        """The model's alerts (band, drift, burst, shift; message dicts) for one telemetry record, in arrival order per device.
 
         A record at or below the device's last scored seq (a replay, or late) is
         skipped: the rule depends on the history, which has moved on. A new epoch

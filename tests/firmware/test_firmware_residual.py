@@ -115,6 +115,27 @@ print(d._s[w])
     assert before > 0 and after == 0, (before, after)
 
 
+def test_burst_adds_at_most_k_a_sample_at_the_scale_floor(tmp_path):
+    """At an error scale near its floor (21 / 2**20) the integer |z| of a residual just inside
+    the band can come out over k; the burst sum adds at most k - 3 a sample all the same,
+    as bandcal.burst_path does."""
+    s = 21 / 2 ** 20
+    x = np.column_stack([20.0 + 9.8 * s * SCALE * (np.arange(60) % 2), np.full(60, 40.0)])
+    band = (10.0, 1.0, 1e4, 0.0, 30, [s, s], [0.0, 0.0], [0, 0], 60000)
+    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in x.tolist()))
+    code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
+import detector, sensors
+d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {dict(PARAMS, stuck_samples=None)!r}, {FALLBACK!r})
+d.set_model(M())
+for line in open('x.txt'):
+    d.step([float(v) for v in line.split()])
+    print(d._s[27 + 22 * 1 + 21])
+"""
+    g = np.array([int(v) for v in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split()])
+    up = np.diff(g)[np.diff(g) > 0]
+    assert len(up) > 20 and up.max() <= (10 - 3) * 1024, up
+
+
 VOUCHED = """
 import engine, detector, sensors
 ds = []
