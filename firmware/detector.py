@@ -145,24 +145,32 @@ class Detector:
             alerts.append(("read", None, None, None, None, None))
             return self._episode(alerts)
         ok = True
-        for c in range(len(self.names)):
+        # locals (an attribute is a map lookup per use in the loop), one per statement: a
+        # longer multiple assignment builds a tuple, which allocates
+        names = self.names
+        limits = self.limits
+        last = self.last
+        same = self.same
+        inp = self._in
+        for c in range(len(names)):
             v = values[c]
             if v is None:
-                alerts.append(("read", self.names[c], None, None, None, None))
+                alerts.append(("read", names[c], None, None, None, None))
                 ok = False
                 continue
-            lo, hi = self.limits[c]
+            lo, hi = limits[c]
             if not (lo <= v <= hi):
-                alerts.append(("range", self.names[c], v, lo, hi, None))
+                alerts.append(("range", names[c], v, lo, hi, None))
                 ok = False
-            if v == self.last[c]:
-                self.same[c] += 1
-                if self.same[c] >= self.stuck_lim[c]:  # every sample while it stays
-                    alerts.append(("stuck", self.names[c], v, None, None, None))
+            if v == last[c]:
+                run = same[c] + 1
+                same[c] = run
+                if run >= self.stuck_lim[c]:  # every sample while it stays
+                    alerts.append(("stuck", names[c], v, None, None, None))
             else:
-                self.last[c] = v
-                self.same[c] = 1
-            self._in[c] = v
+                last[c] = v
+                same[c] = 1
+            inp[c] = v
         n = self.still_n
         if n and ok:  # the whole reading unchanged: the repeats of the sample before
             run = min(self.same) - 1
