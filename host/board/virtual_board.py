@@ -10,9 +10,9 @@ Code runs in the real MicroPython unix port (``host/core/mpy.py``) with the boar
 budget. The board's flash is a host folder mounted as ``/`` inside MicroPython
 (``vfs.VfsPosix``), so ``mpremote fs cp/ls/rm``, ``mip``-style ``/lib`` installs and
 ``ampy put/ls`` land in that folder and nowhere else on the host. The stand-ins for
-``machine``/``dht``/``network`` (host/board/standins) are the board's ROM, mounted read-only
-at ``/.frozen`` (the name real boards give their frozen modules) and first on
-``sys.path`` after the current folder, like built-in modules on a board. Host folders
+``machine``/``dht``/``network`` (host/board/standins, precompiled) are the board's ROM, mounted
+read-only at ``/.frozen`` (the name real boards give their frozen modules), loaded before
+anything runs and first on ``sys.path`` after the current folder, like built-in modules on a board. Host folders
 the stand-ins replay data from (``--host-dir``, e.g. the folder of ``$EDGEWATCH_SIM``)
 are mounted read-only at their own paths.
 
@@ -87,6 +87,15 @@ if %(fw)r:
 sys.path[:] = ['/.frozen', '/.fw']
 try:
     import machine
+    # the board's other ROM modules, loaded now as a board has them before anything runs: a
+    # stand-in first imported by the firmware would load on its heap at the worst moment
+    # (`import network` in App.__init__ needs ~4 KB free for the .mpy, 12 KB+ for source;
+    # on a board it allocates nothing), and sim_heap's allowance counts all of them loaded
+    for _m in ('network', 'dht', 'sim_flash', 'sim_i2c'):
+        try:
+            __import__(_m)
+        except ImportError:
+            pass
     try:
         machine.reset = _hard_reset
         machine.soft_reset = _soft_reset
@@ -184,7 +193,7 @@ class VirtualBoard:
     """A MicroPython board on a pty: ``.port`` is the device path to hand to mpremote/ampy."""
 
     def __init__(self, flash: str | os.PathLike, heap: str | None = None, board: str | None = None,
-                 rom: str | os.PathLike | None = mpy.STANDINS, env: dict[str, str] | None = None,
+                 rom: str | os.PathLike | None = None, env: dict[str, str] | None = None,
                  name: str | None = None, host_dirs: list[str | os.PathLike] | None = None):
         self.flash = Path(flash).resolve()
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -196,6 +205,10 @@ class VirtualBoard:
             # the board's budget for the firmware; the stand-ins (C modules on a board) on top
             heap = sim_heap(load_board(board)["heap_budget"])
         self.heap = heap or mpy.DEFAULT_HEAP
+        if rom is None:  # the stand-ins precompiled, as a board's frozen modules are ('': none)
+            from edgewatch.board.fwrun import build_mpy
+
+            rom = build_mpy()[0]
         self.rom = str(Path(rom).resolve()) if rom and Path(rom).is_dir() else ""
         self.env = dict(env or {})
         self.name = (name or board or "esp32").encode()

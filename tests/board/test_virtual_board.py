@@ -88,6 +88,17 @@ def test_flash_is_a_jail_and_heap_is_the_budget(board):
     assert r.returncode == 1 and "MemoryError" in r.stdout
 
 
+def test_rom_modules_are_loaded_before_anything_runs(board):
+    # a board's network/dht/machine are C in its ROM: the firmware's `import network` must not
+    # load them onto its heap mid-boot (it took 12 KB+ of contiguous free heap as source and
+    # failed a deploy's second boot with MemoryError)
+    out = mpr(port := board.port, "exec", "import sys\nfor m in ('machine', 'network', 'dht', 'sim_flash', "
+              "'sim_i2c'):\n    print(m, getattr(sys.modules.get(m), '__file__', None))").stdout
+    got = dict(line.split() for line in out.strip().splitlines())
+    assert got and all(f.startswith("/.frozen/") and f.endswith(".mpy") for f in got.values()), got
+    assert mpr(port, "exec", "import network; print(network.STA_IF)").stdout.strip() == "0"
+
+
 def test_state_persists_until_soft_reset_and_reset_runs_main(board):
     port, flash = board.port, board.flash
     mpr(port, "exec", "x = 5")
