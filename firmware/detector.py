@@ -19,7 +19,8 @@ drift    mode "residual": two-sided CUSUM of z = r/s (clipped to +-3), reference
          (Page's CUSUM: a lasting drift fires again as it accumulates)
 burst    mode "residual", a blob with a burst limit: one-sided CUSUM of |z| (up to k) with
          reference 3: several large residuals close together, of either sign (a noise
-         burst, repeated jumps), also when none of them leaves the band; restarts at its alarm
+         burst, repeated jumps), also when none of them leaves the band (with k above 3 +
+         the limit, one residual between the two fires it alone); restarts at its alarm
 stuck    one channel unchanged for its stuck limit (the blob's per-channel limit from the
          training rows and the sensor's resolution, or `stuck_samples`): every sample
          from then on while it stays; and, channel None, the whole reading repeated

@@ -9,7 +9,8 @@
 #          restarts from 0 (Page's CUSUM): a lasting drift fires again, a passing one once
 #   burst  one-sided CUSUM of |z| (up to k) with reference 3: a run of residuals over 3 s of
 #          either sign (a noise burst, repeated jumps), also when none of them leaves the
-#          band; fires above the blob's burst limit and restarts from 0
+#          band; fires above the blob's burst limit and restarts from 0 (with k above
+#          3 + the limit, one residual between the two fires it alone)
 # A flagged channel's reading stays out of the history the model reads (the last good value
 # goes in), so the reference does not follow the anomaly; after `reanchor` flagged samples
 # in a row the channel's recent history is set to the new level (not a passing fault).
@@ -36,10 +37,12 @@ def parse(raw, c):
     kb, kr, h, alpha, re, burst = struct.unpack_from(HEAD, raw, 0)
     v = struct.unpack_from("<%df%dH" % (2 * c, c), raw, 20)
     scale, floor, stuck = v[:c], v[c:2 * c], v[2 * c:]
-    ok = kb > 0 and kr >= 0 and h > 0 and 0 <= alpha < 1 and re >= 1
+    # (x - x == 0: finite; detset.put_k takes k under 16384)
+    ok = 0 < kb < 16384 and kr >= 0 and kr - kr == 0 and h > 0 and 0 <= alpha < 1 and re >= 1
     for i in range(c):
-        ok = ok and scale[i] > 0 and floor[i] >= 0 and scale[i] - scale[i] == 0
-    if not (ok and kb - kb == 0 and h - h == 0):
+        ok = (ok and scale[i] > 0 and floor[i] >= 0 and scale[i] - scale[i] == 0
+              and floor[i] - floor[i] == 0)
+    if not (ok and h - h == 0):
         raise ValueError("band calibration out of range")
     return kb, kr, h, alpha, re, scale, floor, stuck, burst
 
@@ -125,9 +128,10 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
             x = s20 >> 4
             if x < 1:
                 x = 1
-            # a << 10 within 32 bits (a < 2**21), x under 2**14; a / x = |z| < k < 2**14
-            # stays, so x stays >= 64
-            while x >= 16384 or a >= 2097152:
+            # a << 10 a small int on a 32-bit port (a < 2**20: the bytecode path of
+            # detk_plain allocates a long int above 2**30), x under 2**14; a / x = |z| < k
+            # < 2**14 stays, so x stays >= 32
+            while x >= 16384 or a >= 1048576:
                 x >>= 1
                 a >>= 1
             x = (a << 10) // x
@@ -185,7 +189,9 @@ def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:
                 a = 1 << 25
             x = (a << 4) - s20
             a = int(s[20])
-            s20 += (x >> 15) * a + (((x & 0x7FFF) * a) >> 15)
+            # rounded: floored, s settled 16384 / a Q20 units under the mean |r| (256 at
+            # alpha 1/512), and |z| read large against bandcal's float s
+            s20 += (x >> 15) * a + (((x & 0x7FFF) * a + 16384) >> 15)
             x = int(s[cb + 14])
             if s20 < x:
                 s20 = x

@@ -232,7 +232,7 @@ def range_warning(blob: Path | None, data: Path, margin: float = 0.5) -> str | N
     if not out:
         return None
     return (f"sim: warning: {data.name} lies outside the model's training range: {'; '.join(out)}; "
-            f"expect band/shift alerts on clean boards (replay its training data with "
+            f"expect model alerts (band, drift, burst, shift) on clean boards (replay its training data with "
             f"--data auto, or retrain on this data)")
 
 

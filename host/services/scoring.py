@@ -7,12 +7,13 @@ model folder's ``model.tflite`` through the TensorFlow Lite Micro reference
 interpreter (bit-exact with the board's int8 engine), quantised with the
 parameters of its ``model.ewb``; the rule is the firmware's own
 ``firmware/detector.py`` (loaded here in CPython), with k, ε and the σ window
-from the blob. A value outside prediction ± k·(σ_window + ε) gives a ``band``
-alert in the board's format on ``<prefix>/<device>/alert``; when the blob
-carries a shift calibration, a sustained move of the rolling mean gives a
-``shift`` alert, as on the board.
+from the blob. The rules the blob calibrates run as on the board: the residual band
+(``band``: the residual outside ± k·s; a blob made with ``--band seed``: outside
+prediction ± k·(σ_window + ε)), its ``drift`` and ``burst`` CUSUMs and, when the blob
+carries a shift calibration, ``shift`` (a sustained move of the rolling mean); each
+alert goes out in the board's format on ``<prefix>/<device>/alert``.
 
-Only the model's rules (``band``, ``shift``) are published: a board without a model still runs its
+Only the model's rules (``band``, ``drift``, ``burst``, ``shift``) are published: a board without a model still runs its
 fault rules (stuck, range, dropout, read) and sends those itself. Telemetry that
 carries a ``model`` id is skipped (that board scores itself) unless ``--all``.
 
@@ -141,7 +142,7 @@ class Scorer:
         self.limits = sensors.RANGES[sensor]
         self.dets: dict[str, object] = {}
         self.last_seq: dict[str, tuple[int, int]] = {}  # device -> (epoch, last scored seq)
-        # only the band rule is the host's job; fault rules stay quiet here
+        # only the model's rules are the host's job; fault rules stay quiet here
         self.params = {"k": None, "eps": None, "sigma_window": None, "stuck_samples": 10**9,
                        "dropout_periods": 10**9, "still_samples": 0}
 
@@ -227,7 +228,7 @@ def run(args) -> int:
             for a in alerts:
                 c.publish(f"{mqtt.prefix}/{rec.device}/alert",
                           json.dumps(a, separators=(",", ":")), qos=1)
-                log.info("band alert %s sample %d %s", rec.device, rec.seq, a["channel"],
+                log.info("%s alert %s sample %d %s", a["rule"], rec.device, rec.seq, a["channel"],
                          extra={"device": rec.device, "sample": rec.seq})
         except SchemaError as exc:
             metrics.reject(log, msg.topic, exc.reason)

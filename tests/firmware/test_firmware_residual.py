@@ -136,6 +136,34 @@ for line in open('x.txt'):
     assert len(up) > 20 and up.max() <= (10 - 3) * 1024, up
 
 
+def test_the_error_scale_settles_on_the_mean_residual(tmp_path):
+    """s adapts from unflagged residuals at bandcal's rate (1/512) to their mean |r|, as the
+    float path bandcal calibrates k with does: with the update floored it settled 256 Q20
+    units low (5 % here), and |z| read large against the calibration."""
+    n, tau = 4000, 512
+    rng = np.random.default_rng(11)
+    x = np.column_stack([20.0 + np.round(rng.normal(0, 0.02, n), 3),
+                         40.0 + np.round(rng.normal(0, 0.05, n), 3)])
+    r = np.abs(np.diff(x[:, 0])) / SCALE  # the persistence forecast's residual, normalised
+    band = (8.0, 0.5, 1e4, 1.0 / tau, 30, [0.05, float(r.mean())], [0.0, 0.0], [0, 0], 0)
+    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in x.tolist()))
+    code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
+import detector, sensors
+d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {dict(PARAMS, stuck_samples=None)!r}, {FALLBACK!r})
+d.set_model(M())
+for line in open('x.txt'):
+    d.step([float(v) for v in line.split()])
+    print(d._s[27 + 22 * 1 + 9])
+"""
+    s20 = np.array([int(v) for v in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split()])
+    want, ref = [], r.mean()  # the float update on the same residuals
+    for v in r:
+        ref += (v - ref) / tau
+        want.append(ref)
+    settled, want = s20[1 + 2 * tau:].mean() / 2 ** 20, np.mean(want[2 * tau:])
+    assert abs(settled / want - 1) < 0.01, (settled, want)
+
+
 VOUCHED = """
 import engine, detector, sensors
 ds = []

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from edgewatch.core import mpy
 from edgewatch.training.export import blob, shiftcal
+from edgewatch.training.export.bandcal import BandCal
 from edgewatch.training.forecast.data import Scaler
 from edgewatch.training.forecast.models import default_sizes
 
@@ -105,6 +106,23 @@ def test_shift_calibration_round_trips_and_bad_ones_are_refused(model):
                        (dict(center=np.array([np.inf, 1.0])), "value 0 is inf")):
         spec.shift = shiftcal.ShiftCal(**{**cal.__dict__, **bad})
         with pytest.raises(blob.BlobError, match=words):
+            blob.read(blob.write(spec))
+
+
+def test_band_calibration_out_of_range_is_refused(model):
+    """A band section the board could not run is refused with one reason, by the parser the
+    board runs: k the kernels cannot hold (under 16384), a reference or floor not finite."""
+    raw, tflite, cfg, scaler = model
+    spec = blob.from_tflite(tflite, cfg["channels"], scaler.offset, scaler.scale, residual=True)
+    good = BandCal(6.0, 1.0, 12.0, 1 / 512, 30, [0.02, 0.03], [0.001, 0.001], [120, 120], 20)
+    spec.band = good
+    back = blob.read(blob.write(spec)).band
+    assert (back.k, back.ref, back.burst, back.stuck) == (6.0, 1.0, 20, [120, 120])
+    for bad in (dict(k=16384.0), dict(k=float("inf")), dict(ref=float("inf")), dict(ref=float("nan")),
+                dict(floor=[0.001, float("inf")]), dict(floor=[float("nan"), 0.001]),
+                dict(scale=[0.02, 0.0]), dict(h=float("inf"))):
+        spec.band = BandCal(**{**good.__dict__, **bad})
+        with pytest.raises(blob.BlobError, match="band calibration out of range"):
             blob.read(blob.write(spec))
 
 
