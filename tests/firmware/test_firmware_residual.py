@@ -93,12 +93,9 @@ def test_burst_adds_up_residuals_the_band_and_the_drift_cusum_let_pass(tmp_path)
     assert not any(off[20:])
 
 
-def test_a_new_model_starts_its_burst_sum_from_zero(tmp_path):
-    """A model set over the air mid-burst: the CUSUM sums of the old one do not carry over."""
-    x = _series()[:104]
-    s = np.mean(np.abs(np.diff(_series(), axis=0)), axis=0) / np.array([SCALE, 23.0])
-    x[99:104:2, 0] += 6 * s[0] * SCALE  # two jumps: the burst sum has grown, not fired
-    band = (10.0, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30], 100)
+def _trace(tmp_path, x, band, word, then=""):
+    """The detector's state word `word` after each of the rows x (the stand-in model with the
+    band calibration `band`), then what the code `then` prints."""
     (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in x.tolist()))
     code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
 import detector, sensors
@@ -106,12 +103,19 @@ d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {dict(PARAMS
 d.set_model(M())
 for line in open('x.txt'):
     d.step([float(v) for v in line.split()])
-w = 27 + 22 * 1 + 21  # model channel 1: temperature
-print(d._s[w])
-d.set_model(M())
-print(d._s[w])
-"""
-    before, after = map(int, mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split())
+    print(d._s[{word}])
+{then}"""
+    return np.array([int(v) for v in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split()])
+
+
+def test_a_new_model_starts_its_burst_sum_from_zero(tmp_path):
+    """A model set over the air mid-burst: the CUSUM sums of the old one do not carry over."""
+    x = _series()[:104]
+    s = np.mean(np.abs(np.diff(_series(), axis=0)), axis=0) / np.array([SCALE, 23.0])
+    x[99:104:2, 0] += 6 * s[0] * SCALE  # two jumps: the burst sum has grown, not fired
+    band = (10.0, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30], 100)
+    w = 27 + 22 * 1 + 21  # model channel 1: temperature
+    before, after = _trace(tmp_path, x, band, w, then=f"d.set_model(M())\nprint(d._s[{w}])")[-2:]
     assert before > 0 and after == 0, (before, after)
 
 
@@ -122,16 +126,7 @@ def test_burst_adds_at_most_k_a_sample_at_the_scale_floor(tmp_path):
     s = 21 / 2 ** 20
     x = np.column_stack([20.0 + 9.8 * s * SCALE * (np.arange(60) % 2), np.full(60, 40.0)])
     band = (10.0, 1.0, 1e4, 0.0, 30, [s, s], [0.0, 0.0], [0, 0], 60000)
-    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in x.tolist()))
-    code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
-import detector, sensors
-d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {dict(PARAMS, stuck_samples=None)!r}, {FALLBACK!r})
-d.set_model(M())
-for line in open('x.txt'):
-    d.step([float(v) for v in line.split()])
-    print(d._s[27 + 22 * 1 + 21])
-"""
-    g = np.array([int(v) for v in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split()])
+    g = _trace(tmp_path, x, band, 27 + 22 * 1 + 21)
     up = np.diff(g)[np.diff(g) > 0]
     assert len(up) > 20 and up.max() <= (10 - 3) * 1024, up
 
@@ -146,16 +141,7 @@ def test_the_error_scale_settles_on_the_mean_residual(tmp_path):
                          40.0 + np.round(rng.normal(0, 0.05, n), 3)])
     r = np.abs(np.diff(x[:, 0])) / SCALE  # the persistence forecast's residual, normalised
     band = (8.0, 0.5, 1e4, 1.0 / tau, 30, [0.05, float(r.mean())], [0.0, 0.0], [0, 0], 0)
-    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r}\n" for a, b in x.tolist()))
-    code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
-import detector, sensors
-d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {dict(PARAMS, stuck_samples=None)!r}, {FALLBACK!r})
-d.set_model(M())
-for line in open('x.txt'):
-    d.step([float(v) for v in line.split()])
-    print(d._s[27 + 22 * 1 + 9])
-"""
-    s20 = np.array([int(v) for v in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.split()])
+    s20 = _trace(tmp_path, x, band, 27 + 22 * 1 + 9)
     want, ref = [], r.mean()  # the float update on the same residuals
     for v in r:
         ref += (v - ref) / tau
