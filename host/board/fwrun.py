@@ -89,6 +89,10 @@ def flash(folder) -> Path:
 FLASH_ENV = {"MICROPYPATH": os.pathsep.join((".frozen", "lib"))}
 
 
+# the stand-ins a simulated board loads (C modules in a real board's ROM, outside the heap)
+ROM_MODULES = ("machine", "dht", "network", "simboard", "sim_flash", "sim_i2c")
+
+
 @functools.lru_cache(maxsize=1)
 def standins_heap() -> int:
     """Bytes of MicroPython heap the host stand-ins (machine, dht, network, ...) take once loaded.
@@ -98,7 +102,7 @@ def standins_heap() -> int:
     import tempfile
 
     code = ("import gc\ngc.collect()\na = gc.mem_alloc()\n"
-            "import machine, dht, network, simboard, sim_flash, sim_i2c\n"
+            f"import {', '.join(ROM_MODULES)}\n"
             "gc.collect()\nprint(gc.mem_alloc() - a)\n")
     with tempfile.TemporaryDirectory() as d:
         out = mpy.run(code=code, heap="256K", cwd=flash(d), timeout=60, **FLASH_ENV)

@@ -91,7 +91,7 @@ try:
     # stand-in first imported by the firmware would load on its heap at the worst moment
     # (`import network` in App.__init__ needs ~4 KB free for the .mpy, 12 KB+ for source;
     # on a board it allocates nothing), and sim_heap's allowance counts all of them loaded
-    for _m in ('network', 'dht', 'sim_flash', 'sim_i2c'):
+    for _m in %(rom_modules)r:
         try:
             __import__(_m)
         except ImportError:
@@ -205,9 +205,9 @@ class VirtualBoard:
             # the board's budget for the firmware; the stand-ins (C modules on a board) on top
             heap = sim_heap(load_board(board)["heap_budget"])
         self.heap = heap or mpy.DEFAULT_HEAP
-        if rom is None:  # the stand-ins precompiled, as a board's frozen modules are ('': none)
-            from edgewatch.board.fwrun import build_mpy
+        from edgewatch.board.fwrun import ROM_MODULES, build_mpy
 
+        if rom is None:  # the stand-ins precompiled, as a board's frozen modules are ('': none)
             rom = build_mpy()[0]
         self.rom = str(Path(rom).resolve()) if rom and Path(rom).is_dir() else ""
         self.env = dict(env or {})
@@ -229,7 +229,7 @@ class VirtualBoard:
         # host folders the stand-ins read (replayed CSV, simulation JSON), read-only, same path
         dirs = [str(Path(d).resolve()) for d in host_dirs or []]
         self._agent_file.write_text(AGENT % {"sentinel": SENTINEL, "flash": str(self.flash),
-                                              "rom": self.rom, "host_dirs": dirs,
+                                              "rom": self.rom, "rom_modules": ROM_MODULES, "host_dirs": dirs,
                                               "fw": str(mpy.FIRMWARE) if self.rom else ""})
         self.mode = "friendly"
         self.resets = 0  # hard resets, for tests
