@@ -188,6 +188,16 @@ def outcome_row(key: str, data: dict, notifier: str | None, recipient: str | Non
 
 # ---------------------------------------------------------------- outbox
 
+# Due rows, earliest due first (a new row is due when queued: first come, first sent), in
+# the order of the index outbox_due: the claim reads the first `limit` due rows and stops.
+# Ordered by id instead, SQLite sorted every due row on each claim (a temp B-tree): once the
+# bridge fell behind, each claim cost more with the backlog it had to clear (0.28 ms with
+# 1,000 rows waiting against 0.007), and at 500 alerts/s on 2 cores it fell further behind.
+CLAIM = ("SELECT id, notifier, recipient, subject, body, data, received, attempts, created, key, "
+         "ref, inflight, first_try FROM outbox WHERE state = 'pending' AND next_try <= ? AND "
+         "lease_until <= ? ORDER BY next_try, id LIMIT ?")
+
+
 class Outbox:
     """The SQLite outbox: seen alerts, cooldowns, and the notifications to send.
 
@@ -416,10 +426,7 @@ class Outbox:
 
     def _claim(self, db, limit, now, mark=frozenset()) -> list[dict]:
         with self._transaction(db):
-            rows = db.execute("SELECT id, notifier, recipient, subject, body, data, received, "
-                              "attempts, created, key, ref, inflight, first_try FROM outbox WHERE state = 'pending' AND "
-                              "next_try <= ? AND lease_until <= ? ORDER BY id LIMIT ?",
-                              (now, now, limit)).fetchall()
+            rows = db.execute(CLAIM, (now, now, limit)).fetchall()
             if rows:
                 db.executemany("UPDATE outbox SET lease_until = ?, owner = ? WHERE id = ?",
                                [(now + self.lease, self.owner, r[0]) for r in rows])

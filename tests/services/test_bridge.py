@@ -386,3 +386,29 @@ def test_outbox_of_the_previous_version_gains_the_inflight_columns(tmp_path):
     assert out.claim(now=time.time() + 120)[0]["inflight"] is not None  # kept: look it up first
     out.retry(row["id"], "503", 0)
     assert out.claim(now=time.time() + 180)[0]["inflight"] is None  # a known failure: cleared
+
+
+def test_a_claim_reads_the_earliest_due_rows_without_sorting_the_backlog(tmp_path):
+    """A bridge that falls behind must not pay more per claim for the backlog it has to
+    clear: with 2,000 rows waiting, the claim walks the due-time index and stops (no sort of
+    every due row, which made each claim cost more the further behind it was)."""
+    from edgewatch.services.bridge import CLAIM
+
+    box = Outbox(tmp_path / "o.db")
+    con = [Console(stream=io.StringIO())]
+    now = time.time()
+    with box.wlock, box._transaction(box.db):
+        for i in range(2000):
+            box._queue(box.db, f"gh-01:{i}", f"text {i}", {}, now, con)
+    # row 1 failed once and waits for its retry; row 2 is being sent by another thread
+    box.db.execute("UPDATE outbox SET next_try = ? WHERE id = 1", (now + 60,))
+    box.db.execute("UPDATE outbox SET lease_until = ? WHERE id = 2", (now + 30,))
+    plan = " ".join(str(r[3]) for r in box.db.execute("EXPLAIN QUERY PLAN " + CLAIM, (now, now, 4)))
+    assert "outbox_due" in plan and "TEMP B-TREE" not in plan, plan
+    assert [r["id"] for r in box.claim(limit=3, now=now + 1)] == [3, 4, 5]  # first come first
+    assert [r["id"] for r in box.claim(limit=2, now=now + 2)] == [6, 7]  # row 2 still leased
+    box.db.execute("UPDATE outbox SET next_try = ? WHERE id = 9", (now + 30,))  # retry at +30
+    # a minute later every lease has run out: the rows due since the start in the order they
+    # came, then the retries in the order they fell due
+    ids = [r["id"] for r in box.claim(limit=5000, now=now + 61)]
+    assert ids[:4] == [2, 3, 4, 5] and ids[-2:] == [9, 1] and len(ids) == 2000
