@@ -322,19 +322,20 @@ def cluster_section(c) -> list[str]:
     if not c or not c.get("records"):
         return []
     rows = [f"| {r['boards']:,} | {r['messages']:,} | {r['setup']} | {r['connect_s']:.1f} | "
-            f"{r['pubacked_per_s']:,} | {r['stored_per_s']:,} | {r['cpu_s_per_1000']:.3f} |"
+            f"{r['pubacked_per_s']:,} | {r['stored_per_s']:,} | {r['cpu_s_per_1000']:.3f} | "
+            f"{r.get('up_spread_s', 0):.1f} |"
             for r in c["records"]]
     return (["## The fleet on one Mosquitto and on the RabbitMQ cluster (issue 18)", "",
              f"Command: `python -m tools.bench_cluster` (docs/scaling.md). Each board is its "
              f"own MQTT connection (client id, QoS 1, the firmware's telemetry bytes), "
              f"{c.get('procs')} publisher processes; the collectors are stopped while the "
              "boards publish (PUBACKed msg/s: what the broker confirms), then drain it "
-             "(stored msg/s and CPU to the last row, SQLite: on the cluster from the collectors being up, on Mosquitto from their start less a start with nothing queued; tools/bench_cluster.py drain). The three "
+             "(stored msg/s and CPU to the last row, SQLite: on the cluster from the first collector being up (*last up*: how many seconds later the last one was), on Mosquitto from their start less a start with nothing queued; tools/bench_cluster.py drain). The three "
              "nodes, the publishers and the collectors share this machine's "
              f"{c.get('cores')} cores: CPU per message shows the scaling shape, not the "
              f"engine's capacity. Cluster formed in {c.get('cluster_up_s')} s.", "",
              "| boards | messages | setup | connect s | PUBACKed msg/s | stored msg/s | "
-             "collector CPU s per 1,000 |", "|---|---|---|---|---|---|---|"] + rows +
+             "collector CPU s per 1,000 | last up s |", "|---|---|---|---|---|---|---|---|"] + rows +
             [""] + [f"Alert → SMS request through {w} (one bridge, 50 boards, "
                     f"{a['alerts']:,} alerts at {a['rate_per_s']:.0f}/s, Twilio stand-in): "
                     f"{a['sms']:,} SMS, p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms."

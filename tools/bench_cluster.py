@@ -160,22 +160,32 @@ def _start(broker_args: list[str], env: dict, folder: Path, db: Path, tag: str,
                   client_id, *broker_args], env, folder / f"{tag}.log")
 
 
-def _up(procs, logs, tag: str) -> None:
+def _up(procs, logs, tag: str, db: Path | None = None) -> list[tuple[float, float, int]]:
+    """Wait for every collector's "collecting into" line; per collector, when it came (monotonic
+    s), its CPU seconds then and (with ``db``) the rows stored then."""
+    seen: dict[int, tuple[float, float, int]] = {}
+
     def ready():
         for k, p in enumerate(procs):
             if p.poll() is not None:
                 raise RuntimeError(f"{tag}: collector {k} exited: {logs[k].read_text()[-300:]}")
-        return all("collecting into" in log.read_text() for log in logs)
+            if k not in seen and "collecting into" in logs[k].read_text():
+                seen[k] = (time.monotonic(), _cpu(p.pid), _count(db) if db else 0)
+        return len(seen) == len(procs)
 
     wait_until(ready, timeout=300, step=0.01, what=f"{tag}: collectors up")
+    return [seen[k] for k in range(len(procs))]
 
 
 def drain(broker_args: list[str], env: dict, folder: Path, n_collectors: int, total: int,
           tag: str) -> dict:
     """Start the collectors on a filled queue; stored msg/s and collector CPU s per 1,000.
 
-    On the cluster (AMQP) from the moment every collector is up (its "collecting into"
-    line) to the last row: deliveries start after it. On Mosquitto the persistent
+    On the cluster (AMQP) from the moment the first collector is up (its "collecting into"
+    line; deliveries start after it) to the last row, each collector's CPU from its own line
+    on; ``up_spread_s`` says how much later the last one came (a collector that comes late
+    finds less to share: after a 10,000-board burst one came up 30 s after the other and the
+    first had stored everything). On Mosquitto the persistent
     session's backlog arrives before the SUBACK the collector waits for, so it is read and
     parsed before that line: there from the start of the process to the last row, less
     what the same collector's start costs with nothing queued (measured just before)."""
@@ -194,8 +204,9 @@ def drain(broker_args: list[str], env: dict, folder: Path, n_collectors: int, to
     procs = [_start(broker_args[k], env, folder, db, f"{tag}-{k}", f"bench-{tag}")
              for k in range(n_collectors)]
     logs = [folder / f"{tag}-{k}.log" for k in range(n_collectors)]
-    _up(procs, logs, tag)
-    t0, cpu0, first = time.monotonic(), sum(_cpu(p.pid) for p in procs), _count(db)
+    ups = _up(procs, logs, tag, db)
+    t0, cpu0, first = min(u[0] for u in ups), sum(u[1] for u in ups), min(u[2] for u in ups)
+    spread = max(u[0] for u in ups) - t0
     if mqtt:
         t0, cpu0, first = t_spawn + blank_s, blank_cpu, 0
     wait_until(lambda: _count(db) >= total, timeout=900, step=0.05, what=f"{tag}: {total} stored")
@@ -206,7 +217,8 @@ def drain(broker_args: list[str], env: dict, folder: Path, n_collectors: int, to
         p.wait(30)
     n = total - first
     return {"stored_per_s": round(n / max(dt, 1e-3)),
-            "cpu_s_per_1000": round(1000 * cpu / max(n, 1), 3), "drain_s": round(dt, 2)}
+            "cpu_s_per_1000": round(1000 * cpu / max(n, 1), 3), "drain_s": round(dt, 2),
+            "up_spread_s": round(spread, 1)}
 
 
 def alert_p99(broker_args: list[str], ports: list[int], user: str, pw: str, folder: Path,
@@ -402,11 +414,11 @@ def main(argv=None) -> int:
     print(f"{r['procs']} publisher processes, {r['cores']} cores; cluster up in "
           f"{r['cluster_up_s']:.0f} s")
     print(f"{'boards':>7} {'messages':>8} {'setup':<34} {'connect s':>9} {'PUBACKed msg/s':>15} "
-          f"{'stored msg/s':>13} {'collector CPU s/1000':>21}")
+          f"{'stored msg/s':>13} {'collector CPU s/1000':>21} {'last up s':>9}")
     for x in r["records"]:
         print(f"{x['boards']:>7} {x['messages']:>8} {x['setup']:<34} {x['connect_s']:>9.1f} "
               f"{x['pubacked_per_s']:>15.0f} {x['stored_per_s']:>13.0f} "
-              f"{x['cpu_s_per_1000']:>21.3f}")
+              f"{x['cpu_s_per_1000']:>21.3f} {x['up_spread_s']:>9.1f}")
     for where in ("mosquitto", "cluster"):
         al = r[f"alerts_{where}"]
         print(f"alert -> SMS request through {where}: {al['alerts']} alerts at "

@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlparse
 
 from edgewatch.core.errors import UserError
 
+NODE_TIMEOUT_S = 15.0  # a node's time to answer a connection (a service's start waits for each)
+
 log = logging.getLogger("edgewatch.amqp")
 logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors are ours to report, once
 
@@ -121,10 +123,10 @@ class AmqpClient:
             host=node.host, port=node.port, virtual_host=self.vhost,
             credentials=pika.PlainCredentials(self.username or "guest", self.password or ""),
             ssl_options=ssl_options, heartbeat=10, blocked_connection_timeout=30,
-            # 15 s: a node busy with thousands of MQTT connections took 5-7 s to accept an
-            # AMQP connection on 2 cores (tools/bench_cluster.py, 10,000 boards); a dead node
+            # NODE_TIMEOUT_S: a node busy with thousands of MQTT connections took 5-7 s to
+            # accept an AMQP connection on 2 cores (tools/bench_cluster.py, 10,000 boards); a dead node
             # refuses at once whatever this is
-            connection_attempts=1, socket_timeout=15)
+            connection_attempts=1, socket_timeout=NODE_TIMEOUT_S)
 
     def _run(self) -> None:
         import pika

@@ -128,3 +128,30 @@ def test_batched_pubacks_acknowledge_exactly_those_given(broker):
         assert [p for p, _, _ in third.got] == [b"last"]  # nothing older came back
     finally:
         third.close()
+
+
+def test_a_service_waits_for_a_slow_cluster_node_and_gives_up_at_once_on_a_refusal():
+    """On a RabbitMQ cluster (amqp://), a node that accepts the connection but answers late
+    (busy with thousands of boards) gets its whole answer time before the service gives up
+    (a 10 s start ended collectors after a 10,000-board burst); a refused connection (nothing
+    listens there) ends the start at once, with the same one-line error."""
+    import socket
+
+    from edgewatch.core.amqp import NODE_TIMEOUT_S
+    from edgewatch.core.errors import UserError
+    from edgewatch.services.broker import free_port
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel completes the handshake) and never speaks AMQP
+    try:
+        for port, least, most in ((silent.getsockname()[1], NODE_TIMEOUT_S - 1, NODE_TIMEOUT_S + 10),
+                                  (free_port(), 0.0, 3.0)):
+            s = MqttSettings(amqp=f"amqp://svc:{PW}@127.0.0.1:{port}")
+            client = mqtt_client(s, "svc-1", persistent=True, manual_ack=True, role="collector")
+            t = time.monotonic()
+            with pytest.raises(UserError, match=r"amqp: cannot consume edgewatch\.collector"):
+                connect(client, s, [("edgewatch/+/telemetry", 1)])
+            assert least <= time.monotonic() - t <= most, (port, time.monotonic() - t)
+    finally:
+        silent.close()
