@@ -141,13 +141,22 @@ def markdown(res: dict) -> str:
     f = res.get("faults")
     if f:
         kinds = sorted(f["board"]["recall_by_kind"])
+        nk = f["board"].get("events_by_kind", {})
         lines += ["### Fault suite (occupancy, held-out span, single-channel and whole-reading faults)",
-                  "", "| detector | " + " | ".join(f"{k} recall (grace)" for k in kinds)
+                  "", f"{res.get('trials', '?')} trials, each with 2 faults of every kind placed at "
+                  "random in the held-out span (" + ", ".join(f"{nk[k]} {k}" for k in kinds if k in nk)
+                  + "). Recall while present: an alert on the fault's rows or the row after (the "
+                  "issue's definition); *before it ends*: on the fault's own rows only (a "
+                  "dropout's: the row after), since the row after a drift or a stuck channel is "
+                  "where the reading jumps back and an alert there flags the correct reading; "
+                  "*grace*: up to 10 rows after.", "",
+                  "| detector | " + " | ".join(f"{k} recall (before it ends; grace)" for k in kinds)
                   + " | median delay min (" + ", ".join(kinds) + ") | FA / clean day |",
                   "|---|" + "---|" * len(kinds) + "---|---|"]
         for name, r in f.items():
             lines.append(f"| {name} | " + " | ".join(
-                f"{r['recall_by_kind'][k]:.2f} ({r['recall_grace_by_kind'][k]:.2f})" for k in kinds)
+                f"{r['recall_by_kind'][k]:.2f} ({r['recall_strict_by_kind'][k]:.2f}; "
+                f"{r['recall_grace_by_kind'][k]:.2f})" for k in kinds)
                 + " | " + ", ".join("-" if r["delay_by_kind"][k] is None else f"{r['delay_by_kind'][k]:g}"
                                      for k in kinds)
                 + f" | {r['false_alarms_per_day']:.2f} |")
@@ -196,18 +205,28 @@ def markdown(res: dict) -> str:
                   "of /tmp/mt.csv, the rows scored in the table above (750 = the file's "
                   "probationary rows).", ""]
     lines += goals(res)
-    lines += ["Why goals are missed. Fault suite, stuck recall: the stuck fault missed holds "
-              "humidity at 19.1 %RH for 31 min (trial 2) while the true reading sat at 19.1-19.2 "
-              "throughout and returns one step away; the channel's own flats reach 55 samples in "
-              "the fit rows and 47 in the clean span, so no run-length limit that keeps the clean "
-              "span quiet flags it, and no other rule sees a difference. The per-channel stuck "
-              "limits are the run length the fit rows' runs exceed at the false-alarm budget, "
-              "extrapolated from their tail (training/export/bandcal.py `stuck_limit`: about two "
-              "hours on the occupancy fit, above the clean span's weekend flats of up to 76 min); "
-              "a single channel stuck for less is caught only when it jumps back or not at all. "
-              "The whole reading stuck is flagged after 2x the fit rows' longest whole-reading "
-              "flat (bandcal.STILL_MARGIN: 43 min on the occupancy fit; 1.5x fired on the clean "
-              "span's 35-min flat); a whole reading stuck for less is missed. NAB realTraffic "
+    lines += ["Why goals are missed. Fault suite (10 trials; the per-fault outcomes come from "
+              "the same seeds). Stuck, single channel: the per-channel limits are the run length "
+              "the fit rows' runs exceed at the false-alarm budget, extrapolated from their tail "
+              "(training/export/bandcal.py `stuck_limit`: 113 samples for temperature and 119 for "
+              "humidity on the occupancy fit, above the clean span's weekend flats of up to 76 "
+              "min), so a single channel stuck for less than about two hours is caught only when "
+              "the model sees the other channel move far (a 107-min temperature hold while "
+              "humidity moved 2.3 %RH) or when it jumps back, which counts as present but not "
+              "before it ends; during the missed holds the other channel moved 0.15-0.4, as it "
+              "does during the clean span's real flats. The whole reading stuck is flagged after "
+              "2x the fit rows' longest whole-reading flat (bandcal.STILL_MARGIN: 43 min on the "
+              "occupancy fit; 1.5x fired on the clean "
+              "span's 35-min flat); a whole reading stuck for less is missed (the three of 30-36 "
+              "min here). Drift, before it ends: humidity drifts are caught in 7-31 min, "
+              "temperature drifts almost never: they add 0.006-0.05 C a sample against the "
+              "temperature model's mean error s of about 0.025 C, and a one-step forecaster takes "
+              "the drift into its prediction, so each residual carries only that increment, 0.25-2 "
+              "s; the drift CUSUM's reference is 1 s (at 0.5 the clean span's ordinary wander "
+              "alarmed 2.36 times a clean day), so its sums do not grow, and the alert comes on "
+              "the row after the drift, where the reading jumps back. Catching them needs a "
+              "reference the drift cannot move (a longer-horizon forecast, or the humidity's "
+              "response: a real warming lowers the relative humidity), which is not built. NAB realTraffic "
               "against Windowed Gaussian (the goals table says on which side): speed_t4013 and "
               "occupancy_t4013, whose anomalies are a few jumps of 5-12 s back and forth against "
               "a band k of 11-16, are caught by the burst CUSUM (|z| up to k, over 3: "
@@ -284,8 +303,13 @@ def goals(res: dict) -> list[str]:
     f = res.get("faults", {}).get("board")
     if f:
         worst = min(f["recall_by_kind"].items(), key=lambda kv: kv[1])
+        strict = f.get("recall_strict_by_kind", {})
+        low = min(strict.items(), key=lambda kv: kv[1]) if strict else None
+        more = (f"; before it ends: lowest {low[0]} {low[1]:.2f} ("
+                + ", ".join(f"{k} {v:.2f}" for k, v in strict.items() if v < 0.95) + ")"
+                if low and low[1] < 0.95 else "")
         out.append(f"| fault recall while present >= 0.95 for every kind | lowest: {worst[0]} "
-                   f"{worst[1]:.2f} | {'yes' if worst[1] >= 0.95 else 'no'} |")
+                   f"{worst[1]:.2f}{more} | {'yes' if worst[1] >= 0.95 else 'no'} |")
         fa = f["false_alarms_per_day"]
         out.append(f"| <= 0.5 false alarms per clean day | {fa:.2f} | {'yes' if fa <= 0.5 else 'no'} |")
         d = f["delay_by_kind"]
@@ -318,7 +342,9 @@ def goals(res: dict) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=None, help="first N NAB files only (a subset)")
-    p.add_argument("--trials", type=int, default=3, help="fault-suite trials (default 3)")
+    # 10: with 3 (6 faults a kind) one fault moved a kind's recall by 0.17, and the 3 trials
+    # drawn read stuck 0.83 and drift delay 17.5 min where 10 read 0.65 and 29 (21 s more)
+    p.add_argument("--trials", type=int, default=10, help="fault-suite trials (default 10)")
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--skip-faults", action="store_true")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_detect"))
@@ -334,6 +360,7 @@ def main(argv=None) -> int:
     res = {"subset": subset or a.skip_faults, "epochs": a.epochs, "context": a.context}
     if not a.skip_faults:
         res["faults"] = faults(a.trials, a.epochs)
+        res["trials"] = a.trials
     res["nab"] = nab_all(keys, a.epochs)
     res["minutes"] = (time.perf_counter() - t0) / 60
     Path(a.out + ".json").write_text(json.dumps(res, indent=1, default=float) + "\n")

@@ -66,3 +66,17 @@ def test_best_detector_catches_faults_without_crying_wolf():
     r = faultsuite.evaluate(lambda: detectors.make("best"), trials=1, limit_rows=2500)
     assert r["recall"] >= 0.8
     assert r["false_alarms_per_day"] <= 2 and r["clean_alert_pct"] < 1.0
+
+
+def test_an_alert_on_the_jump_back_is_not_before_the_fault_ends():
+    """The row after a drift or a stuck channel is where the reading jumps back to the truth:
+    an alert there counts as present (the issue's definition) but not before the fault ends;
+    a dropout's own rows carry no reading, so the row after it is its first chance in both."""
+    alert = np.zeros(200, bool)
+    alert[[70, 120, 160]] = True
+    ev = [{"kind": "drift", "start": 50, "end": 70},   # alerted on the jump back only
+          {"kind": "stuck", "start": 100, "end": 130},  # alerted while held
+          {"kind": "dropout", "start": 150, "end": 160}]  # alerted on the row after
+    r = faultsuite.score_events(alert, ev)
+    assert {k: (v["present"], v["strict"]) for k, v in r["per_kind"].items()} == \
+        {"drift": (1, 0), "stuck": (1, 1), "dropout": (1, 1)}

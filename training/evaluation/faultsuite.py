@@ -10,6 +10,10 @@ Metrics (event level):
 - recall while present: faults with at least one alert on a row in [start, end + 1]
   (the fault's rows and the one after: a one-sample spike or a dropout, whose rows carry
   no reading, is judged on the sample that follows), per kind;
+- recall before it ends (the strict column): an alert on a row the fault itself covers,
+  ``[start, end)`` (a dropout's rows carry no reading: the row after it); the row after a
+  drift or a stuck channel is where the reading jumps back, and an alert there flags the
+  correct reading, not the fault while it happens;
 - recall with grace (second column, the older figure): an alert in ``[start, end + GRACE)``;
 - precision: alert episodes (alerts closer than ``MERGE`` rows form one) that
   overlap a fault's ``[start, end + GRACE)``, over all episodes of the faulty run;
@@ -101,9 +105,11 @@ def score_events(alert: np.ndarray, events: list[dict], grace: int = GRACE) -> d
         zones[s:min(len(alert), e + grace)] = True
         now = np.flatnonzero(alert[s:e + 1])
         late = np.flatnonzero(alert[s:min(len(alert), e + grace)])
-        k = per_kind.setdefault(ev["kind"], {"n": 0, "present": 0, "grace": 0, "delays": []})
+        k = per_kind.setdefault(ev["kind"], {"n": 0, "present": 0, "grace": 0, "strict": 0,
+                                              "delays": []})
         k["n"] += 1
         k["grace"] += int(len(late) > 0)
+        k["strict"] += int(alert[s:e + 1 if ev["kind"] == "dropout" else e].any())
         if len(now):
             caught += 1
             k["present"] += 1
@@ -135,8 +141,9 @@ def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
             tot[k] += r[k]
         tot["delays"] += r["delays"]
         for kind, v in r["per_kind"].items():
-            pk = tot["per_kind"].setdefault(kind, {"n": 0, "present": 0, "grace": 0, "delays": []})
-            for f in ("n", "present", "grace", "delays"):
+            pk = tot["per_kind"].setdefault(kind, {"n": 0, "present": 0, "grace": 0,
+                                                   "strict": 0, "delays": []})
+            for f in ("n", "present", "grace", "strict", "delays"):
                 pk[f] += v[f]
     d = tot["delays"]
     pk = tot["per_kind"]
@@ -146,6 +153,8 @@ def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
         "delay_by_kind": {k: float(np.median(v["delays"])) if v["delays"] else None
                           for k, v in sorted(pk.items())},
         "recall_grace_by_kind": {k: v["grace"] / v["n"] for k, v in sorted(pk.items())},
+        "recall_strict_by_kind": {k: v["strict"] / v["n"] for k, v in sorted(pk.items())},
+        "events_by_kind": {k: v["n"] for k, v in sorted(pk.items())},
         "precision": tot["true_episodes"] / tot["episodes"] if tot["episodes"] else 0.0,
         "delay_median_min": float(np.median(d)) if d else None,
         "delay_mean_min": float(np.mean(d)) if d else None,
