@@ -56,6 +56,13 @@ GAP_ROWS = 25  # quiet rows after each fault, more than the detector's episode_g
 # fault is its own episode, so its alert is sent and attributable
 
 
+# A simulated board shares the host with everything else: its loop can pause this long
+# without a sample being really missed (a busy 2-core CI machine paused a clean board at a
+# 0.25 s period for 0.75 s, and its dropout rule, set for a real board's minute, fired).
+# The dropout rule of a simulated board waits at least this long; an injected stall lasts
+# two periods more than that.
+HOST_JITTER_S = 2.0
+
 DRIFT_ROWS = 60  # a slow drift: the reading walks away from the truth over this many samples
 DRIFT_DELTA = 3.0  # degrees C at its end (0.05 a sample: inside one sample's band)
 
@@ -89,7 +96,7 @@ def plan_faults(kinds: list[str], start: int = WARMUP_ROWS) -> list[dict]:
         elif kind in ("fail", "crc"):
             out.append({"kind": kind, "row": row, "attempts": 10})  # more than the read retries
         elif kind == "stall":
-            out.append({"kind": "stall", "row": row, "ms": 0})  # ms: three periods, set by the fleet
+            out.append({"kind": "stall", "row": row, "ms": 0})  # ms: set by the fleet (its period)
         row += out[-1].get("count", 1) + GAP_ROWS
     return out
 
@@ -258,6 +265,7 @@ class Fleet:
         self.broker = broker
         self.model = self._model_blob(model)
         self.period_ms = max(10, int(period * 1000))
+        self.dropout_periods = max(1, -(-int(HOST_JITTER_S * 1000) // self.period_ms))
         self.samples = samples
         self.echo = echo
         self.credentials = credentials or {}
@@ -273,7 +281,8 @@ class Fleet:
             plan = [] if i < clean else plan_faults(kinds, self.warmup)
             for f in plan:
                 if f["kind"] == "stall":
-                    f["ms"] = self.period_ms * 3  # three missed periods: a dropout
+                    # missed periods past the dropout rule's: a dropout
+                    f["ms"] = self.period_ms * (self.dropout_periods + 2)
             self.devices.append(Device(dev, self.out / dev, plan))
 
     def _model_blob(self, model: str | None) -> Path | None:
@@ -308,7 +317,7 @@ class Fleet:
         cfg = {"device": d.device, "board": self.board_name, "broker": self.broker,
                "period_ms": self.period_ms, "stop_after": self.samples,
                "drain_ms": 20000, "status_every_ms": 0,
-               "detector": {"stuck_samples": self.stuck}}
+               "detector": {"stuck_samples": self.stuck, "dropout_periods": self.dropout_periods}}
         if self.credentials.get(d.device):
             cfg["user"], cfg["password"] = d.device, self.credentials[d.device]
         cfg.update(self.extra)
