@@ -221,7 +221,13 @@ class AmqpClient:
                 pass
 
     def start(self, timeout: float = 30.0) -> None:
-        """Connect (first reachable node) and consume; UserError if none can be used."""
+        """Connect (first reachable node) and consume; UserError if none can be used.
+
+        Every node gets its full answer time once before this gives up, whatever ``timeout``
+        says: a node busy with thousands of connections answers late, not never (the MQTT
+        start's 10 s ended a collector with "no node of 3 usable: no answer" after a
+        10,000-board burst on 2 cores); a refusal or a dead node still ends it at once."""
+        timeout = max(timeout, NODE_TIMEOUT_S * len(self.nodes) + 5)
         self._thread = threading.Thread(target=self._run, name=f"amqp-{self.queue}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout

@@ -454,13 +454,7 @@ def connect(client, s: MqttSettings, subscriptions: list[tuple[str, int]],
     (bad password, not authorised): a service should not start half-connected.
     """
     if hasattr(client, "queue"):  # host/amqp.py: the queue and its bindings are the subscription
-        # every node gets its full socket timeout once before the service gives up: a node
-        # busy with thousands of connections answers late, not never (10 s ended a collector
-        # with "no node of 3 usable: no answer" after a 10,000-board burst on 2 cores); a
-        # refusal or a dead node still ends it at once
-        from edgewatch.core.amqp import NODE_TIMEOUT_S
-
-        client.start(max(timeout, NODE_TIMEOUT_S * len(client.nodes) + 5))
+        client.start(timeout)  # (at least each node's answer time: host/core/amqp.py)
         return
     ready, outcome, pending = threading.Event(), {}, {}
 
