@@ -1,6 +1,7 @@
 """Fault suite: event bookkeeping, dropped rows, and the metrics on real occupancy data."""
 
 import numpy as np
+import pytest
 from edgewatch.training.evaluation import detectors, faultsuite
 from edgewatch.training.forecast.generate import FAULT_KINDS
 
@@ -80,3 +81,50 @@ def test_an_alert_on_the_jump_back_is_not_before_the_fault_ends():
     r = faultsuite.score_events(alert, ev)
     assert {k: (v["present"], v["strict"]) for k, v in r["per_kind"].items()} == \
         {"drift": (1, 0), "stuck": (1, 1), "dropout": (1, 1)}
+
+
+def test_clean_reach_measures_the_clean_span_s_own_flats_and_moves():
+    """A hold no longer than a flat the clean span holds, or a drift no larger than the clean
+    span's own move over as many rows (net of the other channel), is within its reach."""
+    t = np.arange(400, dtype=np.float64)
+    test = np.c_[np.sin(t / 9.0), 0.01 * t]  # humidity: a steady ramp, temperature: a wave
+    test[100:121, 0] = test[100, 0]          # temperature repeats 20 times
+    test[200:213] = test[200]                # the whole reading repeats 12 times
+    fit = test.copy()
+    names = ["temperature", "humidity"]
+    reach = faultsuite.clean_reach(fit, test, names, max_rows=50)
+    assert reach["flats"] == {"temperature": 20, "humidity": 12, "whole": 12}
+    # index h: the largest change over h rows (humidity: its ramp, 0.01 a row, + the 0.12 it
+    # catches up after the whole reading's hold)
+    move = reach["move"]["temperature"]
+    assert len(move) == 51 and move[0] == 0
+    for h in (1, 7, 50):
+        assert move[h] == np.abs(test[h:, 0] - test[:-h, 0]).max()
+    assert reach["move"]["humidity"][10] == pytest.approx(0.22)
+    stuck = {"kind": "stuck", "channel": "temperature", "rows": 20}
+    assert faultsuite.within_clean(stuck, reach)
+    assert not faultsuite.within_clean({**stuck, "rows": 21}, reach)
+    assert faultsuite.within_clean({**stuck, "channel": None, "rows": 12}, reach)
+    assert not faultsuite.within_clean({**stuck, "channel": None, "rows": 13}, reach)
+    net = reach["move_net"]["temperature"][30]
+    drift = {"kind": "drift", "channel": "temperature", "rows": 30, "size": [net]}
+    assert faultsuite.within_clean(drift, reach)
+    assert not faultsuite.within_clean({**drift, "size": [net + 0.01]}, reach)
+    assert faultsuite.within_clean({"kind": "spike", "channel": "temperature"}, reach) is None
+
+
+def test_trial_events_say_how_far_the_fault_took_the_reading():
+    _, test, names = faultsuite.load_occupancy_test()
+    test = test[:3000]
+    values, _, events = faultsuite.make_trial(test, names, 3, count=2)
+    drifts = [e for e in events if e["kind"] == "drift"]
+    stucks = [e for e in events if e["kind"] == "stuck"]
+    assert drifts and stucks
+    sd = test.std(axis=0)
+    for e in drifts:  # a drift ramps to 1.5-3 sigma of its channel (generate.inject_faults)
+        j = names.index(e["channel"])
+        assert 1.5 * sd[j] - 1e-9 <= e["size"][0] <= 3 * sd[j] + 1e-9
+        assert e["rows"] == e["end"] - e["start"]  # no dropped rows in this trial's span
+    for e in stucks:  # the truth held back moved, and by no more than the span's range
+        assert len(e["size"]) == (1 if e["channel"] else 2)
+        assert all(0 <= v <= np.ptp(test, axis=0).max() for v in e["size"])

@@ -21,6 +21,14 @@ Metrics (event level):
   median per kind;
 - false alarms per day: alert episodes on the clean test span per day.
 
+What the clean span does by itself (:func:`clean_reach`), beside every drift and stuck
+fault: its longest flats (repeats of a reading, per channel and of the whole reading) and,
+over each drift's length, its largest move of that channel, alone and net of the other
+channel's linear part (fitted on the fit rows). A hold no longer than a flat the clean span
+holds, or a drift that ends no further away than the clean span moves in as long, cannot be
+told from clean data by its length or level alone: a detector that flags it flags the clean
+span too (``within_clean`` per event; the recall over the others is reported beside).
+
 A dropout whose ``mode`` is "rows" removes the rows (a gap in time: the next
 reading arrives late, ``missed`` > 0); mode "nan" keeps them as failed reads.
 """
@@ -73,6 +81,14 @@ def make_trial(test: np.ndarray, names: list[str], seed: int, count: int = 2):
     rng = np.random.default_rng(seed)
     values, _, events = inject_faults(test, list(FAULT_KINDS), rng, count=count, names=names,
                                       min_start=60, margin=60, single_stuck=True)
+    for ev in events:  # how far the fault took the reading from the truth, physical units
+        s, e = ev["start"], ev["end"]
+        chs = [names.index(ev["channel"])] if ev["channel"] else list(range(test.shape[1]))
+        if ev["kind"] == "drift":  # the ramp at its end
+            ev["size"] = [float(abs(values[e - 1, j] - test[e - 1, j])) for j in chs]
+        elif ev["kind"] == "stuck":  # how far the held-back truth moved while held
+            ev["size"] = [float(np.max(np.abs(test[s:e, j] - test[s - 1, j]))) for j in chs]
+        ev["rows"] = e - s
     keep = np.ones(len(values), dtype=bool)
     for ev in events:
         if ev["kind"] == "dropout" and ev["mode"] == "rows":
@@ -98,7 +114,7 @@ def score_events(alert: np.ndarray, events: list[dict], grace: int = GRACE) -> d
     """Event recall per kind (while present, and with ``grace``), delays, and episode
     precision of one faulty run."""
     alert = np.asarray(alert, dtype=bool)
-    caught, delays, per_kind = 0, [], {}
+    caught, delays, per_kind, log = 0, [], {}, []
     zones = np.zeros(len(alert), dtype=bool)
     for ev in events:
         s, e = ev["start"], ev["end"]  # e: the first row after the fault
@@ -109,7 +125,9 @@ def score_events(alert: np.ndarray, events: list[dict], grace: int = GRACE) -> d
                                               "delays": []})
         k["n"] += 1
         k["grace"] += int(len(late) > 0)
-        k["strict"] += int(alert[s:e + 1 if ev["kind"] == "dropout" else e].any())
+        strict = bool(alert[s:e + 1 if ev["kind"] == "dropout" else e].any())
+        k["strict"] += int(strict)
+        log.append({**ev, "present": bool(len(now)), "strict": strict})
         if len(now):
             caught += 1
             k["present"] += 1
@@ -119,7 +137,7 @@ def score_events(alert: np.ndarray, events: list[dict], grace: int = GRACE) -> d
     good = sum(1 for a, b in eps if zones[a:b + 1].any())
     return {"events": len(events), "caught": caught, "delays": delays,
             "caught_grace": sum(k["grace"] for k in per_kind.values()),
-            "episodes": len(eps), "true_episodes": good, "per_kind": per_kind}
+            "episodes": len(eps), "true_episodes": good, "per_kind": per_kind, "log": log}
 
 
 def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
@@ -134,12 +152,15 @@ def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
     fa = len(episodes(clean))
     tot = {"events": 0, "caught": 0, "caught_grace": 0, "delays": [], "episodes": 0,
            "true_episodes": 0, "per_kind": {}}
+    reach = clean_reach(fit, test, names)
+    log = []
     for t in range(trials):
         values, missed, events = make_trial(test, names, seed + t, count)
         r = score_events(_alerts(detector_factory(), fit, values, names, missed), events)
         for k in ("events", "caught", "caught_grace", "episodes", "true_episodes"):
             tot[k] += r[k]
         tot["delays"] += r["delays"]
+        log += [{**ev, "trial": t, "within_clean": within_clean(ev, reach)} for ev in r["log"]]
         for kind, v in r["per_kind"].items():
             pk = tot["per_kind"].setdefault(kind, {"n": 0, "present": 0, "grace": 0,
                                                    "strict": 0, "delays": []})
@@ -164,8 +185,71 @@ def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
         "clean_days": days,
         "events": tot["events"],
         "recall_by_kind": {k: v["present"] / v["n"] for k, v in sorted(pk.items())},
+        "clean_reach": reach,
+        "beyond_clean": beyond_clean(log),
+        "events_log": log,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def clean_reach(fit: np.ndarray, test: np.ndarray, names: list[str],
+                max_rows: int = 240) -> dict:
+    """What the clean span ``test`` [T, C] does by itself: its longest flats (repeats of the
+    previous reading) per channel and of the whole reading, and per channel its largest move
+    over h rows for h = 1..``max_rows``, alone (``move``) and net of the other channels'
+    linear part (``move_net``: least squares on the fit rows' h-row changes)."""
+    from edgewatch.training.export.bandcal import run_lengths
+
+    def longest(x):
+        r = run_lengths(x)
+        return int(r.max()) if len(r) else 0
+
+    c = test.shape[1]
+    flats = {names[j]: longest(test[:, j]) for j in range(c)}
+    # the whole reading repeats when no channel changes: one code per distinct row
+    _, codes = np.unique(test, axis=0, return_inverse=True)
+    flats["whole"] = longest(codes.ravel().astype(np.float64))
+    move = {n: [0.0] for n in names}   # index h: over h rows (h = 0: nothing moves)
+    net = {n: [0.0] for n in names}
+    for h in range(1, max_rows + 1):
+        dt, df = test[h:] - test[:-h], fit[h:] - fit[:-h]
+        for j, n in enumerate(names):
+            move[n].append(float(np.max(np.abs(dt[:, j]))) if len(dt) else 0.0)
+            if c < 2 or not len(df):
+                net[n].append(move[n][-1])
+                continue
+            others = [i for i in range(c) if i != j]
+            a = np.c_[df[:, others], np.ones(len(df))]
+            coef = np.linalg.lstsq(a, df[:, j], rcond=None)[0]
+            res = dt[:, j] - np.c_[dt[:, others], np.ones(len(dt))] @ coef
+            net[n].append(float(np.max(np.abs(res))) if len(res) else 0.0)
+    return {"flats": flats, "move": move, "move_net": net}
+
+
+def within_clean(ev: dict, reach: dict) -> bool | None:
+    """Whether a drift or stuck fault stays within what the clean span does by itself (see
+    the top): a hold no longer than the clean span's flat of its kind, or a drift whose end is
+    no further than the clean span's largest move of that channel over as many rows, net of
+    the other channel. None for the other kinds."""
+    if ev["kind"] == "stuck":
+        return ev["rows"] <= reach["flats"][ev["channel"] or "whole"]
+    if ev["kind"] == "drift":
+        net = reach["move_net"][ev["channel"]]
+        return ev["size"][0] <= net[min(ev["rows"], len(net) - 1)]
+    return None
+
+
+def beyond_clean(log: list[dict]) -> dict:
+    """Per kind (drift, stuck): faults, those within the clean span's own reach, and the
+    recall (while present, before it ends) over the rest."""
+    out = {}
+    for kind in ("drift", "stuck"):
+        evs = [e for e in log if e["kind"] == kind]
+        rest = [e for e in evs if not e["within_clean"]]
+        out[kind] = {"n": len(evs), "within": len(evs) - len(rest), "beyond": len(rest),
+                     "present": sum(e["present"] for e in rest) / len(rest) if rest else None,
+                     "strict": sum(e["strict"] for e in rest) / len(rest) if rest else None}
+    return out
 
 
 def _alerts(det, fit: np.ndarray, stream: np.ndarray, names, missed) -> np.ndarray:
