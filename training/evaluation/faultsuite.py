@@ -45,6 +45,7 @@ FIT_FRACTION = 0.4
 GRACE = 10       # rows after a fault's end that still count as catching it (a drift ends at its peak)
 MERGE = 5        # alerts fewer rows apart than this are one episode
 PERIOD_S = 60.0
+REACH_ROWS = (30, 60, 120, 240)  # the lengths at which the clean span's moves are reported
 
 
 def load_occupancy_test(fit_fraction: float = FIT_FRACTION):
@@ -185,9 +186,12 @@ def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
         "clean_days": days,
         "events": tot["events"],
         "recall_by_kind": {k: v["present"] / v["n"] for k, v in sorted(pk.items())},
-        "clean_reach": reach,
+        # what the clean span does by itself, at a few lengths (the rows counted: beyond_clean)
+        "clean_reach": {"flats": reach["flats"],
+                        **{m: {n: {h: v[h] for h in REACH_ROWS if h < len(v)}
+                               for n, v in reach[m].items()} for m in ("move", "move_net")}},
         "beyond_clean": beyond_clean(log),
-        "events_log": log,
+        "events_log": [e for e in log if e["within_clean"] is not None],  # drift and stuck
         "seconds": time.perf_counter() - t0,
     }
 
