@@ -90,3 +90,36 @@ def test_burst_limit_stays_over_the_fit_rows_bursts_and_the_blob_carries_it():
     raw = blob.band_section(noisy, 2)
     assert blob._band_cal(raw, 2).burst == noisy.burst
     assert bandcal.burst_limit(12.2) == 13 and bandcal.burst_limit(1e9) == 65535
+
+
+def test_convert_warns_in_one_line_naming_the_channel_behind_k_a_constant_one_and_a_long_limit():
+    from edgewatch.training.export.convert import calibration_warnings
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    rows = np.c_[20 + np.round(np.cumsum(rng.normal(0, 0.05, n)), 1),
+                 50 + np.round(np.cumsum(rng.normal(0, 1.0, n)), 1)]
+    resid = rng.normal(0, 0.01, (n, 2))
+    names = ["temperature", "humidity"]
+    quiet = bandcal.calibrate(resid, rows, np.ones(2))
+    assert quiet.k <= 10 and calibration_warnings(quiet, rows, names) == []
+    # humidity's residuals hold outliers of 60 s: one k for both channels, named after humidity
+    spiky = resid.copy()
+    spiky[::97, 1] += 0.6
+    cal = bandcal.calibrate(spiky, rows, np.ones(2))
+    w = calibration_warnings(cal, rows, names)
+    assert cal.k > 10 and len(w) == 1 and "\n" not in w[0]
+    assert w[0].startswith("warning: band k = ") and "set by humidity's residuals" in w[0]
+    # a channel that never changed: no noise scale, any change is flagged
+    flat = rows.copy()
+    flat[:, 0] = 21.0
+    cal = bandcal.calibrate(resid, flat, np.ones(2))
+    assert cal.stuck[0] == 0
+    w = calibration_warnings(cal, flat, names)
+    assert len(w) == 1 and w[0].startswith("warning: temperature never changed in the fit rows")
+    # a stuck limit far over the fit rows' runs warns; at the rule's minimum it does not
+    longest = bandcal.longest_runs(rows)
+    assert 3 * max(longest[1], 1) < bandcal.STUCK_MIN  # humidity's limit sits at the minimum
+    far = bandcal.BandCal(**{**quiet.__dict__, "stuck": [int(3 * longest[0]) + 20, bandcal.STUCK_MIN]})
+    w = calibration_warnings(far, rows, names)
+    assert len(w) == 1 and w[0].startswith("warning: temperature: stuck limit "), w

@@ -196,6 +196,8 @@ def test_window_shorter_than_receptive_field_is_refused_in_one_line(tmp_path):
     r = subprocess.run([EDGEWATCH, "train", "--data", data, "--epochs", "1", "--window", "8",
                         "--out", str(out), "--no-plots"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    # train says so before it trains (the host can still use such a model)
+    assert "warning: --window 8 is shorter than the TCN's receptive field of 15 samples" in r.stdout
     r = subprocess.run([EDGEWATCH, "convert", "--model", str(out)], capture_output=True, text=True,
                        timeout=600)
     err = [line for line in r.stderr.splitlines() if line.startswith("edgewatch convert:")]

@@ -1,6 +1,7 @@
 """`edgewatch detect`: a user's CSV through the firmware's own detector, one verdict per row."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,10 @@ def test_database_source_with_device(tmp_path, model_dir, capsys):
     ("bad_blob", "not a valid model blob"),
     ("no_channel", "no channel 'humidity'"),
     ("bad_sensor", "--sensor: unknown"),
+    ("out_is_folder", "a folder; name the verdict CSV"),
+    ("out_unwritable", "/proc/self/v.csv: not writable"),
+    ("out_under_a_file", "cannot write (Not a directory)"),
+    ("dropout_zero", "--dropout-periods: must be >= 1 (got 0)"),
 ])
 def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
     data = tmp_path / "mine.csv"
@@ -126,9 +131,17 @@ def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
         data.write_text("timestamp,temperature\n2015-02-02 14:19:00,23.7\n")
     elif case == "bad_sensor":
         extra = ["--sensor", "bme280"]
-    rc = main(["detect", "--model", str(model), "--data", str(data),
-               "--out", str(tmp_path / "v.csv")] + extra)
+    elif case == "dropout_zero":  # 0 is not "the default": it is a mistake
+        extra = ["--dropout-periods", "0"]
+    out = tmp_path / "v.csv"
+    if case == "out_is_folder":
+        out.mkdir()
+    elif case == "out_unwritable":  # a parent that exists and takes no files (even for root)
+        out = Path("/proc/self/v.csv")
+    elif case == "out_under_a_file":  # passes the early checks; open() itself fails
+        out = data / "v.csv"
+    rc = main(["detect", "--model", str(model), "--data", str(data), "--out", str(out)] + extra)
     err = capsys.readouterr().err
     assert rc == 2
-    assert needle in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "v.csv").exists()
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "v.csv").is_file()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,10 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     out = Path(out)
     if not out.parent.exists():
         raise UserError(f"--out: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UserError(f"--out {out}: a folder; name the verdict CSV to write")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"--out {out}: not writable")
     bpath = model_dir / "model.ewb"
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: no such folder")
@@ -87,7 +92,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     stuck = stuck_samples if stuck_samples is not None else defaults["stuck_samples"]
     if stuck is not None and stuck < 2:
         raise UserError(f"--stuck-samples: must be >= 2 (got {stuck})")
-    dropout = int(dropout_periods or defaults["dropout_periods"])
+    dropout = int(defaults["dropout_periods"] if dropout_periods is None else dropout_periods)
     if dropout < 1:
         raise UserError(f"--dropout-periods: must be >= 1 (got {dropout})")
     missed = missed_periods(series.timestamps)
@@ -99,32 +104,39 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
         header += [n, f"{n}_pred", f"{n}_lo", f"{n}_hi"]
     stamps = _stamps(series)
     counts: dict[str, int] = {}
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for i, alerts in enumerate(verdict.alerts):
-            first = alerts[0] if alerts else ("", None, "", None, None)
-            lo = hi = ""
-            if first[3] is not None:  # the limits the rule itself used (band, shift, range)
-                lo, hi = _num(first[3]), _num(first[4])
-            elif first[1] in names:
-                j = names.index(first[1])
-                if np.isfinite(verdict.lo[i, j]):
-                    lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])
-            row = [int(series.lines[i]), stamps[i], int(bool(alerts)),
-                   int(bool(verdict.send[i])), first[0],
-                   first[1] or "", _value(first[2]), lo, hi,
-                   " ".join(f"{a[0]}:{a[1] or ''}" for a in alerts)]
-            for j in range(len(names)):
-                v = series.values[i, j]
-                row.append(_num(v) if np.isfinite(v) else "")  # every row's reading
-                if np.isfinite(verdict.pred[i, j]):
-                    row += [_num(verdict.pred[i, j]), _num(verdict.lo[i, j]), _num(verdict.hi[i, j])]
-                else:
-                    row += ["", "", ""]
-            w.writerow(row)
-            for a in alerts:
-                counts[a[0]] = counts.get(a[0], 0) + 1
+    try:
+        fh = open(out, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    try:
+        with fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            for i, alerts in enumerate(verdict.alerts):
+                first = alerts[0] if alerts else ("", None, "", None, None)
+                lo = hi = ""
+                if first[3] is not None:  # the limits the rule itself used (band, shift, range)
+                    lo, hi = _num(first[3]), _num(first[4])
+                elif first[1] in names:
+                    j = names.index(first[1])
+                    if np.isfinite(verdict.lo[i, j]):
+                        lo, hi = _num(verdict.lo[i, j]), _num(verdict.hi[i, j])
+                row = [int(series.lines[i]), stamps[i], int(bool(alerts)),
+                       int(bool(verdict.send[i])), first[0],
+                       first[1] or "", _value(first[2]), lo, hi,
+                       " ".join(f"{a[0]}:{a[1] or ''}" for a in alerts)]
+                for j in range(len(names)):
+                    v = series.values[i, j]
+                    row.append(_num(v) if np.isfinite(v) else "")  # every row's reading
+                    if np.isfinite(verdict.pred[i, j]):
+                        row += [_num(verdict.pred[i, j]), _num(verdict.lo[i, j]), _num(verdict.hi[i, j])]
+                    else:
+                        row += ["", "", ""]
+                w.writerow(row)
+                for a in alerts:
+                    counts[a[0]] = counts.get(a[0], 0) + 1
+    except OSError as exc:  # the disk filled, the file went away
+        raise UserError(f"--out {out}: write failed ({exc.strerror or exc})") from None
     return {"rows": len(series), "anomalous_rows": sum(1 for a in verdict.alerts if a),
             "alert_rows": int(np.sum(verdict.send)),
             "alerts": counts, "model_id": spec.model_id, "out": str(out)}

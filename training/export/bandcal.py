@@ -76,7 +76,7 @@ One set of these constants serves every file and suite (docs/benchmarks.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -126,6 +126,9 @@ class BandCal:
     floor: list[float]   # per channel, normalised units
     stuck: list[int]     # per channel, samples
     burst: int = 0       # the burst CUSUM's limit (units of s; 0: no burst rule)
+    # per channel, the fit residuals' TAIL quantile of |r|/s that k is K_MARGIN x the largest
+    # of (NaN: no residuals); convert's warnings name the channel, the blob does not carry it
+    tails: list[float] = field(default_factory=list)
 
 
 def longest_runs(rows: np.ndarray) -> np.ndarray:
@@ -259,6 +262,7 @@ def calibrate(resid: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> BandCal
     rows = np.asarray(rows, np.float64)
     floor = 0.5 * resolution(rows) / np.asarray(scale, np.float64)
     s0, ks, hs = np.zeros(c), [], []
+    tails = [float("nan")] * c
     for j in range(c):
         a = np.abs(resid[:, j])
         a = a[np.isfinite(a)]
@@ -268,7 +272,8 @@ def calibrate(resid: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> BandCal
         cut = np.quantile(a, 0.99)
         s = float(np.mean(a[a <= cut])) if np.any(a <= cut) else float(np.mean(a))
         s0[j] = max(s, floor[j], 1e-6)
-        ks.append(float(np.quantile(a / s0[j], TAIL)))
+        tails[j] = float(np.quantile(a / s0[j], TAIL))
+        ks.append(tails[j])
     k = max(K_MIN, K_MARGIN * max(ks)) if ks else K_MIN
     for j in range(c):
         z = np.clip(np.nan_to_num(resid[:, j]) / s0[j], -ZCLIP, ZCLIP)
@@ -282,4 +287,4 @@ def calibrate(resid: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> BandCal
     # a channel that never changed in the fit rows gives no evidence of what stuck is: off (0)
     stuck[runs >= len(rows) - 1] = 0
     return BandCal(float(k), REF, float(h), ALPHA, REANCHOR, [float(v) for v in s0],
-                   [float(v) for v in floor], [int(v) for v in stuck], burst)
+                   [float(v) for v in floor], [int(v) for v in stuck], burst, tails)

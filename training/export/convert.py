@@ -248,19 +248,29 @@ def calibrate_detector(tflite: bytes, residual: bool, detector, x_fit=None, y_fi
 
 
 def calibration_warnings(cal, fit_rows, names) -> list[str]:
-    """One line per calibrated figure that looks wrong for the data (k > 10, a stuck limit
-    over 3x the longest run of equal readings in the fit rows)."""
+    """One line per calibrated figure that looks wrong for the data: k > 10 (naming the
+    channel whose residuals set it), a stuck limit over 3x the longest run of equal readings
+    in the fit rows (not when it is the rule's minimum), a channel that never changed."""
     from edgewatch.training.export import bandcal
 
     out = []
     if cal is None:
         return out
     if cal.k > 10:
-        out.append(f"warning: band k = {cal.k:.3g} > 10: the fit rows' residuals have heavy tails "
-                   "(labelled or faulty rows in them?); the band will catch only large faults")
-    runs = bandcal.longest_runs(fit_rows)
+        tails = np.asarray(getattr(cal, "tails", None) or [], np.float64)
+        by = (f", set by {names[int(np.nanargmax(tails))]}'s residuals"
+              if len(tails) == len(names) and np.isfinite(tails).any() else "")
+        out.append(f"warning: band k = {cal.k:.3g} > 10{by}: the fit rows' residuals have heavy "
+                   "tails (real events or unlabelled faults in them?); one k serves every "
+                   "channel, so the band will catch only large faults")
+    rows = np.asarray(fit_rows, np.float64)
+    runs = bandcal.longest_runs(rows)
     for name, lim, run in zip(names, cal.stuck, runs, strict=True):
-        if lim > 3 * max(int(run), 1):
+        if len(rows) > 1 and run >= len(rows) - 1:
+            out.append(f"warning: {name} never changed in the fit rows: it has no noise scale, so "
+                       "the band will flag any change of it (its stuck rule is off); train on "
+                       "rows where it moves")
+        elif lim > 3 * max(int(run), 1) and lim > bandcal.STUCK_MIN:
             out.append(f"warning: {name}: stuck limit {lim} samples is over 3x the longest run "
                        f"of equal readings in the fit rows ({int(run)})")
     return out

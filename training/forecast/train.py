@@ -237,7 +237,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="device id when --data is a database")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs (default 10)")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                   help="past samples per prediction (default 10)")
+                   help=f"past samples per prediction (default {DEFAULT_WINDOW}; "
+                        "--context long: 128)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default 42)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="batch size (default 32)")
 
@@ -281,6 +282,17 @@ def run(args) -> int:
         sizes = {**ctx_sizes, **sizes}
         if args.window == DEFAULT_WINDOW:
             args.window = ctx_window
+        from edgewatch.training.forecast.models import DEFAULT_SIZES
+
+        opts = {**DEFAULT_SIZES["tcn"], **sizes}
+        try:
+            rf = 1 + (int(opts["kernel"]) - 1) * sum(int(d) for d in opts["dilations"])
+        except (TypeError, ValueError):
+            rf = 0  # a malformed --size: build_model names it
+        if 1 <= args.window < rf:  # convert refuses such a model: say so before training it
+            print(f"warning: --window {args.window} is shorter than the TCN's receptive field of "
+                  f"{rf} samples: the host can use the model, but convert will refuse it for the "
+                  f"board (--window {rf} or more)", flush=True)
     from edgewatch.training.forecast.data import fit_selection
 
     series = load(args.data, channels=args.channels, device=getattr(args, "device", None))
