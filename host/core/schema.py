@@ -278,6 +278,10 @@ def _common(obj: dict, device: str | None, *,
 
 
 MAX_AGE_MS = 2**31 - 1  # the board's ticks_diff range
+# the latest measurement time a message may carry: 9999-12-31T23:59:59Z, the last second
+# every consumer's calendar (datetime, gmtime, ISO 8601) can show; a t beyond it once stopped
+# the bridge's SMS for every device (gmtime raised on it in a loop)
+MAX_T = 253402300799.0
 
 
 def _time(obj: dict, received: float | None = None) -> float | None:
@@ -287,11 +291,13 @@ def _time(obj: dict, received: float | None = None) -> float | None:
     age = obj.get("age")
     if age is not None:
         age = _int(obj, "age", required=False, hi=MAX_AGE_MS)
-    if t is None or (type(t) is float and _isfinite(t) and t >= 0):  # the common case
+    if t is None or (type(t) is float and _isfinite(t) and 0 <= t <= MAX_T):  # the common case
         return received - age / 1000 if t is None and age is not None and received else t
     t = _number(obj, "t", nullable=True)
     if t is not None and t < 0:
         raise SchemaError(f"t: {t} is negative")
+    if t is not None and t > MAX_T:
+        raise SchemaError(f"t: {t} is after 9999-12-31 (seconds since 1970 expected)")
     if t is None and age is not None and received:
         return received - age / 1000
     return t
@@ -437,8 +443,8 @@ def parse_status(payload, device: str | None = None, received: float | None = No
         raise SchemaError("uptime: negative")
     return Status(dev, state, seq, _time(obj),
                   _str(obj, "fw", maxlen=32), _model(obj),
-                  _int(obj, "heap_free", required=False, hi=2**31),
-                  _int(obj, "outbox", required=False, hi=2**31),
+                  _int(obj, "heap_free", required=False, hi=2**31 - 1),  # an INTEGER column
+                  _int(obj, "outbox", required=False, hi=2**31 - 1),
                   _int(obj, "dropped", required=False, hi=2**62),
                   uptime, _str(obj, "error", maxlen=200), epoch)
 

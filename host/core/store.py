@@ -69,6 +69,7 @@ NOTIFY_COLS = ("nkey", "device", "alert_seq", "kind", "notifier", "recipient", "
 BAND = ("_pred_", "_lo_", "_hi_")  # column prefixes of a channel's prediction and band
 KNOWN_CHANNELS = ("temperature", "humidity")  # every board's sensors: never refused
 DEVICE_ROWS_EVERY = 1.0  # seconds between device-row writes while batches queue (Store.write)
+CLOCK_SKEW_S = 300.0  # how far ahead of its arrival a board's `t` may order its samples
 
 
 def band_columns(channel: str) -> tuple[str, str, str]:
@@ -319,8 +320,22 @@ class Store:
             f"channel VARCHAR(32) NOT NULL, PRIMARY KEY (device, slot), UNIQUE (device, channel))",
         ]
         cur = self.conn.cursor()
+        if d.name == "mysql":
+            # text compares byte for byte, as in SQLite and PostgreSQL: MariaDB's default
+            # collation ignores case, so gh-01 and GH-01 were one device (gh-01's samples
+            # dropped as replays of GH-01's, one devices row, a false re-flash alert)
+            stmts = [st + " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" for st in stmts]
         for s in stmts:
             cur.execute(s)
+        if d.name == "mysql":  # tables made before: converted once, in place
+            for table in (self.t_tel, self.t_alert, self.t_dev, self.t_note, self.t_chan,
+                          self.t_devchan):
+                cur.execute("SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE "
+                            "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (table.strip("`"),))
+                row = cur.fetchone()
+                if row and row[0] != "utf8mb4_bin":
+                    cur.execute(f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4 "
+                                "COLLATE utf8mb4_bin")
         self.conn.commit()
         # the columns already there (a database from before the channels table) and the
         # known channels hold their slots whatever the cap
@@ -608,7 +623,9 @@ class Store:
             seen[rec.device] = (max(last, when), rec.model or model, rec.epoch)
         latest: dict[str, tuple[float, Telemetry]] = dict(self._dev_pending[1])
         for rec, when in telemetry:
-            t = rec.t if rec.t is not None else when
+            # a board's clock cannot make a sample newer than its arrival (+ CLOCK_SKEW_S): one
+            # sample from a clock set years ahead would otherwise stay "latest" for good
+            t = when if rec.t is None else min(rec.t, when + CLOCK_SKEW_S)
             if rec.device not in latest or t >= latest[rec.device][0]:
                 latest[rec.device] = (t, rec)
         return seen, latest

@@ -111,7 +111,10 @@ def _num(x, channel: str | None = None) -> str:
 
 
 def _when(t: float | None) -> str:
-    return time.strftime("%H:%M:%S UTC", time.gmtime(t if t is not None else time.time()))
+    try:
+        return time.strftime("%H:%M:%S UTC", time.gmtime(t if t is not None else time.time()))
+    except (OverflowError, OSError, ValueError):  # no calendar time: never stop the outbox
+        return time.strftime("%H:%M:%S UTC (received)", time.gmtime())
 
 
 def alert_text(a: Alert) -> str:

@@ -38,7 +38,10 @@ def _time(text: str | None, what: str) -> float | None:
 
 def iso(t: float) -> str:
     """Unix seconds as ISO 8601 UTC with a Z (milliseconds when not whole seconds)."""
-    dt = datetime.fromtimestamp(t, timezone.utc)
+    try:
+        dt = datetime.fromtimestamp(t, timezone.utc)
+    except (OverflowError, OSError, ValueError):  # stored before the schema bounded t
+        return f"{t:g}"
     spec = "seconds" if dt.microsecond == 0 else "milliseconds"
     return dt.isoformat(timespec=spec).replace("+00:00", "Z")
 

@@ -33,7 +33,10 @@ def _text(s) -> str:
 
 
 def _when(t: float | None) -> str:
-    return datetime.fromtimestamp(t or time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(t or time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a stored t no calendar can show
+        return f"t={t:g}"
 
 
 def line(rec, received: float | None = None) -> str:

@@ -82,6 +82,8 @@ BAD = [
     (_b(dict(TELEMETRY, model="xyz")), "model"),
     (_b(dict(TELEMETRY, band={"temperature": [22, 21]})), "lo"),
     (_b(dict(TELEMETRY, t=-5)), "negative"),
+    (_b(dict(TELEMETRY, t=1e20)), "after 9999-12-31"),
+    (_b(dict(TELEMETRY, t=1.7e12)), "after 9999-12-31"),  # milliseconds, not seconds
     (_b(dict(TELEMETRY, junk="x" * 5000)), "oversized"),
 ]
 
@@ -141,6 +143,7 @@ def test_fast_paths_after_a_good_message_still_reject_the_same_bad_input():
         "seq: expected an integer, got float": {"seq": 1042.0},
         f"seq: {2**63} out of range": {"seq": 2**63},
         "t: -1.0 is negative": {"t": -1.0},
+        "t: 1e+20 is after 9999-12-31": {"t": 1e20},
         "t: expected a number, got str": {"t": "now"},
         "device: 'gh-02' does not match": {"device": "gh-02"},
         "device: expected a string, got list": {"device": ["gh-01"]},

@@ -166,7 +166,10 @@ def test_bad_input_is_counted_never_sent_never_crashes(tmp_path, broker, sink):
     dev = Board(broker, "gh-01", "pw1")
     bad = [b"{oops", b"\xff\xfe", b"[]", b'{"v": 1, "device": "gh-01", "seq": NaN}',
            b"x" * 5000, dict(alert("gh-01", 1), v=9), dict(alert("gh-01", 1), seq="1"),
-           dict(alert("gh-01", 1), device="gh-02"), dict(alert("gh-01", 1), value=float("inf"))]
+           dict(alert("gh-01", 1), device="gh-02"), dict(alert("gh-01", 1), value=float("inf")),
+           # no calendar shows it: gmtime raised in the outbox, which retried it forever
+           # and sent nothing else, from any device, even after a restart
+           dict(alert("gh-01", 1), t=1e20)]
     try:
         for p in bad:
             dev.publish("alert", p if isinstance(p, bytes) else
@@ -412,3 +415,16 @@ def test_a_claim_reads_the_earliest_due_rows_without_sorting_the_backlog(tmp_pat
     # came, then the retries in the order they fell due
     ids = [r["id"] for r in box.claim(limit=5000, now=now + 61)]
     assert ids[:4] == [2, 3, 4, 5] and ids[-2:] == [9, 1] and len(ids) == 2000
+
+
+def test_a_time_no_calendar_can_show_never_raises_where_an_alert_is_shown():
+    """Rows stored before the schema bounded `t` (or any such Alert): the SMS text, the log
+    line and the export show something and do not raise (gmtime/datetime would)."""
+    from edgewatch.core.schema import Alert
+    from edgewatch.services.export import iso
+    from edgewatch.services.logs import line
+
+    a = Alert("gh-01", 7, 1e20, 6, "band", "temperature", 23.0, (20.0, 22.0), 21.0, "m1")
+    assert "(received)" in alert_text(a)
+    assert line(a).startswith("t=1e+20 gh-01")
+    assert iso(1e20) == "1e+20" and iso(1.7e9) == "2023-11-14T22:13:20Z"

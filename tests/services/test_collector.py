@@ -351,6 +351,42 @@ def test_deferred_device_rows_keep_the_order_of_messages(store, monkeypatch):
     assert latest()[:2] == ("online", 105.0)
 
 
+def test_device_ids_differing_in_case_are_two_devices(store):
+    """Ids compare byte for byte in every database: on MariaDB's default collation gh-01's
+    samples were dropped as replays of GH-01's and the two shared one devices row."""
+    from edgewatch.core.schema import parse
+
+    def tel(dev, temp):
+        msg = {"v": 1, "device": dev, "epoch": 3, "seq": 1, "t": 1.7e9,
+               "values": {"temperature": temp, "humidity": 40.0}}
+        return parse(f"edgewatch/{dev}/telemetry", json.dumps(msg).encode(), "edgewatch", 1.7e9), 1.7e9
+
+    assert store.write([tel("GH-01", 11.0)], []) == (1, 0)
+    assert store.write([tel("gh-01", 22.0)], []) == (1, 0)
+    rows = store.query("SELECT device, temperature FROM {telemetry} ORDER BY temperature", ())
+    assert [tuple(r) for r in rows] == [("GH-01", 11.0), ("gh-01", 22.0)]
+    devs = store.query("SELECT device, latest FROM {devices} ORDER BY latest_t, device", ())
+    assert sorted((d, json.loads(js)["values"]["temperature"]) for d, js in devs) == \
+        [("GH-01", 11.0), ("gh-01", 22.0)]
+
+
+def test_a_sample_from_a_clock_years_ahead_does_not_stay_the_latest(store):
+    """A board's `t` orders its samples, but no later than its arrival + CLOCK_SKEW_S: one
+    sample stamped in the year 5000 used to stay the device's newest for good."""
+    from edgewatch.core.schema import parse
+
+    def tel(seq, t, received, temp):
+        msg = {"v": 1, "device": "d1", "epoch": 1, "seq": seq, "t": t,
+               "values": {"temperature": temp, "humidity": 40.0}}
+        return parse("edgewatch/d1/telemetry", json.dumps(msg).encode(), "edgewatch", received), received
+
+    store.write([tel(1, 1.7e9, 1.7e9, 20.0)], [])
+    store.write([tel(2, 9.5e10, 1.7e9 + 60, 21.0)], [])  # the clock jumped ~3,000 years ahead
+    store.write([tel(3, 1.7e9 + 600, 1.7e9 + 600, 22.0)], [])  # and back, ten minutes later
+    (latest,) = store.query("SELECT latest FROM {devices} WHERE device = {ph}", ("d1",))
+    assert json.loads(latest[0])["values"]["temperature"] == 22.0
+
+
 def _open_sqlite(path, q, barrier):
     barrier.wait()
     try:
