@@ -9,10 +9,7 @@ band     mode "residual" (a model whose blob carries the band calibration): the 
          taken off the prediction. A flagged channel's reading does not enter the model's
          input window (the last good value does), so the reference does not follow the
          anomaly; after
-         `reanchor` flagged samples in a row the channel accepts the new level; after a gap
-         (a dropout, or `dropout_periods` failed readings in a row) the first reading is not
-         judged against the old history, and a channel that leaves the band right after a
-         gap or after a hold (stuck) ends re-anchors at once.
+         `reanchor` flagged samples in a row the channel accepts the new level.
          mode "seed" (or a blob without the calibration): value outside
          pred +- k*(sigma + eps), sigma the population std of the channel's last
          `sigma_window` samples (the seed's is_anomalie uses numpy .std())
@@ -145,10 +142,8 @@ class Detector:
         self.has_band = False
         if missed >= self.dropout_n:
             alerts.append(("dropout", None, missed, None, None, None))
-            self._fails = missed  # the model's history is stale (see _fresh)
         if values is None:
             alerts.append(("read", None, None, None, None, None))
-            self._fails += 1
             return self._episode(alerts)
         ok = True
         # locals (an attribute is a map lookup per use in the loop), one per statement: a
@@ -157,8 +152,6 @@ class Detector:
         limits = self.limits
         last = self.last
         same = self.same
-        lim = self.stuck_lim
-        n = self.still_n
         inp = self._in
         for c in range(len(names)):
             v = values[c]
@@ -173,28 +166,20 @@ class Detector:
             if v == last[c]:
                 run = same[c] + 1
                 same[c] = run
-                if run >= lim[c]:  # every sample while it stays
+                if run >= self.stuck_lim[c]:  # every sample while it stays
                     alerts.append(("stuck", names[c], v, None, None, None))
             else:
-                run = same[c]
-                if run >= lim[c] or (n and run > n):  # a channel held this long moves again
-                    self._fresh(c)
                 last[c] = v
                 same[c] = 1
             inp[c] = v
+        n = self.still_n
         if n and ok:  # the whole reading unchanged: the repeats of the sample before
             run = min(self.same) - 1
             if run >= n:
                 alerts.append(("stuck", None, run, None, None, None))
         # a sample that failed or is physically impossible stays out of the model's window
-        fresh = 0
         if ok:
             s, b = self._s, self._in
-            fails = self._fails
-            if fails:
-                self._fails = 0
-                if fails >= self.dropout_n:
-                    fresh = self._fresh(-1)
             # a streaming model's window moves by one sample per step unless the history was
             # rewritten (a model set, a re-anchor): then only the newest row is written and
             # the engine steps without checking (firmware/engine.py)
@@ -203,12 +188,10 @@ class Detector:
                 m = self.model
                 flags = self._post(s, b, 0, m.predict_q(self._q, 1) if moved else m.predict_q(self._q))
                 self._moves = self._streams
-                if fresh:  # the first reading after a gap: not judged against the old history
-                    flags &= 16777216
                 if flags & 16777216:  # residual.judge re-anchored a channel: the history changed
                     self._moves = 0
                     flags &= 16777215
-                self.has_band = not fresh
+                self.has_band = True
                 if flags:
                     self._flag(values, flags)
             if self.shift is not None:
@@ -226,30 +209,7 @@ class Detector:
                         self._shrun = 0
                 else:
                     self._shrun = 0
-        elif self._fails < 1 << 20:  # a failed or impossible reading stays out of the history
-            self._fails += 1
         return self._episode(alerts)
-
-    def _fresh(self, c):
-        # Residual band: a channel whose history is stale starts afresh. c = -1: every channel,
-        # after a dropout or `dropout_n` failed readings in a row (the prediction comes from
-        # before the gap: its CUSUM sums restart, and step does not judge this reading); c: the
-        # sensor channel a stuck rule held that moves again. If the band flags it, residual.judge
-        # re-anchors it at once (its flagged run at the limit), not after `reanchor` samples
-        # of correct readings flagged against the old level. Returns 1 when it applies.
-        order = self._order
-        s = self._s
-        if order is None or s[5] != 2:
-            return 0
-        for j in range(len(order)):
-            if c < 0 or order[j] == c:
-                cb = 27 + 22 * j
-                s[cb + 13] = s[21]
-                if c < 0:
-                    s[cb + 10] = 0
-                    s[cb + 11] = 0
-                    s[cb + 21] = 0
-        return 1
 
     def _episode(self, alerts):
         # one message per episode: at its first flagged sample, then every `resend` samples

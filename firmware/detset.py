@@ -153,7 +153,6 @@ def init(d, names, limits, params, fallback):
     d.params = params  # config detector section: explicit values win over the blob
     d.fallback = fallback
     d.dropout_n = params["dropout_periods"]
-    d._fails = 0  # readings in a row kept out of the model's history (a gap: Detector._fresh)
     d.gap = params.get("episode_gap") or 20
     d.resend = params.get("resend_samples") or 60
     d._k = d._load("detk")
