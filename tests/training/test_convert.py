@@ -123,6 +123,25 @@ def test_cli_user_errors_are_one_line(tiny_model_dir, tmp_path, args, words):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args,words", [
+    (["--k", "nan"], "--k nan"),
+    (["--k", "inf"], "--k inf"),
+    (["--k", "-1"], "--k -1"),
+    (["--eps", "inf"], "--eps inf"),
+    (["--eps", "nan"], "--eps nan"),
+    (["--eps", "-0.5"], "--eps -0.5"),
+])
+def test_detector_numbers_must_be_finite(tmp_path, capsys, args, words):
+    """NaN passes `k <= 0` and inf any lower bound: both wrote an unusable blob with exit 0.
+    Checked before the model is read, so no model is needed here."""
+    from edgewatch.cli import main
+
+    assert main(["convert", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edgewatch convert: ") and words in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_damaged_model_file_is_a_user_error(tiny_model_dir, tmp_path):
     from edgewatch.training.export.convert import convert
 

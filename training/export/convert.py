@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -591,8 +592,13 @@ def run(args) -> int:
     """Convert one model folder and print blob size and float vs int8 RMSE."""
     from edgewatch.training.export.blob import Detector
 
-    if args.k <= 0 or args.eps < 0 or args.stuck < 2 or (args.sigma_window is not None and args.sigma_window < 2):
-        raise UserError("--k must be > 0, --eps >= 0, --stuck and --sigma-window >= 2")
+    # `not (x > 0)` rather than `x <= 0`: NaN compares false both ways and would pass
+    if not (math.isfinite(args.k) and args.k > 0):
+        raise UserError(f"--k {args.k}: expected a finite number > 0")
+    if not (math.isfinite(args.eps) and args.eps >= 0):
+        raise UserError(f"--eps {args.eps}: expected a finite number >= 0")
+    if args.stuck < 2 or (args.sigma_window is not None and args.sigma_window < 2):
+        raise UserError("--stuck and --sigma-window must be >= 2")
     key = None
     if args.sign_key_env:
         # hex digits, decoded exactly as the boards and publish-model do
