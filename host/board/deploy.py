@@ -99,7 +99,22 @@ def model_blob(model: str | None) -> Path | None:
     if not blob.is_file():
         raise UserError(f"{blob}: no model blob: run `make train convert` (or `make demo`), "
                         "or pass --no-model to run on rules alone")
+    check_blob(blob)
     return blob
+
+
+def check_blob(blob: Path) -> None:
+    """Parse `blob` with the board's own parser (magic, version, length, CRC, sections): a
+    damaged or foreign file is one line now, not a board that boots on rules alone."""
+    from edgewatch.training.export import blob as blobfmt
+
+    try:
+        blobfmt.read(Path(blob).read_bytes())
+    except OSError as exc:
+        raise UserError(f"{blob}: cannot read ({exc.strerror or exc})") from None
+    except blobfmt.BlobError as exc:
+        raise UserError(f"{blob}: not a valid model blob ({exc}): run `make train convert` "
+                        "again") from None
 
 
 def read_secrets(env_file: str | None) -> dict:

@@ -292,6 +292,9 @@ class Fleet:
         blob = p if p.suffix == ".ewb" else p / "model.ewb"
         if not blob.is_file():
             raise UserError(f"{blob}: no model blob (make train convert, or --model none)")
+        from edgewatch.board.deploy import check_blob
+
+        check_blob(blob)  # a damaged blob: one line, not boards that run on rules alone
         return blob
 
     def _data(self, data: str) -> Path:

@@ -184,6 +184,26 @@ def test_bad_inputs_are_one_line_and_nothing_is_sent(tmp_path, tiny_model_dir):
         assert list(vb.flash.iterdir()) == []
 
 
+def test_a_damaged_model_blob_is_refused_before_the_board(tmp_path):
+    """model_blob parses the blob (flash --dry-run, deploy and sim "check everything first"):
+    a damaged or foreign file is one line naming it; the reference blob passes."""
+    from edgewatch.board.deploy import model_blob
+    from edgewatch.core.errors import UserError
+
+    good = ROOT / "tests" / "golden" / "model.ewb"
+    assert model_blob(str(good)) == good
+    raw = good.read_bytes()
+    (tmp_path / "cut.ewb").write_bytes(raw[:len(raw) // 2])
+    (tmp_path / "flip.ewb").write_bytes(raw[:40] + bytes([raw[40] ^ 0xFF]) + raw[41:])
+    (tmp_path / "text.ewb").write_text("not a blob\n")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "model.ewb").write_bytes(b"")
+    for bad in ("cut.ewb", "flip.ewb", "text.ewb", "dir"):
+        with pytest.raises(UserError, match="not a valid model blob") as exc:
+            model_blob(str(tmp_path / bad))
+        assert str(tmp_path / bad) in str(exc.value) and "\n" not in str(exc.value)
+
+
 def test_the_c_kernels_ship_to_rv32imc_boards_only(tmp_path, rv32):
     """ewkern.mpy (firmware/native/ewkern.c) goes to a board whose sys.implementation._mpy
     is rv32imc with the natmod's .mpy version and sub-version (the QEMU RV32 build's is),

@@ -134,6 +134,10 @@ def test_cli_errors_are_one_line_and_nothing_reaches_the_board(tmp_path):
         one_line_error(ew("flash", "--port", vb.port, "--firmware", str(img),
                           "--model", str(tmp_path / "nomodel")),
                        "no model blob")
+        (tmp_path / "bad.ewb").write_bytes(b"EWB1" + bytes(60))  # a damaged blob, not just a missing one
+        one_line_error(ew("flash", "--port", vb.port, "--firmware", str(img), "--dry-run",
+                          "--model", str(tmp_path / "bad.ewb")),
+                       "bad.ewb", "not a valid model blob")
         assert vb.received == 0
 
 

@@ -94,7 +94,9 @@ def test_fleet_publishes_every_sample_once_and_alerts_only_on_faults(tmp_path):
 
 
 def test_sim_command_line_errors_are_one_line(tmp_path):
+    (tmp_path / "bad.ewb").write_bytes(b"EWB1" + bytes(60))  # ran the boards on rules alone, exit 0
     for args, needle in ((["--faults", "meteor"], "unknown fault 'meteor'"),
+                         (["--model", str(tmp_path / "bad.ewb")], "not a valid model blob"),
                          (["--devices", "0"], "--devices 0"),
                          (["--data", str(tmp_path / "nope.csv"), "--model", "none"], "no such file"),
                          (["--model", str(tmp_path)], "no model blob")):
