@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -924,28 +925,48 @@ def add_arguments(parser) -> None:
                         "env EDGEWATCH_STATE_DIR, default the outbox's folder")
 
 
-def _number(value, name: str, default: float) -> float:
+def _number(flag, env_name: str | None, name: str, default: float, *, low: float = 0.0,
+            above: bool = False, whole: bool = False) -> float:
+    """The option's value (``flag``, else the environment variable ``env_name``), else the
+    default: a finite number >= ``low`` (> ``low`` with ``above``; an integer with ``whole``).
+    NaN would pass any comparison-based check and then stall the bridge; 1e400 is inf."""
+    if flag is not None:
+        value, shown = flag, f"{name} {flag}"
+    else:
+        value = env(env_name) if env_name else None
+        shown = f"{env_name}={value!r}"
     if value is None:
         return default
     try:
-        return float(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r}: not a number") from None
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{shown}: not a number") from None
+    if not math.isfinite(x) or x < low or (above and x <= low) or (whole and x != int(x)):
+        kind = "a whole number" if whole else "a finite number"
+        raise UserError(f"{shown}: expected {kind} {'>' if above else '>='} {low:g}")
+    return int(x) if whole else x
+
+
+def _limits(args) -> dict:
+    """--cooldown, --max-per-minute, --retry-base/--retry-cap (or their env), checked."""
+    base = _number(args.retry_base, None, "--retry-base", 1.0, above=True)
+    cap = _number(args.retry_cap, None, "--retry-cap", 300.0, above=True)
+    return {"cooldown": _number(args.cooldown, "EDGEWATCH_COOLDOWN", "--cooldown", 300.0),
+            "max_per_minute": _number(args.max_per_minute, "EDGEWATCH_MAX_PER_MINUTE",
+                                      "--max-per-minute", 20, whole=True),
+            "retry_base": base, "retry_cap": cap}
 
 
 def run(args) -> int:
     """Run the bridge until SIGTERM/SIGINT."""
     setup_logging(args.log_level)
-    mqtt = mqtt_settings(args)
+    mqtt = mqtt_settings(args)  # loads .env: the limits below may come from it
+    limits = _limits(args)
     names = [x.strip() for x in (args.notify or env("EDGEWATCH_NOTIFY", "sms")).split(",")
              if x.strip()]
     notifiers = from_env(names)
     outbox = Outbox(args.outbox or env("EDGEWATCH_OUTBOX", "edgewatch-outbox.db"),
-                    cooldown=_number(args.cooldown if args.cooldown is not None
-                                     else env("EDGEWATCH_COOLDOWN"), "--cooldown", 300.0),
-                    max_per_minute=int(_number(args.max_per_minute if args.max_per_minute
-                                               is not None else env("EDGEWATCH_MAX_PER_MINUTE"),
-                                               "--max-per-minute", 20)))
+                    cooldown=limits["cooldown"], max_per_minute=limits["max_per_minute"])
     metrics = serve_metrics("bridge", args, log)
     url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
     results = None
@@ -956,8 +977,8 @@ def run(args) -> int:
             log.error("notification outcomes will not be recorded: %s", exc)
     bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
                     client_id=args.client_id, state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR"),
-                    retry_base=args.retry_base,
-                    retry_cap=args.retry_cap, metrics=metrics,
+                    retry_base=limits["retry_base"],
+                    retry_cap=limits["retry_cap"], metrics=metrics,
                     devices=parse_devices(args.devices or env("EDGEWATCH_DEVICES")),
                     results=results)
     serve_until_signal(bridge, f"bridge running, outbox {outbox.path} (pid {os.getpid()})")

@@ -118,3 +118,31 @@ def test_user_mistakes_are_one_line(tmp_path, broker, extra, args, message):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("edgewatch bridge: ") and message in last
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("extra,args,message", [
+    ({}, ["--cooldown", "nan"], "--cooldown nan: expected a finite number >= 0"),
+    ({}, ["--cooldown", "inf"], "--cooldown inf"),
+    ({}, ["--cooldown", "-5"], "--cooldown -5.0: expected a finite number >= 0"),
+    ({"EDGEWATCH_COOLDOWN": "nan"}, [], "EDGEWATCH_COOLDOWN='nan': expected a finite number"),
+    ({"EDGEWATCH_COOLDOWN": "soon"}, [], "EDGEWATCH_COOLDOWN='soon': not a number"),
+    ({}, ["--max-per-minute", "-1"], "--max-per-minute -1: expected a whole number >= 0"),
+    ({"EDGEWATCH_MAX_PER_MINUTE": "nan"}, [], "EDGEWATCH_MAX_PER_MINUTE='nan'"),
+    ({"EDGEWATCH_MAX_PER_MINUTE": "1e400"}, [], "EDGEWATCH_MAX_PER_MINUTE='1e400'"),
+    ({"EDGEWATCH_MAX_PER_MINUTE": "2.5"}, [], "EDGEWATCH_MAX_PER_MINUTE='2.5': expected a whole"),
+    ({}, ["--retry-base", "0"], "--retry-base 0.0: expected a finite number > 0"),
+    ({}, ["--retry-base", "nan"], "--retry-base nan"),
+    ({}, ["--retry-cap", "inf"], "--retry-cap inf"),
+])
+def test_limits_must_be_finite_and_in_range(tmp_path, extra, args, message):
+    """NaN passed every check and then stalled the bridge; checked before the outbox or the
+    broker is touched (nothing listens on the broker port here)."""
+    env = service_env(EDGEWATCH_MQTT_URL="mqtt://127.0.0.1:1", **extra)
+    r = subprocess.run(edgewatch("bridge", "--notify", "console", "--outbox",
+                                 str(tmp_path / "o.db"), *args),
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgewatch bridge: "), r.stderr
+    assert message in lines[0], lines[0]
+    assert not (tmp_path / "o.db").exists()
