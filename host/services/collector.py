@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -585,6 +586,13 @@ def _state_dir(db_url: str) -> str:
 
 def run(args) -> int:
     """Run the collector until SIGTERM/SIGINT."""
+    # before anything is opened; `not (x >= 0)` as NaN fails every comparison
+    if args.batch < 1:
+        raise UserError(f"--batch {args.batch}: expected at least 1 message per transaction")
+    if args.flush_ms < 0:
+        raise UserError(f"--flush-ms {args.flush_ms}: expected milliseconds >= 0")
+    if not (math.isfinite(args.gap_wait) and args.gap_wait >= 0):
+        raise UserError(f"--gap-wait {args.gap_wait}: expected a finite number of seconds >= 0")
     setup_logging(args.log_level)
     mqtt = mqtt_settings(args)
     url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")

@@ -217,6 +217,30 @@ def test_device_list_and_bad_urls_are_user_errors(tmp_path):
         Store("postgresql://u:hunter22@127.0.0.1:1/db")
 
 
+@pytest.mark.parametrize("extra,args,message", [
+    ({}, ["--batch", "0"], "--batch 0: expected at least 1"),
+    ({}, ["--batch", "-5"], "--batch -5"),
+    ({}, ["--flush-ms", "-1"], "--flush-ms -1: expected milliseconds >= 0"),
+    ({}, ["--gap-wait", "nan"], "--gap-wait nan: expected a finite number"),
+    ({}, ["--gap-wait", "inf"], "--gap-wait inf"),
+    ({}, ["--gap-wait", "-1"], "--gap-wait -1.0"),
+])
+def test_command_line_mistakes_are_one_line(tmp_path, extra, args, message):
+    """Checked before the database or the broker is opened (nothing listens on port 1)."""
+    import subprocess
+
+    from hostkit import edgewatch
+
+    env = service_env(EDGEWATCH_MQTT_URL="mqtt://127.0.0.1:1", **extra)
+    r = subprocess.run(edgewatch("collect", "--db", f"sqlite:///{tmp_path}/ew.db", *args),
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgewatch collect: "), r.stderr
+    assert message in lines[0], lines[0]
+    assert "S3CRET" not in r.stderr
+
+
 def test_database_connection_lost_mid_run_loses_nothing(tmp_path, broker):
     if not _reachable(5432):
         pytest.skip("no PostgreSQL on 127.0.0.1:5432 on this machine")
