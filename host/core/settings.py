@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import struct
 import threading
@@ -89,7 +90,11 @@ def _secrets() -> list[str]:
         if v and len(v) >= 4:
             out.add(v)
     for name in URL_VARS:
-        pw = urlparse(os.environ.get(name, "")).password
+        try:
+            pw = urlparse(os.environ.get(name, "")).password
+        except ValueError:  # 'mqtt://[::1': the command says so; its password is still masked
+            m = re.match(r"[^:/?#]*://[^/?#@]*?:([^/?#@]*)@", os.environ.get(name, ""))
+            pw = m.group(1) if m else None
         if pw and len(pw) >= 4:
             out.update({pw, unquote(pw)})
     return sorted(out, key=len, reverse=True)
@@ -103,10 +108,14 @@ def redact(text: str) -> str:
 
 
 def safe_url(url: str) -> str:
-    """A URL fit for a log line: the password replaced by ``***``."""
-    u = urlparse(url)
-    if u.password:
-        return url.replace(f":{u.password}@", ":***@", 1)
+    """A URL fit for a log line: the password replaced by ``***`` (also in a URL that
+    does not parse, such as ``mqtt://u:pw@[::1``)."""
+    try:
+        pw = urlparse(url).password
+    except ValueError:
+        return re.sub(r"^([^:/?#]*://[^/?#@]*?:)[^/?#@]*@", r"\1***@", url, count=1)
+    if pw:
+        return url.replace(f":{pw}@", ":***@", 1)
     return url
 
 
@@ -167,6 +176,26 @@ def add_client_arguments(parser, log_level: str = "info") -> None:
     add_mqtt_arguments(parser)
 
 
+def topic_prefix(args) -> str:
+    """--prefix, else EDGEWATCH_PREFIX, else edgewatch: topic levels without wildcards."""
+    given = getattr(args, "prefix", None)
+    raw = given or env("EDGEWATCH_PREFIX", DEFAULT_PREFIX)
+    prefix = raw.strip("/")
+    where = f"--prefix {raw!r}" if given else f"EDGEWATCH_PREFIX={raw!r}"
+    if any(c in prefix for c in "+#\0"):
+        raise UserError(f"{where}: MQTT wildcards (+, #) are not allowed in a topic prefix")
+    return prefix
+
+
+def check_group(group: str | None) -> str | None:
+    """A shared-subscription group name (--group / EDGEWATCH_GROUP): ``$share/<group>/...``
+    allows no level separator and no wildcard in it."""
+    if group is not None and (not group or any(c in group for c in "/+#\0")):
+        raise UserError(f"group {group!r} (--group or EDGEWATCH_GROUP): a group name cannot be "
+                        "empty or contain /, or the MQTT wildcards + and #")
+    return group
+
+
 def mqtt_settings(args) -> MqttSettings:
     """MqttSettings from parsed options, then the environment; UserError on a bad URL or file."""
     load_env(getattr(args, "env_file", None))
@@ -182,9 +211,11 @@ def mqtt_settings(args) -> MqttSettings:
                             ca_file=getattr(args, "ca_file", None) or env("MQTT_CA_FILE"),
                             cert_file=getattr(args, "cert_file", None) or env("MQTT_CERT_FILE"),
                             key_file=getattr(args, "key_file", None) or env("MQTT_KEY_FILE"),
-                            prefix=(getattr(args, "prefix", None)
-                                    or env("EDGEWATCH_PREFIX", "edgewatch")).strip("/"))
-    u = urlparse(url if "://" in url else f"mqtt://{url}")
+                            prefix=topic_prefix(args))
+    try:
+        u = urlparse(url if "://" in url else f"mqtt://{url}")
+    except ValueError as exc:  # 'mqtt://[::1': an unclosed IPv6 bracket
+        raise UserError(f"{safe_url(url)}: not an MQTT URL ({exc})") from None
     if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
         raise UserError(f"{safe_url(url)}: not an MQTT URL (mqtt://host:port or mqtts://host:port)")
     tls = u.scheme in ("mqtts", "ssl")
@@ -199,7 +230,7 @@ def mqtt_settings(args) -> MqttSettings:
         ca_file=getattr(args, "ca_file", None) or env("MQTT_CA_FILE"),
         cert_file=getattr(args, "cert_file", None) or env("MQTT_CERT_FILE"),
         key_file=getattr(args, "key_file", None) or env("MQTT_KEY_FILE"),
-        prefix=(getattr(args, "prefix", None) or env("EDGEWATCH_PREFIX", DEFAULT_PREFIX)).strip("/"),
+        prefix=topic_prefix(args),
     )
     add_secret(s.password)
     for label, f in (("CA file", s.ca_file), ("certificate", s.cert_file), ("key", s.key_file)):
@@ -441,6 +472,7 @@ def service_client(s: MqttSettings, role: str, client_id: str | None,
     received but did not acknowledge (handled) is delivered again. Free the id with
     :func:`close_client`.
     """
+    check_group(group)  # it names the client-id file and the $share/<group>/ topic
     client_id = client_id or service_client_id(role, state_dir, group)
     return client_id, mqtt_client(s, client_id, persistent=True, manual_ack=True, role=role,
                                   prefetch=prefetch)

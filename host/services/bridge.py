@@ -47,6 +47,7 @@ from edgewatch.core.errors import UserError
 from edgewatch.core.schema import Alert, SchemaError, Status, parse, to_json
 from edgewatch.core.settings import (
     MqttSettings,
+    check_group,
     close_client,
     connect,
     env,
@@ -213,7 +214,11 @@ class Outbox:
     def __init__(self, path: str | os.PathLike, cooldown: float = 300.0, max_per_minute: int = 20,
                  lease: float = 30.0, max_age: float = 86400.0):
         self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # /proc/x/o.db, a read-only folder
+            raise UserError(f"{self.path}: cannot create the outbox's folder "
+                            f"({exc.strerror or exc})") from None
         self.cooldown, self.max_per_minute = cooldown, max_per_minute
         self.lease, self.max_age = lease, max_age
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -962,6 +967,7 @@ def run(args) -> int:
     setup_logging(args.log_level)
     mqtt = mqtt_settings(args)  # loads .env: the limits below may come from it
     limits = _limits(args)
+    group = check_group(args.group or env("EDGEWATCH_GROUP"))  # before the outbox is created
     names = [x.strip() for x in (args.notify or env("EDGEWATCH_NOTIFY", "sms")).split(",")
              if x.strip()]
     notifiers = from_env(names)
@@ -975,7 +981,7 @@ def run(args) -> int:
             results = Store(url, args.table_prefix)
         except UserError as exc:  # alerts go out without the database; the outcomes do not
             log.error("notification outcomes will not be recorded: %s", exc)
-    bridge = Bridge(outbox, notifiers, mqtt, group=args.group or env("EDGEWATCH_GROUP"),
+    bridge = Bridge(outbox, notifiers, mqtt, group=group,
                     client_id=args.client_id, state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR"),
                     retry_base=limits["retry_base"],
                     retry_cap=limits["retry_cap"], metrics=metrics,

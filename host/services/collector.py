@@ -48,6 +48,7 @@ from edgewatch.core.schema import (
 from edgewatch.core.settings import (
     MqttSettings,
     ack_all,
+    check_group,
     close_client,
     connect,
     env,
@@ -595,6 +596,7 @@ def run(args) -> int:
         raise UserError(f"--gap-wait {args.gap_wait}: expected a finite number of seconds >= 0")
     setup_logging(args.log_level)
     mqtt = mqtt_settings(args)
+    group = check_group(args.group or env("EDGEWATCH_GROUP"))  # before the database is opened
     url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
     devices = parse_devices(args.devices or env("EDGEWATCH_DEVICES"))
     store = Store(url, args.table_prefix)
@@ -621,7 +623,7 @@ def run(args) -> int:
     for name in ("max_channels", "device_channels"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')}: {getattr(args, name)} is negative")
-    col = Collector(store, mqtt, group=args.group or env("EDGEWATCH_GROUP"), devices=devices,
+    col = Collector(store, mqtt, group=group, devices=devices,
                     batch=args.batch, flush_ms=args.flush_ms, client_id=args.client_id,
                     ha_discovery=not args.no_discovery, metrics=metrics,
                     state_dir=args.state_dir or env("EDGEWATCH_STATE_DIR") or _state_dir(url),

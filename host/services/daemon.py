@@ -43,11 +43,23 @@ def serve_metrics(name: str, args, log: logging.Logger) -> Metrics:
             raise UserError(f"EDGEWATCH_MAX_DEVICES: {raw!r} is not a number") from None
     if cap < 0:
         raise UserError(f"--max-devices: {cap} is negative")
+    port, where = args.metrics_port or None, f"--metrics-port {args.metrics_port}"
+    if port is None and env("EDGEWATCH_METRICS_PORT"):
+        raw = env("EDGEWATCH_METRICS_PORT")
+        where = f"EDGEWATCH_METRICS_PORT={raw!r}"
+        try:
+            port = int(raw)
+        except ValueError:
+            raise UserError(f"{where}: not a port number") from None
+    if port is not None and not 0 <= port <= 65535:
+        raise UserError(f"{where}: expected a TCP port 0-65535")
     metrics = Metrics(name, max_devices=cap)
-    port = args.metrics_port or (int(env("EDGEWATCH_METRICS_PORT"))
-                                 if env("EDGEWATCH_METRICS_PORT") else None)
     if port is not None:
-        bound = metrics.serve(port, args.metrics_addr)
+        try:
+            bound = metrics.serve(port, args.metrics_addr)
+        except (OSError, OverflowError) as exc:  # a bad address, a port in use
+            raise UserError(f"--metrics-addr {args.metrics_addr} port {port}: cannot serve the "
+                            f"metrics there ({getattr(exc, 'strerror', None) or exc})") from None
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, bound)
     return metrics
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from edgewatch.core.errors import UserError
 from edgewatch.core.settings import RedactFilter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -55,8 +56,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def setup_logging(level: str = "info", stream=None) -> None:
     """Route the root logger to JSON lines on stderr (or ``stream``), secrets redacted."""
+    if str(level).lower() not in LOG_LEVELS:
+        raise UserError(f"--log-level {level}: expected one of {', '.join(LOG_LEVELS)}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactFilter())

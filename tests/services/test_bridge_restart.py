@@ -133,16 +133,31 @@ def test_user_mistakes_are_one_line(tmp_path, broker, extra, args, message):
     ({}, ["--retry-base", "0"], "--retry-base 0.0: expected a finite number > 0"),
     ({}, ["--retry-base", "nan"], "--retry-base nan"),
     ({}, ["--retry-cap", "inf"], "--retry-cap inf"),
+    # were tracebacks
+    ({}, ["--log-level", "LOUD"], "--log-level LOUD: expected one of"),
+    ({}, ["--outbox", "/proc/x/o.db"], "/proc/x/o.db: cannot create the outbox's folder"),
+    ({}, ["--prefix", "a/+"], "--prefix 'a/+': MQTT wildcards"),
+    ({}, ["--group", "g#"], "group 'g#'"),
 ])
-def test_limits_must_be_finite_and_in_range(tmp_path, extra, args, message):
-    """NaN passed every check and then stalled the bridge; checked before the outbox or the
-    broker is touched (nothing listens on the broker port here)."""
+def test_options_out_of_range_are_one_line(tmp_path, extra, args, message):
+    """NaN passed every check and then stalled the bridge; a bad log level or outbox folder
+    was a traceback; a wildcard prefix or group was accepted. Each is found before the outbox
+    is created or the broker is tried (nothing listens on its port here)."""
     env = service_env(EDGEWATCH_MQTT_URL="mqtt://127.0.0.1:1", **extra)
-    r = subprocess.run(edgewatch("bridge", "--notify", "console", "--outbox",
-                                 str(tmp_path / "o.db"), *args),
+    outbox = [] if "--outbox" in args else ["--outbox", str(tmp_path / "o.db")]
+    r = subprocess.run(edgewatch("bridge", "--notify", "console", *outbox, *args),
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgewatch bridge: "), r.stderr
     assert message in lines[0], lines[0]
     assert not (tmp_path / "o.db").exists()
+
+
+def test_outbox_path_from_the_environment_is_one_line(tmp_path):
+    env = service_env(EDGEWATCH_MQTT_URL="mqtt://127.0.0.1:1", EDGEWATCH_OUTBOX="/proc/x/o.db")
+    r = subprocess.run(edgewatch("bridge", "--notify", "console"), env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("edgewatch bridge: /proc/x/o.db: cannot create the outbox's "
+                                "folder (No such file or directory)")

@@ -224,14 +224,29 @@ def test_device_list_and_bad_urls_are_user_errors(tmp_path):
     ({}, ["--gap-wait", "nan"], "--gap-wait nan: expected a finite number"),
     ({}, ["--gap-wait", "inf"], "--gap-wait inf"),
     ({}, ["--gap-wait", "-1"], "--gap-wait -1.0"),
+    # were tracebacks
+    ({}, ["--broker", "mqtt://u:S3CRETPW@[::1"], "mqtt://u:***@[::1: not an MQTT URL"),
+    ({"EDGEWATCH_MQTT_URL": "mqtt://u:S3CRETPW@[::1"}, [], "mqtt://u:***@[::1: not an MQTT URL"),
+    ({}, ["--metrics-port", "99999"], "--metrics-port 99999: expected a TCP port"),
+    ({}, ["--metrics-port", "-3"], "--metrics-port -3: expected a TCP port"),
+    ({"EDGEWATCH_METRICS_PORT": "99999"}, [], "EDGEWATCH_METRICS_PORT='99999'"),
+    ({"EDGEWATCH_METRICS_PORT": "x"}, [], "EDGEWATCH_METRICS_PORT='x': not a port number"),
+    ({}, ["--metrics-addr", "999.1.1.1", "--metrics-port", "1"], "--metrics-addr 999.1.1.1"),
+    ({}, ["--log-level", "LOUD"], "--log-level LOUD: expected one of debug, info"),
+    # were accepted: a prefix or group with wildcards subscribes to what it should not
+    ({}, ["--prefix", "a/#"], "--prefix 'a/#': MQTT wildcards (+, #) are not allowed"),
+    ({"EDGEWATCH_PREFIX": "+"}, [], "EDGEWATCH_PREFIX='+': MQTT wildcards"),
+    ({}, ["--group", "#"], "group '#' (--group or EDGEWATCH_GROUP): a group name cannot"),
+    ({"EDGEWATCH_GROUP": "a/b"}, [], "group 'a/b'"),
 ])
 def test_command_line_mistakes_are_one_line(tmp_path, extra, args, message):
-    """Checked before the database or the broker is opened (nothing listens on port 1)."""
+    """One line naming the option and what is wrong (no broker listens on port 1: each is
+    found before a connection is tried); the URL's password never shown."""
     import subprocess
 
     from hostkit import edgewatch
 
-    env = service_env(EDGEWATCH_MQTT_URL="mqtt://127.0.0.1:1", **extra)
+    env = service_env(**{"EDGEWATCH_MQTT_URL": "mqtt://127.0.0.1:1", **extra})
     r = subprocess.run(edgewatch("collect", "--db", f"sqlite:///{tmp_path}/ew.db", *args),
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
