@@ -16,6 +16,7 @@ until Ctrl-C) and drains its outbox first.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -253,8 +254,8 @@ class Fleet:
                  echo: bool = False, extra: dict | None = None, stuck: int = 30):
         if devices < 1 or devices > 500:
             raise UserError(f"--devices {devices}: expected 1..500")
-        if period <= 0:
-            raise UserError(f"--period {period}: expected seconds > 0")
+        if not (math.isfinite(period) and 0 < period <= 86400):  # NaN passed `period <= 0`
+            raise UserError(f"--period {period}: expected seconds > 0, at most 86400 (a day)")
         if samples < 0:
             raise UserError(f"--samples {samples}: expected >= 0")
         from edgewatch.board.catalog import load_board

@@ -470,10 +470,14 @@ def run(args) -> int:
                         "EDGEWATCH_DASHBOARD_TOKEN")
     if token and len(token) < 16:
         raise UserError("EDGEWATCH_DASHBOARD_TOKEN: use at least 16 characters")
+    raw = env("EDGEWATCH_DASHBOARD_PORT", "8080")
+    where = f"--port {args.port}" if args.port is not None else f"EDGEWATCH_DASHBOARD_PORT={raw!r}"
     try:
-        port = args.port if args.port is not None else int(env("EDGEWATCH_DASHBOARD_PORT", "8080"))
+        port = args.port if args.port is not None else int(raw)
     except ValueError:
-        raise UserError("EDGEWATCH_DASHBOARD_PORT: not a number") from None
+        raise UserError(f"{where}: not a number") from None
+    if not 0 <= port <= 65535:  # bind() would raise OverflowError: a traceback
+        raise UserError(f"{where}: expected a TCP port 0-65535")
     url = args.db or env("EDGEWATCH_DB_URL", "sqlite:///edgewatch.db")
     store = Store(url, args.table_prefix, create=False)
     data = Data(store, args.registry or env("EDGEWATCH_REGISTRY", "models/registry"))
@@ -483,7 +487,7 @@ def run(args) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         hub.stop()
         raise UserError(f"{host}:{port}: cannot listen: {exc.strerror or exc}") from None
     sock.listen(128)  # connections wait in the backlog until uvicorn runs

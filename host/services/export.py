@@ -88,6 +88,8 @@ def run(args) -> int:
     out = Path(args.out)
     fmt = args.format or {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(
         out.suffix.lower())
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as {out / 'export.csv'}")
     if fmt is None:
         raise UserError(f"{out}: give a .csv or .parquet file name, or --format")
     if not out.parent.is_dir():
@@ -102,6 +104,9 @@ def run(args) -> int:
         store.close()
     if not rows:
         raise UserError(f"{safe_url(url)}: no rows for {device} in the chosen time range")
-    (write_csv if fmt == "csv" else write_parquet)(out, chans, rows)
+    try:
+        (write_csv if fmt == "csv" else write_parquet)(out, chans, rows)
+    except OSError as exc:  # /proc/version.csv, a read-only folder, a full disk
+        raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     print(f"wrote {len(rows)} rows of {device} ({', '.join(chans)}) to {out}")
     return 0

@@ -98,6 +98,8 @@ def test_sim_command_line_errors_are_one_line(tmp_path):
     for args, needle in ((["--faults", "meteor"], "unknown fault 'meteor'"),
                          (["--model", str(tmp_path / "bad.ewb")], "not a valid model blob"),
                          (["--devices", "0"], "--devices 0"),
+                         (["--period", "nan", "--model", "none"], "--period nan"),
+                         (["--period", "inf", "--model", "none"], "--period inf"),
                          (["--data", str(tmp_path / "nope.csv"), "--model", "none"], "no such file"),
                          (["--model", str(tmp_path)], "no model blob")):
         r = subprocess.run([EW, "sim", "--out", str(tmp_path / "o"), *args], capture_output=True,

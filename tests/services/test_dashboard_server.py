@@ -45,6 +45,20 @@ def test_other_addresses_need_a_token(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no such database" in r.stderr
 
 
+def test_a_port_out_of_range_is_one_line(tmp_path):
+    """bind() raised OverflowError: a traceback."""
+    Store(f"sqlite:///{tmp_path}/ew.db").close()
+    for extra, args, message in (
+            ({"EDGEWATCH_DASHBOARD_PORT": "99999"}, [],
+             "EDGEWATCH_DASHBOARD_PORT='99999': expected a TCP port 0-65535"),
+            ({}, ["--port", "-1"], "--port -1: expected a TCP port 0-65535")):
+        r = subprocess.run(edgewatch("dashboard", "--db", f"sqlite:///{tmp_path}/ew.db",
+                                     "--no-live", *args), capture_output=True, text=True,
+                           env=service_env(**extra), timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == f"edgewatch dashboard: {message}"
+
+
 def test_token_is_required_when_set_and_never_shown(tmp_path):
     with serving(tmp_path, [], env={"EDGEWATCH_DASHBOARD_TOKEN": TOKEN}) as url:
         assert _get(url + "api/fleet")[0] == 401

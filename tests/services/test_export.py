@@ -66,10 +66,16 @@ def test_csv_and_parquet_round_trip_through_the_training_loaders(tmp_path, capsy
     (["--device", "gh-01", "--out", "x.txt"], "give a .csv or .parquet"),
     (["--device", "gh-01", "--out", "x.csv", "--channels", "co2"], "no channel 'co2'"),
     (["--device", "gh-01", "--out", "x.csv", "--since", "yesterday"], "not a date"),
+    # were tracebacks
+    (["--device", "gh-01", "--out", "{tmp}"], "--out {tmp}: is a folder"),
+    (["--device", "gh-01", "--out", "{tmp}", "--format", "csv"], "--out {tmp}: is a folder"),
+    (["--device", "gh-01", "--out", "/proc/version.csv"], "--out /proc/version.csv: cannot write"),
 ])
 def test_mistakes_are_one_line(tmp_path, capsys, args, message):
     url = f"sqlite:///{tmp_path}/ew.db"
     _fill(url)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    message = message.replace("{tmp}", str(tmp_path))
     assert main(["export", "--db", url, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgewatch export: ") and message in err and "\n" not in err
