@@ -57,11 +57,14 @@ def _ew(*args: str, quiet: bool = False) -> None:
 
 def ensure_model(model_dir: str | os.PathLike, fast: bool = False, work: Path | None = None,
                  quiet: bool = False) -> Path:
-    """The model folder with a firmware blob: reused when present, else generated, trained, converted."""
-    model = Path(model_dir)
+    """The model folder with a firmware blob: reused when present, else generated, trained, converted.
+
+    Returned absolute, resolved against the caller's working directory: the steps run from
+    the repository root (``_ew``), where a relative path would name another folder."""
+    model = Path(model_dir).resolve()
     if (model / "model.ewb").is_file():
         return model
-    work = Path(work or model.parent)
+    work = Path(work).resolve() if work else model.parent
     work.mkdir(parents=True, exist_ok=True)
     data = work / "greenhouse-train.csv"
     days, epochs = ("4", "3") if fast else ("10", "10")
@@ -259,7 +262,8 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
     out.mkdir(parents=True)
     say("edgewatch demo: simulated greenhouse boards running the real firmware, no hardware needed")
     t = time.monotonic()
-    reused = (Path(model_dir) / "model.ewb").is_file()
+    model_dir = Path(model_dir).resolve()  # the user's cwd, not the root the services run in
+    reused = (model_dir / "model.ewb").is_file()
     model = ensure_model(model_dir, fast=fast)
     samples = rows_needed(faults, warmup_rows(Path(model) / "model.ewb"))
     say(f"[1/6] model: {'reused' if reused else 'trained'} {model} ({time.monotonic() - t:.0f} s)")

@@ -91,3 +91,28 @@ def test_demo_refuses_bad_options_in_one_line():
         r = subprocess.run([sys.executable, "-m", "edgewatch.demo", *args], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_a_relative_model_path_is_the_users_not_the_repository_roots(tmp_path, monkeypatch):
+    """The steps run with cwd = the repository root: ensure_model hands them absolute paths
+    resolved against the caller's folder (a demo started outside the root always failed:
+    train wrote <root>/models/default, the blob check looked in ./models/default)."""
+    from edgewatch import demo
+
+    calls = []
+
+    def fake_ew(*args, quiet=False):
+        calls.append(args)
+        if args[0] == "convert":  # what convert would write, where it would write it
+            model = Path(args[args.index("--model") + 1])
+            model.mkdir(parents=True)
+            (model / "model.ewb").write_bytes(b"blob")
+
+    monkeypatch.setattr(demo, "_ew", fake_ew)
+    monkeypatch.chdir(tmp_path)
+    got = demo.ensure_model("models/default", fast=True)
+    assert got == tmp_path / "models" / "default" and got.is_absolute()
+    paths = [a for args in calls for a in args if "/" in a]
+    assert paths and all(Path(p).is_absolute() and str(p).startswith(str(tmp_path)) for p in paths), calls
+    calls.clear()
+    assert demo.ensure_model("models/default") == got and calls == []  # reused, nothing run
