@@ -193,10 +193,29 @@ def check_config(config: dict, board: dict) -> None:
         except fw.ConfigError as exc:
             msg = str(exc).split(": ", 1)[-1]  # without the temporary path
             key = msg.split(":", 1)[0].split(".")[0].split(" ")[0]
+            msg = _without_secrets(msg, key, config)
             name = ENV_NAMES.get(key)
             where = f"{name} (config.json {key})" if name else f"config.json {key}"
             raise UserError(f"{where}: {msg.split(': ', 1)[-1]}; nothing was written "
                             "to the board") from None
+
+
+CONFIG_SECRETS = ("password", "wifi", "ota_key")  # config.json entries whose values are secrets
+SECRET_WORDS = ("pass", "key", "secret", "token")
+
+
+def _without_secrets(msg: str, key: str, config: dict) -> str:
+    """A firmware config error fit to print: no secret value (`--set password=87654321` was
+    echoed in "expected a non-empty string, got 87654321"), no password in a broker URL."""
+    if key in CONFIG_SECRETS:
+        msg = re.sub(r",? got .*$", "", msg)
+    values = [config.get("password"), config.get("ota_key"),
+              (config.get("wifi") or {}).get("password") if isinstance(config.get("wifi"), dict)
+              else config.get("wifi")]
+    for v in values:
+        if v not in (None, "") and len(str(v)) >= 4:
+            msg = msg.replace(repr(v), "***").replace(str(v), "***")
+    return re.sub(r"(://[^/\s'\"@:]*:)[^@\s'\"/]*@", r"\1***@", msg)
 
 
 def mpy_cross_version() -> int:
@@ -479,7 +498,10 @@ def _extra(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+            # 'password:87654321' may be a secret with a typo: name only its leading word
+            word = re.match(r"[A-Za-z_]*", item).group(0)
+            shown = repr(item) if not any(w in item.lower() for w in SECRET_WORDS) else f"{word}..."
+            raise UserError(f"--set {shown}: expected KEY=VALUE")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -459,14 +459,14 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Run `edgewatch sim` until the boards finish or Ctrl-C."""
-    from edgewatch.core.settings import read_users
+    from edgewatch.core.settings import read_users, safe_url
 
     fleet = Fleet(args.out, args.devices, args.broker,
                   None if args.model == "none" else args.model, args.board, args.data,
                   parse_faults(args.faults), args.period, args.samples, args.clean,
                   args.prefix, echo=not args.quiet, stuck=args.stuck,
                   credentials=read_users(args.users) if args.users else None)
-    print(f"sim: {args.devices} boards ({args.board}) -> {args.broker}, replaying "
+    print(f"sim: {args.devices} boards ({args.board}) -> {safe_url(args.broker)}, replaying "
           f"{fleet.data.name}, flash in {args.out}", flush=True)
     if fleet.range_warning:
         print(fleet.range_warning, file=sys.stderr, flush=True)

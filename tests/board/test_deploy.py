@@ -184,6 +184,29 @@ def test_bad_inputs_are_one_line_and_nothing_is_sent(tmp_path, tiny_model_dir):
         assert list(vb.flash.iterdir()) == []
 
 
+def test_a_refused_secret_is_never_echoed(tmp_path):
+    """A config the firmware refuses names the key, never the secret value."""
+    ew = str(BIN / "edgewatch")
+    good_env = write_env(tmp_path / ".env", 1883, "vb-01")
+    with VirtualBoard(tmp_path / "flash") as vb:
+        base = ["deploy", "--port", vb.port, "--no-model", "--env-file"]
+        cases = [
+            (base + [str(good_env), "--set", "password=87654321"], "87654321",
+             "MQTT_PASSWORD (config.json password): expected a non-empty string"),
+            (base + [str(good_env), "--set", "password:87654321"], "87654321",
+             "--set password...: expected KEY=VALUE"),
+            (base + [str(_env_with(good_env, "MQTT_URL=htp://bob:S3CRETURLPW@127.0.0.1:1883"))],
+             "S3CRETURLPW", "'htp://bob:***@127.0.0.1:1883' is not an mqtt://"),
+        ]
+        for args, secret, needle in cases:
+            r = subprocess.run([ew, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert r.returncode == 2, (args, r.stdout, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and needle in lines[0], (args, r.stderr)
+            assert secret not in r.stdout + r.stderr
+        assert vb.received == 0
+
+
 def test_a_damaged_model_blob_is_refused_before_the_board(tmp_path):
     """model_blob parses the blob (flash --dry-run, deploy and sim "check everything first"):
     a damaged or foreign file is one line naming it; the reference blob passes."""

@@ -120,7 +120,8 @@ def test_sim_command_runs_a_clean_board_to_the_end(tmp_path):
 
 
 def test_quiet_run_shows_progress(monkeypatch, capsys):
-    """`sim --quiet` is not silent for the whole run: a line every PROGRESS_S."""
+    """`sim --quiet` is not silent for the whole run: a line every PROGRESS_S; the broker's
+    password is never printed."""
     import argparse
 
     from edgewatch.board import sim
@@ -150,9 +151,13 @@ def test_quiet_run_shows_progress(monkeypatch, capsys):
     monkeypatch.setattr(sim, "Fleet", FakeFleet)
     p = argparse.ArgumentParser()
     sim.add_arguments(p)
-    assert sim.run(p.parse_args(["--quiet"])) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert sim.run(p.parse_args(["--quiet", "--broker", "mqtt://bob:S3CRETSIMPW@127.0.0.1:18931"])) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
     assert sum("boards running" in ln for ln in lines) == 3, lines
+    # the broker URL's password is masked as the services' safe_url does
+    assert "-> mqtt://bob:***@127.0.0.1:18931, replaying" in lines[0]
+    assert "S3CRETSIMPW" not in out.out + out.err
 
 
 def test_progress_line_counts_alerts_per_board(tmp_path):
