@@ -97,7 +97,39 @@ def _secrets() -> list[str]:
             pw = m.group(1) if m else None
         if pw and len(pw) >= 4:
             out.update({pw, unquote(pw)})
+    out.update(url_secrets(os.environ.get("EDGEWATCH_WEBHOOK_URL", "")))
     return sorted(out, key=len, reverse=True)
+
+
+def url_secrets(url: str) -> set[str]:
+    """What in a webhook URL is a credential: its password, query, and a path or last path
+    segment long enough to be a token (Slack, Teams and Discord carry it there). Short
+    paths such as /alert are left alone: masking them would mangle every topic logged."""
+    try:
+        u = urlparse(url)
+        parts = [u.password, u.query]
+    except ValueError:
+        return set()
+    if len(u.path) >= 12:
+        parts.append(u.path)
+    last = u.path.rstrip("/").rsplit("/", 1)[-1]
+    if len(last) >= 8:
+        parts.append(last)
+    return {p for part in parts if part and len(part) >= 4 for p in (part, unquote(part))}
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: no user, password, path or query. For webhook
+    URLs, whose path and query are as secret as a password."""
+    try:
+        u = urlparse(url)
+        host = u.hostname or ""
+        port = u.port
+    except ValueError:
+        return "(unparsable URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{u.scheme}://{host}" + (f":{port}" if port else "")
 
 
 def redact(text: str) -> str:

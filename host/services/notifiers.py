@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from edgewatch.core.errors import UserError
-from edgewatch.core.settings import add_secret, env, safe_url
+from edgewatch.core.settings import add_secret, env, safe_url, url_origin, url_secrets
 
 log = logging.getLogger("edgewatch.notify")
 NAMES = ("sms", "console", "webhook", "email")
@@ -252,7 +252,10 @@ class Webhook(Notifier):
         import requests
 
         add_secret(token)
+        for part in url_secrets(url):  # masked in every log line (urllib3's debug lines too)
+            add_secret(part)
         self.url, self.timeout = url, timeout
+        self.where = f"webhook {url_origin(url)}"  # what errors, logs and the outbox show
         self.session = requests.Session()
         self.headers = {"Content-Type": "application/json", "User-Agent": "edgewatch-bridge"}
         if token:
@@ -268,9 +271,9 @@ class Webhook(Notifier):
         try:
             r = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise _requests_error(exc, f"webhook {safe_url(self.url)}") from None
+            raise _requests_error(exc, self.where) from None
         if r.status_code >= 300:
-            raise _http_status_error(r.status_code, f"webhook {safe_url(self.url)}")
+            raise _http_status_error(r.status_code, self.where)
 
 
 class Email(Notifier):

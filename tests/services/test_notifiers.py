@@ -196,3 +196,52 @@ def test_webhook_attempts_of_one_alert_carry_one_idempotency_key(tmp_path, hook)
         finally:
             dev.close()
             b.stop()
+
+
+def test_webhook_url_secrets_stay_out_of_errors_logs_and_the_outbox(tmp_path, hook, caplog,
+                                                                    monkeypatch):
+    """A webhook URL carries its token in the path or query (Slack: /services/T/B/<token>):
+    errors, log lines and the outbox's last_error show scheme://host:port only."""
+    import logging
+    import sqlite3
+
+    from edgewatch.core.settings import redact, url_origin
+
+    port = hook.server.server_address[1]
+    url = f"http://u:PW5ecret@127.0.0.1:{port}/services/T0/B0/S3CRETTOKEN?key=S3CRETQ"
+    assert url_origin(url) == f"http://127.0.0.1:{port}"
+    assert url_origin("https://[::1]/x?y=z") == "https://[::1]"
+    monkeypatch.setenv("EDGEWATCH_WEBHOOK_URL", url)  # as the bridge gets it
+    assert "S3CRET" not in redact(f"POST {url}") and "PW5ecret" not in redact(url)
+    hook.status = 503
+    with pytest.raises(TransientError) as exc:
+        Webhook(url, timeout=2).send(None, MSG)
+    assert str(exc.value) == f"webhook http://127.0.0.1:{port}: HTTP 503"
+    caplog.set_level(logging.DEBUG)
+    with Broker(tmp_path / "mq", users={"edgewatch": HOST_PW}) as broker:
+        b = Bridge(Outbox(tmp_path / "o.db", cooldown=0, max_per_minute=0),
+                   [Webhook(url, timeout=2)],
+                   MqttSettings(port=broker.port, username="edgewatch", password=HOST_PW),
+                   retry_base=0.1, retry_cap=0.2).start()
+        dev = Board(broker, "edgewatch", HOST_PW)
+        try:
+            dev.publish("alert", alert("gh-01", 3), device="gh-01")
+            wait_until(lambda: len(hook.got) >= 3, what="three attempts")
+        finally:
+            dev.close()
+            b.stop()
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        (err,) = db.execute("SELECT last_error FROM outbox").fetchone()
+    assert err == f"webhook http://127.0.0.1:{port}: HTTP 503"
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert retries and all(f"webhook http://127.0.0.1:{port}: HTTP 503" in m for m in retries)
+    shown = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("edgewatch"))
+    assert "S3CRET" not in shown and "PW5ecret" not in shown
+
+
+def test_short_webhook_paths_are_not_masked_in_every_log_line():
+    from edgewatch.core.settings import url_secrets
+
+    assert url_secrets("https://hooks.example.org/alert") == set()  # topics end in /alert
+    assert "S3CRETTOKEN" in url_secrets("https://h/services/T0/B0/S3CRETTOKEN")
+    assert url_secrets("http://u:PW5ecret@h/x?key=abcd") == {"PW5ecret", "key=abcd"}
