@@ -184,7 +184,8 @@ def test_default_data_is_the_models_training_data_and_a_mismatch_warns(tmp_path)
     Scaler.fit(series.values[: int(0.8 * len(series))], ["temperature", "humidity"]).save(
         model / "scaler.json")
     (model / "config.json").write_text(json.dumps({"data": str(occ)}))
-    (model / "model.ewb").write_bytes(b"blob")
+    # a valid blob (the Fleet parses it); the scaler and config.json above are what count here
+    (model / "model.ewb").write_bytes((ROOT / "tests" / "golden" / "model.ewb").read_bytes())
     fleet = Fleet(tmp_path / "fleet", 1, "mqtt://127.0.0.1:1", str(model))
     assert fleet.data == occ.resolve() and fleet.range_warning is None
     fleet = Fleet(tmp_path / "fleet", 1, "mqtt://127.0.0.1:1", str(model), data="generated")
