@@ -8,7 +8,7 @@ import time
 
 import pytest
 from edgewatch.services.broker import DEVICE_ACL, Broker
-from hostkit import HOST_PW, Board, alert, edgewatch, service_env, spawn, wait_until
+from hostkit import HOST_PW, Board, alert, edgewatch, one_line_error, service_env, spawn, wait_until
 
 from tools.twilio_sink import TwilioSink
 
@@ -147,10 +147,7 @@ def test_options_out_of_range_are_one_line(tmp_path, extra, args, message):
     outbox = [] if "--outbox" in args else ["--outbox", str(tmp_path / "o.db")]
     r = subprocess.run(edgewatch("bridge", "--notify", "console", *outbox, *args),
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("edgewatch bridge: "), r.stderr
-    assert message in lines[0], lines[0]
+    one_line_error(r, "bridge", message)
     assert not (tmp_path / "o.db").exists()
 
 

@@ -244,15 +244,12 @@ def test_command_line_mistakes_are_one_line(tmp_path, extra, args, message):
     found before a connection is tried); the URL's password never shown."""
     import subprocess
 
-    from hostkit import edgewatch
+    from hostkit import edgewatch, one_line_error
 
     env = service_env(**{"EDGEWATCH_MQTT_URL": "mqtt://127.0.0.1:1", **extra})
     r = subprocess.run(edgewatch("collect", "--db", f"sqlite:///{tmp_path}/ew.db", *args),
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("edgewatch collect: "), r.stderr
-    assert message in lines[0], lines[0]
+    one_line_error(r, "collect", message)
     assert "S3CRET" not in r.stderr
 
 

@@ -69,6 +69,15 @@ def edgewatch(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from edgewatch.cli import main; sys.exit(main())", *args]
 
 
+def one_line_error(r: subprocess.CompletedProcess, command: str, message: str) -> None:
+    """`r` ended as a user mistake should: exit 2 and one line, ``edgewatch COMMAND: ...``,
+    holding ``message``."""
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"edgewatch {command}: "), r.stderr
+    assert message in lines[0], lines[0]
+
+
 def spawn(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     """Start ``edgewatch <args>`` as a real subprocess, output to ``log_path``."""
     fh = open(log_path, "ab")
