@@ -125,6 +125,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Run `edgewatch flash`."""
+    if not 300 <= args.baud <= 5_000_000:  # esptool would fail after the checks, mid-way
+        raise UserError(f"--baud {args.baud}: expected 300..5000000")
     port = _deploy.check_port(args.port, "flash")
     board = _deploy.board_config(args.board)
     chip, offset, image_name = flash_plan(board)

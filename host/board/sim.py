@@ -258,6 +258,13 @@ class Fleet:
             raise UserError(f"--period {period}: expected seconds > 0, at most 86400 (a day)")
         if samples < 0:
             raise UserError(f"--samples {samples}: expected >= 0")
+        from edgewatch.core.schema import DEVICE_RE
+
+        if not DEVICE_RE.fullmatch(f"{prefix}-{devices:02d}"):  # the boards would loop on it
+            raise UserError(f"--prefix {prefix!r}: device ids are <prefix>-01..; letters, digits, "
+                            "_ and - only, at most 32 characters in all")
+        if not 2 <= stuck <= 100000:  # the firmware's config range (firmware/config.py)
+            raise UserError(f"--stuck {stuck}: expected 2..100000 equal samples")
         from edgewatch.board.catalog import load_board
 
         self.out = Path(out).resolve()  # each board runs in its own folder: no relative paths

@@ -138,6 +138,8 @@ def test_cli_errors_are_one_line_and_nothing_reaches_the_board(tmp_path):
         one_line_error(ew("flash", "--port", vb.port, "--firmware", str(img), "--dry-run",
                           "--model", str(tmp_path / "bad.ewb")),
                        "bad.ewb", "not a valid model blob")
+        one_line_error(ew("flash", "--port", vb.port, "--firmware", str(img), "--no-deploy",
+                          "--baud", "-5"), "--baud -5: expected 300..5000000")
         assert vb.received == 0
 
 

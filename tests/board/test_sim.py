@@ -101,7 +101,10 @@ def test_sim_command_line_errors_are_one_line(tmp_path):
                          (["--period", "nan", "--model", "none"], "--period nan"),
                          (["--period", "inf", "--model", "none"], "--period inf"),
                          (["--data", str(tmp_path / "nope.csv"), "--model", "none"], "no such file"),
-                         (["--model", str(tmp_path)], "no model blob")):
+                         (["--model", str(tmp_path)], "no model blob"),
+                         # the boards looped on their config errors
+                         (["--prefix", "a/b", "--model", "none"], "--prefix 'a/b'"),
+                         (["--stuck", "-1", "--model", "none"], "--stuck -1: expected 2..100000")):
         r = subprocess.run([EW, "sim", "--out", str(tmp_path / "o"), *args], capture_output=True,
                            text=True, timeout=120, cwd=ROOT)
         assert r.returncode == 2, (args, r.stdout, r.stderr)

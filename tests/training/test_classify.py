@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from edgewatch.cli import main
 from edgewatch.training.forecast.data import shared_data
 
@@ -83,3 +84,12 @@ def test_many_channels(tmp_path):
     assert len(s["channels"]) == 21 and s["runs"][0]["test"]["f1"] > 0.8
     assert len(json.loads((tmp_path / "out" / "rf_board.json").read_text())["low"]) == 21
     assert "features_length" in (tmp_path / "out" / "rf_board.h").read_text()
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "0", "-3"])
+def test_a_budget_that_cannot_end_is_refused(tmp_path, budget):
+    """--budget-s nan ran on for minutes with no output."""
+    r = subprocess.run([EDGEWATCH, "classify", "--budget-s", budget, "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"--budget-s {float(budget)}: expected a finite" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,5 +1,7 @@
 """SKAB protocol: metrics definitions, fit/test split, concatenation, and the file set."""
 
+import time
+
 import numpy as np
 import pytest
 from edgewatch.training.evaluation import skab
@@ -66,6 +68,14 @@ def test_evaluate_cli_refuses_unknown_names_in_one_line(capsys):
     assert main(["evaluate", "--detectors", "best,oracle"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--suite: unknown 'kdd99'" in err[0] and "unknown 'oracle'" in err[1]
+    # an --out it cannot write is refused before the suites run (it was refused after them)
+    t0 = time.monotonic()
+    assert main(["evaluate", "--out", "/proc/x/o.json"]) == 2
+    assert main(["evaluate", "--out", "/proc/self/o.json"]) == 2
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "folder /proc/x does not exist" in err[0], err
+    assert "--out /proc/self/o.json: cannot write a file there" in err[1], err
 
 
 def test_evaluate_cli_fast_writes_json(tmp_path, capsys):

@@ -22,6 +22,7 @@ in the training part, which flatters every model on time series.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -343,6 +344,8 @@ def run(args) -> int:
         raise UserError(f"--models {args.models}: choose from {', '.join(MODELS)}")
     if args.board_trees < 1 or args.board_depth < 1:
         raise UserError("--board-trees and --board-depth must be at least 1")
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):  # NaN ran on, silent
+        raise UserError(f"--budget-s {args.budget_s}: expected a finite number of seconds > 0")
     series = load_many(args.data, channels=args.channels, need_label=args.label)
     if args.max_rows and args.max_rows < len(series):
         idx = np.sort(np.random.default_rng(args.seed).choice(len(series), args.max_rows, replace=False))

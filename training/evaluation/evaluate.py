@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -181,14 +182,20 @@ def run(args) -> int:
     """Run the suites and print one line per suite × detector."""
     suites = parse_suites(args.suite)
     names = parse_detectors(args.detectors)
+    out = Path(args.out) if args.out else None
+    if out is not None:  # before the run, not after it
+        if not out.parent.is_dir():
+            raise UserError(f"--out: folder {out.parent} does not exist")
+        if out.is_dir() or not os.access(out.parent, os.W_OK):
+            raise UserError(f"--out {out}: cannot write a file there")
     res = evaluate(suites, names, fast=args.fast)
     for suite in ("skab", "nab"):
         for r in res.get(suite, {}).values():
             r.pop("kept", None)
     text = json.dumps(res, indent=1, default=float)
-    if args.out:
-        out = Path(args.out)
-        if out.parent and not out.parent.exists():
-            raise UserError(f"--out: folder {out.parent} does not exist")
-        out.write_text(text + "\n")
+    if out is not None:
+        try:
+            out.write_text(text + "\n")
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     return 0
