@@ -91,6 +91,11 @@ def test_signed_blob_from_the_cli(tiny_model_dir, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "detector: seed band k = 2.5 (fixed); shift rule: window 40 rows, factor 3" in proc.stdout
+    # how far a channel's rolling mean must move beside the fit rows' span (the review found
+    # a reach of +-22.9 C on greenhouse data, out of the sensor's range, and nothing said so)
+    m = re.search(r"a 40-row mean beyond temperature [-\d.]+ ± ([\d.]+) \(fit rows span ([\d.]+)\)",
+                  proc.stdout)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, proc.stdout
     assert re.search(r"blob model\.ewb: \d+ B \(model id [0-9a-f]{8}, signed\)", proc.stdout)
     assert re.search(r"temperature: float [\d.]+ +int8 [\d.]+", proc.stdout)
     raw = (out / "model.ewb").read_bytes()

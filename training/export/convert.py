@@ -277,6 +277,19 @@ def calibration_warnings(cal, fit_rows, names) -> list[str]:
     return out
 
 
+def shift_text(shift, fit_rows, names) -> str:
+    """convert's line on the shift rule, with how far each channel's rolling mean must move
+    for its per-channel view to fire, beside the span of the fit rows: a reach beyond that
+    span says a lasting offset of one channel alone is unlikely to be flagged by it."""
+    text = f"shift rule: window {shift.window} rows, factor {shift.factor:g}"
+    rows = np.asarray(fit_rows, np.float64) if fit_rows is not None else None
+    if rows is None or rows.ndim != 2 or rows.shape[1] != len(names):
+        return text
+    reach = "; ".join(f"{n} {c:.3g} ± {shift.factor * sp:.3g} (fit rows span {np.ptp(rows[:, j]):.3g})"
+                      for j, (n, c, sp) in enumerate(zip(names, shift.center, shift.spread, strict=True)))
+    return f"{text}: a {shift.window}-row mean beyond {reach}"
+
+
 def split_residual(model):
     """(net, residual): the part to quantise, and whether the newest sample is added after it.
 
@@ -512,7 +525,7 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift, still, cal)
         (out / "model.ewb").write_bytes(raw)
         report.update(blob_bytes=len(raw), model_id=spec.model_id, signed=bool(key),
-                      shift=shift_note or f"shift rule: window {shift.window} rows, factor {shift.factor:g}",
+                      shift=shift_note or shift_text(shift, rows, names),
                       still=still)
     except blob.UnsupportedModel as exc:
         (out / "model.ewb").unlink(missing_ok=True)
