@@ -147,7 +147,13 @@ def build_config(board_name: str, board: dict, secrets: dict, device_id: str | N
     if not secrets.get("broker"):
         raise UserError("MQTT_URL is not set: put MQTT_URL=mqtt://host:1883 in .env "
                         "(see .env.example)")
-    cfg = {"device": device, "board": board_name, "broker": secrets["broker"]}
+    broker = str(secrets["broker"])
+    if broker.startswith(("mqtt://", "mqtts://")) and "@" in broker.split("://", 1)[1].split("/", 1)[0]:
+        # the board reads host[:port] from the URL: user:password@ became part of the host
+        # name it looked up, and it never connected (the value is not echoed: a password)
+        raise UserError("MQTT_URL: a user or password in the URL is not read by the board: put "
+                        "them in MQTT_USER and MQTT_PASSWORD, and the URL as mqtt://host:port")
+    cfg = {"device": device, "board": board_name, "broker": broker}
     if secrets.get("wifi_ssid"):
         cfg["wifi"] = {"ssid": secrets["wifi_ssid"], "password": secrets.get("wifi_password", "")}
     if secrets.get("user"):

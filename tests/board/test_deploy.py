@@ -197,6 +197,9 @@ def test_a_refused_secret_is_never_echoed(tmp_path):
              "--set password...: expected KEY=VALUE"),
             (base + [str(_env_with(good_env, "MQTT_URL=htp://bob:S3CRETURLPW@127.0.0.1:1883"))],
              "S3CRETURLPW", "'htp://bob:***@127.0.0.1:1883' is not an mqtt://"),
+            # the board took bob:...@127.0.0.1 for a host name and never connected
+            (base + [str(_env_with(good_env, "MQTT_URL=mqtt://bob:S3CRETURLPW@127.0.0.1:1883"))],
+             "S3CRETURLPW", "MQTT_URL: a user or password in the URL is not read by the board"),
         ]
         for args, secret, needle in cases:
             r = subprocess.run([ew, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
