@@ -34,7 +34,10 @@ def test_boards_each_connect_publish_and_are_all_stored_once(tmp_path):
         finally:
             fleet.close()
         r = drain(url, env, tmp_path, 1, 30 * PER_BOARD, "small")
-    assert r["stored_per_s"] > 0 and r["cpu_s_per_1000"] > 0
+    # the CPU figure subtracts a separate blank start's cost (on Mosquitto the backlog is read
+    # during the start): with 30 x PER_BOARD messages that cost varies by more than the drain
+    # itself (a CI run read -0.001 s per 1,000); it is a figure only at the bench's 20,000
+    assert r["stored_per_s"] > 0 and abs(r["cpu_s_per_1000"]) < 1.0
     c = sqlite3.connect(tmp_path / "small.db")
     rows = c.execute("SELECT device, seq FROM telemetry ORDER BY device, seq").fetchall()
     # 30 boards, each its own connection and device id, seq 0.., each stored once
