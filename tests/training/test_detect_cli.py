@@ -145,3 +145,40 @@ def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
     assert rc == 2
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "v.csv").is_file()
+
+
+def test_timestamps_rounded_to_the_second_are_not_dropouts(tmp_path, model_dir):
+    """SKAB's sensors sample every ~1.047 s and write whole seconds, so one interval in ~20
+    reads 2 s: rounding, not a missed sample. Only the real gap (5 samples) is a dropout."""
+    from datetime import datetime, timedelta
+
+    lines = (OCC / "datatest.txt").read_text().splitlines()
+    cells = [b.split(",") for b in lines[1:421]]
+    t0 = datetime(2020, 3, 9, 10, 14, 33)
+    stamps = [t0 + timedelta(seconds=round(i * 1.047)) for i in range(len(cells))]
+    keep = [i for i in range(len(cells)) if not 300 <= i < 305]
+    body = [f'"{i}","{stamps[i]:%Y-%m-%d %H:%M:%S}",{cells[i][2]},{cells[i][3]}' for i in keep]
+    data = tmp_path / "rounded.csv"
+    data.write_text('"date","Temperature","Humidity"\n' + "\n".join(body) + "\n")
+    assert sum(1 for i in range(1, 300) if (stamps[i] - stamps[i - 1]).seconds == 2) >= 10
+    out = tmp_path / "v.csv"
+    assert main(["detect", "--model", str(model_dir), "--data", str(data), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    drops = [i for i, r in enumerate(rows) if "dropout:" in r["alerts"]]
+    assert drops == [300]
+
+
+def test_missed_periods_by_timestamp_step():
+    from edgewatch.training.evaluation.replay import missed_periods
+
+    # one sample a minute, whole seconds: one missed sample is a dropout
+    t = np.delete(np.arange(400) * 60.0 + 1.7e9, [200])
+    assert np.flatnonzero(missed_periods(t)).tolist() == [200]
+    # 1.047 s in whole seconds: rounding is not a gap; two missed samples are
+    t = np.round(np.arange(2000) * 1.047)
+    assert not missed_periods(t).any()
+    m = missed_periods(np.delete(t, [900, 901]))
+    assert np.flatnonzero(m).tolist() == [900] and m[900] >= 2
+    # 1.047 s in milliseconds: the plain rule, one missed sample counts
+    t = np.round(np.arange(2000) * 1.047, 3)
+    assert np.flatnonzero(missed_periods(np.delete(t, [900]))).tolist() == [900]

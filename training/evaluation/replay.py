@@ -7,8 +7,8 @@ The rows go one by one through the firmware's own engine and detector
 (firmware/engine.py + firmware/detector.py) inside the MicroPython unix port,
 with the model blob ``DIR/model.ewb`` written by `edgewatch convert`: the
 verdicts are the ones the board would have published. A failed read (an empty
-cell) is a ``read`` alert; a gap in the timestamps longer than the median
-sample period is a ``dropout``.
+cell) is a ``read`` alert; a gap in the timestamps over 1.5 sample periods is a
+``dropout`` (:func:`missed_periods`: rounded timestamps get their step as slack).
 
 The output CSV has one line per input row: ``line, t, anomaly, alert, rule, channel,
 value, lo, hi, alerts`` (``t`` as the input wrote it; ``anomaly``: the row is flagged;
@@ -36,18 +36,46 @@ def _firmware_defaults() -> dict:
     return dict(firmware.load("config").DEFAULTS["detector"])
 
 
+def resolution(timestamps: np.ndarray) -> float:
+    """The step the timestamps are written in (1 s, 0.1 s ... 1 ms), 0 when finer: what a
+    rounded clock adds to every interval, up to one step."""
+    t = np.asarray(timestamps, np.float64)
+    if len(t) < 2 or not np.all(np.isfinite(t)):
+        return 0.0
+    x = t - t[0]
+    for step in (1.0, 0.1, 0.01, 0.001):
+        if np.all(np.abs(x / step - np.round(x / step)) < 1e-3):  # (float64 noise of epoch stamps: ~1e-7 s)
+            return step
+    return 0.0
+
+
 def missed_periods(timestamps: np.ndarray) -> np.ndarray:
-    """Sample periods skipped before each row, from the median spacing of the timestamps."""
+    """Sample periods skipped before each row, from the spacing of the timestamps.
+
+    A gap over 1.5 sample periods is a dropout (jitter is not). When the timestamps are
+    rounded to a step of at least a quarter of the period (SKAB: a 1.047 s period written
+    in whole seconds, so one interval in 20 reads 2 s), rounding alone moves an interval by
+    up to one step: the period is then the mean interval of the rows without a gap, and a
+    gap needs 1.5 periods plus that step (one missed sample at such a rate is not told from
+    rounding; two are)."""
     t = np.asarray(timestamps, np.float64)
     out = np.zeros(len(t))
     if len(t) < 3:
         return out
     dt = np.diff(t)
     period = float(np.median(dt))
-    if period <= 0:
+    if not period > 0:
         return out
+    step = resolution(t)
+    slack = 0.0
+    if step >= period / 4:
+        near = dt[(dt > 0) & (dt <= period + step)]
+        if len(near):
+            period = float(np.mean(near))
+        slack = step
     # 1.5 periods of slack: jitter is not a dropout
-    out[1:] = np.where(dt > 1.5 * period, np.round(dt / period) - 1, 0)
+    gap = dt > 1.5 * period + slack
+    out[1:] = np.where(gap, np.maximum(1, np.round(dt / period) - 1), 0)
     return out
 
 
