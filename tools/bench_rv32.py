@@ -411,6 +411,12 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
                        f"appends into a {SLOTS}-record outbox ({ob['len'][1]} dropped), "
                        f"{ob['ack_backlog'][3]} acks draining it",
         "instr_sample": sample,
+        # how the harness's phases ran (see above): compiled on the board ("source") or
+        # imported as .mpy, collection off or on. The two ways intern the harness's names in
+        # another order before the firmware's, and a name's number picks its slot in
+        # MicroPython's map-lookup cache (py/map.c: 128 entries shared by every map): the
+        # same firmware counted 153,651 (source) and 172,079 (mpy) instructions a sample
+        "phases_run": ("mpy" if compiled else "source") + (" gc-off" if gcoff else " gc-on"),
         "us_sample_at_160MHz": round(sample / rv32.CLOCK_HZ * 1e6, 1),
         "us_inference_at_160MHz": round(int(infer) / rv32.CLOCK_HZ * 1e6, 1),
         # the step allocates nothing, so nothing can start a collection inside it: exact either
