@@ -9,7 +9,10 @@ band     mode "residual" (a model whose blob carries the band calibration): the 
          taken off the prediction. A flagged channel's reading does not enter the model's
          input window (the last good value does), so the reference does not follow the
          anomaly; after
-         `reanchor` flagged samples in a row the channel accepts the new level.
+         `reanchor` flagged samples in a row the channel accepts the new level, and at
+         once after a dropout or a failed reading (the first reading after such a gap that
+         leaves the band re-anchors: the correct readings after it are not flagged against
+         the level from before the gap).
          mode "seed" (or a blob without the calibration): value outside
          pred +- k*(sigma + eps), sigma the population std of the channel's last
          `sigma_window` samples (the seed's is_anomalie uses numpy .std())
@@ -142,8 +145,20 @@ class Detector:
         self.has_band = False
         if missed >= self.dropout_n:
             alerts.append(("dropout", None, missed, None, None, None))
+            # no sample entered the model's history (a dropout; below, a failed or an
+            # impossible reading): the residual band's channels re-anchor at once if the next
+            # reading leaves the band (residual.judge: their flagged run at its limit), not
+            # after `reanchor` correct readings flagged against the level before the gap
+            s = self._s
+            if s[5] == 2:
+                for j in range(s[1]):
+                    s[40 + 22 * j] = s[21] - 1
         if values is None:
             alerts.append(("read", None, None, None, None, None))
+            s = self._s
+            if s[5] == 2:
+                for j in range(s[1]):
+                    s[40 + 22 * j] = s[21] - 1
             return self._episode(alerts)
         ok = True
         # locals (an attribute is a map lookup per use in the loop), one per statement: a

@@ -192,3 +192,44 @@ def test_vouched_streaming_equals_checked_across_re_anchors(tiny_model_dir, tmp_
     assert streaming == "True"
     assert differ == "0", f"{differ} samples' predictions differ"
     assert int(replays) >= 2, replays  # the first window, and the re-anchor's rewritten one
+
+
+def _run_gaps(tmp_path, rows, missed):
+    """Like _run, with failed reads (NaN rows: None) and missed periods per row."""
+    clean = _series()
+    s = np.mean(np.abs(np.diff(clean, axis=0)), axis=0) / np.array([SCALE, 23.0])
+    band = (6.0, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30], 0)
+    (tmp_path / "x.txt").write_text("".join(f"{a!r} {b!r} {int(m)}\n" for (a, b), m
+                                            in zip(rows.tolist(), missed, strict=True)))
+    params = dict(PARAMS, stuck_samples=None)  # dropout_periods 1: a real board's minute
+    code = MODEL.replace("    still = 0\n", f"    still = 0\n    band = {band!r}\n") + f"""
+import detector, sensors, json
+d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {params!r}, {FALLBACK!r})
+d.set_model(M())
+for line in open('x.txt'):
+    a, b, m = line.split()
+    al = d.step(None if a == 'nan' else [float(a), float(b)], int(m))
+    print(json.dumps([[x[0], x[1]] for x in al] + [int(d.send)]))
+""".replace("null", "None")
+    out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
+    return [o[:-1] for o in out], [bool(o[-1]) for o in out]
+
+
+def test_the_readings_after_a_gap_are_not_flagged_against_the_old_level(tmp_path):
+    """The room warmed by 1 C while the board was not reading (failed reads, then missed
+    periods): the first reading after the gap may leave the band of the history from before
+    it (one flagged sample), and the channel then re-anchors at once, not after 30 correct
+    readings flagged against the old level."""
+    y = _series()
+    missed = np.zeros(N, dtype=int)
+    y[150:, 0] += 1.0           # during 40 failed reads (rows 110-149)
+    y[110:150] = np.nan
+    y[250:, 0] += 1.0           # during 40 missed periods before row 250
+    missed[250] = 40
+    alerts, send = _run_gaps(tmp_path, y, missed)
+    assert all(["read", None] in alerts[i] for i in range(110, 150))
+    assert ["dropout", None] in alerts[250] and send[250]
+    band = _flagged(alerts, "band")
+    assert 150 in band and 250 in band, band  # the move over the gap: one sample each
+    assert not [i for i in band if 151 <= i < 200 or 251 <= i < 300], band
+    assert not any(a for a in alerts[152:250] + alerts[252:])
