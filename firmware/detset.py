@@ -362,7 +362,7 @@ def milli(d, m):
 
 
 class Ds:
-    """The helpers residual.setup and shift.setup use."""
+    """The helpers band_setup and shift.setup use."""
 
     put = staticmethod(put)
     sput = staticmethod(sput)

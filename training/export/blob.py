@@ -455,7 +455,7 @@ def shift_section(sh: ShiftCal, channels: int) -> bytes:
 
 
 def band_section(b: BandCal, channels: int) -> bytes:
-    """The blob's band section (docs/model_blob.md), as firmware/residual.py parses it."""
+    """The blob's band section (docs/model_blob.md), as firmware/detset.py (band_parse) parses it."""
     c = channels
     return (struct.pack(fw_res.HEAD, b.k, b.ref, b.h, b.alpha, b.reanchor, b.burst)
             + struct.pack(f"<{c}f{c}f{c}H", *b.scale, *b.floor, *b.stuck))
