@@ -215,7 +215,7 @@ def _parse(self, blob, key):
     # and checks it when a detector takes the model (boards without it never pay)
     self.shift = r.view(6 + 4 * (2 * c + c * c), "shift") if h[2] & FLAG_SHIFT else None
     self.still = r.unpack("<H", "still")[0] if h[2] & FLAG_STILL else 0
-    # the residual band's calibration stays raw bytes here: firmware/detset.py (band_parse) parses
+    # the residual band's calibration stays raw bytes here: firmware/residual.py parses
     # and checks it when a detector takes the model
     self.band = r.view(20 + 10 * c, "band") if h[2] & FLAG_BAND else None
     if r.pos != end:

@@ -9,55 +9,6 @@ from array import array
 # by 2**29)
 
 
-# the residual band's section (docs/model_blob.md; firmware/residual.py runs the rule): k,
-# CUSUM reference, CUSUM limit, adaptation rate, re-anchor, burst limit
-HEAD = "<ffffHH"
-
-
-def band_parse(raw, c):
-    """(k, ref, h, alpha, reanchor, scale[c], floor[c], stuck[c], burst) from a blob's band
-    section (burst 0: a blob from before the burst rule, which then stays off).
-
-    Raises ValueError naming what is wrong: the detector refuses such a model."""
-    if len(raw) != 20 + 10 * c:
-        raise ValueError("band calibration: %d bytes, %d channels need %d" % (len(raw), c, 20 + 10 * c))
-    kb, kr, h, alpha, re, burst = struct.unpack_from(HEAD, raw, 0)
-    v = struct.unpack_from("<%df%dH" % (2 * c, c), raw, 20)
-    scale, floor, stuck = v[:c], v[c:2 * c], v[2 * c:]
-    # (x - x == 0: finite; detset.put_k takes k under 16384)
-    ok = 0 < kb < 16384 and kr >= 0 and kr - kr == 0 and h > 0 and 0 <= alpha < 1 and re >= 1
-    for i in range(c):
-        ok = (ok and scale[i] > 0 and floor[i] >= 0 and scale[i] - scale[i] == 0
-              and floor[i] - floor[i] == 0)
-    if not (ok and h - h == 0):
-        raise ValueError("band calibration out of range")
-    return kb, kr, h, alpha, re, scale, floor, stuck, burst
-
-def band_setup(d, band, ds):
-    # -> the parsed calibration; `band` is the blob's raw section (or a parsed tuple).
-    # The residual band's constants and state into the detector's kernel block (ds: Ds below).
-    if not isinstance(band, tuple):
-        band = band_parse(band, len(d._order))
-    kb, kr, h, alpha, re, s0, floor = band[:7]
-    ds.put(d, 5, 2)
-    ds.put_k(d, kb, "band k")
-    ds.put(d, 17, 3072)  # the CUSUM's z clipped to +-3 (Q10; training/export/bandcal.py ZCLIP)
-    ds.put(d, 18, int(kr * 1024 + 0.5))
-    ds.put(d, 19, min(1 << 28, int(h * 1024 + 0.5)))
-    ds.put(d, 20, int(alpha * 32768 + 0.5))
-    ds.put(d, 21, re)
-    ds.put(d, 16, band[8] * 1024)  # the burst limit (word 16, the seed band's eps), Q10
-    top = (1 << 29) - 1
-    for j in range(len(d._order)):
-        cb = 27 + 22 * j
-        cap = min(top, int(4 * s0[j] * 1048576 + 0.5))
-        lo = min(cap, max(16, int(floor[j] * 1048576 + 0.5)))
-        ds.put(d, cb + 9, max(lo, min(cap, int(s0[j] * 1048576 + 0.5))))
-        ds.put(d, cb + 14, lo)
-        ds.put(d, cb + 15, cap)
-    return band
-
-
 def ms(f, what):
     """f (> 0) as (M, SH): f = M / 2**SH, 2**14 <= M < 2**15. ValueError when out of range."""
     if not 1e-9 < f < 1 << 30:
@@ -264,7 +215,7 @@ def set_params(self, model, sh, Mismatch):
             rm = self._resmod
             if rm is None:
                 rm = self._resmod = self._load("residual")
-            band = self.band = band_setup(self, band, ds)
+            band = self.band = rm.setup(self, band, ds)
             self._post = rm.judge
         else:
             self._post = self._load("seedband").seed
@@ -362,7 +313,7 @@ def milli(d, m):
 
 
 class Ds:
-    """The helpers band_setup and shift.setup use."""
+    """The helpers residual.setup and shift.setup use."""
 
     put = staticmethod(put)
     sput = staticmethod(sput)

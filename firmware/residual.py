@@ -17,10 +17,62 @@
 # Fixed point (firmware/detk.py's units and state block): s as Q20, the CUSUM sums and
 # z as Q10, the bias as Q23; nothing is allocated per sample. Written for viper and plain
 # bytecode alike (firmware/detk_plain.py loads it without the emitter).
+import struct
+
 import micropython
 from micropython import const
 
 BIAS = const(536870912)  # detk.py's bias of signed words, 2**29
+
+HEAD = "<ffffHH"  # k, CUSUM reference, CUSUM limit, adaptation rate, re-anchor, burst limit
+
+
+def parse(raw, c):
+    """(k, ref, h, alpha, reanchor, scale[c], floor[c], stuck[c], burst) from a blob's band
+    section (burst 0: a blob from before the burst rule, which then stays off).
+
+    Raises ValueError naming what is wrong: the detector refuses such a model."""
+    if len(raw) != 20 + 10 * c:
+        raise ValueError("band calibration: %d bytes, %d channels need %d" % (len(raw), c, 20 + 10 * c))
+    kb, kr, h, alpha, re, burst = struct.unpack_from(HEAD, raw, 0)
+    v = struct.unpack_from("<%df%dH" % (2 * c, c), raw, 20)
+    scale, floor, stuck = v[:c], v[c:2 * c], v[2 * c:]
+    # (x - x == 0: finite; detset.put_k takes k under 16384)
+    ok = 0 < kb < 16384 and kr >= 0 and kr - kr == 0 and h > 0 and 0 <= alpha < 1 and re >= 1
+    for i in range(c):
+        ok = (ok and scale[i] > 0 and floor[i] >= 0 and scale[i] - scale[i] == 0
+              and floor[i] - floor[i] == 0)
+    if not (ok and h - h == 0):
+        raise ValueError("band calibration out of range")
+    return kb, kr, h, alpha, re, scale, floor, stuck, burst
+
+BIAS_RATE = 1.0 / 128  # training/bandcal.py's: the model's mean residual, tracked this fast
+
+
+def setup(d, band, ds):
+    # -> the parsed calibration; `band` is the blob's raw section (or a parsed tuple).
+    # The rule's constants and state into the detector's kernel block (ds: firmware/detset.py).
+    if not isinstance(band, tuple):
+        band = parse(band, len(d._order))
+    kb, kr, h, alpha, re, s0, floor = band[:7]
+    ds.put(d, 5, 2)
+    ds.put_k(d, kb, "band k")
+    ds.put(d, 17, 3072)  # the CUSUM's z clipped to +-3 (Q10; training/export/bandcal.py ZCLIP)
+    ds.put(d, 18, int(kr * 1024 + 0.5))
+    ds.put(d, 19, min(1 << 28, int(h * 1024 + 0.5)))
+    ds.put(d, 20, int(alpha * 32768 + 0.5))
+    ds.put(d, 21, re)
+    ds.put(d, 16, band[8] * 1024)  # the burst limit (word 16, the seed band's eps), Q10
+    top = (1 << 29) - 1
+    for j in range(len(d._order)):
+        cb = 27 + 22 * j
+        cap = min(top, int(4 * s0[j] * 1048576 + 0.5))
+        lo = min(cap, max(16, int(floor[j] * 1048576 + 0.5)))
+        ds.put(d, cb + 9, max(lo, min(cap, int(s0[j] * 1048576 + 0.5))))
+        ds.put(d, cb + 14, lo)
+        ds.put(d, cb + 15, cap)
+    return band
+
 
 @micropython.viper
 def judge(s: ptr32, b: ptr32, z: int, o: ptr8) -> int:

@@ -29,7 +29,7 @@ from edgewatch.training.export.shiftcal import ShiftCal
 
 fw = firmware.load("blob")
 fw_shift = firmware.load("shift")  # the board's own parser of the shift section
-fw_res = firmware.load("detset")  # the board's own parser of the band section (band_parse)
+fw_res = firmware.load("residual")  # the board's own parser of the band section
 BlobError = fw.BlobError
 VERSION = fw.VERSION
 OP_CONV, OP_ADD, OP_FC, OP_SLICE = fw.OP_CONV, fw.OP_ADD, fw.OP_FC, fw.OP_SLICE
@@ -455,7 +455,7 @@ def shift_section(sh: ShiftCal, channels: int) -> bytes:
 
 
 def band_section(b: BandCal, channels: int) -> bytes:
-    """The blob's band section (docs/model_blob.md), as firmware/detset.py (band_parse) parses it."""
+    """The blob's band section (docs/model_blob.md), as firmware/residual.py parses it."""
     c = channels
     return (struct.pack(fw_res.HEAD, b.k, b.ref, b.h, b.alpha, b.reanchor, b.burst)
             + struct.pack(f"<{c}f{c}f{c}H", *b.scale, *b.floor, *b.stuck))
@@ -535,7 +535,7 @@ def _shift_cal(raw, c: int) -> ShiftCal:
 
 def _band_cal(raw, c: int) -> BandCal:
     try:
-        v = fw_res.band_parse(raw, c)
+        v = fw_res.parse(raw, c)
     except ValueError as exc:
         raise BlobError(f"blob malformed: {exc}") from None
     return BandCal(v[0], v[1], v[2], v[3], v[4], list(v[5]), list(v[6]), list(v[7]), v[8])
