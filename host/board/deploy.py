@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -75,7 +76,34 @@ def check_port(port: str | None, what: str = "deploy") -> str:
     if "://" not in port and not os.access(port, os.R_OK | os.W_OK):
         raise UserError(f"no permission to open {port}: add yourself to the dialout group "
                         "(sudo usermod -aG dialout $USER, then log in again)")
+    if "://" not in port:
+        _check_serial(port)
     return port
+
+
+def _check_serial(port: str) -> None:
+    """`port` must be a terminal device (a USB-serial adapter, a pty): /dev/null, a file or a
+    folder would otherwise reach mpremote/esptool and fail there with exit 1 or a screenful.
+    Opening it sends nothing (O_NONBLOCK: no wait for carrier; O_NOCTTY: it does not become
+    our terminal), and it is closed at once."""
+    mode = os.stat(port).st_mode
+    if not stat.S_ISCHR(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else \
+            "not a device"
+        raise UserError(f"{port} is not a serial port ({kind}): pass the board's port, e.g. "
+                        "/dev/ttyUSB0 (list ports with `ls /dev/ttyUSB* /dev/ttyACM*`)")
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise UserError(f"cannot open serial port {port}: {exc.strerror or exc}") from None
+    try:
+        tty = os.isatty(fd)
+    finally:
+        os.close(fd)
+    if not tty:
+        raise UserError(f"{port} is not a serial port (a device that is not a terminal): pass "
+                        "the board's port, e.g. /dev/ttyUSB0 (list ports with "
+                        "`ls /dev/ttyUSB* /dev/ttyACM*`)")
 
 
 def board_config(name: str) -> dict:

@@ -184,6 +184,45 @@ def test_bad_inputs_are_one_line_and_nothing_is_sent(tmp_path, tiny_model_dir):
         assert list(vb.flash.iterdir()) == []
 
 
+def test_a_path_that_is_not_a_serial_port_is_one_line(tmp_path):
+    """/dev/null, a file, a folder or a port we may not open: one line, exit 2, before mpremote
+    or esptool see it (mpremote said "failed to access /dev/null" and exited 1; esptool printed
+    its own lines first). A pty, which is what a board's port is, is still accepted."""
+    import os
+    import shutil
+
+    from edgewatch.board.deploy import check_port
+    from hostkit import edgewatch, one_line_error
+
+    (tmp_path / "notes.txt").write_text("not a port\n")
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(b"\xe9" + bytes(4095))
+    master, slave = os.openpty()
+    try:
+        pty = os.ttyname(slave)
+        assert check_port(pty, "repl") == pty
+        os.chmod(pty, 0)  # only root could open it now: as anyone else, no permission
+        as_user = []
+        if os.geteuid() == 0:
+            if not shutil.which("setpriv"):
+                pytest.skip("root, and no setpriv to drop to another user")
+            as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        cases = [("/dev/null", "/dev/null is not a serial port (a device that is not a terminal)"),
+                 (str(tmp_path / "notes.txt"), "notes.txt is not a serial port (a regular file)"),
+                 (str(tmp_path), f"{tmp_path} is not a serial port (a folder)"),
+                 ("/dev/edgewatch-none", "/dev/edgewatch-none does not exist")]
+        for port, needle in cases + [(pty, f"no permission to open {pty}")]:
+            for cmd, *rest in (["repl"], ["deploy", "--no-model"],
+                               ["flash", "--firmware", str(fw), "--no-deploy"]):
+                who = as_user if port == pty else []
+                r = subprocess.run(who + edgewatch(cmd, "--port", port, *rest),
+                                   capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                one_line_error(r, cmd, needle)
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
 def test_a_refused_secret_is_never_echoed(tmp_path):
     """A config the firmware refuses names the key, never the secret value."""
     ew = str(BIN / "edgewatch")
