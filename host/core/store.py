@@ -36,6 +36,14 @@ stored once however often it arrives; :meth:`Store.write` reports how many rows
 were new. ``epoch`` is the board's outbox epoch (new after a flash erase, when
 ``seq`` restarts at 0; 0 for firmware that sends none). Tables of an older
 version, keyed by ``(device, seq)``, are migrated in place when the store opens.
+
+``devices.epoch`` is the device's current epoch and never goes back to one it has left:
+epochs are random, not increasing, so "older" means "began earlier". An epoch's start is
+the arrival of its lowest-seq telemetry row (one index seek on the key); an epoch with a
+row that arrived before the current epoch's start is an earlier one, and a record of it
+(the previous flash's outbox delivered late) is stored but does not change the epoch
+(:data:`OLDER_EPOCH`, the same test in the SQL of the upserts and in
+:meth:`Store.epoch_is_older`).
 """
 
 from __future__ import annotations
@@ -70,6 +78,14 @@ BAND = ("_pred_", "_lo_", "_hi_")  # column prefixes of a channel's prediction a
 KNOWN_CHANNELS = ("temperature", "humidity")  # every board's sensors: never refused
 DEVICE_ROWS_EVERY = 1.0  # seconds between device-row writes while batches queue (Store.write)
 CLOCK_SKEW_S = 300.0  # how far ahead of its arrival a board's `t` may order its samples
+# epoch {new} of device {dev} began before epoch {cur}: it has a telemetry row that arrived
+# before {cur}'s lowest-seq one (no row of {cur}: unknown, taken as not older). Both lookups
+# go through the (device, epoch, seq) key; for an older epoch the scan stops at its first
+# early row, for a new one it reads only the rows just stored
+EPOCH_START = ("(SELECT ew_o.received FROM {tel} ew_o WHERE ew_o.device = {dev} "
+               "AND ew_o.epoch = {cur} ORDER BY ew_o.seq LIMIT 1)")
+OLDER_EPOCH = ("EXISTS (SELECT 1 FROM {tel} ew_n WHERE ew_n.device = {dev} AND ew_n.epoch = {new} "
+               "AND ew_n.received < " + EPOCH_START + ")")
 
 
 def band_columns(channel: str) -> tuple[str, str, str]:
@@ -102,6 +118,7 @@ class Dialect:
     old_sql = "{table}.{col}"
     new_sql = "excluded.{col}"
     on_key_sql = "ON CONFLICT ({key}) DO UPDATE SET"
+    older_epoch_sql = OLDER_EPOCH
 
     def q(self, ident: str) -> str:
         return self.quote.format(ident)
@@ -187,6 +204,10 @@ class MySQL(Dialect):
     old_sql = "{col}"
     new_sql = "VALUES({col})"
     on_key_sql = "ON DUPLICATE KEY UPDATE"
+    # VALUES(col), the incoming value, is refused inside a subquery: the same test as IN,
+    # which MariaDB runs as EXISTS with the epoch pushed down (the key again)
+    older_epoch_sql = ("{new} IN (SELECT ew_n.epoch FROM {tel} ew_n WHERE ew_n.device = {dev} "
+                       "AND ew_n.received < " + EPOCH_START + ")")
 
 
 def _sqlite_wal(conn, wait: float = 30.0) -> None:
@@ -617,10 +638,13 @@ class Store:
     def _device_rows(self, telemetry, alerts) -> tuple[dict, dict]:
         """Each device's last seen (time, model, epoch) and newest sample, over the rows not
         yet written (deferred by earlier batches) and this batch's."""
-        seen: dict[str, tuple[float, str | None, int]] = dict(self._dev_pending[0])
+        # device -> (last seen, model, epoch of its last record, the other epochs before it)
+        seen: dict[str, tuple[float, str | None, int, tuple]] = dict(self._dev_pending[0])
         for rec, when in list(telemetry) + list(alerts):
-            last, model, _ = seen.get(rec.device, (0.0, None, 0))
-            seen[rec.device] = (max(last, when), rec.model or model, rec.epoch)
+            last, model, epoch, others = seen.get(rec.device, (0.0, None, None, ()))
+            if epoch is not None and epoch != rec.epoch:  # rare: a re-flash, a late record
+                others = tuple(e for e in others if e != rec.epoch) + (epoch,)
+            seen[rec.device] = (max(last, when), rec.model or model, rec.epoch, others)
         latest: dict[str, tuple[float, Telemetry]] = dict(self._dev_pending[1])
         for rec, when in telemetry:
             # a board's clock cannot make a sample newer than its arrival (+ CLOCK_SKEW_S): one
@@ -647,8 +671,22 @@ class Store:
         g = self.d.greatest
         cur = self.conn.cursor()
         seen_cols = ("device", "state", "last_seen", "model", "epoch")
+        # an epoch the device has left is never its epoch again (OLDER_EPOCH); no epoch in a
+        # status (a last will) keeps the stored one
+        epoch = ("CASE WHEN {new} IS NULL THEN {old} WHEN {old} IS NULL OR {old} = {new} THEN {new} "
+                 "WHEN " + self.d.older_epoch_sql.format(  # qualified: MySQL's {old} is not
+                     tel=self.t_tel, dev=f"{self.t_dev}.device", new="{new}",
+                     cur=f"{self.t_dev}.{self.d.q('epoch')}")
+                 + " THEN {old} ELSE {new} END")
         seen_merge = {"state": "{new}", "last_seen": g + "(COALESCE({old}, 0), {new})",
-                      "model": "COALESCE({new}, {old})", "epoch": "{new}"}
+                      "model": "COALESCE({new}, {old})", "epoch": epoch}
+        # a device whose records came under several epochs: each of the others is weighed
+        # first, one statement each (a PostgreSQL upsert may touch a row once per statement)
+        for i in range(max((len(v[3]) for v in seen.values()), default=0)):
+            rows = sorted((dev, "online", when, model, others[i])
+                          for dev, (when, model, _, others) in seen.items() if i < len(others))
+            self.d.many(self.conn, lambda ty: self.d.upsert(self.t_dev, seen_cols, "device",
+                                                            seen_merge, ty), rows, SEEN_TYPES)
         if latest:
             # the newest sample per device, kept only if newer than the stored one; the
             # `latest` assignment comes first because MySQL evaluates them in order. One
@@ -664,18 +702,19 @@ class Store:
                      **seen_merge}
             self.d.many(self.conn, lambda ty: self.d.upsert(
                 self.t_dev, (*seen_cols, "latest_t", "latest"), "device", merge, ty),
-                [(dev, "online", *seen[dev], t, latest_json(rec))
+                [(dev, "online", *seen[dev][:3], t, latest_json(rec))
                  for dev, (t, rec) in sorted(latest.items())], SEEN_TYPES + ("float8", "text"))
         only_seen = sorted((dev, v) for dev, v in seen.items() if dev not in latest)
         if only_seen:
             self.d.many(self.conn, lambda ty: self.d.upsert(self.t_dev, seen_cols, "device",
                                                             seen_merge, ty),
                         [(dev, "online", when, model, epoch)
-                         for dev, (when, model, epoch) in only_seen], SEEN_TYPES)
+                         for dev, (when, model, epoch, _) in only_seen], SEEN_TYPES)
         if statuses:
             merge = {c: "COALESCE({new}, {old})" for c in DEVICE_COLS[1:]}
             merge["state"] = "{new}"
             merge["last_seen"] = g + "(COALESCE({old}, 0), {new})"
+            merge["epoch"] = epoch
             sql = self.d.upsert(self.t_dev, DEVICE_COLS, "device", merge)
             cur.executemany(sql, [(s.device, s.state, when, s.seq, s.fw, s.model, s.outbox,
                                    s.heap_free, s.dropped, s.uptime, s.error, s.epoch)
@@ -712,6 +751,14 @@ class Store:
 
     def count(self, table: str = "telemetry") -> int:
         return self.query(f"SELECT COUNT(*) FROM {{{table}}}")[0][0]
+
+    def epoch_is_older(self, device: str, epoch: int, than: int) -> bool:
+        """Whether ``epoch`` of ``device`` began before epoch ``than`` (:data:`OLDER_EPOCH`):
+        a record of it is a late one from a flash the board has left, not a new epoch."""
+        ph = self.d.ph
+        sql = ("SELECT CASE WHEN " + OLDER_EPOCH.format(tel="{telemetry}", dev=ph, new=ph, cur=ph)
+               + " THEN 1 ELSE 0 END")
+        return bool(self.query(sql, (device, epoch, device, than))[0][0])
 
     def device_status(self, device: str) -> dict | None:
         """The stored status row of one device as a dict, or None."""

@@ -283,6 +283,16 @@ class Collector:
             cur, old = known
             if rec.epoch == cur or rec.epoch in old:
                 continue
+            if self.store.epoch_is_older(rec.device, rec.epoch, cur):
+                # the board has left that epoch (epochs are random: "began earlier", asked of
+                # the database, which outlives this process): a late record of a previous
+                # flash, stored as it is, not a new epoch
+                if len(old) < 64:
+                    old.add(rec.epoch)
+                log.info("device %s: late records of its earlier epoch %d (now %d)",
+                         rec.device, rec.epoch, cur,
+                         extra={"device": rec.device, "epoch": rec.epoch, "current_epoch": cur})
+                continue
             if len(old) < 64:
                 old.add(cur)
             self._epochs[rec.device] = (rec.epoch, old)
@@ -470,8 +480,9 @@ class Collector:
                     chans = self._announced.pop(rec.device, None)
                     if chans is not None:  # announced before the status: again, with sw_version
                         self._announce_channels(rec.device, chans)
-            else:
-                last[rec.device] = (when, rec.model, rec.epoch)
+            else:  # the device's current epoch: a late record of an earlier one keeps it
+                epoch = self._epochs.get(rec.device, (rec.epoch,))[0]
+                last[rec.device] = (when, rec.model, epoch)
                 if isinstance(rec, Telemetry) and self.ha_discovery:
                     self._announce(rec)
         self._gap_active.update(last)

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from edgewatch.core.schema import gap_seq
 from edgewatch.core.settings import MqttSettings
 from edgewatch.core.store import Store
 from edgewatch.services.broker import DEVICE_ACL, Broker
@@ -421,6 +422,108 @@ def test_a_sample_from_a_clock_years_ahead_does_not_stay_the_latest(store):
     store.write([tel(3, 1.7e9 + 600, 1.7e9 + 600, 22.0)], [])  # and back, ten minutes later
     (latest,) = store.query("SELECT latest FROM {devices} WHERE device = {ph}", ("d1",))
     assert json.loads(latest[0])["values"]["temperature"] == 22.0
+
+
+def test_late_records_of_the_previous_epoch_never_set_the_epoch_back(store, broker):
+    """A re-flashed board (a new epoch, seq from 0), then records of its previous flash
+    delivered late (a redelivered, unacknowledged batch): each record is stored once, and the
+    device's epoch stays the new one, in the devices table and in the collector's own view,
+    also for a collector started afterwards (which raises no second `epoch` alert for them).
+    Epochs are 31 random bits (firmware/outbox_boot.py), so the newer one need not be the
+    larger: here it is the smaller, and "keep the highest" would be as wrong as "keep the last"."""
+    old, new = 900_000_001, 12_345
+
+    def send(board, epoch, seqs):
+        for seq in seqs:
+            board.publish("telemetry", {**telemetry("gh-01", seq, temperature=epoch % 1000 + seq,
+                                                    humidity=40.0), "epoch": epoch})
+
+    def epoch_alerts():
+        rule = store.d.q("rule")
+        return store.query(f"SELECT epoch, seq FROM {{alerts}} WHERE {rule} = 'epoch'")
+
+    b = Board(broker, "gh-01", "pw1", tls=True)
+    col = Collector(store, _mqtt(broker), batch=64, flush_ms=20, ha_discovery=False).start()
+    col2 = None
+    try:
+        send(b, old, range(5))
+        wait_until(lambda: store.count() == 5, what="the first flash's records")
+        send(b, new, range(3))
+        wait_until(lambda: store.count() == 8 and epoch_alerts(), what="the new epoch's records")
+        assert store.device_status("gh-01")["epoch"] == new
+        send(b, old, range(5, 8))  # the previous flash's records, late
+        wait_until(lambda: store.count() == 11, what="the late records")
+        col.stop()
+        assert store.device_status("gh-01")["epoch"] == new
+        assert col.devices.get("gh-01")["epoch"] == new
+        assert col.metrics.value("edgewatch_device_new_epochs_total") == 1
+        # a collector (re)started now knows the device's epoch only from the database
+        col2 = Collector(store, _mqtt(broker), batch=64, flush_ms=20, ha_discovery=False).start()
+        send(b, old, [8])
+        send(b, new, [3])
+        send(b, old, [9])  # late ones around a new one, likely in one batch
+        wait_until(lambda: store.count() == 14, what="the records after the restart")
+        col2.stop()
+        assert store.device_status("gh-01")["epoch"] == new
+        assert col2.devices.get("gh-01")["epoch"] == new
+        assert col2.metrics.value("edgewatch_device_new_epochs_total") == 0
+        assert epoch_alerts() == [(new, gap_seq("epoch", 0))]  # the re-flash, once
+        rows = store.query("SELECT epoch, seq, temperature FROM {telemetry} ORDER BY epoch, seq")
+        want = [(e, s, float(e % 1000 + s)) for e, seqs in ((new, range(4)), (old, range(10)))
+                for s in seqs]
+        assert sorted(rows) == sorted(want)  # every record once, with its own values
+        assert col2.metrics.value("edgewatch_records_duplicate_total", kind="telemetry") == 0
+    finally:
+        b.close()
+        col.stop()
+        if col2 is not None:
+            col2.stop()
+
+
+def test_the_stored_epoch_is_the_one_the_device_began_last(store, monkeypatch):
+    """Store.write weighs every epoch a batch holds against the stored one, whatever their
+    order in the batch and whichever is larger: a late record, alert or status of an epoch the
+    board has left never sets it back; a status with no epoch (a last will) keeps it; a new
+    epoch's boot status, before any of its samples, is taken."""
+    from edgewatch.core.schema import parse
+
+    def rec(kind, epoch, seq, received, **extra):
+        msg = {**(telemetry("d1", seq) if kind == "telemetry" else alert("d1", seq)), **extra}
+        return parse(f"edgewatch/d1/{kind}", json.dumps({**msg, "epoch": epoch}).encode(),
+                     "edgewatch", received), received
+
+    def status(received, **extra):
+        msg = {"v": 1, "device": "d1", "state": "online", **extra}
+        return parse("edgewatch/d1/status", json.dumps(msg).encode(), "edgewatch", received), \
+            received
+
+    def epoch():
+        return store.device_status("d1")["epoch"]
+
+    store.write([rec("telemetry", 7, s, 100.0 + s) for s in range(3)], [])
+    assert epoch() == 7
+    # the re-flashed board's first records (epoch 5) between two late ones of epoch 7
+    store.write([rec("telemetry", 7, 3, 200.0), rec("telemetry", 5, 0, 201.0),
+                 rec("telemetry", 5, 1, 202.0), rec("telemetry", 7, 4, 203.0)], [])
+    assert epoch() == 5
+    assert store.epoch_is_older("d1", 7, 5) and not store.epoch_is_older("d1", 5, 7)
+    store.write([rec("telemetry", 7, 5, 300.0)], [rec("alert", 7, 6, 301.0)])
+    store.write([], [], [status(302.0, epoch=7)])  # its old online status, late
+    assert epoch() == 5
+    store.write([], [], [status(303.0, state="offline")])  # a last will: no epoch
+    assert epoch() == 5
+    # held back by a backlog (defer_devices), then flushed: a new epoch, then a late one
+    monkeypatch.setattr("edgewatch.core.store.DEVICE_ROWS_EVERY", 3600.0)
+    store.write([rec("telemetry", 9, 0, 400.0)], [])
+    assert epoch() == 9
+    store.write([rec("telemetry", 11, 0, 500.0)], [], defer_devices=True)
+    store.write([rec("telemetry", 5, 2, 501.0), rec("telemetry", 9, 1, 502.0)], [],
+                defer_devices=True)
+    store.flush_devices()
+    assert epoch() == 11
+    store.write([], [], [status(600.0, epoch=13)])  # re-flashed again: its boot status first
+    assert epoch() == 13
+    assert store.count() == 12 and store.count("alerts") == 1  # every record, once
 
 
 def _open_sqlite(path, q, barrier):
