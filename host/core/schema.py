@@ -3,7 +3,8 @@
 One function per message kind returns a small typed record or raises
 :class:`SchemaError` with a one-line reason. The collector, the bridge, the
 scorer and the firmware contract test all go through here, so a message that
-passes is safe to store and to relay: finite numbers only, a device id that is
+passes is safe to store and to relay: finite numbers only (readings, predictions and
+bands within float32, as a board has them), a device id that is
 safe in a topic, a file name and an SQL value, and nothing over 4096 bytes.
 
     rec = parse(topic, payload)          # Telemetry | Alert | Status
@@ -55,6 +56,10 @@ RESERVED_CHANNELS = frozenset({
 MAX_SEQ = 2**63 - 1  # fits a signed 64-bit SQL BIGINT
 MAX_EPOCH = 2**32 - 1  # the board's outbox epoch (u32); 0 = firmware from before epochs
 MAX_CHANNELS = 16
+# the largest float32: a board's numbers are single precision, so a reading, prediction or
+# band beyond it is not a sensor's (the firmware sends null for what does not fit); it would
+# become an infinity in the float32 arrays of detect and train
+FLOAT32_MAX = 3.4028234663852886e38
 # Text fields (fw, error) reach databases, logs and metric labels: control characters and
 # lone surrogates (valid in JSON's \\uXXXX, not in UTF-8) are refused.
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -192,7 +197,10 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _number(obj: dict, key: str, *, nullable: bool, where: str = "") -> float | None:
+def _number(obj: dict, key: str, *, nullable: bool, where: str = "",
+            reading: bool = False) -> float | None:
+    """A finite number (or None when ``nullable``); a ``reading`` (values, pred, band, an
+    alert's value) also within the board's float32 range."""
     x = obj.get(key)
     name = f"{where}{key}"
     if x is None:
@@ -201,9 +209,15 @@ def _number(obj: dict, key: str, *, nullable: bool, where: str = "") -> float | 
         raise SchemaError(f"{name}: missing or null, expected a number")
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise SchemaError(f"{name}: expected a number, got {type(x).__name__}")
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:  # an integer of 309 digits or more
+        raise SchemaError(f"{name}: not finite (an integer beyond the float range)") from None
     if not math.isfinite(x):  # 1e400 parses to inf
         raise SchemaError(f"{name}: not finite")
+    if reading and not -FLOAT32_MAX <= x <= FLOAT32_MAX:
+        raise SchemaError(f"{name}: {x:.6g} is beyond the float32 range (±3.40282e+38): not "
+                          "finite on a board")
     return x
 
 
@@ -241,8 +255,8 @@ def _str(obj: dict, key: str, *, pattern: re.Pattern | None = None, maxlen: int 
 def _pair(x, name: str) -> tuple[float, float]:
     if not isinstance(x, list) or len(x) != 2:
         raise SchemaError(f"{name}: expected [lo, hi]")
-    lo = _number({"lo": x[0]}, "lo", nullable=False, where=f"{name}.")
-    hi = _number({"hi": x[1]}, "hi", nullable=False, where=f"{name}.")
+    lo = _number({"lo": x[0]}, "lo", nullable=False, where=f"{name}.", reading=True)
+    hi = _number({"hi": x[1]}, "hi", nullable=False, where=f"{name}.", reading=True)
     if lo > hi:
         raise SchemaError(f"{name}: lo {lo} > hi {hi}")
     return lo, hi
@@ -348,10 +362,11 @@ def parse_telemetry(payload, device: str | None = None,
             _channel(name, "values")
             if len(_GOOD_CHANNELS) < _MEMO_MAX:
                 _GOOD_CHANNELS.add(name)
-        if type(x) is float and _isfinite(x):  # the common case, without the general checks
+        # the common case, without the general checks (NaN and the infinities fail it too)
+        if type(x) is float and -FLOAT32_MAX <= x <= FLOAT32_MAX:
             vals[name] = x
         else:
-            vals[name] = _number(values, name, nullable=True, where="values.")
+            vals[name] = _number(values, name, nullable=True, where="values.", reading=True)
     if not known:
         if len(values) > 1 and len({n.lower() for n in values}) != len(values):
             raise SchemaError("values: a channel is given twice (names differ only in case)")
@@ -362,10 +377,12 @@ def parse_telemetry(payload, device: str | None = None,
         if not isinstance(pred, dict):
             raise SchemaError("pred: expected an object or null")
         if tuple(pred) in _GOOD_KEYSETS:  # names checked before: only the numbers
-            pred = {k: x if type(x) is float and _isfinite(x)
-                    else _number(pred, k, nullable=True, where="pred.") for k, x in pred.items()}
+            pred = {k: x if type(x) is float and -FLOAT32_MAX <= x <= FLOAT32_MAX
+                    else _number(pred, k, nullable=True, where="pred.", reading=True)
+                    for k, x in pred.items()}
         else:
-            pred = {_channel(k, "pred"): _number(pred, k, nullable=True, where="pred.")
+            pred = {_channel(k, "pred"): _number(pred, k, nullable=True, where="pred.",
+                                                 reading=True)
                     for k in pred}
     band = obj.get("band")
     if band is not None:
@@ -377,8 +394,8 @@ def parse_telemetry(payload, device: str | None = None,
             # the common case (two finite floats, in order) without the general checks
             if known and type(b) is list and len(b) == 2:
                 lo, hi = b
-                if (type(lo) is float and type(hi) is float and _isfinite(lo) and _isfinite(hi)
-                        and lo <= hi):
+                if (type(lo) is float and type(hi) is float and -FLOAT32_MAX <= lo <= hi
+                        and hi <= FLOAT32_MAX):
                     out[k] = (lo, hi)
                     continue
             out[_channel(k, "band")] = None if b is None else _pair(b, f"band.{k}")
@@ -425,9 +442,9 @@ def parse_alert(payload, device: str | None = None, received: float | None = Non
         _channel(channel, "channel")
     band = obj.get("band")
     return Alert(dev, seq, _time(obj, received), _int(obj, "sample", required=True), rule, channel,
-                 _number(obj, "value", nullable=True),
+                 _number(obj, "value", nullable=True, reading=True),
                  None if band is None else _pair(band, "band"),
-                 _number(obj, "pred", nullable=True), _model(obj), epoch or 0)
+                 _number(obj, "pred", nullable=True, reading=True), _model(obj), epoch or 0)
 
 
 @_strict_retry

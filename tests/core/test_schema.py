@@ -168,6 +168,43 @@ def test_fast_paths_after_a_good_message_still_reject_the_same_bad_input():
         parse(topic, _b(good), prefix="site")
 
 
+def test_a_reading_beyond_float32_is_refused_wherever_it_sits():
+    """A board's numbers are float32 (what does not fit, the firmware sends as null): 1e300
+    in values, pred, band or an alert is no reading, and became an infinity in the float32
+    arrays of detect and train. Refused on the fast paths (warm memos) as on the first
+    message, counted as nonfinite; the largest float32 still passes. An integer too large
+    for a float is a reason too, not an OverflowError."""
+    from edgewatch.services.metrics import reason_label
+
+    topic = "edgewatch/gh-01/telemetry"
+    hum = {"humidity": 48.2}
+    bad = {
+        "values.temperature: 1e+300 is beyond the float32 range": {
+            "values": {"temperature": 1e300, **hum}},
+        "values.humidity: -3.5e+38 is beyond the float32 range": {
+            "values": {"temperature": 21.5, "humidity": -3.5e38}},
+        "pred.temperature: 1e+39 is beyond the float32 range": {
+            "pred": {"temperature": 1e39, "humidity": 48.6}},
+        "band.temperature.hi: 1e+300 is beyond the float32 range": {
+            "band": {"temperature": [21.1, 1e300], "humidity": [47.9, 49.3]}},
+        "values.temperature: not finite (an integer beyond the float range)": {
+            "values": {"temperature": 10**400, **hum}},
+    }
+    for _ in range(2):  # the second time every memo is warm: the fast paths
+        for reason, change in bad.items():
+            with pytest.raises(SchemaError) as e:
+                parse(topic, _b(dict(TELEMETRY, **change)))
+            assert e.value.reason.startswith(reason), (change, e.value.reason)
+            assert reason_label(e.value.reason) == "nonfinite"
+        top = schema.FLOAT32_MAX
+        t = parse(topic, _b(dict(TELEMETRY, values={"temperature": top, "humidity": -top},
+                                 band={"temperature": [-top, top], "humidity": None})))
+        assert t.values == {"temperature": top, "humidity": -top}
+    for field in ({"value": 1e300}, {"pred": -1e300}, {"band": [0.0, 1e39]}):
+        with pytest.raises(SchemaError, match="beyond the float32 range"):
+            parse("edgewatch/gh-01/alert", _b(dict(ALERT, **field)))
+
+
 def test_memos_stay_bounded_under_a_flood_of_distinct_names():
     for i in range(schema._MEMO_MAX + 50):
         parse(f"edgewatch/d{i}/telemetry", _b(dict(TELEMETRY, device=f"d{i}",
