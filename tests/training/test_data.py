@@ -195,6 +195,9 @@ BAD = {
     "empty_file": ("", [], ["line 1", "empty file"]),
     "only_header": (HEADER, [], ["line 2", "no data rows"]),
     "infinite": (HEADER + _rows(3) + "2026-01-01 00:03:00,inf,50.0\n", [], ["line 5", "infinite"]),
+    # a double, but an infinity as float32: it was dropped as if the read had failed
+    "beyond_float32": (HEADER + _rows(30) + "2026-01-01 00:30:00,21.5,-1e300\n" + _rows(20, 31),
+                       [], ["line 32", "'humidity' has -1e+300", "beyond the float32 range"]),
 }
 
 

@@ -100,6 +100,57 @@ def test_database_source_with_device(tmp_path, model_dir, capsys):
     assert "--device" in capsys.readouterr().err
 
 
+def test_a_reading_beyond_float32_is_one_line_from_a_csv_and_from_a_database(tmp_path, model_dir,
+                                                                             capsys):
+    """1e300 is a double but no float32 (no board reads it): detect made it an infinity, a
+    `range` alert on "inf" with the row's reading blank and numpy's overflow warning on
+    stderr. A CSV and the collector's database (one written before the collector refused such
+    values) now give the same one line naming the row and channel, exit 2. A float32 beyond the
+    detector's limits stays what the firmware makes of it: a `range` alert."""
+    import json
+
+    from edgewatch.core.schema import parse
+    from edgewatch.core.store import Store
+    from hostkit import telemetry
+
+    data, out = tmp_path / "mine.csv", tmp_path / "v.csv"
+    cells = _user_csv(data)
+    header = (OCC / "datatest.txt").read_text().splitlines()[0]
+    url = f"sqlite:///{tmp_path}/ew.db"
+    store = Store(url)
+    store.write([(parse("edgewatch/gh-01/telemetry", json.dumps(
+        telemetry("gh-01", seq, t=1732372000 + 60 * seq, temperature=float(c[2]),
+                  humidity=float(c[3]) if c[3] else None))), 1.8e9)
+        for seq, c in enumerate(cells)], [])
+    store.query(f"UPDATE {{telemetry}} SET humidity = {-1e300!r} WHERE seq = 150")
+    store.close()
+
+    def one_line(source, *extra):
+        rc = main(["detect", "--model", str(model_dir), "--data", source, "--out", str(out),
+                   *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        return err.strip()
+
+    for value in ("1e300", "-1e39"):
+        cells[150][3] = value
+        data.write_text("\n".join([header] + [",".join(c) for c in cells]) + "\n")
+        err = one_line(str(data))
+        assert err.startswith(f"edgewatch detect: {data} line 152: column 'Humidity' has "
+                              f"{float(value):.6g}, beyond the float32 range"), err
+    err = one_line(url, "--device", "gh-01")
+    assert f"{url} device gh-01 row 151: column 'humidity' has -1e+300, beyond the float32 " \
+        "range" in err, err
+    assert not out.exists()
+    cells[150][3] = "3e38"  # a float32: the range rule's, as on a board
+    data.write_text("\n".join([header] + [",".join(c) for c in cells]) + "\n")
+    assert main(["detect", "--model", str(model_dir), "--data", str(data), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    row = list(csv.DictReader(out.open()))[150]
+    assert (row["rule"], row["channel"], row["value"], row["humidity"]) == \
+        ("range", "humidity", "3e+38", "3e+38")
+
+
 @pytest.mark.parametrize("case,needle", [
     ("no_dir", "no such folder"),
     ("no_blob", "model.ewb: missing"),

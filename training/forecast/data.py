@@ -8,8 +8,8 @@ scaled to [0, 1]. That composite is one affine map per channel, kept by
 :class:`Scaler` as ``normalised = (x - offset) / scale`` and saved next to the
 model as ``scaler.json`` so the board applies exactly the same map.
 
-Every mistake in the input (missing file or column, a non-numeric cell, too few
-rows, timestamps going backwards) raises :class:`edgewatch.cli.UserError` with one
+Every mistake in the input (missing file or column, a non-numeric cell, an infinite
+one or one beyond float32, too few rows, timestamps going backwards) raises :class:`edgewatch.cli.UserError` with one
 line naming the file and the row as an editor shows it (1-based line number,
 header = line 1), so the CLI prints it without a traceback.
 """
@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 from edgewatch.core import firmware
 from edgewatch.core.errors import UserError
+from edgewatch.core.schema import FLOAT32_MAX
 
 # Column names (after slugging) that hold the time of a row.
 TIME_NAMES = ("timestamp", "datetime", "date", "time", "ts", "t")
@@ -154,6 +155,9 @@ def _number(cell, where: str, column: str) -> float:
             ) from None
     if math.isinf(x):
         raise UserError(f"{where}: column '{column}' is infinite")
+    if abs(x) > FLOAT32_MAX:  # finite as a double, an infinity in the float32 arrays
+        raise UserError(f"{where}: column '{column}' has {x:.6g}, beyond the float32 range "
+                        "(±3.40282e+38): no sensor reads that")
     return x
 
 
