@@ -9,10 +9,10 @@ band     mode "residual" (a model whose blob carries the band calibration): the 
          taken off the prediction. A flagged channel's reading does not enter the model's
          input window (the last good value does), so the reference does not follow the
          anomaly; after
-         `reanchor` flagged samples in a row the channel accepts the new level, and at
-         once after a dropout or a failed reading (the first reading after such a gap that
-         leaves the band re-anchors: the correct readings after it are not flagged against
-         the level from before the gap).
+         `reanchor` flagged samples in a row the channel accepts the new level, and after
+         two after a dropout or a failed reading (the first two readings after such a gap
+         both out of the band: a level that moved meanwhile, whose correct readings are then
+         not flagged against the level from before the gap).
          mode "seed" (or a blob without the calibration): value outside
          pred +- k*(sigma + eps), sigma the population std of the channel's last
          `sigma_window` samples (the seed's is_anomalie uses numpy .std())
@@ -145,20 +145,21 @@ class Detector:
         self.has_band = False
         if missed >= self.dropout_n:
             alerts.append(("dropout", None, missed, None, None, None))
-            # no sample entered the model's history (a dropout; below, a failed or an
-            # impossible reading): the residual band's channels re-anchor at once if the next
-            # reading leaves the band (residual.judge: their flagged run at its limit), not
-            # after `reanchor` correct readings flagged against the level before the gap
+            # no sample entered the model's history (a dropout; below, a failed reading):
+            # a channel re-anchors when the first two readings after the gap both leave the
+            # band (residual.judge: their flagged run 2 short of its limit), a level that
+            # moved meanwhile, not after `reanchor` correct readings flagged against the level
+            # before the gap; one reading out (a spike right after the gap) stays a spike
             s = self._s
             if s[5] == 2:
                 for j in range(s[1]):
-                    s[40 + 22 * j] = s[21] - 1
+                    s[40 + 22 * j] = max(0, s[21] - 2)
         if values is None:
             alerts.append(("read", None, None, None, None, None))
             s = self._s
             if s[5] == 2:
                 for j in range(s[1]):
-                    s[40 + 22 * j] = s[21] - 1
+                    s[40 + 22 * j] = max(0, s[21] - 2)
             return self._episode(alerts)
         ok = True
         # locals (an attribute is a map lookup per use in the loop), one per statement: a

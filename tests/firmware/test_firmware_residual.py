@@ -217,19 +217,22 @@ for line in open('x.txt'):
 
 def test_the_readings_after_a_gap_are_not_flagged_against_the_old_level(tmp_path):
     """The room warmed by 1 C while the board was not reading (failed reads, then missed
-    periods): the first reading after the gap may leave the band of the history from before
-    it (one flagged sample), and the channel then re-anchors at once, not after 30 correct
-    readings flagged against the old level."""
+    periods): the first two readings after the gap leave the band of the history from before
+    it (two flagged samples), and the channel then re-anchors, not after 30 correct readings
+    flagged against the old level. A spike on the first reading after a gap, the level
+    unchanged, stays one flagged sample: it does not become the new level."""
     y = _series()
     missed = np.zeros(N, dtype=int)
     y[150:, 0] += 1.0           # during 40 failed reads (rows 110-149)
     y[110:150] = np.nan
     y[250:, 0] += 1.0           # during 40 missed periods before row 250
     missed[250] = 40
+    y[400, 0] += 5.0            # a spike on the first row after 20 missed periods
+    missed[400] = 20
     alerts, send = _run_gaps(tmp_path, y, missed)
     assert all(["read", None] in alerts[i] for i in range(110, 150))
     assert ["dropout", None] in alerts[250] and send[250]
     band = _flagged(alerts, "band")
-    assert 150 in band and 250 in band, band  # the move over the gap: one sample each
-    assert not [i for i in band if 151 <= i < 200 or 251 <= i < 300], band
-    assert not any(a for a in alerts[152:250] + alerts[252:])
+    assert {150, 151, 250, 251, 400} <= set(band), band  # the moves over the gaps, the spike
+    assert not [i for i in band if 152 <= i < 200 or 252 <= i < 300 or 401 <= i < 450], band
+    assert not any(a for a in alerts[153:250] + alerts[253:400] + alerts[402:])
