@@ -161,6 +161,8 @@ def test_a_reading_beyond_float32_is_one_line_from_a_csv_and_from_a_database(tmp
     ("out_unwritable", "/proc/self/v.csv: not writable"),
     ("out_under_a_file", "cannot write (Not a directory)"),
     ("dropout_zero", "--dropout-periods: must be >= 1 (got 0)"),
+    ("inf_stamp", "line 3: column 'date' has 'inf', not a date/time or Unix seconds"),
+    ("nan_stamp", "line 3: column 'date' has 'nan', not a date/time or Unix seconds"),
 ])
 def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
     data = tmp_path / "mine.csv"
@@ -184,6 +186,12 @@ def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
         extra = ["--sensor", "bme280"]
     elif case == "dropout_zero":  # 0 is not "the default": it is a mistake
         extra = ["--dropout-periods", "0"]
+    elif case in ("inf_stamp", "nan_stamp"):  # no time: a traceback (inf), or silently no
+        lines = data.read_text().splitlines()  # dropout rule for the whole file (nan)
+        cells = lines[2].split(",")
+        cells[1] = case[:3]
+        lines[2] = ",".join(cells)
+        data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "v.csv"
     if case == "out_is_folder":
         out.mkdir()
@@ -233,3 +241,11 @@ def test_missed_periods_by_timestamp_step():
     # 1.047 s in milliseconds: the plain rule, one missed sample counts
     t = np.round(np.arange(2000) * 1.047, 3)
     assert np.flatnonzero(missed_periods(np.delete(t, [900]))).tolist() == [900]
+    # an exact period on the whole-second grid needs no slack: one missed sample counts
+    for period in (1.0, 2.0):
+        t = np.arange(600) * period + 1.7e9
+        assert np.flatnonzero(missed_periods(np.delete(t, [300]))).tolist() == [300], period
+    # one stray stamp off the grid does not turn 1.047 s rounding back into dropouts
+    t = np.round(np.arange(2000) * 1.047)
+    t[500] += 0.5
+    assert not missed_periods(t).any()

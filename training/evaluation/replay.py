@@ -44,7 +44,9 @@ def resolution(timestamps: np.ndarray) -> float:
         return 0.0
     x = t - t[0]
     for step in (1.0, 0.1, 0.01, 0.001):
-        if np.all(np.abs(x / step - np.round(x / step)) < 1e-3):  # (float64 noise of epoch stamps: ~1e-7 s)
+        # (1e-3: float64 noise of epoch stamps, ~1e-7 s; 99 %: a stray stamp off the grid
+        # does not switch the step off for the whole file)
+        if np.mean(np.abs(x / step - np.round(x / step)) < 1e-3) >= 0.99:
             return step
     return 0.0
 
@@ -55,9 +57,10 @@ def missed_periods(timestamps: np.ndarray) -> np.ndarray:
     A gap over 1.5 sample periods is a dropout (jitter is not). When the timestamps are
     rounded to a step of at least a quarter of the period (SKAB: a 1.047 s period written
     in whole seconds, so one interval in 20 reads 2 s), rounding alone moves an interval by
-    up to one step: the period is then the mean interval of the rows without a gap, and a
-    gap needs 1.5 periods plus that step (one missed sample at such a rate is not told from
-    rounding; two are)."""
+    up to one step: when the mean interval of the rows without a gap is more than 1 % off
+    the median (rounding, not an exact period on the step's grid), that mean is the period
+    and a gap needs 1.5 periods plus that step (one missed sample at such a rate is not
+    told from rounding; two are)."""
     t = np.asarray(timestamps, np.float64)
     out = np.zeros(len(t))
     if len(t) < 3:
@@ -69,10 +72,13 @@ def missed_periods(timestamps: np.ndarray) -> np.ndarray:
     step = resolution(t)
     slack = 0.0
     if step >= period / 4:
-        near = dt[(dt > 0) & (dt <= period + step)]
-        if len(near):
+        # rounding shows as a mean interval off the median (SKAB: 1.047 s against 1 s); an
+        # exact period on the step's grid (1 s in whole seconds) keeps the plain rule, so one
+        # missed sample there is still a dropout
+        near = dt[(dt >= 0) & (dt <= period + step)]
+        if len(near) and abs(float(np.mean(near)) - period) > 0.01 * period:
             period = float(np.mean(near))
-        slack = step
+            slack = step
     # 1.5 periods of slack: jitter is not a dropout
     gap = dt > 1.5 * period + slack
     out[1:] = np.where(gap, np.maximum(1, np.round(dt / period) - 1), 0)

@@ -167,10 +167,14 @@ def _time(cell, where: str, column: str) -> float:
     if isinstance(cell, datetime):
         return (cell if cell.tzinfo else cell.replace(tzinfo=timezone.utc)).timestamp()
     try:
-        return parse_time(str(cell))
+        t = parse_time(str(cell))
     except ValueError:
         raise UserError(f"{where}: column '{column}' has {str(cell)[:30]!r}, "
                         "not a date/time or Unix seconds") from None
+    if not math.isfinite(t):  # 'inf', 'nan': no time at all
+        raise UserError(f"{where}: column '{column}' has {str(cell)[:30]!r}, "
+                        "not a date/time or Unix seconds")
+    return t
 
 
 # ---------------------------------------------------------------- table -> Series
