@@ -26,6 +26,21 @@ try:
 except (ImportError, SyntaxError, ValueError):  # no viper emitter: plain code when needed
     pass
 
+# A hole low in the heap for the sampling loop's call frames, freed by the first sample.
+# MicroPython puts a bytecode function's frame on the heap when its locals and stack pass
+# 11 words (py/objfun.c, VM_MAX_STATE_ON_STACK): App.sample, Detector.step, Model.predict_q,
+# Outbox.append_tel... take one each per sample, freed on return. Each such allocation
+# searches the allocation table from the first free block for a run of its size (py/gc.c
+# gc_alloc), and once the app is set up the heap's low part is small holes: the search
+# crossed ~3,000 blocks a call, 20-25k of a sample's instructions on RV32, more or less
+# with where the holes fell (a change that ran no new code moved the count by ~15 %).
+# main.py makes this buffer before it imports the app, below all the app's blocks, and
+# hands it over; the first sample frees it, after its own long-lived blocks are made
+# (the telemetry's head). From then the frames and each sample's short-lived objects
+# find room at once in this hole, whole again after each collection. 1 KB: a sample's
+# nested frames (~30 blocks) and its short-lived objects (~200 B) with room to spare.
+_FRAMES = None
+
 _MW = array("i", bytes(16))  # detk.put's numbers of the telemetry's head (App.message)
 try:
     # a board with the C kernels (rv32imc, engine.py) writes the telemetry's record with one
@@ -388,6 +403,8 @@ class App:
                     a[0], a[1] or "device", "" if a[2] is None else " value=%s" % r(a[2]),
                     "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
+        global _FRAMES
+        _FRAMES = None  # the first sample done: the hole is the frames' from now on (above)
 
     def message(self, seq, t, values, faults, mid):
         """The telemetry's two parts (schema.telemetry). A sample with a reading, a

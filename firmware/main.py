@@ -45,8 +45,15 @@ def main():
         gc.collect()
         try:
             # the app (and the engine) first, while the heap is in one piece; the config
-            # checker after, and it is dropped once the config is good
+            # checker after, and it is dropped once the config is good. Before them a hole
+            # for the sampling loop's call frames, low in the heap (app.py, _FRAMES); not on
+            # a 64-bit port (the unix port, the host's stand-in), whose set-up has no KB
+            # to spare for it
+            frames = bytearray(1024) if sys.maxsize < 1 << 32 else None
             import app
+
+            app._FRAMES = frames
+            frames = None
             import config
 
             try:

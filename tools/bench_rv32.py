@@ -82,9 +82,12 @@ for i in range(WARM):  # fill the detector's history (window, sigma window), no 
 gc.collect()
 free_ready = gc.mem_free()
 d = a.det
-# one message before the measured ones, as the app's first sample (its head made)
-d.step(a.reader.read(), 0)
-a.message(0, None, a.reader.read(), [], a.model_id())
+# the app's first sample before the measured ones: its head made, and the frames' hole
+# (firmware/app.py, _FRAMES) freed, as on a board
+a.sample(0)
+while a.outbox.depth:
+    a.outbox.peek()
+    a.outbox.ack()
 for i in range(K):
     gc.collect()
     if GCOFF:
@@ -285,6 +288,47 @@ print(gc.mem_free())
 """
 
 
+# The full sample again on other heap layouts: a buffer of PAD bytes made before the app's
+# set-up moves where each of its blocks lands (and so where the holes fall), nothing else.
+# The first figures of this bench (2026-11-27) moved by up to ~15 % that way, with the
+# same code: the call frames MicroPython puts on the heap searched its holes (py/gc.c
+# gc_alloc), which firmware/app.py's _FRAMES hole now spares them
+LAYOUT = """
+from rv32app import *
+import time
+T = time.ticks_cpu
+D = time.ticks_diff
+t0 = tot = i = 0
+pad = bytearray(PAD)
+a = make_app(slots=SLOTS)
+ob = a.outbox
+for i in range(K + 1):  # the app's first sample (it frees the frames' hole), then K counted
+    while ob.depth:  # online, as App.run: each record sent before the next sample
+        ob.peek()
+        ob.ack()
+    gc.collect()  # as App.run does after each sample
+    t0 = T()
+    a.sample(0)
+    if i:
+        tot += D(T(), t0)
+print('layout', tot // K)
+"""
+PADS = (16, 128, 256)
+
+
+def sample_layouts(board: rv32.Board, pads=PADS, k: int = 4, slots: int = SLOTS) -> list[int]:
+    """App.sample's instructions (mean of k) on the app set up after a buffer of each of
+    `pads` bytes (the board's flash holding put_app's files)."""
+    out = []
+    for pad in pads:
+        board.reset()
+        text = board.run(f"PAD = {pad}\nK = {k}\nSLOTS = {slots}\n" + LAYOUT)
+        out.append(int(next(line.split()[1] for line in text.splitlines()
+                            if line.startswith("layout "))))
+    board.reset()
+    return out
+
+
 def _samples(n: int = 400):
     import numpy as np
     from edgewatch.training.forecast.data import load_occupancy, shared_data
@@ -379,6 +423,7 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
         elif len(parts) == 3:
             ph[parts[0]] = (int(parts[1]), int(parts[2]))
     board.reset()
+    layouts = sample_layouts(board, k=k)
     free_after = int(board.run(f"STEPS = {steps}\n" + LONG).split()[-1])
     board.run("import outbox_boot\noutbox_boot.erase('outbox.bin')")
     sample = ph["sample"][0]
@@ -412,11 +457,14 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
                        f"{ob['ack_backlog'][3]} acks draining it",
         "instr_sample": sample,
         # how the harness's phases ran (see above): compiled on the board ("source") or
-        # imported as .mpy, collection off or on. The two ways intern the harness's names in
-        # another order before the firmware's, and a name's number picks its slot in
-        # MicroPython's map-lookup cache (py/map.c: 128 entries shared by every map): the
-        # same firmware counted 153,651 (source) and 172,079 (mpy) instructions a sample
+        # imported as .mpy, collection off or on. The two ways leave the app's set-up other
+        # holes: before firmware/app.py's _FRAMES hole the same firmware counted 153,651
+        # (source) and 172,079 (mpy) instructions a sample, the frames' search of the holes
         "phases_run": ("mpy" if compiled else "source") + (" gc-off" if gcoff else " gc-on"),
+        # the full sample on the app set up after a buffer of each of PADS bytes (LAYOUT):
+        # where the heap's holes fall, with the same code
+        "instr_sample_layouts": "/".join(str(x) for x in layouts) + f" (pads {PADS} B)",
+        "layout_spread_pct": round(100 * (max(layouts) - min(layouts)) / min(layouts), 2),
         "us_sample_at_160MHz": round(sample / rv32.CLOCK_HZ * 1e6, 1),
         "us_inference_at_160MHz": round(int(infer) / rv32.CLOCK_HZ * 1e6, 1),
         # the step allocates nothing, so nothing can start a collection inside it: exact either

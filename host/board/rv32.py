@@ -105,7 +105,12 @@ APP_SETUP = f"SENSOR_ADDR = {SENSOR_ADDR:#x}\n" + """
 import gc
 import sys
 gc.collect()
+if sys.maxsize < 1 << 32:  # as main.py: the sampling loop's frames' hole (app.py, _FRAMES)
+    frames = bytearray(1024)
 import app  # first, as main.py does: the app and the engine while the heap is in one piece
+if sys.maxsize < 1 << 32:
+    app._FRAMES = frames
+    del frames
 import config
 DET = dict(config.DEFAULTS['detector'])
 FALLBACK = dict(config.FALLBACK)

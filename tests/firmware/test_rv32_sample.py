@@ -280,3 +280,16 @@ def test_c_telemetry_record_equals_the_python_formatting(app_board):
     assert out[:2] == ["True True True"] * 2, out
     assert out[2] == "ValueError tel: record over the segment", out
     assert out[3] == "ValueError tel: more %d than numbers", out
+
+
+def test_the_sample_costs_the_same_wherever_the_heap_holes_fall(app_board):
+    """The same code on three heap layouts (a buffer of 16, 128 or 256 B made before the
+    app's set-up): App.sample's instruction count within 1 %. Before firmware/app.py's
+    _FRAMES hole, the call frames MicroPython puts on the heap (functions of more than
+    11 words of state) searched the set-up's holes: 20-25k instructions a sample, and
+    another layout moved the count by up to ~8 % (tools/bench_rv32.py's first runs of
+    2026-11-27: 166,309 / 159,979 / 170,047 for these pads, the default model)."""
+    from tools.bench_rv32 import sample_layouts
+
+    counts = sample_layouts(app_board, k=3, slots=40)
+    assert max(counts) <= 1.01 * min(counts), counts
