@@ -301,6 +301,10 @@ D = time.ticks_diff
 t0 = tot = i = 0
 pad = bytearray(PAD)
 a = make_app(slots=SLOTS)
+if a.model_error:  # refused (e.g. no room left at set-up): no figure without the model
+    raise RuntimeError(a.model_error)
+for i in range(WARM):  # the detector's history filled, as PHASES
+    a.det.step(a.reader.read(), 0)
 ob = a.outbox
 for i in range(K + 1):  # the app's first sample (it frees the frames' hole), then K counted
     while ob.depth:  # online, as App.run: each record sent before the next sample
@@ -316,13 +320,16 @@ print('layout', tot // K)
 PADS = (16, 128, 256)
 
 
-def sample_layouts(board: rv32.Board, pads=PADS, k: int = 4, slots: int = SLOTS) -> list[int]:
+def sample_layouts(board: rv32.Board, window: int, pads=PADS, k: int = 4,
+                   slots: int = SLOTS) -> list[int]:
     """App.sample's instructions (mean of k) on the app set up after a buffer of each of
-    `pads` bytes (the board's flash holding put_app's files)."""
+    `pads` bytes, its model's `window` filled first (the board's flash holding put_app's
+    files)."""
     out = []
     for pad in pads:
         board.reset()
-        text = board.run(f"PAD = {pad}\nK = {k}\nSLOTS = {slots}\n" + LAYOUT)
+        text = board.run(f"PAD = {pad}\nK = {k}\nSLOTS = {slots}\nWARM = {window + 10}\n"
+                         + LAYOUT)
         out.append(int(next(line.split()[1] for line in text.splitlines()
                             if line.startswith("layout "))))
     board.reset()
@@ -423,7 +430,7 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
         elif len(parts) == 3:
             ph[parts[0]] = (int(parts[1]), int(parts[2]))
     board.reset()
-    layouts = sample_layouts(board, k=k)
+    layouts = sample_layouts(board, int(window), k=k)
     free_after = int(board.run(f"STEPS = {steps}\n" + LONG).split()[-1])
     board.run("import outbox_boot\noutbox_boot.erase('outbox.bin')")
     sample = ph["sample"][0]
