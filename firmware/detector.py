@@ -145,21 +145,10 @@ class Detector:
         self.has_band = False
         if missed >= self.dropout_n:
             alerts.append(("dropout", None, missed, None, None, None))
-            # no sample entered the model's history (a dropout; below, a failed reading):
-            # a channel re-anchors when the first two readings after the gap both leave the
-            # band (residual.judge: their flagged run 2 short of its limit), a level that
-            # moved meanwhile, not after `reanchor` correct readings flagged against the level
-            # before the gap; one reading out (a spike right after the gap) stays a spike
-            s = self._s
-            if s[5] == 2:
-                for j in range(s[1]):
-                    s[40 + 22 * j] = max(0, s[21] - 2)
+            self._gap(-1)
         if values is None:
             alerts.append(("read", None, None, None, None, None))
-            s = self._s
-            if s[5] == 2:
-                for j in range(s[1]):
-                    s[40 + 22 * j] = max(0, s[21] - 2)
+            self._gap(-1)
             return self._episode(alerts)
         ok = True
         # locals (an attribute is a map lookup per use in the loop), one per statement: a
@@ -185,6 +174,8 @@ class Detector:
                 if run >= self.stuck_lim[c]:  # every sample while it stays
                     alerts.append(("stuck", names[c], v, None, None, None))
             else:
+                if same[c] >= self.stuck_lim[c]:  # a stuck hold ends: the room moved on meanwhile
+                    self._gap(c)
                 last[c] = v
                 same[c] = 1
             inp[c] = v
@@ -225,7 +216,24 @@ class Detector:
                         self._shrun = 0
                 else:
                     self._shrun = 0
+        else:
+            self._gap(-1)
         return self._episode(alerts)
+
+    def _gap(self, c):
+        # readings the model's history did not get (a dropout, a failed or impossible
+        # reading: every channel, c -1) or got frozen (the end of sensor channel c's stuck
+        # hold): a channel re-anchors when its next two readings both leave the band
+        # (residual.judge: their flagged run 2 short of its limit), a level that moved
+        # meanwhile, not after `reanchor` correct readings flagged against the level from
+        # before; one reading out (a spike right after the gap) stays a spike
+        s = self._s
+        if s[5] == 2:
+            if c >= 0:
+                s[40 + 22 * self._order.index(c)] = max(0, s[21] - 2)
+            else:
+                for j in range(s[1]):
+                    s[40 + 22 * j] = max(0, s[21] - 2)
 
     def _episode(self, alerts):
         # one message per episode: at its first flagged sample, then every `resend` samples

@@ -195,7 +195,8 @@ def test_vouched_streaming_equals_checked_across_re_anchors(tiny_model_dir, tmp_
 
 
 def _run_gaps(tmp_path, rows, missed):
-    """Like _run, with failed reads (NaN rows: None) and missed periods per row."""
+    """Like _run, with failed reads (NaN rows: None; one NaN: that channel's None) and
+    missed periods per row."""
     clean = _series()
     s = np.mean(np.abs(np.diff(clean, axis=0)), axis=0) / np.array([SCALE, 23.0])
     band = (6.0, 0.5, 10.0, 1.0 / 1024, 30, [float(s[1]), float(s[0])], [0.0, 0.0], [30, 30], 0)
@@ -208,7 +209,8 @@ d = detector.Detector(list(sensors.NAMES), sensors.RANGES['dht22'], {params!r}, 
 d.set_model(M())
 for line in open('x.txt'):
     a, b, m = line.split()
-    al = d.step(None if a == 'nan' else [float(a), float(b)], int(m))
+    v = None if a == b == 'nan' else [None if a == 'nan' else float(a), None if b == 'nan' else float(b)]
+    al = d.step(v, int(m))
     print(json.dumps([[x[0], x[1]] for x in al] + [int(d.send)]))
 """.replace("null", "None")
     out = [json.loads(line) for line in mpy.run(code=code, heap=HEAP, cwd=tmp_path).stdout.splitlines()]
@@ -236,3 +238,26 @@ def test_the_readings_after_a_gap_are_not_flagged_against_the_old_level(tmp_path
     assert {150, 151, 250, 251, 400} <= set(band), band  # the moves over the gaps, the spike
     assert not [i for i in band if 152 <= i < 200 or 252 <= i < 300 or 401 <= i < 450], band
     assert not any(a for a in alerts[153:250] + alerts[253:400] + alerts[402:])
+
+
+def test_a_level_that_moved_while_the_history_missed_it_re_anchors_at_once(tmp_path):
+    """Readings that never reached the model's history, the room 1 C warmer after each:
+    humidity failing to read while temperature read on (rows 110-149: the reading stays
+    out, whole), an impossible temperature (95 C, rows 200-219), and temperature stuck on
+    one value (rows 300-359, a stuck alert from its 30th equal reading) while the room
+    warmed. After each, two readings leave the band and the channel re-anchors, not 30
+    correct readings flagged against the level from before."""
+    y = _series()
+    y[110:150, 1] = np.nan
+    y[150:, 0] += 1.0
+    y[200:220, 0] = 95.0
+    y[220:, 0] += 1.0
+    y[300:360, 0] = y[299, 0]
+    y[360:, 0] += 1.0
+    alerts, _ = _run_gaps(tmp_path, y, np.zeros(N, dtype=int))
+    assert all(["read", "humidity"] in alerts[i] for i in range(110, 150))
+    assert all(["range", "temperature"] in alerts[i] for i in range(200, 220))
+    assert all(["stuck", "temperature"] in alerts[i] for i in range(329, 360))
+    band = _flagged(alerts, "band")
+    assert {150, 151, 220, 221, 360, 361} <= set(band), band
+    assert not [i for i in band if 152 <= i < 200 or 222 <= i < 300 or i >= 362], band
