@@ -32,6 +32,8 @@ tests/golden/, and the default TCN and `train --context long`'s, trained briefly
   fills and drops its oldest); then the acks that drain the backlog;
 - full sample: app.App.sample (read, detector step, messages, outbox records, console
   line), online as the append above;
+- full sample on three heap layouts (LAYOUT): the app set up after a buffer of 16, 128 or
+  256 B, the same code, and their spread (firmware/app.py's _FRAMES hole keeps it small);
 - bytes allocated per detector step / message+append / full sample (gc.mem_alloc
   with collection disabled around the measured call);
 - heap: engine + model resident from .mpy; free after the app is set up, and free
