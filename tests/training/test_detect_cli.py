@@ -249,3 +249,14 @@ def test_missed_periods_by_timestamp_step():
     t = np.round(np.arange(2000) * 1.047)
     t[500] += 0.5
     assert not missed_periods(t).any()
+    # 62.8 s stamped to the whole minute: rounding is not a gap; two missed samples are
+    t = np.floor((np.arange(2000) * 62.8 + 1.7e9) / 60) * 60
+    assert not missed_periods(t).any()
+    m = missed_periods(np.delete(t, [900, 901]))
+    assert np.flatnonzero(m).tolist() == [900] and m[900] >= 2
+    # epoch milliseconds (as numbers: the file's unit) in whole seconds, 1.047 s apart
+    t = np.round(np.arange(2000) * 1.047) * 1000 + 1.7e12
+    assert not missed_periods(t).any()
+    # an exact 5-minute period in whole minutes: one missed sample counts
+    t = np.arange(600) * 300.0 + 1.7e9
+    assert np.flatnonzero(missed_periods(np.delete(t, [300]))).tolist() == [300]

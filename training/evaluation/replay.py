@@ -37,13 +37,14 @@ def _firmware_defaults() -> dict:
 
 
 def resolution(timestamps: np.ndarray) -> float:
-    """The step the timestamps are written in (1 s, 0.1 s ... 1 ms), 0 when finer: what a
-    rounded clock adds to every interval, up to one step."""
+    """The step the timestamps are written in (1 h, 1000 s (epoch milliseconds in whole
+    seconds), 10 min, 100 s, 1 min, 10 s, 1 s, 0.1 s ... 1 ms: the largest that fits), 0 when
+    finer: what a rounded clock adds to every interval, up to one step."""
     t = np.asarray(timestamps, np.float64)
     if len(t) < 2 or not np.all(np.isfinite(t)):
         return 0.0
     x = t - t[0]
-    for step in (1.0, 0.1, 0.01, 0.001):
+    for step in (3600.0, 1000.0, 600.0, 100.0, 60.0, 10.0, 1.0, 0.1, 0.01, 0.001):
         # (1e-3: float64 noise of epoch stamps, ~1e-7 s; 99 %: a stray stamp off the grid
         # does not switch the step off for the whole file)
         if np.mean(np.abs(x / step - np.round(x / step)) < 1e-3) >= 0.99:
