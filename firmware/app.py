@@ -35,11 +35,26 @@ except (ImportError, SyntaxError, ValueError):  # no viper emitter: plain code w
 # crossed ~3,000 blocks a call, 20-25k of a sample's instructions on RV32, more or less
 # with where the holes fell (a change that ran no new code moved the count by ~15 %).
 # main.py makes this buffer before it imports the app, below all the app's blocks, and
-# hands it over; the first sample frees it, after its own long-lived blocks are made
+# hands it over; the first sample frees it (0), after its own long-lived blocks are made
 # (the telemetry's head). From then the frames and each sample's short-lived objects
 # find room at once in this hole, whole again after each collection. 1 KB: a sample's
 # nested frames (~30 blocks) and its short-lived objects (~200 B) with room to spare.
+# Long-lived blocks made later would take the hole, being the lowest free room (a
+# connection's client: the sample went 132k -> 178k on RV32), so _guard takes it back
+# before a connection attempt (App.run). Not before a model swap (apply_blob): held, it
+# would cost the new model's parse 1 KB it may need on the C3; the new model's small
+# blocks may then take part of the hole. None: no hole (a 64-bit port).
 _FRAMES = None
+
+
+def _guard():
+    # long-lived blocks are about to be made (a (re)connection's client):
+    # right after a collection the hole is the lowest free run of its size, so a new buffer
+    # of its size is made there and they go elsewhere; the next sample frees it again
+    global _FRAMES
+    if _FRAMES == 0:
+        _FRAMES = bytearray(1024)
+
 
 _MW = array("i", bytes(16))  # detk.put's numbers of the telemetry's head (App.message)
 try:
@@ -404,7 +419,8 @@ class App:
                     "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
         global _FRAMES
-        _FRAMES = None  # the first sample done: the hole is the frames' from now on (above)
+        if _FRAMES:
+            _FRAMES = 0  # the hole is the frames' from the next collection on (above)
 
     def message(self, seq, t, values, faults, mid):
         """The telemetry's two parts (schema.telemetry). A sample with a reading, a
@@ -512,6 +528,8 @@ class App:
                 free = gc.mem_free()
                 if free < self.heap_min:
                     self.heap_min = free
+                if not link.up and time.ticks_diff(link.next_try, time.ticks_ms()) < period:
+                    _guard()  # a connection attempt this period: its client goes elsewhere
                 if stop_after and self.samples >= stop_after:  # simulation hook
                     break
             self._service_link(next_due)
