@@ -226,14 +226,16 @@ class Detector:
         # hold): a channel re-anchors when its next two readings both leave the band
         # (residual.judge: their flagged run 2 short of its limit), a level that moved
         # meanwhile, not after `reanchor` correct readings flagged against the level from
-        # before; one reading out (a spike right after the gap) stays a spike
+        # before; one reading out (a spike right after the gap) stays a spike. Only a
+        # channel in its band when the gap came: one already flagged is in a fault, which a
+        # glitch (a failed or impossible reading) must not cut short to two more readings
         s = self._s
         if s[5] == 2:
-            if c >= 0:
-                s[40 + 22 * self._order.index(c)] = max(0, s[21] - 2)
-            else:
-                for j in range(s[1]):
-                    s[40 + 22 * j] = max(0, s[21] - 2)
+            order = self._order
+            for j in range(s[1]):
+                i = 40 + 22 * j
+                if not s[i] and (c < 0 or order[j] == c):
+                    s[i] = max(0, s[21] - 2)
 
     def _episode(self, alerts):
         # one message per episode: at its first flagged sample, then every `resend` samples

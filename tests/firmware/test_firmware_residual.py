@@ -261,3 +261,19 @@ def test_a_level_that_moved_while_the_history_missed_it_re_anchors_at_once(tmp_p
     band = _flagged(alerts, "band")
     assert {150, 151, 220, 221, 360, 361} <= set(band), band
     assert not [i for i in band if 152 <= i < 200 or 222 <= i < 300 or i >= 362], band
+
+
+def test_a_glitch_during_a_fault_does_not_cut_its_report_short(tmp_path):
+    """A real fault (temperature 1 C off from row 150) already flagged when a flaky sensor
+    glitches: humidity fails to read at row 155, temperature reads an impossible 95 C at row
+    165. Nothing moved while those readings stayed out of the history, so the fault is
+    flagged for its full `reanchor` (30) readings, as without the glitches, not re-anchored
+    two readings after the first glitch (was: rows 150-154, 156, 157 flagged, then nothing)."""
+    y = _series()
+    y[150:, 0] += 1.0
+    y[155, 1] = np.nan
+    y[165, 0] = 95.0
+    alerts, _ = _run_gaps(tmp_path, y, np.zeros(N, dtype=int))
+    assert ["read", "humidity"] in alerts[155] and ["range", "temperature"] in alerts[165]
+    band = _flagged(alerts, "band")
+    assert [i for i in band if i >= 150] == [i for i in range(150, 182) if i not in (155, 165)]
