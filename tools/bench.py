@@ -221,7 +221,9 @@ def rv32_section(r) -> list[str]:
          "state: App.sample, Detector.step, predict_q...) searched the set-up's holes for "
          "room (py/gc.c gc_alloc, 20-25k instructions a sample, profiled per function under "
          "`qemu -singlestep`); firmware/app.py's `_FRAMES` hole, made by main.py before the "
-         "app and freed by the first sample, gives them room at once. Time at "
+         "app and freed by the first sample with a prediction, gives them room at once (a "
+         "board's start, the window empty at first, is not the layouts' order: its long-lived "
+         "blocks can still move a count by ~5 %). Time at "
          "160 MHz assumes one instruction per cycle (a lower bound). "
          "Xtensa (ESP32) is not emulated here (compile-only check). "
          f"From `tools/bench_rv32.py` ({r['seconds']:.0f} s). Nothing here ran on a physical board.",
