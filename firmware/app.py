@@ -26,7 +26,7 @@ try:
 except (ImportError, SyntaxError, ValueError):  # no viper emitter: plain code when needed
     pass
 
-# A hole low in the heap for the sampling loop's call frames, freed by the first sample.
+# A hole low in the heap for the sampling loop's call frames, freed by the first prediction.
 # MicroPython puts a bytecode function's frame on the heap when its locals and stack pass
 # 11 words (py/objfun.c, VM_MAX_STATE_ON_STACK): App.sample, Detector.step, Model.predict_q,
 # Outbox.append_tel... take one each per sample, freed on return. Each such allocation
@@ -35,10 +35,12 @@ except (ImportError, SyntaxError, ValueError):  # no viper emitter: plain code w
 # crossed ~3,000 blocks a call, 20-25k of a sample's instructions on RV32, more or less
 # with where the holes fell (a change that ran no new code moved the count by ~15 %).
 # main.py makes this buffer before it imports the app, below all the app's blocks, and
-# hands it over; the first sample frees it (0), after its own long-lived blocks are made
-# (the telemetry's head). From then the frames and each sample's short-lived objects
-# find room at once in this hole, whole again after each collection. 1 KB: a sample's
-# nested frames (~30 blocks) and its short-lived objects (~200 B) with room to spare.
+# hands it over; the first sample with a prediction (the model's window full: on a board,
+# not its first sample) frees it (0), after the long-lived blocks that first prediction
+# makes (the telemetry's head among them); without a model, the first sample. From then
+# the frames and each sample's short-lived objects find room at once in this hole, whole
+# again after each collection. 1 KB: a sample's nested frames (~30 blocks) and its
+# short-lived objects (~200 B) with room to spare.
 # Long-lived blocks made later would take the hole, being the lowest free room (a
 # connection's client: the sample went 132k -> 178k on RV32), so _guard takes it back
 # before a connection attempt (App.run). Not before a model swap (apply_blob): held, it
@@ -419,8 +421,11 @@ class App:
                     "" if a[3] is None else " band=%s..%s" % (r(a[3]), r(a[4])), seq))
         self.samples += 1
         global _FRAMES
-        if _FRAMES:
-            _FRAMES = 0  # the hole is the frames' from the next collection on (above)
+        if _FRAMES and (self._th is not None or self.model is None):
+            # the telemetry's head made (long-lived, at the first sample with a prediction:
+            # the model's window full), or no model to make one: the hole is the frames'
+            # from the next collection on (above)
+            _FRAMES = 0
 
     def message(self, seq, t, values, faults, mid):
         """The telemetry's two parts (schema.telemetry). A sample with a reading, a

@@ -91,7 +91,12 @@ def run_unix(folder: Path, code: str, heap: str):
 
 
 def unix_records(tmp_path) -> list[dict]:
-    res = run_unix(unix_flash(tmp_path), f"N = {N}\n" + RUN, heap="96K")
+    # 128K: the C3's 80 KB budget is the RV32 side's (and test_heap_at_c3_budget_holds...);
+    # on this 64-bit stand-in, whose objects are twice the size, whether the golden model
+    # fits at 96K beside this script's own code flips with a few hundred bytes of firmware
+    # (96K fitted, 98K did not, 100K did, on 2026-11-27), and a refused model makes the run
+    # rules only, not a comparison of the sample path
+    res = run_unix(unix_flash(tmp_path), f"N = {N}\n" + RUN, heap="128K")
     unix_records.others = _others(res.stdout)  # what else it printed, for a failure's message
     return records(res.stdout)
 
@@ -338,3 +343,62 @@ def test_a_connections_blocks_do_not_take_the_frames_hole(app_board):
 
     alone, guarded = run(1, 0), run(1, 1)
     assert guarded <= 1.01 * alone, (alone, guarded)
+
+
+ORDERS = """
+from rv32app import *
+import time
+a = make_app(slots=40)
+ob = a.outbox
+if BENCH:  # tools/bench_rv32 LAYOUT's order: the model's window filled before the first sample
+    for i in range(WARM):
+        a.det.step(a.reader.read(), 0)
+v = [0] * K  # made before: nothing of the harness's grows between samples
+n = (0 if BENCH else WARM) + K
+for i in range(n):  # else as a board: full samples from the first
+    while ob.depth:
+        ob.peek()
+        ob.ack()
+    gc.collect()
+    t0 = time.ticks_cpu()
+    a.sample(0)
+    t0 = time.ticks_diff(time.ticks_cpu(), t0)
+    if i >= n - K:
+        v[i - n + K] = t0
+v.sort()
+print('median', v[K // 2])
+"""
+
+
+@pytest.fixture(scope="module")
+def long_blob(tmp_path_factory) -> bytes:
+    """`train --context long`'s model (window 128), trained briefly (the weights do not
+    change the counts), as tools/bench_rv32.default_models trains it."""
+    from edgewatch.training.export.convert import quick_model
+    from edgewatch.training.forecast.train import CONTEXTS
+
+    window, sizes = CONTEXTS["long"]
+    out = quick_model(tmp_path_factory.mktemp("long") / "long", rows=2000, epochs=1,
+                      window=window, sizes=sizes, max_eval=50)
+    return (out / "model.ewb").read_bytes()
+
+
+def test_a_board_that_starts_with_an_empty_window_samples_as_fast_as_the_bench(rv32, long_blob):
+    """A board's first samples come before its model's window is full; the bench (LAYOUT)
+    fills the window before the first sample. The frames' hole (firmware/app.py _FRAMES) must
+    serve both: what the first predictions make for good (the engine's state, the telemetry's
+    head) made before it is freed, not into it. Long-context model (window 128): the median
+    sample within 8 % (freed by the first sample, as before: 142,075 as a board against
+    128,068 in the bench's order here, 159,341 against 129,465 in another layout, as without
+    the hole; freed once the head is made: 134,809 against 128,367)."""
+    rv32.put_app(long_blob, samples().tobytes())
+    out = []
+    for bench in (True, False):
+        rv32.reset()
+        rv32.run("import outbox_boot\noutbox_boot.erase('outbox.bin')")
+        rv32.reset()
+        text = rv32.run(f"BENCH = {bench}\nWARM = 138\nK = 9\n" + ORDERS)
+        out.append(int(text.split()[-1]))
+    rv32.reset()
+    bench, board = out
+    assert board <= 1.08 * bench, out
