@@ -169,9 +169,8 @@ def _time(cell, where: str, column: str) -> float:
     try:
         t = parse_time(str(cell))
     except ValueError:
-        raise UserError(f"{where}: column '{column}' has {str(cell)[:30]!r}, "
-                        "not a date/time or Unix seconds") from None
-    if not math.isfinite(t):  # 'inf', 'nan': no time at all
+        t = math.nan
+    if not math.isfinite(t):  # not a time, or 'inf', 'nan': no time at all
         raise UserError(f"{where}: column '{column}' has {str(cell)[:30]!r}, "
                         "not a date/time or Unix seconds")
     return t
