@@ -45,12 +45,23 @@ def exists(p):
 
 
 def clear(d):
-    """Empty the folder `d` (made when missing)."""
-    try:
-        for name in os.listdir(d):
-            os.remove(d + "/" + name)
-    except OSError:
+    """Empty the folder `d` of the outbox's files (made when missing), by name: no list of
+    its entries (listing's reason)."""
+    segs, _ = listing(d)
+    if segs is None:
         os.mkdir(d)
+        return
+    for n in range(segs[0], segs[1] + 1):
+        _remove("%s/%d" % (d, n))
+    for name in ("ack", "meta", "meta.new"):
+        _remove(d + "/" + name)
+
+
+def _remove(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass
 
 
 def write_meta(ob, epoch):
@@ -77,6 +88,32 @@ def read_meta(ob):
     return 0
 
 
+def listing(d):
+    """(lowest, highest) segment number in folder d ((0, -1) when none; None when d is
+    missing) and whether it holds the ack file. One entry at a time (os.ilistdir), never
+    the folder's list: a board deep in an outage has hundreds of segments, and its heap at
+    boot, in pieces after the model's parse, holds no block for a list of their names
+    (150 pending records: MemoryError "allocating 512 bytes" in listdir and sorted, an
+    App() that failed on every restart)."""
+    try:
+        it = os.ilistdir(d)
+    except OSError:
+        return None, False
+    lo = hi = -1
+    ack = False
+    for e in it:
+        name = e[0]
+        if name == "ack":
+            ack = True
+        elif name.isdigit():
+            n = int(name)
+            if lo < 0 or n < lo:
+                lo = n
+            if n > hi:
+                hi = n
+    return ((lo, hi) if lo >= 0 else (0, -1)), ack
+
+
 def boot(ob):
     """Rebuild `ob`'s state from flash (creating the outbox, or migrating an old one)."""
     ob.dir = d = folder(ob.path)
@@ -87,36 +124,32 @@ def boot(ob):
 
         outbox_v1.migrate(ob, ob.path)
         del sys.modules["outbox_v1"]
-    try:
-        names = os.listdir(d)
-    except OSError:
-        names = None
-    epoch = read_meta(ob) if names is not None else 0
+    segs, ack = listing(d)
+    epoch = read_meta(ob) if segs is not None else 0
     if not epoch:  # a fresh outbox (or a flash erased): a new epoch, seq from 0
         clear(d)
         ob.epoch = rand32()
         write_meta(ob, ob.epoch)
-        names = []
+        segs, ack = (0, -1), False
     else:
         ob.epoch = epoch
     tail = 0
-    if "ack" in names:
+    if ack:
         f = ob.opener(d + "/ack", "rb")
         b = f.read(12)
         f.close()
         if len(b) == 12 and struct.unpack_from("<I", b, 8)[0] == crc32(b[0:8]):
             tail, ob.dropped = struct.unpack_from("<II", b, 0)
-    segs = sorted(int(n) for n in names if n.isdigit())
-    names = None
     next_seq = tail
-    for n in segs:
+    for n in range(segs[0], segs[1] + 1):
         last = scan(ob, n)
-        if last < 0:  # nothing intact in it
-            os.remove(ob._name(n))
+        if last < 0:  # nothing intact in it (or no such file)
+            if last == -1:
+                os.remove(ob._name(n))
             continue
         if not ob._nseg:
             ob._seg0 = n
-        while ob._seg0 + ob._nseg < n:  # a segment removed above: an empty place
+        while ob._seg0 + ob._nseg < n:  # a segment removed or missing: an empty place
             ob._push(next_seq - 1)
         ob._push(last)
         if last + 1 > next_seq:
@@ -129,8 +162,13 @@ def boot(ob):
 
 
 def scan(ob, n):
-    """The last intact seq of segment n, or -1; a torn or corrupt record ends the segment."""
-    f = ob.opener(ob._name(n), "rb")
+    """The last intact seq of segment n, -1 when it has none, -2 when there is no such file
+    (a number between the lowest and the highest: deleted, or never written); a torn or
+    corrupt record ends the segment."""
+    try:
+        f = ob.opener(ob._name(n), "rb")
+    except OSError:
+        return -2
     b = ob.rbuf
     mv = memoryview(b)
     last = -1

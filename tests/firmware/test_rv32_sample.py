@@ -403,3 +403,48 @@ def test_a_board_that_starts_with_an_empty_window_samples_as_fast_as_the_bench(r
     rv32.reset()
     bench, board = out
     assert board <= 1.08 * bench, out
+
+
+OUTAGE = """
+from rv32app import *
+a = make_app(slots=SLOTS)
+for i in range(P):
+    a.sample(0)
+ob = a.outbox
+print('queued', ob.depth, ob.next_seq, ob._nseg)
+"""
+
+REBOOT = """
+from rv32app import *
+a = make_app(slots=SLOTS)
+ob = a.outbox
+print('booted', ob.depth, ob.next_seq, a.model is not None)
+seqs = 0
+want = ob.tail
+while ob.depth:
+    r = ob.peek()
+    seqs += r[1] == want
+    want += 1
+    ob.ack()
+print('read', seqs)
+"""
+
+
+def test_a_board_deep_in_an_outage_reboots_with_every_record(rv32, tiny_model_dir):
+    """Offline for 400 samples (the default model, a 400-slot outbox at the C3's 80 KB:
+    ~200 segments on the flash), then a reset: the app boots with the model and every
+    record, in order. The boot listed the outbox's folder into one list; after the model's
+    parse the heap held no block for it: from ~150 pending records App() raised
+    MemoryError ("allocating 512 bytes", outbox_boot.py) on every restart."""
+    rv32.reset()
+    rv32.put_app((tiny_model_dir / "model.ewb").read_bytes(), samples().tobytes())
+    rv32.run("import outbox_boot\noutbox_boot.erase('outbox.bin')")
+    rv32.reset()
+    head = "SLOTS = 400\nP = 400\n"
+    _, depth, next_seq, nseg = rv32.run(head + OUTAGE).split()
+    assert int(depth) == 400 and int(nseg) > 150, (depth, nseg)  # alerts too: the oldest dropped
+    rv32.reset()
+    out = rv32.run(head + REBOOT).split()
+    rv32.reset()
+    assert out[:4] == ["booted", depth, next_seq, "True"], out
+    assert out[4:] == ["read", depth], out
