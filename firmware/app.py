@@ -43,10 +43,14 @@ except (ImportError, SyntaxError, ValueError):  # no viper emitter: plain code w
 # short-lived objects (~200 B) with room to spare.
 # Long-lived blocks made later would take the hole, being the lowest free room (a
 # connection's client: the sample went 132k -> 178k on RV32), so _guard takes it back
-# before a connection attempt (App.run). Not before a model swap (apply_blob): held, it
-# would cost the new model's parse 1 KB it may need on the C3; the new model's small
-# blocks may then take part of the hole. None: no hole (a 64-bit port).
+# before a connection attempt (App.run). A model received over the air is loaded by the app
+# built again (apply_blob), behind a hole main.py makes again. None: no hole (a 64-bit port).
 _FRAMES = None
+
+# the _tag of the last model blob the set-up refused: a retained copy of it, delivered again
+# at each connect, is dropped without restarting the app for it (apply_blob). Module state:
+# it outlives the App across main.py's restarts
+_REFUSED = None
 
 
 def _guard():
@@ -127,6 +131,14 @@ def _read_blob(path):
     return buf
 
 
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
 def _remove(path):
     try:
         os.remove(path)
@@ -159,6 +171,10 @@ def sim_flash_opener():
 class App:
     """One board: sensor, detector, outbox and link, wired from the config."""
 
+    restart = False  # the set-up refused a received model: reset (otaboot.py; a class
+    # attribute until then: the instance's dict, resized by one more, found no room at
+    # the unix port's budget)
+
     def __init__(self, cfg, log=print):
         global wdt
         self.cfg = cfg
@@ -187,8 +203,6 @@ class App:
         self.t_alert = schema.topic(p, dev, "alert")
         self.t_status = schema.topic(p, dev, "status")
         self.t_model = schema.topic(p, dev, "model")
-        mf = cfg["model_file"]
-        self.new_file = mf[:mf.rfind(".")] + ".new" if "." in mf else mf + ".new"
         self.link = Link(cfg, wlan, log, subscriptions=(self.t_model,),
                          will=(self.t_status, schema.will(dev)),
                          file=(self.t_model.encode(), self.new_file, MAX_BLOB, self._on_model_file),
@@ -214,6 +228,9 @@ class App:
         # the telemetry's head, the model and clock state it was made for, detk.put: App.message
         self._th = self._tt = self._tm = self._tn = self._tp = None
         self.det = detector.Detector(self.names, limits, params, fallback)
+        mf = self.cfg["model_file"]
+        # a model received over the air (apply_blob); beside it otaboot's .err file
+        self.new_file = (mf[:mf.rfind(".")] if "." in mf else mf) + ".new"
         self._rule_kernels(params)
         # a hole kept for the outbox's read buffer while the model is parsed: made last, it
         # found no block of its size (516 B) in the holes the parse leaves on the C3 (RV32).
@@ -223,7 +240,7 @@ class App:
         self.model = None
         self.model_error = None
         self.pending = None  # (size, crc32, error) of a model received into model.new
-        self.blob_crc = None
+        self.blob_tag = None  # _tag of the blob the model came from
         self._load_model()
         # the message builders after the model: their code goes into the room its parser
         # leaves, not between the pieces the parser needs in one
@@ -239,8 +256,10 @@ class App:
         # blob.FLAG_BAND 32, FLAG_SHIFT 4; without the band, seedband's), loaded before the model
         # is read: their native code is one block each (residual's band 2.7 KB, shift 1.2 KB), which the holes left once
         # the model is parsed do not hold. Other boards never load them.
+        # the model to be loaded: a received one first (_load_model)
         try:
-            with open(self.cfg["model_file"], "rb") as f:
+            with open(self.new_file if _exists(self.new_file) else self.cfg["model_file"],
+                      "rb") as f:
                 h = f.read(8)
         except OSError:
             return
@@ -260,6 +279,17 @@ class App:
         return self.model.model_id if self.model is not None else None
 
     def _load_model(self):
+        # a model received over the air, or the reason the last one was refused: otaboot.py,
+        # imported only then
+        if _exists(self.new_file) or _exists(self.new_file[:-4] + ".err"):
+            import sys
+
+            import otaboot
+
+            done = otaboot.load(self)
+            del sys.modules["otaboot"]
+            if done:
+                return
         path = self.cfg["model_file"]
         try:
             blob = _read_blob(path)
@@ -274,7 +304,13 @@ class App:
             self.log("app: %s refused (%s), rules only" % (path, err))
             return
         self.model = m
-        self.blob_crc = crc32(blob)
+        # the blob's identity (apply_blob): its size, its file's CRC32 and its last 8 bytes
+        # (the body's CRC32 and what precedes it; signed, the HMAC's end). Not the CRC32
+        # alone: a blob ends with the CRC32 of what precedes it, so every whole unsigned
+        # blob's file CRC32 is the same (0x2144DF1C, CRC-32's residue), and an unsigned
+        # model was taken for the one running. Not the end alone: a blob corrupted on its
+        # way keeps its original's end
+        self.blob_tag = (len(blob), crc32(blob), bytes(blob[len(blob) - 8:]))
 
     def _verify(self, blob, key):
         # -> (model, None) with the detector switched to it, or (None, "model: reason")
@@ -298,55 +334,40 @@ class App:
         self.pending = (size, crc, err)
 
     def apply_blob(self):
-        """Verify the received model from its file, store it atomically, hot-swap it,
-        publish status. The running model is freed first, so the heap holds one model at
-        a time; a refused blob brings the previous one back from flash."""
+        """A model received into model.new: True when the board is to reset for it (App.run
+        returns, main.py resets; the set-up verifies, parses and stores it: _load_model).
+        Not swapped here: in the running heap, in pieces after hours of samples and a
+        connection, the C3's 80 KB held no room for the parse of a model that fits at boot
+        (RV32, 2026-11-27: MemoryError of 361-2,691 B, escaping, or leaving the board with
+        no model; an app built again in the same heap fared no better). Refused here, with
+        no reset: what is not a model blob by its magic, the retained copy of the model we
+        run, and the blob refused last (a retained message comes again at every connect)."""
         size, crc, err = self.pending
         self.pending = None
         new = self.new_file
-        if not size or crc == self.blob_crc:
-            # an empty retained message clears the topic, or it is the retained copy of
-            # the model we run: keep what we run, without parsing it again
-            _remove(new)
-            return
-        if not err:
-            old_id = self.model_id()
-            self.det.set_model(None)
-            self.model = None
-            gc.collect()
+        tag = 0  # none: not equal to a None blob_tag or _REFUSED
+        if size and not err:
             try:
-                blob = _read_blob(new)
-                m, err = self._verify(blob, self.cfg["ota_key"])
-            except MemoryError:
-                m, err = None, "model: does not fit in memory"
-            except OSError as e:
-                m, err = None, "model: cannot read %s (%s)" % (new, e)
-            blob = None
-            if not err:
-                path = self.cfg["model_file"]
-                try:
-                    try:
-                        os.rename(new, path)
-                    except OSError:  # FAT cannot rename onto an existing file
-                        _remove(path)
-                        os.rename(new, path)
-                except OSError as e:
-                    err = "model: cannot store (%s)" % e
-                    m = None
-            if err:
-                m = None
-                self.det.set_model(None)
-                gc.collect()
-                if old_id is not None:
-                    self._load_model()  # the previous model, from flash
-        _remove(new)
+                with open(new, "rb") as f:
+                    ok = f.read(4) == b"EWMB"
+                    f.seek(size - 8)
+                    tag = (size, crc, f.read(8))
+            except OSError:
+                ok = False
+            err = None if ok else "model: not an edgewatch model blob"
+        if not size or tag == self.blob_tag or tag == _REFUSED:
+            # an empty retained message clears the topic, or the retained copy of the
+            # model we run (or of the one refused): keep what we run
+            _remove(new)
+            return False
         if err:
+            _remove(new)
             self.model_error = err
             self.log("app: new model refused: %s; keeping %s" % (err, self.model_id()))
-        else:
-            self.model, self.model_error, self.blob_crc = m, None, crc
-            self.log("app: model %s in use" % m.model_id)
-        self.publish_status()
+            self.publish_status()
+            return False
+        self.log("app: model received (%d bytes): reset" % size)
+        return True
 
     # -- messages --------------------------------------------------------------
     def publish_status(self):
@@ -510,7 +531,8 @@ class App:
 
     # -- loop ------------------------------------------------------------------
     def run(self):
-        """Sample every period forever (or `stop_after` samples in simulation)."""
+        """Sample every period forever (or `stop_after` samples in simulation); reset for a
+        model received (apply_blob)."""
         cfg = self.cfg
         period = cfg["period_ms"]
         stop_after = cfg["stop_after"]
@@ -518,7 +540,7 @@ class App:
         link = self.link
         next_due = time.ticks_ms()
         last = None
-        while True:
+        while not self.restart:
             now = time.ticks_ms()
             if time.ticks_diff(now, next_due) >= 0:
                 missed = 0
@@ -537,7 +559,9 @@ class App:
                     _guard()  # a connection attempt this period: its client goes elsewhere
                 if stop_after and self.samples >= stop_after:  # simulation hook
                     break
-            self._service_link(next_due)
+            if self._service_link(next_due):
+                self.restart = True
+                break
             if status_every and link.up and \
                     time.ticks_diff(time.ticks_ms(), self.last_status) > status_every:
                 self.publish_status()
@@ -545,14 +569,23 @@ class App:
             wait = time.ticks_diff(next_due, time.ticks_ms())
             if wait > 0:
                 time.sleep_ms(wait if wait < 500 else 500)
+        if self.restart:
+            # a board resets: the heap as at boot for the new model (apply_blob); the unix
+            # port, the host's stand-in with a heap to spare, builds the app again (main.py)
+            link.close()
+            self.outbox.close()
+            if __import__("sys").platform != "linux":
+                machine.reset()
+            return True
         self._sim_finish()
 
     def _service_link(self, next_due):
-        # link work: receive, model swap, send
+        # link work: receive, a model received (True: restart for it), send
         self.link.service()
-        if self.pending is not None:
-            self.apply_blob()
+        if self.pending is not None and self.apply_blob():
+            return True
         self.drain(time.ticks_add(next_due, -_SLACK_MS))
+        return False
 
     # -- simulation hooks (host runs only; inert on a board) -------------------
     # config "stop_after" / "drain_ms" end a simulated run after N samples (see run()),
@@ -576,8 +609,8 @@ class App:
 
 
 def run(cfg):
-    """Build the app from a checked config and run it."""
-    App(cfg).run()
+    """Build the app from a checked config and run it; True when it is to be built again."""
+    return App(cfg).run()
 
 
 # the console's per-sample line (App.sample): bytes written as they are (MicroPython's

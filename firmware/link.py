@@ -366,6 +366,11 @@ class Link:
         except Exception:
             pass
 
+    def close(self):
+        """Close the connection (the app is built again: App.run)."""
+        if self.client is not None:
+            self._close(self.client)
+
     def drop(self, err):
         """Forget the connection after an error; reconnect with backoff."""
         if self.client is not None:

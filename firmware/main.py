@@ -4,7 +4,9 @@ A bad or missing config is printed as one line on the REPL, the LED blinks, and
 the file is read again after a growing pause (2 s .. 60 s) - no reset, so a user
 can fix it over the REPL or `make deploy`. An unexpected error in the app is
 printed and the app restarted in-process after a growing pause, feeding the
-watchdog meanwhile; only the watchdog itself resets a board that hangs.
+watchdog meanwhile; only the watchdog itself resets a board that hangs. A model
+received over the air resets the board once: its set-up loads the model on a heap as at
+boot (app.App.apply_blob).
 """
 
 import gc
@@ -68,7 +70,8 @@ def main():
             del sys.modules["config"]
             config = None
             gc.collect()
-            app.run(cfg)
+            if app.run(cfg):  # the unix port, after a model was received (App.run)
+                continue
             return  # only a simulation (stop_after) ends
         except KeyboardInterrupt:
             raise

@@ -174,3 +174,50 @@ def test_board_without_ota_key_refuses_models_unless_ota_unsigned(tmp_path, blob
         assert st["error"] == "model: no ota_key on this board (ota_unsigned is false)"
         assert st["model"] is None and not (flash / "model.ewb").exists()
         assert "WARNING" not in console
+
+
+def test_unsigned_updates_on_an_ota_unsigned_board_and_a_refused_blob_sent_again(tmp_path, blob):
+    """A board with ota_unsigned running an unsigned model takes another unsigned one. A
+    blob ends with the CRC32 of what precedes it, so every unsigned blob's file has the same
+    CRC32 (0x2144DF1C): the board had taken that for "the model it runs" and dropped every
+    unsigned update. A refused blob sent again (as a retained one is at each connect) is
+    dropped without another reset for it, and the model in use stays."""
+    from edgewatch.training.export.blob import read, write
+
+    spec = read(blob)
+    spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
+    other = write(spec)
+    shipped = tmp_path / "shipped.ewb"
+    shipped.write_bytes(blob)
+    bad = bytearray(blob)
+    bad[len(bad) // 2] ^= 0x01  # its CRC32 no longer holds
+    topic = "edgewatch/ota-4/model"
+    with Broker(tmp_path / "broker") as broker:
+        listener = fwrun.Listener(broker.port)
+        flash = fwrun.prepare(tmp_path / "b", "ota-4", BOARD, f"mqtt://127.0.0.1:{broker.port}",
+                              sim=sim([]), model=shipped,
+                              **test_config(stop_after=100000, ota_unsigned=True))
+        proc = fwrun.start(flash, BOARD)
+        try:
+            wait_until(lambda: _status(listener), 20, what="first status")
+            assert _status(listener)[0]["model"] == read(blob).model_id
+            listener.publish(topic, other, retain=True)
+            wait_until(lambda: _status(listener)[-1]["model"] == spec.model_id, 20,
+                       what="the other unsigned model in status")
+            k = len(_status(listener))
+            listener.publish(topic, bytes(bad), retain=True)
+            wait_until(lambda: len(_status(listener)) > k, 20, what="status after a bad blob")
+            st = _status(listener)[-1]
+            assert st["error"].startswith("model: blob corrupted") and st["model"] == spec.model_id, st
+            for _ in range(2):  # the same blob again: dropped, as the retained copy would be
+                listener.publish(topic, bytes(bad), retain=True)
+            listener.publish(topic, other, retain=True)  # the model it runs: kept as it is
+            _runs(listener, spec.model_id, "telemetry of the model in use")
+        finally:
+            proc.kill()
+            proc.wait(10)
+            listener.close()
+        console = fwrun.console(flash)
+        assert console.count("model received") == 2, console[-3000:]
+        assert (flash / "model.ewb").read_bytes() == other and not (flash / "model.new").exists()
+        assert "Traceback" not in console
