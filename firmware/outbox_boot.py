@@ -51,8 +51,18 @@ def clear(d):
     if segs is None:
         os.mkdir(d)
         return
-    for n in range(segs[0], segs[1] + 1):
-        _remove("%s/%d" % (d, n))
+    n, hi = segs
+    miss = 0
+    while n <= hi:
+        try:
+            os.remove("%s/%d" % (d, n))
+            miss = 0
+        except OSError:
+            miss += 1
+            if miss >= _GAP:  # a long run of missing numbers: on to the next file's
+                n, miss = _next(d, n), 0
+                continue
+        n += 1
     for name in ("ack", "meta", "meta.new"):
         _remove(d + "/" + name)
 
@@ -105,13 +115,35 @@ def listing(d):
         name = e[0]
         if name == "ack":
             ack = True
-        elif name.isdigit():
+        elif name.isdigit() and len(name) < 10:  # (a longer one is not ours: see _next)
             n = int(name)
             if lo < 0 or n < lo:
                 lo = n
             if n > hi:
                 hi = n
     return ((lo, hi) if lo >= 0 else (0, -1)), ack
+
+
+# Missing numbers in a row after which the scan asks the folder for the next one (_next).
+# Segments are numbered one after the other, so the numbers between the lowest and the
+# highest are nearly all there; a stray file with a far number (a name of digits that is
+# no segment of ours) made the range to scan millions of numbers long, each an open that
+# fails (a board stuck at boot), or, past a machine word, range() raised OverflowError
+# (App() failed at every restart). Names of 10 digits or more are never ours.
+_GAP = 32
+
+
+def _next(d, n):
+    # the lowest segment number above n in folder d, one entry at a time (listing's
+    # reason); a number past any when there is none
+    best = -1
+    for e in os.ilistdir(d):
+        name = e[0]
+        if name.isdigit() and len(name) < 10:
+            k = int(name)
+            if k > n and (best < 0 or k < best):
+                best = k
+    return best if best >= 0 else 1000000000
 
 
 def boot(ob):
@@ -141,11 +173,21 @@ def boot(ob):
         if len(b) == 12 and struct.unpack_from("<I", b, 8)[0] == crc32(b[0:8]):
             tail, ob.dropped = struct.unpack_from("<II", b, 0)
     next_seq = tail
-    for n in range(segs[0], segs[1] + 1):
+    n, hi = segs
+    miss = 0
+    while n <= hi:
         last = scan(ob, n)
-        if last < 0:  # nothing intact in it (or no such file)
-            if last == -1:
-                os.remove(ob._name(n))
+        if last == -2:  # no such file
+            miss += 1
+            if miss >= _GAP:
+                n, miss = _next(d, n), 0
+            else:
+                n += 1
+            continue
+        miss = 0
+        if last < 0:  # nothing intact in it
+            os.remove(ob._name(n))
+            n += 1
             continue
         if not ob._nseg:
             ob._seg0 = n
@@ -154,6 +196,7 @@ def boot(ob):
         ob._push(last)
         if last + 1 > next_seq:
             next_seq = last + 1
+        n += 1
     ob.next_seq = next_seq
     ob.tail = max(tail, next_seq - ob.slots)
     ob._rseg, ob._roff = ob._seg0, 0

@@ -238,3 +238,32 @@ gc.collect()
 print(f0 - gc.mem_free() < 4000)
 """)
     assert out == ["50", "True", "True", "3", "True"]
+
+
+def test_a_stray_file_with_a_far_number_does_not_stop_the_boot(tmp_path):
+    # files named with digits that are no segments of ours: one past any machine word (the
+    # boot's range() raised OverflowError: App() failed at every restart) and one far above
+    # the segments (the boot tried each number between: hundreds of millions of opens);
+    # the records pending are found, in order, and a corrupt meta still empties the folder
+    out = _run(tmp_path, """
+import os
+ob = outbox.Outbox('ob.bin', 40, 256)
+for i in range(30):
+    ob.append(outbox.TELEMETRY, '%d:' % ob.next_seq + 'x' * 100)
+ob.peek(); ob.ack()
+ob.close()
+for name in ('99999999999999999999', '400000000', '0007'):
+    open('ob.d/' + name, 'wb').close()
+ob = outbox.Outbox('ob.bin', 40, 256)
+seqs = []
+while ob.depth:
+    k, s, p = ob.peek()
+    seqs.append(s); ob.ack()
+print(seqs == list(range(1, 30)), ob.next_seq, '400000000' in os.listdir('ob.d'))
+ob.close()
+open('ob.d/400000000', 'wb').close()
+open('ob.d/meta', 'wb').close()  # corrupt: a new outbox
+ob = outbox.Outbox('ob.bin', 40, 256)
+print(ob.depth, ob.next_seq, sorted(n for n in os.listdir('ob.d') if n not in ('meta', 'ack')))
+""")
+    assert out == ["True", "30", "False", "0", "0", "['0007',", "'1',", "'99999999999999999999']"]
