@@ -210,6 +210,8 @@ class App:
         self.started = time.ticks_ms()
         self.samples = self.sent = self.alerts = 0
         self.echo = cfg.get("log", "sample") != "quiet"
+        if self.pending:  # a received model, the set-up through with it: stored (otaboot.py)
+            __import__("otaboot").commit(self)
         gc.collect()
         self.heap_min = gc.mem_free()
         self._alloc0 = _allocated()

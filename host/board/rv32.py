@@ -166,6 +166,8 @@ def make_app(slots=8, slot_size=512, model='model.ewb', log=None):
     a.names = list(sensors.NAMES)
     # App.__init__'s set-up, in its order (App.setup)
     a.setup(sensors.RANGES['dht22'], DET, FALLBACK, 'outbox.bin', slots, slot_size)
+    if a.pending:  # a received model, set up: stored (App.__init__)
+        __import__('otaboot').commit(a)
     a.shift_run = a.samples = a.alerts = 0
     a.echo = ECHO
     # the per-sample console line: its writes called, the bytes dropped (as the log's
