@@ -40,6 +40,7 @@ DEFAULT_BOARD = "esp32-devkitc-dht22"
 DEFAULT_MODEL = "models/default"
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.ewb"
+OTA_LEFTOVERS = ["model.new", "model.err"]  # firmware/otaboot.py's files beside MODEL_NAME
 KEEP_SOURCE = {"main.py", "boot.py"}  # run by name at boot: must stay .py
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 # sys.implementation._mpy >> 10 → mpy-cross -march (py/persistentcode.h order)
@@ -579,6 +580,11 @@ def deploy(port: str, board_name: str, model: str | None, device_id: str | None 
         stale = [f[:-4] + ".py" for f in files if f.endswith(".mpy")]
         if "ewkern.mpy" not in files:  # a C kernels module of an earlier deploy would shadow kernels.py
             stale.append("ewkern.mpy")
+        if MODEL_NAME in files:
+            # a model received over the air and not loaded yet (a cut before its reset, or
+            # during its set-up) would be loaded at boot over the one deployed (firmware/
+            # otaboot.py); and the refusal of an earlier one is no news for this model
+            stale += OTA_LEFTOVERS
         size = sum((out / f).stat().st_size for f in files)
         say(f"deploy: {len(files)} files, {size} bytes to {port} with {tool.name}"
             f" ({'mpy-cross -march=' + (arch or 'none') if compile_mpy else 'sources'};"

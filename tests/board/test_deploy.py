@@ -47,6 +47,15 @@ def test_make_deploy_repl_and_the_firmware_publishes(tmp_path, tiny_model_dir, b
     with VirtualBoard(tmp_path / "flash", board="esp32-devkitc-dht22") as vb:
         flash = vb.flash
         (flash / "app.py").write_text("raise SystemExit  # an old source twin: must go\n")
+        # a model received over the air, its reset cut short: signed for this board, newer,
+        # another model; the deployed model must be the one that runs, not this one
+        from edgewatch.training.export.blob import read, sign, write
+
+        spec = read((tiny_model_dir / "model.ewb").read_bytes())
+        deployed_id = spec.model_id
+        spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
+        (flash / "model.new").write_bytes(sign(write(spec), derive_key(bytes.fromhex(OTA_KEY), "vb-01"), 10))
+        (flash / "model.err").write_text("1 2 0011223344556677 model: an old refusal")
         watch = Watch(broker.port, "edgewatch/vb-01/#", "edgewatch", HOST_PW)
         r = make("deploy", f"PORT={vb.port}", "UMQTT_FROM=build/mplib", f"MODEL={tiny_model_dir}",
                  f"DEPLOY_ARGS=--env-file {env_file} --device-id vb-01 --set period_ms=500")
@@ -82,6 +91,8 @@ def test_make_deploy_repl_and_the_firmware_publishes(tmp_path, tiny_model_dir, b
         assert [t.seq for t in tel[:3]] == [0, 1, 2]
         status = watch.wait_for(Status)[0]
         assert status.state == "online" and status.fw
+        assert status.model == deployed_id and not status.error, status
+        assert not (flash / "model.new").exists() and not (flash / "model.err").exists()
         assert not watch.bad, watch.bad
 
         # make repl: interrupt the firmware, look around, soft-reset it and read what it prints
@@ -304,3 +315,34 @@ def test_the_c_kernels_ship_to_rv32imc_boards_only(tmp_path, rv32):
     assert deploy.stage_native(tmp_path, said.append) == ["ewkern.mpy"] and not said
     head = (tmp_path / "ewkern.mpy").read_bytes()[:3]
     assert (head[1], head[2] & 3, head[2] >> 2) == (*NATMOD_MPY_VERSION, 11)
+
+
+def test_a_deployed_model_removes_an_ota_model_not_loaded_yet(tmp_path, monkeypatch):
+    """model.new (a model received over the air, its reset cut short) would be loaded at boot
+    over the model deployed (firmware/otaboot.py): deploying a model removes it and
+    model.err; deploying without one leaves them (no model of the user's to protect)."""
+    from edgewatch.board import deploy
+
+    seen = []
+
+    class Tool:
+        name = "fake"
+
+        def __init__(self, port):
+            pass
+
+        def mpy_info(self):
+            return 2 << 10 | 6  # x64, .mpy version 6
+
+        def copy(self, folder, files, stale, say=None):
+            seen.append((files, stale))
+
+    monkeypatch.setattr(deploy, "check_port", lambda port, what="deploy": port)
+    monkeypatch.setattr(deploy, "Mpremote", Tool)
+    env = write_env(tmp_path / ".env", 1883, "vb-01")
+    for model in (ROOT / "tests" / "golden" / "model.ewb", None):
+        deploy.deploy("fake", "esp32-devkitc-dht22", str(model) if model else None, "vb-01",
+                      str(env), str(ROOT / "build" / "mplib"), reset=False, say=lambda s: None)
+    (with_model, stale), (without, stale_none) = seen
+    assert "model.ewb" in with_model and {"model.new", "model.err"} <= set(stale)
+    assert "model.ewb" not in without and not {"model.new", "model.err"} & set(stale_none)
