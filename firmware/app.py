@@ -172,8 +172,8 @@ class App:
     """One board: sensor, detector, outbox and link, wired from the config."""
 
     restart = False  # the set-up refused a received model: reset (otaboot.py; a class
-    # attribute until then: the instance's dict, resized by one more, found no room at
-    # the unix port's budget)
+    # attribute until then, so it costs the instance's dict nothing on the boards that
+    # never receive one)
 
     def __init__(self, cfg, log=print):
         global wdt

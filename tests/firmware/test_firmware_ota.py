@@ -4,6 +4,7 @@ atomically, hot-swapped and reported in status; the stored model survives a rebo
 without an OTA key refuses models unless its config says ota_unsigned (then warns at boot)."""
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,20 @@ def _runs(listener, model_id, what):
     n = len(listener.json("telemetry"))
     wait_until(lambda: any(m["band"] for m in listener.json("telemetry")[n:]), 20, what=what)
     assert all(m["model"] == model_id for m in listener.json("telemetry")[n:])
+
+
+@contextmanager
+def _shipped_board(tmp_path, device, blob, **config):
+    """A simulated board shipped with `blob` on its flash, running against its own broker:
+    (listener, flash folder, process)."""
+    shipped = tmp_path / "shipped.ewb"
+    shipped.write_bytes(blob)
+    with Broker(tmp_path / "broker") as broker:
+        listener = fwrun.Listener(broker.port)
+        flash = fwrun.prepare(tmp_path / "b", device, BOARD, f"mqtt://127.0.0.1:{broker.port}",
+                              sim=sim([]), model=shipped,
+                              **test_config(stop_after=100000, **config))
+        yield listener, flash, fwrun.start(flash, BOARD)
 
 
 def test_ota_model_verified_swapped_refused_and_kept(tmp_path, blob):
@@ -106,15 +121,8 @@ def test_board_shipped_with_a_model_takes_updates_and_refuses_oversized(tmp_path
     spec = read(blob)
     spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
     newer = sign(write(spec), key, 1)
-    shipped = tmp_path / "shipped.ewb"
-    shipped.write_bytes(blob)
     topic = "edgewatch/ota-2/model"
-    with Broker(tmp_path / "broker") as broker:
-        listener = fwrun.Listener(broker.port)
-        flash = fwrun.prepare(tmp_path / "b", "ota-2", BOARD, f"mqtt://127.0.0.1:{broker.port}",
-                              sim=sim([]), model=shipped,
-                              **test_config(stop_after=100000, ota_key=KEY_HEX))
-        proc = fwrun.start(flash, BOARD)
+    with _shipped_board(tmp_path, "ota-2", blob, ota_key=KEY_HEX) as (listener, flash, proc):
         try:
             wait_until(lambda: _status(listener), 20, what="first status")
             assert _status(listener)[0]["model"] == old_id
@@ -187,17 +195,10 @@ def test_unsigned_updates_on_an_ota_unsigned_board_and_a_refused_blob_sent_again
     spec = read(blob)
     spec.model_id = f"{int(spec.model_id, 16) ^ 0xFFFFFFFF:08x}"
     other = write(spec)
-    shipped = tmp_path / "shipped.ewb"
-    shipped.write_bytes(blob)
     bad = bytearray(blob)
     bad[len(bad) // 2] ^= 0x01  # its CRC32 no longer holds
     topic = "edgewatch/ota-4/model"
-    with Broker(tmp_path / "broker") as broker:
-        listener = fwrun.Listener(broker.port)
-        flash = fwrun.prepare(tmp_path / "b", "ota-4", BOARD, f"mqtt://127.0.0.1:{broker.port}",
-                              sim=sim([]), model=shipped,
-                              **test_config(stop_after=100000, ota_unsigned=True))
-        proc = fwrun.start(flash, BOARD)
+    with _shipped_board(tmp_path, "ota-4", blob, ota_unsigned=True) as (listener, flash, proc):
         try:
             wait_until(lambda: _status(listener), 20, what="first status")
             assert _status(listener)[0]["model"] == read(blob).model_id
