@@ -193,19 +193,20 @@ class _FileClient(_simple.MQTTClient):
 
 
 def client_id(device, password):
-    """The board's MQTT client id: its device id, plus 16 hex digits derived from its password
-    when it has one. A broker that lets a new connection with a known client id replace the
-    old one (MQTT's rule; RabbitMQ applies it across a whole cluster) would let any board
-    that knows another's id knock it off; this suffix cannot be guessed without the other
-    board's password, and it stays the same across reboots, so the board's persistent
-    session is found again."""
+    """The board's MQTT client id: "ew-" and its device id, plus 16 hex digits derived from
+    its password when it has one. A broker that lets a new connection with a known client id
+    replace the old one (MQTT's rule; RabbitMQ applies it across a whole cluster) would let
+    any board that knows another's id knock it off; this suffix cannot be guessed without the
+    other board's password, and it stays the same across reboots, so the board's persistent
+    session is found again. "ew-": the production Mosquitto accepts no other client id
+    (deploy/mosquitto/edgewatch.conf clientid_prefixes)."""
     if not password:
-        return device
+        return "ew-" + device
     import hashlib
     from binascii import hexlify
 
     h = hashlib.sha256(b"edgewatch-client-id\0" + password.encode() + b"\0" + device.encode())
-    return "%s-%s" % (device, hexlify(h.digest()[:8]).decode())
+    return "ew-%s-%s" % (device, hexlify(h.digest()[:8]).decode())
 
 
 def _ignore(topic, msg):

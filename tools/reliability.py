@@ -44,7 +44,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("1. a re-flashed board (seq restarts at 0): stored and notified, not discarded; "
      "databases and bridge outboxes of the version before epochs migrate in place",
      ["tests/e2e/test_epochs.py"]),
-    ("2. session takeover with a board's login; one board knocking another off",
+    ("2. session takeover with a board's login; a services' login taking a board's id; "
+     "one board knocking another off",
      ["tests/services/test_takeover.py",
       "tests/services/test_cluster.py::test_a_board_cannot_knock_another_off_the_cluster_with_its_client_id"]),
     ("3. OTA rollback, a blob signed for another board, unsigned models on a board without a key",

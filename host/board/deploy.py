@@ -173,6 +173,9 @@ def build_config(board_name: str, board: dict, secrets: dict, device_id: str | N
     device = device_id or secrets.get("device") or "gh-01"
     if not DEVICE_ID_RE.match(device):
         raise UserError(f"device id {device!r}: use 1-32 characters of A-Z a-z 0-9 _ -")
+    if device.startswith("ew-"):  # deploy/mosquitto/edgewatch.conf clientid_prefixes
+        raise UserError(f"device id {device!r}: ids starting with 'ew-' are the services' "
+                        "MQTT client ids on the production broker; choose another")
     if not secrets.get("broker"):
         raise UserError("MQTT_URL is not set: put MQTT_URL=mqtt://host:1883 in .env "
                         "(see .env.example)")

@@ -106,7 +106,7 @@ def definitions(prefix: str, host_password: str, devices: dict[str, str]) -> dic
     for dev, pw in sorted(devices.items()):
         # its session queue: the client id is the device id plus the suffix of
         # firmware/link.py's client_id (derived from its password)
-        own = f"^mqtt-subscription-{dev}(-[0-9a-f]{{16}})?qos[01]$"
+        own = f"^mqtt-subscription-ew-{dev}(-[0-9a-f]{{16}})?qos[01]$"
         users.append({"name": dev, "password_hash": password_hash(pw),
                       "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
         perms.append({"user": dev, "vhost": "/", "configure": own,

@@ -42,6 +42,7 @@ from edgewatch.core.settings import (
     mqtt_client,
     mqtt_settings,
     safe_url,
+    service_client_id,
 )
 from edgewatch.core.store import DEVICE_COLS, Store, band_columns
 
@@ -228,7 +229,7 @@ class Hub:
     def start(self) -> None:
         if self.mqtt is None:
             return
-        self.client = mqtt_client(self.mqtt, f"edgewatch-dashboard-{os.getpid()}")
+        self.client = mqtt_client(self.mqtt, service_client_id("dashboard", None))
         self.client.on_message = self._on_message
         p = self.mqtt.prefix
         connect(self.client, self.mqtt, [(f"{p}/+/telemetry", 0), (f"{p}/+/alert", 0),

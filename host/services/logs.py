@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 
 from edgewatch.core.errors import UserError
 from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
-from edgewatch.core.settings import add_mqtt_arguments, connect, mqtt_client, mqtt_settings
+from edgewatch.core.settings import (add_mqtt_arguments, connect, mqtt_client, mqtt_settings,
+                                     service_client_id)
 
 
 def _n(x) -> str:
@@ -90,9 +91,7 @@ def run(args) -> int:
     def on_message(_c, _u, msg):
         q.put((msg.topic, msg.payload, time.time()))
 
-    import os
-
-    client = mqtt_client(mqtt, f"edgewatch-logs-{os.getpid()}")
+    client = mqtt_client(mqtt, service_client_id("logs", None))
     client.on_message = on_message
     connect(client, mqtt, subs)
     print(f"following {', '.join(args.devices) or 'every board'} on {mqtt.url} "

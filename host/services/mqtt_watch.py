@@ -14,6 +14,7 @@ import time
 
 import paho.mqtt.client as mqtt
 from edgewatch.core.schema import DEFAULT_PREFIX, parse
+from edgewatch.core.settings import service_client_id
 
 
 class Watch:
@@ -24,7 +25,7 @@ class Watch:
         self.records: list = []
         self.bad: list = []
         ready = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=service_client_id("watch", None))
         if user:
             self.c.username_pw_set(user, password)
         self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)

@@ -167,6 +167,8 @@ def test_bad_inputs_are_one_line_and_nothing_is_sent(tmp_path, tiny_model_dir):
             (base + ["--env-file", str(tmp_path / "nourl.env")], "MQTT_URL is not set"),
             (base + ["--env-file", str(tmp_path / "missing.env")], "no such env file"),
             (base + ["--env-file", str(good_env), "--device-id", "bad/id"], "device id 'bad/id'"),
+            (base + ["--env-file", str(good_env), "--device-id", "ew-collector-1"],
+             "device id 'ew-collector-1': ids starting with 'ew-'"),
             (base + ["--env-file", str(good_env), "--umqtt-from", str(tmp_path)], "--umqtt-from"),
             (base + ["--env-file", str(good_env), "--ampy"], "ampy cannot install packages"),
             (base + ["--env-file", str(good_env), "--set", "novalue"], "expected KEY=VALUE"),

@@ -377,7 +377,7 @@ def test_a_board_cannot_knock_another_off_the_cluster_with_its_client_id(small_c
                    what="the board connected")
         time.sleep(1)
         answers = []
-        for cid in ["sim-01"] + [f"sim-01-{secrets.token_hex(8)}" for _ in range(4)]:
+        for cid in ["ew-sim-01"] + [f"ew-sim-01-{secrets.token_hex(8)}" for _ in range(4)]:
             a = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
             a.username_pw_set("gh-02", "pw-two")
             a.on_connect = lambda c, u, f, rc, p=None: answers.append(str(rc))

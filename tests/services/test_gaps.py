@@ -131,7 +131,7 @@ def test_gap_alerts_reach_the_bridge_user_on_the_production_broker(tmp_path):
     b = brokers.production(tmp_path / "mq", {"gh-01": "pw-gh01"}, services).start()
     st = Store(f"sqlite:///{tmp_path}/ew.db")
     col = None
-    tap = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tap-bridge")
+    tap = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ew-tap-bridge")
     got: list = []
     try:
         mq = MqttSettings(port=b.port, tls=True, username="collector",

@@ -86,7 +86,7 @@ def test_board_login_cannot_take_a_service_session(tmp_path):
         stop, accepted = threading.Event(), []
         attacker = threading.Thread(target=_attack, args=(b, ids, stop, accepted), daemon=True)
         attacker.start()
-        board = _client(b, b.tls_port, "gh-01", BOARDS["gh-01"], "anything", clean=False)
+        board = _client(b, b.tls_port, "gh-01", BOARDS["gh-01"], "ew-anything", clean=False)
         board.connect("127.0.0.1", b.tls_port, keepalive=10)
         board.loop_start()
         infos = []
@@ -142,3 +142,58 @@ def test_service_client_id_is_random_stable_and_one_per_running_instance(tmp_pat
     assert service_client_id("collector", tmp_path, "g") == a  # restarted: same session
     assert service_client_id("collector", tmp_path / "other", "g") != a  # another host/folder
     assert os.path.exists(tmp_path / "collector-g-2.client-id")
+
+
+def test_a_services_login_cannot_take_a_boards_id(tmp_path):
+    """Mosquitto has one client-id space for both listeners, and a board's id on its
+    listener is its username (its device id, which anyone can read in the topics): the
+    read-only viewer on the services' listener picking "gh-01", or another board picking it,
+    is refused at CONNECT (clientid_prefixes), and the board is never knocked off. A viewer
+    with an "ew-" id still reads the board's samples."""
+    b = brokers.production(tmp_path / "mq", BOARDS, SERVICES).start()
+    board = viewer = None
+    try:
+        drops, got = [], []
+        board = _client(b, b.tls_port, "gh-01", BOARDS["gh-01"], "ew-gh-01-0123456789abcdef",
+                        clean=False)
+        board.on_disconnect = lambda *a: drops.append(a)
+        up = threading.Event()
+        board.on_connect = lambda *a: up.set()
+        board.connect("127.0.0.1", b.tls_port, keepalive=10)
+        board.loop_start()
+        assert up.wait(10)
+        answers = {}
+        for port, user, cid in [(b.port, "viewer", "gh-01"), (b.port, "collector", "gh-01"),
+                                (b.tls_port, "gh-02", "gh-01"), (b.port, "viewer", "")]:
+            a = _client(b, port, user, {**SERVICES, **BOARDS}[user], cid, clean=not cid)
+            rc = []
+            a.on_connect = lambda c, u, f, r, p=None, rc=rc: rc.append(r)
+            try:
+                a.connect("127.0.0.1", port, keepalive=5)
+                a.loop_start()
+                wait_until(lambda rc=rc: rc, 10, what="CONNACK")
+            except (OSError, TimeoutError):  # refused and closed before paho read it
+                rc.append("closed")
+            finally:
+                a.loop_stop()
+                a.disconnect()
+            answers[(user, cid)] = rc[0]
+        assert all(str(r) in ("Not authorized", "closed") or getattr(r, "is_failure", False)
+                   for r in answers.values()), answers
+        time.sleep(1.5)
+        assert drops == []  # the board stayed connected throughout
+        viewer = _client(b, b.port, "viewer", SERVICES["viewer"], "ew-viewer-dashboard")
+        viewer.on_connect = lambda c, *a: c.subscribe("edgewatch/+/telemetry", 1)
+        viewer.on_message = lambda _c, _u, m: got.append(m.topic)
+        viewer.connect("127.0.0.1", b.port, keepalive=10)
+        viewer.loop_start()
+        time.sleep(1.0)
+        board.publish("edgewatch/gh-01/telemetry", json.dumps(telemetry("gh-01", 1)), qos=1)
+        wait_until(lambda: got, 10, what="the viewer reading the board's sample")
+        assert drops == []
+    finally:
+        for c in (board, viewer):
+            if c is not None:
+                c.loop_stop()
+                c.disconnect()
+        b.stop()

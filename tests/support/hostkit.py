@@ -34,7 +34,7 @@ class Board:
     def __init__(self, broker, name: str, password: str | None = None, tls: bool = False,
                  will: bool = False, prefix: str = "edgewatch", user: str | None = None):
         self.name, self.prefix = name, prefix
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"board-{name}")
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ew-board-{name}")
         if password is not None:
             self.c.username_pw_set(user or name, password)
         if will:
