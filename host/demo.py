@@ -255,7 +255,7 @@ def run_demo(out: Path, model_dir: str, devices: int = 3, fast: bool = False,
 
     t0 = time.monotonic()
     out = out.resolve()  # the services run from the repository root
-    period = period or (0.25 if fast else 0.5)
+    period = period or (0.1 if fast else 0.5)
     faults = faults or FAULTS
     if out.exists():
         shutil.rmtree(out)
