@@ -20,8 +20,13 @@ from datetime import datetime, timezone
 
 from edgewatch.core.errors import UserError
 from edgewatch.core.schema import DEVICE_RE, Alert, SchemaError, Status, Telemetry, parse
-from edgewatch.core.settings import (add_mqtt_arguments, connect, mqtt_client, mqtt_settings,
-                                     service_client_id)
+from edgewatch.core.settings import (
+    add_mqtt_arguments,
+    connect,
+    mqtt_client,
+    mqtt_settings,
+    service_client_id,
+)
 
 
 def _n(x) -> str:
