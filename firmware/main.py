@@ -3,10 +3,15 @@
 A bad or missing config is printed as one line on the REPL, the LED blinks, and
 the file is read again after a growing pause (2 s .. 60 s) - no reset, so a user
 can fix it over the REPL or `make deploy`. An unexpected error in the app is
-printed and the app restarted in-process after a growing pause, feeding the
-watchdog meanwhile; only the watchdog itself resets a board that hangs. A model
-received over the air resets the board once: its set-up loads the model on a heap as at
-boot (app.App.apply_blob).
+printed and, after a growing pause (2 s .. 60 s, feeding the watchdog), a board resets:
+the app starts on a heap as at power-on, its queue on flash. Built again in the heap its
+first run left, the app does not fit the C3's 80 KB (measured on RV32 for the models
+swapped over the air: every rebuild failed), and the board would retry for ever without
+sampling. The pause it grew to is kept in a file across the reset, so an error at every
+start cannot loop fast; an app that ran 10 minutes before failing starts again at 2 s.
+The unix port (the host's stand-in) builds the app again in-process. The watchdog resets
+a board that hangs. A model received over the air resets the board once: its set-up loads
+the model on a heap as at boot (app.App.apply_blob).
 """
 
 import gc
@@ -14,6 +19,29 @@ import sys
 import time
 
 _MAX_WAIT_MS = 60000
+_WAIT_FILE = "main.wait"  # the pause before the next start after an error, ms, across resets
+_HEALTHY_MS = 600000  # an app that ran this long before failing: the pause starts at 2 s again
+_RESET = sys.platform != "linux"  # a board resets after an error; the unix port cannot
+
+
+def _saved_wait():
+    try:
+        with open(_WAIT_FILE) as f:
+            return min(max(int(f.read()), 2000), _MAX_WAIT_MS)
+    except (OSError, ValueError):
+        return 2000
+
+
+def _reset(wait):
+    # keep the grown pause for the next start, then a heap as at power-on
+    try:
+        with open(_WAIT_FILE, "w") as f:
+            f.write(str(wait))
+    except OSError:
+        pass
+    import machine
+
+    machine.reset()
 
 
 def _led(config):
@@ -42,7 +70,9 @@ def _wait(ms, led=None):
 
 def main():
     """Load the config (waiting until it is valid) and run the app, restarting it on errors."""
-    wait = app_wait = 2000
+    wait = 2000
+    app_wait = _saved_wait()
+    started = None
     while True:
         gc.collect()
         try:
@@ -70,17 +100,24 @@ def main():
             del sys.modules["config"]
             config = None
             gc.collect()
+            started = time.ticks_ms()
             if app.run(cfg):  # the unix port, after a model was received (App.run)
                 continue
             return  # only a simulation (stop_after) ends
         except KeyboardInterrupt:
             raise
         except Exception as e:
+            if started is not None and time.ticks_diff(time.ticks_ms(), started) > _HEALTHY_MS:
+                app_wait = 2000  # it ran a good while: not an error of every start
+            started = None
             print("edgewatch: app stopped:")
             sys.print_exception(e)
-            print("edgewatch: restarting the app in %d s" % (app_wait // 1000))
+            print("edgewatch: %s in %d s" % ("resetting" if _RESET else "restarting the app",
+                                             app_wait // 1000))
             _wait(app_wait)
             app_wait = min(app_wait * 2, _MAX_WAIT_MS)
+            if _RESET:
+                _reset(app_wait)
 
 
 main()
