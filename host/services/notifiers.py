@@ -75,7 +75,9 @@ def _requests_error(exc: Exception, what: str) -> TransientError:
             if isinstance(e, NewConnectionError):
                 return TransientError(f"{what}: {name}")
             arg = e.args[0] if e.args and isinstance(e.args[0], BaseException) else None
-            e, steps = getattr(e, "reason", None) or arg or e.__cause__, steps + 1
+            reason = getattr(e, "reason", None)  # ssl.SSLError's is a string
+            reason = reason if isinstance(reason, BaseException) else None
+            e, steps = reason or arg or e.__cause__, steps + 1
         return OutcomeUnknown(f"{what}: {name} (outcome unknown)")
     if isinstance(exc, requests.Timeout):
         return OutcomeUnknown(f"{what}: {name} (outcome unknown)")

@@ -428,3 +428,28 @@ def test_a_time_no_calendar_can_show_never_raises_where_an_alert_is_shown():
     assert "(received)" in alert_text(a)
     assert line(a).startswith("t=1e+20 gh-01")
     assert iso(1e20) == "1e+20" and iso(1.7e9) == "2023-11-14T22:13:20Z"
+
+
+def test_twilio_over_https_a_certificate_failure_is_an_unknown_outcome(tmp_path, sink,
+                                                                       monkeypatch):
+    """An untrusted certificate is OutcomeUnknown (the bridge looks the SMS up before it
+    sends again), not an AttributeError: ssl.SSLError's ``reason`` is a string, which the
+    notifier's walk along the exception chain once followed as an exception. With the CA
+    bundle from the environment (REQUESTS_CA_BUNDLE) the same provider is trusted."""
+    import ssl
+
+    from edgewatch.services.broker import _make_tls
+
+    files = _make_tls(tmp_path, [])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(files["server_cert"], files["server_key"])
+    sink.server.socket = ctx.wrap_socket(sink.server.socket, server_side=True)
+    base = f"https://localhost:{sink.port}"
+    untrusted = TwilioSMS(sink.account_sid, sink.auth_token, FROM, TO, api_base=base, timeout=2)
+    with pytest.raises(OutcomeUnknown, match="SSLError"):
+        untrusted.send(TO[0], Message("s", "never ref n", ref="n"))
+    assert sink.requests == []
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(files["ca"]))
+    sms = TwilioSMS(sink.account_sid, sink.auth_token, FROM, TO, api_base=base, timeout=2)
+    assert sms.send(TO[0], Message("s", "one ref r1", ref="r1")) == sink.requests[-1]["sid"]
+    assert [r["Body"] for r in sink.requests] == ["one ref r1"]
