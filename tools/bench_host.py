@@ -1,6 +1,6 @@
 """Host-service benchmark for `make bench`: collector ingest rate and bridge alert->SMS latency.
 
-    python -m tools.bench_host [--fast] [--devices 1000]
+    python -m tools.bench_host [--fast] [--devices 1000] [--peers]
 
 Both services run as real `edgewatch` subprocesses against a private Mosquitto
 on loopback. The simulated fleet is ``devices`` real MQTT connections (one
@@ -480,8 +480,9 @@ def bench_peers(folder: Path, broker: Broker, fleet: Fleet, per_device: int, ale
 
 
 def bench(fast: bool = False, devices: int = 1000, per_device: int | None = None,
-          alerts: int | None = None, rate: float = 100.0) -> dict:
-    """Collector ingest and bridge latency with ``devices`` simulated boards; a flat dict."""
+          alerts: int | None = None, rate: float = 100.0, peers_only: bool = False) -> dict:
+    """Collector ingest and bridge latency with ``devices`` simulated boards; a flat dict.
+    ``peers_only``: only bench_peers (the services against their bare peers, ~30 s)."""
     per_device = per_device or (5 if fast else 20)
     alerts = alerts or (300 if fast else 1000)
     with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp:
@@ -492,8 +493,9 @@ def bench(fast: bool = False, devices: int = 1000, per_device: int | None = None
             connect_s = time.perf_counter() - t0
             try:
                 out = {"devices": devices, "fleet_connect_seconds": round(connect_s, 2)}
-                out.update(bench_collector(folder, broker, fleet, per_device))
-                out.update(bench_bridge(folder, broker, fleet, alerts, rate=rate))
+                if not peers_only:
+                    out.update(bench_collector(folder, broker, fleet, per_device))
+                    out.update(bench_bridge(folder, broker, fleet, alerts, rate=rate))
                 out.update(bench_peers(folder, broker, fleet, per_device, alerts))
             finally:
                 fleet.close()
@@ -510,8 +512,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--fast", action="store_true")
     p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--peers", action="store_true",
+                   help="only the services against their bare peers (bench_peers)")
     a = p.parse_args()
-    print(json.dumps(bench(a.fast, a.devices), indent=2))
+    print(json.dumps(bench(a.fast, a.devices, peers_only=a.peers), indent=2))
     return 0
 
 
