@@ -85,6 +85,22 @@ def test_generic_csv_drops_missing_rows(tmp_path):
     assert len(raw) == 4 and np.isnan(raw.values[1, 0]) and np.isnan(raw.values[2, 1])
 
 
+def test_unnamed_columns_are_not_channels(tmp_path):
+    """A trailing delimiter (an empty last column: every row was dropped as missing) and a
+    pandas index (an unnamed first column of row numbers: the model learnt to count) are
+    not channels."""
+    rows = [f"2026-01-01 00:{i:02d}:00,{20 + i * 0.01:.2f},{50 - i * 0.01:.2f}" for i in range(30)]
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("timestamp,temperature,humidity,\n" + "".join(r + ",\n" for r in rows))
+    index = tmp_path / "index.csv"
+    index.write_text(",timestamp,temperature,humidity\n"
+                     + "".join(f"{i},{r}\n" for i, r in enumerate(rows)))
+    for f in (trailing, index):
+        s = load(f)
+        assert s.channels == ["temperature", "humidity"] and len(s) == 30 and s.dropped == 0, f
+        assert s.values[29, 0] == np.float32(20.29)
+
+
 def test_scaler_is_standardise_then_minmax_and_round_trips(tmp_path):
     s = load(OCC)
     sc = Scaler.fit(s.values, s.channels)
@@ -196,6 +212,12 @@ BAD = {
     "only_header": (HEADER, [], ["line 2", "no data rows"]),
     "infinite": (HEADER + _rows(3) + "2026-01-01 00:03:00,inf,50.0\n", [], ["line 5", "infinite"]),
     # a double, but an infinity as float32: it was dropped as if the read had failed
+    # one name for two columns: the first was fed to the model twice (the blob kept one name,
+    # detect then died in the firmware with a traceback)
+    "twin_columns": ("timestamp,temp,temp\n" + _rows(40), [], ["line 1", "columns 2 and 3",
+                                                            "'temp'"]),
+    "twin_channels": (HEADER + _rows(40), ["--channels", "humidity,Humidity"],
+                      ["line 1", "'humidity' asked for twice"]),
     "beyond_float32": (HEADER + _rows(30) + "2026-01-01 00:30:00,21.5,-1e300\n" + _rows(20, 31),
                        [], ["line 32", "'humidity' has -1e+300", "beyond the float32 range"]),
 }

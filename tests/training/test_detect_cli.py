@@ -161,6 +161,7 @@ def test_a_reading_beyond_float32_is_one_line_from_a_csv_and_from_a_database(tmp
     ("out_unwritable", "/proc/self/v.csv: not writable"),
     ("out_under_a_file", "cannot write (Not a directory)"),
     ("dropout_zero", "--dropout-periods: must be >= 1 (got 0)"),
+    ("twin_columns", "columns 2 and 4 are both named 'temperature'; rename one"),
     ("inf_stamp", "line 3: column 'date' has 'inf', not a date/time or Unix seconds"),
     ("nan_stamp", "line 3: column 'date' has 'nan', not a date/time or Unix seconds"),
 ])
@@ -182,6 +183,8 @@ def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
         (model / "model.ewb").write_bytes(bytes(raw))
     elif case == "no_channel":
         data.write_text("timestamp,temperature\n2015-02-02 14:19:00,23.7\n")
+    elif case == "twin_columns":  # the first was read for the model, unnoticed
+        data.write_text(data.read_text().replace('"Light"', '"temperature"', 1))
     elif case == "bad_sensor":
         extra = ["--sensor", "bme280"]
     elif case == "dropout_zero":  # 0 is not "the default": it is a mistake

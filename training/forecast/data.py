@@ -117,9 +117,12 @@ class Series:
 
 def _find_channel(names: list[str], want: str, source: str) -> int:
     key = slug(want)
-    for i, n in enumerate(names):
-        if slug(n) == key:
-            return i
+    hits = [i for i, n in enumerate(names) if slug(n) == key]
+    if len(hits) > 1:  # the first would be taken for both: a model fed one column twice
+        raise UserError(f"{source} line 1: columns {hits[0] + 1} and {hits[1] + 1} are both named "
+                        f"'{want}'; rename one")
+    if hits:
+        return hits[0]
     raise UserError(f"{source} line 1: no channel '{want}' (channels: {', '.join(names)})")
 
 
@@ -206,9 +209,19 @@ def _build(
     elif default_channels:
         chan_cols = [_find_channel(header, c, source) for c in default_channels]
     else:
-        chan_cols = [i for i, n in enumerate(names) if i != tcol and n not in label_names]
+        # an unnamed column is no channel: a trailing delimiter (all empty: every row would be
+        # dropped) or a pandas index (row numbers: a model would learn to count)
+        chan_cols = [i for i, n in enumerate(names) if i != tcol and n and n not in label_names]
         if not chan_cols:
             raise UserError(f"{source} line 1: no channel columns besides the timestamp")
+    seen: dict[str, int] = {}
+    for i in chan_cols:
+        if seen.get(names[i]) == i:
+            raise UserError(f"{source} line 1: channel '{names[i]}' asked for twice")
+        if names[i] in seen:  # one name for two channels: the blob and detect would mix them up
+            raise UserError(f"{source} line 1: columns {seen[names[i]] + 1} and {i + 1} are both "
+                            f"named '{names[i]}'; rename one")
+        seen[names[i]] = i
     label_cols = [i for i, n in enumerate(names) if n in label_names and i not in chan_cols]
 
     ts, vals, lines, stamps = [], [], [], []
