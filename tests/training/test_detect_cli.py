@@ -160,6 +160,7 @@ def test_a_reading_beyond_float32_is_one_line_from_a_csv_and_from_a_database(tmp
     ("out_is_folder", "a folder; name the verdict CSV"),
     ("out_unwritable", "/proc/self/v.csv: not writable"),
     ("out_under_a_file", "cannot write (Not a directory)"),
+    ("out_is_data", "is the --data file; name another verdict CSV"),
     ("dropout_zero", "--dropout-periods: must be >= 1 (got 0)"),
     ("twin_columns", "columns 2 and 4 are both named 'temperature'; rename one"),
     ("inf_stamp", "line 3: column 'date' has 'inf', not a date/time or Unix seconds"),
@@ -202,11 +203,16 @@ def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
         out = Path("/proc/self/v.csv")
     elif case == "out_under_a_file":  # passes the early checks; open() itself fails
         out = data / "v.csv"
+    elif case == "out_is_data":  # the verdicts overwrote the user's readings
+        out = data
+        before = data.read_bytes()
     rc = main(["detect", "--model", str(model), "--data", str(data), "--out", str(out)] + extra)
     err = capsys.readouterr().err
     assert rc == 2
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "v.csv").is_file()
+    if case == "out_is_data":
+        assert data.read_bytes() == before
 
 
 def test_timestamps_rounded_to_the_second_are_not_dropouts(tmp_path, model_dir):

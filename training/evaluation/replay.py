@@ -102,6 +102,9 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
         raise UserError(f"--out {out}: a folder; name the verdict CSV to write")
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise UserError(f"--out {out}: not writable")
+    if out.exists() and Path(str(data)).exists() and os.path.samefile(out, str(data)):
+        # the verdicts would replace the readings they judge
+        raise UserError(f"--out {out}: is the --data file; name another verdict CSV")
     bpath = model_dir / "model.ewb"
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: no such folder")
