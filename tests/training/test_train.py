@@ -145,3 +145,29 @@ def test_labelled_rows_left_out_fit_rows_and_convert_follows(tmp_path):
         r = subprocess.run([str(EDGEWATCH), "train", "--data", str(data), "--fit-rows", bad,
                             "--out", str(out)], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "--fit-rows" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fit_rows_counts_the_files_rows_with_missing_readings(tmp_path):
+    """--fit-rows N is the file's first N rows (SKAB's first 400, NAB's probation), in train
+    and in convert's calibration: rows missing a reading among them are dropped, not made up
+    for with rows after N; N over the file's rows names how many it has."""
+    data = tmp_path / "gaps.csv"
+    lines = [f"2026-01-01 {i // 60:02d}:{i % 60:02d}:00,{20 + 0.5 * np.sin(i / 9):.3f},"
+             f"{50 + np.cos(i / 7):.3f}" for i in range(200)]
+    for i in range(10, 200, 10):  # 19 failed reads, 9 of them in the first 100 rows
+        lines[i] = lines[i].rsplit(",", 1)[0] + ","
+    data.write_text("timestamp,temperature,humidity\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "m"
+    small = ("--window", "16", "--size", "dilations=1,2", "--epochs", "1", "--no-plots")
+    r = _run("train", "--data", data, "--fit-rows", "100", "--out", out, *small)
+    assert "91 rows (9 dropped)" in r.stdout, r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rows"] == 91 and m["dropped_rows"] == 9
+    conv = _run("convert", "--model", out)  # calibrates on the same 91 rows: 75 windows, 15 val
+    assert "RMSE on 15 windows" in conv.stdout, conv.stdout
+    r = subprocess.run([str(EDGEWATCH), "train", "--data", str(data), "--fit-rows", "200",
+                        "--out", str(out), *small], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr  # the file has 200 rows (181 with both readings)
+    r = subprocess.run([str(EDGEWATCH), "train", "--data", str(data), "--fit-rows", "201",
+                        "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "has only 200 rows" in r.stderr, r.stderr

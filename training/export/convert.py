@@ -163,14 +163,22 @@ def windows_of(data: str, names: list[str], scaler, window: int, train_fraction:
     ``fit_rows`` appends the physical rows the training windows span (for the
     board's sustained-shift calibration).
     """
-    from edgewatch.training.forecast.data import chrono_split, fit_selection, load, make_windows
+    from edgewatch.training.forecast.data import (
+        chrono_split,
+        clean,
+        fit_selection,
+        load,
+        make_windows,
+    )
 
-    series = load(data, channels=names)
+    series = load(data, channels=names, dropna=False)
     if list(series.channels) != names:
         raise UserError(f"{data}: channels {series.channels}, the model wants {names}")
     if selection is not None:  # the rows `train` used: its --fit-rows, labelled rows left out
         series, _ = fit_selection(series, selection.get("fit_rows"),
                                   bool(selection.get("keep_labelled")))
+    else:
+        series = clean(series)
     try:
         x, y = make_windows(scaler.transform(series.values), window)
     except ValueError as exc:

@@ -551,8 +551,11 @@ def labelled_rows(series: Series) -> np.ndarray:
 def fit_selection(series: Series, fit_rows: int | None = None,
                   keep_labelled: bool = False) -> tuple[Series, int]:
     """The rows a model is trained and calibrated on: the first ``fit_rows`` rows (all when
-    None), then, unless ``keep_labelled``, without the rows labelled anomalous. Returns the
-    selection and how many labelled rows were left out."""
+    None), then, unless ``keep_labelled``, without the rows labelled anomalous, and without
+    rows missing a reading. Returns the selection and how many labelled rows were left out.
+
+    Pass ``series`` as loaded with ``dropna=False``: the first N rows are then the file's
+    first N rows (counted after dropping the missing ones, they ran past row N)."""
     if fit_rows is not None:
         if not isinstance(fit_rows, (int, np.integer)) or fit_rows < 2:
             raise UserError(f"--fit-rows: must be an integer >= 2 (got {fit_rows})")
@@ -560,11 +563,11 @@ def fit_selection(series: Series, fit_rows: int | None = None,
             raise UserError(f"--fit-rows {fit_rows}: {series.source} has only {len(series)} rows")
         series = series.take(slice(0, int(fit_rows)))
     if keep_labelled:
-        return series, 0
+        return clean(series), 0
     bad = labelled_rows(series)
     if bad.any():
         series = series.take(~bad)
-    return series, int(bad.sum())
+    return clean(series), int(bad.sum())
 
 
 def is_db(source: str) -> bool:

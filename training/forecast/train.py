@@ -295,7 +295,9 @@ def run(args) -> int:
                   f"board (--window {rf} or more)", flush=True)
     from edgewatch.training.forecast.data import fit_selection
 
-    series = load(args.data, channels=args.channels, device=getattr(args, "device", None))
+    # rows missing a reading are dropped after --fit-rows counts the file's rows
+    series = load(args.data, channels=args.channels, device=getattr(args, "device", None),
+                  dropna=False)
     series, left_out = fit_selection(series, args.fit_rows, args.keep_labelled)
     if args.epochs < 1 or args.window < 1 or args.batch_size < 1:
         raise UserError("--epochs, --window and --batch-size must be >= 1")
