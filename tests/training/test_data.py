@@ -72,6 +72,20 @@ def test_nab_files_keep_published_order_and_windows():
     assert len(amb) == 7267 and amb.labels["anomaly"].sum() > 0
 
 
+def test_a_timestamp_value_file_out_of_order_is_refused_unless_nab_lists_it(tmp_path):
+    """Only NAB's published files keep their order; a user's `timestamp,value` file shuffled
+    was trained on and judged as it came, where any other header is refused."""
+    lines = (DATA / "nab" / "ambient_temperature_system_failure.csv").read_text().splitlines()
+    body = lines[1:200]
+    body[50], body[51] = body[51], body[50]
+    mine = tmp_path / "mine.csv"
+    mine.write_text("\n".join([lines[0], *body]) + "\n")
+    with pytest.raises(UserError, match="line 53: timestamp goes backwards"):
+        load(mine)
+    (tmp_path / "windows.json").write_text('{"realKnownCause/mine.csv": []}')
+    assert len(load(mine)) == 199  # listed by a windows.json beside it: NAB's order kept
+
+
 def test_generic_csv_drops_missing_rows(tmp_path):
     f = tmp_path / "g.csv"
     f.write_text("time,temp,rh,anomaly\n2026-01-01T00:00:00Z,20.5,50\n"

@@ -336,11 +336,23 @@ def load_nab(path, channels=None, windows=None, dropna=True) -> Series:
     The published machine_temperature file repeats one hour (line 10151 goes
     back to 02:00); NAB scores rows in file order, so order is kept, not refused.
     """
-    s = load_csv(path, channels, order="keep", dropna=dropna)
     wfile = Path(windows) if windows else Path(path).with_name("windows.json")
+    # only NAB's own files keep their order: any other `timestamp,value` file out of order is
+    # refused, as every CSV is (its verdicts and windows would be of shuffled rows)
+    s = load_csv(path, channels, order="keep" if _nab_listed(wfile, Path(path).name) else "error",
+                 dropna=dropna)
     if wfile.exists():
         s.labels["anomaly"] = nab_window_labels(s.timestamps, Path(path).name, wfile)
     return s
+
+
+def _nab_listed(windows_json: Path, name: str) -> bool:
+    """Whether NAB's windows.json lists a file of this name (a published NAB file)."""
+    try:
+        keys = json.loads(windows_json.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(keys, dict) and any(k == name or k.endswith("/" + name) for k in keys)
 
 
 def nab_window_labels(timestamps: np.ndarray, name: str, windows_json: Path) -> np.ndarray:
