@@ -128,6 +128,17 @@ def test_cli_user_errors_are_one_line(tiny_model_dir, tmp_path, args, words):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_model_file_is_named_as_the_model(tmp_path, capsys):
+    """--model naming a file (the model.keras, a CSV) was reported as a bad --out."""
+    from edgewatch.cli import main
+
+    f = tmp_path / "model.keras"
+    f.write_bytes(b"x")
+    assert main(["convert", "--model", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"edgewatch convert: --model {f}: a file, not a model folder", err
+
+
 @pytest.mark.parametrize("args,words", [
     (["--k", "nan"], "--k nan"),
     (["--k", "inf"], "--k inf"),

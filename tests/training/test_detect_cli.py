@@ -154,6 +154,7 @@ def test_a_reading_beyond_float32_is_one_line_from_a_csv_and_from_a_database(tmp
 @pytest.mark.parametrize("case,needle", [
     ("no_dir", "no such folder"),
     ("no_blob", "model.ewb: missing"),
+    ("model_is_file", "a file, not a model folder"),
     ("bad_blob", "not a valid model blob"),
     ("no_channel", "no channel 'humidity'"),
     ("bad_sensor", "--sensor: unknown"),
@@ -173,6 +174,8 @@ def test_user_mistakes_are_one_line(tmp_path, model_dir, capsys, case, needle):
     extra = []
     if case == "no_dir":
         model = tmp_path / "nope"
+    elif case == "model_is_file":  # (was "no such folder", of a file that is there)
+        model = model_dir / "model.ewb"
     elif case == "no_blob":
         model = tmp_path / "empty"
         model.mkdir()

@@ -106,6 +106,8 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
         # the verdicts would replace the readings they judge
         raise UserError(f"--out {out}: is the --data file; name another verdict CSV")
     bpath = model_dir / "model.ewb"
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UserError(f"--model {model_dir}: a file, not a model folder")
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: no such folder")
     if not bpath.is_file():

@@ -463,6 +463,8 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     from edgewatch.training.export import blob
 
     model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():  # (else it was named as --out below)
+        raise UserError(f"--model {model_dir}: a file, not a model folder")
     out = Path(out_dir) if out_dir else model_dir
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
