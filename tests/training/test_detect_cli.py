@@ -71,6 +71,25 @@ def test_one_verdict_per_row_with_rule_channel_value_band(tmp_path, model_dir, c
         assert r["humidity"] == ("" if c[3] == "" else f"{float(c[3]):.6g}")
 
 
+def test_readings_beyond_the_detectors_fixed_point_are_range_alerts(tmp_path, model_dir):
+    """The detector clamps a reading to 4096 of the model's spans from its offset: a file in
+    millidegrees (an hwmon/thermal_zone log) then read as 'ok' row after row, each reading
+    ~20,000 beside a band of ~17,000 °C. Such readings are range alerts, as an impossible
+    reading on a board, and those within reach are judged as before."""
+    data = tmp_path / "milli.csv"
+    cells = _user_csv(data)
+    header = data.read_text().splitlines()[0]
+    for c in cells[100:]:
+        c[2] = f"{float(c[2]) * 1000:g}"
+    data.write_text("\n".join([header] + [",".join(c) for c in cells]) + "\n")
+    out = tmp_path / "v.csv"
+    assert main(["detect", "--model", str(model_dir), "--data", str(data), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert all(r["anomaly"] == "1" and "range:temperature" in r["alerts"] for r in rows[100:])
+    assert all(float(r["hi"]) < float(r["value"]) for r in rows[100:] if r["rule"] == "range")
+    assert sum(r["anomaly"] == "1" for r in rows[:100]) < 10  # the degrees: judged, quiet
+
+
 def test_database_source_with_device(tmp_path, model_dir, capsys):
     import json
 

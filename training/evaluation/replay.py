@@ -31,6 +31,11 @@ from edgewatch.core import firmware
 from edgewatch.core.errors import UserError
 
 
+# A reading further than this many scaler spans from the model's offset is out of its range
+# (the detector's fixed point clamps at 4096 spans: firmware/detk.py).
+FIXED_SPAN = 4095.0
+
+
 def _firmware_defaults() -> dict:
     """The detector section of firmware/config.py DEFAULTS (what a board runs unless configured)."""
     return dict(firmware.load("config").DEFAULTS["detector"])
@@ -128,6 +133,15 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
             raise UserError(f"--sensor: unknown '{sensor}' (choose from {', '.join(ranges)})")
         limits = list(ranges[sensor][: len(names)])
         limits += [(-1e30, 1e30)] * (len(names) - len(limits))
+    # The detector holds a reading as (value - offset) / scale in fixed point, clamped to
+    # +-4096 (firmware/detk.py): beyond that its band, drift and shift rules judge the clamp,
+    # not the reading (a file in millidegrees passed as 'ok' against a band of 17140 °C). Such
+    # a reading is out of the model's range: a range alert, kept out of the model's window, as
+    # a sensor's range makes an impossible reading on a board.
+    held = [(float(o) - FIXED_SPAN * float(sc), float(o) + FIXED_SPAN * float(sc))
+            for o, sc in zip(spec.offset, spec.scale)]
+    limits = held if limits is None else [(max(a, c), min(b, d))
+                                          for (a, b), (c, d) in zip(limits, held)]
     defaults = _firmware_defaults()
     stuck = stuck_samples if stuck_samples is not None else defaults["stuck_samples"]
     if stuck is not None and stuck < 2:
