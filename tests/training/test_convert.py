@@ -240,3 +240,27 @@ def test_window_shorter_than_receptive_field_is_refused_in_one_line(tmp_path):
     assert len(err) == 1 and "window 8 is shorter than the model's receptive field 15" in err[0], err
     assert "--window 15" in err[0] and "Traceback" not in r.stderr
     assert not (out / "model.ewb").exists()
+
+
+def test_more_channels_than_the_board_takes_is_refused_in_one_line(tmp_path):
+    """convert wrote a blob of 9 channels that every board (and detect) then refused: its
+    detector takes at most 8 (the kernels' flag bits)."""
+    from edgewatch.training.forecast.data import load_skab, shared_data
+
+    s = load_skab(shared_data() / "skab" / "valve1" / "1.csv")
+    names = list(s.channels) + ["temperature2"]
+    data = tmp_path / "nine.csv"
+    data.write_text("timestamp," + ",".join(names) + "\n" + "".join(
+        f"{1_600_000_000 + i},{','.join(f'{v:.6g}' for v in row)},{row[4] + 1.5:.6g}\n"
+        for i, row in enumerate(s.values[:300])))
+    model = tmp_path / "m"
+    r = subprocess.run([EDGEWATCH, "train", "--data", str(data), "--epochs", "1", "--no-plots",
+                        "--window", "16", "--size", "dilations=1,2", "--out", str(model)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    proc = subprocess.run([EDGEWATCH, "convert", "--model", str(model)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
+    err = [line for line in proc.stderr.splitlines() if line.startswith("edgewatch convert:")]
+    assert len(err) == 1 and "9 channels; the board's detector takes at most 8" in err[0], proc.stderr
+    assert not (model / "model.ewb").exists()

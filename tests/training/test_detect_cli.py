@@ -291,3 +291,35 @@ def test_missed_periods_by_timestamp_step():
     # an exact 5-minute period in whole minutes: one missed sample counts
     t = np.arange(600) * 300.0 + 1.7e9
     assert np.flatnonzero(missed_periods(np.delete(t, [300]))).tolist() == [300]
+
+
+def _nine_channels(path, rows=300):
+    """SKAB's 8 sensors and a ninth column: (values, names), written to `path` as a CSV."""
+    from edgewatch.training.forecast.data import load_skab
+
+    s = load_skab(shared_data() / "skab" / "valve1" / "1.csv")
+    vals = np.c_[s.values[:rows], s.values[:rows, 4:5] + 1.5].astype(np.float64)
+    names = list(s.channels) + ["temperature2"]
+    path.write_text("timestamp," + ",".join(names) + "\n" + "".join(
+        f"{1_600_000_000 + i},{','.join(f'{v:.6g}' for v in row)}\n" for i, row in enumerate(vals)))
+    return vals, names
+
+
+def test_a_model_of_more_channels_than_the_board_takes_is_one_line(tmp_path, capsys):
+    """The board's detector takes at most 8 channels (its flag bits): a blob of 9 made detect
+    end in a MicroPython traceback ('model has 9 channels, sensor 9'), exit 1."""
+    data = tmp_path / "nine.csv"
+    vals, names = _nine_channels(data)
+    det = detectors.BoardDetector(epochs=1)
+    det.fit(vals, names)
+    x, _ = det.windows(vals, det.trained["scaler"])
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.ewb").write_bytes(detectors.fit_board_blob(det.model(), det.trained["scaler"],
+                                                               names, x))
+    out = tmp_path / "v.csv"
+    rc = main(["detect", "--model", str(model), "--data", str(data), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "model.ewb: 9 channels; the board's detector takes at most 8" in err
+    assert not out.exists()

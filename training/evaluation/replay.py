@@ -123,6 +123,9 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     except blobmod.BlobError as exc:
         raise UserError(f"{bpath}: not a valid model blob ({exc})") from None
     names = list(spec.names)
+    if len(names) > blobmod.MAX_CHANNELS:  # (a blob from before convert refused them)
+        raise UserError(f"{bpath}: {len(names)} channels; the board's detector takes at most "
+                        f"{blobmod.MAX_CHANNELS}")
     series = load(data, channels=names, device=device, dropna=False)
     if len(series) <= spec.window:
         raise UserError(f"{data}: {len(series)} rows; the model needs more than its window of {spec.window}")

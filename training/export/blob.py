@@ -31,6 +31,9 @@ fw = firmware.load("blob")
 fw_shift = firmware.load("shift")  # the board's own parser of the shift section
 fw_res = firmware.load("residual")  # the board's own parser of the band section
 BlobError = fw.BlobError
+# The most channels the board's detector takes (firmware/detset.py checked(): its kernels
+# flag channel j in bits j, 8 + j and 16 + j of one word).
+MAX_CHANNELS = 8
 VERSION = fw.VERSION
 OP_CONV, OP_ADD, OP_FC, OP_SLICE = fw.OP_CONV, fw.OP_ADD, fw.OP_FC, fw.OP_SLICE
 

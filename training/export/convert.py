@@ -470,6 +470,10 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
         raise UserError(f"--out {out}: exists and is not a folder")
     model, config, scaler = load_model_dir(model_dir)
     names, window = list(config["channels"]), int(config["window"])
+    if len(names) > blob.MAX_CHANNELS:  # the board would refuse the blob at load
+        raise UserError(f"{model_dir / 'config.json'}: {len(names)} channels; the board's detector "
+                        f"takes at most {blob.MAX_CHANNELS} (train with --channels naming "
+                        f"{blob.MAX_CHANNELS} or fewer)")
     data = data or config.get("data")
     if not data:
         raise UserError(f"{model_dir / 'config.json'}: no 'data' entry; give --data")
