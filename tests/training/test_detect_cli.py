@@ -323,3 +323,31 @@ def test_a_model_of_more_channels_than_the_board_takes_is_one_line(tmp_path, cap
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "model.ewb: 9 channels; the board's detector takes at most 8" in err
     assert not out.exists()
+
+
+def test_a_channel_named_like_a_verdict_column_keeps_both(tmp_path):
+    """NAB's files have one channel, 'value': the verdict CSV had two 'value' columns (the
+    alert's and the reading), and csv.DictReader gave the reading as the alert's value."""
+    from edgewatch.training.forecast.data import load
+
+    nab = load(shared_data() / "nab" / "ambient_temperature_system_failure.csv")
+    vals = nab.values[:700].astype(np.float64)
+    det = detectors.BoardDetector(epochs=1)
+    det.fit(vals[:500], ["value"])
+    x, _ = det.windows(vals[:500], det.trained["scaler"])
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.ewb").write_bytes(detectors.fit_board_blob(det.model(), det.trained["scaler"],
+                                                               ["value"], x))
+    data = tmp_path / "mine.csv"
+    vals[600] += 40.0  # a spike: an alert whose value is the reading, beside a band
+    data.write_text("timestamp,value\n" + "".join(f"{1_373_000_000 + 3600 * i},{v[0]:.6g}\n"
+                                                  for i, v in enumerate(vals)))
+    out = tmp_path / "v.csv"
+    assert main(["detect", "--model", str(model), "--data", str(data), "--out", str(out)]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)), header
+    assert header[10:] == ["value_reading", "value_pred", "value_lo", "value_hi"]
+    rows = list(csv.DictReader(out.open()))
+    assert all(r["value"] == "" for r in rows if r["anomaly"] == "0")
+    assert all(r["value_reading"] == f"{v[0]:.6g}" for r, v in zip(rows, vals, strict=True))

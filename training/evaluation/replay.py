@@ -14,7 +14,8 @@ The output CSV has one line per input row: ``line, t, anomaly, alert, rule, chan
 value, lo, hi, alerts`` (``t`` as the input wrote it; ``anomaly``: the row is flagged;
 ``alert``: the board sends an alert message on this row, one per episode, re-sent every
 ``resend_samples`` while it lasts; then the first alert of the row; ``alerts`` lists all
-as ``rule:channel``), then for every channel its reading ``<channel>`` and, whenever the
+as ``rule:channel``), then for every channel its reading ``<channel>`` (``<channel>_reading``
+when the name is one of those columns': NAB's ``value``) and, whenever the
 band rule ran, ``<channel>_pred, <channel>_lo, <channel>_hi``. A database source
 (``sqlite:///edgewatch.db``) takes ``--device``.
 """
@@ -158,7 +159,9 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                            heap=heap)
     header = ["line", "t", "anomaly", "alert", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
-        header += [n, f"{n}_pred", f"{n}_lo", f"{n}_hi"]
+        # a channel named like a verdict column (NAB's 'value') would repeat that column's
+        # name, and a CSV reader keyed by name would take the reading for the alert's value
+        header += [f"{n}_reading" if n in header[:10] else n, f"{n}_pred", f"{n}_lo", f"{n}_hi"]
     stamps = _stamps(series)
     counts: dict[str, int] = {}
     try:
