@@ -171,3 +171,26 @@ def test_fit_rows_counts_the_files_rows_with_missing_readings(tmp_path):
     r = subprocess.run([str(EDGEWATCH), "train", "--data", str(data), "--fit-rows", "201",
                         "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "has only 200 rows" in r.stderr, r.stderr
+
+
+def test_convert_from_another_folder_calibrates_on_the_training_file(tmp_path):
+    """config.json kept --data as given: convert run from another folder found no file, or
+    one of the same name there, and calibrated the blob on it (exit 0)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for folder, rows, seed in ((a, 300, 3), (b, 200, 4)):
+        series, _ = generate(days=1, period=120, sensor="dht22", seed=seed)
+        write_csv(series, folder / "data.csv", SENSORS["dht22"].resolution)
+        lines = (folder / "data.csv").read_text().splitlines()
+        (folder / "data.csv").write_text("\n".join(lines[:rows + 1]) + "\n")
+    out = tmp_path / "m"
+    r = subprocess.run([str(EDGEWATCH), "train", "--data", "data.csv", "--epochs", "1",
+                        "--no-plots", "--window", "16", "--size", "dilations=1,2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=a)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["data"] == str(a / "data.csv")
+    r = subprocess.run([str(EDGEWATCH), "convert", "--model", str(out)], capture_output=True,
+                       text=True, timeout=300, cwd=b)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"RMSE on 57 windows of {a / 'data.csv'}" in r.stdout, r.stdout  # (300 - 16) / 5

@@ -197,7 +197,7 @@ def _write(out: Path, model, scaler, metrics, sizes, series, plots, t_va, actual
     config = {"arch": metrics["arch"], "window": metrics["window"],
               "channels": metrics["channels"], "sizes": sizes, "epochs": metrics["epochs"],
               "seed": metrics["seed"], "batch_size": metrics["batch_size"],
-              "train_fraction": TRAIN_FRACTION, "data": series.source,
+              "train_fraction": TRAIN_FRACTION, "data": _data_path(series.source),
               # which rows of `data` were trained on: convert calibrates on the same ones
               "fit_rows": metrics.get("fit_rows"), "keep_labelled": metrics.get("keep_labelled", False)}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -212,6 +212,19 @@ def _write(out: Path, model, scaler, metrics, sizes, series, plots, t_va, actual
             rmse = f"{metrics['rmse'][ch]:.3g} {unit(ch)}".strip()
             plot_predictions(t_va, actual[:, i], pred[:, i], ch, out / f"pred_{ch}.png",
                              f"{arch}: predicted and actual {ch} (validation, RMSE {rmse})")
+
+
+def _data_path(source: str) -> str:
+    """``source`` as config.json keeps it for convert: a relative path that names the same file
+    from the repository root (make train's ../shared/data/...) as given, any other file
+    absolute: convert may run in another folder, where it would name no file or another one
+    (and calibrate the blob on it). Database URLs as given."""
+    p = Path(source)
+    if p.is_absolute() or not p.is_file():
+        return source
+    from edgewatch.training.forecast.data import repo_root
+
+    return source if (repo_root() / p).resolve() == p.resolve() else str(p.resolve())
 
 
 def parse_sizes(items: list[str] | None) -> dict:
