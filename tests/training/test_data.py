@@ -258,6 +258,10 @@ def test_bad_input_missing_file_and_database(tmp_path):
     _one_line_error(_cli("compare", "--data", OCC, "--repeat", "0"), "--repeat")
     _one_line_error(_cli("compare", "--data", OCC, "--seeds", "0"), "--seeds")
     _one_line_error(_cli("train", "--data", OCC, "--size", "filters"), "--size", "KEY=VALUE")
+    # a file as --out: said after the whole training run (minutes), naming no option
+    r = _cli("train", "--data", OCC, "--out", OCC)
+    _one_line_error(r, f"--out {OCC}: exists and is not a folder")
+    assert "training" not in r.stdout
 
 
 def test_parquet_like_edgewatch_export_writes(tmp_path):

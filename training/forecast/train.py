@@ -289,6 +289,8 @@ def run(args) -> int:
     """Train one model and print where it went and how good it is."""
     if args.arch not in ARCHS:
         raise UserError(f"--arch: unknown '{args.arch}' (choose from {', '.join(ARCHS)})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before training, not after
+        raise UserError(f"--out {args.out}: exists and is not a folder")
     sizes = parse_sizes(args.size)
     ctx_window, ctx_sizes = CONTEXTS[getattr(args, "context", "short")]
     if args.arch == "tcn":
