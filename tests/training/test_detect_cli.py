@@ -351,3 +351,27 @@ def test_a_channel_named_like_a_verdict_column_keeps_both(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert all(r["value"] == "" for r in rows if r["anomaly"] == "0")
     assert all(r["value_reading"] == f"{v[0]:.6g}" for r, v in zip(rows, vals, strict=True))
+
+
+def test_a_blob_the_firmware_refuses_is_one_line(tmp_path, capsys):
+    """One glitch of 1e30 in the training rows gives a channel a scale the board's detector
+    refuses at load: detect ended in a MicroPython traceback ('ModelMismatch: scale ... out
+    of range'), exit 1."""
+    s = load_occupancy(OCC / "datatraining.txt")
+    fit = s.values[:600].astype(np.float64)
+    fit[300, 0] = 1e30
+    det = detectors.BoardDetector(epochs=1)
+    det.fit(fit, list(s.channels))
+    x, _ = det.windows(fit, det.trained["scaler"])
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.ewb").write_bytes(detectors.fit_board_blob(det.model(), det.trained["scaler"],
+                                                               list(s.channels), x))
+    data = tmp_path / "mine.csv"
+    _user_csv(data)
+    out = tmp_path / "v.csv"
+    rc = main(["detect", "--model", str(model), "--data", str(data), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "model.ewb: the board's detector refuses this model (scale " in err
+    assert not out.exists()

@@ -154,9 +154,16 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     if dropout < 1:
         raise UserError(f"--dropout-periods: must be >= 1 (got {dropout})")
     missed = missed_periods(series.timestamps)
-    verdict = run_firmware(raw, names, series.values.astype(np.float64), missed, limits=limits,
-                           stuck_samples=stuck, dropout_periods=dropout,
-                           heap=heap)
+    try:
+        verdict = run_firmware(raw, names, series.values.astype(np.float64), missed, limits=limits,
+                               stuck_samples=stuck, dropout_periods=dropout,
+                               heap=heap)
+    except RuntimeError as exc:  # the firmware's own refusal of the blob: one line, as a board's
+        refused = [ln for ln in str(exc).splitlines() if ln.startswith("ModelMismatch: ")]
+        if not refused:
+            raise
+        raise UserError(f"{bpath}: the board's detector refuses this model "
+                        f"({refused[-1].split(': ', 1)[1]}); a board would too") from None
     header = ["line", "t", "anomaly", "alert", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
         # a channel named like a verdict column (NAB's 'value') would repeat that column's
