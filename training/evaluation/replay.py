@@ -31,7 +31,6 @@ import numpy as np
 from edgewatch.core import firmware
 from edgewatch.core.errors import UserError
 
-
 # A reading further than this many scaler spans from the model's offset is out of its range
 # (the detector's fixed point clamps at 4096 spans: firmware/detk.py).
 FIXED_SPAN = 4095.0
@@ -143,9 +142,9 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
     # a reading is out of the model's range: a range alert, kept out of the model's window, as
     # a sensor's range makes an impossible reading on a board.
     held = [(float(o) - FIXED_SPAN * float(sc), float(o) + FIXED_SPAN * float(sc))
-            for o, sc in zip(spec.offset, spec.scale)]
+            for o, sc in zip(spec.offset, spec.scale, strict=True)]
     limits = held if limits is None else [(max(a, c), min(b, d))
-                                          for (a, b), (c, d) in zip(limits, held)]
+                                          for (a, b), (c, d) in zip(limits, held, strict=False)]
     defaults = _firmware_defaults()
     stuck = stuck_samples if stuck_samples is not None else defaults["stuck_samples"]
     if stuck is not None and stuck < 2:
