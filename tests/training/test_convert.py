@@ -264,3 +264,37 @@ def test_more_channels_than_the_board_takes_is_refused_in_one_line(tmp_path):
     err = [line for line in proc.stderr.splitlines() if line.startswith("edgewatch convert:")]
     assert len(err) == 1 and "9 channels; the board's detector takes at most 8" in err[0], proc.stderr
     assert not (model / "model.ewb").exists()
+
+
+def test_a_model_every_board_would_refuse_is_not_converted(tmp_path, capsys):
+    """One glitch of 1e30 in the training rows gives a channel a scale the board's detector
+    refuses at load: convert wrote that blob with exit 0, and every board (and `detect`)
+    refused it. It loads the blob as a board does before writing it: one line, exit 2."""
+    from edgewatch.cli import main
+    from edgewatch.training.forecast.data import shared_data
+
+    lines = (shared_data() / "occupancy" / "datatraining.txt").read_text().splitlines()[:601]
+    cells = [ln.split(",") for ln in lines]
+    cells[300][2] = "1e30"
+    data = tmp_path / "glitch.csv"
+    data.write_text("\n".join(",".join(c) for c in cells) + "\n")
+    model = tmp_path / "m"
+    assert main(["train", "--data", str(data), "--out", str(model), "--epochs", "1",
+                 "--no-plots"]) == 0
+    capsys.readouterr()
+    assert main(["convert", "--model", str(model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the board's detector would refuse this model (scale" in err[0], err
+    assert not (model / "model.ewb").exists()
+
+
+def test_emlearn_leaves_numpy_error_handling_as_it_was():
+    """emlearn.bayes sets numpy.seterr(all='raise') on import: a harmless underflow later in
+    the same process (the retrain service's next convert) became a FloatingPointError."""
+    import subprocess
+
+    code = ("import numpy as np; from edgewatch.training.export.convert import import_emlearn; "
+            "before = np.geterr(); import_emlearn(); import emlearn.bayes; "
+            "assert np.geterr() == before, np.geterr(); np.float64(1e-200) ** 2; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-800:]

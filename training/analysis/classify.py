@@ -216,8 +216,10 @@ def export_board_forest(model, path: Path, name: str) -> Path:
 
 def board_forest(x_tr, y_tr, x_te, y_te, channels, trees: int, depth: int, seed: int, out: Path) -> dict:
     """Train, export and check the small int16 Random Forest meant for the board."""
-    import emlearn
+    from edgewatch.training.export.convert import import_emlearn
     from sklearn.ensemble import RandomForestClassifier
+
+    emlearn = import_emlearn()
 
     lo, hi = int16_range(x_tr)
     q_tr, q_te = to_int16(x_tr, lo, hi), to_int16(x_te, lo, hi)

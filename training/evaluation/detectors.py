@@ -447,6 +447,13 @@ class BoardVerdict:
     send: np.ndarray | None = None  # [N] bool: the board sends an alert message on this row
 
 
+def firmware_refusal(exc: RuntimeError) -> str | None:
+    """The reason the board's detector refused a blob (its ModelMismatch, firmware/detset.py),
+    from the failed MicroPython run of :func:`run_firmware`; None for any other failure."""
+    refused = [ln for ln in str(exc).splitlines() if ln.startswith("ModelMismatch: ")]
+    return refused[-1].split(": ", 1)[1] if refused else None
+
+
 def run_firmware(blob: bytes, names: list[str], values: np.ndarray, missed: np.ndarray | None = None,
                  limits=None, stuck_samples: int | None = 10 ** 9, dropout_periods: int = 1,
                  heap: str = "96K", timeout: float = 1800, still: bool = True,

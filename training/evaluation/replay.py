@@ -95,7 +95,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
            heap: str = "96K", device: str | None = None,
            dropout_periods: int | None = None) -> dict:
     """Score ``data`` with the board detector of ``model_dir``; write ``out``; return a summary."""
-    from edgewatch.training.evaluation.detectors import run_firmware
+    from edgewatch.training.evaluation.detectors import firmware_refusal, run_firmware
     from edgewatch.training.export import blob as blobmod
     from edgewatch.training.forecast.data import load
 
@@ -158,11 +158,11 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
                                stuck_samples=stuck, dropout_periods=dropout,
                                heap=heap)
     except RuntimeError as exc:  # the firmware's own refusal of the blob: one line, as a board's
-        refused = [ln for ln in str(exc).splitlines() if ln.startswith("ModelMismatch: ")]
-        if not refused:
+        reason = firmware_refusal(exc)
+        if reason is None:
             raise
-        raise UserError(f"{bpath}: the board's detector refuses this model "
-                        f"({refused[-1].split(': ', 1)[1]}); a board would too") from None
+        raise UserError(f"{bpath}: the board's detector refuses this model ({reason}); "
+                        "a board would too") from None
     header = ["line", "t", "anomaly", "alert", "rule", "channel", "value", "lo", "hi", "alerts"]
     for n in names:
         # a channel named like a verdict column (NAB's 'value') would repeat that column's

@@ -78,6 +78,19 @@ def c_array(data: bytes, name: str, note: str = "") -> tuple[str, str]:
     return source, header
 
 
+def import_emlearn():
+    """emlearn, without its side effect on this process: emlearn.bayes calls
+    numpy.seterr(all='raise') when imported, after which a harmless underflow anywhere later
+    in the process (convert's calibration of a file with a glitch, the retrain service's next
+    model) raised FloatingPointError. numpy's error handling is put back as it was."""
+    old = np.geterr()
+    try:
+        import emlearn
+    finally:
+        np.seterr(**old)
+    return emlearn
+
+
 def export_emlearn(estimator, path, name: str, **convert_kwargs) -> Path:
     """Write C code for `estimator` through emlearn to `path`; returns the path.
 
@@ -85,7 +98,7 @@ def export_emlearn(estimator, path, name: str, **convert_kwargs) -> Path:
     GaussianMixture, EllipticEnvelope and Dense-only Keras/MLP nets; not
     Conv1D, LSTM/GRU or IsolationForest. Unsupported models raise UserError.
     """
-    import emlearn
+    emlearn = import_emlearn()
 
     convert_kwargs.setdefault("method", "inline")
     if type(estimator).__name__ in ("RandomForestClassifier", "RandomForestRegressor",
@@ -448,6 +461,24 @@ def _rmse(a, b) -> np.ndarray:
     return np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, axis=0))
 
 
+def board_refusal(raw: bytes, names: list[str]) -> str | None:
+    """Why the board's detector would refuse blob ``raw`` at load (firmware/detset.py's
+    ModelMismatch, e.g. a scaler from rows holding a 1e30 glitch), by loading it as the
+    board does, under MicroPython; None when it takes it (or MicroPython is not installed)."""
+    from edgewatch.training.evaluation.detectors import firmware_refusal, run_firmware
+
+    try:
+        run_firmware(raw, names, np.zeros((1, len(names))), timeout=120)
+    except RuntimeError as exc:
+        reason = firmware_refusal(exc)
+        if reason is None:
+            raise
+        return reason
+    except (OSError, UserError):  # no MicroPython here: the board's own load says it
+        return None
+    return None
+
+
 def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | None = None,
             detector=None, key: bytes | None = None, golden: int = GOLDEN_COUNT,
             representative: int = REPRESENTATIVE, max_eval: int | None = None,
@@ -537,6 +568,11 @@ def convert(model_dir, out_dir=None, data: str | None = None, eval_data: str | N
     report["warnings"] = calibration_warnings(cal, rows, names)
     try:
         raw, spec = board_blob(tflite, names, scaler, det, residual, key, shift, still, cal)
+        reason = board_refusal(raw, names)
+        if reason is not None:  # a blob every board would refuse at load: not written
+            (out / "model.ewb").unlink(missing_ok=True)
+            raise UserError(f"{out / 'model.ewb'}: the board's detector would refuse this model "
+                            f"({reason}); look for glitches in the training rows")
         (out / "model.ewb").write_bytes(raw)
         report.update(blob_bytes=len(raw), model_id=spec.model_id, signed=bool(key),
                       shift=shift_note or shift_text(shift, rows, names),
