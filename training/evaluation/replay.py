@@ -95,7 +95,7 @@ def detect(model_dir, data, out, sensor: str | None = None, stuck_samples: int |
            heap: str = "96K", device: str | None = None,
            dropout_periods: int | None = None) -> dict:
     """Score ``data`` with the board detector of ``model_dir``; write ``out``; return a summary."""
-    from edgewatch.training.evaluation.detectors import firmware_refusal, run_firmware
+    from edgewatch.training.evaluation.firmrun import firmware_refusal, run_firmware
     from edgewatch.training.export import blob as blobmod
     from edgewatch.training.forecast.data import load
 

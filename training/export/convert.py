@@ -465,7 +465,7 @@ def board_refusal(raw: bytes, names: list[str]) -> str | None:
     """Why the board's detector would refuse blob ``raw`` at load (firmware/detset.py's
     ModelMismatch, e.g. a scaler from rows holding a 1e30 glitch), by loading it as the
     board does, under MicroPython; None when it takes it (or MicroPython is not installed)."""
-    from edgewatch.training.evaluation.detectors import firmware_refusal, run_firmware
+    from edgewatch.training.evaluation.firmrun import firmware_refusal, run_firmware
 
     try:
         run_firmware(raw, names, np.zeros((1, len(names))), timeout=120)
