@@ -21,7 +21,8 @@ FLAG_SHIFT = const(4)  # a sustained-shift calibration follows the ops
 FLAG_STILL = const(8)  # a u16 follows: whole reading unchanged this many samples = stuck
 FLAG_OTA = const(16)  # signed for OTA: version u32 + key version u16 + 2 reserved before the HMAC
 FLAG_BAND = const(32)  # the residual band's calibration follows (docs/model_blob.md)
-FLAGS_KNOWN = const(63)
+FLAG_MOVE = const(64)  # the move rule's calibration follows (firmware/moverule.py)
+FLAGS_KNOWN = const(127)
 OP_CONV = const(1)
 OP_ADD = const(2)
 OP_FC = const(3)
@@ -218,6 +219,10 @@ def _parse(self, blob, key):
     # the residual band's calibration stays raw bytes here: firmware/residual.py parses
     # and checks it when a detector takes the model
     self.band = r.view(20 + 10 * c, "band") if h[2] & FLAG_BAND else None
+    # the move rule's (firmware/moverule.py put copies it; the history holds 128 samples)
+    self.move = r.view(2 + 4 * (c * c + c), "move") if h[2] & FLAG_MOVE else None
+    if self.move is not None and not 2 <= (self.move[0] | self.move[1] << 8) < 128:
+        raise BlobError("blob malformed: move calibration horizon not in 2..127")
     if r.pos != end:
         raise BlobError("blob malformed: %d unexplained bytes before the trailer" % (end - r.pos))
     self.ops = ops

@@ -31,6 +31,10 @@ stuck    one channel unchanged for its stuck limit (the blob's per-channel limit
 range    outside the sensor's physical range (sensors.RANGES)
 dropout  `dropout_periods` or more sample periods missed before this sample
 read     the sensor gave no value after its bounded retries
+drift    also (a blob with the move calibration: moverule.py) a channel's move over
+         the last H samples net of what the other channels' moves explain, past the
+         limit the fit rows' net moves reach at the false-alarm budget: a drift too slow
+         for the CUSUM, against the channels it should move with
 shift    a sustained shift (when the blob carries a shift calibration): the rolling mean
          of the last W samples, per channel u = (mean - center) / spread, fires when
          both max|u| > f and u'Mu > f*f (M: the fit rows' inverse covariance, scaled) --
@@ -74,11 +78,13 @@ class Detector:
         self._ld = loader
         self._resmod = resmod
         self._shiftmod = shiftmod
+        self._mvmod = None  # firmware/moverule.py, loaded only for a model that carries it
         # the kernels' state, constants and history (firmware/detk.py: header, channels,
         # ring) and what enters the history (the reading, as float32 bits): allocated before
         # the set-up code is loaded, whose pieces would leave no room for them after
         n = len(names)
-        self._s = array("I", bytes(4 * (27 + 22 * n + 128 * n)))
+        # (after the ring: the move rule's constants, moverule.py)
+        self._s = array("I", bytes(4 * (27 + 22 * n + 128 * n + 1 + n + n * n)))
         self._in = array("f", bytes(4 * n))
         self._setup("init", names, limits, params, fallback)
         self.ints = array("i", bytes(24 * n))  # fixed(), then detk.milli's factors (put reads it)
@@ -122,7 +128,19 @@ class Detector:
     def set_model(self, model):
         """Use `model` (engine.Model) for the band rule, or None for rules only.
         Raises ModelMismatch (the detector keeps the model it had)."""
-        self._setup("set_model", model, ModelMismatch)
+        old = self._mvc
+        self._mvc = False
+        try:
+            self._setup("set_model", model, ModelMismatch)
+        except Exception:
+            self._mvc = old
+            raise
+        mv = getattr(model, "move", None)
+        if self.band is not None and mv is not None:  # the move rule (moverule.py)
+            if self._mvmod is None:
+                self._mvmod = self._load("moverule")
+            self._mvmod.put(self._s, mv, len(self._order))
+            self._mvc = True
 
     def _flag(self, values, flags):
         # alert tuples of the band kernel's flags (bit j: band, 8 + j: drift, 16 + j: burst)
@@ -216,6 +234,11 @@ class Detector:
                         self._shrun = 0
                 else:
                     self._shrun = 0
+            if self._mvc:
+                w = self._mvmod.judge(s)
+                if w:  # a move the other channels do not make (moverule.py)
+                    c = self._order[w - 1]
+                    alerts.append(("drift", names[c], values[c], None, None, None))
         else:
             self._gap(-1)
         return self._episode(alerts)

@@ -30,6 +30,8 @@
 #   20 clamp before 1/spread  21 burst CUSUM (Q10)
 #   then the ring, the history: 128 (detector.py) rows of n words, row = position:
 #   u (Q16 [b]) in model channel order with a model, else the readings' float32 bits
+#   then the move rule's constants (moverule.py; else unused):
+#   H, limit[c] (Q10), coef[c*c] (Q12 [b]; -1 on the diagonal)
 # (micropython.viper and const are the compiler's own: no import, no module globals; the
 # underscore keeps the constant out of the module's dict)
 _BIAS = const(536870912)  # noqa: F821 -- 2**29

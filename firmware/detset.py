@@ -175,6 +175,7 @@ def init(d, names, limits, params, fallback):
     d._streams = d._moves = 0  # a streaming model / its next window moves the last by a sample
     d.shift = None  # (window, factor, center, spread, matrix) in model channel order
     d._shrun = 0  # shifted samples in a row (the new level after 512 of them: detector.py)
+    d._mvc = False  # the model carries the move rule (moverule.py)
     f = fallback
     d.k, d.eps, d.sigma_window = f["k"], f["eps"], f["sigma_window"]
     d.still_n = params.get("still_samples") or 0

@@ -113,6 +113,7 @@ class Model:
         self.residual = b.residual
         self.shift = b.shift  # raw sustained-shift section (firmware/shift.py), or None
         self.band = b.band  # the residual band's calibration (firmware/blob.py), or None
+        self.move = b.move  # the move rule's (firmware/moverule.py), or None
         self.still = b.still  # whole reading unchanged this many samples: stuck (0: no such rule)
         self._inv_in = 1.0 / b.in_scale
         self.kernels = k

@@ -88,7 +88,7 @@ STANDINS = {"socket.py": "# the QEMU board has no network (edgewatch.board.rv32)
 # The firmware modules of the per-sample path (app.py and what it imports), deployed as .mpy
 # ("ewkern": the kernels in C, a native .mpy built by build_natmod below; the engine
 # prefers it to the viper `kernels`, which stay deployed as a board without it runs them)
-APP_MODULES = ["blob", "plan", "plan_window", "kernels", "ewkern", "engine", "detk", "detset", "seedband", "residual", "detector", "shift", "outbox",
+APP_MODULES = ["blob", "plan", "plan_window", "kernels", "ewkern", "engine", "detk", "detset", "seedband", "residual", "detector", "shift", "moverule", "outbox",
                "outbox_boot", "outbox_v1", "otaboot", "schema", "sensors",
                "config", "link", "app"]
 

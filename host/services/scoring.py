@@ -95,6 +95,8 @@ class HostModel:
         self.still = spec.still
         # the residual band's raw section, as firmware/blob.py hands it to the board's detector
         self.band = None if spec.band is None else blob.band_section(spec.band, self.channels)
+        self.move = None if spec.band is None or spec.band.move is None else \
+            blob.move_section(spec.band.move, self.channels)
         self.lock = threading.Lock()
 
     def predict_q(self, xq) -> bytes:

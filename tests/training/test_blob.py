@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from edgewatch.core import mpy
 from edgewatch.training.export import blob, shiftcal
-from edgewatch.training.export.bandcal import BandCal
+from edgewatch.training.export.bandcal import BandCal, MoveCal
 from edgewatch.training.forecast.data import Scaler
 from edgewatch.training.forecast.models import default_sizes
 
@@ -126,6 +126,30 @@ def test_band_calibration_out_of_range_is_refused(model):
             blob.read(blob.write(spec))
 
 
+def test_move_calibration_round_trips_beside_the_band(model):
+    """The move rule's section (flag MOVE) follows the band's and reads back as written, in
+    the board's units (Q10 limits, Q12 coefficients)."""
+    raw, tflite, cfg, scaler = model
+    spec = blob.from_tflite(tflite, cfg["channels"], scaler.offset, scaler.scale, residual=True)
+    mv = MoveCal(60, np.array([[0.0, -0.4], [-2.5, 0.0]]), np.array([0.05, 0.2]))
+    spec.band = BandCal(6.0, 1.0, 12.0, 1 / 512, 30, [0.02, 0.03], [0.001, 0.001], [120, 120],
+                        20, move=mv)
+    out = blob.write(spec)
+    assert struct.unpack_from("<H", out, 6)[0] & blob.fw.FLAG_MOVE
+    back = blob.read(out).band.move
+    # in the board's units: coefficients to 1/4096, limits to 1/1024
+    assert back.horizon == 60 and np.allclose(back.coef, mv.coef, atol=1 / 8192)
+    assert np.allclose(back.limit, mv.limit, atol=1 / 2048)
+    spec.band.move = None  # without it: no flag, 2 + 4 x 6 bytes fewer
+    plain = blob.write(spec)
+    assert not struct.unpack_from("<H", plain, 6)[0] & blob.fw.FLAG_MOVE
+    assert len(out) - len(plain) == 2 + 4 * 6 and blob.read(plain).band.move is None
+    # a horizon the board's 128-sample history cannot span: the blob is refused
+    spec.band.move = mv._replace(horizon=128)
+    with pytest.raises(blob.BlobError, match="move calibration horizon not in 2..127"):
+        blob.read(blob.write(spec))
+
+
 def test_convert_wrote_a_blob_the_reader_accepts(model):
     raw, tflite, cfg, _ = model
     spec = blob.read(raw)
@@ -158,7 +182,7 @@ def tamper_cases(raw: bytes) -> dict[str, tuple[bytes, bytes | None, str]]:
     version = bytearray(body)
     struct.pack_into("<H", version, 4, 2)
     flags = bytearray(body)
-    flags[6] |= 0x40  # a flag bit no reader knows: refused, never guessed at
+    flags[6] |= 0x80  # a flag bit no reader knows (bit 7): refused, never guessed at
     magic = bytearray(body)
     magic[0:4] = b"XXXX"
     bad_tensor = bytearray(body)

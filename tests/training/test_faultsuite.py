@@ -128,3 +128,24 @@ def test_trial_events_say_how_far_the_fault_took_the_reading():
     for e in stucks:  # the truth held back moved, and by no more than the span's range
         assert len(e["size"]) == (1 if e["channel"] else 2)
         assert all(0 <= v <= np.ptp(test, axis=0).max() for v in e["size"])
+
+
+def test_score_labelled_counts_each_fault_while_present_before_it_ends_and_false_alarms(tmp_path):
+    """`make bench-detect`'s greenhouse table scores detect's own output: a fault caught on
+    the row after it counts as present but not before it ends; an alert away from every
+    fault is a false alarm; detect's `line` column maps its rows back to the source."""
+    kinds = [""] * 200
+    kinds[20:30] = ["drift"] * 10   # caught on its 5th row
+    kinds[60:70] = ["stuck"] * 10   # caught only on the row after
+    kinds[100:101] = ["spike"]      # missed
+    src = tmp_path / "week.csv"
+    src.write_text("timestamp,temperature,anomaly,fault\n" + "".join(
+        f"{i},20,{int(bool(k))},{k}\n" for i, k in enumerate(kinds)))
+    alert = {24, 25, 70, 150}
+    out = tmp_path / "v.csv"
+    out.write_text("line,alert\n" + "".join(f"{i + 2},{int(i in alert)}\n" for i in range(200)))
+    r = faultsuite.score_labelled(src, out, period_s=864.0)  # 200 rows = 2 days
+    assert r["kinds"]["drift"] == {"n": 1, "present": 1, "strict": 1, "delay": 4.0}
+    assert r["kinds"]["stuck"] == {"n": 1, "present": 1, "strict": 0, "delay": 10.0}
+    assert r["kinds"]["spike"] == {"n": 1, "present": 0, "strict": 0, "delay": None}
+    assert r["false_alarms_per_day"] == 0.5  # row 150: one episode in two days

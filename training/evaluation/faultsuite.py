@@ -141,6 +141,47 @@ def score_events(alert: np.ndarray, events: list[dict], grace: int = GRACE) -> d
             "episodes": len(eps), "true_episodes": good, "per_kind": per_kind, "log": log}
 
 
+def score_labelled(source, verdicts, period_s: float = PERIOD_S) -> dict:
+    """Score `edgewatch detect`'s output ``verdicts`` (CSV: its ``line`` and ``alert``
+    columns) against the labelled ``source`` CSV it judged (``anomaly``/``fault`` columns, as
+    `edgewatch generate --faults` writes them): per fault kind, faults caught while present
+    (an alert on its rows or the row after), before it ends (on its own rows), median delay
+    in rows; false-alarm episodes outside the faults (and 30 rows after each) per day."""
+    import csv
+
+    with open(source, newline="") as fh:
+        src = list(csv.DictReader(fh))
+    alert = np.zeros(len(src), dtype=bool)
+    with open(verdicts, newline="") as fh:
+        for r in csv.DictReader(fh):
+            alert[int(r["line"]) - 2] = r["alert"] == "1"
+    kind = [r.get("fault", "") if r.get("anomaly") == "1" else "" for r in src]
+    out: dict = {}
+    quiet = np.ones(len(src), dtype=bool)
+    i = 0
+    while i < len(src):
+        if not kind[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(src) and kind[j + 1] == kind[i]:
+            j += 1
+        k = out.setdefault(kind[i], {"n": 0, "present": 0, "strict": 0, "delays": []})
+        now = np.flatnonzero(alert[i:j + 2])
+        k["n"] += 1
+        k["present"] += int(len(now) > 0)
+        k["strict"] += int(alert[i:j + 1].any())
+        if len(now):
+            k["delays"].append(int(now[0]))
+        quiet[i:j + 31] = False
+        i = j + 1
+    days = len(src) * period_s / 86400.0
+    return {"kinds": {k: {"n": v["n"], "present": v["present"], "strict": v["strict"],
+                          "delay": float(np.median(v["delays"])) if v["delays"] else None}
+                      for k, v in sorted(out.items())},
+            "false_alarms_per_day": len(episodes(alert & quiet)) / days if days else 0.0}
+
+
 def evaluate(detector_factory, trials: int = 3, count: int = 2, seed: int = 7,
              fit_fraction: float = FIT_FRACTION, limit_rows: int | None = None) -> dict:
     """Run one detector over ``trials`` faulty copies and the clean test span."""

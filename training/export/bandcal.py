@@ -77,6 +77,7 @@ One set of these constants serves every file and suite (docs/benchmarks.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -92,6 +93,9 @@ ALPHA = 1.0 / 512  # per-sample rate at which the board adapts s from unflagged 
 BIAS_RATE = 1.0 / 128  # firmware/detector.py's: the model's slow bias, taken off each forecast
 REANCHOR = 30  # flagged samples in a row after which a channel accepts the new level
 STUCK_MIN = 10
+MOVE_H = 60  # samples over which the move rule compares a channel's move with the others'
+MOVE_MIN_SPANS = 10  # fit rows needed for the move rule, in horizons (see move_calibrate)
+MOVE_MARGIN = 1.2  # x the largest net move, when the fit rows hold too few to model the tail
 # the board's whole-reading stuck limit (blob `still`): this x the longest run of the whole
 # reading repeated in the fit rows, +1 (training/export/shiftcal.py stuck_limit). Such runs
 # need every channel flat at once: too rare in a few fit days for a tail model (the
@@ -113,6 +117,14 @@ TOP = 0.1  # peaks over threshold: the top 10 % of the episodes model the tail
 TOP_MIN = 5  # ... at least this many; fewer peaks than TOP_MIN + 1: no tail model
 
 
+class MoveCal(NamedTuple):
+    """The move rule's calibration the blob carries (flag MOVE, firmware/moverule.py)."""
+
+    horizon: int          # samples
+    coef: np.ndarray      # [C, C] channel j's move explained by the others' (diagonal 0)
+    limit: np.ndarray     # [C] net move that fires, normalised units
+
+
 @dataclass
 class BandCal:
     """The band calibration the blob carries (flag BAND, docs/model_blob.md)."""
@@ -129,6 +141,7 @@ class BandCal:
     # per channel, the fit residuals' TAIL quantile of |r|/s that k is K_MARGIN x the largest
     # of (NaN: no residuals); convert's warnings name the channel, the blob does not carry it
     tails: list[float] = field(default_factory=list)
+    move: MoveCal | None = None  # the move rule (flag MOVE), None with one channel
 
 
 def longest_runs(rows: np.ndarray) -> np.ndarray:
@@ -287,4 +300,41 @@ def calibrate(resid: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> BandCal
     # a channel that never changed in the fit rows gives no evidence of what stuck is: off (0)
     stuck[runs >= len(rows) - 1] = 0
     return BandCal(float(k), REF, float(h), ALPHA, REANCHOR, [float(v) for v in s0],
-                   [float(v) for v in floor], [int(v) for v in stuck], burst, tails)
+                   [float(v) for v in floor], [int(v) for v in stuck], burst, tails,
+                   move_calibrate(rows, scale))
+
+
+def move_calibrate(rows: np.ndarray, scale: np.ndarray, horizon: int = MOVE_H,
+                   budget: float = BUDGET) -> MoveCal | None:
+    """The move rule (firmware/moverule.py) from the physical fit rows ``rows`` [N, C]
+    in time order: d = the rows' moves over ``horizon`` samples in normalised units (÷ ``scale``);
+    per channel, the least-squares part of its move the other channels' moves explain
+    (``coef``), and the limit its net move (d less that part) exceeds at ``budget``
+    episodes per sample: the tail of the net moves' excursion peaks above their median,
+    extrapolated as the stuck limits are (``tail_level``; too few peaks: MOVE_MARGIN x the
+    largest). None with one channel (nothing to move with: the shift rule watches a lone
+    channel's level) or fewer than MOVE_MIN_SPANS x horizon rows: the net moves over H
+    samples of fewer rows hold too few independent excursions to say what is usual (SKAB's
+    400 fit rows: 340 moves of 60 samples, limits that fired on 15.9 % of its normal rows
+    where the other rules alone alarm on 11.9 %)."""
+    x = np.asarray(rows, np.float64)
+    x = x[np.isfinite(x).all(axis=1)]
+    c = x.shape[1] if x.ndim == 2 else 1
+    if c < 2 or len(x) < MOVE_MIN_SPANS * horizon:
+        return None
+    d = (x[horizon:] - x[:-horizon]) / np.asarray(scale, np.float64)
+    coef = np.zeros((c, c))
+    for j in range(c):
+        others = [k for k in range(c) if k != j]
+        b, *_ = np.linalg.lstsq(d[:, others], d[:, j], rcond=None)
+        coef[j, others] = b
+    net = np.abs(d - d @ coef.T)
+    limit = np.zeros(c)
+    for j in range(c):
+        a = net[:, j]
+        lv = tail_level(excursion_peaks(np.where(a > np.median(a), a, 0.0)), len(a), budget)
+        limit[j] = lv if lv is not None else MOVE_MARGIN * float(a.max())
+    # float32 as the blob stores them; a limit of 0 (a channel that never moved): off
+    limit = np.maximum(limit, 1e-6)
+    return MoveCal(int(horizon), coef.astype(np.float32).astype(np.float64),
+                   limit.astype(np.float32).astype(np.float64))

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 from edgewatch.core import firmware
-from edgewatch.training.export.bandcal import BandCal
+from edgewatch.training.export.bandcal import BandCal, MoveCal
 from edgewatch.training.export.shiftcal import ShiftCal
 
 fw = firmware.load("blob")
@@ -441,6 +441,9 @@ def write(spec: BlobSpec) -> bytes:
     if spec.band is not None:
         parts.append(band_section(spec.band, c))
         flags |= fw.FLAG_BAND
+        if spec.band.move is not None:
+            parts.append(move_section(spec.band.move, c))
+            flags |= fw.FLAG_MOVE
     length = fw.HEADER_LEN + sum(len(p) for p in parts) + fw.CRC_LEN
     parts[0] = struct.pack(fw.HEADER, fw.MAGIC, VERSION, flags, length, bytes.fromhex(spec.model_id),
                            spec.window, c, len(spec.tensors), len(spec.ops))
@@ -462,6 +465,31 @@ def band_section(b: BandCal, channels: int) -> bytes:
     c = channels
     return (struct.pack(fw_res.HEAD, b.k, b.ref, b.h, b.alpha, b.reanchor, b.burst)
             + struct.pack(f"<{c}f{c}f{c}H", *b.scale, *b.floor, *b.stuck))
+
+
+def move_section(m, channels: int) -> bytes:
+    """The blob's move section (docs/model_blob.md) as the board's own words, which
+    firmware/moverule.py put copies as they are: horizon u16, limit u32[C] (Q10,
+    normalised units, 1 ... 2**24 - 1), coef u32[C×C] (Q12 within +-32767, row-major, -4096
+    on the diagonal: the rule sums -net; biased by 2**29, as detk.py stores a word that can
+    be negative)."""
+    c = channels
+    coef = np.asarray(m.coef, np.float64).reshape(-1)
+    lim = np.asarray(m.limit, np.float64).reshape(-1)
+    if len(coef) != c * c or len(lim) != c:
+        raise ValueError(f"move calibration has {len(coef)} + {len(lim)} values, {c} channels "
+                         f"need {c * c} + {c}")
+    q = np.clip(np.round(np.nan_to_num(coef) * 4096), -32767, 32767).astype(int).reshape(c, c)
+    np.fill_diagonal(q, -4096)
+    ql = np.clip(np.round(np.nan_to_num(lim, nan=0.0) * 1024), 1, (1 << 24) - 1).astype(int)
+    return struct.pack(f"<H{c}I{c * c}I", m.horizon, *ql.tolist(), *(q.ravel() + (1 << 29)).tolist())
+
+
+def _move_cal(raw, c: int) -> MoveCal:
+    w = struct.unpack(f"<H{c + c * c}I", bytes(raw))
+    coef = (np.array(w[1 + c:], np.float64) - (1 << 29)).reshape(c, c) / 4096
+    np.fill_diagonal(coef, 0.0)
+    return MoveCal(w[0], coef, np.array(w[1:1 + c], np.float64) / 1024)
 
 
 def derive_key(master: bytes, device: str, key_version: int = 1) -> bytes:
@@ -524,7 +552,8 @@ def read(blob: bytes, key: bytes | str | None = None) -> BlobSpec:
                     in_scale=b.in_scale, in_zp=b.in_zp, out_scale=b.out_scale, out_zp=b.out_zp,
                     tensors=[tuple(t) for t in b.tensors], ops=ops, residual=b.residual,
                     shift=None if b.shift is None else _shift_cal(b.shift, b.channels),
-                    still=b.still, band=None if b.band is None else _band_cal(b.band, b.channels))
+                    still=b.still, band=None if b.band is None else _band_cal(b.band, b.channels,
+                                                                              b.move))
 
 
 def _shift_cal(raw, c: int) -> ShiftCal:
@@ -536,12 +565,14 @@ def _shift_cal(raw, c: int) -> ShiftCal:
                     np.array(matrix, np.float64).reshape(c, c))
 
 
-def _band_cal(raw, c: int) -> BandCal:
+def _band_cal(raw, c: int, move=None) -> BandCal:
     try:
         v = fw_res.parse(raw, c)
     except ValueError as exc:
         raise BlobError(f"blob malformed: {exc}") from None
-    return BandCal(v[0], v[1], v[2], v[3], v[4], list(v[5]), list(v[6]), list(v[7]), v[8])
+    m = None if move is None else _move_cal(move, c)
+    return BandCal(v[0], v[1], v[2], v[3], v[4], list(v[5]), list(v[6]), list(v[7]), v[8],
+                   move=m)
 
 
 def ota_version(blob: bytes) -> int | None:
