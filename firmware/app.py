@@ -275,8 +275,6 @@ class App:
             d._load("seedband")  # the seed's band (kept in sys.modules for the set-up)
         if flags & 4 and params.get("shift_factor") != 0 and d._shiftmod is None:
             d._shiftmod = d._load("shift")
-        if flags & 96 == 96 and params.get("band") != "seed" and d._mvmod is None:
-            d._mvmod = d._load("moverule")  # the move rule (blob.FLAG_MOVE 64, with the band)
 
     # -- model -----------------------------------------------------------------
     def model_id(self):

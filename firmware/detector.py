@@ -137,7 +137,8 @@ class Detector:
             raise
         mv = getattr(model, "move", None)
         if self.band is not None and mv is not None:  # the move rule (moverule.py)
-            if self._mvmod is None:
+            if self._mvmod is None:  # here, after the model (not App._rule_kernels, before
+                # it: 392 B of bytecode there left make bench's RV32 harness no room for it)
                 self._mvmod = self._load("moverule")
             self._mvmod.put(self._s, mv, len(self._order))
             self._mvc = True

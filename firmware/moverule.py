@@ -18,8 +18,8 @@
 # the blob, which carries them in the board's units: training/export/blob.py move_section).
 # Plain bytecode, not a viper kernel (whose ~790 bytes of native code the C3's heap had not
 # for an update over the air, tests/firmware/test_rv32_ota.py); small ints throughout,
-# nothing allocated per sample. Loaded only for a model that carries the rule (App's
-# _rule_kernels, before the model is read): other boards pay no byte for it.
+# nothing allocated per sample. Loaded only for a model that carries the rule (by
+# Detector.set_model, once the model is read): other boards pay no byte for it.
 
 
 def put(s, raw, c):

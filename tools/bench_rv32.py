@@ -54,6 +54,10 @@ from pathlib import Path
 from edgewatch.board import rv32
 
 ROOT = Path(__file__).resolve().parent.parent
+# samples judged before counting: the model's window and then the history every rule reads
+# (the move rule's 60-sample horizon, the shift rule's 40-sample window); with only window
+# + 10 (26 for the default model) neither rule had run in the counted steps
+WARM_MIN = 128
 GOAL_SAMPLE = 160_000  # instructions per full sample step (about 1 ms at 160 MHz)
 SLOTS = 200  # the default outbox (firmware/config.py)
 GOAL_RULES = 60_000  # instructions per detector step beyond the inference
@@ -389,7 +393,7 @@ def bench_model(board: rv32.Board, blob: Path, k: int, steps: int) -> dict:
     lines, allocs, err = [], False, None
     for gcoff in (1, 0):
         for compiled in (False, True):
-            code = f"SLOTS = {SLOTS}\nWARM = {int(window) + 10}\nK = {k}\nGCOFF = {gcoff}\n" + PHASES
+            code = f"SLOTS = {SLOTS}\nWARM = {WARM_MIN + int(window)}\nK = {k}\nGCOFF = {gcoff}\n" + PHASES
             try:
                 lines = (_run_module(board, "bench_phases", code) if compiled
                          else board.run(code)).splitlines()
