@@ -442,9 +442,12 @@ def test_home_assistant_on_any_node_gets_the_discovery_configs(small_cluster, tm
             with lock:
                 return [m for m in got if "/gh-02/" in m.topic and m.topic.endswith("/config")]
 
-        wait_until(lambda: len(configs()) >= 2, timeout=30, what="discovery configs")
-        topics = {m.topic for m in configs()}
-        assert any("temperature" in t for t in topics) and any("humidity" in t for t in topics)
+        def both():  # each channel's config (one may come twice: at the first sample and
+            # again on the birth message, before the other's first arrives)
+            topics = {m.topic for m in configs()}
+            return any("temperature" in t for t in topics) and any("humidity" in t for t in topics)
+
+        wait_until(both, timeout=30, what="discovery configs of both channels")
         cfg = json.loads(next(m.payload for m in configs() if "temperature" in m.topic))
         assert cfg["state_topic"].startswith("edgewatch/gh-02/")
     finally:
